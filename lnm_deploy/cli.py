@@ -1,0 +1,134 @@
+"""The ``lnm-deploy`` command line. The only place that prints errors and chooses exit codes.
+
+Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage; 3 malformed
+graph; 4 unsupported node or semantics; 5 numeric problem (NaN, overflow); 6 missing optional
+dependency; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy import __version__
+from lnm_deploy.errors import LNMDeployError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _load_graph(args: argparse.Namespace):  # -> ir.Graph
+    from lnm_deploy.fileio import existing_file
+    from lnm_deploy.nir_io import read_nir
+
+    return read_nir(existing_file(args.graph, "graph file"), dt=args.dt, producer=args.producer)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lnm_deploy.summary import summarize
+
+    s = summarize(_load_graph(args))
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=2, default=_json_default))
+    else:
+        print(f"{args.graph}")
+        print(s.to_text())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lnm_deploy.execute import BACKENDS
+    from lnm_deploy.fileio import check_output_path, read_dataset, write_npz
+    from lnm_deploy.metrics import accuracy
+
+    check_output_path(args.out, force=args.force)
+    graph = _load_graph(args)
+    x, y = read_dataset(args.data)
+    result = BACKENDS[args.backend](graph, x, record=args.states, progress=not args.quiet)
+    out = result.output
+    arrays: dict[str, np.ndarray] = {"output": out.reshape(out.shape[0], out.shape[1], -1)}
+    for name, s in result.spikes.items():
+        arrays[f"spikes/{name}"] = s
+    for name, st in result.states.items():
+        for var, a in st.items():
+            arrays[f"{var}/{name}"] = a
+    msg = f"{args.backend}: {x.shape[0]} samples x {x.shape[1]} steps"
+    if y is not None:
+        acc = accuracy(out, y)
+        arrays["accuracy"] = np.asarray(acc)
+        msg += f", accuracy {acc:.4f}"
+    write_npz(args.out, arrays, force=args.force)
+    print(f"{msg} -> {args.out}")
+    return 0
+
+
+def _graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", help="a NIR graph file (.nir)")
+    p.add_argument("--producer", choices=["lnm-deploy", "snntorch", "norse", "generic"], default=None,
+                   help="who wrote the graph, when its metadata does not say (sets dt and conventions)")
+    p.add_argument("--dt", type=float, default=None,
+                   help="seconds per timestep used to discretise NIR's continuous-time neurons")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lnm_deploy.execute import BACKENDS
+
+    parser = argparse.ArgumentParser(
+        prog="lnm-deploy",
+        description="Deploy spiking networks with learned neuron dynamics to neuromorphic targets.",
+    )
+    parser.add_argument("--version", action="version", version=f"lnm-deploy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="layers, neuron types, shapes, parameters and metadata of a graph")
+    _graph_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("run", help="run a graph on spike data with a backend")
+    _graph_args(p)
+    p.add_argument("--data", required=True, help=".npz with x (samples, timesteps, *input_shape), optional y")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="float")
+    p.add_argument("--out", required=True, help=".npz to write: output, spikes/<layer>, [v|c]/<layer>")
+    p.add_argument("--states", action="store_true", help="also record membrane and synaptic states")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    from lnm_deploy.demo import add_demo_parser
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except LNMDeployError as e:
+        print(f"lnm-deploy {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("lnm-deploy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

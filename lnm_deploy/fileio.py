@@ -1,0 +1,86 @@
+"""File helpers shared by every stage: atomic output files and checked input files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from lnm_deploy.errors import UserInputError
+
+
+def check_output_path(path: str | os.PathLike[str], *, force: bool) -> Path:
+    """Fail early (before any work) if ``path`` cannot be written: it exists without ``force``,
+    or its directory is missing."""
+    target = Path(path)
+    if not force and target.exists():
+        raise UserInputError(f"{target} exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise UserInputError(f"output directory {target.parent} does not exist")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    On any exception the temporary file is removed and ``path`` is left as it was, so a failed
+    run never leaves a half-written output. ``force=False`` refuses to overwrite an existing file.
+    """
+    target = check_output_path(path, force=force)
+    parent = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def existing_file(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` as a Path, or ``UserInputError`` if it is not an existing file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"{what} {p} does not exist" if not p.exists() else f"{p} is not a file")
+    return p
+
+
+def read_dataset(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read ``x`` (samples, timesteps, *input_shape) and optional labels ``y`` (samples,) from .npz."""
+
+
+    p = existing_file(path, "data file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise UserInputError(f"{p} has no array 'x' (it has {sorted(z.files)})")
+            x = z["x"]
+            y = z["y"] if "y" in z.files else None
+    except UserInputError:
+        raise
+    except Exception as e:  # zipfile/pickle/format errors: name the file, not the library
+        raise UserInputError(f"{p} is not a readable .npz file ({type(e).__name__}: {e})") from e
+    if x.ndim < 3:
+        raise UserInputError(f"{p}: 'x' must be shaped (samples, timesteps, *input_shape), got {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise UserInputError(f"{p}: 'x' is empty {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+        raise UserInputError(f"{p}: 'x' must be numeric, got {x.dtype}")
+    if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
+        raise UserInputError(f"{p}: 'y' must be shaped ({x.shape[0]},), got {y.shape}")
+    return x, y
+
+
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], *, force: bool = True) -> None:
+    """Write arrays to ``path`` (.npz) atomically."""
+
+
+    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)  # a file object: np.savez would append '.npz' to a path

@@ -1,0 +1,346 @@
+"""Node types of lnm-deploy's intermediate representation.
+
+The IR is *discrete time*: one call of a node is one timestep, and every parameter is already in
+per-step units (NIR's continuous-time nodes are discretised by the importer, ``lnm_deploy.nir_io``,
+which records how). Shapes never include the batch dimension. Arrays are float64 numpy arrays.
+
+Neuron semantics (one step, elementwise over ``shape``; see ``docs/ir.md``)::
+
+    c[t]  = syn_decay * c[t-1] + syn_gain * x[t]     if the node has a synapse, else c[t] = x[t]
+    v'[t] = P(v[t-1]) + in_gain * c[t]              P(v) = sum_k poly[k] * v**k (Horner)
+    s[t]  = v'[t] > v_th                            strict; no spike test when v_th is None
+    v[t]  = v_reset          where s[t]   (reset "value")
+            v'[t] - v_th     where s[t]   (reset "subtract")
+            v'[t]            elsewhere
+    out   = s[t] if v_th is not None else v'[t]     (a non-spiking integrator outputs its membrane)
+
+Horner order is part of the contract: ``P(v) = (...(poly[d] * v + poly[d-1]) * v + ...) + poly[0]``,
+so that the PyTorch model and the numpy executor agree bit for bit in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from lnm_deploy.errors import GraphError, NumericError
+
+Shape = tuple[int, ...]
+ResetMode = Literal["value", "subtract"]
+RESET_MODES: tuple[str, ...] = ("value", "subtract")
+
+
+def _arr(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _check_finite(node: str, **arrays: np.ndarray | None) -> None:
+    for pname, a in arrays.items():
+        if a is not None and not np.all(np.isfinite(a)):
+            raise NumericError(
+                f"parameter '{pname}' has NaN or infinite values; retrain or fix the export",
+                node=node,
+            )
+
+
+def _pair(node: str, name: str, v: Any) -> tuple[int, int]:
+    a = np.asarray(v).reshape(-1)
+    if a.size == 1:
+        return (int(a[0]), int(a[0]))
+    if a.size == 2:
+        return (int(a[0]), int(a[1]))
+    raise GraphError(f"'{name}' must be an int or a pair of ints, got {v!r}", node=node)
+
+
+@dataclass(eq=False)
+class Node:
+    """Base of all IR nodes. ``metadata`` is free-form provenance (never semantics)."""
+
+    kind: ClassVar[str] = "node"
+    metadata: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+    def validate(self, name: str) -> None:
+        """Check the parameters are internally consistent and finite; raise ``GraphError``."""
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        """The node's output shape (no batch dim) given its input shape."""
+        if input_shape is None:
+            raise GraphError("node has no input", node=name)
+        return input_shape
+
+
+@dataclass(eq=False)
+class Input(Node):
+    """Graph input; ``shape`` excludes batch and time."""
+
+    kind: ClassVar[str] = "input"
+    shape: Shape
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        return self.shape
+
+
+@dataclass(eq=False)
+class Output(Node):
+    """Graph output; passes its (single) input through."""
+
+    kind: ClassVar[str] = "output"
+
+
+@dataclass(eq=False)
+class Affine(Node):
+    """``y = weight @ x + bias``; weight (out, in), bias (out,) or None. x must be 1-d."""
+
+    kind: ClassVar[str] = "affine"
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.weight = _arr(self.weight)
+        self.bias = None if self.bias is None else _arr(self.bias)
+
+    def validate(self, name: str) -> None:
+        if self.weight.ndim != 2:
+            raise GraphError(f"weight must be 2-d (out, in), got {self.weight.shape}", node=name)
+        if self.bias is not None and self.bias.shape != (self.weight.shape[0],):
+            raise GraphError(
+                f"bias shape {self.bias.shape} does not match weight rows {self.weight.shape[0]}",
+                node=name,
+            )
+        _check_finite(name, weight=self.weight, bias=self.bias)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape != (self.weight.shape[1],):
+            raise GraphError(
+                f"expects input shape ({self.weight.shape[1]},), gets {input_shape}; "
+                "insert a Flatten before it",
+                node=name,
+            )
+        return (self.weight.shape[0],)
+
+
+@dataclass(eq=False)
+class Scale(Node):
+    """``y = scale * x`` elementwise (scale broadcast to the input shape)."""
+
+    kind: ClassVar[str] = "scale"
+    scale: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.scale = _arr(self.scale)
+
+    def validate(self, name: str) -> None:
+        _check_finite(name, scale=self.scale)
+
+
+@dataclass(eq=False)
+class Conv2d(Node):
+    """2-d cross-correlation as ``torch.nn.functional.conv2d``; input (C_in, H, W).
+
+    weight (C_out, C_in/groups, kH, kW); bias (C_out,) or None; zero padding (pH, pW) on both sides.
+    """
+
+    kind: ClassVar[str] = "conv2d"
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        self.weight = _arr(self.weight)
+        self.bias = None if self.bias is None else _arr(self.bias)
+        self.stride = _pair("conv2d", "stride", self.stride)
+        self.padding = _pair("conv2d", "padding", self.padding)
+        self.dilation = _pair("conv2d", "dilation", self.dilation)
+        self.groups = int(self.groups)
+
+    def validate(self, name: str) -> None:
+        if self.weight.ndim != 4:
+            raise GraphError(f"weight must be 4-d (C_out, C_in, kH, kW), got {self.weight.shape}", node=name)
+        if self.weight.shape[0] % self.groups:
+            raise GraphError(f"C_out={self.weight.shape[0]} not divisible by groups={self.groups}", node=name)
+        if self.bias is not None and self.bias.shape != (self.weight.shape[0],):
+            raise GraphError(f"bias shape {self.bias.shape} != ({self.weight.shape[0]},)", node=name)
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            raise GraphError("stride and dilation must be >= 1 and padding >= 0", node=name)
+        _check_finite(name, weight=self.weight, bias=self.bias)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        cin = self.weight.shape[1] * self.groups
+        if input_shape is None or len(input_shape) != 3 or input_shape[0] != cin:
+            raise GraphError(f"expects input (C={cin}, H, W), gets {input_shape}", node=name)
+        hw = []
+        for i in range(2):
+            k = self.dilation[i] * (self.weight.shape[2 + i] - 1) + 1
+            n = (input_shape[1 + i] + 2 * self.padding[i] - k) // self.stride[i] + 1
+            if n < 1:
+                raise GraphError(f"input {input_shape} too small for the kernel", node=name)
+            hw.append(n)
+        return (self.weight.shape[0], hw[0], hw[1])
+
+
+@dataclass(eq=False)
+class _Pool2d(Node):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        self.kernel_size = _pair(self.kind, "kernel_size", self.kernel_size)
+        self.stride = self.kernel_size if self.stride is None else _pair(self.kind, "stride", self.stride)
+        self.padding = _pair(self.kind, "padding", self.padding)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape is None or len(input_shape) != 3:
+            raise GraphError(f"expects input (C, H, W), gets {input_shape}", node=name)
+        assert self.stride is not None
+        hw = [
+            (input_shape[1 + i] + 2 * self.padding[i] - self.kernel_size[i]) // self.stride[i] + 1
+            for i in range(2)
+        ]
+        if min(hw) < 1:
+            raise GraphError(f"input {input_shape} too small for the pooling window", node=name)
+        return (input_shape[0], hw[0], hw[1])
+
+
+@dataclass(eq=False)
+class SumPool2d(_Pool2d):
+    """Sum over each window (zero padding); input (C, H, W)."""
+
+    kind: ClassVar[str] = "sumpool2d"
+
+
+@dataclass(eq=False)
+class AvgPool2d(_Pool2d):
+    """Mean over each window, zero padding counted (torch ``count_include_pad=True``)."""
+
+    kind: ClassVar[str] = "avgpool2d"
+
+
+@dataclass(eq=False)
+class Flatten(Node):
+    """Flatten dims ``start_dim..end_dim`` (inclusive) of the *unbatched* input into one."""
+
+    kind: ClassVar[str] = "flatten"
+    start_dim: int = 0
+    end_dim: int = -1
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape is None:
+            raise GraphError("node has no input", node=name)
+        n = len(input_shape)
+        s = self.start_dim % n if n else 0
+        e = self.end_dim % n if n else 0
+        if s > e:
+            raise GraphError(f"start_dim {self.start_dim} after end_dim {self.end_dim} for {input_shape}", node=name)
+        return (*input_shape[:s], int(np.prod(input_shape[s : e + 1])), *input_shape[e + 1 :])
+
+
+@dataclass(eq=False)
+class Threshold(Node):
+    """Stateless spike test ``s = x > v_th``."""
+
+    kind: ClassVar[str] = "threshold"
+    v_th: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.v_th = _arr(self.v_th)
+
+    def validate(self, name: str) -> None:
+        _check_finite(name, v_th=self.v_th)
+
+
+@dataclass(eq=False)
+class Neuron(Node):
+    """Discrete-time LNM neuron population (see the module docstring for the equations).
+
+    All arrays are full-shape: ``poly`` is (degree+1, *shape) with ascending coefficients
+    theta_0..theta_d, every other array has ``shape``. ``dt`` (seconds per step) is recorded for
+    export only; the dynamics are already per step.
+    """
+
+    kind: ClassVar[str] = "neuron"
+    shape: Shape
+    poly: np.ndarray
+    v_th: np.ndarray | None
+    v_reset: np.ndarray | None = None
+    reset: ResetMode = "value"
+    in_gain: np.ndarray | None = None
+    syn_decay: np.ndarray | None = None
+    syn_gain: np.ndarray | None = None
+    dt: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+
+        def full(x: Any, default: float | None) -> np.ndarray | None:
+            if x is None:
+                if default is None:
+                    return None
+                x = default
+            return np.broadcast_to(_arr(x), self.shape).copy()
+
+        poly = _arr(self.poly)
+        if poly.ndim == 0:
+            poly = poly.reshape(1)
+        if poly.ndim == 1:  # one polynomial shared by the whole population
+            poly = poly.reshape(-1, *([1] * len(self.shape)))
+        self.poly = np.broadcast_to(poly, (poly.shape[0], *self.shape)).copy()
+        self.v_th = full(self.v_th, None)
+        self.v_reset = full(self.v_reset, 0.0)
+        self.in_gain = full(self.in_gain, 1.0)
+        if self.syn_decay is not None:
+            self.syn_decay = full(self.syn_decay, None)
+            self.syn_gain = full(self.syn_gain, 1.0)
+        elif self.syn_gain is not None:
+            raise GraphError("syn_gain given without syn_decay")
+        self.dt = float(self.dt)
+
+    @property
+    def degree(self) -> int:
+        return int(self.poly.shape[0]) - 1
+
+    @property
+    def spiking(self) -> bool:
+        return self.v_th is not None
+
+    def validate(self, name: str) -> None:
+        if self.reset not in RESET_MODES:
+            raise GraphError(f"reset must be one of {RESET_MODES}, got {self.reset!r}", node=name)
+        if not 1 <= self.poly.shape[0] <= 4:
+            raise GraphError(f"polynomial degree must be 0..3, got {self.degree}", node=name)
+        if not (self.dt > 0 and np.isfinite(self.dt)):
+            raise GraphError(f"dt must be positive, got {self.dt}", node=name)
+        _check_finite(
+            name,
+            poly=self.poly,
+            v_th=self.v_th,
+            v_reset=self.v_reset,
+            in_gain=self.in_gain,
+            syn_decay=self.syn_decay,
+            syn_gain=self.syn_gain,
+        )
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape != self.shape:
+            raise GraphError(f"expects input shape {self.shape}, gets {input_shape}", node=name)
+        return self.shape
+
+
+def node_types() -> dict[str, type[Node]]:
+    """Every concrete node class by its ``kind``, collected from the class tree (not retyped)."""
+    out: dict[str, type[Node]] = {}
+    stack = list(Node.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if not cls.__name__.startswith("_"):
+            out[cls.kind] = cls
+    return out

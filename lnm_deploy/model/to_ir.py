@@ -1,0 +1,194 @@
+"""Export an :class:`LNMSequential` to lnm-deploy's IR (a flat, discrete-time graph).
+
+Node names are the model's layer names (see :class:`LNMSequential`), plus ``input``, ``output`` and,
+for each RecurrentLNM ``name``, an Affine ``name_rec`` on the back edge ``name -> name_rec -> name``.
+Every value is copied as float64 exactly (``detach().double()``), taken from what the forward pass
+uses (e.g. the clamped ``alpha``), so a float64 model and the numpy executor agree spike for spike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lnm_deploy import __version__
+from lnm_deploy.errors import UnsupportedError, UserInputError
+from lnm_deploy.ir import (
+    Affine,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Graph,
+    Input,
+    Neuron,
+    Node,
+    Output,
+    SumPool2d,
+)
+from lnm_deploy.model.layers import LNM, LNMSequential, RecurrentLNM
+from lnm_deploy.model.layers import SumPool2d as TorchSumPool2d
+
+
+def _np(t: Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().double().numpy().copy()
+
+
+def _full(t: Tensor | None, lead: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
+    a = _np(t)
+    return None if a is None else np.broadcast_to(a, (*lead, *shape)).copy()
+
+
+def _conv_padding(name: str, layer: nn.Conv2d) -> tuple[int, int]:
+    if layer.padding_mode != "zeros":
+        raise UnsupportedError(f"Conv2d padding_mode {layer.padding_mode!r}; only 'zeros'", node=name)
+    pad = layer.padding
+    if isinstance(pad, str):
+        if pad == "valid":
+            return (0, 0)
+        # 'same' (stride 1): total padding d*(k-1) per dim, symmetric only when it is even.
+        totals = [layer.dilation[i] * (layer.kernel_size[i] - 1) for i in range(2)]
+        if any(tp % 2 for tp in totals):
+            raise UnsupportedError("Conv2d padding='same' with asymmetric padding", node=name)
+        return (totals[0] // 2, totals[1] // 2)
+    return (int(pad[0]), int(pad[1]))
+
+
+def _flatten_dim(name: str, d: int) -> int:
+    # nn.Flatten dims count the batch dim; IR dims do not. Negative dims mean the same in both.
+    if d == 0:
+        raise UnsupportedError("nn.Flatten over the batch dimension (dim 0)", node=name)
+    return d - 1 if d > 0 else d
+
+
+def neuron_node(layer: LNM, dt: float, metadata: dict[str, Any] | None = None) -> Neuron:
+    """The IR Neuron of one LNM layer (full-shape float64 arrays, in_gain = syn_gain = 1)."""
+    shape = layer.shape
+    alpha = layer.alpha_value()
+    meta: dict[str, Any] = {
+        "source": type(layer).__name__,
+        "granularity": layer.granularity,
+        "threshold_granularity": layer.threshold_granularity,
+        "surrogate": layer.surrogate,
+        "torch_dtype": str(layer.poly.dtype).removeprefix("torch."),
+    }
+    meta.update(metadata or {})
+    return Neuron(
+        shape=shape,
+        poly=_full(layer.poly, (layer.degree + 1,), shape),
+        v_th=_full(layer.v_th, (), shape),
+        v_reset=_full(layer.v_reset, (), shape),
+        reset=layer.reset,
+        in_gain=np.ones(shape),
+        syn_decay=_full(alpha, (), shape) if alpha is not None else None,
+        syn_gain=np.ones(shape) if alpha is not None else None,
+        dt=dt,
+        metadata=meta,
+    )
+
+
+def layer_nodes(name: str, layer: nn.Module, dt: float) -> list[tuple[str, Node]]:
+    """IR node(s) for one torch layer; a RecurrentLNM gives ``[(name, Neuron), (name_rec, Affine)]``."""
+    if isinstance(layer, RecurrentLNM):
+        rec = Affine(weight=_np(layer.rec.weight), bias=_np(layer.rec.bias), metadata={"source": "Linear"})
+        return [(name, neuron_node(layer, dt, {"recurrent": f"{name}_rec"})), (f"{name}_rec", rec)]
+    if isinstance(layer, LNM):
+        return [(name, neuron_node(layer, dt))]
+    if isinstance(layer, nn.Linear):
+        return [(name, Affine(weight=_np(layer.weight), bias=_np(layer.bias), metadata={"source": "Linear"}))]
+    if isinstance(layer, nn.Conv2d):
+        node = Conv2d(
+            weight=_np(layer.weight),
+            bias=_np(layer.bias),
+            stride=tuple(layer.stride),
+            padding=_conv_padding(name, layer),
+            dilation=tuple(layer.dilation),
+            groups=layer.groups,
+            metadata={"source": "Conv2d"},
+        )
+        return [(name, node)]
+    if isinstance(layer, nn.Flatten):
+        node = Flatten(
+            start_dim=_flatten_dim(name, layer.start_dim),
+            end_dim=_flatten_dim(name, layer.end_dim),
+            metadata={"source": "Flatten"},
+        )
+        return [(name, node)]
+    if isinstance(layer, TorchSumPool2d):
+        node = SumPool2d(
+            kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding, metadata={"source": "SumPool2d"}
+        )
+        return [(name, node)]
+    if isinstance(layer, nn.AvgPool2d):
+        pad = nn.modules.utils._pair(layer.padding)
+        if layer.ceil_mode:
+            raise UnsupportedError("AvgPool2d(ceil_mode=True)", node=name)
+        if layer.divisor_override is not None:
+            raise UnsupportedError("AvgPool2d(divisor_override=...); use SumPool2d for sums", node=name)
+        if not layer.count_include_pad and any(pad):
+            raise UnsupportedError("AvgPool2d(count_include_pad=False) with padding", node=name)
+        node = AvgPool2d(
+            kernel_size=layer.kernel_size,
+            stride=layer.kernel_size if layer.stride is None else layer.stride,
+            padding=pad,
+            metadata={"source": "AvgPool2d"},
+        )
+        return [(name, node)]
+    raise UnsupportedError(
+        f"layer type {type(layer).__name__} has no IR equivalent (supported: Linear, Conv2d, Flatten, "
+        "SumPool2d, AvgPool2d, LNM, RecurrentLNM)",
+        node=name,
+    )
+
+
+def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 1e-3) -> Graph:
+    """Export ``model`` to a validated IR graph ``input -> layers -> output``.
+
+    Args:
+        model: the network (any dtype; values are read as the forward pass uses them).
+        input_shape: per-step input shape without batch and time, e.g. ``(64,)``.
+        dt: seconds per step, recorded on every Neuron (the dynamics are already per step).
+
+    Raises:
+        UnsupportedError: a layer the IR cannot express (the message names it).
+        NumericError: NaN or infinite parameters (raised by the graph's validation).
+        GraphError: shapes that do not chain (e.g. a wrong ``input_shape``).
+    """
+    if not isinstance(model, LNMSequential):
+        raise UserInputError(f"model_to_ir expects an LNMSequential, got {type(model).__name__}")
+    if not (dt > 0 and np.isfinite(dt)):
+        raise UserInputError(f"dt must be positive, got {dt}")
+    nodes: dict[str, Node] = {"input": Input(shape=tuple(int(s) for s in input_shape))}
+    edges: list[tuple[str, str]] = []
+    prev = "input"
+    for name, layer in model.named_layers():
+        produced = layer_nodes(name, layer, float(dt))
+        for n, _ in produced:
+            if n in nodes:
+                raise UserInputError(f"IR node name {n!r} is used twice", node=n)
+        nodes.update(produced)
+        # Feed-forward edge first: a node sums its inputs in edge order, x[t] + rec(s[t-1]).
+        edges.append((prev, name))
+        if len(produced) == 2:
+            rec_name = produced[1][0]
+            edges += [(name, rec_name), (rec_name, name)]
+        prev = name
+    nodes["output"] = Output()
+    edges.append((prev, "output"))
+    graph = Graph(
+        nodes=nodes,
+        edges=edges,
+        metadata={
+            "producer": "lnm-deploy",
+            "producer_version": __version__,
+            "source": "lnm_deploy.model.LNMSequential",
+            "torch_version": torch.__version__,
+            "torch_dtype": str(model.dtype).removeprefix("torch."),
+            "dt": float(dt),
+            "initial_state": "zeros",
+        },
+    )
+    graph.schedule()  # validates: shapes chain, parameters finite (NumericError), back edges delayed
+    return graph

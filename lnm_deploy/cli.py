@@ -36,7 +36,18 @@ def _load_graph(args: argparse.Namespace):  # -> ir.Graph
     from lnm_deploy.fileio import existing_file
     from lnm_deploy.nir_io import read_nir
 
-    return read_nir(existing_file(args.graph, "graph file"), dt=args.dt, producer=args.producer)
+    return read_nir(existing_file(args.graph, "graph file"), dt=args.dt, producer=args.producer,
+                    input_shape=args.input_shape)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 2,34,34)") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 2,34,34)")
+    return shape
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -83,6 +94,8 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
                    help="who wrote the graph, when its metadata does not say (sets dt and conventions)")
     p.add_argument("--dt", type=float, default=None,
                    help="seconds per timestep used to discretise NIR's continuous-time neurons")
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="SHAPE",
+                   help="input shape without batch, e.g. 2,34,34, when the graph's Input has none")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,6 +91,10 @@ def test_recurrent_edge_is_delayed_one_step():
     x2 = np.zeros((1, 5, 1))
     r2 = run_float(g, x2)
     assert r2.output.sum() == 0
+    # A recurrent bias acts from t = 0 on (virtual step t = -1 with neurons at rest).
+    g.nodes["rec"] = Affine(weight=[[0.0]], bias=[0.25])
+    r3 = run_float(g, x2, record=True)
+    assert r3.states["n"]["v"][0, :, 0].tolist() == [0.25] * 5
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from lnm_deploy.ir import (
     Node,
     Output,
     Scale,
+    Schedule,
     SumPool2d,
     Threshold,
 )
@@ -156,6 +157,26 @@ def _stateless_step(name: str, node: Node, dtype: type) -> Step:
     raise UnsupportedError(f"the float executor has no implementation for {type(node).__name__}", node=name)
 
 
+def _initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], batch: int,
+                    dtype: type) -> dict[str, Array]:
+    """What back edges deliver at t = 0: every node's output at a virtual step t = -1 in which the
+    input is zero and every neuron shows its initial output (no spike, v = 0). So a recurrent
+    Affine contributes its bias from the first step on, as in snnTorch and as a bias folded into
+    the neuron does on a chip."""
+    vals: dict[str, Array] = {}
+    for name in sched.order:
+        shape = (batch, *sched.shapes[name])
+        if name == sched.input_node or isinstance(graph.nodes[name], Neuron):
+            vals[name] = np.zeros(shape, dtype=dtype)
+            continue
+        total = np.zeros((batch, *sched.shapes[next(s for s, d in sched.inputs[name] if not d)]), dtype=dtype)
+        for src, delayed in sched.inputs[name]:
+            if not delayed:
+                total = total + vals[src]
+        vals[name] = steps_fn[name](total)
+    return vals
+
+
 def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.float64,
               progress: bool = False) -> RunResult:
     """Run ``graph`` on ``x`` shaped (batch, timesteps, *input_shape); see ``RunResult``."""
@@ -192,8 +213,7 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.
                 states[n]["c"] = np.zeros((batch, steps, *st.node.shape), dtype=dtype)
     output = np.zeros((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
 
-    # Values of the previous step feed back edges; zeros before the first step.
-    prev: dict[str, Array] = {n: np.zeros((batch, *sched.shapes[n]), dtype=dtype) for n in sched.order}
+    prev = _initial_values(graph, sched, steps_fn, batch, dtype)
     it = range(steps)
     if progress:
         from tqdm import tqdm

@@ -2,8 +2,9 @@
 
 Timing: within one timestep every node runs once, in ``schedule().order``. An edge whose source
 runs *after* its destination in that order (a back edge, which closes a cycle) delivers the
-source's output from the *previous* step (zeros at t = 0): a recurrent connection costs exactly one
-step, a feed-forward one none. Several edges into one node are summed in ``edges`` order.
+source's output from the *previous* step (at t = 0: its output at a virtual step with zero input
+and neurons at rest, i.e. an Affine's bias): a recurrent connection costs exactly one step, a
+feed-forward one none. Several edges into one node are summed in ``edges`` order.
 """
 
 from __future__ import annotations

@@ -1,0 +1,217 @@
+"""How NIR's continuous-time neurons become lnm-deploy's per-step neurons, and back.
+
+NIR describes neurons as linear ODEs plus a threshold and carries **no dt**. Every producer
+discretises them its own way, so the importer needs to know who wrote a graph (``producer``) and the
+step ``dt`` (seconds). The conventions below were read from the exporters' sources (nir 1.0.8,
+snnTorch 1.0.0, Norse 1.1.0) and are checked against each framework's own forward pass in
+``tests/test_frameworks.py``.
+
+Generic NIR (``producer="generic"``, also snnTorch): forward Euler, the input held constant over one
+step. With ``k = dt / tau`` (per step)::
+
+    LIF / LI      tau dv/dt = (v_leak - v) + r I     ->  P(v) = (1 - k) v + k v_leak,  in_gain = k r
+    IF / I        dv/dt = r I                        ->  P(v) = v,                     in_gain = dt r
+    CubaLIF/CubaLI synapse tau_syn dI/dt = -I + w_in S  ->  syn_decay = 1 - dt/tau_syn,
+                                                          syn_gain  = (dt/tau_syn) w_in
+
+- snnTorch 1.0.0 (``snntorch.export_nir.export_to_nir``) hard-codes ``dt = 1e-4`` and writes
+  ``tau = dt/(1-beta)``, ``r = tau/dt``, ``v_leak = 0``, ``v_reset = 0`` (Leaky, RLeaky) and
+  additionally ``tau_syn = dt/(1-alpha)``, ``w_in = tau_syn/dt`` (Synaptic, RSynaptic). With the
+  generic rule and ``dt = 1e-4`` this gives back ``P(v) = beta v``, ``in_gain = 1``,
+  ``syn_decay = alpha``, ``syn_gain = 1``. The decays are *snapped*: among the nearest floats of
+  ``1 - dt/tau`` (in the file's precision) we take one that reproduces ``tau`` exactly through
+  ``dt/(1 - decay)``, so a float32 or float64 ``beta`` comes back bit-exact; gains are computed as
+  ``r / (tau/dt)`` so snnTorch's ``r = tau/dt`` gives exactly 1. It writes *every* reset as
+  reset-to-zero without reset delay: ``reset_mechanism="subtract"`` (snnTorch's default) and
+  ``reset_delay=True`` (the default) are lost without a trace in the file.
+- Norse 1.1.0 (``norse.torch.to_nir``, default ``dt = 1e-3``, the same default as its cells) writes
+  ``tau = dt / tau_mem_inv`` and ``tau_syn = dt / tau_syn_inv`` (a bug: the true time constant is
+  ``1/tau_inv``), ``r = 1``, no ``v_reset`` (so NIR's default 0; the cell's ``v_reset`` is lost) and
+  NIR's default ``w_in = 1``. Its cells step as ``v += dt*tau_mem_inv*((v_leak - v) + i)`` (LIFBox,
+  LIBox, and LIF after the current jump ``i += x``), ``i *= 1 - dt*tau_syn_inv`` and, for IAF,
+  ``v += x`` (no dt). So for Norse: ``tau_inv = dt / tau_written``, ``P(v) = (1 - dt tau_inv) v +
+  dt tau_inv v_leak``, ``in_gain = dt tau_inv r``, ``syn_decay = 1 - dt tau_syn_inv``,
+  ``syn_gain = w_in`` and, for IF / I, ``in_gain = r``. Its cells start at ``v = v_leak`` while
+  lnm-deploy starts at 0 (equal for the default ``v_leak = 0``).
+- lnm-deploy's own files carry the exact per-step neuron in node metadata (see ``write.py``); the
+  NIR parameters there are the best linear (LIF) approximation for other readers.
+
+The default dt when nothing says otherwise (generic graphs): ``DEFAULT_DT["generic"] = 1e-4`` s,
+snnTorch's, the most common NIR producer; the importer warns that it was assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PRODUCERS: tuple[str, ...] = ("lnm-deploy", "snntorch", "norse", "generic")
+DEFAULT_DT: dict[str, float] = {"snntorch": 1e-4, "norse": 1e-3, "generic": 1e-4}
+LNM_FORMAT = 1  # version of the metadata layout below; bump on incompatible changes
+
+DISCRETISATION = "forward-euler"
+THRESHOLD_TEST = "v > v_th"
+TIMING = (
+    "per step t: c[t] = syn_decay*c[t-1] + syn_gain*x[t] (no synapse: c[t] = x[t]); "
+    "v'[t] = P(v[t-1]) + in_gain*c[t], P by Horner; s[t] = v'[t] > v_th; v[t] = v_reset "
+    "(reset 'value') or v'[t] - v_th (reset 'subtract') where s[t], else v'[t]; states start at 0; "
+    "input x[t] acts in the same step; recurrent (back) edges deliver the previous step's value"
+)
+FIT_DESCRIPTION = (
+    "NIR parameters are the least-squares linear fit a + b v of P(v) over [lo, hi] = "
+    "[min(v_reset, 0), v_th] (non-spiking: [-1, 1]), per neuron, discretised by forward Euler with dt: "
+    "tau = dt/(1-b), v_leak = a/(1-b), r = in_gain/(1-b); synapse: tau_syn = dt/(1-syn_decay), "
+    "w_in = syn_gain/(1-syn_decay); IF/I: r = in_gain/dt. Exact for degree <= 1."
+)
+# |1 - b| below this is written as +-MIN_LEAK: NIR's LIF cannot express a non-leaky membrane with a
+# constant drift or a synapse (tau would be infinite).
+MIN_LEAK = 1e-12
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """Per-step neuron parameters (float64, broadcastable to the population shape)."""
+
+    decay: np.ndarray  # b in P(v) = a + b v
+    offset: np.ndarray  # a
+    in_gain: np.ndarray
+    syn_decay: np.ndarray | None = None
+    syn_gain: np.ndarray | None = None
+
+
+def as_array(x: Any) -> np.ndarray:
+    """A numpy array of ``x`` (numpy, python scalars, or CPU torch tensors), in its own precision."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    return a
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def snap(guess: np.ndarray, target: np.ndarray, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Elementwise, the float nearest ``guess`` (within 2 ulp, in ``target``'s precision) whose
+    ``forward`` reproduces ``target`` exactly; ``guess`` itself where none does.
+
+    This inverts an exporter's ``target = forward(x)`` bit-exactly whenever the exporter computed it
+    that way (e.g. snnTorch's ``tau = dt / (1 - beta)``), and is a no-op approximation otherwise.
+    """
+    guess = _f64(guess)
+    dtype = target.dtype if np.issubdtype(target.dtype, np.floating) else np.dtype(np.float64)
+    g = guess.astype(dtype)
+    best = guess.copy()
+    found = np.zeros(np.broadcast_shapes(g.shape, target.shape), dtype=bool)
+    best = np.broadcast_to(best, found.shape).copy()
+    cands = [g]
+    for direction in (-np.inf, np.inf):
+        c = g
+        for _ in range(2):
+            c = np.nextafter(c, np.asarray(direction, dtype=dtype))
+            cands.append(c)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for c in cands:
+            ok = ~found & (forward(c) == target)
+            best = np.where(ok, _f64(c), best)
+            found |= ok
+    return best
+
+
+def euler_leak(tau: np.ndarray, r: np.ndarray, v_leak: np.ndarray, dt: float) -> StepParams:
+    """Generic NIR (and snnTorch): forward Euler of ``tau dv/dt = (v_leak - v) + r I``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        decay = snap(1.0 - dt / _f64(tau), tau, lambda b: dt / (1 - b))
+        k = tau / dt  # native precision: snnTorch's r is exactly this, so in_gain = 1 exactly
+        in_gain = _f64(r / k)
+        offset = _f64(v_leak * (dt / tau))
+    return StepParams(decay=decay, offset=offset, in_gain=in_gain)
+
+
+def euler_synapse(tau_syn: np.ndarray, w_in: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generic NIR (and snnTorch): forward Euler of ``tau_syn dI/dt = -I + w_in S``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        syn_decay = snap(1.0 - dt / _f64(tau_syn), tau_syn, lambda a: dt / (1 - a))
+        syn_gain = _f64(w_in / (tau_syn / dt))
+    return syn_decay, syn_gain
+
+
+def norse_rate(tau_written: np.ndarray, dt: float) -> np.ndarray:
+    """Norse 1.1.0 wrote ``tau = dt / tau_inv``; return ``tau_inv`` (1/s), snapped to invert it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return snap(dt / _f64(tau_written), tau_written, lambda ti: dt / ti)
+
+
+def norse_leak(tau_written: np.ndarray, r: np.ndarray, v_leak: np.ndarray, dt: float) -> StepParams:
+    """Norse's ``v += dt*tau_inv*((v_leak - v) + r*i)`` as ``P(v) = a + b v`` and ``in_gain``."""
+    k = dt * norse_rate(tau_written, dt)
+    return StepParams(decay=1.0 - k, offset=k * _f64(v_leak), in_gain=k * _f64(r))
+
+
+def norse_synapse(tau_syn_written: np.ndarray, w_in: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Norse's LIF current: ``i = i*(1 - dt*tau_syn_inv) + x`` (jump of ``w_in`` per unit input)."""
+    return 1.0 - dt * norse_rate(tau_syn_written, dt), _f64(w_in)
+
+
+def integrator_gain(r: np.ndarray, dt: float, producer: str) -> np.ndarray:
+    """Per-step gain of NIR's IF / I (``dv/dt = r I``): ``dt r`` (generic), ``r`` (Norse's IAF)."""
+    return _f64(r) if producer == "norse" else _f64(r) * dt
+
+
+# ----------------------------------------------------------------------------------------------
+# Export direction: the LIF that best approximates an LNM neuron.
+
+
+def fit_range(v_th: np.ndarray | None, v_reset: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Operating range ``[lo, hi]`` of the membrane for the linear fit, per neuron.
+
+    ``[min(v_reset, 0), v_th]`` for a spiking neuron (ends swapped if v_th is below; widened to
+    ``[lo, lo + 1]`` if empty), ``[-1, 1]`` for a non-spiking one.
+    """
+    if v_th is None:
+        return np.full(shape, -1.0), np.full(shape, 1.0)
+    lo0 = np.minimum(v_reset, 0.0)
+    lo, hi = np.minimum(lo0, v_th), np.maximum(lo0, v_th)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    return np.broadcast_to(lo, shape).copy(), np.broadcast_to(hi, shape).copy()
+
+
+def linear_fit(poly: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares (uniform weight) best line ``a + b v`` to ``P(v)`` on ``[lo, hi]``, per neuron.
+
+    ``poly`` is (d+1, *shape), ascending. Degree <= 1 is returned exactly (``a = theta_0``,
+    ``b = theta_1``). Otherwise P is expanded around the midpoint m with half-width h,
+    ``Q(u) = P(m + h u)`` for ``u`` in [-1, 1], and projected on the Legendre polynomials 1 and u:
+    ``mean = sum_{k even} q_k / (k+1)``, ``slope_u = 3 sum_{k odd} q_k / (k+2)``; then
+    ``b = slope_u / h`` and ``a = mean - b m``.
+    """
+    d = poly.shape[0] - 1
+    if d == 0:
+        return poly[0].copy(), np.zeros_like(poly[0])
+    if d == 1:
+        return poly[0].copy(), poly[1].copy()
+    m = (lo + hi) / 2.0
+    h = (hi - lo) / 2.0
+    q = [np.zeros_like(m) for _ in range(d + 1)]
+    from math import comb
+
+    for j in range(d + 1):
+        for k in range(j + 1):
+            q[k] = q[k] + poly[j] * comb(j, k) * m ** (j - k) * h**k
+    mean = sum(q[k] / (k + 1) for k in range(0, d + 1, 2))
+    slope_u = 3.0 * sum(q[k] / (k + 2) for k in range(1, d + 1, 2))
+    b = slope_u / h
+    a = mean - b * m
+    return np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
+
+def leak_denominator(b: np.ndarray) -> np.ndarray:
+    """``1 - b`` with magnitude at least ``MIN_LEAK`` (sign kept; 0 becomes +MIN_LEAK)."""
+    d = 1.0 - b
+    small = np.abs(d) < MIN_LEAK
+    return np.where(small, np.where(d < 0, -MIN_LEAK, MIN_LEAK), d)

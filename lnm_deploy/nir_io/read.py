@@ -1,0 +1,710 @@
+"""Import a NIR graph (``nir.NIRGraph`` or a ``.nir`` file) into lnm-deploy's IR.
+
+- lnm-deploy's own files: every node is restored bit-exactly from its ``lnm_*`` metadata.
+- Other producers: NIR's continuous-time neurons are discretised per the producer's convention
+  (``conventions``: snnTorch, Norse, generic NIR) with the step ``dt``.
+- Nested ``NIRGraph`` nodes are flattened: inner nodes are named ``outer.inner`` and edges into /
+  out of the subgraph are rewired through its Input / Output nodes.
+
+Producer: the graph's ``metadata["producer"]`` when present (neither snnTorch 1.0.0 nor Norse 1.1.0
+write any graph or node metadata), else the ``producer`` argument, else generic NIR. dt: the ``dt``
+argument, else ``metadata["dt"]``, else the producer's default (snnTorch 1e-4 s, Norse 1e-3 s),
+else 1e-4 s with an ``LNMDeployWarning``.
+
+Losses that cannot be seen in a file are documented in ``conventions`` and warned about with
+``LNMDeployWarning`` naming the nodes (snnTorch's reset, Norse's time constants, batch dimensions
+recorded in Input shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import h5py
+import nir
+import numpy as np
+
+from lnm_deploy.errors import (
+    GraphError,
+    LNMDeployError,
+    LNMDeployWarning,
+    NumericError,
+    UnsupportedError,
+    UserInputError,
+)
+from lnm_deploy.ir import (
+    Affine,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Graph,
+    Input,
+    Neuron,
+    Node,
+    Output,
+    Scale,
+    SumPool2d,
+    Threshold,
+)
+from lnm_deploy.nir_io.conventions import (
+    DEFAULT_DT,
+    LNM_FORMAT,
+    PRODUCERS,
+    StepParams,
+    as_array,
+    euler_leak,
+    euler_synapse,
+    integrator_gain,
+    norse_leak,
+    norse_synapse,
+)
+from lnm_deploy.nir_io.write import neuron_to_nir
+
+Shape = tuple[int, ...]
+
+# Every node type nir 1.0.8 can read; anything else in a file is reported before nir.read fails.
+NIR_TYPES: frozenset[str] = frozenset({
+    "Input", "Output", "NIRGraph", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "Flatten",
+    "SumPool2d", "AvgPool2d", "Threshold", "Delay", "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I",
+})
+_NEURONS = ("LIF", "CubaLIF", "IF", "LI", "CubaLI", "I")
+_WHY_UNSUPPORTED = {
+    "Conv1d": "1-d convolutions are not in lnm-deploy's IR (reshape to a Conv2d with height 1)",
+    "Delay": "per-connection delays are not in lnm-deploy's IR",
+}
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, LNMDeployWarning, stacklevel=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _scan_types(group: h5py.Group, path: Path, name: str) -> None:
+    if "type" not in group:
+        raise GraphError(f"{path}: NIR node without a 'type'", node=name or "<root>")
+    t = group["type"][()]
+    t = t.decode("utf8") if isinstance(t, bytes) else str(t)
+    if t not in NIR_TYPES:
+        raise UnsupportedError(f"{path}: unknown NIR node type {t!r}", node=name or "<root>")
+    if t == "NIRGraph":
+        if "nodes" not in group or "edges" not in group:
+            raise GraphError(f"{path}: NIRGraph without 'nodes' or 'edges'", node=name or "<root>")
+        for k, child in group["nodes"].items():
+            if not isinstance(child, h5py.Group):
+                raise GraphError(f"{path}: malformed node entry", node=k)
+            _scan_types(child, path, f"{name}.{k}" if name else k)
+
+
+def _read_file(path: str | os.PathLike[str]) -> nir.NIRGraph:
+    p = Path(path)
+    if not p.exists():
+        raise UserInputError(f"NIR file {p} does not exist")
+    if not p.is_file():
+        raise UserInputError(f"{p} is not a file")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise UserInputError(f"{p} is not a NIR file (not readable as HDF5: {e})") from e
+    with f:
+        if "node" not in f or not isinstance(f["node"], h5py.Group):
+            raise GraphError(f"{p} is HDF5 but holds no NIR graph (no 'node' group)")
+        _scan_types(f["node"], p, "")
+    try:
+        g = nir.read(p, type_check=False)
+    except LNMDeployError:
+        raise
+    except Exception as e:  # KeyError, AssertionError, ValueError, TypeError from nir / h5py
+        raise GraphError(f"{p} is not a valid NIR graph ({type(e).__name__}: {e})") from e
+    if not isinstance(g, nir.NIRGraph):
+        raise GraphError(f"{p} holds a single {type(g).__name__} node, not a NIR graph")
+    return g
+
+
+def read_nir(
+    path: str | os.PathLike[str],
+    *,
+    dt: float | None = None,
+    producer: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Graph:
+    """Read a ``.nir`` file into a validated IR graph; see ``from_nir``.
+
+    Raises:
+        UserInputError: the file is missing or not HDF5.
+        GraphError: the file is HDF5 but not a NIR graph, or the graph is malformed.
+        UnsupportedError, NumericError: see ``from_nir``.
+    """
+    return from_nir(_read_file(path), dt=dt, producer=producer, input_shape=input_shape,
+                    _source=str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Flattening nested graphs
+
+
+def _bypass(nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], p: str) -> list[tuple[str, str]]:
+    """Remove pass-through node ``p``: each edge ``p -> y`` becomes ``x -> y`` for every ``x -> p``
+    (in place, so the summation order at ``y`` is kept)."""
+    sources = [s for s, d in edges if d == p]
+    out: list[tuple[str, str]] = []
+    for s, d in edges:
+        if d == p:
+            continue
+        if s == p:
+            out.extend((x, d) for x in sources)
+        else:
+            out.append((s, d))
+    del nodes[p]
+    return out
+
+
+def flatten_graph(g: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
+    """Flatten nested ``NIRGraph`` nodes into one level (names ``outer.inner``).
+
+    An edge into (out of) a subgraph goes to the successors of its single Input (comes from the
+    predecessors of its single Output); ``sub.<input name>`` selects one port explicitly. The
+    subgraph's Input/Output nodes are removed. The top level keeps its own Input/Output nodes.
+    """
+    nodes: dict[str, nir.NIRNode] = {}
+    edges: list[tuple[str, str]] = []
+    ports: dict[str, tuple[list[str], list[str]]] = {}  # sub name -> (input names, output names)
+    passthrough: list[str] = []
+    for name, node in g.nodes.items():
+        full = f"{prefix}{name}"
+        if isinstance(node, nir.NIRGraph):
+            inner_nodes, inner_edges = flatten_graph(node, f"{full}.")
+            ins = [f"{full}.{k}" for k, v in node.nodes.items() if isinstance(v, nir.Input)]
+            outs = [f"{full}.{k}" for k, v in node.nodes.items() if isinstance(v, nir.Output)]
+            ports[name] = (ins, outs)
+            for k in inner_nodes:
+                if k in nodes or k in g.nodes:
+                    raise GraphError("flattening a subgraph gives a name that already exists", node=k)
+            nodes.update(inner_nodes)
+            edges.extend(inner_edges)
+            passthrough.extend(ins + outs)
+        else:
+            if full in nodes:
+                raise GraphError("flattening a subgraph gives a name that already exists", node=full)
+            nodes[full] = node
+
+    def endpoint(n: str, as_source: bool) -> str:
+        if n in ports:
+            ins, outs = ports[n]
+            cands = outs if as_source else ins
+            if len(cands) != 1:
+                raise UnsupportedError(
+                    f"an edge {'from' if as_source else 'into'} subgraph '{n}' is ambiguous: it has "
+                    f"{len(cands)} {'Output' if as_source else 'Input'} nodes {cands}",
+                    node=f"{prefix}{n}",
+                )
+            return cands[0]
+        return f"{prefix}{n}"
+
+    own = [(endpoint(s, True), endpoint(d, False)) for s, d in g.edges]
+    for s, d in own:
+        for end in (s, d):
+            if end not in nodes:
+                raise GraphError(f"edge ({s} -> {d}) names a node that does not exist", node=end)
+    edges = own + edges
+    for p in passthrough:
+        edges = _bypass(nodes, edges, p)
+    return nodes, edges
+
+
+# ------------------------------------------------------------------------------------------------
+# Node conversion
+
+
+def _plain(v: Any) -> Any:
+    """Metadata value as plain Python (for IR provenance)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode("utf8", "replace")
+    if hasattr(v, "detach"):
+        return as_array(v).tolist()
+    return v
+
+
+def _finite_params(name: str, node: nir.NIRNode) -> dict[str, np.ndarray]:
+    """The node's numeric parameters as arrays; ``NumericError`` naming the node on NaN/inf."""
+    out: dict[str, np.ndarray] = {}
+    for field in getattr(node, "__dataclass_fields__", {}):
+        if field in ("input_type", "output_type", "metadata", "nodes", "edges", "input_shape"):
+            continue
+        v = getattr(node, field, None)
+        if v is None or isinstance(v, str):
+            continue
+        try:
+            a = as_array(v)
+        except (TypeError, ValueError):
+            continue
+        if not np.issubdtype(a.dtype, np.number):
+            continue
+        if not np.all(np.isfinite(a)):
+            raise NumericError(f"NIR parameter '{field}' has NaN or infinite values", node=name)
+        out[field] = a
+    return out
+
+
+def _ints2(name: str, what: str, v: Any) -> tuple[int, int]:
+    a = np.asarray(as_array(v)).reshape(-1)
+    if a.size == 1:
+        return (int(a[0]), int(a[0]))
+    if a.size == 2:
+        return (int(a[0]), int(a[1]))
+    raise GraphError(f"'{what}' must be an int or a pair, got {v!r}", node=name)
+
+
+def _conv_padding(name: str, node: nir.Conv2d) -> tuple[int, int]:
+    pad = node.padding
+    if isinstance(pad, bytes):
+        pad = pad.decode()
+    if isinstance(pad, str):
+        if pad == "valid":
+            return (0, 0)
+        if pad == "same":
+            k = np.asarray(node.weight.shape[2:])
+            dil = np.asarray(_ints2(name, "dilation", node.dilation))
+            stride = _ints2(name, "stride", node.stride)
+            if stride != (1, 1):
+                raise UnsupportedError("Conv2d padding='same' needs stride 1", node=name)
+            total = dil * (k - 1)
+            if np.any(total % 2):
+                raise UnsupportedError(
+                    f"Conv2d padding='same' with kernel {tuple(k)} and dilation {tuple(dil)} pads "
+                    "asymmetrically (as torch does); only symmetric zero padding is supported",
+                    node=name,
+                )
+            return (int(total[0] // 2), int(total[1] // 2))
+        raise GraphError(f"Conv2d padding {pad!r} is not 'same', 'valid' or ints", node=name)
+    return _ints2(name, "padding", pad)
+
+
+def _population_shape(name: str, params: dict[str, np.ndarray], in_shape: Shape | None) -> Shape:
+    shapes = [a.shape for a in params.values()]
+    if in_shape is not None:
+        try:
+            if np.broadcast_shapes(in_shape, *shapes) == tuple(in_shape):
+                return tuple(in_shape)
+        except ValueError:
+            pass
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError as e:
+        raise GraphError(f"neuron parameters of different shapes {shapes}", node=name) from e
+    if len(shape) == 0 and in_shape is None:
+        raise GraphError("neuron parameters are scalars and the input shape is unknown", node=name)
+    return tuple(shape)
+
+
+class _Context:
+    def __init__(self, producer: str, dt: float, exact: bool) -> None:
+        self.producer = producer
+        self.dt = dt
+        self.exact = exact  # lnm-deploy graph: restore from metadata
+        self.unstable: list[str] = []
+
+
+def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray], in_shape: Shape | None,
+                    ctx: _Context) -> Neuron:
+    t = type(node).__name__
+    dt = ctx.dt
+    norse = ctx.producer == "norse"
+    p = params
+    for key in ("tau", "tau_mem", "tau_syn"):
+        if key in p and np.any(p[key] == 0):
+            raise NumericError(f"NIR parameter '{key}' is 0 (no time constant)", node=name)
+    shape = _population_shape(name, p, in_shape)
+    if t in ("IF", "I"):
+        step = StepParams(decay=np.ones(()), offset=np.zeros(()), in_gain=integrator_gain(p["r"], dt, ctx.producer))
+    else:
+        tau = p["tau"] if t in ("LIF", "LI") else p["tau_mem"]
+        leak = norse_leak if norse else euler_leak
+        step = leak(tau, p["r"], p["v_leak"], dt)
+    syn_decay = syn_gain = None
+    if t in ("CubaLIF", "CubaLI"):
+        w_in = p.get("w_in", np.ones(()))
+        syn_decay, syn_gain = (norse_synapse if norse else euler_synapse)(p["tau_syn"], w_in, dt)
+        if np.any(syn_decay < 0) or np.any(syn_decay > 1):
+            ctx.unstable.append(name)
+    if np.any(step.decay < 0) or np.any(step.decay > 1):
+        ctx.unstable.append(name)
+    full = lambda a: np.broadcast_to(np.asarray(a, dtype=np.float64), shape)  # noqa: E731
+    spiking = t in ("LIF", "CubaLIF", "IF")
+    v_th = full(p["v_threshold"]) if spiking else None
+    v_reset = full(p["v_reset"]) if spiking and "v_reset" in p else None
+    meta: dict[str, Any] = {"nir_type": t}
+    if node.metadata:
+        meta["nir_metadata"] = _plain(node.metadata)
+    return Neuron(
+        shape=shape,
+        poly=np.stack([full(step.offset), full(step.decay)]),
+        v_th=v_th,
+        v_reset=v_reset,
+        reset="value",
+        in_gain=full(step.in_gain),
+        syn_decay=None if syn_decay is None else full(syn_decay),
+        syn_gain=None if syn_gain is None else full(syn_gain),
+        dt=dt,
+        metadata=meta,
+    )
+
+
+def _meta_get(name: str, meta: dict[str, Any], key: str) -> Any:
+    if key not in meta:
+        raise GraphError(f"lnm-deploy metadata is incomplete: '{key}' is missing", node=name)
+    return meta[key]
+
+
+def _arr(x: Any) -> np.ndarray:
+    return np.asarray(as_array(x), dtype=np.float64)
+
+
+def _exact_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    raw = meta.get("lnm_metadata")
+    if raw is None:
+        return {}
+    try:
+        out = json.loads(str(raw))
+    except json.JSONDecodeError:
+        return {"lnm_metadata": str(raw)}
+    return out if isinstance(out, dict) else {"lnm_metadata": out}
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=0.0))
+
+
+def _exact_neuron(name: str, node: nir.NIRNode, meta: dict[str, Any]) -> Neuron:
+    poly = _arr(_meta_get(name, meta, "lnm_poly"))
+    shape = tuple(poly.shape[1:])
+    syn = "lnm_syn_decay" in meta
+    neuron = Neuron(
+        shape=shape,
+        poly=poly,
+        v_th=_arr(meta["lnm_v_th"]) if "lnm_v_th" in meta else None,
+        v_reset=_arr(_meta_get(name, meta, "lnm_v_reset")),
+        reset=str(_meta_get(name, meta, "lnm_reset")),  # type: ignore[arg-type]
+        in_gain=_arr(_meta_get(name, meta, "lnm_in_gain")),
+        syn_decay=_arr(meta["lnm_syn_decay"]) if syn else None,
+        syn_gain=_arr(_meta_get(name, meta, "lnm_syn_gain")) if syn else None,
+        dt=float(_meta_get(name, meta, "lnm_dt")),
+        metadata=_exact_metadata(meta),
+    )
+    neuron.validate(name)
+    # The NIR parameters are derived from the metadata; if another tool edited them, say so.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        expected = neuron_to_nir(name, neuron)
+    if type(expected) is not type(node) or not all(
+        _close(_arr(getattr(node, f)), _arr(getattr(expected, f))) for f in _finite_params(name, expected)
+    ):
+        _warn(f"node '{name}': its NIR parameters disagree with its lnm-deploy metadata (edited by "
+              "another tool?); the metadata, which is exact, is used")
+    return neuron
+
+
+def _convert(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Context) -> Node:
+    t = type(node).__name__
+    if t in _WHY_UNSUPPORTED:
+        raise UnsupportedError(f"NIR {t}: {_WHY_UNSUPPORTED[t]}", node=name)
+    if t not in NIR_TYPES or t in ("NIRGraph", "Input"):
+        raise UnsupportedError(f"NIR node type {t} is not supported", node=name)
+    params = _finite_params(name, node)
+    meta = dict(node.metadata or {})
+    exact = ctx.exact and "lnm_kind" in meta
+    ir_meta = _exact_metadata(meta) if exact else {"nir_type": t}
+    if not exact and meta:
+        ir_meta["nir_metadata"] = _plain(meta)
+
+    if t == "Output":
+        return Output(metadata=ir_meta)
+    if t in ("Affine", "Linear"):
+        w = params["weight"]
+        if w.ndim != 2:
+            raise UnsupportedError(f"NIR {t} weight must be 2-d (out, in), got shape {w.shape}", node=name)
+        bias = params.get("bias") if t == "Affine" else None
+        return Affine(weight=w, bias=bias, metadata=ir_meta)
+    if t == "Scale":
+        scale = _arr(meta["lnm_scale"]) if exact and "lnm_scale" in meta else params["scale"]
+        return Scale(scale=scale, metadata=ir_meta)
+    if t == "Threshold":
+        v_th = _arr(meta["lnm_v_th"]) if exact and "lnm_v_th" in meta else params["threshold"]
+        return Threshold(v_th=v_th, metadata=ir_meta)
+    if t == "Conv2d":
+        w = params["weight"]
+        if w.ndim != 4:
+            raise GraphError(f"Conv2d weight must be 4-d, got shape {w.shape}", node=name)
+        has_bias = bool(meta.get("lnm_has_bias", True)) if exact else True
+        return Conv2d(
+            weight=w,
+            bias=params.get("bias") if has_bias else None,
+            stride=_ints2(name, "stride", node.stride),
+            padding=_conv_padding(name, node),
+            dilation=_ints2(name, "dilation", node.dilation),
+            groups=int(as_array(node.groups)),
+            metadata=ir_meta,
+        )
+    if t == "Flatten":
+        return Flatten(start_dim=int(as_array(node.start_dim)), end_dim=int(as_array(node.end_dim)),
+                       metadata=ir_meta)
+    if t in ("SumPool2d", "AvgPool2d"):
+        cls = SumPool2d if t == "SumPool2d" else AvgPool2d
+        return cls(kernel_size=_ints2(name, "kernel_size", node.kernel_size),
+                   stride=_ints2(name, "stride", node.stride),
+                   padding=_ints2(name, "padding", node.padding), metadata=ir_meta)
+    if t in _NEURONS:
+        if exact and meta.get("lnm_kind") == "neuron":
+            return _exact_neuron(name, node, meta)
+        return _foreign_neuron(name, node, params, in_shape, ctx)
+    raise UnsupportedError(f"NIR node type {t} is not supported", node=name)  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------------------
+# Graph conversion
+
+
+def _expected_input(node: nir.NIRNode) -> Shape | None:
+    """The input shape a consumer node implies by its parameters, where it does."""
+    t = type(node).__name__
+    if t in ("Affine", "Linear"):
+        w = as_array(node.weight)
+        return (int(w.shape[-1]),) if w.ndim == 2 else None
+    if t in ("Scale", "Threshold", *_NEURONS):
+        key = {"Scale": "scale", "Threshold": "threshold", "IF": "v_threshold", "LIF": "v_threshold",
+               "CubaLIF": "v_threshold", "LI": "tau", "CubaLI": "tau_mem", "I": "r"}[t]
+        a = as_array(getattr(node, key))
+        return tuple(int(s) for s in a.shape) if a.ndim > 0 else None
+    return None
+
+
+def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], override: Shape | None) -> Shape:
+    if override is not None:
+        return tuple(int(s) for s in override)
+    raw = node.input_type.get("input") if isinstance(node.input_type, dict) else None
+    if raw is None:
+        raise GraphError("the NIR Input node has no shape; pass input_shape=(...) (CLI: the shape "
+                         "without batch and time)", node=name)
+    shape = tuple(int(s) for s in np.asarray(raw).reshape(-1))
+    # Exporters that trace with a batched sample (Norse's to_nir, nirtorch without ignore_dims)
+    # record the batch dimension: drop leading 1s when a consumer's parameters imply fewer dims.
+    for c in consumers:
+        want = _expected_input(c)
+        if type(c).__name__ == "Conv2d" and len(shape) == 4 and shape[0] == 1:
+            w = as_array(c.weight)
+            if w.ndim == 4 and shape[1] == w.shape[1] * int(as_array(c.groups)):
+                want = shape[1:]
+        if want is not None and want != shape and len(shape) > len(want) and shape[-len(want):] == want \
+                and all(s == 1 for s in shape[: len(shape) - len(want)]):
+            _warn(f"node '{name}': Input shape {shape} includes a batch dimension (as Norse's to_nir "
+                  f"writes it); using {want}")
+            return want
+    return shape
+
+
+def _resolve_producer(meta: dict[str, Any], producer: str | None) -> str:
+    """The graph's own ``metadata["producer"]`` if any (unknown names mean generic), else the
+    ``producer`` argument, else ``"generic"``."""
+    if producer is not None:
+        producer = producer.lower()
+        if producer == "lnm_deploy":
+            producer = "lnm-deploy"
+        if producer not in PRODUCERS:
+            raise UserInputError(f"unknown producer {producer!r}; choose one of {', '.join(PRODUCERS)}")
+    found = meta.get("producer")
+    if isinstance(found, bytes):
+        found = found.decode("utf8", "replace")
+    if isinstance(found, str) and found:
+        known = found.lower()
+        if producer is not None and producer != known:
+            _warn(f"the graph says it was written by {found!r}; producer={producer!r} is ignored")
+        return known if known in PRODUCERS else "generic"
+    return producer or "generic"
+
+
+def _looks_like(nodes: dict[str, nir.NIRNode]) -> str | None:
+    """A hint for the user when no producer was given: snnTorch or Norse 1.1.0 fingerprints."""
+    lifs = [n for n in nodes.values() if isinstance(n, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI))]
+    if not lifs:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        def tau(n: nir.NIRNode) -> np.ndarray:
+            return as_array(n.tau if isinstance(n, (nir.LIF, nir.LI)) else n.tau_mem).astype(np.float64)
+
+        if all(np.allclose(as_array(n.r) * DEFAULT_DT["snntorch"], tau(n), rtol=1e-5) for n in lifs):
+            return "snntorch"
+        if all(np.allclose(as_array(n.r), 1.0) and np.all(tau(n) < DEFAULT_DT["norse"]) for n in lifs):
+            return "norse"
+    return None
+
+
+def from_nir(
+    graph_or_path: nir.NIRGraph | str | os.PathLike[str],
+    *,
+    dt: float | None = None,
+    producer: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    _source: str | None = None,
+) -> Graph:
+    """Convert a NIR graph (object or file path) into a validated IR graph.
+
+    Args:
+        graph_or_path: a ``nir.NIRGraph`` (e.g. from ``snntorch.export_nir.export_to_nir`` or
+            ``norse.torch.to_nir``; torch tensors as parameters are accepted) or a ``.nir`` path.
+        dt: seconds per step for discretising continuous-time neurons; overrides the graph's
+            ``metadata["dt"]`` and the producer's default. Ignored (with a warning if different)
+            for lnm-deploy's own graphs, whose neurons are stored per step.
+        producer: ``"snntorch"``, ``"norse"``, ``"lnm-deploy"`` or ``"generic"``, used when the graph's
+            metadata does not name its producer (snnTorch and Norse write none).
+        input_shape: the Input's shape (no batch, no time), when the graph does not record it or
+            records it wrongly.
+
+    Returns:
+        An IR graph; ``metadata`` holds ``imported_from`` (producer), ``dt`` and the NIR graph
+        metadata (``nir_metadata``), or, for lnm-deploy's graphs, the exact IR metadata.
+
+    Raises:
+        UserInputError: unknown producer, bad dt, or (via ``read_nir``) an unreadable file.
+        GraphError: malformed graph (dangling edges, missing Input shape, shape mismatches).
+        UnsupportedError: node types the IR cannot express (Conv1d, Delay, unknown), asymmetric
+            'same' padding, several Inputs or Outputs.
+        NumericError: NaN or infinite parameters, zero time constants.
+    """
+    if isinstance(graph_or_path, (str, os.PathLike)):
+        return read_nir(graph_or_path, dt=dt, producer=producer, input_shape=input_shape)
+    if not isinstance(graph_or_path, nir.NIRGraph):
+        raise UserInputError(f"from_nir expects a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
+    if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
+        raise UserInputError(f"dt must be a positive number of seconds, got {dt!r}")
+    g = graph_or_path
+    gmeta = dict(g.metadata or {})
+    prod = _resolve_producer(gmeta, producer)
+    nodes, edges = flatten_graph(g)
+
+    exact = prod == "lnm-deploy"
+    if exact:
+        fmt = gmeta.get("lnm_format")
+        if fmt is not None and int(as_array(fmt)) > LNM_FORMAT:
+            raise UnsupportedError(f"the graph uses lnm-deploy metadata format {int(as_array(fmt))}; this "
+                                   f"version reads up to {LNM_FORMAT}: upgrade lnm-deploy")
+    meta_dt = gmeta.get("dt")
+    meta_dt = float(as_array(meta_dt)) if meta_dt is not None else None
+    if exact:
+        step = meta_dt if meta_dt is not None else (dt if dt is not None else DEFAULT_DT["generic"])
+        if dt is not None and meta_dt is not None and dt != meta_dt:
+            _warn(f"dt={dt} ignored: lnm-deploy graphs store per-step neurons (their dt is {meta_dt})")
+    elif dt is not None:
+        step = float(dt)
+        if prod == "snntorch" and step != DEFAULT_DT["snntorch"]:
+            _warn(f"snnTorch's exporter always uses dt = 1e-4 s; dt={step} changes the dynamics")
+    elif meta_dt is not None:
+        step = meta_dt
+    elif prod in DEFAULT_DT and (prod != "generic"):
+        step = DEFAULT_DT[prod]
+    else:
+        step = DEFAULT_DT["generic"]
+        if any(type(n).__name__ in _NEURONS for n in nodes.values()):
+            hint = _looks_like(nodes)
+            extra = (f" It looks like {'snnTorch' if hint == 'snntorch' else 'Norse 1.1.0'}'s exporter: "
+                     f"pass producer={hint!r}.") if hint else ""
+            _warn(f"NIR graphs carry no dt and none was given: assumed dt = {step} s (forward Euler); "
+                  f"pass dt= (CLI --dt) or producer= (CLI --producer).{extra}")
+    ctx = _Context(prod, step, exact)
+
+    inputs = [n for n, v in nodes.items() if isinstance(v, nir.Input)]
+    if len(inputs) != 1:
+        raise UnsupportedError(f"the graph must have exactly one Input node, has {len(inputs)} ({inputs})")
+    inp = inputs[0]
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    for s, d in edges:
+        if s not in nodes or d not in nodes:
+            bad = s if s not in nodes else d
+            raise GraphError(f"edge ({s} -> {d}) names a node that does not exist", node=bad)
+        succ[s].append(d)
+
+    shape = _input_shape(inp, nodes[inp], [nodes[d] for d in succ[inp]], input_shape)
+    in_node = nodes[inp]
+    ir_nodes: dict[str, Node] = {
+        inp: Input(shape=shape, metadata=_exact_metadata(dict(in_node.metadata or {})) if exact
+                   else {"nir_type": "Input"})
+    }
+    in_shapes: dict[str, Shape] = {}
+    out_shapes: dict[str, Shape] = {inp: shape}
+    queue = deque([inp])
+    while queue:  # breadth first: a node's first-reached predecessor is a feed-forward one
+        n = queue.popleft()
+        if n != inp:
+            ir = _convert(n, nodes[n], in_shapes.get(n), ctx)
+            ir_nodes[n] = ir
+            out_shapes[n] = ir.output_shape(n, in_shapes.get(n))
+        for m in succ[n]:
+            if m not in in_shapes and m != inp:
+                in_shapes[m] = out_shapes[n]
+                queue.append(m)
+    for n, node in nodes.items():  # unreachable nodes: converted for their errors, then rejected
+        if n not in ir_nodes:
+            ir_nodes[n] = _convert(n, node, None, ctx)
+
+    if exact:
+        order = gmeta.get("lnm_node_order")
+        try:
+            names = json.loads(str(order)) if order is not None else []
+        except json.JSONDecodeError:
+            names = []
+        if sorted(names) == sorted(ir_nodes):
+            ir_nodes = {k: ir_nodes[k] for k in names}
+        try:
+            graph_meta = json.loads(str(gmeta.get("lnm_graph_metadata", "{}")))
+        except json.JSONDecodeError:
+            graph_meta = {}
+        if not isinstance(graph_meta, dict):
+            graph_meta = {}
+    else:
+        graph_meta = {"imported_from": prod, "dt": step, "initial_state": "zeros"}
+        if _source is not None:
+            graph_meta["source"] = _source
+        if gmeta:
+            graph_meta["nir_metadata"] = _plain(gmeta)
+
+    _warn_losses(prod, ir_nodes, ctx)
+    graph = Graph(nodes=ir_nodes, edges=list(edges), metadata=graph_meta)
+    graph.schedule()
+    return graph
+
+
+def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: _Context) -> None:
+    foreign = [n for n, v in ir_nodes.items() if isinstance(v, Neuron) and "nir_type" in v.metadata]
+    if prod == "snntorch" and foreign:
+        _warn(
+            f"snnTorch's export_to_nir writes every neuron as reset-to-zero without reset delay; a "
+            "source layer with reset_mechanism='subtract' (snnTorch's default) or reset_delay=True "
+            f"(the default) behaves differently after import. Check neurons {foreign}"
+        )
+    if prod == "norse" and foreign:
+        leaky = [n for n in foreign if ir_nodes[n].metadata.get("nir_type") not in ("IF", "I")]
+        _warn(
+            (f"Norse 1.1.0's to_nir writes tau = dt/tau_inv (a known bug); inverted with dt = {ctx.dt} s "
+             f"(pass the dt given to to_nir if it was not {DEFAULT_DT['norse']}) for neurons {leaky}. "
+             if leaky else "")
+            + "Norse's v_reset is not exported (0 is used) and Norse starts v at v_leak, lnm-deploy "
+            f"at 0; IF/I integrate r per step (Norse's IAF). Neurons: {foreign}"
+        )
+    if ctx.unstable:
+        _warn(
+            f"neurons {sorted(set(ctx.unstable))}: dt / tau is outside [0, 1] with dt = {ctx.dt} s, so "
+            "forward Euler is unstable; dt is probably wrong"
+            + (" (a Norse 1.1.0 graph? pass producer='norse')" if prod == "generic" else "")
+        )

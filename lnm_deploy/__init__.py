@@ -1,3 +1,46 @@
-"""lnm-deploy: take spiking networks with learned neuron dynamics to neuromorphic hardware."""
+"""lnm-deploy: take spiking networks with learned neuron dynamics to neuromorphic hardware.
 
-__version__ = "0.1.0"
+The public API is small: ``export`` (PyTorch model -> NIR), ``load`` (NIR -> IR), ``run_float``
+(the float reference executor). Torch is imported only by ``export``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"  # before the imports below: submodules read it
+
+from lnm_deploy.execute import RunResult, run_float
+
+if TYPE_CHECKING:
+    import nir
+
+    from lnm_deploy.ir import Graph
+
+
+def export(model: Any, path: str | os.PathLike[str] | None = None, *, input_shape: tuple[int, ...],
+           dt: float = 1e-3) -> nir.NIRGraph:
+    """Export a trained ``lnm_deploy.model.LNMSequential`` to a NIR graph (and to ``path`` if given).
+
+    LNM layers become the NIR neuron that best approximates them, with the exact polynomial,
+    dt (seconds per step), reset mode and threshold test in node metadata (see docs/nir.md).
+    """
+    from lnm_deploy.model import model_to_ir
+    from lnm_deploy.nir_io import to_nir, write_nir
+
+    graph = model_to_ir(model, tuple(input_shape), dt=dt)
+    if path is not None:
+        write_nir(graph, path)
+    return to_nir(graph)
+
+
+def load(source: str | os.PathLike[str] | nir.NIRGraph, *, dt: float | None = None,
+         producer: str | None = None) -> Graph:
+    """Read a NIR graph (file or ``nir.NIRGraph``) written by lnm-deploy, snnTorch, Norse or others."""
+    from lnm_deploy.nir_io import from_nir
+
+    return from_nir(source, dt=dt, producer=producer)
+
+
+__all__ = ["RunResult", "__version__", "export", "load", "run_float"]

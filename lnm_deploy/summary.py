@@ -48,6 +48,10 @@ class GraphSummary:
 def _short(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and v and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
     s = str(v)
     return s if len(s) <= 100 else s[:97] + "..."
 

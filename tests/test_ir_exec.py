@@ -130,7 +130,7 @@ def test_flatten_dims_are_unbatched():
 
 def test_divergent_dynamics_raise_naming_node_and_step():
     g = sequential([("n", Neuron(shape=(1,), poly=[0.0, 0.0, 10.0], v_th=None))], (1,))
-    with pytest.raises(NumericError, match="'n'.*step 8"):
+    with pytest.raises(NumericError, match=r"'n'.*step 8"):
         run_float(g, np.full((1, 20, 1), 3.0))
 
 
@@ -142,11 +142,11 @@ def test_threshold_strict():
 
 def test_validation_errors_name_the_node():
     ok = [("fc", Affine(weight=np.ones((3, 4))))]
-    with pytest.raises(GraphError, match="'fc'.*expects input shape \\(4,\\)"):
+    with pytest.raises(GraphError, match=r"'fc'.*expects input shape \(4,\)"):
         sequential(ok, (5,)).schedule()
-    with pytest.raises(NumericError, match="'fc'.*NaN"):
+    with pytest.raises(NumericError, match=r"'fc'.*NaN"):
         sequential([("fc", Affine(weight=np.full((3, 4), np.nan)))], (4,)).schedule()
-    with pytest.raises(GraphError, match="'lif'.*expects input shape \\(2,\\)"):
+    with pytest.raises(GraphError, match=r"'lif'.*expects input shape \(2,\)"):
         sequential([("fc", Affine(weight=np.ones((3, 4)))), ("lif", Neuron(shape=(2,), poly=[0, 1], v_th=1))],
                    (4,)).schedule()
     g = sequential(ok, (4,))

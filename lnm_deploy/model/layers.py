@@ -66,14 +66,14 @@ class _SpikeFn(torch.autograd.Function):
     """Heaviside ``v > v_th`` forward; surrogate derivative of ``x = v - v_th`` backward."""
 
     @staticmethod
-    def forward(ctx: Any, v: Tensor, v_th: Tensor, slope: float, kind: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, v: Tensor, v_th: Tensor, slope: float, kind: str) -> Tensor:
         ctx.save_for_backward(v, v_th)
         ctx.slope = slope
         ctx.kind = kind
         return (v > v_th).to(v.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         v, v_th = ctx.saved_tensors
         x = v - v_th
         if ctx.kind == "atan":
@@ -123,10 +123,26 @@ class LNM(nn.Module):
         granularity: ``"layer"``, ``"channel"`` (dim 0 of ``shape``) or ``"neuron"`` for theta and alpha.
         threshold_granularity: same choices for ``v_th`` and ``v_reset``.
         learn_poly / learn_threshold / learn_reset / learn_alpha: which are ``nn.Parameter``s.
+        poly_scale: power of two ``S``; the trained parameter is ``theta_raw`` with
+            ``theta_k = theta_raw_k * S**-(k-1)`` for k >= 2 (theta_0, theta_1 unscaled). This
+            preconditions Adam, whose first steps move every parameter by about ``lr``: at
+            membranes of 10-20, an unscaled cubic coefficient step of 5e-3 already diverges. Powers
+            of two keep :meth:`set_poly` / :meth:`poly_value` exact.
         surrogate, surrogate_slope: backward-pass derivative of the spike (per unit of membrane).
         v_lo: lower end of the operating range for :meth:`regularization` (default ``-v_th``).
         reg_points: grid points of the regulariser.
+        dtype: dtype of parameters and buffers (default: torch's default dtype). Pass
+            ``torch.float64`` for exact float64 constants: ``.double()`` after construction keeps
+            the float32-rounded initial values (0.9 becomes 0.899999976...).
     """
+
+    # Registered as Parameters or buffers in __init__; declared here for type checkers.
+    theta_raw: Tensor
+    poly_gain: Tensor
+    v_th: Tensor
+    v_reset: Tensor
+    alpha: Tensor | None
+    v_seen: Tensor
 
     def __init__(
         self,
@@ -145,10 +161,12 @@ class LNM(nn.Module):
         learn_threshold: bool = True,
         learn_reset: bool = False,
         learn_alpha: bool = True,
+        poly_scale: float = 8.0,
         surrogate: Surrogate = "fast_sigmoid",
         surrogate_slope: float = 5.0,
         v_lo: float | None = None,
         reg_points: int = 33,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.shape = _as_shape(shape)
@@ -174,19 +192,24 @@ class LNM(nn.Module):
 
         pshape = _param_shape(self.shape, granularity, "poly")
         tshape = _param_shape(self.shape, threshold_granularity, "threshold")
-        poly = torch.zeros(self.degree + 1, *pshape)
-        poly[1] = beta
-        self._register("poly", poly, learn_poly)
-        self._register("v_th", torch.full(tshape, float(threshold)), learn_threshold)
-        self._register("v_reset", torch.full(tshape, float(v_reset)), learn_reset)
+        if not (poly_scale > 0 and math.frexp(poly_scale)[0] == 0.5):
+            raise UserInputError(f"poly_scale must be a power of two, got {poly_scale}")
+        self.poly_scale = float(poly_scale)
+        gain = torch.tensor([1.0] + [poly_scale ** -(k - 1) for k in range(1, self.degree + 1)], dtype=dtype)
+        self.register_buffer("poly_gain", gain.reshape(-1, *([1] * len(pshape))))
+        theta = torch.zeros(self.degree + 1, *pshape, dtype=dtype)
+        theta[1] = beta
+        self._register("theta_raw", theta, learn_poly)
+        self._register("v_th", torch.full(tshape, float(threshold), dtype=dtype), learn_threshold)
+        self._register("v_reset", torch.full(tshape, float(v_reset), dtype=dtype), learn_reset)
         if self.synapse:
-            self._register("alpha", torch.full(pshape, float(alpha)), learn_alpha)
+            self._register("alpha", torch.full(pshape, float(alpha), dtype=dtype), learn_alpha)
         else:
             self.alpha = None
         # Membrane range (min, max of v over all neurons and steps) seen in training forward passes;
         # widens the regulariser's grid to where the state actually goes (a quadratic leak diverges
         # below its unstable fixed point, and inhibition drives v far below -v_th).
-        self.register_buffer("v_seen", torch.zeros(2))
+        self.register_buffer("v_seen", torch.zeros(2, dtype=dtype))
 
     def _register(self, name: str, value: Tensor, learn: bool) -> None:
         if learn:
@@ -195,6 +218,20 @@ class LNM(nn.Module):
             self.register_buffer(name, value)
 
     # -- values actually used by the forward pass (export reads these) ---------------------------
+    def poly_value(self) -> Tensor:
+        """Coefficients ``theta_0..theta_d`` used in the forward pass, ``(d+1, *param_shape)``."""
+        return self.theta_raw * self.poly_gain
+
+    @torch.no_grad()
+    def set_poly(self, poly: Tensor | Iterable[float]) -> None:
+        """Set the coefficients (ascending, broadcastable to ``(d+1, *param_shape)``) exactly."""
+        p = torch.as_tensor(poly, dtype=self.theta_raw.dtype)
+        if p.shape[0] != self.degree + 1:
+            raise UserInputError(f"need {self.degree + 1} coefficients, got {tuple(p.shape)}")
+        if p.dim() == 1:  # one polynomial for every neuron
+            p = p.reshape(-1, *([1] * (self.theta_raw.dim() - 1)))
+        self.theta_raw.copy_(p.expand_as(self.theta_raw) / self.poly_gain)
+
     def alpha_value(self) -> Tensor | None:
         """Synaptic decay used in the forward pass (clamped into ALPHA_RANGE), or None."""
         if self.alpha is None:
@@ -223,29 +260,32 @@ class LNM(nn.Module):
                 ``W_rec s[t] + b`` of its ``_rec`` node at each step.
 
         Returns:
-            spikes ``(B, T, *shape)`` in ``x``'s dtype, or ``(spikes, record)``.
+            spikes ``(B, T, *shape)`` in the layer's dtype (``x`` is cast to it), or ``(spikes, record)``.
         """
         if tuple(x.shape[2:]) != self.shape or x.dim() != 2 + len(self.shape):
             raise UserInputError(
                 f"LNM expects input (B, T, *{self.shape}), got {tuple(x.shape)}"
             )
-        x = x.to(self.poly.dtype)
+        x = x.to(self.theta_raw.dtype)
+        poly = self.poly_value()
         steps = x.shape[1]
         alpha = self.alpha_value()
         v = torch.zeros_like(x[:, 0])
         c = torch.zeros_like(x[:, 0]) if alpha is not None else None
-        rec_in: Tensor | None = None
+        # What the recurrent path delivers at t = 0: its output for "no spikes yet" (the bias), as
+        # the IR's back edges do (docs/ir.md).
+        rec_in = self._recurrent_input(torch.zeros_like(x[:, 0]))
         ss: list[Tensor] = []
         vs: list[Tensor] = []
         cs: list[Tensor] = []
         recs: list[Tensor] = []
         for t in range(steps):
             i_t = x[:, t] if rec_in is None else x[:, t] + rec_in
-            if c is not None:
+            if c is not None and alpha is not None:
                 c = alpha * c + i_t
                 i_t = c
                 cs.append(c)
-            v_new = horner(self.poly, v) + i_t
+            v_new = horner(poly, v) + i_t
             fired = v_new > self.v_th
             s = spike(v_new, self.v_th, self.surrogate_slope, self.surrogate)
             if self.reset == "value":
@@ -306,7 +346,7 @@ class LNM(nn.Module):
         u = u.reshape(-1, *([1] * len(self.shape)))
         grid = lo + (hi - lo) * u  # (G, *broadcastable)
         bound = torch.maximum(lo.abs(), hi.abs())
-        poly = self.poly.unsqueeze(1)  # (d+1, 1, *pshape) so every coefficient broadcasts over G
+        poly = self.poly_value().unsqueeze(1)  # (d+1, 1, *pshape) so every coefficient broadcasts over G
         dp = horner_derivative(poly, grid)
         p = horner(poly, grid)
         return F.relu(dp.abs() - 1).pow(2).mean() + F.relu(p.abs() - bound).pow(2).mean()
@@ -315,8 +355,8 @@ class LNM(nn.Module):
 class RecurrentLNM(LNM):
     """An LNM whose input adds its own previous spikes through a Linear map.
 
-    ``x_eff[t] = x[t] + rec(s[t-1])`` (summed in that order), with no recurrent input (not even the
-    bias) at ``t = 0``. Exported as a Neuron node plus an Affine node ``<name>_rec`` on a back edge.
+    ``x_eff[t] = x[t] + rec(s[t-1])`` (summed in that order) with ``s[-1] = 0``: at ``t = 0`` the
+    recurrent input is ``rec(0)``, the bias (as in snnTorch, and as the IR's back edges). Exported as a Neuron node plus an Affine node ``<name>_rec`` on a back edge.
     Only 1-d populations.
     """
 
@@ -326,7 +366,7 @@ class RecurrentLNM(LNM):
         super().__init__(shape, degree, **kwargs)
         if len(self.shape) != 1:
             raise UserInputError(f"RecurrentLNM needs a 1-d population, got shape {self.shape}")
-        self.rec = nn.Linear(self.shape[0], self.shape[0], bias=rec_bias)
+        self.rec = nn.Linear(self.shape[0], self.shape[0], bias=rec_bias, dtype=self.theta_raw.dtype)
 
     def _recurrent_input(self, s: Tensor) -> Tensor | None:
         return self.rec(s)
@@ -425,7 +465,12 @@ class LNMSequential(nn.Module):
         return torch.get_default_dtype()
 
     def named_layers(self) -> list[tuple[str, nn.Module]]:
+        """``(name, layer)`` in execution order."""
         return list(self.layers.items())
+
+    def __getitem__(self, name: str) -> nn.Module:
+        """The layer called ``name`` (e.g. ``model["lnm1"]``)."""
+        return self.layers[name]
 
     def forward(
         self, x: Tensor, record: bool = False

@@ -32,13 +32,24 @@ from lnm_deploy.model.layers import LNM, LNMSequential, RecurrentLNM
 from lnm_deploy.model.layers import SumPool2d as TorchSumPool2d
 
 
-def _np(t: Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().cpu().double().numpy().copy()
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy().copy()
 
 
-def _full(t: Tensor | None, lead: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
+def _opt(t: Tensor | None) -> np.ndarray | None:
+    return None if t is None else _np(t)
+
+
+def _p2(v: Any) -> tuple[int, int]:
+    a = np.asarray(v).reshape(-1)
+    return (int(a[0]), int(a[-1]))
+
+
+def _full(t: Tensor, lead: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
     a = _np(t)
-    return None if a is None else np.broadcast_to(a, (*lead, *shape)).copy()
+    missing = len(lead) + len(shape) - a.ndim  # per-layer values: (d+1,) -> (d+1, 1, ..., 1)
+    a = a.reshape(*a.shape[: len(lead)], *([1] * missing), *a.shape[len(lead) :])
+    return np.broadcast_to(a, (*lead, *shape)).copy()
 
 
 def _conv_padding(name: str, layer: nn.Conv2d) -> tuple[int, int]:
@@ -72,17 +83,17 @@ def neuron_node(layer: LNM, dt: float, metadata: dict[str, Any] | None = None) -
         "granularity": layer.granularity,
         "threshold_granularity": layer.threshold_granularity,
         "surrogate": layer.surrogate,
-        "torch_dtype": str(layer.poly.dtype).removeprefix("torch."),
+        "torch_dtype": str(layer.theta_raw.dtype).removeprefix("torch."),
     }
     meta.update(metadata or {})
     return Neuron(
         shape=shape,
-        poly=_full(layer.poly, (layer.degree + 1,), shape),
+        poly=_full(layer.poly_value(), (layer.degree + 1,), shape),
         v_th=_full(layer.v_th, (), shape),
         v_reset=_full(layer.v_reset, (), shape),
         reset=layer.reset,
         in_gain=np.ones(shape),
-        syn_decay=_full(alpha, (), shape) if alpha is not None else None,
+        syn_decay=None if alpha is None else _full(alpha, (), shape),
         syn_gain=np.ones(shape) if alpha is not None else None,
         dt=dt,
         metadata=meta,
@@ -92,50 +103,53 @@ def neuron_node(layer: LNM, dt: float, metadata: dict[str, Any] | None = None) -
 def layer_nodes(name: str, layer: nn.Module, dt: float) -> list[tuple[str, Node]]:
     """IR node(s) for one torch layer; a RecurrentLNM gives ``[(name, Neuron), (name_rec, Affine)]``."""
     if isinstance(layer, RecurrentLNM):
-        rec = Affine(weight=_np(layer.rec.weight), bias=_np(layer.rec.bias), metadata={"source": "Linear"})
+        rec = Affine(weight=_np(layer.rec.weight), bias=_opt(layer.rec.bias), metadata={"source": "Linear"})
         return [(name, neuron_node(layer, dt, {"recurrent": f"{name}_rec"})), (f"{name}_rec", rec)]
     if isinstance(layer, LNM):
         return [(name, neuron_node(layer, dt))]
     if isinstance(layer, nn.Linear):
-        return [(name, Affine(weight=_np(layer.weight), bias=_np(layer.bias), metadata={"source": "Linear"}))]
+        return [(name, Affine(weight=_np(layer.weight), bias=_opt(layer.bias), metadata={"source": "Linear"}))]
     if isinstance(layer, nn.Conv2d):
-        node = Conv2d(
+        conv = Conv2d(
             weight=_np(layer.weight),
-            bias=_np(layer.bias),
-            stride=tuple(layer.stride),
+            bias=_opt(layer.bias),
+            stride=_p2(layer.stride),
             padding=_conv_padding(name, layer),
-            dilation=tuple(layer.dilation),
+            dilation=_p2(layer.dilation),
             groups=layer.groups,
             metadata={"source": "Conv2d"},
         )
-        return [(name, node)]
+        return [(name, conv)]
     if isinstance(layer, nn.Flatten):
-        node = Flatten(
+        flat = Flatten(
             start_dim=_flatten_dim(name, layer.start_dim),
             end_dim=_flatten_dim(name, layer.end_dim),
             metadata={"source": "Flatten"},
         )
-        return [(name, node)]
+        return [(name, flat)]
     if isinstance(layer, TorchSumPool2d):
-        node = SumPool2d(
-            kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding, metadata={"source": "SumPool2d"}
+        spool = SumPool2d(
+            kernel_size=_p2(layer.kernel_size),
+            stride=_p2(layer.stride),
+            padding=_p2(layer.padding),
+            metadata={"source": "SumPool2d"},
         )
-        return [(name, node)]
+        return [(name, spool)]
     if isinstance(layer, nn.AvgPool2d):
-        pad = nn.modules.utils._pair(layer.padding)
+        pad = _p2(layer.padding)
         if layer.ceil_mode:
             raise UnsupportedError("AvgPool2d(ceil_mode=True)", node=name)
         if layer.divisor_override is not None:
             raise UnsupportedError("AvgPool2d(divisor_override=...); use SumPool2d for sums", node=name)
         if not layer.count_include_pad and any(pad):
             raise UnsupportedError("AvgPool2d(count_include_pad=False) with padding", node=name)
-        node = AvgPool2d(
-            kernel_size=layer.kernel_size,
-            stride=layer.kernel_size if layer.stride is None else layer.stride,
+        apool = AvgPool2d(
+            kernel_size=_p2(layer.kernel_size),
+            stride=_p2(layer.kernel_size if layer.stride is None else layer.stride),
             padding=pad,
             metadata={"source": "AvgPool2d"},
         )
-        return [(name, node)]
+        return [(name, apool)]
     raise UnsupportedError(
         f"layer type {type(layer).__name__} has no IR equivalent (supported: Linear, Conv2d, Flatten, "
         "SumPool2d, AvgPool2d, LNM, RecurrentLNM)",

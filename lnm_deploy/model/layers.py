@@ -356,8 +356,8 @@ class RecurrentLNM(LNM):
     """An LNM whose input adds its own previous spikes through a Linear map.
 
     ``x_eff[t] = x[t] + rec(s[t-1])`` (summed in that order) with ``s[-1] = 0``: at ``t = 0`` the
-    recurrent input is ``rec(0)``, the bias (as in snnTorch, and as the IR's back edges). Exported as a Neuron node plus an Affine node ``<name>_rec`` on a back edge.
-    Only 1-d populations.
+    recurrent input is ``rec(0)``, the bias (as in snnTorch, and as the IR's back edges). Exported
+    as a Neuron node plus an Affine node ``<name>_rec`` on a back edge. Only 1-d populations.
     """
 
     def __init__(

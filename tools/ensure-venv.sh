@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's Python 3.10 virtual environment in .venv.
 #
-# Reused while pyproject.toml, tools/constraints-py310.txt and this script are unchanged (a hash
+# Reused while pyproject.toml, setup.py, tools/constraints-py310.txt and this script are unchanged (a hash
 # of the three is kept in .venv/.lnm-deploy-stamp); rebuilt from nothing otherwise.
 # Python 3.10 is required because lava-nc 0.10 installs only there. Override with PYTHON310=/path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.lnm-deploy-stamp"
-want=$(cat pyproject.toml tools/constraints-py310.txt tools/ensure-venv.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py tools/constraints-py310.txt tools/ensure-venv.sh | sha256sum | cut -d' ' -f1)
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
    && "$VENV/bin/python" -c 'import lnm_deploy' 2>/dev/null; then

@@ -1,0 +1,70 @@
+"""Integer primitives of the fixed-point contract (``docs/fixed-point.md`` section 1).
+
+Every function here works on Python ints *and* on numpy int64 arrays with the same results, so the
+simulator and the documentation share one definition. Values are mathematical integers; widths
+are in bits and include the sign bit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+import numpy as np
+
+Rounding = Literal["nearest", "floor", "trunc"]
+Overflow = Literal["saturate", "wrap"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "floor", "trunc")
+OVERFLOWS: tuple[str, ...] = ("saturate", "wrap")
+
+IntLike = TypeVar("IntLike", int, np.ndarray)
+
+
+def wrap(x: IntLike, bits: int) -> IntLike:
+    """Two's-complement wrap into ``[-2**(bits-1), 2**(bits-1) - 1]``."""
+    half = 1 << (bits - 1)
+    if isinstance(x, np.ndarray):
+        return ((x + half) & ((1 << bits) - 1)) - half
+    return ((x + half) % (1 << bits)) - half
+
+
+def saturate(x: IntLike, bits: int) -> IntLike:
+    """Symmetric saturation into ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (Loihi's v rule)."""
+    m = (1 << (bits - 1)) - 1
+    if isinstance(x, np.ndarray):
+        return np.clip(x, -m, m)
+    return max(-m, min(m, x))
+
+
+def overflow(x: IntLike, bits: int, mode: str) -> IntLike:
+    """``saturate`` or ``wrap`` per ``mode``."""
+    return saturate(x, bits) if mode == "saturate" else wrap(x, bits)
+
+
+def rshift(x: IntLike, s: int, mode: str) -> IntLike:
+    """Divide by ``2**s`` with the given rounding (``s >= 0``; ``s == 0`` is the identity).
+
+    * ``floor``: ``x >> s`` (arithmetic shift, toward minus infinity);
+    * ``trunc``: toward zero, ``sign(x) * (|x| >> s)``;
+    * ``nearest``: half up (toward plus infinity), ``(x + 2**(s-1)) >> s``.
+    """
+    if s == 0:
+        return x
+    if mode == "floor":
+        return x >> s
+    if mode == "trunc":
+        if isinstance(x, np.ndarray):
+            return np.sign(x) * (np.abs(x) >> s)
+        return -((-x) >> s) if x < 0 else x >> s
+    if mode == "nearest":
+        return (x + (1 << (s - 1))) >> s
+    raise ValueError(f"unknown rounding {mode!r}")
+
+
+def shift_exp(x: IntLike, e: int) -> IntLike:
+    """``x * 2**e`` for ``e >= 0``, ``floor(x / 2**-e)`` for ``e < 0`` (Lava's weight exponent)."""
+    return x << e if e >= 0 else x >> (-e)
+
+
+def trunc_mul_shift(x: IntLike, k: int, s: int) -> IntLike:
+    """``trunc0(x * k / 2**s)``: product, then shift toward zero (Loihi's decay)."""
+    return rshift(x * k, s, "trunc")

@@ -1,0 +1,465 @@
+"""Node types of the integer network ("FxGraph"): what a target executes, bit for bit.
+
+Every parameter is an integer (numpy int64 arrays, Python ints); the exact step semantics of each
+node are written in ``docs/fixed-point.md`` and implemented by ``lnm_deploy.fxsim``. Shapes exclude
+batch and time; image layouts are (C, H, W) as in the float IR.
+
+Node classes validate their own *structure* (shapes, representable ranges that the semantics need
+to be well defined). Whether a node fits a given chip (weight bits, decay widths, which neurons
+exist) is checked separately against a target by ``lnm_deploy.targets.check_graph``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from lnm_deploy.errors import GraphError
+from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS, Overflow, Rounding
+
+Shape = tuple[int, ...]
+SignMode = Literal["mixed", "excitatory", "inhibitory"]
+SIGN_MODES: tuple[str, ...] = ("mixed", "excitatory", "inhibitory")
+FxReset = Literal["value", "subtract"]
+
+INT32_MAX = 2**31 - 1
+
+
+def _iarr(node: str, name: str, x: Any) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise GraphError(f"'{name}' must hold integers, got non-integer values", node=node)
+    elif a.dtype.kind not in "iub":
+        raise GraphError(f"'{name}' must be an integer array, got dtype {a.dtype}", node=node)
+    return a.astype(np.int64)
+
+
+def _check_range(node: str, name: str, a: np.ndarray | int, lo: int, hi: int) -> None:
+    arr = np.asarray(a)
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise GraphError(
+            f"'{name}' must lie in [{lo}, {hi}], got values in [{arr.min()}, {arr.max()}]", node=node
+        )
+
+
+def _pair(node: str, name: str, v: Any) -> tuple[int, int]:
+    a = np.asarray(v).reshape(-1)
+    if a.size == 1:
+        return (int(a[0]), int(a[0]))
+    if a.size == 2:
+        return (int(a[0]), int(a[1]))
+    raise GraphError(f"'{name}' must be an int or a pair of ints, got {v!r}", node=node)
+
+
+@dataclass(eq=False)
+class FxNode:
+    """Base of all integer nodes. ``metadata`` is provenance only (never semantics)."""
+
+    kind: ClassVar[str] = "fx"
+    role: ClassVar[str] = "other"  # "input" | "output" | "synapse" | "neuron" | "reshape"
+    metadata: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+    def validate(self, name: str) -> None:
+        """Raise ``GraphError`` if the parameters are inconsistent."""
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape is None:
+            raise GraphError("node has no input", node=name)
+        return input_shape
+
+
+@dataclass(eq=False)
+class FxInput(FxNode):
+    """Binary spike input, ``shape`` excludes batch and time. Values must be 0 or 1."""
+
+    kind: ClassVar[str] = "input"
+    role: ClassVar[str] = "input"
+    shape: Shape
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        return self.shape
+
+
+@dataclass(eq=False)
+class FxOutput(FxNode):
+    """Graph output: the spikes of the single neuron layer feeding it."""
+
+    kind: ClassVar[str] = "output"
+    role: ClassVar[str] = "output"
+
+
+@dataclass(eq=False)
+class FxFlatten(FxNode):
+    """Flatten a (C, H, W) spike map to C*H*W in C order (index ``(c*H + h)*W + w``)."""
+
+    kind: ClassVar[str] = "flatten"
+    role: ClassVar[str] = "reshape"
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape is None:
+            raise GraphError("node has no input", node=name)
+        return (int(np.prod(input_shape)),)
+
+
+@dataclass(eq=False)
+class FxDense(FxNode):
+    """Dense synapse (Lava ``Dense``, ``PyDenseModelBitAcc``).
+
+    ``weight`` (out, in) holds the integers given to the chip; the chip uses
+    ``effective_weight()`` (clipped to 8 bits and LSB-truncated per ``num_weight_bits`` and
+    ``sign_mode``). Output per step: ``wrap_{out_bits}(shift_exp(W_eff @ s, weight_exp))``.
+    """
+
+    kind: ClassVar[str] = "dense"
+    role: ClassVar[str] = "synapse"
+    weight: np.ndarray
+    weight_exp: int = 0
+    num_weight_bits: int = 8
+    sign_mode: SignMode = "mixed"
+    out_bits: int = 32
+
+    def __post_init__(self) -> None:
+        self.weight = _iarr("dense", "weight", self.weight)
+        self.weight_exp = int(self.weight_exp)
+        self.num_weight_bits = int(self.num_weight_bits)
+        self.out_bits = int(self.out_bits)
+
+    def validate(self, name: str) -> None:
+        if self.weight.ndim != 2:
+            raise GraphError(f"weight must be 2-d (out, in), got shape {self.weight.shape}", node=name)
+        if self.sign_mode not in SIGN_MODES:
+            raise GraphError(f"sign_mode must be one of {SIGN_MODES}, got {self.sign_mode!r}", node=name)
+        _check_range(name, "weight", self.weight, -(2**31), INT32_MAX)
+        _check_range(name, "num_weight_bits", self.num_weight_bits, 1, 8)
+        _check_range(name, "weight_exp", self.weight_exp, -24, 24)
+        _check_range(name, "out_bits", self.out_bits, 2, 48)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape != (self.weight.shape[1],):
+            raise GraphError(
+                f"expects input shape ({self.weight.shape[1]},), gets {input_shape}; "
+                "insert an FxFlatten before it",
+                node=name,
+            )
+        return (self.weight.shape[0],)
+
+    def effective_weight(self) -> np.ndarray:
+        """The weights the chip multiplies with (Lava ``clip_weights`` then ``truncate_weights``)."""
+        return dense_effective_weight(self.weight, self.num_weight_bits, self.sign_mode)
+
+
+def dense_effective_weight(weight: np.ndarray, num_weight_bits: int, sign_mode: str) -> np.ndarray:
+    """Clip to the 8-bit range of ``sign_mode``, then clear ``8 - num_weight_bits (+1 if mixed)``
+    LSBs: floor for mixed/excitatory, toward zero for inhibitory (Lava negates around the shift)."""
+    w = np.asarray(weight, dtype=np.int64)
+    k = 8 - int(num_weight_bits) + (1 if sign_mode == "mixed" else 0)
+    if sign_mode == "mixed":
+        return (np.clip(w, -256, 255) >> k) << k
+    if sign_mode == "excitatory":
+        return (np.clip(w, 0, 255) >> k) << k
+    return -((np.clip(-w, 0, 255) >> k) << k)
+
+
+def dense_weight_grid(num_weight_bits: int, sign_mode: str) -> tuple[int, int, int]:
+    """``(step, lo, hi)``: the effective weights representable exactly, ``lo..hi`` by ``step``."""
+    k = 8 - int(num_weight_bits) + (1 if sign_mode == "mixed" else 0)
+    step = 1 << k
+    if sign_mode == "mixed":
+        return step, -256, (255 >> k) << k
+    if sign_mode == "excitatory":
+        return step, 0, (255 >> k) << k
+    return step, -((255 >> k) << k), 0
+
+
+def sign_mode_of(weight: np.ndarray) -> SignMode:
+    """Lava's ``determine_sign_mode``: excitatory if all >= 0, inhibitory if all <= 0, else mixed."""
+    w = np.asarray(weight)
+    if w.size == 0 or w.min() >= 0:
+        return "excitatory"
+    if w.max() <= 0:
+        return "inhibitory"
+    return "mixed"
+
+
+@dataclass(eq=False)
+class FxConv2d(FxNode):
+    """2-d convolution synapse as ``torch.nn.functional.conv2d`` (cross-correlation), input (C, H, W).
+
+    ``weight`` (C_out, C_in/groups, kH, kW) is used as given (Lava's Conv does not clip or truncate).
+    Output per step: ``wrap_{out_bits}(shift_exp(conv(W, s), weight_exp))``.
+    """
+
+    kind: ClassVar[str] = "conv2d"
+    role: ClassVar[str] = "synapse"
+    weight: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    weight_exp: int = 0
+    out_bits: int = 24
+
+    def __post_init__(self) -> None:
+        self.weight = _iarr("conv2d", "weight", self.weight)
+        self.stride = _pair("conv2d", "stride", self.stride)
+        self.padding = _pair("conv2d", "padding", self.padding)
+        self.dilation = _pair("conv2d", "dilation", self.dilation)
+        self.groups = int(self.groups)
+        self.weight_exp = int(self.weight_exp)
+        self.out_bits = int(self.out_bits)
+
+    def validate(self, name: str) -> None:
+        if self.weight.ndim != 4:
+            raise GraphError(f"weight must be 4-d (C_out, C_in, kH, kW), got {self.weight.shape}", node=name)
+        if self.groups < 1 or self.weight.shape[0] % self.groups:
+            raise GraphError(f"C_out={self.weight.shape[0]} not divisible by groups={self.groups}", node=name)
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            raise GraphError("stride and dilation must be >= 1 and padding >= 0", node=name)
+        _check_range(name, "weight", self.weight, -(2**31), INT32_MAX)
+        _check_range(name, "weight_exp", self.weight_exp, -24, 24)
+        _check_range(name, "out_bits", self.out_bits, 2, 48)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        cin = self.weight.shape[1] * self.groups
+        if input_shape is None or len(input_shape) != 3 or input_shape[0] != cin:
+            raise GraphError(f"expects input (C={cin}, H, W), gets {input_shape}", node=name)
+        hw = []
+        for i in range(2):
+            k = self.dilation[i] * (self.weight.shape[2 + i] - 1) + 1
+            n = (input_shape[1 + i] + 2 * self.padding[i] - k) // self.stride[i] + 1
+            if n < 1:
+                raise GraphError(f"input {input_shape} too small for the kernel", node=name)
+            hw.append(n)
+        return (self.weight.shape[0], hw[0], hw[1])
+
+
+@dataclass(eq=False)
+class FxSumPool2d(FxNode):
+    """Sum of the spikes in each window (zero padding), a synapse with unit weights per channel.
+    Output per step: ``wrap_{out_bits}(window sum)``."""
+
+    kind: ClassVar[str] = "sumpool2d"
+    role: ClassVar[str] = "synapse"
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    out_bits: int = 24
+
+    def __post_init__(self) -> None:
+        self.kernel_size = _pair("sumpool2d", "kernel_size", self.kernel_size)
+        self.stride = self.kernel_size if self.stride is None else _pair("sumpool2d", "stride", self.stride)
+        self.padding = _pair("sumpool2d", "padding", self.padding)
+        self.out_bits = int(self.out_bits)
+
+    def validate(self, name: str) -> None:
+        assert self.stride is not None
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise GraphError("kernel_size and stride must be >= 1 and padding >= 0", node=name)
+        _check_range(name, "out_bits", self.out_bits, 2, 48)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        assert self.stride is not None
+        if input_shape is None or len(input_shape) != 3:
+            raise GraphError(f"expects input (C, H, W), gets {input_shape}", node=name)
+        hw = [
+            (input_shape[1 + i] + 2 * self.padding[i] - self.kernel_size[i]) // self.stride[i] + 1
+            for i in range(2)
+        ]
+        if min(hw) < 1:
+            raise GraphError(f"input {input_shape} too small for the pooling window", node=name)
+        return (input_shape[0], hw[0], hw[1])
+
+
+@dataclass(eq=False)
+class FxNeuron(FxNode):
+    """Base of the neuron populations; ``shape`` excludes batch."""
+
+    role: ClassVar[str] = "neuron"
+    shape: Shape
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        if input_shape != self.shape:
+            raise GraphError(f"expects input shape {self.shape}, gets {input_shape}", node=name)
+        return self.shape
+
+    def state_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class FxLIF(FxNeuron):
+    """Stock Loihi LIF (Lava ``LIF``, ``PyLifModelBitAcc``); one step (``docs/fixed-point.md`` 4)::
+
+        u  = corr24(wrap32(trunc0(u * (4096 - du - 1) / 4096) + wrap32(a << 6)))
+        v' = sat24(wrap32(trunc0(v * (4096 - dv) / 4096) + u + (bias_mant << bias_exp)))
+        s  = v' > (vth << 6);   v = 0 where s else v'
+
+    ``du``, ``dv`` and ``vth`` are per layer (as in Lava); ``bias_mant``/``bias_exp`` per neuron.
+    ``u_init``/``v_init`` are the states before the first step (zeros unless testing edges). The
+    widths (``state_bits``, ``decay_bits``, ``vth_shift``, ``act_shift``) are the chip's constants,
+    carried so the node is self-describing; targets pin them.
+    """
+
+    kind: ClassVar[str] = "lif"
+    du: int = 4095
+    dv: int = 0
+    vth: int = 10
+    bias_mant: np.ndarray | int = 0
+    bias_exp: np.ndarray | int = 0
+    u_init: np.ndarray | int = 0
+    v_init: np.ndarray | int = 0
+    state_bits: int = 24
+    decay_bits: int = 12
+    vth_shift: int = 6
+    act_shift: int = 6
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        for name in ("du", "dv", "vth", "state_bits", "decay_bits", "vth_shift", "act_shift"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("bias_mant", "bias_exp", "u_init", "v_init"):
+            a = _iarr("lif", name, getattr(self, name))
+            try:
+                setattr(self, name, np.broadcast_to(a, self.shape).copy())
+            except ValueError as e:
+                raise GraphError(f"'{name}' of shape {a.shape} does not fit {self.shape}", node="lif") from e
+
+    def state_names(self) -> tuple[str, ...]:
+        return ("u", "v")
+
+    @property
+    def bias(self) -> np.ndarray:
+        """``bias_mant << bias_exp`` (floor right shift for a negative exponent)."""
+        m, e = np.asarray(self.bias_mant), np.asarray(self.bias_exp)
+        return np.where(e >= 0, m << np.maximum(e, 0), m >> np.maximum(-e, 0))
+
+    def validate(self, name: str) -> None:
+        _check_range(name, "state_bits", self.state_bits, 2, 30)
+        _check_range(name, "decay_bits", self.decay_bits, 1, 16)
+        _check_range(name, "vth_shift", self.vth_shift, 0, 16)
+        _check_range(name, "act_shift", self.act_shift, 0, 16)
+        unity = 1 << self.decay_bits
+        _check_range(name, "du", self.du, 0, unity - 1)
+        _check_range(name, "dv", self.dv, 0, unity - 1)
+        _check_range(name, "vth", self.vth, 0, INT32_MAX >> self.vth_shift)
+        _check_range(name, "bias_mant", self.bias_mant, -(2**15), 2**15 - 1)
+        _check_range(name, "bias_exp", self.bias_exp, -15, 15)
+        _check_range(name, "bias (bias_mant << bias_exp)", self.bias, -(2**30), 2**30)
+        half = 1 << (self.state_bits - 1)
+        _check_range(name, "u_init", self.u_init, -half + 1, half)
+        _check_range(name, "v_init", self.v_init, -half + 1, half - 1)
+
+
+@dataclass(eq=False)
+class FxPoly(FxNeuron):
+    """lnm-deploy's programmable polynomial neuron (``docs/fixed-point.md`` section 5); one step::
+
+        x  = a << in_shift
+        c  = ovf_S(rnd(c * (2**D - syn_decay), D) + x)      if has_synapse, else c = ovf_S(x)
+        H  = coef[d];  for k = d-1 .. 0:  H = ovf_R(rnd(H * v, shifts[k]) + coef[k])
+        v' = ovf_S(H + c)
+        s  = v' > vth;   v = v_reset where s (reset "value") or ovf_S(v' - vth) (reset "subtract")
+
+    ``coef`` is (degree+1, *shape), ascending: ``coef[k]`` is theta_k on the grid of Horner
+    register k, whose fraction bits are ``f_k = shifts[0] + ... + shifts[k-1]`` (``f_0 = 0``: the
+    state grid), so a calibrator picks one scale per term. ``shifts`` has ``degree`` entries. S =
+    ``state_bits``, R = ``acc_bits`` (Horner register), D = ``decay_bits``; ``rnd`` is
+    ``rounding``, ``ovf`` is ``overflow``. ``syn_decay`` is None for no current state.
+    """
+
+    kind: ClassVar[str] = "poly"
+    coef: np.ndarray
+    shifts: tuple[int, ...] = (0,)
+    vth: np.ndarray | int = 0
+    v_reset: np.ndarray | int = 0
+    reset: FxReset = "value"
+    in_shift: int = 0
+    syn_decay: np.ndarray | int | None = None
+    rounding: Rounding = "nearest"
+    overflow: Overflow = "saturate"
+    state_bits: int = 24
+    acc_bits: int = 32
+    coef_bits: int = 16
+    decay_bits: int = 12
+    v_init: np.ndarray | int = 0
+    c_init: np.ndarray | int = 0
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        coef = _iarr("poly", "coef", self.coef)
+        if coef.ndim == 0:
+            coef = coef.reshape(1)
+        if coef.ndim == 1:
+            coef = coef.reshape(-1, *([1] * len(self.shape)))
+        try:
+            self.coef = np.broadcast_to(coef, (coef.shape[0], *self.shape)).copy()
+        except ValueError as e:
+            raise GraphError(f"'coef' of shape {coef.shape} does not fit {self.shape}", node="poly") from e
+        self.shifts = tuple(int(s) for s in np.asarray(self.shifts).reshape(-1))
+        for name in ("in_shift", "state_bits", "acc_bits", "coef_bits", "decay_bits"):
+            setattr(self, name, int(getattr(self, name)))
+        names = ["vth", "v_reset", "v_init", "c_init"] + ([] if self.syn_decay is None else ["syn_decay"])
+        for name in names:
+            a = _iarr("poly", name, getattr(self, name))
+            try:
+                setattr(self, name, np.broadcast_to(a, self.shape).copy())
+            except ValueError as e:
+                raise GraphError(f"'{name}' of shape {a.shape} does not fit {self.shape}", node="poly") from e
+
+    @property
+    def degree(self) -> int:
+        return int(self.coef.shape[0]) - 1
+
+    @property
+    def has_synapse(self) -> bool:
+        return self.syn_decay is not None
+
+    def state_names(self) -> tuple[str, ...]:
+        return ("v", "c") if self.has_synapse else ("v",)
+
+    def validate(self, name: str) -> None:
+        if self.reset not in ("value", "subtract"):
+            raise GraphError(f"reset must be 'value' or 'subtract', got {self.reset!r}", node=name)
+        if self.rounding not in ROUNDINGS:
+            raise GraphError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}", node=name)
+        if self.overflow not in OVERFLOWS:
+            raise GraphError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}", node=name)
+        if not 0 <= self.degree <= 3:
+            raise GraphError(f"polynomial degree must be 0..3, got {self.degree}", node=name)
+        if len(self.shifts) != self.degree:
+            raise GraphError(
+                f"needs one shift per Horner step ({self.degree}), got {len(self.shifts)}", node=name
+            )
+        _check_range(name, "state_bits", self.state_bits, 2, 32)
+        _check_range(name, "acc_bits", self.acc_bits, 2, 64 - self.state_bits)
+        _check_range(name, "coef_bits", self.coef_bits, 2, self.acc_bits)
+        _check_range(name, "decay_bits", self.decay_bits, 1, 16)
+        _check_range(name, "in_shift", self.in_shift, 0, 31)
+        _check_range(name, "shifts", np.asarray(self.shifts), 0, 62)
+        cm = (1 << (self.coef_bits - 1)) - 1
+        _check_range(name, "coef", self.coef, -cm, cm)
+        sm = (1 << (self.state_bits - 1)) - 1
+        _check_range(name, "vth", self.vth, 0, sm)
+        _check_range(name, "v_reset", self.v_reset, -sm, sm)
+        _check_range(name, "v_init", self.v_init, -sm, sm)
+        _check_range(name, "c_init", self.c_init, -sm, sm)
+        if self.syn_decay is not None:
+            _check_range(name, "syn_decay", self.syn_decay, 0, 1 << self.decay_bits)
+
+
+def fx_node_types() -> dict[str, type[FxNode]]:
+    """Every concrete integer node class by ``kind``, collected from the class tree."""
+    out: dict[str, type[FxNode]] = {}
+    stack = list(FxNode.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls is not FxNeuron:
+            out[cls.kind] = cls
+    return out

@@ -1,0 +1,533 @@
+"""fxsim: the bit-accurate simulator of an ``FxGraph`` (contract: ``docs/fixed-point.md``).
+
+Two engines compute the same integers:
+
+* ``layer`` (feed-forward graphs): each node runs over *all* timesteps at once, in schedule
+  order. A synapse's whole input sequence is known, so its products are one BLAS call on
+  (timesteps * batch, fan_in). Neurons then loop over time on (batch, *shape) states.
+* ``step`` (any graph, needed for recurrence): every node once per timestep, like the float
+  executor.
+
+Exactness is never traded for speed. Binary spikes times integer weights are summed in float32
+only when ``max_o sum_i |W[o, i]| < 2**24`` (every partial sum is then an exactly representable
+integer), in float64 below ``2**53``, else in int64. The LIF update runs in float64 only when a
+static bound proves every intermediate is an integer below ``2**53`` and that none of Lava's int32
+wraps can trigger; the saturation and wrap steps are skipped only where a static bound proves
+they cannot change a value. Everything else is int64 and follows the contract literally. The
+oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard both engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from lnm_deploy.errors import UnsupportedError, UserInputError
+from lnm_deploy.execute import RunResult
+from lnm_deploy.fixedpoint.arith import overflow, rshift, shift_exp, trunc_mul_shift, wrap
+from lnm_deploy.fixedpoint.graph import FxGraph
+from lnm_deploy.fixedpoint.nodes import (
+    FxConv2d,
+    FxDense,
+    FxFlatten,
+    FxInput,
+    FxLIF,
+    FxNeuron,
+    FxNode,
+    FxOutput,
+    FxPoly,
+    FxSumPool2d,
+)
+from lnm_deploy.ir import Schedule
+
+Array = np.ndarray
+F32_EXACT = 2**24
+F64_EXACT = 2**53
+
+
+@dataclass
+class _Val:
+    """Exact integers in ``a`` (float32, float64 or int64) with ``|a| <= bound`` proven statically."""
+
+    a: Array
+    bound: int
+
+    def as_int(self) -> Array:
+        return self.a if self.a.dtype == np.int64 else self.a.astype(np.int64)
+
+
+def _float_for(bound: int) -> type | None:
+    if bound < F32_EXACT:
+        return np.float32
+    if bound < F64_EXACT:
+        return np.float64
+    return None
+
+
+def _finish_synapse(acc: _Val, weight_exp: int, out_bits: int) -> _Val:
+    """``wrap_{out_bits}(shift_exp(acc, weight_exp))``, skipping what a bound proves is a no-op."""
+    a, bound = acc.a, acc.bound
+    if weight_exp != 0:
+        new_bound = bound << weight_exp if weight_exp > 0 else bound >> (-weight_exp)
+        if a.dtype != np.int64 and (bound << max(weight_exp, 0)) < (F32_EXACT if a.dtype == np.float32 else F64_EXACT):
+            a = a * np.asarray(2.0**weight_exp, dtype=a.dtype)
+            if weight_exp < 0:
+                a = np.floor(a)
+        else:
+            a = shift_exp(acc.as_int(), weight_exp)
+        bound = new_bound
+    if bound >= 1 << (out_bits - 1):
+        a = wrap(a if a.dtype == np.int64 else a.astype(np.int64), out_bits)
+        bound = 1 << (out_bits - 1)
+    return _Val(a, bound)
+
+
+class _Synapse:
+    bound: int
+
+    def __call__(self, s: Array) -> _Val:  # s: (N, *in_shape) of 0/1
+        raise NotImplementedError
+
+
+class _Dense(_Synapse):
+    def __init__(self, node: FxDense) -> None:
+        w = node.effective_weight()
+        self.node = node
+        self.bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
+        dt = _float_for(self.bound)
+        self.dtype: Any = dt if dt is not None else np.int64
+        self.wt: Array = np.ascontiguousarray(w.T.astype(self.dtype))
+
+    def __call__(self, s: Array) -> _Val:
+        x = s.reshape(s.shape[0], -1)
+        acc = _Val(x.astype(self.dtype, copy=False) @ self.wt, self.bound)
+        return _finish_synapse(acc, self.node.weight_exp, self.node.out_bits)
+
+
+class _Conv(_Synapse):
+    def __init__(self, node: FxConv2d) -> None:
+        self.node = node
+        w = node.weight
+        self.bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
+        dt = _float_for(self.bound)
+        self.dtype: Any = dt if dt is not None else np.int64
+        self.w: Array = w.astype(self.dtype)
+
+    def __call__(self, s: Array) -> _Val:
+        n = self.node
+        x: Array = s.astype(self.dtype, copy=False)
+        ph, pw = n.padding
+        if ph or pw:
+            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        cout, cin_g, kh, kw = self.w.shape
+        dh, dw = n.dilation
+        win = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))  # type: ignore[call-overload]
+        win = win[:, :, :: n.stride[0], :: n.stride[1], ::dh, ::dw]
+        outs = []
+        cout_g = cout // n.groups
+        for g in range(n.groups):
+            xs = win[:, g * cin_g : (g + 1) * cin_g]
+            ws = self.w[g * cout_g : (g + 1) * cout_g]
+            outs.append(np.einsum("bchwij,ocij->bohw", xs, ws, optimize=True))
+        y = outs[0] if n.groups == 1 else np.concatenate(outs, axis=1)
+        return _finish_synapse(_Val(np.ascontiguousarray(y), self.bound), n.weight_exp, n.out_bits)
+
+
+class _SumPool(_Synapse):
+    def __init__(self, node: FxSumPool2d) -> None:
+        self.node = node
+        self.bound = node.kernel_size[0] * node.kernel_size[1]
+
+    def __call__(self, s: Array) -> _Val:
+        n = self.node
+        x = s.astype(np.int64)
+        ph, pw = n.padding
+        if ph or pw:
+            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        assert n.stride is not None
+        win = sliding_window_view(x, n.kernel_size, axis=(2, 3))[:, :, :: n.stride[0], :: n.stride[1]]  # type: ignore[call-overload]
+        return _finish_synapse(_Val(win.sum(axis=(-2, -1)), self.bound), 0, n.out_bits)
+
+
+def _make_synapse(name: str, node: FxNode) -> _Synapse:
+    if isinstance(node, FxDense):
+        return _Dense(node)
+    if isinstance(node, FxConv2d):
+        return _Conv(node)
+    if isinstance(node, FxSumPool2d):
+        return _SumPool(node)
+    raise UnsupportedError(f"fxsim has no synapse implementation for {type(node).__name__}", node=name)
+
+
+def _sum_inputs(vals: list[_Val]) -> _Val:
+    """The neuron input ``wrap32(sum of synapse outputs)`` (Lava's int32 InPort accumulation)."""
+    bound = sum(v.bound for v in vals)
+    if len(vals) == 1 and bound < 2**31:
+        return vals[0]
+    if bound < 2**31 and all(v.a.dtype != np.int64 for v in vals):
+        dt = _float_for(bound) or np.float64
+        total: Array = vals[0].a.astype(dt)
+        for v in vals[1:]:
+            total = total + v.a
+        return _Val(total, bound)
+    total = vals[0].as_int()
+    for v in vals[1:]:
+        total = total + v.as_int()
+    if bound >= 2**31:
+        total = wrap(total, 32)
+        bound = 2**31
+    return _Val(total, bound)
+
+
+# --------------------------------------------------------------------------------------- neurons
+
+
+def _full(a: Array | int, shape: tuple[int, ...], dtype: Any) -> Array:
+    """A C-contiguous copy of ``a`` broadcast to ``shape`` (in-place ufuncs on strided or
+    broadcast states are several times slower)."""
+    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype)
+
+
+class _NeuronRun:
+    """State and step function of one neuron layer over a batch."""
+
+    node: FxNeuron
+
+    def prepare(self, a: _Val) -> tuple[Array, bool]:
+        """Per-sequence transform of the input (done once for all timesteps in the layer engine)."""
+        raise NotImplementedError
+
+    def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
+        """One timestep; returns spikes as bool (batch, *shape), written into ``out`` if given."""
+        raise NotImplementedError
+
+    def states(self) -> dict[str, Array]:
+        raise NotImplementedError
+
+
+class _LIFRun(_NeuronRun):
+    node: FxLIF
+
+    def __init__(self, node: FxLIF, batch: int, input_bound: int) -> None:
+        self.node = node
+        self.half = 1 << (node.state_bits - 1)
+        self.vmax = self.half - 1
+        unity = 1 << node.decay_bits
+        self.ku = unity - node.du - 1
+        self.kv = unity - node.dv
+        self.bias = node.bias.astype(np.int64)
+        self.vth_eff = node.vth << node.vth_shift
+        self.unity = unity
+        shape = (batch, *node.shape)
+        x_bound = input_bound << node.act_shift
+        b_max = int(np.abs(self.bias).max()) if self.bias.size else 0
+        u0 = int(np.abs(np.asarray(node.u_init)).max(initial=0))
+        v0 = int(np.abs(np.asarray(node.v_init)).max(initial=0))
+        # Float64 fast path: the decayed input stays inside one wrap period, so none of Lava's int32
+        # wraps can trigger and every value is an integer far below 2**53 (docs/fixed-point.md 4.3).
+        self.fast = x_bound <= self.half and u0 <= self.half and b_max <= 2**29
+        # |u_t| <= ku/unity |u_{t-1}| + x_bound: below half, the 24-bit wrap is the identity.
+        u_sup = x_bound * unity / (unity - self.ku) if self.ku < unity else float("inf")
+        self.wrap_u = not (max(u_sup, u0) < self.half)
+        u_max = min(max(u_sup, u0), self.half)  # u starts at u_init and decays towards u_sup
+        v_sup = (u_max + b_max) * unity / (unity - self.kv) if self.kv < unity else float("inf")
+        self.sat_low = not (max(v_sup, v0) <= self.vmax)
+        # Saturating from above cannot change the result when the threshold is below the cap: the
+        # neuron spikes and resets to 0 either way.
+        self.sat_high = self.vth_eff >= self.vmax and self.sat_low
+        if self.fast:
+            self.u = _full(node.u_init, shape, np.float64)
+            self.v = _full(node.v_init, shape, np.float64)
+            self.ku_f = self.ku / unity
+            self.kv_f = self.kv / unity
+            self.bias_f = self.bias.astype(np.float64) if self.bias.any() else None
+            self.keep = np.empty(shape, dtype=bool)
+        else:
+            self.u = _full(node.u_init, shape, np.int64)
+            self.v = _full(node.v_init, shape, np.int64)
+
+    def prepare(self, a: _Val) -> tuple[Array, bool]:
+        if self.fast:
+            # float64 throughout the time loop (mixed float32/float64 ufuncs are slower)
+            return np.multiply(a.a, float(1 << self.node.act_shift), dtype=np.float64), True
+        return wrap(a.as_int() << self.node.act_shift, 32), False
+
+    def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
+        s = self._step_fast(x, out) if fast else self._step_int(x)
+        if out is not None and not fast:
+            out[...] = s
+        return s
+
+    def _step_fast(self, x: Array, out: Array | None) -> Array:
+        v = self.v
+        if self.ku == 0 and not self.wrap_u:
+            u = self.u = x  # u = x exactly: no decay term, no wrap possible (a view, not a copy)
+        else:
+            u = self.u if self.u is not x else np.array(x)
+            if self.ku == 0:
+                u[...] = x
+            else:
+                np.multiply(u, self.ku_f, out=u)
+                np.trunc(u, out=u)
+                np.add(u, x, out=u)
+            self.u = u
+        if self.wrap_u:
+            np.subtract(u, 2 * self.half, out=u, where=u > self.half)
+            np.add(u, 2 * self.half, out=u, where=u <= -self.half)
+        if self.kv != self.unity:
+            np.multiply(v, self.kv_f, out=v)
+            np.trunc(v, out=v)
+        np.add(v, u, out=v)
+        if self.bias_f is not None:
+            np.add(v, self.bias_f, out=v)
+        if self.sat_low:
+            np.maximum(v, -self.vmax, out=v)
+        if self.sat_high:
+            np.minimum(v, self.vmax, out=v)
+        keep = self.keep
+        np.less_equal(v, self.vth_eff, out=keep)
+        np.multiply(v, keep, out=v)
+        return np.logical_not(keep, out=out)
+
+    def _step_int(self, x: Array) -> Array:
+        """The contract literally (docs/fixed-point.md 4.2), int64."""
+        h = self.half
+        p = wrap(trunc_mul_shift(self.u, self.ku, self.node.decay_bits) + x, 32)
+        self.u = np.where(p > h, p - 2 * h, np.where(p <= -h, p + 2 * h, p))
+        vd = trunc_mul_shift(self.v, self.kv, self.node.decay_bits)
+        q = wrap(vd + self.u + self.bias, 32)
+        v = np.clip(q, -self.vmax, self.vmax)
+        s = v > self.vth_eff
+        self.v = np.where(s, 0, v)
+        return s
+
+    def states(self) -> dict[str, Array]:
+        return {"u": self.u, "v": self.v}
+
+
+class _PolyRun(_NeuronRun):
+    node: FxPoly
+
+    def __init__(self, node: FxPoly, batch: int, input_bound: int) -> None:
+        self.node = node
+        shape = (batch, *node.shape)
+        self.v = _full(node.v_init, shape, np.int64)
+        self.c = _full(node.c_init, shape, np.int64)
+        self.S, self.R = node.state_bits, node.acc_bits
+        self.kc = None if node.syn_decay is None else (1 << node.decay_bits) - node.syn_decay
+        self.coef = node.coef.astype(np.int64)
+        self.vth = np.asarray(node.vth, dtype=np.int64)
+
+    def prepare(self, a: _Val) -> tuple[Array, bool]:
+        return a.as_int() << self.node.in_shift, False
+
+    def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
+        n, S, R, rnd, ovf = self.node, self.S, self.R, self.node.rounding, self.node.overflow
+        if self.kc is not None:
+            self.c = overflow(rshift(self.c * self.kc, n.decay_bits, rnd) + x, S, ovf)
+        else:
+            self.c = overflow(x, S, ovf)
+        d = n.degree
+        h = np.broadcast_to(self.coef[d], self.v.shape)
+        for k in range(d - 1, -1, -1):
+            h = overflow(rshift(h * self.v, n.shifts[k], rnd) + self.coef[k], R, ovf)
+        vp = overflow(h + self.c, S, ovf)
+        s = vp > self.vth
+        if n.reset == "value":
+            self.v = np.where(s, n.v_reset, vp)
+        else:
+            self.v = np.where(s, overflow(vp - self.vth, S, ovf), vp)
+        if out is not None:
+            out[...] = s
+        return s
+
+    def states(self) -> dict[str, Array]:
+        out = {"v": self.v}
+        if self.kc is not None:
+            out["c"] = self.c
+        return out
+
+
+def _make_neuron(name: str, node: FxNode, batch: int, input_bound: int) -> _NeuronRun:
+    if isinstance(node, FxLIF):
+        return _LIFRun(node, batch, input_bound)
+    if isinstance(node, FxPoly):
+        return _PolyRun(node, batch, input_bound)
+    raise UnsupportedError(f"fxsim has no neuron implementation for {type(node).__name__}", node=name)
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def _check_input(graph: FxGraph, x: Array, in_shape: tuple[int, ...]) -> Array:
+    x = np.asarray(x)
+    if x.ndim != 2 + len(in_shape) or tuple(x.shape[2:]) != tuple(in_shape):
+        raise UserInputError(
+            f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), got {x.shape}"
+        )
+    if x.dtype != np.bool_:
+        if not np.issubdtype(x.dtype, np.number):
+            raise UserInputError(f"input must be numeric 0/1 spikes, got dtype {x.dtype}")
+        if not np.all((x == 0) | (x == 1)):
+            bad = np.argwhere((x != 0) & (x != 1))[0]
+            raise UserInputError(
+                f"input must be binary spikes (0 or 1); got {x[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}"
+            )
+    return x.astype(np.uint8)
+
+
+def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[str, bool], ...]],
+            synapses: dict[str, _Synapse]) -> dict[str, int]:
+    """Static bound on each neuron's input: sum over its synapses (weight exponent, wrap included)."""
+    out: dict[str, int] = {}
+    for name in order:
+        if isinstance(graph.nodes[name], FxNeuron):
+            total = 0
+            for src, _ in inputs[name]:
+                syn = synapses[src]
+                node = graph.nodes[src]
+                e = getattr(node, "weight_exp", 0)
+                b = syn.bound << e if e >= 0 else syn.bound >> (-e)
+                total += min(b, 1 << (node.out_bits - 1))  # type: ignore[attr-defined]
+            out[name] = min(total, 2**31)
+    return out
+
+
+def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = False,
+           engine: str = "auto") -> RunResult:
+    """Run ``graph`` on binary spikes ``x`` shaped (samples, timesteps, *input_shape).
+
+    Same time base as ``lnm_deploy.execute.run_float``: step t of every output answers step t of
+    the input (zero latency along feed-forward edges, one step along back edges). Returns a
+    ``RunResult`` with ``output`` and ``spikes`` (per neuron layer) as uint8 and, with
+    ``record``, ``states`` as int64 (``u``, ``v`` for LIF; ``v`` and, with a synapse, ``c`` for the
+    polynomial neuron), each (samples, timesteps, *shape), states after the reset.
+    ``engine``: "auto" (layer-at-a-time when the graph has no back edge), "layer" or "step".
+    """
+    sched = graph.schedule()
+    in_shape = sched.shapes[sched.input_node]
+    xs = _check_input(graph, x, in_shape)
+    batch, steps = xs.shape[:2]
+    recurrent = any(d for ins in sched.inputs.values() for _, d in ins)
+    if engine == "auto":
+        engine = "step" if recurrent else "layer"
+    if engine not in ("layer", "step"):
+        raise UserInputError(f"engine must be 'auto', 'layer' or 'step', got {engine!r}")
+    if engine == "layer" and recurrent:
+        raise UnsupportedError("the layer engine cannot run a graph with back edges; use engine='step'")
+
+    synapses = {n: _make_synapse(n, graph.nodes[n]) for n in sched.order if graph.nodes[n].role == "synapse"}
+    in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
+    neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n]) for n in in_bounds}
+    spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=bool) for n in neurons}
+    states: dict[str, dict[str, Array]] = {}
+    if record:
+        for n, run in neurons.items():
+            states[n] = {k: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
+
+    def record_step(n: str, t: int) -> None:
+        for k, val in neurons[n].states().items():
+            states[n][k][t] = val
+
+    xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
+    if engine == "layer":
+        _run_layers(graph, sched, xt, synapses, neurons, spikes, states if record else None, progress)
+    else:
+        _run_steps(graph, sched, xt, synapses, neurons, spikes, record_step if record else None, progress)
+
+    out_src = sched.inputs[sched.output_node][0][0]
+    spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()}
+    states_bt = {n: {k: np.ascontiguousarray(np.moveaxis(a, 0, 1)) for k, a in d.items()} for n, d in states.items()}
+    return RunResult(output=spikes_bt[out_src], spikes=spikes_bt, states=states_bt)
+
+
+def _apply_flatten(node: FxFlatten, a: Array, lead: int) -> Array:
+    return a.reshape(*a.shape[:lead], -1)
+
+
+def _run_layers(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
+                neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
+                states: dict[str, dict[str, Array]] | None, progress: bool) -> None:
+    steps, batch = xt.shape[:2]
+    vals: dict[str, Array | _Val] = {}
+    order = sched.order
+    it = order
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(order, desc="fxsim", unit="node", leave=False)
+    for name in it:
+        node = graph.nodes[name]
+        if isinstance(node, FxInput):
+            vals[name] = xt
+        elif isinstance(node, FxOutput):
+            continue
+        elif isinstance(node, FxFlatten):
+            src = vals[sched.inputs[name][0][0]]
+            assert isinstance(src, np.ndarray)
+            vals[name] = _apply_flatten(node, src, 2)
+        elif name in synapses:
+            src = vals[sched.inputs[name][0][0]]
+            assert isinstance(src, np.ndarray)
+            flat = src.reshape(steps * batch, *src.shape[2:])
+            v = synapses[name](flat)
+            vals[name] = _Val(v.a.reshape(steps, batch, *v.a.shape[1:]), v.bound)
+        else:
+            run = neurons[name]
+            ins = [vals[s] for s, _ in sched.inputs[name]]
+            total = _sum_inputs([v for v in ins if isinstance(v, _Val)])
+            x, fast = run.prepare(total)
+            out = spikes[name]
+            for t in range(steps):
+                run.step(x[t], fast, out[t])
+                if states is not None:
+                    for k, val in run.states().items():
+                        states[name][k][t] = val
+            vals[name] = out
+
+
+def _run_steps(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
+               neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
+               record_step: Callable[[str, int], None] | None, progress: bool) -> None:
+    steps, batch = xt.shape[:2]
+    zero = {n: _Val(np.zeros((batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
+    prev: dict[str, _Val] = dict(zero)
+    it = range(steps)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="fxsim", unit="step", leave=False)
+    for t in it:
+        cur: dict[str, Array | _Val] = {}
+        for name in sched.order:
+            node = graph.nodes[name]
+            if isinstance(node, FxInput):
+                cur[name] = xt[t]
+            elif isinstance(node, FxOutput):
+                continue
+            elif isinstance(node, FxFlatten):
+                src = cur[sched.inputs[name][0][0]]
+                assert isinstance(src, np.ndarray)
+                cur[name] = _apply_flatten(node, src, 1)
+            elif name in synapses:
+                src = cur[sched.inputs[name][0][0]]
+                assert isinstance(src, np.ndarray)
+                cur[name] = synapses[name](src)
+            else:
+                run = neurons[name]
+                ins: list[_Val] = []
+                for s, delayed in sched.inputs[name]:
+                    v = prev[s] if delayed else cur[s]
+                    assert isinstance(v, _Val)
+                    ins.append(v)
+                x, fast = run.prepare(_sum_inputs(ins))
+                s_out = run.step(x, fast)
+                spikes[name][t] = s_out
+                cur[name] = s_out
+                if record_step is not None:
+                    record_step(name, t)
+        prev = {n: v for n, v in cur.items() if isinstance(v, _Val)}

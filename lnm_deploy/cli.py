@@ -32,12 +32,12 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def _load_graph(args: argparse.Namespace):  # -> ir.Graph
+def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
+    from lnm_deploy.artifact import read_graph_or_artifact
     from lnm_deploy.fileio import existing_file
-    from lnm_deploy.nir_io import read_nir
 
-    return read_nir(existing_file(args.graph, "graph file"), dt=args.dt, producer=args.producer,
-                    input_shape=args.input_shape)
+    return read_graph_or_artifact(existing_file(args.graph, "graph file"), dt=args.dt,
+                                  producer=args.producer, input_shape=args.input_shape)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -53,24 +53,46 @@ def _shape(text: str) -> tuple[int, ...]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lnm_deploy.summary import summarize
 
-    s = summarize(_load_graph(args))
+    graph, artifact = _load(args)
+    s = summarize(graph)
     if args.json:
-        print(json.dumps(s.to_dict(), indent=2, default=_json_default))
+        doc = s.to_dict()
+        if artifact is not None:
+            doc["artifact"] = {"target": artifact.target, "record": artifact.record}
+        print(json.dumps(doc, indent=2, default=_json_default))
     else:
-        print(f"{args.graph}")
+        print(f"{args.graph}" + (f"  (calibrated artifact for target '{artifact.target}')" if artifact else ""))
         print(s.to_text())
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    from lnm_deploy.targets import list_targets, load_target
+
+    targets = [load_target(args.file)] if args.file else list_targets()
+    for t in targets:
+        print(t.summary())
+        print(f"    {t.path}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from lnm_deploy.execute import BACKENDS
+    from lnm_deploy.backends import BACKENDS
+    from lnm_deploy.errors import UserInputError
     from lnm_deploy.fileio import check_output_path, read_dataset, write_npz
     from lnm_deploy.metrics import accuracy
 
     check_output_path(args.out, force=args.force)
-    graph = _load_graph(args)
+    backend = BACKENDS[args.backend]
+    graph, artifact = _load(args)
+    if backend.integer and artifact is None:
+        raise UserInputError(
+            f"--backend {backend.name} runs a calibrated artifact and {args.graph} is a float graph: run "
+            "'lnm-deploy calibrate GRAPH.nir --data CALIB.npz --target NAME --out ARTIFACT.nir' first"
+        )
     x, y = read_dataset(args.data)
-    result = BACKENDS[args.backend](graph, x, record=args.states, progress=not args.quiet)
+    net = artifact.fx if backend.integer and artifact is not None else graph
+    result = backend.run(net, x, record=args.states, progress=not args.quiet)
     out = result.output
     arrays: dict[str, np.ndarray] = {"output": out.reshape(out.shape[0], out.shape[1], -1)}
     for name, s in result.spikes.items():
@@ -99,7 +121,7 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lnm_deploy.execute import BACKENDS
+    from lnm_deploy.backends import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="lnm-deploy",
@@ -116,12 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a graph on spike data with a backend")
     _graph_args(p)
     p.add_argument("--data", required=True, help=".npz with x (samples, timesteps, *input_shape), optional y")
-    p.add_argument("--backend", choices=sorted(BACKENDS), default="float")
+    p.add_argument("--backend", choices=list(BACKENDS), default="float",
+                   help="; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values()))
     p.add_argument("--out", required=True, help=".npz to write: output, spikes/<layer>, [v|c]/<layer>")
     p.add_argument("--states", action="store_true", help="also record membrane and synaptic states")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("targets", help="the hardware targets and their key limits")
+    p.add_argument("--file", default=None, help="describe (and validate) this target file instead")
+    p.set_defaults(func=cmd_targets)
 
     from lnm_deploy.demo import add_demo_parser
 

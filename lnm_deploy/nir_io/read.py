@@ -103,7 +103,8 @@ def _scan_types(group: h5py.Group, path: Path, name: str) -> None:
             _scan_types(child, path, f"{name}.{k}" if name else k)
 
 
-def _read_file(path: str | os.PathLike[str]) -> nir.NIRGraph:
+def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
+    """The ``nir.NIRGraph`` in a ``.nir`` file, with every failure as a one-line lnm-deploy error."""
     p = Path(path)
     if not p.exists():
         raise UserInputError(f"NIR file {p} does not exist")
@@ -142,7 +143,7 @@ def read_nir(
         GraphError: the file is HDF5 but not a NIR graph, or the graph is malformed.
         UnsupportedError, NumericError: see ``from_nir``.
     """
-    return from_nir(_read_file(path), dt=dt, producer=producer, input_shape=input_shape,
+    return from_nir(read_nir_graph(path), dt=dt, producer=producer, input_shape=input_shape,
                     _source=str(path))
 
 

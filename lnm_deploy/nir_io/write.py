@@ -281,8 +281,13 @@ def _has_scalar_arrays(d: Any) -> bool:
     return isinstance(d, np.ndarray) and (d.ndim == 0 or d.size == 0)
 
 
-def write_nir(graph: Graph, path: str | os.PathLike[str]) -> Path:
+def write_nir(graph: Graph, path: str | os.PathLike[str], *, extra_metadata: dict[str, Any] | None = None,
+              force: bool = True) -> Path:
     """Write ``graph`` to ``path`` as a NIR HDF5 file, atomically; return the path.
+
+    ``extra_metadata`` is added to the NIR graph's metadata as is (NIR-serialisable values only:
+    no None); calibrated artifacts carry their integer network there. ``force=False`` refuses to
+    overwrite an existing file.
 
     The graph is converted first (all validation errors surface before any file is touched), then
     written to a temporary file beside ``path`` that replaces ``path`` only on success: on any error
@@ -293,10 +298,12 @@ def write_nir(graph: Graph, path: str | os.PathLike[str]) -> Path:
         GraphError, NumericError, UnsupportedError: see ``to_nir``.
     """
     g = to_nir(graph)
+    if extra_metadata:
+        g.metadata.update(extra_metadata)
     compression = None if _has_scalar_arrays(g.to_dict()) else "gzip"
     target = Path(path)
     try:
-        with atomic_output(target) as tmp:
+        with atomic_output(target, force=force) as tmp:
             nir.write(tmp, g, compression=compression)
     except OSError as e:
         raise UserInputError(f"cannot write {target}: {e}") from e

@@ -1,0 +1,99 @@
+"""The deployable artifact: one NIR file that any NIR reader can run, carrying the exact integers.
+
+Layout of an artifact (``.nir``, HDF5):
+
+- the nodes are a valid NIR graph of the **dequantized** network (float parameters equal to the
+  integers times their scales), so any NIR reader runs the quantized network in float;
+- graph metadata ``lnm_fx``: the integer network (``FxGraph``) encoded by
+  ``lnm_deploy.fixedpoint.encode_fxgraph``, the exact spec that fxsim, Lava and ONNX execute;
+- graph metadata ``lnm_artifact``: a JSON document with the target, the recipe, the calibration
+  record (ranges, scales, overflow proofs, fits) and provenance (versions, the float graph's path
+  and SHA-256).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lnm_deploy.errors import GraphError, UserInputError
+from lnm_deploy.fixedpoint import FxGraph, decode_fxgraph, encode_fxgraph
+from lnm_deploy.ir import Graph
+
+FX_KEY = "lnm_fx"
+RECORD_KEY = "lnm_artifact"
+
+
+@dataclass
+class Artifact:
+    """A calibrated network: the dequantized float graph, the integer graph and their record."""
+
+    graph: Graph
+    fx: FxGraph
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return self.fx.target
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_artifact(artifact: Artifact, path: str | os.PathLike[str], *, force: bool = True) -> Path:
+    """Write ``artifact`` to ``path`` atomically (validated first; nothing is left on failure)."""
+    from lnm_deploy.nir_io import write_nir
+
+    extra = {
+        FX_KEY: encode_fxgraph(artifact.fx),
+        RECORD_KEY: json.dumps(artifact.record, default=_json_default, sort_keys=True),
+    }
+    return write_nir(artifact.graph, path, extra_metadata=extra, force=force)
+
+
+def _split(path: str | os.PathLike[str], **read_kw: Any) -> tuple[Graph, FxGraph | None, dict[str, Any]]:
+    from lnm_deploy.nir_io import from_nir, read_nir_graph
+
+    ng = read_nir_graph(path)
+    meta = dict(ng.metadata or {})
+    fx_meta = meta.pop(FX_KEY, None)
+    raw_record = meta.pop(RECORD_KEY, None)
+    ng.metadata = meta
+    graph = from_nir(ng, _source=str(path), **read_kw)
+    if fx_meta is None:
+        return graph, None, {}
+    try:
+        fx = decode_fxgraph(fx_meta)
+        record = json.loads(str(raw_record)) if raw_record is not None else {}
+    except (ValueError, KeyError, TypeError) as e:
+        raise GraphError(f"{path}: the artifact's integer network is unreadable ({e})") from e
+    return graph, fx, record
+
+
+def read_artifact(path: str | os.PathLike[str]) -> Artifact:
+    """Read an artifact written by ``write_artifact`` (``lnm-deploy calibrate``)."""
+    graph, fx, record = _split(path)
+    if fx is None:
+        raise UserInputError(
+            f"{path} is a float graph, not a calibrated artifact: run "
+            "'lnm-deploy calibrate GRAPH.nir --data CALIB.npz --target NAME --out ARTIFACT.nir' first"
+        )
+    return Artifact(graph=graph, fx=fx, record=record)
+
+
+def read_graph_or_artifact(path: str | os.PathLike[str], **read_kw: Any) -> tuple[Graph, Artifact | None]:
+    """The float graph in ``path`` and, when the file is an artifact, the artifact."""
+    graph, fx, record = _split(path, **read_kw)
+    return graph, (Artifact(graph=graph, fx=fx, record=record) if fx is not None else None)

@@ -41,7 +41,8 @@ class RunResult:
 
     ``output``: the Output node's values. ``spikes``: every spiking node's spikes (Neuron with a
     threshold, Threshold), always recorded. ``states``: per Neuron node ``{"v": membrane after
-    reset, "c": synaptic current}`` (``c`` only for nodes with a synapse), only with ``record=True``.
+    reset, "v_pre": membrane before the spike test, "c": synaptic current}`` (``c`` only for nodes
+    with a synapse), only with ``record=True``.
     """
 
     output: Array
@@ -108,6 +109,7 @@ class _NeuronState:
         self.v_th, self.v_reset = cast(node.v_th), cast(node.v_reset)
         self.in_gain, self.syn_decay, self.syn_gain = cast(node.in_gain), cast(node.syn_decay), cast(node.syn_gain)
         self.s: Array | None = None
+        self.v_pre = self.v
 
     def __call__(self, x: Array) -> Array:
         if self.c is not None:
@@ -116,6 +118,7 @@ class _NeuronState:
         else:
             cur = x
         v_pre = horner(self.poly, self.v) + self.in_gain * cur
+        self.v_pre = v_pre
         if self.v_th is None:
             self.v = v_pre
             return v_pre
@@ -208,7 +211,8 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.
     states: dict[str, dict[str, Array]] = {}
     if record:
         for n, st in neurons.items():
-            states[n] = {"v": np.zeros((batch, steps, *st.node.shape), dtype=dtype)}
+            states[n] = {"v": np.zeros((batch, steps, *st.node.shape), dtype=dtype),
+                         "v_pre": np.zeros((batch, steps, *st.node.shape), dtype=dtype)}
             if st.c is not None:
                 states[n]["c"] = np.zeros((batch, steps, *st.node.shape), dtype=dtype)
     output = np.zeros((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
@@ -244,6 +248,7 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.
         if record:
             for n, st in neurons.items():
                 states[n]["v"][:, t] = st.v
+                states[n]["v_pre"][:, t] = st.v_pre
                 if st.c is not None:
                     states[n]["c"][:, t] = st.c
         output[:, t] = cur[sched.output_node]

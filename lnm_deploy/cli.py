@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy import __version__
-from lnm_deploy.errors import LNMDeployError
+from lnm_deploy.errors import LNMDeployError, UserInputError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -66,6 +66,39 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from lnm_deploy.artifact import write_artifact
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.fileio import check_output_path, existing_file, read_dataset
+    from lnm_deploy.report.calibration import write_calibration_report
+    from lnm_deploy.targets import load_target
+
+    check_output_path(args.out, force=args.force)
+    report_dir = Path(args.report_dir) if args.report_dir else Path(f"{args.out}.report")
+    target = load_target(args.target)
+    recipe = load_recipe(args.recipe)
+    graph, artifact = _load(args)
+    if artifact is not None:
+        raise UserInputError(f"{args.graph} is already a calibrated artifact (target '{artifact.target}'); "
+                             "calibrate the float graph it came from")
+    x, y = read_dataset(args.data)
+    result = calibrate_network(graph, x, target, recipe, y=y, source=existing_file(args.graph),
+                       data_path=args.data, progress=not args.quiet)
+    write_artifact(result.artifact, args.out, force=args.force)
+    write_calibration_report(result, graph, report_dir)
+    rep = result.report
+    print(f"calibrated {args.graph} for {target.name} with recipe '{recipe.name}' on {rep['samples']} samples")
+    for name, layer in rep["comparison"]["layers"].items():
+        rec = rep["layers"][name]
+        print(f"  {name:<12} {rec['primitive']:<4} spike agreement {layer['agreement']:.4f}  "
+              f"rate {layer['rate_reference']:.4f} -> {layer['rate_test']:.4f}")
+    if "float_accuracy" in rep:
+        print(f"  accuracy on the calibration set: float {rep['float_accuracy']:.4f}, "
+              f"fixed {rep['fixed_accuracy']:.4f}")
+    print(f"-> {args.out}  (report: {report_dir}/report.json)")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from lnm_deploy.targets import list_targets, load_target
 
@@ -78,7 +111,6 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lnm_deploy.backends import BACKENDS
-    from lnm_deploy.errors import UserInputError
     from lnm_deploy.fileio import check_output_path, read_dataset, write_npz
     from lnm_deploy.metrics import accuracy
 
@@ -146,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("calibrate", help="calibrate and quantize a float graph for a target -> artifact")
+    _graph_args(p)
+    p.add_argument("--data", required=True, help="calibration spikes: .npz with x (samples, timesteps, ...)")
+    p.add_argument("--target", required=True, help="a shipped target name (see 'targets') or a .toml path")
+    p.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml path")
+    p.add_argument("--out", required=True, help="the artifact to write (.nir)")
+    p.add_argument("--report-dir", default=None, help="report directory (default: OUT.report)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("targets", help="the hardware targets and their key limits")
     p.add_argument("--file", default=None, help="describe (and validate) this target file instead")
     p.set_defaults(func=cmd_targets)
@@ -156,10 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each on stderr (lnm-deploy's own without a source location)."""
+    from lnm_deploy.errors import LNMDeployWarning
+
+    where = "" if issubclass(category, LNMDeployWarning) else f" ({category.__name__}, {filename}:{lineno})"
+    print(f"lnm-deploy: warning: {message}{where}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Command = args.func
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         return func(args)
     except LNMDeployError as e:

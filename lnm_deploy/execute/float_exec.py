@@ -131,7 +131,7 @@ class _NeuronState:
         return s.astype(v_pre.dtype)
 
 
-def _stateless_step(name: str, node: Node, dtype: type) -> Step:
+def stateless_step(name: str, node: Node, dtype: type) -> Step:
     if isinstance(node, (Input, Output)):
         return lambda x: x
     if isinstance(node, Affine):
@@ -160,7 +160,7 @@ def _stateless_step(name: str, node: Node, dtype: type) -> Step:
     raise UnsupportedError(f"the float executor has no implementation for {type(node).__name__}", node=name)
 
 
-def _initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], batch: int,
+def initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], batch: int,
                     dtype: type) -> dict[str, Array]:
     """What back edges deliver at t = 0: every node's output at a virtual step t = -1 in which the
     input is zero and every neuron shows its initial output (no spike, v = 0). So a recurrent
@@ -203,7 +203,7 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.
             neurons[name] = _NeuronState(node, batch, dtype)
             steps_fn[name] = neurons[name]
         else:
-            steps_fn[name] = _stateless_step(name, node, dtype)
+            steps_fn[name] = stateless_step(name, node, dtype)
 
     spiking = [n for n in sched.order if isinstance(graph.nodes[n], Threshold)
                or (isinstance(graph.nodes[n], Neuron) and graph.nodes[n].spiking)]  # type: ignore[union-attr]
@@ -217,7 +217,7 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.
                 states[n]["c"] = np.zeros((batch, steps, *st.node.shape), dtype=dtype)
     output = np.zeros((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
 
-    prev = _initial_values(graph, sched, steps_fn, batch, dtype)
+    prev = initial_values(graph, sched, steps_fn, batch, dtype)
     it = range(steps)
     if progress:
         from tqdm import tqdm

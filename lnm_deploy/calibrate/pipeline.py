@@ -1,0 +1,222 @@
+"""``calibrate_network``: statistics -> scales -> integers -> a verified artifact and its report.
+
+1. Run the calibration set through the float executor and collect per-layer statistics
+   (``stats.collect_with_recipe``: histograms, exact ranges, spike rates, range traces).
+2. Choose the weight clips by the recipe's weight calibrator; optionally search, layer by layer,
+   the weight clip that maximises spike agreement with the float model (``[search]``).
+3. Quantize for the target (``quantize.quantize``): integers, shifts, the LIF fit where the target
+   has no programmable neuron, and a static proof that no register overflows over the calibrated
+   range times the recipe's margin.
+4. Run fxsim on the calibration set and compare with the float model per layer: spike agreement,
+   rate drift, membrane SQNR, first divergence. All of it goes into the report and the artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy import __version__
+from lnm_deploy.artifact import Artifact
+from lnm_deploy.calibrate.compare import compare_spikes, first_divergence, sqnr_db
+from lnm_deploy.calibrate.quantize import NeuronRange, Quantized, WeightClip, quantize
+from lnm_deploy.calibrate.recipes import Recipe, collect_with_recipe
+from lnm_deploy.calibrate.stats import CalibrationStats
+from lnm_deploy.errors import LNMDeployWarning, UserInputError
+from lnm_deploy.execute import RunResult, run_float
+from lnm_deploy.ir import Graph, Neuron
+from lnm_deploy.targets import Target
+
+Array = np.ndarray
+
+
+@dataclass
+class CalibrationResult:
+    """Everything a calibration run produced; ``report`` is JSON-ready."""
+
+    artifact: Artifact
+    stats: CalibrationStats
+    quantized: Quantized
+    float_run: RunResult
+    fixed_run: RunResult
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_spikes(x: Array, graph: Graph, what: str = "calibration data") -> Array:
+    """Binary spikes shaped (samples, timesteps, *input_shape), or ``UserInputError``."""
+    x = np.asarray(x)
+    shape = graph.input_shape
+    if x.ndim != 2 + len(shape) or tuple(x.shape[2:]) != tuple(shape):
+        raise UserInputError(f"{what} must be shaped (samples, timesteps, {', '.join(map(str, shape))}), "
+                             f"got {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise UserInputError(f"{what} is empty: {x.shape}")
+    if not np.all((x == 0) | (x == 1)):
+        raise UserInputError(f"{what} must hold binary spikes (0/1): a fixed-point target takes spikes, "
+                             "encode currents as spikes first")
+    return x.astype(np.uint8)
+
+
+def neuron_ranges(stats: CalibrationStats) -> dict[str, NeuronRange]:
+    """The quantizer's ranges from the collected statistics (exact min / max, v histogram)."""
+    out: dict[str, NeuronRange] = {}
+    for name, ns in stats.neurons.items():
+        h = ns.v.hist
+        centres, counts = h.nonzero_bins()
+        out[name] = NeuronRange(
+            v_min=h.minimum if h.n else 0.0, v_max=h.maximum if h.n else 0.0,
+            v_pre_min=ns.v_pre.hist.minimum if ns.v_pre.hist.n else 0.0,
+            v_pre_max=ns.v_pre.hist.maximum if ns.v_pre.hist.n else 0.0,
+            c_absmax=ns.c.hist.abs_max if ns.c is not None else 0.0,
+            v_values=np.asarray(centres, dtype=np.float64), v_weights=np.asarray(counts, dtype=np.float64),
+        )
+    return out
+
+
+def _weight_clip(recipe: Recipe, bits: int, factors: dict[str, float], notes: list[str]) -> WeightClip:
+    """The recipe's weight calibrator, scaled per synapse by the search's factor."""
+
+    def clip(name: str, w: Array) -> float:
+        c = recipe.calibrate_weight(w, bits)
+        value = float(getattr(c, "clip", 0.0)) if hasattr(c, "clip") else float(np.max(c.clips))  # type: ignore[union-attr]
+        if not hasattr(c, "clip"):
+            notes.append(f"{name}: per-channel weight clips reduced to one per layer (one weight exponent "
+                         "per Dense/Conv on the target)")
+        return value * factors.get(name, 1.0)
+
+    return clip
+
+
+def compare_runs_float_fixed(graph: Graph, qz: Quantized, ref: RunResult, fixed: RunResult) -> dict[str, Any]:
+    """Per-layer agreement, rate drift and membrane SQNR of ``fixed`` (fxsim) against ``ref`` (float)."""
+    order = [n for n in graph.schedule().order if n in fixed.spikes and n in ref.spikes]
+    layers = compare_spikes(ref.spikes, fixed.spikes, order)
+    out: dict[str, Any] = {}
+    for n in order:
+        d: dict[str, Any] = layers[n].to_dict()
+        if ref.states.get(n) and fixed.states.get(n) and "v" in fixed.states[n]:
+            d["membrane_sqnr_db"] = sqnr_db(ref.states[n]["v"], fixed.states[n]["v"] * qz.layers[n].q)
+        out[n] = d
+    div = first_divergence(ref.spikes, fixed.spikes, order)
+    return {"layers": out, "first_divergence": None if div is None else div._asdict()}
+
+
+def _search(graph: Graph, build: Any, ref: RunResult, x: Array, recipe: Recipe, log: list[dict[str, Any]],
+            progress: bool) -> dict[str, float]:
+    """Coordinate search over the weight clip of each synapse (``recipe.search``): each candidate
+    scales the calibrated clip; the one that maximises the objective on the search subset wins."""
+    from tqdm.auto import tqdm
+
+    from lnm_deploy.calibrate.compare import OBJECTIVES
+    from lnm_deploy.fxsim import run_fx
+
+    sr = recipe.search
+    n = min(x.shape[0], sr.max_samples or x.shape[0])
+    xs = x[:n]
+    refs = {k: v[:n] for k, v in ref.spikes.items()}
+    objective = OBJECTIVES[sr.objective]
+    synapses = [syn for layer in build({}).layers.values() for syn in layer.exponents]
+    groups = [[s] for s in synapses] if sr.per_layer else [synapses]
+    factors: dict[str, float] = {}
+    bar = tqdm(total=sr.rounds * len(groups) * len(sr.scale_factors), desc="search", unit="candidate",
+               disable=not progress, leave=False)
+    for _ in range(sr.rounds):
+        for group in groups:
+            best = (-np.inf, factors.get(group[0], 1.0))
+            for fct in sr.scale_factors:
+                trial = dict(factors, **{g: fct for g in group})
+                bar.update()
+                try:
+                    fixed = run_fx(build(trial).fx, xs)
+                except Exception as e:  # a candidate the target cannot represent is skipped, and logged
+                    log.append({"synapses": group, "factor": fct, "error": str(e)})
+                    continue
+                score = objective(refs, fixed.spikes, [k for k in refs if k in fixed.spikes])
+                log.append({"synapses": group, "factor": fct, sr.objective: score})
+                if score > best[0]:
+                    best = (score, fct)
+            factors.update({g: best[1] for g in group})
+    bar.close()
+    return factors
+
+
+def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *, y: Array | None = None,
+              source: str | os.PathLike[str] | None = None, data_path: str | os.PathLike[str] | None = None,
+              progress: bool = True) -> CalibrationResult:
+    """Calibrate and quantize ``graph`` for ``target`` on spikes ``x`` (see the module docstring)."""
+    from lnm_deploy.fxsim import run_fx
+
+    x = check_spikes(x, graph)
+    stats = collect_with_recipe(graph, x, recipe, progress=progress)
+    ranges = neuron_ranges(stats)
+    # The comparison set: the samples the statistics saw (at most max_samples).
+    n_eval = min(x.shape[0], recipe.info.max_samples or x.shape[0])
+    x_eval = x[:n_eval]
+    ref = run_float(graph, x_eval, record=True)
+    notes: list[str] = []
+    factors: dict[str, float] = {}
+    bits = target.dense.weight_bits
+
+    def build(f: dict[str, float]) -> Quantized:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LNMDeployWarning)
+            return quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, bits, f, []),
+                            margin=recipe.info.margin)
+
+    search_log: list[dict[str, Any]] = []
+    if recipe.search.enabled:
+        factors = _search(graph, build, ref, x_eval, recipe, search_log, progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LNMDeployWarning)
+        qz = quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, bits, factors, notes),
+                      margin=recipe.info.margin)
+    for w in caught:  # re-emit once, after the search's silent trials
+        warnings.warn(w.message, LNMDeployWarning, stacklevel=2)
+    fixed = run_fx(qz.fx, x_eval, record=True)
+    comparison = compare_runs_float_fixed(graph, qz, ref, fixed)
+
+    report: dict[str, Any] = {
+        "target": target.name,
+        "recipe": recipe.to_dict(),
+        "samples": int(n_eval),
+        "timesteps": int(x.shape[1]),
+        "layers": {n: qz.layers[n].to_dict() for n in qz.layers},
+        "comparison": comparison,
+        "stability": {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in stats.stability().items()},
+        "search": {"factors": factors, "log": search_log} if recipe.search.enabled else None,
+        "notes": sorted(set(notes)),
+    }
+    if y is not None:
+        from lnm_deploy.metrics import accuracy
+
+        report["float_accuracy"] = accuracy(ref.output, y[:n_eval])
+        report["fixed_accuracy"] = accuracy(fixed.output, y[:n_eval])
+    provenance = {
+        "lnm_deploy": __version__, "numpy": np.__version__, "python": platform.python_version(),
+        "source_graph": None if source is None else {"path": str(Path(source).resolve()),
+                                                     "sha256": sha256_file(source)},
+        "calibration_data": None if data_path is None else {"path": str(Path(data_path).resolve()),
+                                                            "sha256": sha256_file(data_path)},
+    }
+    report["provenance"] = provenance
+    record = {"target": target.name, "recipe": recipe.to_dict(), "calibration": {
+        "layers": report["layers"], "comparison": comparison, "notes": report["notes"],
+        "stats": stats.to_dict(histograms=False)}, "provenance": provenance}
+    neurons = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]
+    qz.graph.metadata.update({"calibrated_from_neurons": neurons})
+    return CalibrationResult(Artifact(graph=qz.graph, fx=qz.fx, record=record), stats, qz, ref, fixed, report)

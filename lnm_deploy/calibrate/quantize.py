@@ -1,0 +1,622 @@
+"""Map a float IR graph onto a target's integer primitives: the quantizer.
+
+Input: a validated float IR graph, the calibrated ranges of every neuron layer, a target. Output:
+the integer network (``FxGraph``), the dequantized float graph (the integers times their scales,
+for any NIR reader), and a typed record of every choice (scales, shifts, fits, overflow proofs).
+
+Structure. Every neuron layer reads one or more *synapses*: a chain of stateless linear nodes
+(Affine, Conv2d, pooling, Flatten, Scale) from a spike source (the input or a spiking layer).
+A chain ending in an Affine becomes one Dense on the (flattened) source spikes, its matrix composed
+exactly from the chain; a lone Conv2d becomes a Conv; a lone pooling becomes a unit-weight
+depthwise Conv. Biases move into the neuron (a chain's constant output is a constant input).
+
+Scales (one state scale ``q`` per layer, real value per LSB of v). For synapse j with integer
+weights ``w_j`` and exponent ``E_j`` (``weight_exp + in_shift`` for the polynomial neuron,
+``weight_exp + 6`` for the stock LIF), the real current per input spike is ``w_j 2^E_j q``. The
+first synapse's weight scale comes from the recipe's weight calibrator (clip / largest integer);
+``E`` is the largest exponent whose ``q`` still keeps the calibrated membrane range times the
+margin, the threshold and the bias inside their registers; the other synapses then get the finest
+exponent that holds their weights. See docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy.errors import LNMDeployWarning, NumericError, UnsupportedError
+from lnm_deploy.execute.float_exec import horner, stateless_step
+from lnm_deploy.fixedpoint import (
+    FxConv2d,
+    FxDense,
+    FxFlatten,
+    FxGraph,
+    FxInput,
+    FxLIF,
+    FxNode,
+    FxOutput,
+    FxPoly,
+    dense_weight_grid,
+    sign_mode_of,
+)
+from lnm_deploy.ir import (
+    Affine,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Graph,
+    Input,
+    Neuron,
+    Node,
+    Output,
+    Scale,
+    SumPool2d,
+)
+from lnm_deploy.targets import Target
+
+Array = np.ndarray
+#: A weight calibrator: (synapse name, real weights) -> clip value (>= 0, real units).
+WeightClip = Callable[[str, Array], float]
+
+
+@dataclass
+class NeuronRange:
+    """Calibrated ranges of one neuron layer (real units, float executor, calibration set).
+
+    ``v``: membrane after reset (the polynomial's argument); ``v_pre``: before the spike test;
+    ``c``: synaptic current (0 without a synapse); ``v_values``/``v_weights``: the distribution of
+    ``v`` (histogram bin centres and counts) that a LIF fit is weighted by.
+    """
+
+    v_min: float
+    v_max: float
+    v_pre_min: float
+    v_pre_max: float
+    c_absmax: float
+    v_values: Array = field(repr=False, default_factory=lambda: np.zeros(0))
+    v_weights: Array = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class Synapse:
+    """One synapse of a neuron layer, mapped: kind, source layer, composed float parameters."""
+
+    name: str  # the chain's last float node (the fx synapse takes its name)
+    source: str  # spike source node (input or a neuron layer)
+    delayed: bool
+    kind: str  # "dense" | "conv"
+    weight: Array  # real, per unit spike: dense (out, in_flat); conv (C_out, C_in/g, kH, kW)
+    flatten: bool = False  # dense on a multi-dim source: an FxFlatten first
+    conv: dict[str, Any] = field(default_factory=dict)  # stride, padding, dilation, groups
+
+
+@dataclass
+class LayerRecord:
+    """What the quantizer chose for one neuron layer, and the proof that nothing overflows."""
+
+    name: str
+    primitive: str  # "poly" | "lif"
+    q: float  # real membrane per LSB
+    exponents: dict[str, int]  # per synapse: weight_exp
+    in_shift: int
+    weight_scale: dict[str, float]  # per synapse: real weight per integer LSB
+    weight_clipped: dict[str, float]  # per synapse: fraction of weights clipped
+    shifts: list[int] = field(default_factory=list)
+    proof: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)  # LIF fit of a polynomial (LIF-only targets)
+    approximations: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Quantized:
+    """The quantizer's result."""
+
+    fx: FxGraph
+    graph: Graph  # dequantized float IR graph
+    layers: dict[str, LayerRecord]
+
+
+# ------------------------------------------------------------------------------------------------
+# Structure: synapse chains
+
+
+_LINEAR = (Affine, Conv2d, SumPool2d, AvgPool2d, Flatten, Scale)
+
+
+def _is_source(node: Node) -> bool:
+    return isinstance(node, Input) or (isinstance(node, Neuron) and node.spiking)
+
+
+def _chain(graph: Graph, start: str, sched_inputs: dict[str, tuple[tuple[str, bool], ...]],
+           consumer: str) -> tuple[str, list[str]]:
+    """Walk back from ``start`` through single-input linear nodes to a spike source."""
+    chain: list[str] = []
+    n = start
+    while not _is_source(graph.nodes[n]):
+        node = graph.nodes[n]
+        if not isinstance(node, _LINEAR):
+            raise UnsupportedError(
+                f"'{type(node).__name__}' feeds neuron layer '{consumer}'; only Affine, Conv2d, pooling, "
+                "Flatten and Scale can sit between spiking layers on a fixed-point target", node=n)
+        ins = sched_inputs[n]
+        if len(ins) != 1:
+            raise UnsupportedError(f"a linear node between spiking layers must have one input, has {len(ins)}",
+                                   node=n)
+        chain.append(n)
+        n = ins[0][0]
+    return n, chain[::-1]
+
+
+def _compose_dense(graph: Graph, chain: list[str], in_shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """Exact matrix and constant of a linear chain on flattened spikes of ``in_shape``."""
+    n_in = int(np.prod(in_shape))
+    basis = np.concatenate([np.zeros((1, n_in)), np.eye(n_in)]).reshape(n_in + 1, *in_shape)
+    y = basis
+    for name in chain:
+        y = stateless_step(name, graph.nodes[name], np.float64)(y)
+    y = y.reshape(n_in + 1, -1)
+    bias = y[0].copy()
+    return (y[1:] - bias).T.copy(), bias
+
+
+def find_synapses(graph: Graph, neuron: str) -> tuple[list[Synapse], Array]:
+    """The synapses of ``neuron`` and their summed constant input (biases), neuron-shaped."""
+    sched = graph.schedule()
+    node = graph.nodes[neuron]
+    assert isinstance(node, Neuron)
+    bias = np.zeros(node.shape)
+    syns: list[Synapse] = []
+    for src, delayed in sched.inputs[neuron]:
+        source, chain = _chain(graph, src, sched.inputs, neuron)
+        if not chain:
+            raise UnsupportedError(f"spikes of '{source}' feed the layer with no weights between; add a "
+                                   "Linear/Conv layer", node=neuron)
+        in_shape = sched.shapes[source]
+        last = graph.nodes[chain[-1]]
+        if len(chain) == 1 and isinstance(last, Conv2d):
+            syns.append(Synapse(chain[-1], source, delayed, "conv", last.weight.copy(), conv={
+                "stride": last.stride, "padding": last.padding, "dilation": last.dilation, "groups": last.groups}))
+            if last.bias is not None:
+                bias = bias + last.bias[:, None, None]
+        elif len(chain) == 1 and isinstance(last, (SumPool2d, AvgPool2d)):
+            c = in_shape[0]
+            k = last.kernel_size
+            scale = 1.0 / (k[0] * k[1]) if isinstance(last, AvgPool2d) else 1.0
+            syns.append(Synapse(chain[-1], source, delayed, "conv", np.full((c, 1, *k), scale), conv={
+                "stride": last.stride, "padding": last.padding, "dilation": (1, 1), "groups": c}))
+        elif len(node.shape) == 1:
+            w, b = _compose_dense(graph, chain, in_shape)
+            if w.shape[0] != node.shape[0]:
+                raise UnsupportedError(f"synapse chain {chain} yields {w.shape[0]} values, layer has "
+                                       f"{node.shape[0]}", node=neuron)
+            syns.append(Synapse(chain[-1], source, delayed, "dense", w, flatten=len(in_shape) > 1))
+            bias = bias + b
+        else:
+            raise UnsupportedError(
+                f"synapse chain {chain} into a {len(node.shape)}-d layer: only a single Conv2d or pooling "
+                "can feed a spatial layer (move pooling after a neuron layer)", node=neuron)
+    return syns, bias
+
+
+# ------------------------------------------------------------------------------------------------
+# Integer helpers
+
+
+def _grid_round(x: Array, step: int, lo: int, hi: int) -> tuple[Array, float]:
+    """Round ``x`` (integer units) onto the grid ``lo..hi`` by ``step``; fraction clipped."""
+    q = np.rint(x / step).astype(np.int64) * step
+    clipped = float(np.mean((q < lo) | (q > hi))) if q.size else 0.0
+    return np.clip(q, lo, hi), clipped
+
+
+def _int_limit(lo: int, hi: int) -> int:
+    """Largest integer magnitude usable for both signs of a symmetric weight distribution."""
+    return min(-lo, hi) if lo < 0 < hi else max(-lo, hi)
+
+
+def _floor_log2(x: float) -> int:
+    return math.floor(math.log2(x))
+
+
+def _check_finite(name: str, **vals: float) -> None:
+    for k, v in vals.items():
+        if not math.isfinite(v):
+            raise NumericError(f"calibrated {k} is not finite ({v}); the float model diverges on the "
+                               "calibration data", node=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-layer quantization
+
+
+@dataclass
+class _SynPlan:
+    syn: Synapse
+    weight_int: Array
+    weight_exp: int
+    real_per_lsb: float  # real current per integer weight unit (incl. in_shift / act_shift and q)
+    clipped: float
+
+
+def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, e_fixed: int,
+                   weight_clip: WeightClip, e_range_extra: tuple[int, int]) -> tuple[float, int, list[_SynPlan]]:
+    """Choose q (state LSB, real) and per-synapse integer weights and exponents.
+
+    ``e_fixed``: fixed part of the exponent (6 = LIF act_shift; 0 for poly); ``e_range_extra``: the
+    neuron's free exponent range besides the synapse's weight_exp (poly in_shift; (0, 0) for LIF).
+    Returns ``(q, in_shift, plans)``.
+    """
+    def weight_grid(s: Synapse) -> tuple[int, int, int, tuple[int, int]]:
+        if s.kind == "dense":
+            mode = sign_mode_of(s.weight)
+            step, lo, hi = dense_weight_grid(target.dense.num_weight_bits[1], mode)
+            return step, lo, hi, target.dense.weight_exp
+        if target.conv is None:
+            raise UnsupportedError(f"target '{target.name}' has no convolution", node=s.name)
+        lo, hi = target.conv.weight
+        return 1, lo, hi, target.conv.weight_exp
+
+    first = syns[0]
+    step, lo, hi, (we_lo, we_hi) = weight_grid(first)
+    clip = float(weight_clip(first.name, first.weight))
+    if clip <= 0:
+        clip = float(np.max(np.abs(first.weight))) or 1.0
+    lsb_min = clip / _int_limit(lo, hi)  # real weight per integer unit at full resolution
+    # Exponent of the first synapse: E = weight_exp + extra + e_fixed, real = w * 2^E * q.
+    e_lo = we_lo + e_range_extra[0] + e_fixed
+    e_hi = we_hi + e_range_extra[1] + e_fixed
+    e_best = _floor_log2(lsb_min / q_min) if q_min > 0 else e_hi
+    e = min(max(e_best, e_lo), e_hi)
+    q = max(lsb_min * 2.0**-e, q_min)  # below e_lo: weights lose resolution to keep the state in range
+    # Split E - e_fixed into the synapse's weight_exp and the neuron's left shift. Left shifts are
+    # exact; a negative weight_exp floors the sum, so it is used only when E itself is negative.
+    e_rest = e - e_fixed
+    extra = min(max(e_rest, e_range_extra[0]), e_range_extra[1]) if e_rest >= 0 else e_range_extra[0]
+    plans: list[_SynPlan] = []
+    for i, s in enumerate(syns):
+        step, lo, hi, (we_lo, we_hi) = weight_grid(s)
+        amax = float(np.max(np.abs(s.weight))) if s.weight.size else 0.0
+        if i == 0:
+            we = e - e_fixed - extra
+        else:
+            clip_s = float(weight_clip(s.name, s.weight)) or amax or 1.0
+            # smallest exponent whose grid holds the clip: clip / (2^E q) <= max integer
+            need = math.log2(clip_s / (_int_limit(lo, hi) * q)) if clip_s > 0 else we_lo
+            we = math.ceil(need) - extra - e_fixed
+            we = min(max(we, we_lo), we_hi)
+        if not we_lo <= we <= we_hi:
+            raise NumericError(f"synapse needs weight exponent {we}, target allows {we_lo}..{we_hi}", node=s.name)
+        real_per_lsb = q * 2.0 ** (we + extra + e_fixed)
+        w_int, clipped = _grid_round(s.weight / real_per_lsb, step, lo, hi)
+        if clipped > 0 and i > 0 and we == we_hi:
+            raise NumericError(
+                f"weights need more range than the target's 8-bit mantissa and exponent {we_hi} give "
+                f"(largest |w| {amax:.4g}, largest representable {hi * real_per_lsb:.4g})", node=s.name)
+        plans.append(_SynPlan(s, w_int, int(we), real_per_lsb, clipped))
+    return q, int(extra), plans
+
+
+def _syn_dequant(p: _SynPlan) -> Array:
+    """Real weights the integer synapse applies (after the chip's weight rule)."""
+    return p.weight_int.astype(np.float64) * p.real_per_lsb
+
+
+def _poly_shifts(theta: Array, q: float, u_max: float, acc_bits: int, coef_bits: int,
+                 shift_range: tuple[int, int]) -> tuple[list[int], list[float]]:
+    """Per-term binary points ``f_k`` for Horner (docs/fixed-point.md section 5), as shifts.
+
+    Register k holds ``h_k 2^f_k`` with ``|h_k| <= 2^f_k q^(k-1) max_{|u| <= u_max} |Q_k(u)|``,
+    ``Q_k(u) = sum_{j >= k} theta_j u^(j-k)``; coefficient ``k`` is ``theta_k q^(k-1) 2^f_k``.
+    Largest ``f_k`` such that both stay below ``2^(acc_bits-1)`` and ``2^(coef_bits-1)``,
+    nondecreasing in k (shifts >= 0). Returns (shifts, register bounds for k = 0..d).
+    """
+    d = theta.shape[0] - 1
+    grid = np.linspace(-u_max, u_max, 257)
+    reg_lim = 2.0 ** (acc_bits - 1) - 1
+    coef_lim = 2.0 ** (coef_bits - 1) - 1
+    caps: list[int] = []
+    tails: list[float] = []
+    for k in range(1, d + 1):
+        qk = np.broadcast_to(theta[d], (grid.size, theta.shape[1])).copy()  # Q_k by Horner, (G, n)
+        for j in range(d - 1, k - 1, -1):
+            qk = qk * grid[:, None] + theta[j]
+        tail = float(np.abs(qk).max()) if qk.size else 0.0
+        # Q_k's max over the grid, with headroom for the grid missing the true max between points
+        tail = tail * 1.01
+        tails.append(tail)
+        tk = float(np.max(np.abs(theta[k]))) if theta[k].size else 0.0
+        scale = q ** (k - 1)
+        unbounded = 10**6  # a zero tail or coefficient puts no limit here; the shift range will
+        cap_reg = _floor_log2(reg_lim / (tail * scale)) if tail * scale > 0 and math.isfinite(
+            reg_lim / (tail * scale)) else unbounded
+        cap_coef = _floor_log2(coef_lim / (tk * scale)) if tk * scale > 0 and math.isfinite(
+            coef_lim / (tk * scale)) else unbounded
+        caps.append(min(cap_reg, cap_coef))
+    # nondecreasing, >= 0, per-step shift within range
+    f = [0] * (d + 1)
+    for k in range(d, 0, -1):
+        f[k] = caps[k - 1] if k == d else min(caps[k - 1], f[k + 1])
+    lo_s, hi_s = shift_range
+    for k in range(1, d + 1):
+        f[k] = max(f[k], f[k - 1] + lo_s)
+        f[k] = min(f[k], f[k - 1] + hi_s)
+        if f[k] > caps[k - 1]:
+            raise NumericError(f"Horner register {k} cannot hold the polynomial over the calibrated range "
+                               f"(needs binary point {f[k]} > {caps[k - 1]})")
+    p_max = float(np.abs(horner(theta[:, None, :], np.broadcast_to(grid[:, None], (grid.size, theta.shape[1])))).max())
+    bounds = [p_max / q] + [2.0 ** f[k] * q ** (k - 1) * tails[k - 1] for k in range(1, d + 1)]
+    return [f[k + 1] - f[k] for k in range(d)], bounds
+
+
+def lif_fit(theta: Array, values: Array, weights: Array) -> tuple[float, float, float]:
+    """Weighted least-squares line ``a + b v`` to the polynomial over the calibrated membrane.
+
+    ``values``/``weights``: the membrane distribution (histogram bin centres and counts).
+    ``theta`` is (d+1, n_neurons), averaged over neurons (one decay per layer on the stock LIF).
+    Returns ``(a, b, weighted rms residual)`` in membrane units per step.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if v.size < 2 or np.ptp(v) == 0 or w.sum() <= 0:
+        v, w = np.linspace(-1.0, 1.0, 65), np.ones(65)
+    th_mean = theta.reshape(theta.shape[0], -1).mean(axis=1)
+    p = horner(th_mean.reshape(-1, 1), v)
+    sw = np.sqrt(w / w.sum())
+    design = np.stack([np.ones_like(v), v], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design * sw[:, None], p * sw, rcond=None)
+    resid = float(np.sqrt(np.sum(w / w.sum() * (a + b * v - p) ** 2)))
+    return float(a), float(b), resid
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver
+
+
+def quantize(graph: Graph, ranges: dict[str, NeuronRange], target: Target, *, weight_clip: WeightClip,
+             margin: float = 1.25, rounding: str = "nearest") -> Quantized:
+    """Quantize ``graph`` for ``target`` (see the module docstring)."""
+    sched = graph.schedule()
+    neurons = [n for n in sched.order if isinstance(graph.nodes[n], Neuron)]
+    for n in neurons:
+        node = graph.nodes[n]
+        assert isinstance(node, Neuron)
+        if not node.spiking:
+            raise UnsupportedError("non-spiking (integrator) layers have no fixed-point primitive on "
+                                   f"target '{target.name}'; read out spikes instead", node=n)
+    out_src = sched.inputs[sched.output_node]
+    if len(out_src) != 1 or not isinstance(graph.nodes[out_src[0][0]], Neuron):
+        raise UnsupportedError("the Output must read one spiking neuron layer on a fixed-point target",
+                               node=sched.output_node)
+
+    fx_nodes: dict[str, FxNode] = {sched.input_node: FxInput(shape=sched.shapes[sched.input_node])}
+    fx_edges: list[tuple[str, str]] = []
+    ir_nodes: dict[str, Node] = {sched.input_node: Input(shape=sched.shapes[sched.input_node])}
+    ir_edges: list[tuple[str, str]] = []
+    records: dict[str, LayerRecord] = {}
+
+    for n in neurons:
+        node = graph.nodes[n]
+        assert isinstance(node, Neuron)
+        syns, bias = find_synapses(graph, n)
+        rng = ranges[n]
+        _check_finite(n, v_min=rng.v_min, v_max=rng.v_max, v_pre_min=rng.v_pre_min, c_absmax=rng.c_absmax)
+        # The real current into v per unit of the synapse output: in_gain (x syn_gain for a synapse).
+        gain = node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
+        scaled = [Synapse(s.name, s.source, s.delayed, s.kind,
+                          s.weight * (gain.reshape(-1)[:, None] if s.kind == "dense"
+                                      else gain.reshape(gain.shape[0], -1)[:, 0][:, None, None, None]),
+                          s.flatten, s.conv) for s in syns]
+        if s_bad := [s.name for s in scaled if not np.all(np.isfinite(s.weight))]:
+            raise NumericError("weights are not finite", node=s_bad[0])
+        bias_v = gain * bias  # constant current into v (no synapse) or into c
+        rec, fx_neuron, ir_neuron, plans = _quantize_layer(n, node, scaled, bias_v, rng, target, weight_clip,
+                                                           margin, rounding)
+        records[n] = rec
+        for p in plans:
+            s = p.syn
+            src_fx = s.source
+            if s.flatten:
+                fl = f"{s.name}_flatten"
+                fx_nodes[fl] = FxFlatten()
+                fx_edges.append((s.source, fl))
+                ir_nodes[fl] = Flatten(start_dim=0, end_dim=-1)
+                ir_edges.append((s.source, fl))
+                src_fx = fl
+            if s.kind == "dense":
+                fx_nodes[s.name] = FxDense(weight=p.weight_int, weight_exp=p.weight_exp,
+                                           num_weight_bits=target.dense.num_weight_bits[1],
+                                           sign_mode=sign_mode_of(p.weight_int),
+                                           out_bits=target.dense.out_bits)
+                ir_nodes[s.name] = Affine(weight=_syn_dequant(p))
+            else:
+                assert target.conv is not None
+                fx_nodes[s.name] = FxConv2d(weight=p.weight_int, weight_exp=p.weight_exp,
+                                            out_bits=target.conv.out_bits, **s.conv)
+                ir_nodes[s.name] = Conv2d(weight=_syn_dequant(p), **s.conv)
+            fx_edges += [(src_fx, s.name), (s.name, n)]
+            ir_edges += [(src_fx, s.name), (s.name, n)]
+        fx_nodes[n] = fx_neuron
+        ir_nodes[n] = ir_neuron
+
+    out_layer = out_src[0][0]
+    fx_nodes[sched.output_node] = FxOutput()
+    fx_edges.append((out_layer, sched.output_node))
+    ir_nodes[sched.output_node] = Output()
+    ir_edges.append((out_layer, sched.output_node))
+    fx = FxGraph(nodes=fx_nodes, edges=fx_edges, target=target.name)
+    from lnm_deploy.targets import check_graph
+
+    check_graph(fx, target)
+    deq = Graph(nodes=ir_nodes, edges=ir_edges, metadata={"quantized_for": target.name})
+    deq.schedule()
+    return Quantized(fx=fx, graph=deq, layers=records)
+
+
+def _uniform(a: Array | None) -> bool:
+    return a is None or bool(np.all(a == a.reshape(-1)[0]))
+
+
+def _quantize_layer(n: str, node: Neuron, syns: list[Synapse], bias_v: Array, rng: NeuronRange,
+                    target: Target, weight_clip: WeightClip, margin: float, rounding: str):
+    """One neuron layer: choose the primitive, scales and integers."""
+    approx: list[str] = []
+    has_syn = node.syn_decay is not None
+    if has_syn and np.any(bias_v != 0):
+        # c = a c + W s + b: a constant input into the current reaches b / (1 - a) after a
+        # transient; the chip's bias adds to v. Folded at its steady state.
+        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
+                      "b/(1-alpha) (the first steps' transient is lost)")
+        assert node.syn_decay is not None
+        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
+    theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
+    theta0 = theta[0] + bias_v.reshape(-1)
+    v_th = node.v_th.reshape(-1)  # type: ignore[union-attr]
+    if np.any(v_th < 0):
+        raise UnsupportedError("negative thresholds cannot be mapped (the chip's threshold is >= 0)", node=n)
+    v_abs = max(abs(rng.v_min), abs(rng.v_max), abs(rng.v_pre_min), float(np.max(np.abs(node.v_reset))),
+                float(np.max(v_th))) * margin
+    c_abs = rng.c_absmax * margin
+
+    lif_exact = (node.degree <= 1 and node.reset == "value" and np.all(node.v_reset == 0)
+                 and _uniform(node.poly[min(1, node.degree)]) and _uniform(node.v_th)
+                 and (node.degree == 0 or np.all(theta[1] <= 1.0))
+                 and (not has_syn or _uniform(node.syn_decay)))
+    use_lif = target.lif is not None and (lif_exact or target.poly is None)
+    fit: dict[str, Any] = {}
+    if use_lif:
+        if not lif_exact:
+            a, b, resid = lif_fit(theta, rng.v_values, rng.v_weights)
+            if node.degree >= 2:
+                approx.append(f"degree-{node.degree} polynomial fitted by a LIF (rms residual {resid:.3g} "
+                              "per step over the calibrated membrane distribution)")
+            fit = {"a": a, "b": b, "rms_residual": resid, "degree": node.degree,
+                   "samples": int(np.asarray(rng.v_weights).sum())}
+            if node.reset != "value" or np.any(node.v_reset != 0):
+                approx.append(f"reset '{node.reset}' (v_reset {float(np.mean(node.v_reset)):.3g}) replaced "
+                              "by the stock LIF's reset to zero")
+            if not _uniform(node.v_th):
+                approx.append("per-neuron thresholds replaced by their mean (the stock LIF has one)")
+            if has_syn and not _uniform(node.syn_decay):
+                approx.append("per-neuron synaptic decays replaced by their mean")
+            lin = np.stack([theta0 - theta[0] + a, np.full_like(theta0, b)])
+        else:
+            lin = np.stack([theta0, theta[1] if node.degree >= 1 else np.zeros_like(theta0)])
+        return _lif_layer(n, node, syns, lin, v_th, v_abs, c_abs, rng, target, weight_clip, approx, fit)
+    if target.poly is None:
+        raise UnsupportedError(f"target '{target.name}' offers no neuron for this layer", node=n)
+    if rounding not in target.poly.rounding:
+        raise UnsupportedError(f"rounding '{rounding}' not offered by target '{target.name}' "
+                               f"({target.poly.rounding})", node=n)
+    theta_full = theta.copy()
+    theta_full[0] = theta0
+    return _poly_layer(n, node, syns, theta_full, v_th, v_abs, c_abs, target, weight_clip, rounding, approx)
+
+
+def _poly_layer(n: str, node: Neuron, syns: list[Synapse], theta: Array, v_th: Array, v_abs: float,
+                c_abs: float, target: Target, weight_clip: WeightClip, rounding: str, approx: list[str]):
+    spec = target.poly
+    assert spec is not None
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
+    q_min = max(v_abs / s_max, c_abs / s_max, float(np.max(np.abs(theta[0]))) / coef_lim, 1e-300)
+    q, in_shift, plans = _plan_synapses(n, syns, target, q_min, 0, weight_clip, spec.in_shift)
+    shifts, bounds = _poly_shifts(theta, q, v_abs, spec.acc_bits, spec.coef_bits, spec.shift)
+    d = theta.shape[0] - 1
+    f = np.concatenate([[0], np.cumsum(shifts)]) if d else np.array([0])
+    coef = np.stack([np.rint(theta[k] * q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)]).astype(np.int64)
+    if np.any(np.abs(coef) > coef_lim):
+        raise NumericError(f"polynomial coefficients need more than {spec.coef_bits} bits", node=n)
+    shape = node.shape
+    vth_int = np.rint(v_th / q).astype(np.int64)
+    v_reset_int = np.rint(node.v_reset.reshape(-1) / q).astype(np.int64)
+    syn_decay = None
+    if node.syn_decay is not None:
+        syn_decay = np.rint((1.0 - node.syn_decay.reshape(-1)) * 2**spec.decay_bits).astype(np.int64)
+        syn_decay = np.clip(syn_decay, 0, 2**spec.decay_bits)
+    fx = FxPoly(shape=shape, coef=coef.reshape(d + 1, *shape), shifts=tuple(int(s) for s in shifts),
+                vth=vth_int.reshape(shape), v_reset=v_reset_int.reshape(shape), reset=node.reset,
+                in_shift=in_shift, syn_decay=None if syn_decay is None else syn_decay.reshape(shape),
+                rounding=rounding, overflow="saturate", state_bits=spec.state_bits, acc_bits=spec.acc_bits,
+                coef_bits=spec.coef_bits, decay_bits=spec.decay_bits)
+    # Dequantized float neuron: the integers times their scales.
+    theta_q = np.stack([coef[k] / (q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)])
+    ir = Neuron(shape=shape, poly=theta_q.reshape(d + 1, *shape), v_th=(vth_int * q).reshape(shape),
+                v_reset=(v_reset_int * q).reshape(shape), reset=node.reset,
+                syn_decay=None if syn_decay is None else (1.0 - syn_decay / 2**spec.decay_bits).reshape(shape),
+                dt=node.dt)
+    rec = LayerRecord(
+        name=n, primitive="poly", q=q, exponents={p.syn.name: p.weight_exp for p in plans}, in_shift=in_shift,
+        weight_scale={p.syn.name: p.real_per_lsb for p in plans},
+        weight_clipped={p.syn.name: p.clipped for p in plans}, shifts=list(shifts),
+        proof={
+            "membrane_bound_real": v_abs, "membrane_bound_int": v_abs / q, "state_limit": s_max,
+            "current_bound_int": c_abs / q,
+            "horner_register_bounds": bounds, "register_limit": 2.0 ** (spec.acc_bits - 1) - 1,
+            "max_abs_coef": int(np.max(np.abs(coef))), "coef_limit": int(coef_lim),
+            "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max
+                          and all(b <= 2.0 ** (spec.acc_bits - 1) - 1 for b in bounds)),
+        },
+        approximations=approx,
+    )
+    return rec, fx, ir, plans
+
+
+def _lif_layer(n: str, node: Neuron, syns: list[Synapse], lin: Array, v_th: Array, v_abs: float, c_abs: float,
+               rng: NeuronRange, target: Target, weight_clip: WeightClip, approx: list[str], fit: dict[str, Any]):
+    spec = target.lif
+    assert spec is not None
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    unity = 2**spec.decay_bits
+    vth_hi = spec.vth[1]
+    bias_lim = max(abs(spec.bias_mant[0]), spec.bias_mant[1]) * 2.0 ** spec.bias_exp[1]
+    q_min = max(v_abs / s_max, c_abs / s_max, float(np.mean(v_th)) / (vth_hi * 2.0**spec.vth_shift),
+                float(np.max(np.abs(lin[0]))) / bias_lim, 1e-300)
+    q, _, plans = _plan_synapses(n, syns, target, q_min, spec.act_shift, weight_clip, (0, 0))
+    b_mean = float(np.mean(lin[1]))
+    if b_mean > 1.0:
+        approx.append(f"decay factor {b_mean:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
+    dv = int(np.clip(np.rint((1.0 - b_mean) * unity), spec.dv[0], spec.dv[1]))
+    if node.syn_decay is not None:
+        alpha = float(np.mean(node.syn_decay))
+        du = int(np.clip(unity - 1 - np.rint(alpha * unity), spec.du[0], spec.du[1]))
+    else:
+        du = unity - 1  # u = x: no current state
+    vth = int(np.rint(float(np.mean(v_th)) / (q * 2.0**spec.vth_shift)))
+    bias_int = np.rint(lin[0] / q).astype(np.int64)
+    bias_exp = 0
+    mant_lo, mant_hi = spec.bias_mant
+    while np.any((bias_int >> bias_exp) > mant_hi) or np.any((bias_int >> bias_exp) < mant_lo):
+        bias_exp += 1
+    if bias_exp > spec.bias_exp[1]:
+        raise NumericError("the bias does not fit the LIF's bias mantissa and exponent", node=n)
+    bias_mant = np.rint(bias_int / 2.0**bias_exp).astype(np.int64)
+    shape = node.shape
+    fx = FxLIF(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
+               state_bits=spec.state_bits, decay_bits=spec.decay_bits, vth_shift=spec.vth_shift,
+               act_shift=spec.act_shift)
+    bias_real = bias_mant * 2.0**bias_exp * q
+    ir = Neuron(shape=shape, poly=np.stack([bias_real, np.full_like(bias_real, 1.0 - dv / unity)]).reshape(2, *shape),
+                v_th=np.full(shape, vth * 2.0**spec.vth_shift * q), v_reset=0.0, reset="value",
+                syn_decay=None if node.syn_decay is None else np.full(shape, (unity - du - 1) / unity),
+                dt=node.dt)
+    rec = LayerRecord(
+        name=n, primitive="lif", q=q, exponents={p.syn.name: p.weight_exp for p in plans}, in_shift=0,
+        weight_scale={p.syn.name: p.real_per_lsb for p in plans},
+        weight_clipped={p.syn.name: p.clipped for p in plans},
+        proof={"membrane_bound_real": v_abs, "membrane_bound_int": v_abs / q, "state_limit": s_max,
+               "current_bound_int": c_abs / q, "vth": vth, "vth_limit": vth_hi, "du": du, "dv": dv,
+               "bias_exp": bias_exp,
+               "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max)},
+        fit=fit, approximations=approx,
+    )
+    for a in approx:
+        warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
+    return rec, fx, ir, plans

@@ -1,0 +1,377 @@
+"""Calibration recipes: TOML files that say how to calibrate (method per tensor class, parameters,
+granularity, sample count) and how the later agreement search runs.
+
+Shipped recipes live in the top-level ``calibration/`` directory of the source tree (installed as
+``lnm_deploy/_data/calibration``); ``load_recipe`` takes a shipped name or a path. Layout::
+
+    [recipe]    description, max_samples, batch_size, seed, shuffle, bins_per_side,
+                trace_percentile, margin
+    [weights]   method, granularity, <the method's parameters>
+    [currents]  (same keys; synapse outputs, neuron inputs, synaptic currents, biases)
+    [membrane]  (same keys; v after reset and v' before the spike test)
+    [search]    enabled, objective, scale_factors, tensors, per_layer, rounds, max_samples
+
+Every key is optional (defaults below). The allowed keys are the fields of the dataclasses here
+and, in a tensor section, the keyword parameters of the chosen calibrator (read from
+``lnm_deploy.calibrate.calibrators.CALIBRATORS``). Unknown sections or keys, wrong types and
+out-of-range values raise ``UserInputError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy.calibrate.calibrators import (
+    CALIBRATORS,
+    ChannelClips,
+    ClipRange,
+    calibrate_per_channel,
+    get_calibrator,
+)
+from lnm_deploy.calibrate.compare import OBJECTIVES
+from lnm_deploy.calibrate.stats import (
+    DEFAULT_BINS_PER_SIDE,
+    DEFAULT_TRACE_PERCENTILE,
+    TENSOR_CLASSES,
+    CalibrationStats,
+    TensorStats,
+    collect_stats,
+)
+from lnm_deploy.errors import UserInputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10
+    import tomli as tomllib
+
+GRANULARITIES: tuple[str, ...] = ("per-tensor", "per-channel")
+
+
+@dataclass(frozen=True)
+class TensorRecipe:
+    """How one tensor class is calibrated.
+
+    ``granularity`` "per-channel" means one range per output channel where the target allows it
+    (the quantizer falls back to per-tensor and says so otherwise). For currents and membrane only
+    per-channel min / max are collected, so per-channel needs method "minmax" there.
+    """
+
+    method: str = "minmax"
+    granularity: str = "per-tensor"
+    params: dict[str, Any] = field(default_factory=dict)  # the method's parameters, with defaults
+
+
+@dataclass(frozen=True)
+class SearchRecipe:
+    """The search that refines the calibrated scales by running the quantized network (done by the
+    quantizer; declared here). Each candidate multiplies a layer's calibrated clip by one of
+    ``scale_factors`` (on a power-of-two target 0.5 / 1 / 2 are neighbouring exponents) and is
+    scored by ``objective`` against the float model on ``max_samples`` calibration samples
+    (0 = all). ``per_layer``: coordinate search over layers in execution order, ``rounds`` passes;
+    otherwise one factor for the whole network."""
+
+    enabled: bool = False
+    objective: str = "spike_agreement"
+    scale_factors: tuple[float, ...] = (0.5, 0.70710678, 1.0, 1.41421356, 2.0)
+    tensors: tuple[str, ...] = ("weights",)
+    per_layer: bool = True
+    rounds: int = 1
+    max_samples: int = 128
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    """``[recipe]``: the run's settings. ``max_samples`` 0 = every sample of the calibration file.
+    ``shuffle``: take samples in a random order from ``seed`` (affects range traces and which
+    subset is used, never the histograms of the full set). ``margin``: overflow proofs must hold
+    over the calibrated abs-max times this factor."""
+
+    description: str = ""
+    max_samples: int = 0
+    batch_size: int = 32
+    seed: int = 0
+    shuffle: bool = True
+    bins_per_side: int = DEFAULT_BINS_PER_SIDE
+    trace_percentile: float = DEFAULT_TRACE_PERCENTILE
+    margin: float = 1.25
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A loaded, validated recipe."""
+
+    name: str
+    info: RecipeInfo
+    weights: TensorRecipe
+    currents: TensorRecipe
+    membrane: TensorRecipe
+    search: SearchRecipe
+    path: Path | None = None
+
+    def for_class(self, tensor_class: str) -> TensorRecipe:
+        """The ``TensorRecipe`` of ``weights``, ``currents`` or ``membrane``."""
+        if tensor_class not in TENSOR_CLASSES:
+            raise UserInputError(f"unknown tensor class {tensor_class!r}; valid: {list(TENSOR_CLASSES)}")
+        return typing.cast(TensorRecipe, getattr(self, tensor_class))
+
+    def calibrate(self, tensor_class: str, stats: TensorStats, bits: int) -> ClipRange:
+        """The per-tensor clip for one tensor of ``tensor_class`` on a ``bits``-bit grid."""
+        tr = self.for_class(tensor_class)
+        return get_calibrator(tr.method)(stats.hist, bits, **tr.params)
+
+    def calibrate_weight(self, weight: np.ndarray, bits: int) -> ClipRange | ChannelClips:
+        """Clip(s) for a weight tensor, per output channel (axis 0) if the recipe says so."""
+        tr = self.weights
+        if tr.granularity == "per-channel":
+            return calibrate_per_channel(weight, bits, tr.method, axis=0,
+                                         bins_per_side=self.info.bins_per_side, **tr.params)
+        return self.calibrate("weights", TensorStats.from_array(weight, channel_axis=None,
+                                                                bins_per_side=self.info.bins_per_side), bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as TOML-shaped data (for the calibration record); ``path`` as a string."""
+
+        def tensor(t: TensorRecipe) -> dict[str, Any]:
+            return {"method": t.method, "granularity": t.granularity, **t.params}
+
+        return {
+            "name": self.name,
+            "path": None if self.path is None else str(self.path),
+            "recipe": dataclasses.asdict(self.info),
+            "weights": tensor(self.weights),
+            "currents": tensor(self.currents),
+            "membrane": tensor(self.membrane),
+            "search": {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in dataclasses.asdict(self.search).items()},
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _convert(where: str, hint: Any, value: Any) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserInputError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserInputError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserInputError(f"{where} must be a string, got {value!r}")
+        return value
+    if hint == tuple[float, ...]:
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise UserInputError(f"{where} must be a non-empty list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if hint == tuple[str, ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise UserInputError(f"{where} must be a non-empty list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"no converter for {hint}")  # pragma: no cover
+
+
+def _table(file: str, section: str, data: dict[str, Any], cls: type) -> Any:
+    """Build dataclass ``cls`` from TOML table ``data`` (missing keys take the defaults)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserInputError(f"{file}: unknown key(s) {[f'{section}.{k}' for k in unknown]}; "
+                             f"[{section}] allows {fields}")
+    return cls(**{k: _convert(f"{file}: key '{section}.{k}'", hints[k], v) for k, v in data.items()})
+
+
+def _tensor(file: str, section: str, data: dict[str, Any]) -> TensorRecipe:
+    method = data.get("method", TensorRecipe.method)
+    if not isinstance(method, str):
+        raise UserInputError(f"{file}: key '{section}.method' must be a string, got {method!r}")
+    if method not in CALIBRATORS:
+        raise UserInputError(f"{file}: key '{section}.method' has unknown method {method!r}; "
+                             f"valid methods: {sorted(CALIBRATORS)}")
+    info = CALIBRATORS[method]
+    gran = data.get("granularity", TensorRecipe.granularity)
+    if gran not in GRANULARITIES:
+        raise UserInputError(f"{file}: key '{section}.granularity' is {gran!r}; allowed: {list(GRANULARITIES)}")
+    if section != "weights" and gran == "per-channel" and method != "minmax":
+        raise UserInputError(
+            f"{file}: key '{section}.granularity': per-channel {section} ranges are collected as "
+            f"min / max only; use method 'minmax' or granularity 'per-tensor'")
+    raw = {k: v for k, v in data.items() if k not in ("method", "granularity")}
+    unknown = sorted(set(raw) - set(info.params))
+    if unknown:
+        allowed = ["method", "granularity", *info.params]
+        raise UserInputError(f"{file}: unknown key(s) {[f'{section}.{k}' for k in unknown]} for method "
+                             f"'{method}'; [{section}] allows {allowed}")
+    params: dict[str, Any] = {}
+    for name, spec in info.params.items():
+        where = f"{file}: key '{section}.{name}'"
+        v = _convert(where, spec.type, raw[name]) if name in raw else spec.default
+        if spec.check is not None and not spec.check(v):
+            raise UserInputError(f"{where} = {v!r} must be {spec.rule}")
+        params[name] = v
+    return TensorRecipe(method, gran, params)
+
+
+def _validate(file: str, info: RecipeInfo, search: SearchRecipe) -> None:
+    def bad(key: str, value: Any, rule: str) -> UserInputError:
+        return UserInputError(f"{file}: key '{key}' = {value!r} must be {rule}")
+
+    if info.max_samples < 0:
+        raise bad("recipe.max_samples", info.max_samples, ">= 0 (0 = all samples)")
+    if info.batch_size < 1:
+        raise bad("recipe.batch_size", info.batch_size, ">= 1")
+    if info.seed < 0:
+        raise bad("recipe.seed", info.seed, ">= 0")
+    b = info.bins_per_side
+    if not 64 <= b <= 2**20 or b & (b - 1):
+        raise bad("recipe.bins_per_side", b, "a power of two in [64, 1048576]")
+    if not 0.0 < info.trace_percentile <= 100.0:
+        raise bad("recipe.trace_percentile", info.trace_percentile, "in (0, 100]")
+    if not 1.0 <= info.margin <= 1e6:
+        raise bad("recipe.margin", info.margin, ">= 1 (a safety factor on the calibrated range)")
+    if search.objective not in OBJECTIVES:
+        raise UserInputError(f"{file}: key 'search.objective' is {search.objective!r}; "
+                             f"allowed: {sorted(OBJECTIVES)}")
+    if not all(0.0 < f <= 1e6 for f in search.scale_factors):
+        raise bad("search.scale_factors", list(search.scale_factors), "positive numbers")
+    bad_t = [t for t in search.tensors if t not in TENSOR_CLASSES]
+    if bad_t:
+        raise UserInputError(f"{file}: key 'search.tensors' has {bad_t}; allowed: {list(TENSOR_CLASSES)}")
+    if search.rounds < 1:
+        raise bad("search.rounds", search.rounds, ">= 1")
+    if search.max_samples < 0:
+        raise bad("search.max_samples", search.max_samples, ">= 0 (0 = all samples)")
+
+
+_SECTIONS: tuple[str, ...] = ("recipe", *TENSOR_CLASSES, "search")
+
+
+def parse_recipe(data: dict[str, Any], *, name: str, source: str = "<recipe>",
+                 path: Path | None = None) -> Recipe:
+    """Validate TOML-shaped ``data`` (as read from a recipe file)."""
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise UserInputError(f"{source}: unknown section(s) {unknown}; allowed: {list(_SECTIONS)}")
+    for s, table in data.items():
+        if not isinstance(table, dict):
+            raise UserInputError(f"{source}: [{s}] must be a table")
+    info = _table(source, "recipe", data.get("recipe", {}), RecipeInfo)
+    search = _table(source, "search", data.get("search", {}), SearchRecipe)
+    tensors = {c: _tensor(source, c, data.get(c, {})) for c in TENSOR_CLASSES}
+    _validate(source, info, search)
+    return Recipe(name=name, info=info, search=search, path=path, **tensors)
+
+
+def recipe_from_dict(d: dict[str, Any]) -> Recipe:
+    """The inverse of ``Recipe.to_dict()`` (for a calibration record read back from an artifact)."""
+    path = d.get("path")
+    body = {k: v for k, v in d.items() if k not in ("name", "path")}
+    return parse_recipe(body, name=str(d.get("name", "recipe")), source=f"recipe record {d.get('name')!r}",
+                        path=None if path is None else Path(path))
+
+
+def read_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Load and validate one recipe file (its name is the file stem)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserInputError(f"recipe file {file} does not exist")
+    try:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise UserInputError(f"{file}: not valid TOML ({e})") from e
+    return parse_recipe(data, name=file.stem, source=str(file), path=file)
+
+
+def shipped_recipes_dir() -> Path:
+    """The shipped recipe directory: ``calibration/`` next to the package source tree first, then
+    the installed package data ``lnm_deploy/_data/calibration``."""
+    import lnm_deploy
+
+    pkg = Path(lnm_deploy.__file__).resolve().parent
+    source_tree = pkg.parent / "calibration"
+    if source_tree.is_dir() and any(source_tree.glob("*.toml")):
+        return source_tree
+    return pkg / "_data" / "calibration"
+
+
+def available_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (the file stem), sorted."""
+    d = shipped_recipes_dir()
+    return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
+
+
+def load_recipe(name_or_path: str | os.PathLike[str] = "default") -> Recipe:
+    """A shipped recipe by name, or a recipe file by path (anything ending in .toml or holding a
+    path separator is a path)."""
+    s = os.fspath(name_or_path)
+    if s.endswith(".toml") or os.sep in s or (os.altsep and os.altsep in s):
+        return read_recipe(s)
+    shipped = available_recipes()
+    if s not in shipped:
+        raise UserInputError(f"unknown recipe {s!r}; shipped recipes: {sorted(shipped)} (or pass a .toml path)")
+    return read_recipe(shipped[s])
+
+
+def list_recipes() -> list[Recipe]:
+    """Every shipped recipe, loaded."""
+    return [load_recipe(n) for n in available_recipes()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Using a recipe
+
+
+def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: bool = True) -> CalibrationStats:
+    """``collect_stats`` with the recipe's sample count, batch size, seed and histogram settings."""
+    info = recipe.info
+    return collect_stats(graph, x, batch_size=info.batch_size, progress=progress,
+                         max_samples=info.max_samples or None, seed=info.seed if info.shuffle else None,
+                         bins_per_side=info.bins_per_side, trace_percentile=info.trace_percentile)
+
+
+def choose_ranges(stats: CalibrationStats, recipe: Recipe, *, weight_bits: int, state_bits: int,
+                  graph: Any = None) -> dict[str, ClipRange | ChannelClips]:
+    """Apply the recipe to every collected tensor: ``"layer.tensor"`` -> its clip(s).
+
+    Weights use ``weight_bits``; currents and membrane use ``state_bits`` (they share the state
+    register). Biases are never clipped (min-max, on the state grid). Per-channel weights need the
+    raw weights: pass ``graph`` (else per-tensor is used for methods other than minmax).
+    Per-channel currents / membrane come from the exact per-channel min / max.
+    """
+    out: dict[str, ClipRange | ChannelClips] = {}
+    for t in stats.tensors():
+        tr = recipe.for_class(t.tensor_class)
+        bits = weight_bits if t.tensor_class == "weights" else state_bits
+        per_channel = tr.granularity == "per-channel" and t.tensor in ("weight", "output", "input", "c",
+                                                                       "v", "v_pre")
+        if t.tensor == "bias":
+            # A bias is a parameter, not a sampled activation: few values, each added at every
+            # step, so it is never clipped (percentiles of 10 values are meaningless anyway).
+            out[f"{t.layer}.{t.tensor}"] = get_calibrator("minmax")(t.stats.hist, bits)
+        elif per_channel and t.tensor == "weight" and graph is not None:
+            out[f"{t.layer}.{t.tensor}"] = recipe.calibrate_weight(graph.nodes[t.layer].weight, bits)
+        elif per_channel and tr.method == "minmax" and t.stats.channel_abs_max is not None:
+            clips = t.stats.channel_abs_max
+            zeros = np.zeros_like(clips)
+            out[f"{t.layer}.{t.tensor}"] = ChannelClips(clips, zeros, None, "minmax", bits, {})
+        else:
+            out[f"{t.layer}.{t.tensor}"] = recipe.calibrate(t.tensor_class, t.stats, bits)
+    return out

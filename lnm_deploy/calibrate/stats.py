@@ -1,0 +1,825 @@
+"""Calibration statistics: run a calibration set through the float executor and summarise, per
+layer, every tensor the quantizer has to fit onto an integer grid.
+
+What is collected (all values in the float model's own units; rates in spikes per step):
+
+- per Affine / Conv2d node: its ``weight`` (and ``bias``) and its ``output`` (the synaptic input
+  current it delivers); per Scale / SumPool2d / AvgPool2d node its ``output``;
+- per Neuron node: ``input`` (the sum of its incoming edges, what ``syn_gain`` multiplies),
+  ``c`` (the synaptic current, when the node has a synapse), ``v`` (membrane after reset, the
+  Horner input of the next step) and ``v_pre`` (membrane before the spike test and reset,
+  ``v'[t] = P(v[t-1]) + in_gain * c[t]``: what the threshold compares and what must not overflow;
+  taken from the executor's ``states[name]["v_pre"]``, or rebuilt from ``v`` where that is absent);
+- per spiking node (Neuron with a threshold, Threshold): spike counts per neuron.
+
+**Histogram scheme** (``Histogram``): 2 N linear bins over ``[-R, R)`` where ``R`` is the smallest
+power of two strictly above the running abs-max and ``N`` (``bins_per_side``, a power of two) is
+fixed, so the bin width ``w = R / N`` is a power of two too. When a batch exceeds ``R`` the range
+doubles by summing adjacent bin pairs. Because every edge is a multiple of a power-of-two width and
+a bin index is ``floor(x / w)`` (exact in binary floating point), doubling loses nothing: the final
+histogram depends only on the data, not on the batch order or batch size, and merging two
+histograms is exact. One pass suffices (no first pass for the range). Resolution: the abs-max lies
+in ``[R/2, R)``, so ``w`` is between ``absmax / (2 N)`` and ``absmax / N``; the default N = 4096
+(8192 bins, 64 KiB per tensor) resolves 1/4096 to 1/8192 of the abs-max. Percentiles computed from
+it are within one bin width of ``np.percentile`` on the raw data (tested). Exact min, max, count,
+sum and sum of squares are kept beside the counts.
+
+**Range stability** (``RangeTrace``): after each batch the abs-max and the ``trace_percentile``
+(default 99.99) of ``|x|`` are appended, with the number of samples seen so far; the stability of
+a range is the largest relative change of that statistic over the last half of the samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy.errors import NumericError, UnsupportedError, UserInputError
+from lnm_deploy.execute.float_exec import (
+    RunResult,
+    horner,
+    initial_values,
+    run_float,
+    stateless_step,
+)
+from lnm_deploy.ir import (
+    Affine,
+    AvgPool2d,
+    Conv2d,
+    Graph,
+    Neuron,
+    Scale,
+    Schedule,
+    SumPool2d,
+    Threshold,
+)
+
+DEFAULT_BINS_PER_SIDE = 4096
+DEFAULT_TRACE_PERCENTILE = 99.99
+# Range of an all-zero histogram: any power of two works, a small one keeps full resolution if
+# small non-zero values arrive later (growing costs one pair-sum per doubling).
+_MIN_RANGE = 2.0**-40
+_MAX_EXPONENT = 1000  # values >= 2**1000 cannot get a power-of-two range above them
+
+# Node kinds whose output is a synaptic input current (a linear map of spikes or states).
+SYNAPSE_TYPES: tuple[type, ...] = (Affine, Conv2d, Scale, SumPool2d, AvgPool2d)
+
+# The three classes of tensors a recipe calibrates, and which recorded tensors belong to each.
+TENSOR_CLASSES: tuple[str, ...] = ("weights", "currents", "membrane")
+
+
+def _opt(x: float) -> float | None:
+    """A float for JSON: None for NaN / inf (empty statistics)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _unopt(x: float | None, default: float) -> float:
+    return default if x is None else float(x)
+
+
+def _pow2_above(a: float) -> float:
+    """The smallest power of two strictly above ``a`` (>= 0)."""
+    if a == 0.0:
+        return _MIN_RANGE
+    _, e = math.frexp(a)  # a = m 2^e with m in [0.5, 1): 2^e > a and 2^(e-1) <= a
+    if e > _MAX_EXPONENT:
+        raise NumericError(f"value {a:.3g} is too large to calibrate")
+    return max(math.ldexp(1.0, e), _MIN_RANGE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Histogram
+
+
+@dataclass(eq=False)
+class Histogram:
+    """Mergeable fixed-bin histogram over ``[-range, range)``; see the module docstring.
+
+    ``counts`` has ``2 * bins_per_side`` bins; bin ``i`` covers ``[(i - N) w, (i - N + 1) w)`` with
+    ``w = range / N``. ``n``, ``minimum`` and ``maximum`` are exact.
+    """
+
+    bins_per_side: int = DEFAULT_BINS_PER_SIDE
+    range: float = 0.0  # R, a power of two; 0 while empty
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+
+    def __post_init__(self) -> None:
+        nb = int(self.bins_per_side)
+        if nb < 2 or nb & (nb - 1):
+            raise UserInputError(f"bins_per_side must be a power of two >= 2, got {self.bins_per_side}")
+        self.bins_per_side = nb
+        if self.counts.size == 0:
+            self.counts = np.zeros(2 * nb, dtype=np.int64)
+        elif self.counts.shape != (2 * nb,):
+            raise UserInputError(f"histogram counts must have {2 * nb} bins, got {self.counts.shape}")
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, bins_per_side: int = DEFAULT_BINS_PER_SIDE) -> Histogram:
+        """A histogram of all values of ``x``."""
+        h = cls(bins_per_side=bins_per_side)
+        h.add(x)
+        return h
+
+    @property
+    def width(self) -> float:
+        """Bin width (same unit as the data); 0 while empty."""
+        return self.range / self.bins_per_side
+
+    @property
+    def abs_max(self) -> float:
+        """Exact max |x| (0 while empty)."""
+        return max(abs(self.minimum), abs(self.maximum)) if self.n else 0.0
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The ``2 N + 1`` bin edges."""
+        n = self.bins_per_side
+        return (np.arange(2 * n + 1) - n) * self.width
+
+    def _grow(self, new_range: float) -> None:
+        if new_range <= self.range:
+            return
+        if self.n == 0:
+            self.range = new_range
+            return
+        n = self.bins_per_side
+        while self.range < new_range:
+            # Old bins (2j, 2j+1) over [-R, R) become new bin N/2 + j over [-2R, 2R): exact.
+            pairs = self.counts.reshape(n, 2).sum(axis=1)
+            grown = np.zeros(2 * n, dtype=np.int64)
+            grown[n // 2 : n // 2 + n] = pairs
+            self.counts = grown
+            self.range *= 2.0
+
+    def add(self, x: np.ndarray) -> None:
+        """Add every value of ``x`` (any shape)."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise NumericError("calibration values contain NaN or inf")
+        self._grow(_pow2_above(max(abs(lo), abs(hi), self.abs_max)))
+        n = self.bins_per_side
+        # |x| < R strictly, so floor(x / w) is in [-N, N); x / w is exact (w is a power of two).
+        idx = np.floor(x / self.width).astype(np.int64) + n
+        self.counts += np.bincount(idx, minlength=2 * n)
+        self.n += int(x.size)
+        self.minimum = min(self.minimum, lo)
+        self.maximum = max(self.maximum, hi)
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s values to this histogram (exact: equals one histogram of both)."""
+        if other.bins_per_side != self.bins_per_side:
+            raise UserInputError(
+                f"cannot merge histograms of {self.bins_per_side} and {other.bins_per_side} bins per side"
+            )
+        if other.n == 0:
+            return
+        o = other.copy()
+        r = max(self.range, o.range) if self.n else o.range
+        self._grow(r)
+        o._grow(r)
+        self.counts += o.counts
+        self.n += o.n
+        self.minimum = min(self.minimum, o.minimum)
+        self.maximum = max(self.maximum, o.maximum)
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bins_per_side, self.range, self.counts.copy(), self.n, self.minimum,
+                         self.maximum)
+
+    def nonzero_bins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centres and counts of the non-empty bins: a weighted sample of the distribution (for
+        weighted least-squares fits over the calibrated range; each centre is within half a bin
+        width of its values). Centres are clamped to the exact [min, max]."""
+        idx = np.flatnonzero(self.counts)
+        centres = (idx - self.bins_per_side + 0.5) * self.width
+        return np.clip(centres, self.minimum, self.maximum), self.counts[idx].copy()
+
+    def abs_counts(self) -> np.ndarray:
+        """Counts of ``|x|`` over ``[0, range)`` in ``bins_per_side`` bins of width ``width``."""
+        n = self.bins_per_side
+        return self.counts[n:] + self.counts[:n][::-1]
+
+    def _quantile(self, counts: np.ndarray, lo_edge: float, exact_lo: float | None,
+                  exact_hi: float, q: float) -> float:
+        if self.n == 0:
+            raise UserInputError("percentile of an empty histogram")
+        if not 0.0 <= q <= 100.0:
+            raise UserInputError(f"percentile must be in [0, 100], got {q}")
+        w = self.width
+        cdf = np.cumsum(counts)
+
+        def order_stat(j: int) -> float:
+            # The j-th smallest value (0-based), assumed spread evenly inside its bin; the
+            # extremes are known exactly (the smallest |x| is not tracked: estimated like the rest).
+            if j <= 0 and exact_lo is not None:
+                return exact_lo
+            if j >= self.n - 1:
+                return exact_hi
+            b = int(np.searchsorted(cdf, j, side="right"))
+            before = cdf[b] - counts[b]
+            return lo_edge + w * (b + (j - before + 0.5) / counts[b])
+
+        # np.percentile's default ("linear"): interpolate between the order statistics around
+        # rank q/100 (n-1). Each estimate is within one bin of the true order statistic, so the
+        # result is within one bin width of np.percentile.
+        r = q / 100.0 * (self.n - 1)
+        k = math.floor(r)
+        f = r - k
+        v = order_stat(k) if f == 0.0 else (1.0 - f) * order_stat(k) + f * order_stat(k + 1)
+        return float(min(max(v, lo_edge if exact_lo is None else exact_lo), exact_hi))
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100) of x; within one bin width of ``np.percentile``."""
+        return self._quantile(self.counts, -self.range, self.minimum, self.maximum, q)
+
+    def abs_percentile(self, q: float) -> float:
+        """The q-th percentile of ``|x|``; within one bin width of ``np.percentile(abs(x), q)``."""
+        return self._quantile(self.abs_counts(), 0.0, None, self.abs_max, q)
+
+    def fraction_above(self, clip: float) -> float:
+        """Fraction of values with ``|x| > clip`` (linear inside the bin holding ``clip``)."""
+        if self.n == 0 or clip >= self.abs_max:
+            return 0.0
+        if clip < 0:
+            return 1.0
+        a = self.abs_counts()
+        k = int(clip // self.width)
+        if k >= a.size:
+            return 0.0
+        above = float(a[k + 1 :].sum()) + float(a[k]) * ((k + 1) * self.width - clip) / self.width
+        return above / self.n
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; only the non-empty span of counts is stored (``offset`` = its first bin)."""
+        nz = np.flatnonzero(self.counts)
+        first, last = (int(nz[0]), int(nz[-1])) if nz.size else (0, -1)
+        return {
+            "bins_per_side": self.bins_per_side,
+            "range": self.range,
+            "width": self.width,
+            "n": self.n,
+            "min": _opt(self.minimum),
+            "max": _opt(self.maximum),
+            "offset": first,
+            "counts": self.counts[first : last + 1].tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Histogram:
+        h = cls(bins_per_side=int(d["bins_per_side"]), range=float(d["range"]), n=int(d["n"]),
+                minimum=_unopt(d["min"], math.inf), maximum=_unopt(d["max"], -math.inf))
+        c = np.asarray(d["counts"], dtype=np.int64)
+        h.counts[int(d["offset"]) : int(d["offset"]) + c.size] = c
+        return h
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-tensor statistics
+
+
+@dataclass
+class Stability:
+    """How much a range statistic still moved over the last part of the calibration set.
+
+    ``absmax_change`` / ``percentile_change``: max over the trace points taken after
+    ``(1 - last_fraction)`` of the samples of ``|value - final| / |final|`` (0 = settled). None when
+    fewer than two points fall in that window (one batch only: lower ``batch_size``).
+    """
+
+    absmax_change: float | None
+    percentile_change: float | None
+    points: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"absmax_change": self.absmax_change, "percentile_change": self.percentile_change,
+                "points": self.points}
+
+
+@dataclass
+class RangeTrace:
+    """Running range statistics after each batch: samples seen, abs-max, ``q``-th percentile of |x|."""
+
+    q: float = DEFAULT_TRACE_PERCENTILE
+    samples: list[int] = field(default_factory=list)
+    absmax: list[float] = field(default_factory=list)
+    percentile: list[float] = field(default_factory=list)
+
+    def record(self, samples: int, hist: Histogram) -> None:
+        self.samples.append(int(samples))
+        self.absmax.append(hist.abs_max)
+        self.percentile.append(hist.abs_percentile(self.q) if hist.n else 0.0)
+
+    def stability(self, last_fraction: float = 0.5) -> Stability:
+        if not self.samples:
+            return Stability(None, None, 0)
+        total = self.samples[-1]
+        idx = [i for i, s in enumerate(self.samples) if s >= (1.0 - last_fraction) * total]
+
+        def change(vals: list[float]) -> float | None:
+            if len(idx) < 2:
+                return None
+            final = vals[-1]
+            if final == 0.0:
+                return 0.0 if all(vals[i] == 0.0 for i in idx) else None
+            return float(max(abs(vals[i] - final) for i in idx) / abs(final))
+
+        return Stability(change(self.absmax), change(self.percentile), len(idx))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"q": self.q, "samples": list(self.samples), "absmax": list(self.absmax),
+                "percentile": list(self.percentile)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RangeTrace:
+        return cls(float(d["q"]), [int(s) for s in d["samples"]], [float(v) for v in d["absmax"]],
+                   [float(v) for v in d["percentile"]])
+
+
+@dataclass(eq=False)
+class TensorStats:
+    """Distribution of one tensor: histogram (exact min / max / count), sum and sum of squares,
+    exact per-channel min / max (channel = axis 0 of the unbatched shape: output channel of a
+    weight, neuron of a 1-d layer, channel of a (C, H, W) layer) and, for recorded activations, a
+    ``RangeTrace``."""
+
+    hist: Histogram
+    total: float = 0.0
+    total_sq: float = 0.0
+    channel_min: np.ndarray | None = None
+    channel_max: np.ndarray | None = None
+    trace: RangeTrace | None = None
+
+    @classmethod
+    def empty(cls, bins_per_side: int = DEFAULT_BINS_PER_SIDE, *, traced: bool = False,
+              trace_q: float = DEFAULT_TRACE_PERCENTILE) -> TensorStats:
+        return cls(Histogram(bins_per_side), trace=RangeTrace(trace_q) if traced else None)
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, *, channel_axis: int | None = 0,
+                   bins_per_side: int = DEFAULT_BINS_PER_SIDE) -> TensorStats:
+        """Statistics of a fixed tensor (a weight): ``channel_axis`` None for no per-channel stats."""
+        s = cls.empty(bins_per_side)
+        s.update(x, channel_axis)
+        return s
+
+    def update(self, x: np.ndarray, channel_axis: int | None) -> None:
+        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels."""
+        x = np.asarray(x, dtype=np.float64)
+        self.hist.add(x)
+        self.total += float(x.sum())
+        self.total_sq += float(np.square(x).sum())
+        if channel_axis is not None and x.ndim > channel_axis and x.size:
+            per = np.moveaxis(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
+            lo, hi = per.min(axis=1), per.max(axis=1)
+            self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
+            self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
+
+    def merge(self, other: TensorStats) -> None:
+        """Add ``other``'s values (exact for the histogram, min and max). Traces are per run and
+        are not merged: the merged trace is dropped."""
+        self.hist.merge(other.hist)
+        self.total += other.total
+        self.total_sq += other.total_sq
+        for attr, fn in (("channel_min", np.minimum), ("channel_max", np.maximum)):
+            a, b = getattr(self, attr), getattr(other, attr)
+            setattr(self, attr, b if a is None else a if b is None else fn(a, b))
+        self.trace = None
+
+    @property
+    def n(self) -> int:
+        return self.hist.n
+
+    @property
+    def minimum(self) -> float:
+        return self.hist.minimum
+
+    @property
+    def maximum(self) -> float:
+        return self.hist.maximum
+
+    @property
+    def abs_max(self) -> float:
+        return self.hist.abs_max
+
+    @property
+    def channel_abs_max(self) -> np.ndarray | None:
+        if self.channel_min is None or self.channel_max is None:
+            return None
+        return np.maximum(np.abs(self.channel_min), np.abs(self.channel_max))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        if not self.n:
+            return math.nan
+        return math.sqrt(max(self.total_sq / self.n - self.mean**2, 0.0))
+
+    def to_dict(self, *, histogram: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "n": self.n,
+            "min": _opt(self.minimum),
+            "max": _opt(self.maximum),
+            "abs_max": self.abs_max,
+            "mean": _opt(self.mean),
+            "std": _opt(self.std),
+            "total": self.total,
+            "total_sq": self.total_sq,
+            "abs_percentiles": ({str(q): self.hist.abs_percentile(q) for q in (99.0, 99.9, 99.99, 99.999)}
+                                if self.n else {}),
+        }
+        if self.channel_min is not None and self.channel_max is not None:
+            d["channel_min"] = self.channel_min.tolist()
+            d["channel_max"] = self.channel_max.tolist()
+        if self.trace is not None:
+            d["trace"] = self.trace.to_dict()
+        if histogram:
+            d["histogram"] = self.hist.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorStats:
+        s = cls(Histogram.from_dict(d["histogram"]), float(d["total"]), float(d["total_sq"]))
+        if "channel_min" in d:
+            s.channel_min = np.asarray(d["channel_min"], dtype=np.float64)
+            s.channel_max = np.asarray(d["channel_max"], dtype=np.float64)
+        if "trace" in d:
+            s.trace = RangeTrace.from_dict(d["trace"])
+        return s
+
+
+def _opt_tensor(d: dict[str, Any], key: str) -> TensorStats | None:
+    return TensorStats.from_dict(d[key]) if d.get(key) is not None else None
+
+
+@dataclass(eq=False)
+class SynapseStats:
+    """A synapse-like node (Affine, Conv2d, Scale, SumPool2d, AvgPool2d): its weight and bias (Affine
+    and Conv2d only; per-channel = per output channel) and its output current."""
+
+    name: str
+    kind: str
+    output: TensorStats
+    weight: TensorStats | None = None
+    bias: TensorStats | None = None
+
+    def to_dict(self, *, histograms: bool = True) -> dict[str, Any]:
+        h = histograms
+        return {"name": self.name, "kind": self.kind, "output": self.output.to_dict(histogram=h),
+                "weight": None if self.weight is None else self.weight.to_dict(histogram=h),
+                "bias": None if self.bias is None else self.bias.to_dict(histogram=h)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SynapseStats:
+        return cls(d["name"], d["kind"], TensorStats.from_dict(d["output"]), _opt_tensor(d, "weight"),
+                   _opt_tensor(d, "bias"))
+
+
+@dataclass(eq=False)
+class NeuronStats:
+    """A Neuron node's input, synaptic current ``c`` (None without a synapse), membrane ``v`` (after
+    reset) and ``v_pre`` (before the spike test; equal to ``v`` for a non-spiking integrator)."""
+
+    name: str
+    shape: tuple[int, ...]
+    input: TensorStats
+    v: TensorStats
+    v_pre: TensorStats
+    c: TensorStats | None = None
+
+    def to_dict(self, *, histograms: bool = True) -> dict[str, Any]:
+        h = histograms
+        return {"name": self.name, "shape": list(self.shape), "input": self.input.to_dict(histogram=h),
+                "c": None if self.c is None else self.c.to_dict(histogram=h),
+                "v": self.v.to_dict(histogram=h), "v_pre": self.v_pre.to_dict(histogram=h)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NeuronStats:
+        return cls(d["name"], tuple(d["shape"]), TensorStats.from_dict(d["input"]),
+                   TensorStats.from_dict(d["v"]), TensorStats.from_dict(d["v_pre"]), _opt_tensor(d, "c"))
+
+
+@dataclass(eq=False)
+class SpikeStats:
+    """Spike counts per neuron of a spiking node over ``steps`` = samples x timesteps."""
+
+    name: str
+    counts: np.ndarray  # int64, the node's shape
+    steps: int = 0
+
+    def update(self, spikes: np.ndarray) -> None:
+        self.counts = self.counts + spikes.sum(axis=(0, 1), dtype=np.int64)
+        self.steps += int(spikes.shape[0] * spikes.shape[1])
+
+    @property
+    def rate(self) -> np.ndarray:
+        """Per-neuron rate (spikes per step)."""
+        return self.counts / max(self.steps, 1)
+
+    @property
+    def mean_rate(self) -> float:
+        """Mean over neurons, samples and steps (spikes per step)."""
+        return float(self.counts.sum() / max(self.steps * self.counts.size, 1))
+
+    @property
+    def silent_fraction(self) -> float:
+        """Fraction of neurons that never spiked on the calibration set."""
+        return float(np.mean(self.counts == 0)) if self.counts.size else 0.0
+
+    @property
+    def saturated_fraction(self) -> float:
+        """Fraction of neurons that spiked at every step."""
+        return float(np.mean(self.counts == self.steps)) if self.counts.size and self.steps else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.counts.shape), "steps": self.steps,
+                "mean_rate": self.mean_rate, "silent_fraction": self.silent_fraction,
+                "saturated_fraction": self.saturated_fraction,
+                "counts": self.counts.reshape(-1).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpikeStats:
+        counts = np.asarray(d["counts"], dtype=np.int64).reshape(tuple(d["shape"]))
+        return cls(d["name"], counts, int(d["steps"]))
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One calibrated tensor: ``layer`` (node name), ``tensor`` (weight, bias, output, input, c, v,
+    v_pre), its recipe class (weights, currents, membrane) and its statistics."""
+
+    layer: str
+    tensor: str
+    tensor_class: str
+    stats: TensorStats
+
+
+@dataclass(eq=False)
+class CalibrationStats:
+    """Everything ``collect_stats`` measured. ``order`` is the graph's execution order."""
+
+    samples: int
+    timesteps: int
+    batch_size: int
+    seed: int | None
+    bins_per_side: int
+    trace_percentile: float
+    order: list[str]
+    input: TensorStats
+    synapses: dict[str, SynapseStats] = field(default_factory=dict)
+    neurons: dict[str, NeuronStats] = field(default_factory=dict)
+    spikes: dict[str, SpikeStats] = field(default_factory=dict)
+
+    def tensors(self) -> Iterator[TensorRef]:
+        """Every calibrated tensor, in execution order, with its recipe class."""
+        for name in self.order:
+            if name in self.synapses:
+                s = self.synapses[name]
+                if s.weight is not None:
+                    yield TensorRef(name, "weight", "weights", s.weight)
+                if s.bias is not None:
+                    # A bias is added to the state: it lives on the state (current) grid.
+                    yield TensorRef(name, "bias", "currents", s.bias)
+                yield TensorRef(name, "output", "currents", s.output)
+            if name in self.neurons:
+                nrn = self.neurons[name]
+                yield TensorRef(name, "input", "currents", nrn.input)
+                if nrn.c is not None:
+                    yield TensorRef(name, "c", "currents", nrn.c)
+                yield TensorRef(name, "v", "membrane", nrn.v)
+                yield TensorRef(name, "v_pre", "membrane", nrn.v_pre)
+
+    def stability(self, last_fraction: float = 0.5) -> dict[str, Stability]:
+        """Per traced tensor (``"layer.tensor"``): how much its range moved over the last
+        ``last_fraction`` of the samples."""
+        return {f"{t.layer}.{t.tensor}": t.stats.trace.stability(last_fraction)
+                for t in self.tensors() if t.stats.trace is not None}
+
+    def summary(self) -> str:
+        """A short text table: per tensor the abs-max, p99.99 and stability; per spiking layer
+        its mean rate and silent fraction."""
+        lines = [f"calibration: {self.samples} samples x {self.timesteps} steps"]
+        for t in self.tensors():
+            st = t.stats
+            p = st.hist.abs_percentile(self.trace_percentile) if st.n else 0.0
+            stab = st.trace.stability().absmax_change if st.trace else None
+            s = "-" if stab is None else f"{100 * stab:.2f}%"
+            lines.append(f"  {t.layer + '.' + t.tensor:<28} {t.tensor_class:<9} abs-max {st.abs_max:<11.5g}"
+                         f" p{self.trace_percentile:g} {p:<11.5g} abs-max drift (last half) {s}")
+        for name, sp in self.spikes.items():
+            lines.append(f"  {name:<28} rate {sp.mean_rate:.4f} spikes/step, "
+                         f"{100 * sp.silent_fraction:.1f}% silent")
+        return "\n".join(lines)
+
+    def to_dict(self, *, histograms: bool = True) -> dict[str, Any]:
+        """JSON-ready. ``histograms=False`` drops the bin counts (a compact record that
+        ``from_dict`` cannot read back)."""
+        h = histograms
+        return {
+            "samples": self.samples,
+            "timesteps": self.timesteps,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "bins_per_side": self.bins_per_side,
+            "trace_percentile": self.trace_percentile,
+            "order": list(self.order),
+            "input": self.input.to_dict(histogram=h),
+            "synapses": {k: v.to_dict(histograms=h) for k, v in self.synapses.items()},
+            "neurons": {k: v.to_dict(histograms=h) for k, v in self.neurons.items()},
+            "spikes": {k: v.to_dict() for k, v in self.spikes.items()},
+            "stability": {k: v.to_dict() for k, v in self.stability().items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CalibrationStats:
+        return cls(
+            samples=int(d["samples"]), timesteps=int(d["timesteps"]), batch_size=int(d["batch_size"]),
+            seed=None if d["seed"] is None else int(d["seed"]), bins_per_side=int(d["bins_per_side"]),
+            trace_percentile=float(d["trace_percentile"]), order=list(d["order"]),
+            input=TensorStats.from_dict(d["input"]),
+            synapses={k: SynapseStats.from_dict(v) for k, v in d["synapses"].items()},
+            neurons={k: NeuronStats.from_dict(v) for k, v in d["neurons"].items()},
+            spikes={k: SpikeStats.from_dict(v) for k, v in d["spikes"].items()},
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Collection
+
+
+def _node_values(graph: Graph, sched: Schedule, x: np.ndarray,
+                 res: RunResult) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every node's output, and every Neuron's input (the sum of its incoming edges), over the
+    whole run, (B, T, *shape), rebuilt from a recorded run.
+
+    The executor records only spikes and neuron states; the stateless nodes (synapses, pools,
+    flatten) are functions of those, so they are re-applied to all timesteps at once with the
+    executor's own step functions. A delayed (recurrent) edge delivers the source's series shifted
+    by one step, with the executor's virtual t = -1 value first.
+    """
+    batch = x.shape[0]
+    steps_fn: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for name in sched.order:
+        node = graph.nodes[name]
+        if not isinstance(node, Neuron):
+            steps_fn[name] = stateless_step(name, node, np.float64)
+    init = initial_values(graph, sched, steps_fn, batch, np.float64)
+    values: dict[str, np.ndarray] = {}
+    busy: set[str] = set()
+
+    def value(name: str) -> np.ndarray:
+        if name in values:
+            return values[name]
+        node = graph.nodes[name]
+        if name == sched.input_node:
+            out = x
+        elif isinstance(node, Neuron):
+            out = res.spikes[name].astype(np.float64) if node.spiking else res.states[name]["v"]
+        elif isinstance(node, Threshold):
+            out = res.spikes[name].astype(np.float64)
+        else:
+            if name in busy:
+                raise UnsupportedError(
+                    "a recurrent loop without a neuron in it: calibration statistics need a "
+                    "stateful node on every cycle", node=name)
+            busy.add(name)
+            total = node_input(name)
+            flat = total.reshape(-1, *total.shape[2:])
+            y = steps_fn[name](flat)
+            out = y.reshape(total.shape[0], total.shape[1], *y.shape[1:])
+            busy.discard(name)
+        values[name] = out
+        return out
+
+    def node_input(name: str) -> np.ndarray:
+        total: np.ndarray | None = None
+        for src, delayed in sched.inputs[name]:
+            term = value(src)
+            if delayed:
+                term = np.concatenate([init[src][:, None], term[:, :-1]], axis=1)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    for name in sched.order:
+        value(name)
+    inputs = {n: node_input(n) for n in sched.order if isinstance(graph.nodes[n], Neuron)}
+    return values, inputs
+
+
+def _v_pre(node: Neuron, v: np.ndarray, cur: np.ndarray, spikes: np.ndarray | None) -> np.ndarray:
+    """``v'[t] = P(v[t-1]) + in_gain * c[t]`` from the recorded post-reset ``v`` (v[-1] = 0), for
+    executors that do not record ``v_pre``.
+
+    Where the neuron did not spike, ``v' = v`` exactly; only spiking entries need the
+    recomputation (their ``v`` was reset)."""
+    if spikes is None:
+        return v
+    v_prev = np.concatenate([np.zeros_like(v[:, :1]), v[:, :-1]], axis=1)
+    assert node.in_gain is not None
+    recomputed = horner(node.poly, v_prev) + node.in_gain * cur
+    return np.where(spikes.astype(bool), recomputed, v)
+
+
+def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress: bool = True,
+                  max_samples: int | None = None, seed: int | None = 0,
+                  bins_per_side: int = DEFAULT_BINS_PER_SIDE,
+                  trace_percentile: float = DEFAULT_TRACE_PERCENTILE) -> CalibrationStats:
+    """Run ``x`` (samples, timesteps, *input_shape) through the float executor in batches of
+    ``batch_size`` samples and collect per-layer statistics (see the module docstring).
+
+    ``max_samples``: use at most this many samples (None = all). ``seed``: the samples are taken in
+    a random order drawn from this seed (a random subset when ``max_samples`` is smaller); None
+    keeps the file's order. The order only affects the range traces, never the histograms.
+    ``batch_size`` bounds memory: every node's output for one batch is held at once.
+    """
+    sched = graph.schedule()
+    x = np.asarray(x)
+    if x.ndim < 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise UserInputError(f"calibration data must be shaped (samples, timesteps, ...) and non-empty, "
+                             f"got {x.shape}")
+    if batch_size < 1:
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise UserInputError(f"max_samples must be >= 1, got {max_samples}")
+    if not 0.0 < trace_percentile <= 100.0:
+        raise UserInputError(f"trace_percentile must be in (0, 100], got {trace_percentile}")
+    n_total = x.shape[0]
+    n = n_total if max_samples is None else min(max_samples, n_total)
+    if seed is None:
+        index = np.arange(n)
+    else:
+        index = np.random.default_rng(seed).permutation(n_total)[:n]
+
+    def traced() -> TensorStats:
+        return TensorStats.empty(bins_per_side, traced=True, trace_q=trace_percentile)
+
+    stats = CalibrationStats(samples=0, timesteps=int(x.shape[1]), batch_size=batch_size, seed=seed,
+                             bins_per_side=bins_per_side, trace_percentile=trace_percentile,
+                             order=list(sched.order), input=traced())
+    for name in sched.order:
+        node = graph.nodes[name]
+        if isinstance(node, SYNAPSE_TYPES):
+            st = SynapseStats(name, node.kind, traced())
+            if isinstance(node, (Affine, Conv2d)):
+                st.weight = TensorStats.from_array(node.weight, channel_axis=0, bins_per_side=bins_per_side)
+                if node.bias is not None:
+                    st.bias = TensorStats.from_array(node.bias, channel_axis=0, bins_per_side=bins_per_side)
+            stats.synapses[name] = st
+        if isinstance(node, Neuron):
+            stats.neurons[name] = NeuronStats(name, node.shape, traced(), traced(), traced(),
+                                              traced() if node.syn_decay is not None else None)
+        if isinstance(node, Threshold) or (isinstance(node, Neuron) and node.spiking):
+            stats.spikes[name] = SpikeStats(name, np.zeros(sched.shapes[name], dtype=np.int64))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc="calibrate", unit="sample", disable=not progress, leave=False)
+    try:
+        for start in range(0, n, batch_size):
+            xb = x[index[start : start + batch_size]]
+            res = run_float(graph, xb, record=True)
+            vals, neuron_inputs = _node_values(graph, sched, xb.astype(np.float64), res)
+            ch = 2  # channel axis of (B, T, C, ...)
+            stats.input.update(xb, ch if xb.ndim > 2 else None)
+            for name, st in stats.synapses.items():
+                st.output.update(vals[name], ch)
+            for name, nst in stats.neurons.items():
+                node = graph.nodes[name]
+                assert isinstance(node, Neuron)
+                x_in = neuron_inputs[name]
+                nst.input.update(x_in, ch)
+                v = res.states[name]["v"]
+                cur = x_in
+                if nst.c is not None:
+                    cur = res.states[name]["c"]
+                    nst.c.update(cur, ch)
+                nst.v.update(v, ch)
+                v_pre = res.states[name].get("v_pre")  # recorded by newer executors: exact
+                if v_pre is None:
+                    v_pre = _v_pre(node, v, cur, res.spikes.get(name))
+                nst.v_pre.update(v_pre, ch)
+            for name, sp in stats.spikes.items():
+                sp.update(res.spikes[name])
+            stats.samples += xb.shape[0]
+            assert stats.input.trace is not None
+            stats.input.trace.record(stats.samples, stats.input.hist)
+            for t in stats.tensors():
+                if t.stats.trace is not None:
+                    t.stats.trace.record(stats.samples, t.stats.hist)
+            bar.update(xb.shape[0])
+    finally:
+        bar.close()
+    return stats

@@ -1,0 +1,1 @@
+"""Reports people read: calibration reports and verification pages (JSON, PNG, offline HTML)."""

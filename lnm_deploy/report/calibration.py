@@ -1,0 +1,92 @@
+"""The calibration report: ``report.json`` plus PNG figures in one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy.errors import LNMDeployWarning, UserInputError
+from lnm_deploy.ir import Graph, Neuron
+from lnm_deploy.report import plots
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (Path, os.PathLike)):
+        return os.fspath(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def calibration_figures(result: Any, graph: Graph) -> dict[str, bytes]:
+    """PNG figures by file name: one polynomial/LIF-fit plot per neuron layer, range stability."""
+    from lnm_deploy.calibrate.pipeline import neuron_ranges
+    from lnm_deploy.calibrate.quantize import find_synapses
+
+    figs: dict[str, bytes] = {}
+    ranges = neuron_ranges(result.stats)
+    for name, rec in result.quantized.layers.items():
+        node = graph.nodes[name]
+        qnode = result.quantized.graph.nodes[name]
+        if not isinstance(node, Neuron) or not isinstance(qnode, Neuron):
+            continue
+        theta = node.poly.reshape(node.poly.shape[0], -1).mean(axis=1).copy()
+        # The quantized constant term includes the synapses' biases: add them to the learned one.
+        _, bias = find_synapses(graph, name)
+        gain = node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
+        steady = 1.0 / (1.0 - node.syn_decay) if node.syn_decay is not None else 1.0
+        mean_bias = float(np.mean(gain * bias * steady))
+        theta[0] += mean_bias
+        theta_q = qnode.poly.reshape(qnode.poly.shape[0], -1).mean(axis=1)
+        lif = (rec.fit["a"] + mean_bias, rec.fit["b"]) if rec.fit else None
+        r = ranges[name]
+        v_th = float(np.mean(node.v_th)) if node.v_th is not None else 1.0
+        figs[f"poly_{name}.png"] = plots.polynomial_fit(name, r.v_values, r.v_weights, theta,
+                                                        None if lif else theta_q, lif, v_th)
+    traces = {}
+    for t in result.stats.tensors():
+        if t.stats.trace is not None and t.stats.trace.samples:
+            traces[f"{t.layer}.{t.tensor}"] = (t.stats.trace.samples, t.stats.trace.absmax)
+    if traces:
+        figs["range_stability.png"] = plots.range_traces(traces)
+    return figs
+
+
+def write_calibration_report(result: Any, graph: Graph, directory: str | os.PathLike[str]) -> Path:
+    """Write ``report.json`` and the figures into ``directory`` (replaced as a whole, atomically:
+    built in a temporary sibling directory and renamed)."""
+    target = Path(directory)
+    if not target.parent.is_dir():
+        raise UserInputError(f"report directory's parent {target.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        report = dict(result.report)
+        figures: list[str] = []
+        if plots.available():
+            for fname, png in calibration_figures(result, graph).items():
+                (tmp / fname).write_bytes(png)
+                figures.append(fname)
+        else:
+            warnings.warn("matplotlib is not installed: the report has no figures (pip install "
+                          "'lnm-deploy[plots]')", LNMDeployWarning, stacklevel=2)
+        report["figures"] = figures
+        report["stats"] = result.stats.to_dict(histograms=False)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=json_default, sort_keys=True))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

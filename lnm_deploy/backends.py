@@ -20,10 +20,28 @@ def _fxsim(graph: Any, x: Any, *, record: bool = False, progress: bool = False) 
     return run_fx(graph, x, record=record, progress=progress)
 
 
+def prepare_lava_import() -> None:
+    """Lava calls ``multiprocessing.set_start_method('fork')`` when imported and fails if a start
+    method was chosen already (a tqdm progress bar's lock chooses one): clear it first."""
+    import multiprocessing as mp
+    import sys
+
+    if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules and \
+            mp.get_start_method(allow_none=True) is not None:
+        mp.set_start_method(None, force=True)  # type: ignore[arg-type]
+
+
 def _lava(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
+    prepare_lava_import()
     from lnm_deploy.lava_backend import run_lava  # imports lava-nc only when called
 
     return run_lava(graph, x, record=record, progress=progress)
+
+
+def _onnx(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
+    from lnm_deploy.onnx_backend import run_onnx  # imports onnx/onnxruntime only when called
+
+    return run_onnx(graph, x, record=record, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -42,5 +60,6 @@ BACKENDS: dict[str, Backend] = {
         Backend("float", False, run_float, "numpy float64 reference executor of the IR"),
         Backend("fxsim", True, _fxsim, "lnm-deploy's bit-accurate fixed-point simulator (batched)"),
         Backend("lava", True, _lava, "Lava 0.10 processes under Loihi2SimCfg(select_tag='fixed_pt')"),
+        Backend("onnx", True, _onnx, "the integer network as one ONNX model, run by onnxruntime (CPU)"),
     )
 }

@@ -99,6 +99,62 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lnm_deploy.artifact import read_artifact
+    from lnm_deploy.fileio import atomic_output, check_output_path, existing_file, read_dataset
+    from lnm_deploy.verify import verify
+
+    for out in (args.json, args.html):
+        if out:
+            check_output_path(out, force=args.force)
+    artifact = read_artifact(existing_file(args.artifact, "artifact"))
+    x, y = read_dataset(args.data)
+    backends = tuple(dict.fromkeys(args.backend or ["lava"]))
+    result = verify(artifact, x, y, backends=backends, float_graph=args.float,
+                    max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
+                    progress=not args.quiet)
+    doc = result.to_dict()
+    if args.json:
+        with atomic_output(args.json, force=args.force) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+    if args.html:
+        from lnm_deploy.nir_io import read_nir
+        from lnm_deploy.report.html import render_verify_page
+
+        graph = artifact.graph if result.float_source.startswith("artifact") else read_nir(result.float_source)
+        page = render_verify_page(result, graph, artifact)
+        with atomic_output(args.html, force=args.force) as tmp:
+            tmp.write_text(page, encoding="utf-8")
+    print(f"verify {args.artifact} on {result.samples} samples x {result.timesteps} steps "
+          f"(target {result.target}, float model: {result.float_source})")
+    for name, b in result.backends.items():
+        state = "bit-exact" if b.bit_exact else f"{b.mismatched_spikes} of {b.compared_spikes} spikes differ"
+        print(f"  {name} vs fxsim: {state} ({b.compared_spikes} spikes compared, {b.seconds:.1f} s)")
+    if result.float_accuracy is not None:
+        print(f"  accuracy: float {result.float_accuracy:.4f}, fixed {result.fixed_accuracy:.4f}")
+    for layer in result.layers:
+        print(f"  {layer.name:<12} spike agreement {layer.spike_agreement:.4f}  "
+              f"rate {layer.rate_float:.4f} -> {layer.rate_fixed:.4f}")
+    if result.first_divergence:
+        d = result.first_divergence
+        print(f"  first divergence: layer {d['layer']}, sample {d['sample']}, timestep {d['timestep']}, "
+              f"neuron {d['neuron']}: {d.get('cause', '')}")
+    print("PASSED" if result.passed else "FAILED: " + "; ".join(result.reasons))
+    return 0 if result.passed else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import lnm_deploy
+    from lnm_deploy.fileio import check_output_path, existing_file
+    from lnm_deploy.model import load_model
+
+    check_output_path(args.out, force=args.force)
+    model = load_model(existing_file(args.model, "model file"))
+    lnm_deploy.export(model, args.out, input_shape=args.input_shape, dt=args.dt)
+    print(f"exported {args.model} -> {args.out}")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from lnm_deploy.targets import list_targets, load_target
 
@@ -162,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lnm-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("export", help="export a trained LNM model (saved with lnm_deploy.model.save_model) to NIR")
+    p.add_argument("model", help="a .pt file written by lnm_deploy.model.save_model")
+    p.add_argument("--input-shape", type=_shape, required=True, metavar="SHAPE", help="e.g. 64 or 2,34,34")
+    p.add_argument("--dt", type=float, default=1e-3, help="seconds per timestep, recorded in the graph")
+    p.add_argument("--out", required=True, help="the .nir file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("inspect", help="layers, neuron types, shapes, parameters and metadata of a graph")
     _graph_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -188,6 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("verify", help="check an artifact: backends bit-exact with fxsim, fixed vs float")
+    p.add_argument("artifact", help="a calibrated artifact (.nir) written by 'calibrate'")
+    p.add_argument("--data", required=True, help=".npz with x (samples, timesteps, ...) and optional labels y")
+    p.add_argument("--backend", action="append", choices=[b for b, v in BACKENDS.items() if v.integer],
+                   help="integer backend(s) to hold against fxsim (repeatable; default: lava)")
+    p.add_argument("--float", default=None, metavar="GRAPH",
+                   help="the float graph to compare with (default: the one the artifact was calibrated from)")
+    p.add_argument("--json", default=None, help="write the verification report as JSON")
+    p.add_argument("--html", default=None, help="write a self-contained HTML page with plots")
+    p.add_argument("--backend-samples", type=int, default=None, metavar="N",
+                   help="hold the backends against fxsim on the first N samples (default: all)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="largest accepted float - fixed accuracy difference (default 0.005)")
+    p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("targets", help="the hardware targets and their key limits")
     p.add_argument("--file", default=None, help="describe (and validate) this target file instead")

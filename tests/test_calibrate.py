@@ -121,7 +121,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     from lnm_deploy.demo import run_demo
 
     out = tmp_path_factory.mktemp("digits")
-    res = run_demo(out, progress=False, log=lambda *_: None, calibrate_targets=())
+    res = run_demo(out, progress=False, log=lambda *_: None, calibrate_targets=(), verify_backends=())
     graph = lnm_deploy.load(out / "model.nir")
     zc, zt = np.load(out / "calib.npz"), np.load(out / "test.npz")
     return {"dir": out, "graph": graph, "xc": zc["x"], "yc": zc["y"], "xt": zt["x"], "yt": zt["y"],

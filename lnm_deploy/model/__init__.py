@@ -17,6 +17,7 @@ from lnm_deploy.model.data import (
     load_digits_split,
     rate_encode,
 )
+from lnm_deploy.model.io import load_model, save_model
 from lnm_deploy.model.layers import (
     LNM,
     LNMSequential,
@@ -50,9 +51,11 @@ __all__ = [
     "evaluate",
     "horner",
     "load_digits_split",
+    "load_model",
     "model_to_ir",
     "predict",
     "rate_encode",
+    "save_model",
     "spike",
     "train",
     "train_digits",

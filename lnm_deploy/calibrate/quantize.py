@@ -309,7 +309,7 @@ def _syn_dequant(p: _SynPlan) -> Array:
     return p.weight_int.astype(np.float64) * p.real_per_lsb
 
 
-def _poly_shifts(theta: Array, q: float, u_max: float, acc_bits: int, coef_bits: int,
+def _poly_shifts(name: str, theta: Array, q: float, u_max: float, acc_bits: int, coef_bits: int,
                  shift_range: tuple[int, int]) -> tuple[list[int], list[float]]:
     """Per-term binary points ``f_k`` for Horner (docs/fixed-point.md section 5), as shifts.
 
@@ -349,8 +349,11 @@ def _poly_shifts(theta: Array, q: float, u_max: float, acc_bits: int, coef_bits:
         f[k] = max(f[k], f[k - 1] + lo_s)
         f[k] = min(f[k], f[k - 1] + hi_s)
         if f[k] > caps[k - 1]:
-            raise NumericError(f"Horner register {k} cannot hold the polynomial over the calibrated range "
-                               f"(needs binary point {f[k]} > {caps[k - 1]})")
+            raise NumericError(
+                f"the {acc_bits}-bit Horner register {k} cannot hold the polynomial over the calibrated "
+                f"membrane range |v| <= {u_max:.4g} (needs {f[k] - caps[k - 1]} more bits): the membrane "
+                "runs far outside the threshold; retrain with the stability regulariser or a smaller range",
+                node=name)
     p_max = float(np.abs(horner(theta[:, None, :], np.broadcast_to(grid[:, None], (grid.size, theta.shape[1])))).max())
     bounds = [p_max / q] + [2.0 ** f[k] * q ** (k - 1) * tails[k - 1] for k in range(1, d + 1)]
     return [f[k + 1] - f[k] for k in range(d)], bounds
@@ -528,7 +531,7 @@ def _poly_layer(n: str, node: Neuron, syns: list[Synapse], theta: Array, v_th: A
     coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
     q_min = max(v_abs / s_max, c_abs / s_max, float(np.max(np.abs(theta[0]))) / coef_lim, 1e-300)
     q, in_shift, plans = _plan_synapses(n, syns, target, q_min, 0, weight_clip, spec.in_shift)
-    shifts, bounds = _poly_shifts(theta, q, v_abs, spec.acc_bits, spec.coef_bits, spec.shift)
+    shifts, bounds = _poly_shifts(n, theta, q, v_abs, spec.acc_bits, spec.coef_bits, spec.shift)
     d = theta.shape[0] - 1
     f = np.concatenate([[0], np.cumsum(shifts)]) if d else np.array([0])
     coef = np.stack([np.rint(theta[k] * q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)]).astype(np.int64)

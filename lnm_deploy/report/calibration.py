@@ -29,10 +29,25 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def learned_theta(graph: Graph, name: str) -> tuple[np.ndarray, float]:
+    """Layer-mean leak coefficients of ``name`` with the synapses' mean bias added to the constant
+    term (as the quantizer folds it), and that bias: comparable with a deployed polynomial."""
+    from lnm_deploy.calibrate.quantize import find_synapses
+
+    node = graph.nodes[name]
+    assert isinstance(node, Neuron)
+    theta = node.poly.reshape(node.poly.shape[0], -1).mean(axis=1).copy()
+    _, bias = find_synapses(graph, name)
+    gain = node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
+    steady = 1.0 / (1.0 - node.syn_decay) if node.syn_decay is not None else 1.0
+    mean_bias = float(np.mean(gain * bias * steady))
+    theta[0] += mean_bias
+    return theta, mean_bias
+
+
 def calibration_figures(result: Any, graph: Graph) -> dict[str, bytes]:
     """PNG figures by file name: one polynomial/LIF-fit plot per neuron layer, range stability."""
     from lnm_deploy.calibrate.pipeline import neuron_ranges
-    from lnm_deploy.calibrate.quantize import find_synapses
 
     figs: dict[str, bytes] = {}
     ranges = neuron_ranges(result.stats)
@@ -41,13 +56,8 @@ def calibration_figures(result: Any, graph: Graph) -> dict[str, bytes]:
         qnode = result.quantized.graph.nodes[name]
         if not isinstance(node, Neuron) or not isinstance(qnode, Neuron):
             continue
-        theta = node.poly.reshape(node.poly.shape[0], -1).mean(axis=1).copy()
         # The quantized constant term includes the synapses' biases: add them to the learned one.
-        _, bias = find_synapses(graph, name)
-        gain = node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
-        steady = 1.0 / (1.0 - node.syn_decay) if node.syn_decay is not None else 1.0
-        mean_bias = float(np.mean(gain * bias * steady))
-        theta[0] += mean_bias
+        theta, mean_bias = learned_theta(graph, name)
         theta_q = qnode.poly.reshape(qnode.poly.shape[0], -1).mean(axis=1)
         lif = (rec.fit["a"] + mean_bias, rec.fit["b"]) if rec.fit else None
         r = ranges[name]

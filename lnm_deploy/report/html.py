@@ -10,6 +10,7 @@ import numpy as np
 
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.report import plots
+from lnm_deploy.report.calibration import learned_theta
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -119,13 +120,13 @@ def _figures(result: Any, graph: Graph, artifact: Any) -> str:
             continue
         v = runs["float"].states[n]["v"].reshape(-1)
         counts, edges = np.histogram(v, bins=80)
-        theta = fnode.poly.reshape(fnode.poly.shape[0], -1).mean(axis=1)
+        theta, _ = learned_theta(graph, n)
         theta_q = qnode.poly.reshape(qnode.poly.shape[0], -1).mean(axis=1)
         v_th = float(np.mean(fnode.v_th)) if fnode.v_th is not None else 1.0
         out.append(_img(plots.polynomial_fit(n, (edges[:-1] + edges[1:]) / 2, counts.astype(float), theta,
                                              theta_q, None, v_th), f"polynomial {n}"))
-    out.append("</div><p class='muted'>The deployed constant term includes the synapses' biases folded "
-               "into the neuron; the learned curve does not.</p>")
+    out.append("</div><p class='muted'>Biases of the synapses are folded into the neuron's constant term "
+               "on the chip; both curves include them.</p>")
     return "\n".join(out)
 
 

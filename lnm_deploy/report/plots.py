@@ -109,8 +109,11 @@ def rasters(panels: dict[str, Array], title: str) -> bytes:
     fig = _fig(3.2 * n, 3.2)
     for i, (label, s) in enumerate(panels.items()):
         ax = fig.add_subplot(1, n, i + 1)
-        t, k = np.nonzero(np.asarray(s).reshape(s.shape[0], -1))
+        flat = np.asarray(s).reshape(s.shape[0], -1)
+        t, k = np.nonzero(flat)
         ax.scatter(t, k, s=4, marker="|", color="k")
+        ax.set_xlim(-0.5, flat.shape[0] - 0.5)
+        ax.set_ylim(-0.5, flat.shape[1] - 0.5)  # every neuron, spiking or not: panels line up
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("timestep")
         if i == 0:

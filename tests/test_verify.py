@@ -1,0 +1,129 @@
+"""``verify``: Lava against fxsim bit for bit, float against fixed point, the JSON and HTML reports,
+and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lnm_deploy.artifact import read_artifact, write_artifact
+from lnm_deploy.calibrate import calibrate_network, load_recipe
+from lnm_deploy.cli import main
+from lnm_deploy.ir import Affine, Graph, Input, Neuron, Output
+from lnm_deploy.nir_io import write_nir
+from lnm_deploy.targets import load_target
+from lnm_deploy.verify import verify
+
+
+def _net(seed: int = 0) -> Graph:
+    """input(12) -> fc1 -> lnm1 (degree 2, recurrent) -> fc2 -> lnm2 (degree 2): spiking, not saturated."""
+    rng = np.random.default_rng(seed)
+    return Graph(
+        nodes={
+            "input": Input(shape=(12,)),
+            "fc1": Affine(weight=rng.normal(0.15, 0.5, (16, 12)), bias=rng.normal(0, 0.05, 16)),
+            "lnm1": Neuron(shape=(16,), poly=[0.0, 0.85, 0.03], v_th=1.0),
+            "rec": Affine(weight=rng.normal(0, 0.3, (16, 16))),
+            "fc2": Affine(weight=rng.normal(0.1, 0.6, (4, 16))),
+            "lnm2": Neuron(shape=(4,), poly=[0.0, 0.7, 0.01], v_th=0.8, reset="subtract"),
+            "output": Output(),
+        },
+        edges=[("input", "fc1"), ("fc1", "lnm1"), ("lnm1", "rec"), ("rec", "lnm1"), ("lnm1", "fc2"),
+               ("fc2", "lnm2"), ("lnm2", "output")],
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("verify")
+    g = _net()
+    write_nir(g, d / "float.nir")
+    rng = np.random.default_rng(1)
+    x = (rng.random((40, 24, 12)) < 0.35).astype(np.uint8)
+    y = rng.integers(0, 4, 40)
+    np.savez(d / "calib.npz", x=x)
+    np.savez(d / "test.npz", x=x[:6], y=y[:6])
+    res = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), source=d / "float.nir",
+                            progress=False)
+    write_artifact(res.artifact, d / "art.nir")
+    return {"dir": d, "float": d / "float.nir", "art": d / "art.nir", "test": d / "test.npz", "calib": d / "calib.npz"}
+
+
+@pytest.mark.lava
+def test_verify_lava_bit_exact_and_report_fields(files: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    js, page = tmp_path / "r.json", tmp_path / "r.html"
+    code = main(["verify", str(files["art"]), "--data", str(files["test"]), "--backend", "lava",
+                 "--json", str(js), "--html", str(page), "--max-accuracy-drop", "1", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    doc = json.loads(js.read_text())
+    assert doc["target"] == "loihi2" and doc["samples"] == 6 and doc["timesteps"] == 24
+    assert doc["passed"] is True
+    assert {"accuracy"} <= set(doc["float"]) and {"accuracy"} <= set(doc["fixed"])
+    lava = doc["backends"]["lava"]
+    assert lava["bit_exact"] is True and lava["mismatched_spikes"] == 0
+    assert lava["compared_spikes"] == 6 * 24 * (16 + 4)
+    names = [layer["name"] for layer in doc["layers"]]
+    assert names == ["lnm1", "lnm2"]
+    for layer in doc["layers"]:
+        assert set(layer) == {"name", "spike_agreement", "rate_float", "rate_fixed"}
+        assert 0 < layer["rate_float"] < 1 and 0 < layer["rate_fixed"] < 1
+    assert "first_divergence" in doc
+    # The page works offline: every image inline, no external resource.
+    text = page.read_text()
+    assert "data:image/png;base64," in text
+    assert not re.search(r"""(src|href)=["']https?://""", text)
+    assert "PASSED" in text and "lnm1" in text
+
+
+def test_verify_api_compares_every_layer_and_explains_divergence(files: dict[str, Path]) -> None:
+    z = np.load(files["test"])
+    res = verify(files["art"], z["x"], z["y"], backends=(), progress=False)
+    assert res.float_source == str(files["float"])  # found through the artifact's provenance
+    assert [layer.name for layer in res.layers] == ["lnm1", "lnm2"]
+    if res.first_divergence is not None:
+        d = res.first_divergence
+        assert {"layer", "sample", "timestep", "neuron", "cause"} <= set(d)
+        assert not d["cause"].startswith("undetermined"), d
+    # The divergence really is the earliest differing spike.
+    ref, fixed = res.runs["float"], res.runs["fxsim"]
+    diffs = [(int(np.argwhere(ref.spikes[n] != fixed.spikes[n])[:, 1].min()), i)
+             for i, n in enumerate(["lnm1", "lnm2"]) if np.any(ref.spikes[n] != fixed.spikes[n])]
+    if diffs:
+        assert res.first_divergence is not None and res.first_divergence["timestep"] == min(diffs)[0]
+
+
+def test_verify_fails_with_exit_1_and_bad_input_exits_2(files: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # An accuracy bound no fixed-point network can meet (it would have to beat float by 200 points).
+    assert main(["verify", str(files["art"]), "--data", str(files["test"]), "--backend", "fxsim",
+                 "--max-accuracy-drop", "-2", "--quiet"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert main(["verify", str(files["float"]), "--data", str(files["test"]), "--quiet"]) == 2
+    assert "not a calibrated artifact" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.full((2, 24, 12), 0.5))
+    assert main(["verify", str(files["art"]), "--data", str(bad), "--backend", "lava", "--quiet",
+                 "--json", str(tmp_path / "r.json")]) == 2
+    assert "binary spikes" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_artifact_round_trip_keeps_integers(files: dict[str, Path]) -> None:
+    art = read_artifact(files["art"])
+    assert art.target == "loihi2"
+    assert art.record["provenance"]["source_graph"]["path"] == str(files["float"].resolve())
+    # Writing it again gives an identical integer network.
+    again = files["dir"] / "again.nir"
+    write_artifact(art, again)
+    art2 = read_artifact(again)
+    for name, node in art.fx.nodes.items():
+        other = art2.fx.nodes[name]
+        for f in ("weight", "coef", "vth", "bias_mant"):
+            if hasattr(node, f):
+                assert np.array_equal(getattr(node, f), getattr(other, f)), (name, f)

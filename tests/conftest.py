@@ -8,3 +8,11 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# Lava calls multiprocessing.set_start_method('fork') when first imported and fails if a start
+# method was chosen already (a tqdm progress bar's lock chooses one). Import it before any test
+# runs, as the CLI does through lnm_deploy.backends.prepare_lava_import.
+try:
+    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+except ImportError:  # Python != 3.10: the Lava tests skip
+    pass

@@ -529,7 +529,13 @@ def _poly_layer(n: str, node: Neuron, syns: list[Synapse], theta: Array, v_th: A
     assert spec is not None
     s_max = 2.0 ** (spec.state_bits - 1) - 1
     coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
-    q_min = max(v_abs / s_max, c_abs / s_max, float(np.max(np.abs(theta[0]))) / coef_lim, 1e-300)
+    # v' = P(v) + c must fit the state for every v of the range, not only v itself: an expanding
+    # polynomial maps the range outside itself.
+    grid = np.linspace(-v_abs, v_abs, 513)
+    p_max = float(np.abs(horner(theta[:, None, :], np.broadcast_to(grid[:, None], (grid.size, theta.shape[1])))).max())
+    p_max *= 1.01  # the grid may miss the true maximum between points
+    q_min = max(v_abs / s_max, (p_max + c_abs) / s_max, c_abs / s_max,
+                float(np.max(np.abs(theta[0]))) / coef_lim, 1e-300)
     q, in_shift, plans = _plan_synapses(n, syns, target, q_min, 0, weight_clip, spec.in_shift)
     shifts, bounds = _poly_shifts(n, theta, q, v_abs, spec.acc_bits, spec.coef_bits, spec.shift)
     d = theta.shape[0] - 1
@@ -564,7 +570,8 @@ def _poly_layer(n: str, node: Neuron, syns: list[Synapse], theta: Array, v_th: A
             "current_bound_int": c_abs / q,
             "horner_register_bounds": bounds, "register_limit": 2.0 ** (spec.acc_bits - 1) - 1,
             "max_abs_coef": int(np.max(np.abs(coef))), "coef_limit": int(coef_lim),
-            "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max
+            "polynomial_plus_current_bound_int": (p_max + c_abs) / q,
+            "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max and (p_max + c_abs) / q <= s_max
                           and all(b <= 2.0 ** (spec.acc_bits - 1) - 1 for b in bounds)),
         },
         approximations=approx,

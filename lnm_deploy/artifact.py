@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lnm_deploy.errors import GraphError, UserInputError
+from lnm_deploy.fileio import json_default
 from lnm_deploy.fixedpoint import FxGraph, decode_fxgraph, encode_fxgraph
 from lnm_deploy.ir import Graph
 
@@ -40,25 +41,13 @@ class Artifact:
         return self.fx.target
 
 
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, os.PathLike):
-        return os.fspath(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def write_artifact(artifact: Artifact, path: str | os.PathLike[str], *, force: bool = True) -> Path:
     """Write ``artifact`` to ``path`` atomically (validated first; nothing is left on failure)."""
     from lnm_deploy.nir_io import write_nir
 
     extra = {
         FX_KEY: encode_fxgraph(artifact.fx),
-        RECORD_KEY: json.dumps(artifact.record, default=_json_default, sort_keys=True),
+        RECORD_KEY: json.dumps(artifact.record, default=json_default, sort_keys=True),
     }
     return write_nir(artifact.graph, path, extra_metadata=extra, force=force)
 

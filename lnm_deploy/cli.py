@@ -12,24 +12,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lnm_deploy import __version__
 from lnm_deploy.errors import LNMDeployError, UserInputError
+from lnm_deploy.fileio import json_default
 
 Command = Callable[[argparse.Namespace], int]
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
@@ -59,7 +49,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         doc = s.to_dict()
         if artifact is not None:
             doc["artifact"] = {"target": artifact.target, "record": artifact.record}
-        print(json.dumps(doc, indent=2, default=_json_default))
+        print(json.dumps(doc, indent=2, default=json_default))
     else:
         print(f"{args.graph}" + (f"  (calibrated artifact for target '{artifact.target}')" if artifact else ""))
         print(s.to_text())
@@ -116,7 +106,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     doc = result.to_dict()
     if args.json:
         with atomic_output(args.json, force=args.force) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+            tmp.write_text(json.dumps(doc, indent=2, default=json_default))
     if args.html:
         from lnm_deploy.nir_io import read_nir
         from lnm_deploy.report.html import render_verify_page

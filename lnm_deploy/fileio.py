@@ -48,6 +48,19 @@ def atomic_output(path: str | os.PathLike[str], *, force: bool = True) -> Iterat
         raise
 
 
+def json_default(o: object) -> object:
+    """``json.dumps(default=...)`` for numpy arrays and scalars, paths, and objects with ``to_dict``."""
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
 def existing_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     """``path`` as a Path, or ``UserInputError`` if it is not an existing file."""
     p = Path(path)

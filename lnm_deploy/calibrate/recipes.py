@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,15 @@ from lnm_deploy.calibrate.stats import (
     TensorStats,
     collect_stats,
 )
+from lnm_deploy.configfile import (
+    convert,
+    fields_of,
+    load_named,
+    read_toml,
+    shipped_dir,
+    shipped_files,
+)
 from lnm_deploy.errors import UserInputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10
-    import tomli as tomllib
 
 GRANULARITIES: tuple[str, ...] = ("per-tensor", "per-channel")
 
@@ -158,44 +160,9 @@ class Recipe:
 # Parsing
 
 
-def _convert(where: str, hint: Any, value: Any) -> Any:
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserInputError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserInputError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserInputError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserInputError(f"{where} must be a string, got {value!r}")
-        return value
-    if hint == tuple[float, ...]:
-        if (not isinstance(value, list) or not value
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise UserInputError(f"{where} must be a non-empty list of numbers, got {value!r}")
-        return tuple(float(v) for v in value)
-    if hint == tuple[str, ...]:
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise UserInputError(f"{where} must be a non-empty list of strings, got {value!r}")
-        return tuple(value)
-    raise AssertionError(f"no converter for {hint}")  # pragma: no cover
-
-
 def _table(file: str, section: str, data: dict[str, Any], cls: type) -> Any:
     """Build dataclass ``cls`` from TOML table ``data`` (missing keys take the defaults)."""
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UserInputError(f"{file}: unknown key(s) {[f'{section}.{k}' for k in unknown]}; "
-                             f"[{section}] allows {fields}")
-    return cls(**{k: _convert(f"{file}: key '{section}.{k}'", hints[k], v) for k, v in data.items()})
+    return cls(**fields_of(file, section, data, cls, require_all=False))
 
 
 def _tensor(file: str, section: str, data: dict[str, Any]) -> TensorRecipe:
@@ -222,7 +189,7 @@ def _tensor(file: str, section: str, data: dict[str, Any]) -> TensorRecipe:
     params: dict[str, Any] = {}
     for name, spec in info.params.items():
         where = f"{file}: key '{section}.{name}'"
-        v = _convert(where, spec.type, raw[name]) if name in raw else spec.default
+        v = convert(where, spec.type, raw[name]) if name in raw else spec.default
         if spec.check is not None and not spec.check(v):
             raise UserInputError(f"{where} = {v!r} must be {spec.rule}")
         params[name] = v
@@ -289,45 +256,24 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
 
 def read_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Load and validate one recipe file (its name is the file stem)."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserInputError(f"recipe file {file} does not exist")
-    try:
-        with open(file, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
-        raise UserInputError(f"{file}: not valid TOML ({e})") from e
+    file, data = read_toml(path, "recipe file")
     return parse_recipe(data, name=file.stem, source=str(file), path=file)
 
 
 def shipped_recipes_dir() -> Path:
-    """The shipped recipe directory: ``calibration/`` next to the package source tree first, then
-    the installed package data ``lnm_deploy/_data/calibration``."""
-    import lnm_deploy
-
-    pkg = Path(lnm_deploy.__file__).resolve().parent
-    source_tree = pkg.parent / "calibration"
-    if source_tree.is_dir() and any(source_tree.glob("*.toml")):
-        return source_tree
-    return pkg / "_data" / "calibration"
+    """The shipped recipe directory (see ``configfile.shipped_dir``)."""
+    return shipped_dir("calibration")
 
 
 def available_recipes() -> dict[str, Path]:
     """Shipped recipes by name (the file stem), sorted."""
-    d = shipped_recipes_dir()
-    return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
+    return shipped_files("calibration")
 
 
 def load_recipe(name_or_path: str | os.PathLike[str] = "default") -> Recipe:
     """A shipped recipe by name, or a recipe file by path (anything ending in .toml or holding a
     path separator is a path)."""
-    s = os.fspath(name_or_path)
-    if s.endswith(".toml") or os.sep in s or (os.altsep and os.altsep in s):
-        return read_recipe(s)
-    shipped = available_recipes()
-    if s not in shipped:
-        raise UserInputError(f"unknown recipe {s!r}; shipped recipes: {sorted(shipped)} (or pass a .toml path)")
-    return read_recipe(shipped[s])
+    return load_named(name_or_path, "calibration", "recipe", read_recipe)
 
 
 def list_recipes() -> list[Recipe]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from lnm_deploy.errors import GraphError
 from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS, Overflow, Rounding
+from lnm_deploy.ir.nodes import conv_output_shape, pair, pool_output_shape
 
 Shape = tuple[int, ...]
 SignMode = Literal["mixed", "excitatory", "inhibitory"]
@@ -43,15 +44,6 @@ def _check_range(node: str, name: str, a: np.ndarray | int, lo: int, hi: int) ->
         raise GraphError(
             f"'{name}' must lie in [{lo}, {hi}], got values in [{arr.min()}, {arr.max()}]", node=node
         )
-
-
-def _pair(node: str, name: str, v: Any) -> tuple[int, int]:
-    a = np.asarray(v).reshape(-1)
-    if a.size == 1:
-        return (int(a[0]), int(a[0]))
-    if a.size == 2:
-        return (int(a[0]), int(a[1]))
-    raise GraphError(f"'{name}' must be an int or a pair of ints, got {v!r}", node=node)
 
 
 @dataclass(eq=False)
@@ -207,9 +199,9 @@ class FxConv2d(FxNode):
 
     def __post_init__(self) -> None:
         self.weight = _iarr("conv2d", "weight", self.weight)
-        self.stride = _pair("conv2d", "stride", self.stride)
-        self.padding = _pair("conv2d", "padding", self.padding)
-        self.dilation = _pair("conv2d", "dilation", self.dilation)
+        self.stride = pair("conv2d", "stride", self.stride)
+        self.padding = pair("conv2d", "padding", self.padding)
+        self.dilation = pair("conv2d", "dilation", self.dilation)
         self.groups = int(self.groups)
         self.weight_exp = int(self.weight_exp)
         self.out_bits = int(self.out_bits)
@@ -226,17 +218,8 @@ class FxConv2d(FxNode):
         _check_range(name, "out_bits", self.out_bits, 2, 48)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
-        cin = self.weight.shape[1] * self.groups
-        if input_shape is None or len(input_shape) != 3 or input_shape[0] != cin:
-            raise GraphError(f"expects input (C={cin}, H, W), gets {input_shape}", node=name)
-        hw = []
-        for i in range(2):
-            k = self.dilation[i] * (self.weight.shape[2 + i] - 1) + 1
-            n = (input_shape[1 + i] + 2 * self.padding[i] - k) // self.stride[i] + 1
-            if n < 1:
-                raise GraphError(f"input {input_shape} too small for the kernel", node=name)
-            hw.append(n)
-        return (self.weight.shape[0], hw[0], hw[1])
+        return conv_output_shape(name, self.weight.shape, self.groups, self.stride, self.padding, self.dilation,
+                                 input_shape)
 
 
 @dataclass(eq=False)
@@ -252,9 +235,9 @@ class FxSumPool2d(FxNode):
     out_bits: int = 24
 
     def __post_init__(self) -> None:
-        self.kernel_size = _pair("sumpool2d", "kernel_size", self.kernel_size)
-        self.stride = self.kernel_size if self.stride is None else _pair("sumpool2d", "stride", self.stride)
-        self.padding = _pair("sumpool2d", "padding", self.padding)
+        self.kernel_size = pair("sumpool2d", "kernel_size", self.kernel_size)
+        self.stride = self.kernel_size if self.stride is None else pair("sumpool2d", "stride", self.stride)
+        self.padding = pair("sumpool2d", "padding", self.padding)
         self.out_bits = int(self.out_bits)
 
     def validate(self, name: str) -> None:
@@ -265,15 +248,7 @@ class FxSumPool2d(FxNode):
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         assert self.stride is not None
-        if input_shape is None or len(input_shape) != 3:
-            raise GraphError(f"expects input (C, H, W), gets {input_shape}", node=name)
-        hw = [
-            (input_shape[1 + i] + 2 * self.padding[i] - self.kernel_size[i]) // self.stride[i] + 1
-            for i in range(2)
-        ]
-        if min(hw) < 1:
-            raise GraphError(f"input {input_shape} too small for the pooling window", node=name)
-        return (input_shape[0], hw[0], hw[1])
+        return pool_output_shape(name, self.kernel_size, self.stride, self.padding, input_shape)
 
 
 @dataclass(eq=False)

@@ -45,7 +45,34 @@ def _check_finite(node: str, **arrays: np.ndarray | None) -> None:
             )
 
 
-def _pair(node: str, name: str, v: Any) -> tuple[int, int]:
+def conv_output_shape(name: str, weight_shape: tuple[int, ...], groups: int, stride: tuple[int, int],
+                      padding: tuple[int, int], dilation: tuple[int, int], input_shape: Shape | None) -> Shape:
+    """(C_out, H_out, W_out) of a 2-d convolution (torch's rule) on input (C_in, H, W)."""
+    cin = weight_shape[1] * groups
+    if input_shape is None or len(input_shape) != 3 or input_shape[0] != cin:
+        raise GraphError(f"expects input (C={cin}, H, W), gets {input_shape}", node=name)
+    hw = []
+    for i in range(2):
+        k = dilation[i] * (weight_shape[2 + i] - 1) + 1
+        n = (input_shape[1 + i] + 2 * padding[i] - k) // stride[i] + 1
+        if n < 1:
+            raise GraphError(f"input {input_shape} too small for the kernel", node=name)
+        hw.append(n)
+    return (weight_shape[0], hw[0], hw[1])
+
+
+def pool_output_shape(name: str, kernel_size: tuple[int, int], stride: tuple[int, int],
+                      padding: tuple[int, int], input_shape: Shape | None) -> Shape:
+    """(C, H_out, W_out) of a 2-d pooling window on input (C, H, W)."""
+    if input_shape is None or len(input_shape) != 3:
+        raise GraphError(f"expects input (C, H, W), gets {input_shape}", node=name)
+    hw = [(input_shape[1 + i] + 2 * padding[i] - kernel_size[i]) // stride[i] + 1 for i in range(2)]
+    if min(hw) < 1:
+        raise GraphError(f"input {input_shape} too small for the pooling window", node=name)
+    return (input_shape[0], hw[0], hw[1])
+
+
+def pair(node: str, name: str, v: Any) -> tuple[int, int]:
     a = np.asarray(v).reshape(-1)
     if a.size == 1:
         return (int(a[0]), int(a[0]))
@@ -156,9 +183,9 @@ class Conv2d(Node):
     def __post_init__(self) -> None:
         self.weight = _arr(self.weight)
         self.bias = None if self.bias is None else _arr(self.bias)
-        self.stride = _pair("conv2d", "stride", self.stride)
-        self.padding = _pair("conv2d", "padding", self.padding)
-        self.dilation = _pair("conv2d", "dilation", self.dilation)
+        self.stride = pair("conv2d", "stride", self.stride)
+        self.padding = pair("conv2d", "padding", self.padding)
+        self.dilation = pair("conv2d", "dilation", self.dilation)
         self.groups = int(self.groups)
 
     def validate(self, name: str) -> None:
@@ -173,17 +200,8 @@ class Conv2d(Node):
         _check_finite(name, weight=self.weight, bias=self.bias)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
-        cin = self.weight.shape[1] * self.groups
-        if input_shape is None or len(input_shape) != 3 or input_shape[0] != cin:
-            raise GraphError(f"expects input (C={cin}, H, W), gets {input_shape}", node=name)
-        hw = []
-        for i in range(2):
-            k = self.dilation[i] * (self.weight.shape[2 + i] - 1) + 1
-            n = (input_shape[1 + i] + 2 * self.padding[i] - k) // self.stride[i] + 1
-            if n < 1:
-                raise GraphError(f"input {input_shape} too small for the kernel", node=name)
-            hw.append(n)
-        return (self.weight.shape[0], hw[0], hw[1])
+        return conv_output_shape(name, self.weight.shape, self.groups, self.stride, self.padding, self.dilation,
+                                 input_shape)
 
 
 @dataclass(eq=False)
@@ -193,21 +211,13 @@ class _Pool2d(Node):
     padding: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
-        self.kernel_size = _pair(self.kind, "kernel_size", self.kernel_size)
-        self.stride = self.kernel_size if self.stride is None else _pair(self.kind, "stride", self.stride)
-        self.padding = _pair(self.kind, "padding", self.padding)
+        self.kernel_size = pair(self.kind, "kernel_size", self.kernel_size)
+        self.stride = self.kernel_size if self.stride is None else pair(self.kind, "stride", self.stride)
+        self.padding = pair(self.kind, "padding", self.padding)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
-        if input_shape is None or len(input_shape) != 3:
-            raise GraphError(f"expects input (C, H, W), gets {input_shape}", node=name)
         assert self.stride is not None
-        hw = [
-            (input_shape[1 + i] + 2 * self.padding[i] - self.kernel_size[i]) // self.stride[i] + 1
-            for i in range(2)
-        ]
-        if min(hw) < 1:
-            raise GraphError(f"input {input_shape} too small for the pooling window", node=name)
-        return (input_shape[0], hw[0], hw[1])
+        return pool_output_shape(name, self.kernel_size, self.stride, self.padding, input_shape)
 
 
 @dataclass(eq=False)

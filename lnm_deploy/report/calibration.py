@@ -13,20 +13,9 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.errors import LNMDeployWarning, UserInputError
+from lnm_deploy.fileio import json_default
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.report import plots
-
-
-def json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (Path, os.PathLike)):
-        return os.fspath(o)
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def learned_theta(graph: Graph, name: str) -> tuple[np.ndarray, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lnm_deploy.configfile import load_named, shipped_dir, shipped_files
 from lnm_deploy.errors import UserInputError
 from lnm_deploy.targets.check import RULES, check_graph
 from lnm_deploy.targets.spec import (
@@ -25,35 +26,22 @@ from lnm_deploy.targets.spec import (
 
 
 def shipped_targets_dir() -> Path:
-    """The directory of the shipped target files: next to the package source tree first, then the
-    installed package data."""
-    import lnm_deploy
-
-    pkg = Path(lnm_deploy.__file__).resolve().parent
-    source_tree = pkg.parent / "targets"
-    if source_tree.is_dir() and any(source_tree.glob("*.toml")):
-        return source_tree
-    return pkg / "_data" / "targets"
+    """The directory of the shipped target files (see ``configfile.shipped_dir``)."""
+    return shipped_dir("targets")
 
 
 def available_targets() -> dict[str, Path]:
     """Shipped targets by name (the file stem), sorted."""
-    d = shipped_targets_dir()
-    return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
+    return shipped_files("targets")
 
 
 def load_target(name_or_path: str | os.PathLike[str]) -> Target:
     """A shipped target by name, or a target file by path (anything ending in .toml or holding a
     path separator is a path)."""
-    s = os.fspath(name_or_path)
-    if s.endswith(".toml") or os.sep in s or (os.altsep and os.altsep in s):
-        return parse_target(s)
-    shipped = available_targets()
-    if s not in shipped:
-        raise UserInputError(f"unknown target {s!r}; shipped targets: {sorted(shipped)} (or pass a .toml path)")
-    t = parse_target(shipped[s])
-    if t.name != s:
-        raise UserInputError(f"{shipped[s]}: key 'target.name' is {t.name!r}, expected {s!r} (the file name)")
+    t = load_named(name_or_path, "targets", "target", parse_target)
+    stem = Path(os.fspath(name_or_path)).stem
+    if os.fspath(name_or_path) == stem and t.name != stem:
+        raise UserInputError(f"{t.path}: key 'target.name' is {t.name!r}, expected {stem!r} (the file name)")
     return t
 
 

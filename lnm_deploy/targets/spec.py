@@ -8,21 +8,12 @@ wrong types and out-of-range widths raise ``UserInputError`` naming the file and
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lnm_deploy.configfile import Range, fields_of, read_toml
 from lnm_deploy.errors import UserInputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10
-    import tomli as tomllib
-
-Range = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -149,47 +140,9 @@ _SECTIONS: dict[str, type] = {
 _REQUIRED = ("target", "dense")
 
 
-def _convert(file: Path, key: str, hint: Any, value: Any) -> Any:
-    where = f"{file}: key '{key}'"
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserInputError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserInputError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserInputError(f"{where} must be a string, got {value!r}")
-        return value
-    if hint == Range:
-        if (not isinstance(value, list) or len(value) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            raise UserInputError(f"{where} must be a range [low, high] of two integers, got {value!r}")
-        if value[0] > value[1]:
-            raise UserInputError(f"{where}: low {value[0]} is above high {value[1]}")
-        return (value[0], value[1])
-    if hint == tuple[str, ...]:
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise UserInputError(f"{where} must be a non-empty list of strings, got {value!r}")
-        return tuple(value)
-    raise AssertionError(f"no converter for {hint}")  # pragma: no cover
-
-
 def _section(file: Path, section: str, table: Any) -> Any:
     cls = _SECTIONS[section]
-    if not isinstance(table, dict):
-        raise UserInputError(f"{file}: [{section}] must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise UserInputError(f"{file}: unknown key(s) {unknown} in [{section}]; allowed: {fields}")
-    missing = [f for f in fields if f not in table]
-    if missing:
-        raise UserInputError(f"{file}: missing key(s) {missing} in [{section}]")
-    return cls(**{f: _convert(file, f"{section}.{f}", hints[f], table[f]) for f in fields})
+    return cls(**fields_of(file, section, table, cls, require_all=True))
 
 
 def _check_width(file: Path, key: str, value: int, lo: int, hi: int) -> None:
@@ -261,14 +214,7 @@ def _validate(t: Target) -> None:
 
 def parse_target(path: str | Path) -> Target:
     """Load and validate one target file."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserInputError(f"target file {file} does not exist")
-    try:
-        with open(file, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
-        raise UserInputError(f"{file}: not valid TOML ({e})") from e
+    file, data = read_toml(path, "target file")
     neurons = data.get("neurons", {})
     if not isinstance(neurons, dict):
         raise UserInputError(f"{file}: [neurons] must be a table")

@@ -145,6 +145,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    from lnm_deploy.fileio import existing_file
+    from lnm_deploy.onnx_backend import compile_onnx
+
+    out = compile_onnx(existing_file(args.artifact, "artifact"), args.out, force=args.force,
+                       states=not args.no_states)
+    print(f"compiled {args.artifact} -> {out} (ONNX; replay it with onnxruntime alone: docs/onnx.md)")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from lnm_deploy.targets import list_targets, load_target
 
@@ -259,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("compile", help="compile an artifact for a backend: one ONNX golden model")
+    p.add_argument("artifact", help="a calibrated artifact (.nir) written by 'calibrate'")
+    p.add_argument("--backend", choices=["onnx"], default="onnx", help="what to compile for")
+    p.add_argument("--out", required=True, help="the model file to write (.onnx)")
+    p.add_argument("--no-states", action="store_true", help="spikes only, no membrane/current outputs")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("targets", help="the hardware targets and their key limits")
     p.add_argument("--file", default=None, help="describe (and validate) this target file instead")

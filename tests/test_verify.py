@@ -127,3 +127,15 @@ def test_artifact_round_trip_keeps_integers(files: dict[str, Path]) -> None:
         for f in ("weight", "coef", "vth", "bias_mant"):
             if hasattr(node, f):
                 assert np.array_equal(getattr(node, f), getattr(other, f)), (name, f)
+
+
+def test_compile_onnx_and_verify_onnx_bit_exact(files: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    assert main(["compile", str(files["art"]), "--backend", "onnx", "--out", str(model)]) == 0
+    assert model.stat().st_size > 0
+    assert main(["compile", str(files["art"]), "--out", str(model)]) == 2  # exists, no --force
+    js = tmp_path / "r.json"
+    assert main(["verify", str(files["art"]), "--data", str(files["test"]), "--backend", "onnx",
+                 "--json", str(js), "--max-accuracy-drop", "1", "--quiet"]) == 0
+    onnx = json.loads(js.read_text())["backends"]["onnx"]
+    assert onnx["bit_exact"] is True and onnx["compared_spikes"] == 6 * 24 * 20

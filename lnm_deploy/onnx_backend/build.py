@@ -1,0 +1,824 @@
+"""``FxGraph`` -> one ONNX model that computes ``docs/fixed-point.md`` bit for bit.
+
+Layout of the model (documented for users in ``docs/onnx.md``):
+
+* input: the FxInput's name, ``uint8`` binary spikes shaped (batch, time, *input_shape);
+* outputs: one ``uint8`` spike tensor per neuron layer, named after the layer, shaped
+  (batch, time, *shape); the FxOutput's name repeats the spikes of the layer it reads; with
+  ``states=True`` also ``"<layer>.<state>"`` (``int64``: ``u``, ``v`` for LIF, ``v`` and ``c`` for
+  the polynomial neuron), the states after the reset of every step.
+* time: output step t answers input step t (the fixed-point contract's time base).
+
+Structure. The graph is cut into strongly connected components. Every neuron layer runs in a
+``Scan`` over time (scan axis 1); a component with a back edge (recurrence) runs all its nodes in
+one ``Scan``, the delayed values travelling as Scan state (zero at t = 0). Synapses and Flatten
+nodes outside cycles run once on the whole (batch, time, ...) tensor, like fxsim's layer engine.
+``engine="step"`` puts every node in a single Scan instead (same integers, slower).
+
+Arithmetic (all exact):
+
+* Synapse accumulators: binary ``uint8`` spikes times integer weights with ``MatMulInteger``
+  (``uint8 x int8`` or ``uint8 x uint8`` -> ``int32``). The weights' common power of two is
+  factored out first (Loihi's LSB-truncated Dense weights then fit 8 bits); wider weights are
+  split into balanced base-256 ``int8`` digits, one MatMulInteger each, recombined in ``int64``.
+  Convolutions and sum-pooling gather their windows with ``Gather`` (im2col) first. Exact while
+  ``fan_in * 255 < 2**31``; beyond that ``int64`` MatMul.
+* Everything after the accumulator is ``int64``: ``x * 2**e`` is ``Mul``; ``trunc0(x / 2**s)`` is
+  ``Div`` (integer Div truncates toward zero); ``floor(x / 2**s)`` is
+  ``Div(x + 2**62, 2**s) - 2**(62-s)`` where a static bound keeps the dividend non-negative, else
+  ``Div(x - Mod(x, 2**s), 2**s)`` (``Mod`` with ``fmod=0`` takes the divisor's sign); ``nearest``
+  folds ``2**(s-1)`` into that; ``wrap_n`` is ``BitwiseAnd(x + 2**(n-1), 2**n - 1) - 2**(n-1)``;
+  ``sat_n`` and ``corr24`` are compares and ``Where`` (onnxruntime 1.23's int64 ``Clip``, ``Max``
+  and ``Min`` are wrong for some inputs below -2**31). A wrap, correction or saturation is left
+  out only where a static bound proves it the identity.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lnm_deploy.errors import DependencyError, GraphError, UnsupportedError, UserInputError
+from lnm_deploy.fixedpoint.graph import FxGraph
+from lnm_deploy.fixedpoint.nodes import (
+    FxConv2d,
+    FxDense,
+    FxFlatten,
+    FxLIF,
+    FxNeuron,
+    FxNode,
+    FxPoly,
+    FxSumPool2d,
+)
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 18  # the oldest opset with BitwiseAnd (onnxruntime 1.23 accepts <= 23)
+IR_VERSION = 8  # the IR version of opset 18 (onnxruntime 1.23 accepts <= 11)
+META_FORMAT = "lnm-deploy.onnx/1"
+_U8_MAX_FAN_IN = (2**31 - 1) // 255  # MatMulInteger accumulates in int32
+ENGINES = ("auto", "step")
+
+
+def require_onnx() -> Any:
+    """Import ``onnx`` or raise ``DependencyError`` with the install hint."""
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise DependencyError(
+            "the ONNX backend needs onnx and onnxruntime: pip install 'lnm-deploy[onnx]'"
+        ) from e
+    return onnx
+
+
+# ------------------------------------------------------------------------------- graph builder
+
+
+@dataclass
+class _Consts:
+    """Initializers shared by the main graph and every Scan body (outer-scope names)."""
+
+    tensors: list[Any] = field(default_factory=list)
+    by_key: dict[tuple[str, tuple[int, ...], bytes], str] = field(default_factory=dict)
+
+
+class _Builder:
+    """Collects the nodes of one graph (main or Scan body); names are unique across the model."""
+
+    def __init__(self, consts: _Consts, counter: itertools.count[int], reserved: set[str]) -> None:
+        self.consts = consts
+        self.counter = counter
+        self.reserved = reserved
+        self.nodes: list[Any] = []
+
+    def sub(self) -> _Builder:
+        return _Builder(self.consts, self.counter, self.reserved)
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            name = f"_{next(self.counter)}_{hint}"
+            if name not in self.reserved:
+                return name
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """An initializer holding ``value`` (deduplicated by dtype, shape and bytes)."""
+        from onnx import numpy_helper
+
+        a = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        key = (a.dtype.str, a.shape, a.tobytes())
+        name = self.consts.by_key.get(key)
+        if name is None:
+            name = self.fresh("c")
+            self.consts.by_key[key] = name
+            self.consts.tensors.append(numpy_helper.from_array(a, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str = "", *, out: str | None = None,
+           **attrs: Any) -> str:
+        from onnx import helper
+
+        name = out or self.fresh(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [name], name=f"{name}/{op_type}", **attrs))
+        return name
+
+    def op_n(self, op_type: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(op_type), **attrs))
+
+
+# ------------------------------------------------------------------------- integer primitives
+
+
+def _ceil_shift(bound: int, s: int) -> int:
+    return -((-bound) >> s)
+
+
+def _wrap(b: _Builder, x: str, bits: int) -> str:
+    """``wrap_bits(x)`` on int64: ``((x + 2**(bits-1)) & (2**bits - 1)) - 2**(bits-1)``."""
+    half = 1 << (bits - 1)
+    t = b.op("Add", [x, b.const(half)], "wrap")
+    t = b.op("BitwiseAnd", [t, b.const((1 << bits) - 1)], "wrap")
+    return b.op("Sub", [t, b.const(half)], f"wrap{bits}")
+
+
+def _sat(b: _Builder, x: str, bits: int) -> str:
+    """``sat_bits(x)`` with Greater/Less + Where: onnxruntime 1.23's int64 Clip, Max and Min
+    return wrong results for some inputs below -2**31 (measured; e.g. Max(-2**31 - 1, -8388607))."""
+    m = (1 << (bits - 1)) - 1
+    hi, lo = b.const(m), b.const(-m)
+    t = b.op("Where", [b.op("Greater", [x, hi], "above"), hi, x], "sat")
+    return b.op("Where", [b.op("Less", [t, lo], "below"), lo, t], f"sat{bits}")
+
+
+def _ovf(b: _Builder, x: str, bits: int, mode: str) -> str:
+    return _sat(b, x, bits) if mode == "saturate" else _wrap(b, x, bits)
+
+
+_OFFSET = 1 << 62
+
+
+def _floor_shift(b: _Builder, x: str, s: int, bound: int | None = None, add: int = 0) -> str:
+    """``floor((x + add) / 2**s)`` for int64 ``x``.
+
+    With a static ``bound`` on ``|x|`` that keeps ``x + add + 2**62`` in ``[0, 2**63)``, one
+    truncating ``Div`` of that non-negative number does it (``2**62`` is a multiple of ``2**s``):
+    ``Div(x + add + 2**62, 2**s) - 2**(62-s)``. Otherwise subtract the non-negative remainder
+    (``Mod`` with fmod=0 takes the divisor's sign) and divide exactly.
+    """
+    if s == 0:
+        return b.op("Add", [x, b.const(add)], "add") if add else x
+    p = b.const(1 << s)
+    if bound is not None and bound + abs(add) < _OFFSET:
+        y = b.op("Add", [x, b.const(_OFFSET + add)], "biased")
+        return b.op("Sub", [b.op("Div", [y, p], "q"), b.const(_OFFSET >> s)], f"floor{s}")
+    if add:
+        x = b.op("Add", [x, b.const(add)], "add")
+    r = b.op("Mod", [x, p], "rem", fmod=0)
+    return b.op("Div", [b.op("Sub", [x, r], "floored"), p], f"floor{s}")
+
+
+def _rshift(b: _Builder, x: str, s: int, mode: str, bound: int | None = None) -> str:
+    """``rnd(x, s)`` of the contract: floor, trunc (toward zero) or nearest (half up)."""
+    if s == 0:
+        return x
+    if mode == "trunc":
+        return b.op("Div", [x, b.const(1 << s)], f"trunc{s}")
+    if mode == "floor":
+        return _floor_shift(b, x, s, bound)
+    if mode == "nearest":
+        return _floor_shift(b, x, s, bound, add=1 << (s - 1))
+    raise UnsupportedError(f"unknown rounding {mode!r}")
+
+
+def _shexp(b: _Builder, x: str, e: int, bound: int | None = None) -> str:
+    """``x * 2**e`` (``e >= 0``) or ``floor(x / 2**-e)``."""
+    if e > 0:
+        return b.op("Mul", [x, b.const(1 << e)], f"shl{e}")
+    return _floor_shift(b, x, -e, bound) if e < 0 else x
+
+
+def _uniform(a: np.ndarray | int) -> np.ndarray:
+    """A scalar when every element is equal (smaller model, cheaper broadcasts)."""
+    a = np.asarray(a, dtype=np.int64)
+    return a.reshape(-1)[:1].reshape(()) if a.size and np.all(a == a.reshape(-1)[0]) else a
+
+
+# ----------------------------------------------------------------------------------- synapses
+
+
+def _int_matmul(b: _Builder, a: str, w: np.ndarray) -> tuple[str, int]:
+    """Exact ``a @ w`` for ``uint8`` spikes ``a`` (..., K) and integer ``w`` (..., K, M).
+
+    Returns ``(acc, k)`` with ``a @ w == acc * 2**k`` and ``acc`` int64.
+    """
+    w = np.asarray(w, dtype=np.int64)
+    fan_in = w.shape[-2]
+    if fan_in > _U8_MAX_FAN_IN:
+        a64 = b.op("Cast", [a], "spk64", to=_dtype("int64"))
+        return b.op("MatMul", [a64, b.const(w)], "acc64"), 0
+    nz = np.abs(w[w != 0])
+    k = int(np.log2(np.min(nz & -nz))) if nz.size else 0
+    wk = w >> k
+
+    def mmi(digit: np.ndarray, dtype: Any) -> str:
+        acc32 = b.op("MatMulInteger", [a, b.const(digit, dtype)], "acc32")
+        return b.op("Cast", [acc32], "acc", to=_dtype("int64"))
+
+    if wk.size == 0 or (wk.min() >= -128 and wk.max() <= 127):
+        return mmi(wk, np.int8), k
+    if wk.min() >= 0 and wk.max() <= 255:
+        return mmi(wk, np.uint8), k
+    if wk.max() <= 0 and wk.min() >= -255:
+        return b.op("Neg", [mmi(-wk, np.uint8)], "acc"), k
+    total: str | None = None  # balanced base-256 digits in [-128, 127]
+    rem, j = wk, 0
+    while rem.any():
+        d = ((rem + 128) & 255) - 128
+        term = mmi(d, np.int8)
+        if j:
+            term = b.op("Mul", [term, b.const(1 << (8 * j))], "digit")
+        total = term if total is None else b.op("Add", [total, term], "acc")
+        rem = (rem - d) >> 8
+        j += 1
+    assert total is not None
+    return total, k
+
+
+def _finish(b: _Builder, acc: str, k: int, bound: int, weight_exp: int, out_bits: int) -> tuple[str, int]:
+    """``wrap_out(shexp(acc * 2**k, weight_exp))``; ``bound`` bounds ``|acc * 2**k|``."""
+    y = _shexp(b, acc, k + weight_exp, bound >> k)
+    bound = bound << weight_exp if weight_exp >= 0 else _ceil_shift(bound, -weight_exp)
+    if bound >= 1 << (out_bits - 1):
+        y = _wrap(b, y, out_bits)
+        bound = 1 << (out_bits - 1)
+    return y, bound
+
+
+def _windows(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: tuple[int, int],
+             stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+             groups: int) -> tuple[np.ndarray, bool]:
+    """im2col indices (groups, Ho*Wo, C_in/groups*kH*kW) into the flattened (C, H, W) input;
+    out-of-range positions point at index C*H*W (a zero appended by Pad). Also: any padding?"""
+    c, h, w = in_shape
+    _, ho, wo = out_shape
+    cg = c // groups
+    g_, oy, ox, ci, i, j = np.meshgrid(np.arange(groups), np.arange(ho), np.arange(wo), np.arange(cg),
+                                       np.arange(kernel[0]), np.arange(kernel[1]), indexing="ij")
+    y = oy * stride[0] - padding[0] + i * dilation[0]
+    x = ox * stride[1] - padding[1] + j * dilation[1]
+    inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    idx = np.where(inside, ((g_ * cg + ci) * h + y) * w + x, c * h * w)
+    return idx.reshape(groups, ho * wo, cg * kernel[0] * kernel[1]), bool((~inside).any())
+
+
+def _gather_windows(b: _Builder, s: str, lead: int, idx: np.ndarray, padded: bool) -> str:
+    """(lead..., C, H, W) uint8 -> (lead..., *idx.shape) uint8 windows."""
+    flat = b.op("Reshape", [s, b.const([0] * lead + [-1])], "flat")
+    if padded:
+        pads = [0] * (lead + 1) + [0] * lead + [1]
+        flat = b.op("Pad", [flat, b.const(pads)], "padded")
+    return b.op("Gather", [flat, b.const(idx)], "win", axis=lead)
+
+
+def _synapse(b: _Builder, name: str, node: FxNode, s: str, lead: int, in_shape: tuple[int, ...],
+             out_shape: tuple[int, ...]) -> tuple[str, int]:
+    """Emit a synapse on ``uint8`` spikes (lead..., *in_shape); returns (int64 output, bound)."""
+    if isinstance(node, FxDense):
+        w = node.effective_weight()
+        bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
+        acc, k = _int_matmul(b, s, w.T)
+        return _finish(b, acc, k, bound, node.weight_exp, node.out_bits)
+    if isinstance(node, FxConv2d):
+        w = node.weight
+        cout, cg, kh, kw = w.shape
+        bound = int(np.abs(w).reshape(cout, -1).sum(axis=1).max()) if w.size else 0
+        idx, padded = _windows(in_shape, out_shape, (kh, kw), node.stride, node.padding,
+                               node.dilation, node.groups)
+        win = _gather_windows(b, s, lead, idx, padded)  # (lead..., G, P, Cg*kh*kw)
+        wg = w.reshape(node.groups, cout // node.groups, cg * kh * kw).transpose(0, 2, 1)
+        acc, k = _int_matmul(b, win, wg)  # (lead..., G, P, Cout/G)
+        perm = [*range(lead), lead, lead + 2, lead + 1]
+        acc = b.op("Transpose", [acc], "acc", perm=perm)
+        acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "conv")
+        return _finish(b, acc, k, bound, node.weight_exp, node.out_bits)
+    if isinstance(node, FxSumPool2d):
+        assert node.stride is not None
+        idx, padded = _windows((1, *in_shape[1:]), (1, *out_shape[1:]), node.kernel_size,
+                               node.stride, node.padding, (1, 1), 1)
+        c, h, w_ = in_shape
+        # One channel's windows, shifted per channel: (C, P, K) indices into the flattened input.
+        inside = idx[0] < h * w_
+        per_c = np.where(inside[None], idx[0][None] + (np.arange(c) * h * w_)[:, None, None], c * h * w_)
+        win = _gather_windows(b, s, lead, per_c, padded)  # (lead..., C, P, K)
+        win = b.op("Cast", [win], "win32", to=_dtype("int32"))
+        acc = b.op("ReduceSum", [win, b.const([-1])], "pool32", keepdims=0)
+        acc = b.op("Cast", [acc], "pool", to=_dtype("int64"))
+        acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "pool")
+        return _finish(b, acc, 0, node.kernel_size[0] * node.kernel_size[1], 0, node.out_bits)
+    raise UnsupportedError(f"the ONNX backend has no synapse implementation for {type(node).__name__}",
+                           node=name)
+
+
+# ------------------------------------------------------------------------------------ neurons
+
+
+class _Neuron:
+    """Emits one neuron layer: the per-sequence ``prepare`` and the per-step ``step``."""
+
+    node: FxNeuron
+
+    def state_inits(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def recorded(self) -> tuple[str, ...]:
+        return self.node.state_names()
+
+    def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """One timestep: ``(spikes as bool, new states)``."""
+        raise NotImplementedError
+
+
+class _LIF(_Neuron):
+    node: FxLIF
+
+    def __init__(self, node: FxLIF, in_bound: int) -> None:
+        self.node = node
+        self.in_bound = in_bound
+
+    def state_inits(self) -> dict[str, np.ndarray]:
+        return {"u": _uniform(self.node.u_init), "v": _uniform(self.node.v_init)}
+
+    def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
+        """``x = wrap_32(a * 2**act_shift)`` (step 2)."""
+        sh = self.node.act_shift
+        x = b.op("Mul", [a, b.const(1 << sh)], "act") if sh else a
+        if bound << sh >= 2**31:
+            return _wrap(b, x, 32), 2**31
+        return x, bound << sh
+
+    def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+        n = self.node
+        half = 1 << (n.state_bits - 1)
+        unity = 1 << n.decay_bits
+        ku, kv = unity - n.du - 1, unity - n.dv
+        x_bound = min(self.in_bound << n.act_shift, 2**31)
+        u0 = int(np.abs(n.u_init).max(initial=0))
+        bias = n.bias.astype(np.int64)
+        b_max = int(np.abs(bias).max(initial=0))
+        # Bounds (docs/fixed-point.md 4.3): with |x| <= half and |u_init| <= half, |u| stays <= half
+        # (corr24 keeps it there), so no int32 wrap can trigger in steps 3 and 5.
+        small = x_bound <= half and u0 <= half
+        # |u| <= u_sup = max(u0, x_bound * 2**D / (2**D - ku)); below half, corr24 is the identity.
+        u_sup = max(u0, -(-x_bound * unity // (unity - ku)))
+        need_corr = not u_sup < half
+        u_max = min(u_sup, half) if small else 2**31
+        # 1-3: u = corr24(wrap32(trunc0(u * ku / 2**D) + x))
+        if ku:
+            ud = b.op("Div", [b.op("Mul", [st["u"], b.const(ku)], "u_ku"), b.const(unity)], "ud")
+            p = b.op("Add", [ud, x], "u_in")
+        else:
+            p = x
+        if ku and not small:  # with ku == 0, p = x is already wrapped by prepare
+            p = _wrap(b, p, 32)
+        if need_corr:
+            c2 = b.const(2 * half)
+            hi = b.op("Where", [b.op("Greater", [p, b.const(half)], "u_hi"), b.op("Sub", [p, c2]), p],
+                      "corr")
+            p = b.op("Where", [b.op("LessOrEqual", [p, b.const(-half)], "u_lo"), b.op("Add", [p, c2]), hi],
+                     "corr24")
+        u = p
+        # 4-5: v' = sat24(wrap32(trunc0(v * kv / 2**D) + u + bias))
+        v = st["v"]
+        if kv != unity:
+            v = b.op("Div", [b.op("Mul", [v, b.const(kv)], "v_kv"), b.const(unity)], "vd")
+        q = b.op("Add", [v, u], "v_in")
+        if b_max:
+            q = b.op("Add", [q, b.const(_uniform(bias))], "v_bias")
+        if u_max + half + b_max >= 2**31:
+            q = _wrap(b, q, 32)
+        vmax, vth_eff = half - 1, n.vth << n.vth_shift
+        # |v| <= max(|v_init|, (u_max + b_max) * 2**D / (2**D - kv)) <= vmax: no saturation at all.
+        # From above it never changes a result when vth_eff < vmax (spike and reset to 0 either way).
+        no_sat = small and kv < unity and (u_max + b_max) * unity <= vmax * (unity - kv)
+        if not no_sat:
+            lo = b.const(-vmax)
+            q = b.op("Where", [b.op("Less", [q, lo], "below"), lo, q], "sat_lo")
+            if vth_eff >= vmax:
+                hi_c = b.const(vmax)
+                q = b.op("Where", [b.op("Greater", [q, hi_c], "above"), hi_c, q], "sat_hi")
+        vp = q
+        # 6-7: spike and reset to 0
+        s = b.op("Greater", [vp, b.const(vth_eff)], "spike")
+        v_new = b.op("Where", [s, b.const(0), vp], "v")
+        return s, {"u": u, "v": v_new}
+
+
+class _Poly(_Neuron):
+    node: FxPoly
+
+    def __init__(self, node: FxPoly, in_bound: int) -> None:
+        self.node = node
+
+    def state_inits(self) -> dict[str, np.ndarray]:
+        out = {"v": _uniform(self.node.v_init)}
+        if self.node.has_synapse:
+            out["c"] = _uniform(self.node.c_init)
+        return out
+
+    def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
+        """``x = a * 2**in_shift`` (step 1; ``|a| <= 2**31`` keeps it below 2**62)."""
+        sh = self.node.in_shift
+        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), bound << sh
+
+    def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+        n = self.node
+        S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
+        new: dict[str, str] = {}
+        if n.has_synapse:  # 2: c = ovf_S(rnd(c * (2**D - syn_decay), D) + x)
+            assert n.syn_decay is not None
+            kc = _uniform((1 << n.decay_bits) - np.asarray(n.syn_decay, dtype=np.int64))
+            c_kc = b.op("Mul", [st["c"], b.const(kc)], "c_kc")  # |c| <= 2**(S-1), kc <= 2**D
+            cd = _rshift(b, c_kc, n.decay_bits, rnd, 1 << (S - 1 + n.decay_bits))
+            c = _ovf(b, b.op("Add", [cd, x], "c_in"), S, ovf)
+            new["c"] = c
+        else:
+            c = _ovf(b, x, S, ovf)
+        # 3: Horner on the previous v
+        d = n.degree
+        h = b.const(_uniform(n.coef[d]))
+        for k in range(d - 1, -1, -1):
+            hv = b.op("Mul", [h, st["v"]], f"h{k}v")  # |H| <= 2**(R-1), |v| <= 2**(S-1)
+            hv = _rshift(b, hv, n.shifts[k], rnd, 1 << (R + S - 2))
+            h = _ovf(b, b.op("Add", [hv, b.const(_uniform(n.coef[k]))], f"h{k}"), R, ovf)
+        # 4-6
+        vp = _ovf(b, b.op("Add", [c, h], "v_in"), S, ovf)
+        vth = b.const(_uniform(n.vth))
+        s = b.op("Greater", [vp, vth], "spike")
+        if n.reset == "value":
+            after = b.const(_uniform(n.v_reset))
+        else:
+            after = _ovf(b, b.op("Sub", [vp, vth], "v_sub"), S, ovf)
+        new["v"] = b.op("Where", [s, after, vp], "v")
+        return s, new
+
+
+def _make_neuron(name: str, node: FxNode, in_bound: int) -> _Neuron:
+    if isinstance(node, FxLIF):
+        return _LIF(node, in_bound)
+    if isinstance(node, FxPoly):
+        return _Poly(node, in_bound)
+    raise UnsupportedError(f"the ONNX backend has no neuron implementation for {type(node).__name__}",
+                           node=name)
+
+
+# ------------------------------------------------------------------------------------- driver
+
+
+def _dtype(name: str) -> int:
+    from onnx import TensorProto
+
+    return int({"uint8": TensorProto.UINT8, "int32": TensorProto.INT32, "int64": TensorProto.INT64,
+                "bool": TensorProto.BOOL}[name])
+
+
+@dataclass
+class _Val:
+    """A tensor of the main graph, (batch, time, *shape), with a static bound on ``|value|``
+    (spikes: 1)."""
+
+    name: str
+    bound: int
+    spikes: bool
+
+
+def _components(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
+    """Strongly connected components (Kosaraju); returns node -> component id."""
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    pred: dict[str, list[str]] = {n: [] for n in nodes}
+    for s, d in edges:
+        if s in succ and d in succ:
+            succ[s].append(d)
+            pred[d].append(s)
+    seen: set[str] = set()
+    post: list[str] = []
+    for root in nodes:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(succ[root]))]
+        while stack:
+            v, it = stack[-1]
+            nxt = next((w for w in it if w not in seen), None)
+            if nxt is None:
+                post.append(v)
+                stack.pop()
+            else:
+                seen.add(nxt)
+                stack.append((nxt, iter(succ[nxt])))
+    comp: dict[str, int] = {}
+    for cid, root in enumerate(reversed(post)):  # ids need not be contiguous
+        if root in comp:
+            continue
+        todo = [root]
+        comp[root] = cid
+        while todo:
+            v = todo.pop()
+            for w in pred[v]:
+                if w not in comp:
+                    comp[w] = cid
+                    todo.append(w)
+    return comp
+
+
+@dataclass
+class _Plan:
+    """What the driver needs from the schedule."""
+
+    fx: FxGraph
+    order: tuple[str, ...]
+    inputs: dict[str, tuple[tuple[str, bool], ...]]
+    shapes: dict[str, tuple[int, ...]]
+    input_node: str
+    output_node: str
+    neurons: dict[str, _Neuron]
+    syn_bounds: dict[str, int]
+
+
+def _static_bound(node: FxNode) -> int:
+    """Bound on a synapse's output after its exponent and wrap (as ``_finish`` computes it)."""
+    if isinstance(node, FxDense):
+        w = node.effective_weight()
+        bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
+        e, ob = node.weight_exp, node.out_bits
+    elif isinstance(node, FxConv2d):
+        w = node.weight
+        bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
+        e, ob = node.weight_exp, node.out_bits
+    elif isinstance(node, FxSumPool2d):
+        bound, e, ob = node.kernel_size[0] * node.kernel_size[1], 0, node.out_bits
+    else:
+        return 1
+    bound = bound << e if e >= 0 else _ceil_shift(bound, -e)
+    return min(bound, 1 << (ob - 1))
+
+
+def _sum(b: _Builder, terms: list[str]) -> str:
+    total = terms[0]
+    for t in terms[1:]:
+        total = b.op("Add", [total, t], "sum")
+    return total
+
+
+def _neuron_input(b: _Builder, terms: list[str], bound: int) -> str:
+    """``a = wrap_32(sum of the synapse outputs)`` (``bound`` bounds the sum)."""
+    a = _sum(b, terms)
+    return _wrap(b, a, 32) if bound >= 2**31 else a
+
+
+def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: bool = True,
+               engine: str = "auto") -> onnx.ModelProto:
+    """One ONNX model (opset 18, IR 8) computing ``fx`` exactly per ``docs/fixed-point.md``.
+
+    ``states``: also output every layer's states (``"<layer>.<state>"``, int64). ``metadata`` is
+    added to the model's ``metadata_props`` (it may replace ``target``, ``lnm_deploy_version``,
+    but not the layout keys ``format``, ``input``, ``output``, ``layers``). ``engine``: ``"auto"`` (one Scan per neuron layer or
+    recurrent component) or ``"step"`` (one Scan over the whole network).
+    """
+    onnx = require_onnx()
+    from onnx import helper
+
+    from lnm_deploy import __version__
+
+    if engine not in ENGINES:
+        raise UserInputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    sched = fx.schedule()
+    order = list(sched.order)
+    syn_bounds = {n: _static_bound(fx.nodes[n]) for n in order if fx.nodes[n].role == "synapse"}
+    neurons: dict[str, _Neuron] = {}
+    for n in order:
+        if isinstance(fx.nodes[n], FxNeuron):
+            ib = min(sum(syn_bounds[s] for s, _ in sched.inputs[n]), 2**31)
+            neurons[n] = _make_neuron(n, fx.nodes[n], ib)
+    plan = _Plan(fx, sched.order, dict(sched.inputs), dict(sched.shapes), sched.input_node,
+                 sched.output_node, neurons, syn_bounds)
+
+    # Public tensor names: the input, one spike output per layer, its states, the output node.
+    in_name, out_name = sched.input_node, sched.output_node
+    state_out = {n: {k: f"{n}.{k}" for k in neurons[n].recorded()} for n in neurons} if states else {}
+    public = [in_name, out_name, *neurons, *(v for d in state_out.values() for v in d.values())]
+    if len(set(public)) != len(public):
+        dup = sorted({p for p in public if public.count(p) > 1})
+        raise GraphError(f"tensor names {dup} collide (state outputs are named '<layer>.<state>')",
+                         node=dup[0])
+    reserved = set(public) | set(fx.nodes)
+    consts = _Consts()
+    main = _Builder(consts, itertools.count(), reserved)
+
+    batch = main.op("Shape", [in_name], "batch", start=0, end=1)
+    vals: dict[str, _Val] = {in_name: _Val(in_name, 1, True)}
+
+    compute = [n for n in order if n not in (in_name, out_name)]
+    if engine == "step":
+        comp = dict.fromkeys(compute, 0)
+    else:
+        inner = [(s, d) for s, d in fx.edges if s in compute and d in compute]
+        comp = _components(compute, inner)
+    groups: dict[int, list[str]] = {}
+    for n in compute:
+        groups.setdefault(comp[n], []).append(n)
+    done: set[str] = {in_name}
+    pending = list(groups.values())
+    while pending:  # the condensation in topological order
+        for members in pending:
+            ext = {s for m in members for s, _ in sched.inputs[m] if s not in members}
+            if ext <= done:
+                break
+        else:  # pragma: no cover - the schedule guarantees a topological order
+            raise GraphError("cannot order the network's components", node=pending[0][0])
+        pending.remove(members)
+        if len(members) == 1 and not isinstance(fx.nodes[members[0]], FxNeuron):
+            _outside(main, plan, members[0], vals)
+        else:
+            _scan(main, plan, members, vals, batch, state_out)
+        done.update(members)
+
+    out_src = sched.inputs[out_name][0][0]
+    main.op("Identity", [vals[out_src].name], out=out_name)
+
+    def vi(name: str, elem: str, shape: tuple[int, ...]) -> Any:
+        return helper.make_tensor_value_info(name, _dtype(elem), ["batch", "time", *shape])
+
+    graph_outputs = []
+    for n in neurons:
+        graph_outputs.append(vi(n, "uint8", plan.shapes[n]))
+        for path in state_out.get(n, {}).values():
+            graph_outputs.append(vi(path, "int64", plan.shapes[n]))
+    graph_outputs.append(vi(out_name, "uint8", plan.shapes[out_src]))
+    graph = helper.make_graph(main.nodes, "lnm_deploy_fx", [vi(in_name, "uint8", plan.shapes[in_name])],
+                              graph_outputs, initializer=consts.tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="lnm-deploy", producer_version=__version__,
+                              doc_string="lnm-deploy fixed-point network (docs/fixed-point.md); "
+                                         "layout: docs/onnx.md")
+    model.ir_version = IR_VERSION
+    layers = [{"name": n, "kind": fx.nodes[n].kind, "shape": list(plan.shapes[n]),
+               "states": list(state_out.get(n, {}))} for n in neurons]
+    meta = {
+        "target": fx.target,
+        "lnm_deploy_version": __version__,
+        "contract": "docs/fixed-point.md",
+        "time_layout": "(batch, time, *shape); output step t answers input step t",
+    }
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    meta.update({  # the layout run_onnx_model reads: never overridden
+        "format": META_FORMAT,
+        "input": json.dumps({"name": in_name, "dtype": "uint8",
+                             "shape": ["batch", "time", *plan.shapes[in_name]]}),
+        "output": out_name,
+        "layers": json.dumps(layers),
+    })
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _outside(b: _Builder, plan: _Plan, name: str, vals: dict[str, _Val]) -> None:
+    """A synapse or Flatten outside any cycle, on the whole (batch, time, ...) tensor."""
+    node = plan.fx.nodes[name]
+    src = plan.inputs[name][0][0]
+    v = vals[src]
+    if isinstance(node, FxFlatten):
+        vals[name] = _Val(b.op("Reshape", [v.name, b.const([0, 0, -1])], "flatten"), 1, True)
+        return
+    y, bound = _synapse(b, name, node, v.name, 2, plan.shapes[src], plan.shapes[name])
+    vals[name] = _Val(y, bound, False)
+
+
+def _scan(main: _Builder, plan: _Plan, members: list[str], vals: dict[str, _Val], batch: str,
+          state_out: dict[str, dict[str, str]]) -> None:
+    """One Scan over time running ``members`` (schedule order) once per step."""
+    from onnx import helper
+
+    fx = plan.fx
+    body = main.sub()
+    mset = set(members)
+    state_in: list[tuple[str, str, tuple[int, ...], np.ndarray]] = []  # (body name, key, shape, init)
+    state_new: dict[str, str] = {}  # key -> new value in the body
+    scan_in: list[tuple[str, str, str, tuple[int, ...]]] = []  # (outer, body name, elem, shape)
+
+    def add_scan_input(outer: _Val, shape: tuple[int, ...], hint: str) -> str:
+        inner = body.fresh(hint)
+        scan_in.append((outer.name, inner, "uint8" if outer.spikes else "int64", shape))
+        return inner
+
+    # Delayed edges inside the component: their sources' previous values are Scan state.
+    delayed_src = sorted({s for m in members for s, d in plan.inputs[m] if d}, key=members.index)
+    prev: dict[str, str] = {}
+    for s in delayed_src:
+        prev[s] = body.fresh(f"{s}_prev")
+        state_in.append((prev[s], f"delay:{s}", plan.shapes[s], np.zeros((), np.int64)))
+    neuron_states: dict[str, dict[str, str]] = {}
+    for m in members:
+        if m in plan.neurons:
+            neuron_states[m] = {}
+            for k, init in plan.neurons[m].state_inits().items():
+                neuron_states[m][k] = body.fresh(f"{m}_{k}")
+                state_in.append((neuron_states[m][k], f"{m}:{k}", plan.shapes[m], init))
+
+    cur: dict[str, tuple[str, int]] = {}  # body values of this step
+    spikes_out: dict[str, str] = {}
+    for m in members:
+        node = fx.nodes[m]
+        ins = plan.inputs[m]
+        if isinstance(node, FxNeuron):
+            neuron = plan.neurons[m]
+            ext = [s for s, _ in ins if s not in mset]
+            bound = min(sum(plan.syn_bounds[s] for s, _ in ins), 2**31)
+            if len(ext) == len(ins):  # all inputs computed outside: prepare outside, on (B, T, ...)
+                a = _neuron_input(main, [vals[s].name for s in ext], bound)
+                xo, xb = neuron.prepare(main, a, bound)
+                x = add_scan_input(_Val(xo, xb, False), plan.shapes[m], f"{m}_x")
+            else:
+                terms = []
+                if ext:
+                    outer = _sum(main, [vals[s].name for s in ext])
+                    terms.append(add_scan_input(_Val(outer, 0, False), plan.shapes[m], f"{m}_ext"))
+                for s, d in ins:
+                    if s in mset:
+                        terms.append(prev[s] if d else cur[s][0])
+                x, _ = neuron.prepare(body, _neuron_input(body, terms, bound), bound)
+            s_bool, new = neuron.step(body, x, neuron_states[m])
+            for k, v in new.items():
+                state_new[f"{m}:{k}"] = v
+            spk = body.op("Cast", [s_bool], f"{m}_spk", to=_dtype("uint8"))
+            cur[m] = (spk, 1)
+            spikes_out[m] = spk
+        else:
+            src = ins[0][0]
+            if src in mset:
+                s_in = cur[src][0]
+            else:
+                s_in = add_scan_input(vals[src], plan.shapes[src], f"{src}_t")
+            if isinstance(node, FxFlatten):
+                cur[m] = (body.op("Reshape", [s_in, body.const([0, -1])], "flatten"), 1)
+            else:
+                cur[m] = _synapse(body, m, node, s_in, 1, plan.shapes[src], plan.shapes[m])
+    for s in delayed_src:
+        state_new[f"delay:{s}"] = cur[s][0]
+
+    # Which values leave the Scan: spikes of every neuron, states on request, any other member
+    # value read outside the component.
+    out_vals: list[tuple[str, str, str, tuple[int, ...], str]] = []  # (member, body, elem, shape, outer)
+    for m in members:
+        if m in plan.neurons:
+            out_vals.append((m, spikes_out[m], "uint8", plan.shapes[m], m))
+            for k, path in state_out.get(m, {}).items():
+                out_vals.append((m, state_new[f"{m}:{k}"], "int64", plan.shapes[m], path))
+    read_outside = {s for n in plan.order if n not in mset for s, _ in plan.inputs.get(n, ()) if s in mset}
+    exported: dict[str, str] = {}
+    for m in members:
+        if m in read_outside and m not in plan.neurons:
+            exported[m] = main.fresh(f"{m}_seq")
+            elem = "int64" if fx.nodes[m].role == "synapse" else "uint8"
+            out_vals.append((m, cur[m][0], elem, plan.shapes[m], exported[m]))
+
+    def vi(name: str, elem: str, shape: tuple[int, ...]) -> Any:
+        return helper.make_tensor_value_info(name, _dtype(elem), ["batch", *shape])
+
+    # Body graph: states in, scan slices in; new states out, per-step values out. A body output
+    # must be a distinct tensor name: route everything through Identity.
+    b_inputs = [vi(n, "int64", shape) for n, _, shape, _ in state_in]
+    b_inputs += [vi(inner, elem, shape) for _, inner, elem, shape in scan_in]
+    b_outputs = []
+    for _, key, shape, _ in state_in:
+        o = body.op("Identity", [state_new[key]], "state_out")
+        b_outputs.append(vi(o, "int64", shape))
+    for _, val, elem, shape, _ in out_vals:
+        o = body.op("Identity", [val], "scan_out")
+        b_outputs.append(vi(o, elem, shape))
+    g = helper.make_graph(body.nodes, f"step_{members[0]}", b_inputs, b_outputs)
+
+    if not scan_in:  # pragma: no cover - every component is reachable from the input
+        raise UnsupportedError("a recurrent component receives no input; its length in time is "
+                               "undefined", node=members[0])
+    inits = []
+    for _, key, shape, init in state_in:
+        full = main.op("Concat", [batch, main.const(list(shape))], "state_shape", axis=0)
+        inits.append(main.op("Expand", [main.const(init), full], f"init_{key.replace(':', '_')}"))
+    final = [main.fresh("final") for _ in state_in]
+    outs = [o for *_, o in out_vals]
+    main.op_n("Scan", inits + [o for o, *_ in scan_in], final + outs, body=g,
+              num_scan_inputs=len(scan_in), scan_input_axes=[1] * len(scan_in),
+              scan_output_axes=[1] * len(out_vals))
+    for m, _, elem, _, outer in out_vals:
+        if outer == m or outer in exported.values():
+            vals[m] = _Val(outer, 1 if elem == "uint8" else plan.syn_bounds.get(m, 1), elem == "uint8")

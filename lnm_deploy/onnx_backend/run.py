@@ -1,0 +1,152 @@
+"""Run an lnm-deploy ONNX model with onnxruntime (CPU) and return a ``RunResult``.
+
+The model describes itself (``metadata_props``: ``input``, ``output``, ``layers``), so a model
+file runs without its ``FxGraph``. ``compile_onnx`` writes the model of an artifact file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lnm_deploy.errors import DependencyError, UserInputError
+from lnm_deploy.execute import RunResult
+from lnm_deploy.fixedpoint.graph import FxGraph
+from lnm_deploy.onnx_backend.build import META_FORMAT, build_onnx, require_onnx
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise DependencyError(
+            "the ONNX backend needs onnx and onnxruntime: pip install 'lnm-deploy[onnx]'"
+        ) from e
+    return onnxruntime
+
+
+def onnx_session(model: Any, *, threads: int | None = None) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session for a ``ModelProto``, serialized bytes or a ``.onnx`` path."""
+    ort = _ort()
+    if isinstance(model, ort.InferenceSession):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        data: bytes = Path(model).read_bytes()
+    elif isinstance(model, bytes):
+        data = model
+    else:
+        data = model.SerializeToString()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # unused Scan state outputs are expected, not worth a warning
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def model_layout(session: onnxruntime.InferenceSession) -> dict[str, Any]:
+    """The layout an lnm-deploy model declares: input name/shape, output name, layers."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("format") != META_FORMAT:
+        raise UserInputError(f"not an lnm-deploy ONNX model (metadata format {meta.get('format')!r})")
+    return {"input": json.loads(meta["input"]), "output": meta["output"],
+            "layers": json.loads(meta["layers"])}
+
+
+def _check_input(x: Any, in_shape: tuple[int, ...]) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 + len(in_shape) or tuple(x.shape[2:]) != tuple(in_shape):
+        raise UserInputError(
+            f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), got {x.shape}"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0:  # onnxruntime's Scan crashes (SIGFPE) on zero steps
+        raise UserInputError(f"input is empty: shape {x.shape} (need samples >= 1, timesteps >= 1)")
+    if x.dtype != np.bool_:
+        if not np.issubdtype(x.dtype, np.number):
+            raise UserInputError(f"input must be numeric 0/1 spikes, got dtype {x.dtype}")
+        bad = (x != 0) & (x != 1)
+        if bad.any():
+            i = tuple(int(k) for k in np.argwhere(bad)[0])
+            raise UserInputError(f"input must be binary spikes (0 or 1); got {x[i]!r} at index {i}")
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def run_onnx_model(model: Any, x: Any, *, record: bool = False, progress: bool = False,
+                   chunk: int | None = None) -> RunResult:
+    """Run an lnm-deploy ONNX model (session, ``ModelProto``, bytes or path) on spikes ``x``
+    (samples, timesteps, *input_shape). Same ``RunResult`` layout as ``run_fx``.
+
+    ``record`` needs a model built with ``states=True``. ``progress`` shows a bar over chunks of
+    samples (``chunk`` samples per ``run``; default all at once, or about 20 chunks with progress).
+    """
+    sess = onnx_session(model)
+    lay = model_layout(sess)
+    in_name = lay["input"]["name"]
+    xs = _check_input(x, tuple(lay["input"]["shape"][2:]))
+    names = [lay["output"]] + [ly["name"] for ly in lay["layers"]]
+    if record:
+        missing = [ly["name"] for ly in lay["layers"] if not ly["states"]]
+        if missing:
+            raise UserInputError(
+                f"this ONNX model has no state outputs for {missing}; build it with states=True"
+            )
+        names += [f"{ly['name']}.{k}" for ly in lay["layers"] for k in ly["states"]]
+    n = xs.shape[0]
+    step = chunk or (max(1, -(-n // 20)) if progress else n)
+    starts = range(0, n, step)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="onnxruntime", unit="chunk", leave=False)
+    parts = [sess.run(names, {in_name: xs[i : i + step]}) for i in starts]
+    got = {k: (np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j])
+           for j, k in enumerate(names)}
+    spikes = {ly["name"]: got[ly["name"]] for ly in lay["layers"]}
+    states: dict[str, dict[str, np.ndarray]] = {}
+    if record:
+        states = {ly["name"]: {k: got[f"{ly['name']}.{k}"] for k in ly["states"]} for ly in lay["layers"]}
+    return RunResult(output=got[lay["output"]], spikes=spikes, states=states)
+
+
+def run_onnx(fx: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
+             engine: str = "auto") -> RunResult:
+    """Build ``fx``'s ONNX model and run it with onnxruntime on the CPU (see ``run_onnx_model``)."""
+    return run_onnx_model(build_onnx(fx, states=record, engine=engine), x, record=record,
+                          progress=progress)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def compile_onnx(artifact_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
+                 force: bool = False, states: bool = True, engine: str = "auto") -> Path:
+    """Write the ONNX model of an artifact file to ``out_path`` atomically; returns the path.
+
+    Metadata: ``target``, ``artifact_sha256`` (of the artifact file), ``artifact`` (its file
+    name), ``lnm_deploy_version`` and the layout keys ``build_onnx`` writes.
+    """
+    from lnm_deploy.artifact import read_artifact
+    from lnm_deploy.fileio import atomic_output, check_output_path, existing_file
+
+    require_onnx()
+    src = existing_file(artifact_path, "artifact")
+    check_output_path(out_path, force=force)  # before any work
+    art = read_artifact(src)
+    model = build_onnx(art.fx, states=states, engine=engine,
+                       metadata={"artifact_sha256": sha256_file(src), "artifact": src.name})
+    with atomic_output(out_path, force=force) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+    return Path(out_path)

@@ -83,6 +83,7 @@ def neuron_ranges(stats: CalibrationStats) -> dict[str, NeuronRange]:
             v_pre_min=ns.v_pre.hist.minimum if ns.v_pre.hist.n else 0.0,
             v_pre_max=ns.v_pre.hist.maximum if ns.v_pre.hist.n else 0.0,
             c_absmax=ns.c.hist.abs_max if ns.c is not None else 0.0,
+            input_absmax=ns.input.hist.abs_max,
             v_values=np.asarray(centres, dtype=np.float64), v_weights=np.asarray(counts, dtype=np.float64),
         )
     return out

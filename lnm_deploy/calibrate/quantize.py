@@ -69,8 +69,9 @@ class NeuronRange:
     """Calibrated ranges of one neuron layer (real units, float executor, calibration set).
 
     ``v``: membrane after reset (the polynomial's argument); ``v_pre``: before the spike test;
-    ``c``: synaptic current (0 without a synapse); ``v_values``/``v_weights``: the distribution of
-    ``v`` (histogram bin centres and counts) that a LIF fit is weighted by.
+    ``c``: synaptic current (0 without a synapse); ``input``: the layer's summed input (the
+    current register holds it every step on the chip, synapse or not); ``v_values``/``v_weights``:
+    the distribution of ``v`` (histogram bin centres and counts) that a LIF fit is weighted by.
     """
 
     v_min: float
@@ -78,6 +79,7 @@ class NeuronRange:
     v_pre_min: float
     v_pre_max: float
     c_absmax: float
+    input_absmax: float = 0.0
     v_values: Array = field(repr=False, default_factory=lambda: np.zeros(0))
     v_weights: Array = field(repr=False, default_factory=lambda: np.zeros(0))
 
@@ -300,6 +302,16 @@ def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float,
             raise NumericError(
                 f"weights need more range than the target's 8-bit mantissa and exponent {we_hi} give "
                 f"(largest |w| {amax:.4g}, largest representable {hi * real_per_lsb:.4g})", node=s.name)
+        nonzero = s.weight != 0
+        lost = float(np.mean(w_int[nonzero] == 0)) if np.any(nonzero) else 0.0
+        if np.any(nonzero) and lost == 1.0:
+            raise NumericError(
+                f"every weight rounds to zero: the layer's state scale ({q:.3g} per LSB, set by its membrane "
+                f"and input range) is too coarse for weights of at most {amax:.3g} with the target's exponents "
+                f"{we_lo}..{we_hi}", node=s.name)
+        if lost > 0.5:
+            warnings.warn(f"synapse '{s.name}': {lost:.0%} of its non-zero weights round to zero at the layer's "
+                          "state scale", LNMDeployWarning, stacklevel=4)
         plans.append(_SynPlan(s, w_int, int(we), real_per_lsb, clipped))
     return q, int(extra), plans
 
@@ -486,7 +498,11 @@ def _quantize_layer(n: str, node: Neuron, syns: list[Synapse], bias_v: Array, rn
         raise UnsupportedError("negative thresholds cannot be mapped (the chip's threshold is >= 0)", node=n)
     v_abs = max(abs(rng.v_min), abs(rng.v_max), abs(rng.v_pre_min), float(np.max(np.abs(node.v_reset))),
                 float(np.max(v_th))) * margin
-    c_abs = rng.c_absmax * margin
+    # The chip's current register (LIF u, poly c) holds in_gain * c with a synapse and the
+    # in_gain-scaled input itself without one: it must not wrap (LIF) or saturate (poly).
+    g_in = float(np.max(np.abs(node.in_gain)))
+    g_syn = float(np.max(np.abs(node.syn_gain))) if node.syn_gain is not None else 1.0
+    c_abs = g_in * max(rng.c_absmax, g_syn * rng.input_absmax if has_syn else rng.input_absmax) * margin
 
     lif_exact = (node.degree <= 1 and node.reset == "value" and np.all(node.v_reset == 0)
                  and _uniform(node.poly[min(1, node.degree)]) and _uniform(node.v_th)
@@ -607,7 +623,7 @@ def _lif_layer(n: str, node: Neuron, syns: list[Synapse], lin: Array, v_th: Arra
         bias_exp += 1
     if bias_exp > spec.bias_exp[1]:
         raise NumericError("the bias does not fit the LIF's bias mantissa and exponent", node=n)
-    bias_mant = np.rint(bias_int / 2.0**bias_exp).astype(np.int64)
+    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), mant_lo, mant_hi).astype(np.int64)
     shape = node.shape
     fx = FxLIF(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
                state_bits=spec.state_bits, decay_bits=spec.decay_bits, vth_shift=spec.vth_shift,

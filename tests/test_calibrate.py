@@ -306,7 +306,7 @@ def test_networks_the_target_cannot_hold() -> None:
     g.edges = [("input", "fc"), ("fc", "n"), ("n", "rec"), ("rec", "n"), ("n", "output")]
     # The recurrent current sets the state scale; the feed-forward weights would all round to
     # zero there (a silent loss on a chip): an error naming the synapse instead.
-    with pytest.raises(NumericError, match="'fc'.*every weight rounds to zero"):
+    with pytest.raises(NumericError, match=r"'fc'.*every weight rounds to zero"):
         calibrate_network(g, x, LOIHI2, recipe, progress=False)
 
 

@@ -20,19 +20,7 @@ def _fxsim(graph: Any, x: Any, *, record: bool = False, progress: bool = False) 
     return run_fx(graph, x, record=record, progress=progress)
 
 
-def prepare_lava_import() -> None:
-    """Lava calls ``multiprocessing.set_start_method('fork')`` when imported and fails if a start
-    method was chosen already (a tqdm progress bar's lock chooses one): clear it first."""
-    import multiprocessing as mp
-    import sys
-
-    if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules and \
-            mp.get_start_method(allow_none=True) is not None:
-        mp.set_start_method(None, force=True)  # type: ignore[arg-type]
-
-
 def _lava(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
-    prepare_lava_import()
     from lnm_deploy.lava_backend import run_lava  # imports lava-nc only when called
 
     return run_lava(graph, x, record=record, progress=progress)

@@ -4,9 +4,8 @@
 2. Export it to NIR (``model.nir``), read the file back, run the float executor, and check that it
    answers like the PyTorch model.
 3. Calibrate and quantize it for ``loihi2`` (``model.loihi2.nir`` and its calibration report).
-4. Verify: Lava (``Loihi2SimCfg(select_tag='fixed_pt')``) bit-exact with fxsim on the first
-   ``LAVA_SAMPLES`` test samples, every spike of every layer; float against fixed point on the
-   whole test set (``report.json``, ``report.html``).
+4. Verify on the whole test set: Lava (``Loihi2SimCfg(select_tag='fixed_pt')``) bit-exact with
+   fxsim on every spike of every layer, float against fixed point (``report.json``, ``report.html``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from lnm_deploy.errors import UserInputError
 MODEL_FILE, TEST_FILE, CALIB_FILE, TORCH_FILE = "model.nir", "test.npz", "calib.npz", "model.pt"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 CALIB_SAMPLES = 256
-LAVA_SAMPLES = 64
 
 
 @dataclass
@@ -74,7 +72,7 @@ def _train(out: Path, degree: int, seed: int, progress: bool, log: Any) -> tuple
 def run_demo(out_dir: str | Path, *, retrain: bool = False, degree: int = 2, seed: int = 0,
              progress: bool = True, log: Any = print, calibrate_targets: tuple[str, ...] = ("loihi2",),
              recipe: str = "agreement", verify_backends: tuple[str, ...] = ("lava",),
-             lava_samples: int = LAVA_SAMPLES) -> DemoResult:
+             lava_samples: int | None = None) -> DemoResult:
     """Run the demo into ``out_dir`` (created if missing); see the module docstring."""
     import lnm_deploy
     from lnm_deploy.execute import run_float
@@ -133,8 +131,9 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, degree: int = 2, see
         from lnm_deploy.verify import verify
 
         name, art = next(iter(artifacts.items()))
-        log(f"verifying {name}: {', '.join(verify_backends)} against fxsim on {min(lava_samples, x.shape[0])} "
-            f"samples, float against fixed point on {x.shape[0]}")
+        n_lava = x.shape[0] if lava_samples is None else min(lava_samples, x.shape[0])
+        log(f"verifying {name}: {', '.join(verify_backends)} against fxsim on {n_lava} samples, float against "
+            f"fixed point on {x.shape[0]}")
         ver = verify(art, x, y, backends=verify_backends, float_graph=model_path, backend_samples=lava_samples,
                      progress=progress)
         result.verification = ver.to_dict()

@@ -10,8 +10,8 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # Lava calls multiprocessing.set_start_method('fork') when first imported and fails if a start
-# method was chosen already (a tqdm progress bar's lock chooses one). Import it before any test
-# runs, as the CLI does through lnm_deploy.backends.prepare_lava_import.
+# method was chosen already (a tqdm progress bar's lock chooses one). lnm_deploy.lava_backend
+# guards its own import; tests that import Lava directly rely on this early import.
 try:
     import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
 except ImportError:  # Python != 3.10: the Lava tests skip

@@ -1,8 +1,10 @@
 """Lava 0.10 backend: run an ``FxGraph`` on Lava's fixed_pt process models (Python 3.10 only).
 
 ``run_lava(graph, x, *, record=False, progress=False) -> RunResult`` has fxsim's signature and
-time base (``docs/fixed-point.md`` section 7 explains how Lava's per-synapse latency is hidden).
-lava-nc is imported only when ``run_lava`` is called, so this package imports without it.
+time base (``docs/lava.md`` explains how Lava's per-synapse latency is hidden and how one compiled
+network runs every sample). ``run_lava_float`` runs the same network on Lava's ``floating_pt``
+models (a different, float model). ``run_lava_timed`` also returns where the time went.
+lava-nc is imported only when one of them is called, so this package imports without it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,30 @@ from typing import Any
 from lnm_deploy.errors import DependencyError
 
 
-def run_lava(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> Any:
+def _runner() -> Any:
     try:
         from lnm_deploy.lava_backend import runner
     except ImportError as e:  # lava-nc missing (it installs on Python 3.10 only)
         raise DependencyError(
             f"the Lava backend needs lava-nc 0.10 (pip install 'lnm-deploy[lava]', Python 3.10): {e}"
         ) from e
-    return runner.run_lava(graph, x, record=record, progress=progress)
+    return runner
 
 
-__all__ = ["run_lava"]
+def run_lava(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> Any:
+    """Bit-accurate run under ``Loihi2SimCfg(select_tag='fixed_pt')``; a ``RunResult`` like fxsim's."""
+    return _runner().run_lava(graph, x, record=record, progress=progress)
+
+
+def run_lava_float(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> Any:
+    """The float model of the same network (``select_tag='floating_pt'``); never bit-exact."""
+    return _runner().run_lava_float(graph, x, record=record, progress=progress)
+
+
+def run_lava_timed(graph: Any, x: Any, *, record: bool = False, progress: bool = False,
+                   samples_per_network: int | None = None) -> tuple[Any, Any]:
+    """``run_lava`` plus a ``LavaTimings`` (build, compile, stepping, read-back, stop seconds)."""
+    return _runner().run(graph, x, record=record, progress=progress, samples_per_network=samples_per_network)
+
+
+__all__ = ["run_lava", "run_lava_float", "run_lava_timed"]

@@ -1,25 +1,43 @@
-"""Build and run Lava 0.10 processes for an ``FxGraph`` (``docs/fixed-point.md`` section 7).
+"""Build and run Lava 0.10 processes for an ``FxGraph`` (``docs/lava.md``, ``docs/fixed-point.md`` 7).
 
-Imports lava at module level: import it only through ``lnm_deploy.lava_backend.run_lava``.
+Imports lava at module level: import it only through ``lnm_deploy.lava_backend``.
+
+One compiled network runs many samples back to back (``samples_per_network``): sample ``b``
+occupies Lava steps ``b * total .. b * total + total - 1`` with ``total = T + max depth``; the
+RingBuffer source holds every sample of the chunk, LIF layers are Lava's ``LIFReset`` (the stock
+bit-accurate LIF that zeroes ``u`` and ``v`` once per ``total`` steps, exactly at the step the
+layer's sample starts), ``PolyNeuron`` resets itself at its start step, and the few states no
+process resets itself (recurrent synapse buffers, non-zero initial LIF states) are set with
+``Var.set`` at a pause. ``Recorder`` probes write spikes and states into shared memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from lava.magma.core.run_conditions import RunSteps
-from lava.magma.core.run_configs import Loihi2SimCfg
-from lava.proc.conv.process import Conv
-from lava.proc.dense.process import Dense
-from lava.proc.io.sink import RingBuffer as Sink
-from lava.proc.io.source import RingBuffer as Source
-from lava.proc.lif.process import LIF
-from lava.proc.monitor.process import Monitor
-from lava.utils.weightutils import SignMode
 
-from lnm_deploy.errors import UnsupportedError
+from lnm_deploy.lava_backend._mp import lava_import_guard
+
+with lava_import_guard():
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.conv.process import Conv
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIF, LIFReset
+    from lava.utils.weightutils import SignMode
+
+from lnm_deploy.errors import UnsupportedError, UserInputError
 from lnm_deploy.execute import RunResult
 from lnm_deploy.fixedpoint import (
     FxConv2d,
@@ -33,13 +51,49 @@ from lnm_deploy.fixedpoint import (
     FxPoly,
     FxSumPool2d,
 )
-from lnm_deploy.lava_backend.procs.process import PolyNeuron
+from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
 
 _SIGN = {"mixed": SignMode.MIXED, "excitatory": SignMode.EXCITATORY, "inhibitory": SignMode.INHIBITORY}
+TAGS = ("fixed_pt", "floating_pt")
+#: Upper bound on the bytes of input one compiled network holds (its RingBuffer source).
+CHUNK_BYTES = 64 * 2**20
+#: Lava's Conv runs in float32 (torch); exact while every output's sum of |w| stays below this.
+CONV_EXACT = 2**24
+
+
+@dataclass
+class LavaTimings:
+    """Where the time of a Lava run went (seconds, summed over the compiled networks)."""
+
+    samples: int = 0
+    networks: int = 0  # compiled networks (one per chunk of samples)
+    steps: int = 0  # Lava steps run (samples x (T + max depth))
+    pauses: int = 0  # run() calls beyond one per sample (Var.set points)
+    build_s: float = 0.0  # creating the Process objects
+    compile_s: float = 0.0  # first run() call: compile, start one OS process per Process, one step
+    run_s: float = 0.0  # run() calls: stepping, plus Var.set at pauses
+    read_s: float = 0.0  # reading the recorders
+    stop_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.build_s + self.compile_s + self.run_s + self.read_s + self.stop_s
+
+    @property
+    def step_s(self) -> float:
+        """Mean seconds per Lava step (run time / steps)."""
+        return self.run_s / self.steps if self.steps else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_s": self.total_s, "step_s": self.step_s}
+
+
+# ------------------------------------------------------------------------------------------------
+# Layouts
 
 
 def to_lava(a: np.ndarray | int) -> np.ndarray:
-    """(C, H, W) -> Lava's (X, Y, C) = (W, H, C); 1-d unchanged. Works on trailing dims' prefix."""
+    """(C, H, W) -> Lava's (X, Y, C) = (W, H, C); 1-d unchanged."""
     a = np.asarray(a)
     return a.transpose(2, 1, 0) if a.ndim == 3 else a
 
@@ -48,19 +102,39 @@ def lava_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(shape)) if len(shape) == 3 else tuple(shape)
 
 
+def to_lava_seq(x: np.ndarray, ndim: int) -> np.ndarray:
+    """(..., C, H, W) -> (..., W, H, C) when the item shape (last ``ndim`` axes) is 3-d."""
+    return np.swapaxes(x, -1, -3) if ndim == 3 else x
+
+
+def _from_lava_seq(a: np.ndarray, ndim: int) -> np.ndarray:
+    """(T, W, H, C) -> (T, C, H, W) when the layer is 3-d."""
+    return np.swapaxes(a, -1, -3) if ndim == 3 else a
+
+
 def _flatten_perm(shape: tuple[int, ...]) -> np.ndarray:
     """fx flat index at each position of Lava's C-order flatten of the (W, H, C) layout."""
     return np.arange(int(np.prod(shape))).reshape(shape).transpose(2, 1, 0).reshape(-1)
 
 
+# ------------------------------------------------------------------------------------------------
+# Plan: depths and what Lava can map
+
+
 @dataclass
 class _Plan:
     depth: dict[str, int] = field(default_factory=dict)
-    spike_src: dict[str, tuple[str, bool]] = field(default_factory=dict)  # node -> (origin, flattened)
+    spike_src: dict[str, tuple[str, bool]] = field(default_factory=dict)  # synapse -> (origin, flattened)
+    recurrent: dict[str, list[str]] = field(default_factory=dict)  # neuron -> its self-loop synapses
+
+    @property
+    def max_depth(self) -> int:
+        return max([0, *self.depth.values()])
 
 
 def plan(graph: FxGraph) -> _Plan:
-    """Depth (Lava latency) of every node; raise ``UnsupportedError`` where Lava cannot match."""
+    """Depth (Lava latency) of every node; raise ``UnsupportedError`` naming the node where Lava
+    cannot reproduce the contract's time base or arithmetic."""
     sched = graph.schedule()
     p = _Plan()
     for name in sched.order:
@@ -70,184 +144,395 @@ def plan(graph: FxGraph) -> _Plan:
             p.depth[name] = 0
         elif isinstance(node, (FxFlatten, FxOutput)):
             p.depth[name] = p.depth[ins[0][0]]
-        elif node.role == "synapse":
+        elif isinstance(node, (FxDense, FxConv2d, FxSumPool2d)):
             src = ins[0][0]
-            p.depth[name] = p.depth[src] + 1
             origin, flat = src, False
             if isinstance(graph.nodes[src], FxFlatten):
                 origin, flat = sched.inputs[src][0][0], True
+            if ins[0][1]:
+                raise UnsupportedError("a synapse that reads a back edge (its source runs later in the "
+                                       "step) is not a self-loop through one synapse", node=name)
+            p.depth[name] = p.depth[src] + 1
             p.spike_src[name] = (origin, flat)
-        elif isinstance(node, FxNeuron):
+            _check_synapse(name, node)
+        elif isinstance(node, (FxLIF, FxPoly)):
             fresh = {p.depth[s] for s, d in ins if not d}
             if len(fresh) != 1:
                 raise UnsupportedError(
                     f"inputs arrive through paths of different lengths {sorted(fresh)}; Lava adds one "
                     "step per synapse, so only equal-depth paths can be aligned", node=name)
             p.depth[name] = fresh.pop()
+            if isinstance(node, FxLIF) and (node.state_bits, node.decay_bits, node.vth_shift, node.act_shift) != (
+                    24, 12, 6, 6):
+                raise UnsupportedError("Lava's LIF has fixed widths (state 24, decay 12, vth_shift 6, "
+                                       f"act_shift 6), this layer has ({node.state_bits}, {node.decay_bits}, "
+                                       f"{node.vth_shift}, {node.act_shift})", node=name)
         else:
             raise UnsupportedError(f"no Lava mapping for {type(node).__name__}", node=name)
     for name in sched.order:
         for s, d in sched.inputs[name]:
-            if d and p.spike_src.get(s, ("", False))[0] != name:
+            if not d:
+                continue
+            if p.spike_src.get(s, ("", False))[0] != name:
                 raise UnsupportedError(
                     f"recurrent edge from '{s}' is not a self-loop through one synapse; Lava's "
                     "latency cannot match the one-step delay of longer cycles", node=name)
+            p.recurrent.setdefault(name, []).append(s)
     return p
 
 
-def _build(graph: FxGraph, x: np.ndarray, total: int, record: bool) -> dict[str, Any]:
-    """Processes for one sample x (T, *in_shape). Returns handles."""
-    sched = graph.schedule()
-    p = plan(graph)
-    steps = x.shape[0]
-    procs: dict[str, Any] = {}
-    sinks: dict[str, Any] = {}
-    monitors: dict[str, dict[str, Any]] = {}
-    deferred: dict[str, dict[str, np.ndarray]] = {}
-    for name in sched.order:
-        node = graph.nodes[name]
-        if isinstance(node, FxInput):
-            data = np.zeros((*lava_shape(node.shape), total), dtype=np.int32)
-            data[..., :steps] = np.moveaxis(to_lava_seq(x), 0, -1)
-            procs[name] = Source(data=data)
-        elif isinstance(node, FxDense):
-            origin, flat = p.spike_src[name]
-            w = node.weight
-            if flat and len(sched.shapes[origin]) == 3:
-                w = w[:, _flatten_perm(sched.shapes[origin])]
-            procs[name] = Dense(weights=w.astype(np.int32), weight_exp=node.weight_exp,
-                                num_weight_bits=node.num_weight_bits, sign_mode=_SIGN[node.sign_mode],
-                                name=name)
-        elif isinstance(node, FxConv2d):
-            if node.weight_exp < 0:
-                raise UnsupportedError("Lava's Conv ignores weight_exp; a negative one cannot be emulated", node=name)
-            w = (node.weight << node.weight_exp).transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]
-            in_shape = sched.shapes[sched.inputs[name][0][0]]
-            procs[name] = Conv(weight=np.ascontiguousarray(w).astype(np.int32), input_shape=lava_shape(in_shape),
-                               padding=node.padding[::-1], stride=node.stride[::-1],
-                               dilation=node.dilation[::-1], groups=node.groups, name=name)
-        elif isinstance(node, FxSumPool2d):
+def _check_synapse(name: str, node: Any) -> None:
+    if isinstance(node, FxConv2d):
+        if node.weight_exp < 0:
+            raise UnsupportedError("Lava's Conv ignores weight_exp; a negative one cannot be emulated "
+                                   "(the loihi2 target pins it to 0)", node=name)
+        fan = np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1).max(initial=0)
+        if int(fan) << node.weight_exp >= CONV_EXACT:
+            raise UnsupportedError(f"sum |w| * 2^weight_exp = {int(fan) << node.weight_exp} per output "
+                                   f"reaches 2^24: Lava's Conv computes in float32 and would round",
+                                   node=name)
+    if isinstance(node, FxSumPool2d) and node.kernel_size[0] * node.kernel_size[1] >= CONV_EXACT:
+        raise UnsupportedError("pooling window too large for Lava's float32 Conv", node=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building one network for a chunk of samples
+
+
+class _Network:
+    """Lava processes for a chunk of samples ``xs`` (B, T, *in_shape), run back to back."""
+
+    def __init__(self, graph: FxGraph, p: _Plan, xs: np.ndarray, *, record: bool, tag: str,
+                 layers: list[str], workdir: str) -> None:
+        sched = graph.schedule()
+        self.graph, self.plan, self.tag = graph, p, tag
+        self.batch, self.steps = xs.shape[0], xs.shape[1]
+        self.total = self.steps + p.max_depth
+        self.layers = layers
+        fixed = tag == "fixed_pt"
+        procs: dict[str, Any] = {}
+        self.procs = procs
+        # Var.set points: local step -> [(Var, value)], applied before that step of every sample.
+        self.events: dict[int, list[tuple[Any, np.ndarray]]] = {}
+        self.files: dict[str, list[tuple[str, str]]] = {}  # layer -> [(quantity, path)]
+        for name in sched.order:
+            node = graph.nodes[name]
+            if isinstance(node, FxInput):
+                data = np.zeros((*lava_shape(node.shape), self.batch * self.total),
+                                dtype=np.int32 if fixed else np.float64)
+                seq = np.zeros((self.batch, self.total, *lava_shape(node.shape)), dtype=data.dtype)
+                seq[:, : self.steps] = to_lava_seq(xs, len(node.shape))
+                data[:] = np.moveaxis(seq.reshape(self.batch * self.total, *seq.shape[2:]), 0, -1)
+                procs[name] = Source(data=data)
+            elif isinstance(node, FxDense):
+                procs[name] = self._dense(name, node, sched, fixed)
+            elif isinstance(node, (FxConv2d, FxSumPool2d)):
+                procs[name] = self._conv(name, node, sched, fixed)
+            elif isinstance(node, FxLIF):
+                procs[name] = self._lif(name, node, fixed)
+            elif isinstance(node, FxPoly):
+                procs[name] = self._poly(name, node, fixed)
+        for n, syns in p.recurrent.items():
+            if isinstance(graph.nodes[n], FxLIF):
+                # The LIF runs (bias on) before its start step: its spikes of step start-1 sit in the
+                # self-loop synapse's buffer. The contract's back edge delivers 0 at t = 0.
+                for s in syns:
+                    buf = procs[s].a_buff if isinstance(procs[s], Dense) else procs[s].a_buf
+                    self.events.setdefault(p.depth[n], []).append((buf, np.zeros(buf.shape)))
+        for s, d in graph.edges:
+            dst = graph.nodes[d]
+            if dst.role == "synapse":
+                origin, flat = p.spike_src[d]
+                port = procs[origin].s_out
+                if flat and len(sched.shapes[origin]) == 3:
+                    port = port.flatten()
+                port.connect(procs[d].s_in)
+            elif isinstance(dst, FxNeuron):
+                procs[s].a_out.connect(procs[d].a_in)
+        self.recorders: dict[str, Recorder] = {}
+        for name in layers:
+            node = graph.nodes[name]
+            assert isinstance(node, FxNeuron)
+            shp = lava_shape(node.shape)
+            states = list(node.state_names()) if record else []
+            files = [("spikes", os.path.join(workdir, f"{len(self.files)}.s"))]
+            files += [(v, os.path.join(workdir, f"{len(self.files)}.{v}")) for v in states]
+            for i, (_, path) in enumerate(files):
+                dt = np.uint8 if i == 0 else (np.int64 if fixed else np.float64)
+                np.memmap(path, dtype=dt, mode="w+", shape=(self.total, *shp)).flush()
+            rec = Recorder(shape=shp, files=[f for _, f in files], length=self.total, n_refs=len(states),
+                           name=f"rec_{name}")
+            procs[name].s_out.connect(rec.s_in)
+            for i, v in enumerate(states):
+                getattr(rec, f"ref_{i}").connect_var(getattr(procs[name], v))
+            self.recorders[name] = rec
+            self.files[name] = files
+        self.source = procs[sched.input_node]
+        self.pauses = sorted(k for k in self.events if 0 < k < self.total)
+
+    # -------------------------------------------------------------------------------- processes
+
+    def _dense(self, name: str, node: FxDense, sched: Any, fixed: bool) -> Dense:
+        origin, flat = self.plan.spike_src[name]
+        perm = _flatten_perm(sched.shapes[origin]) if flat and len(sched.shapes[origin]) == 3 else None
+        if fixed:
+            w = node.weight if perm is None else node.weight[:, perm]
+            return Dense(weights=w.astype(np.int32), weight_exp=node.weight_exp,
+                         num_weight_bits=node.num_weight_bits, sign_mode=_SIGN[node.sign_mode], name=name)
+        w = node.effective_weight().astype(np.float64) * 2.0**node.weight_exp
+        return Dense(weights=w if perm is None else w[:, perm], name=name)
+
+    def _conv(self, name: str, node: FxConv2d | FxSumPool2d, sched: Any, fixed: bool) -> Conv:
+        in_shape = sched.shapes[sched.inputs[name][0][0]]
+        if isinstance(node, FxSumPool2d):
             assert node.stride is not None
-            in_shape = sched.shapes[sched.inputs[name][0][0]]
             c = in_shape[0]
-            w = np.ones((c, node.kernel_size[1], node.kernel_size[0], 1), dtype=np.int32)
-            procs[name] = Conv(weight=w, input_shape=lava_shape(in_shape), padding=node.padding[::-1],
-                               stride=node.stride[::-1], groups=c, name=name)
-        elif isinstance(node, FxLIF):
-            shp = lava_shape(node.shape)
-            procs[name] = LIF(shape=shp, du=node.du, dv=node.dv, vth=node.vth,
-                              bias_mant=np.zeros(shp, np.int32), bias_exp=to_lava(node.bias_exp),
-                              u=np.zeros(shp, np.int32), v=np.zeros(shp, np.int32), name=name)
-            later = {"bias_mant": to_lava(node.bias_mant), "u": to_lava(node.u_init), "v": to_lava(node.v_init)}
-            deferred[name] = {k: v for k, v in later.items() if np.any(v)}
-            if node.state_bits != 24 or node.decay_bits != 12 or node.vth_shift != 6 or node.act_shift != 6:
-                raise UnsupportedError("Lava's LIF has fixed widths (24, 12, 6, 6)", node=name)
-        elif isinstance(node, FxPoly):
-            shp = lava_shape(node.shape)
-            procs[name] = PolyNeuron(
-                shape=shp, coef=np.stack([to_lava(c) for c in node.coef]), shifts=node.shifts,
-                vth=to_lava(node.vth), v_reset=to_lava(node.v_reset), v_init=to_lava(node.v_init),
-                c_init=to_lava(node.c_init),
-                syn_decay=None if node.syn_decay is None else to_lava(node.syn_decay),
-                reset=node.reset, rounding=node.rounding, overflow=node.overflow,
-                in_shift=node.in_shift, state_bits=node.state_bits, acc_bits=node.acc_bits,
-                decay_bits=node.decay_bits, start=p.depth[name], name=name)
-        if isinstance(node, FxNeuron):
-            shp = lava_shape(node.shape)
-            sinks[name] = Sink(shape=shp, buffer=total)
-            procs[name].s_out.connect(sinks[name].a_in)
-            if record:
-                monitors[name] = {}
-                for var in node.state_names():
-                    m = Monitor()
-                    m.probe(target=getattr(procs[name], var), num_steps=total)
-                    monitors[name][var] = m
-    # Connections.
-    for s, d in graph.edges:
-        src, dst = graph.nodes[s], graph.nodes[d]
-        if dst.role == "synapse":
-            origin, flat = p.spike_src[d]
-            port = procs[origin].s_out
-            if flat and len(sched.shapes[origin]) == 3:
-                port = port.flatten()
-            port.connect(procs[d].s_in)
-        elif isinstance(dst, FxNeuron):
-            procs[s].a_out.connect(procs[d].a_in)
-        del src
-    return {"procs": procs, "sinks": sinks, "monitors": monitors, "deferred": deferred, "plan": p,
-            "input": sched.input_node}
+            w = np.ones((c, node.kernel_size[1], node.kernel_size[0], 1), dtype=np.int64)
+            kw: dict[str, Any] = {"padding": node.padding[::-1], "stride": node.stride[::-1], "groups": c}
+        else:
+            w = (node.weight << node.weight_exp).transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]
+            kw = {"padding": node.padding[::-1], "stride": node.stride[::-1],
+                  "dilation": node.dilation[::-1], "groups": node.groups}
+        w = np.ascontiguousarray(w).astype(np.int32 if fixed else np.float64)
+        return Conv(weight=w, input_shape=lava_shape(in_shape), name=name, **kw)
 
+    def _lif(self, name: str, node: FxLIF, fixed: bool) -> LIF:
+        shp = lava_shape(node.shape)
+        d = self.plan.depth[name]
+        unity = 2**node.decay_bits
+        if fixed:
+            par: dict[str, Any] = {"du": node.du, "dv": node.dv, "vth": node.vth,
+                                   "bias_mant": to_lava(node.bias_mant), "bias_exp": to_lava(node.bias_exp)}
+            u0, v0 = to_lava(node.u_init), to_lava(node.v_init)
+        else:  # Lava's float LIF in units of 2^vth_shift LSBs (it ignores bias_exp)
+            sc = 2.0**node.vth_shift
+            par = {"du": (node.du + 1) / unity, "dv": node.dv / unity, "vth": float(node.vth),
+                   "bias_mant": to_lava(node.bias).astype(np.float64) / sc, "bias_exp": np.zeros(shp)}
+            u0, v0 = to_lava(node.u_init) / sc, to_lava(node.v_init) / sc
+        if np.any(u0) or np.any(v0):
+            # LIFReset resets to 0: a non-zero initial state is set with Var.set at the start step.
+            proc = LIF(shape=shp, u=u0, v=v0, name=name, **par)
+            self.events.setdefault(d, []).extend([(proc.u, np.asarray(u0, np.float64)),
+                                                  (proc.v, np.asarray(v0, np.float64))])
+            return proc
+        # Zero u, v at the start of Lava step b * total + d: time_step (1-based) = d + 1 mod total.
+        return LIFReset(shape=shp, u=np.zeros(shp), v=np.zeros(shp), reset_interval=self.total,
+                        reset_offset=(d + 1) % self.total, name=name, **par)
 
-def to_lava_seq(x: np.ndarray) -> np.ndarray:
-    """(T, C, H, W) -> (T, W, H, C); (T, n) unchanged."""
-    return x.transpose(0, 3, 2, 1) if x.ndim == 4 else x
+    def _poly(self, name: str, node: FxPoly, fixed: bool) -> PolyNeuron:
+        shp = lava_shape(node.shape)
+        return PolyNeuron(
+            shape=shp, coef=np.stack([to_lava(c) for c in node.coef]), shifts=node.shifts,
+            vth=to_lava(node.vth), v_reset=to_lava(node.v_reset), v_init=to_lava(node.v_init),
+            c_init=to_lava(node.c_init),
+            syn_decay=None if node.syn_decay is None else to_lava(node.syn_decay),
+            reset=node.reset, rounding=node.rounding, overflow=node.overflow,
+            in_shift=node.in_shift, state_bits=node.state_bits, acc_bits=node.acc_bits,
+            decay_bits=node.decay_bits, start=self.plan.depth[name], period=self.total, name=name)
 
+    # -------------------------------------------------------------------------------- read back
 
-def _from_lava_seq(a: np.ndarray) -> np.ndarray:
-    """(T, W, H, C) -> (T, C, H, W)."""
-    return a.transpose(0, 3, 2, 1) if a.ndim == 4 else a
-
-
-def run_sample(graph: FxGraph, x: np.ndarray, *, record: bool = False,
-               layers: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """One sample x (T, *in_shape) through Lava; spikes (T, *shape) and states on fxsim's time base.
-
-    ``layers`` limits which neuron layers are read back (Lava's ``Var.get`` costs about 1 s per
-    25,000 values); default all."""
-    steps = x.shape[0]
-    p = plan(graph)
-    dmax = max(p.depth[n] for n in graph.neuron_names())
-    total = steps + dmax
-    h = _build(graph, x, total, record)
-    procs, deferred = h["procs"], h["deferred"]
-    src = procs[h["input"]]
-    cfg = Loihi2SimCfg(select_tag="fixed_pt")
-    try:
-        src.run(condition=RunSteps(num_steps=1), run_cfg=cfg)  # Lava step 0: every layer inert
-        k = 1
-        while k < total:
-            for name, vals in deferred.items():
-                if p.depth[name] == k:
-                    for var, val in vals.items():
-                        getattr(procs[name], var).set(np.asarray(val, dtype=np.float64))
-            n = 1 if k < dmax else total - k
-            src.run(condition=RunSteps(num_steps=n), run_cfg=cfg)
-            k += n
+    def read_sample(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+        """Spikes and states of the sample that just ran, on the contract's time base."""
         spikes: dict[str, np.ndarray] = {}
         states: dict[str, dict[str, np.ndarray]] = {}
-        for name, sink in h["sinks"].items():
-            if layers is not None and name not in layers:
-                continue
-            d = p.depth[name]
-            data = np.asarray(sink.data.get())  # (*lava_shape, total)
-            seq = np.moveaxis(data, -1, 0)[d : d + steps]
-            spikes[name] = _from_lava_seq(np.rint(seq).astype(np.int64)).astype(np.uint8)
-        for name, mons in h["monitors"].items():
-            if layers is not None and name not in layers:
-                continue
-            d = p.depth[name]
-            states[name] = {}
-            for var, m in mons.items():
-                arr = np.asarray(m.get_data()[name][var])  # (total, *lava_shape)
-                states[name][var] = _from_lava_seq(np.rint(arr[d : d + steps]).astype(np.int64))
+        fixed = self.tag == "fixed_pt"
+        for name, files in self.files.items():
+            node = self.graph.nodes[name]
+            assert isinstance(node, FxNeuron)
+            d, shp, nd = self.plan.depth[name], lava_shape(node.shape), len(node.shape)
+            for i, (q, path) in enumerate(files):
+                dt = np.uint8 if i == 0 else (np.int64 if fixed else np.float64)
+                mm = np.memmap(path, dtype=dt, mode="r", shape=(self.total, *shp))
+                seq = _from_lava_seq(np.array(mm[d : d + self.steps]), nd)
+                del mm
+                if i == 0:
+                    spikes[name] = seq
+                else:
+                    if isinstance(node, FxLIF) and not fixed:
+                        seq = seq * 2.0**node.vth_shift  # back to LSB units of the fixed-point state
+                    states.setdefault(name, {})[q] = seq
+        return spikes, states
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+def _check_input(x: Any, in_shape: tuple[int, ...]) -> np.ndarray:
+    xs = np.asarray(x)
+    if xs.ndim != 2 + len(in_shape) or tuple(xs.shape[2:]) != tuple(in_shape):
+        raise UserInputError(f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), "
+                             f"got {xs.shape}")
+    if xs.dtype != np.bool_ and (not np.issubdtype(xs.dtype, np.number) or not np.all((xs == 0) | (xs == 1))):
+        raise UserInputError("input must be binary spikes (0 or 1)")
+    return xs.astype(np.uint8)
+
+
+def _workdir() -> str:
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="lnm-lava-", dir=base)
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Lava forks its processes in the first ``run()``. A Ctrl-C reaches the whole process group;
+    Lava processes killed by it leave ``run()`` and ``stop()`` waiting forever. Forked while
+    SIGINT only sets a flag, they keep that handler: a later Ctrl-C raises KeyboardInterrupt in
+    this process alone, and the ``finally`` that stops the runtime can still talk to them. A
+    Ctrl-C during the first ``run()`` itself is raised when it returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def _note(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    old = signal.signal(signal.SIGINT, _note)
+    try:
+        yield
     finally:
-        src.stop()
-    return spikes, states
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
 
 
-def run_lava(graph: FxGraph, x: np.ndarray, *, record: bool = False, progress: bool = False) -> RunResult:
-    """Run every sample of x (samples, T, *in_shape) through Lava's fixed_pt models, one at a time."""
+def _run_network(net: _Network, cfg: Loihi2SimCfg, timings: LavaTimings, on_sample: Any) -> None:
+    """Run every sample of ``net``; always stops the runtime it started.
+
+    The first ``run()`` call compiles the network and starts the runtime; it runs a single step
+    so that its duration is (almost) all compile and start-up. ``create_runtime`` is not called
+    on its own: Lava 0.10's ``stop()`` hangs on a runtime that was initialised but never run.
+    """
+    src = net.source
+    first = True
+    try:
+        for _ in range(net.batch):
+            t0 = time.perf_counter()
+            k = 0
+            for stop in [*net.pauses, net.total]:
+                if first:
+                    first = False
+                    with _children_ignore_sigint():
+                        src.run(condition=RunSteps(num_steps=1), run_cfg=cfg)
+                    k = 1
+                    t1 = time.perf_counter()
+                    timings.compile_s += t1 - t0
+                    t0 = t1
+                if stop > k:
+                    src.run(condition=RunSteps(num_steps=stop - k), run_cfg=cfg)
+                    k = stop
+                for var, val in net.events.get(stop, ()) if stop < net.total else ():
+                    var.set(val)
+            t1 = time.perf_counter()
+            spikes, states = net.read_sample()
+            t2 = time.perf_counter()
+            timings.run_s += t1 - t0
+            timings.read_s += t2 - t1
+            timings.steps += net.total
+            timings.pauses += len(net.pauses)
+            on_sample(spikes, states)
+    finally:
+        rt = getattr(src, "_runtime", None)
+        if rt is not None and getattr(rt, "_is_started", False):
+            t0 = time.perf_counter()
+            src.stop()
+            timings.stop_s += time.perf_counter() - t0
+
+
+def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False, tag: str = "fixed_pt",
+        samples_per_network: int | None = None, layers: list[str] | None = None) -> tuple[RunResult, LavaTimings]:
+    """Run every sample of ``x`` (samples, T, *in_shape) through Lava; the result and the timings.
+
+    ``tag``: ``fixed_pt`` (bit-accurate, what ``run_lava`` uses) or ``floating_pt`` (Lava's float
+    models and ``PolyNeuron``'s float model: a different model, states in LSB units as float).
+    ``samples_per_network``: samples run by one compiled network (default: as many as fit in
+    ``CHUNK_BYTES`` of input; 1 compiles a fresh network per sample). ``layers``: the neuron
+    layers to record (default all; each is one more Lava process; the output layer always).
+    """
+    if tag not in TAGS:
+        raise UserInputError(f"tag must be one of {TAGS}, got {tag!r}")
     sched = graph.schedule()
-    xs = np.asarray(x).astype(np.int64)
-    it = range(xs.shape[0])
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="lava", unit="sample", leave=False)
-    per: list[tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]] = [
-        run_sample(graph, xs[b], record=record) for b in it
-    ]
-    spikes = {n: np.stack([s[n] for s, _ in per]) for n in per[0][0]}
-    states = {n: {k: np.stack([st[n][k] for _, st in per]) for k in per[0][1][n]} for n in per[0][1]}
+    p = plan(graph)
+    xs = _check_input(x, sched.shapes[sched.input_node])
+    batch, steps = xs.shape[:2]
+    names = graph.neuron_names()
     out_src = sched.inputs[sched.output_node][0][0]
-    return RunResult(output=spikes[out_src], spikes=spikes, states=states)
+    layers = list(names) if layers is None else [n for n in names if n in layers or n == out_src]
+    fixed = tag == "fixed_pt"
+    sdt = np.int64 if fixed else np.float64
+    spikes = {n: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.uint8) for n in layers}
+    states: dict[str, dict[str, np.ndarray]] = {}
+    if record:
+        for n in layers:
+            states[n] = {v: np.zeros((batch, steps, *sched.shapes[n]), dtype=sdt)
+                         for v in graph.nodes[n].state_names()}  # type: ignore[attr-defined]
+    timings = LavaTimings(samples=batch)
+    if batch and steps:
+        total = steps + p.max_depth
+        per_sample = int(np.prod(sched.shapes[sched.input_node])) * total * 8
+        chunk = max(1, min(batch, CHUNK_BYTES // max(per_sample, 1)))
+        if samples_per_network is not None:
+            chunk = max(1, min(chunk, int(samples_per_network)))
+        cfg = Loihi2SimCfg(select_tag=tag)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=batch, desc=f"lava ({tag})", unit="sample", leave=False)
+        b = 0
+
+        def store(sp: dict[str, np.ndarray], st: dict[str, dict[str, np.ndarray]]) -> None:
+            nonlocal b
+            for n, a in sp.items():
+                spikes[n][b] = a
+            for n, d in st.items():
+                for v, a in d.items():
+                    states[n][v][b] = a
+            b += 1
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            for lo in range(0, batch, chunk):
+                workdir = _workdir()
+                try:
+                    t0 = time.perf_counter()
+                    net = _Network(graph, p, xs[lo : lo + chunk], record=record, tag=tag, layers=layers,
+                                   workdir=workdir)
+                    timings.build_s += time.perf_counter() - t0
+                    timings.networks += 1
+                    _run_network(net, cfg, timings, store)
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            if bar is not None:
+                bar.close()
+    return RunResult(output=spikes[out_src], spikes=spikes, states=states), timings
+
+
+def run_lava(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
+    """Run ``graph`` on Lava's bit-accurate models (``Loihi2SimCfg(select_tag='fixed_pt')``).
+
+    Same signature, time base and result as ``lnm_deploy.fxsim.run_fx``: spikes of every neuron
+    layer (uint8) and, with ``record``, states as int64 (``u``, ``v`` for LIF; ``v`` and, with a
+    synapse, ``c`` for the polynomial neuron), each (samples, timesteps, *shape), after the reset.
+    """
+    return run(graph, x, record=record, progress=progress)[0]
+
+
+def run_lava_float(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
+    """The same network on Lava's ``floating_pt`` models (float Dense/Conv/LIF, ``PolyNeuron``'s
+    float model): the float model of the integers, not the chip. States come back as float64 in
+    LSB units of the fixed-point state (multiply by the layer's scale ``q`` for real units)."""
+    return run(graph, x, record=record, progress=progress, tag="floating_pt")[0]
+
+
+def run_sample(graph: FxGraph, x: np.ndarray, *, record: bool = False, layers: list[str] | None = None
+               ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """One sample x (T, *in_shape) on a freshly compiled network (kept for the benchmarks)."""
+    res, _ = run(graph, np.asarray(x)[None], record=record, layers=layers)
+    return ({n: s[0] for n, s in res.spikes.items()},
+            {n: {k: a[0] for k, a in d.items()} for n, d in res.states.items()})

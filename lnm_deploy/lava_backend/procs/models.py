@@ -1,16 +1,31 @@
-"""fixed_pt model of ``PolyNeuron`` (int64 numpy, ``docs/fixed-point.md`` section 5)."""
+"""Process models of ``PolyNeuron`` and ``Recorder``.
+
+* ``PyPolyNeuronModelFixed`` (``fixed_pt``): bit-accurate, int64 numpy, ``docs/fixed-point.md``
+  section 5, matched bit for bit by ``lnm_deploy.fxsim``.
+* ``PyPolyNeuronModelFloat`` (``floating_pt``): a *different* model of the same process, as
+  Lava's float LIF is of its LIF. Same ports and Vars, float64 arithmetic, no rounding and no
+  saturation: with the state on the integer grid (one LSB of ``v`` = ``q``),
+  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift``, which is
+  the dequantized neuron of the artifact's float graph divided by ``q``. It answers "what does
+  the float model of this network do", never "what does the chip do": do not compare it with
+  ``fixed_pt`` expecting equality.
+* ``PyRecorderModelFixed`` / ``PyRecorderModelFloat``: write spikes (uint8) and states (int64 /
+  float64) into the memory maps named by the process.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lnm_deploy.lava_backend.procs.process import PolyNeuron
+from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
 
 
 def _rshift(x: np.ndarray, s: int, mode: str) -> np.ndarray:
@@ -30,10 +45,31 @@ def _ovf(x: np.ndarray, bits: int, mode: str) -> np.ndarray:
     return ((x + half) & ((1 << bits) - 1)) - half
 
 
+class _PolyBase(PyLoihiProcessModel):
+    """Time base shared by both models: inert before ``start``, reset to the initial states at it."""
+
+    def _local_step(self) -> int:
+        period = self.proc_params["period"]
+        k = self.time_step - 1
+        return k % period if period > 0 else k
+
+    def _begin(self) -> bool:
+        """False (and zero spikes sent) while inert; resets the states at ``start``."""
+        p = self.proc_params
+        k = self._local_step()
+        if k < p["start"]:
+            self.s_out.send(np.zeros(self.v.shape, dtype=self.s_out_dtype))
+            return False
+        if k == p["start"]:
+            self.v[:] = p["v_init"]
+            self.c[:] = p["c_init"]
+        return True
+
+
 @implements(proc=PolyNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyPolyNeuronModelFixed(PyLoihiProcessModel):
+class PyPolyNeuronModelFixed(_PolyBase):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
     coef: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
@@ -42,13 +78,13 @@ class PyPolyNeuronModelFixed(PyLoihiProcessModel):
     syn_decay: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=17)
     v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
     c: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
+    s_out_dtype = np.int32
 
     def run_spk(self) -> None:
         a = self.a_in.recv().astype(np.int64)  # int32 sum of the synapses (wrap_32)
-        p = self.proc_params
-        if self.time_step - 1 < p["start"]:
-            self.s_out.send(np.zeros(self.v.shape, dtype=np.int32))
+        if not self._begin():
             return
+        p = self.proc_params
         S, R, rnd, ovf = p["state_bits"], p["acc_bits"], p["rounding"], p["overflow"]
         x = a << p["in_shift"]
         if p["has_synapse"]:
@@ -68,3 +104,92 @@ class PyPolyNeuronModelFixed(PyLoihiProcessModel):
         else:
             self.v[:] = np.where(s, _ovf(vp - self.vth, S, ovf), vp)
         self.s_out.send(s.astype(np.int32))
+
+
+@implements(proc=PolyNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyPolyNeuronModelFloat(_PolyBase):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    coef: np.ndarray = LavaPyType(np.ndarray, float)
+    vth: np.ndarray = LavaPyType(np.ndarray, float)
+    v_reset: np.ndarray = LavaPyType(np.ndarray, float)
+    syn_decay: np.ndarray = LavaPyType(np.ndarray, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    c: np.ndarray = LavaPyType(np.ndarray, float)
+    s_out_dtype = float
+
+    def run_spk(self) -> None:
+        a = np.asarray(self.a_in.recv(), dtype=np.float64)
+        if not self._begin():
+            return
+        p = self.proc_params
+        x = a * 2.0 ** p["in_shift"]
+        if p["has_synapse"]:
+            self.c[:] = self.c * (1.0 - self.syn_decay / 2.0 ** p["decay_bits"]) + x
+        else:
+            self.c[:] = x
+        shifts = p["shifts"]
+        h = np.broadcast_to(self.coef[-1], self.v.shape).astype(np.float64)
+        for k in range(len(shifts) - 1, -1, -1):
+            h = h * self.v * 2.0 ** -shifts[k] + self.coef[k]
+        vp = h + self.c
+        s = vp > self.vth
+        if p["reset"] == "value":
+            self.v[:] = np.where(s, self.v_reset, vp)
+        else:
+            self.v[:] = np.where(s, vp - self.vth, vp)
+        self.s_out.send(s.astype(np.float64))
+
+
+class _RecorderBase(PyLoihiProcessModel):
+    state_dtype: type = np.int64
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        self._maps: list[np.memmap] | None = None
+
+    def _open(self) -> list[np.memmap]:
+        if self._maps is None:
+            p = self.proc_params
+            shape = (p["length"], *p["shape"])
+            dtypes = [np.uint8] + [self.state_dtype] * p["n_refs"]
+            self._maps = [np.memmap(f, dtype=d, mode="r+", shape=shape) for f, d in zip(p["files"], dtypes, strict=True)]
+        return self._maps
+
+    def _row(self) -> int:
+        return (self.time_step - 1) % self.proc_params["length"]
+
+    def run_spk(self) -> None:
+        s = self.s_in.recv()
+        self._open()[0][self._row()] = s != 0
+
+    def post_guard(self) -> bool:
+        return self.proc_params["n_refs"] > 0
+
+    def run_post_mgmt(self) -> None:
+        maps = self._open()
+        row = self._row()
+        for i in range(self.proc_params["n_refs"]):
+            maps[1 + i][row] = getattr(self, f"ref_{i}").read()
+
+
+@implements(proc=Recorder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyRecorderModelFixed(_RecorderBase):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    ref_0: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int64)
+    ref_1: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int64)
+    state_dtype = np.int64
+
+
+@implements(proc=Recorder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyRecorderModelFloat(_RecorderBase):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    ref_0: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+    ref_1: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+    state_dtype = np.float64

@@ -149,7 +149,7 @@ def _replay(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end:
     theta = [theta0] + [p(dyn, k) for k in range(1, degree + 1)]
     decay = None if dyn.syn_decay is None else float(dyn.syn_decay.reshape(-1)[flat])
     v_th = float(thr.v_th.reshape(-1)[flat])  # type: ignore[union-attr]
-    v_reset = float(thr.v_reset.reshape(-1)[flat])  # type: ignore[union-attr]
+    v_reset = float(thr.v_reset.reshape(-1)[flat])
     v = c = 0.0
     s = 0
     for t in range(t_end + 1):

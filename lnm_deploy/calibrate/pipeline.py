@@ -25,6 +25,7 @@ import numpy as np
 
 from lnm_deploy import __version__
 from lnm_deploy.artifact import Artifact
+from lnm_deploy.calibrate.calibrators import ClipRange
 from lnm_deploy.calibrate.compare import compare_spikes, first_divergence, sqnr_db
 from lnm_deploy.calibrate.quantize import NeuronRange, Quantized, WeightClip, quantize
 from lnm_deploy.calibrate.recipes import Recipe, collect_with_recipe
@@ -94,11 +95,11 @@ def _weight_clip(recipe: Recipe, bits: int, factors: dict[str, float], notes: li
 
     def clip(name: str, w: Array) -> float:
         c = recipe.calibrate_weight(w, bits)
-        value = float(getattr(c, "clip", 0.0)) if hasattr(c, "clip") else float(np.max(c.clips))  # type: ignore[union-attr]
-        if not hasattr(c, "clip"):
-            notes.append(f"{name}: per-channel weight clips reduced to one per layer (one weight exponent "
-                         "per Dense/Conv on the target)")
-        return value * factors.get(name, 1.0)
+        if isinstance(c, ClipRange):
+            return float(c.clip) * factors.get(name, 1.0)
+        notes.append(f"{name}: per-channel weight clips reduced to one per layer (one weight exponent "
+                     "per Dense/Conv on the target)")
+        return float(np.max(c.clips)) * factors.get(name, 1.0)
 
     return clip
 

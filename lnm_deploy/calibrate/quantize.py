@@ -41,6 +41,7 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxOutput,
     FxPoly,
+    Rounding,
     dense_weight_grid,
     sign_mode_of,
 )
@@ -396,7 +397,7 @@ def lif_fit(theta: Array, values: Array, weights: Array) -> tuple[float, float, 
 
 
 def quantize(graph: Graph, ranges: dict[str, NeuronRange], target: Target, *, weight_clip: WeightClip,
-             margin: float = 1.25, rounding: str = "nearest") -> Quantized:
+             margin: float = 1.25, rounding: Rounding = "nearest") -> Quantized:
     """Quantize ``graph`` for ``target`` (see the module docstring)."""
     sched = graph.schedule()
     neurons = [n for n in sched.order if isinstance(graph.nodes[n], Neuron)]
@@ -480,7 +481,7 @@ def _uniform(a: Array | None) -> bool:
 
 
 def _quantize_layer(n: str, node: Neuron, syns: list[Synapse], bias_v: Array, rng: NeuronRange,
-                    target: Target, weight_clip: WeightClip, margin: float, rounding: str):
+                    target: Target, weight_clip: WeightClip, margin: float, rounding: Rounding):
     """One neuron layer: choose the primitive, scales and integers."""
     approx: list[str] = []
     has_syn = node.syn_decay is not None
@@ -540,7 +541,7 @@ def _quantize_layer(n: str, node: Neuron, syns: list[Synapse], bias_v: Array, rn
 
 
 def _poly_layer(n: str, node: Neuron, syns: list[Synapse], theta: Array, v_th: Array, v_abs: float,
-                c_abs: float, target: Target, weight_clip: WeightClip, rounding: str, approx: list[str]):
+                c_abs: float, target: Target, weight_clip: WeightClip, rounding: Rounding, approx: list[str]):
     spec = target.poly
     assert spec is not None
     s_max = 2.0 ** (spec.state_bits - 1) - 1
@@ -630,7 +631,7 @@ def _lif_layer(n: str, node: Neuron, syns: list[Synapse], lin: Array, v_th: Arra
                act_shift=spec.act_shift)
     bias_real = bias_mant * 2.0**bias_exp * q
     ir = Neuron(shape=shape, poly=np.stack([bias_real, np.full_like(bias_real, 1.0 - dv / unity)]).reshape(2, *shape),
-                v_th=np.full(shape, vth * 2.0**spec.vth_shift * q), v_reset=0.0, reset="value",
+                v_th=np.full(shape, vth * 2.0**spec.vth_shift * q), v_reset=np.zeros(shape), reset="value",
                 syn_decay=None if node.syn_decay is None else np.full(shape, (unity - du - 1) / unity),
                 dt=node.dt)
     rec = LayerRecord(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import DTypeLike
 
 from lnm_deploy.errors import NumericError, UnsupportedError, UserInputError
 from lnm_deploy.ir import (
@@ -64,7 +65,7 @@ def conv2d(x: Array, w: Array, bias: Array | None, stride: tuple[int, int], padd
     if any(padding):
         x = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
     cout, cin_g, kh, kw = w.shape
-    win = sliding_window_view(x, (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1), axis=(2, 3))
+    win = sliding_window_view(x, (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1), axis=(2, 3))  # type: ignore[call-overload]
     win = win[:, :, :: stride[0], :: stride[1], :: dilation[0], :: dilation[1]]  # B,C,Ho,Wo,kh,kw
     outs = []
     cout_g = cout // groups
@@ -84,7 +85,7 @@ def pool2d(x: Array, node: _Pool2d, average: bool) -> Array:
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     assert node.stride is not None
-    win = sliding_window_view(x, node.kernel_size, axis=(2, 3))[:, :, :: node.stride[0], :: node.stride[1]]
+    win = sliding_window_view(x, node.kernel_size, axis=(2, 3))[:, :, :: node.stride[0], :: node.stride[1]]  # type: ignore[call-overload]
     y = win.sum(axis=(-2, -1))
     if average:
         y = y / float(node.kernel_size[0] * node.kernel_size[1])
@@ -97,7 +98,7 @@ Step = Callable[[Array], Array]
 class _NeuronState:
     """Per-run state and step function of one Neuron node."""
 
-    def __init__(self, node: Neuron, batch: int, dtype: type) -> None:
+    def __init__(self, node: Neuron, batch: int, dtype: DTypeLike) -> None:
         self.node = node
         self.v = np.zeros((batch, *node.shape), dtype=dtype)
         self.c = np.zeros((batch, *node.shape), dtype=dtype) if node.syn_decay is not None else None
@@ -124,14 +125,14 @@ class _NeuronState:
             return v_pre
         s = v_pre > self.v_th
         if self.node.reset == "value":
-            self.v = np.where(s, self.v_reset, v_pre)
+            self.v = np.where(s, self.node.v_reset.astype(v_pre.dtype), v_pre)
         else:
             self.v = np.where(s, v_pre - self.v_th, v_pre)
         self.s = s
         return s.astype(v_pre.dtype)
 
 
-def stateless_step(name: str, node: Node, dtype: type) -> Step:
+def stateless_step(name: str, node: Node, dtype: DTypeLike) -> Step:
     if isinstance(node, (Input, Output)):
         return lambda x: x
     if isinstance(node, Affine):
@@ -161,7 +162,7 @@ def stateless_step(name: str, node: Node, dtype: type) -> Step:
 
 
 def initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], batch: int,
-                    dtype: type) -> dict[str, Array]:
+                    dtype: DTypeLike) -> dict[str, Array]:
     """What back edges deliver at t = 0: every node's output at a virtual step t = -1 in which the
     input is zero and every neuron shows its initial output (no spike, v = 0). So a recurrent
     Affine contributes its bias from the first step on, as in snnTorch and as a bias folded into
@@ -180,7 +181,7 @@ def initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], bat
     return vals
 
 
-def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.float64,
+def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike = np.float64,
               progress: bool = False) -> RunResult:
     """Run ``graph`` on ``x`` shaped (batch, timesteps, *input_shape); see ``RunResult``."""
     sched = graph.schedule()
@@ -205,8 +206,8 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: type = np.
         else:
             steps_fn[name] = stateless_step(name, node, dtype)
 
-    spiking = [n for n in sched.order if isinstance(graph.nodes[n], Threshold)
-               or (isinstance(graph.nodes[n], Neuron) and graph.nodes[n].spiking)]  # type: ignore[union-attr]
+    spiking = [n for n, node in ((n, graph.nodes[n]) for n in sched.order)
+               if isinstance(node, Threshold) or (isinstance(node, Neuron) and node.spiking)]
     spikes = {n: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.uint8) for n in spiking}
     states: dict[str, dict[str, Array]] = {}
     if record:

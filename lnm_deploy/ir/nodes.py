@@ -280,9 +280,10 @@ class Neuron(Node):
     shape: Shape
     poly: np.ndarray
     v_th: np.ndarray | None
-    v_reset: np.ndarray | None = None
+    # None (the default) is filled in by __post_init__: 0 and 1, full-shape; never None after it.
+    v_reset: np.ndarray = None  # type: ignore[assignment]
     reset: ResetMode = "value"
-    in_gain: np.ndarray | None = None
+    in_gain: np.ndarray = None  # type: ignore[assignment]
     syn_decay: np.ndarray | None = None
     syn_gain: np.ndarray | None = None
     dt: float = 1.0
@@ -304,8 +305,8 @@ class Neuron(Node):
             poly = poly.reshape(-1, *([1] * len(self.shape)))
         self.poly = np.broadcast_to(poly, (poly.shape[0], *self.shape)).copy()
         self.v_th = full(self.v_th, None)
-        self.v_reset = full(self.v_reset, 0.0)
-        self.in_gain = full(self.in_gain, 1.0)
+        self.v_reset = full(self.v_reset, 0.0)  # type: ignore[assignment]
+        self.in_gain = full(self.in_gain, 1.0)  # type: ignore[assignment]
         if self.syn_decay is not None:
             self.syn_decay = full(self.syn_decay, None)
             self.syn_gain = full(self.syn_gain, 1.0)

@@ -346,7 +346,7 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
     full = lambda a: np.broadcast_to(np.asarray(a, dtype=np.float64), shape)  # noqa: E731
     spiking = t in ("LIF", "CubaLIF", "IF")
     v_th = full(p["v_threshold"]) if spiking else None
-    v_reset = full(p["v_reset"]) if spiking and "v_reset" in p else None
+    v_reset = full(p["v_reset"]) if spiking and "v_reset" in p else np.zeros(shape)
     meta: dict[str, Any] = {"nir_type": t}
     if node.metadata:
         meta["nir_metadata"] = _plain(node.metadata)

@@ -7,7 +7,7 @@ can be drawn; callers skip them (and say so) otherwise.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,7 @@ def range_traces(traces: dict[str, tuple[Sequence[int], Sequence[float]]]) -> by
     return _png(fig)
 
 
-def agreement_bars(layers: Sequence[str], values: dict[str, Sequence[float]], ylabel: str, title: str) -> bytes:
+def agreement_bars(layers: Sequence[str], values: Mapping[str, Sequence[float]], ylabel: str, title: str) -> bytes:
     """Grouped bars per layer: one bar per series (e.g. fxsim and Lava agreement with float)."""
     fig = _fig()
     ax = fig.add_subplot(111)

@@ -28,6 +28,7 @@ from lnm_deploy.fixedpoint.nodes import (
     Shape,
 )
 from lnm_deploy.ir import Graph, Input, Output, Schedule
+from lnm_deploy.ir.graph import chain
 from lnm_deploy.ir.nodes import Node
 
 
@@ -132,25 +133,9 @@ class FxGraph:
         """Neuron layers in execution order (every one is spiking)."""
         return [n for n in self.schedule().order if isinstance(self.nodes[n], FxNeuron)]
 
-    def predecessors(self, name: str) -> list[str]:
-        return [s for s, d in self.edges if d == name]
-
-    def successors(self, name: str) -> list[str]:
-        return [d for s, d in self.edges if s == name]
-
 
 def fx_sequential(layers: list[tuple[str, FxNode]], input_shape: Shape, *, target: str = "",
                   metadata: dict[str, Any] | None = None) -> FxGraph:
     """Chain ``input -> layers... -> output`` (a convenience for tests and quantizers)."""
-    nodes: dict[str, FxNode] = {"input": FxInput(shape=input_shape)}
-    edges: list[tuple[str, str]] = []
-    prev = "input"
-    for name, node in layers:
-        if name in nodes or name == "output":
-            raise GraphError("duplicate node name", node=name)
-        nodes[name] = node
-        edges.append((prev, name))
-        prev = name
-    nodes["output"] = FxOutput()
-    edges.append((prev, "output"))
+    nodes, edges = chain(layers, FxInput(shape=input_shape), FxOutput())
     return FxGraph(nodes=nodes, edges=edges, target=target, metadata=dict(metadata or {}))

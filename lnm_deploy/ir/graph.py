@@ -38,9 +38,6 @@ class Graph:
     def predecessors(self, name: str) -> list[str]:
         return [s for s, d in self.edges if d == name]
 
-    def successors(self, name: str) -> list[str]:
-        return [d for s, d in self.edges if s == name]
-
     def _single(self, cls: type[Node]) -> str:
         found = [n for n, node in self.nodes.items() if isinstance(node, cls)]
         if len(found) != 1:
@@ -129,24 +126,24 @@ class Graph:
             raise GraphError("the Output node cannot have outgoing edges", node=out)
         return Schedule(order=order, inputs=inputs, shapes=shapes, input_node=inp, output_node=out)
 
-    def neuron_names(self) -> list[str]:
-        from lnm_deploy.ir.nodes import Neuron
 
-        order = self.schedule().order
-        return [n for n in order if isinstance(self.nodes[n], Neuron)]
-
-
-def sequential(layers: list[tuple[str, Node]], input_shape: Shape, metadata: dict[str, Any] | None = None) -> Graph:
-    """Build a chain ``input -> layers... -> output`` (a convenience for tests and exporters)."""
-    nodes: dict[str, Node] = {"input": Input(shape=input_shape)}
+def chain(layers: list[tuple[str, Any]], input_node: Any, output_node: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Nodes and edges of the chain ``input -> layers... -> output`` (for both IRs)."""
+    nodes: dict[str, Any] = {"input": input_node}
     edges: list[tuple[str, str]] = []
     prev = "input"
     for name, node in layers:
-        if name in nodes:
+        if name in nodes or name == "output":
             raise GraphError("duplicate node name", node=name)
         nodes[name] = node
         edges.append((prev, name))
         prev = name
-    nodes["output"] = Output()
+    nodes["output"] = output_node
     edges.append((prev, "output"))
+    return nodes, edges
+
+
+def sequential(layers: list[tuple[str, Node]], input_shape: Shape, metadata: dict[str, Any] | None = None) -> Graph:
+    """Build a chain ``input -> layers... -> output`` (a convenience for tests and exporters)."""
+    nodes, edges = chain(layers, Input(shape=input_shape), Output())
     return Graph(nodes=nodes, edges=edges, metadata=dict(metadata or {}))

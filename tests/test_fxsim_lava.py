@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from lnm_deploy.errors import UnsupportedError
 from lnm_deploy.fixedpoint import FxDense, FxGraph, FxLIF, fx_sequential
 from lnm_deploy.fxsim import compare_runs, run_fx
+from lnm_deploy.fxsim.sim import load_kernels
 
 if sys.version_info[:2] != (3, 10):
     pytest.skip("lava-nc 0.10 installs on Python 3.10 only", allow_module_level=True)
@@ -26,13 +27,14 @@ if sys.version_info[:2] != (3, 10):
 from lnm_deploy.lava_backend import run_lava
 
 pytestmark = [pytest.mark.lava, pytest.mark.slow]
+KERNELS = ["numpy"] + (["numba"] if load_kernels("auto") is not None else [])
 
 
 def assert_bit_exact(graph: FxGraph, x: np.ndarray) -> None:
-    ref = run_fx(graph, x, record=True)
     got = run_lava(graph, x, record=True)
-    m = compare_runs(ref, got, order=graph.neuron_names())
-    assert m is None, f"fxsim vs Lava: {m}"
+    for kernels in KERNELS:
+        m = compare_runs(run_fx(graph, x, record=True, kernels=kernels), got, order=graph.neuron_names())
+        assert m is None, f"fxsim ({kernels} kernels) vs Lava: {m}"
 
 
 @settings(max_examples=30)
@@ -83,9 +85,7 @@ def test_lif_wrap_and_saturation_edges() -> None:
         u = ref.states["l"]["u"]
         if exp == 11:  # the edge cases are actually reached
             assert u.max() == 2**23 or u.min() < -(2**22)
-        got = run_lava(g, x, record=True)
-        m = compare_runs(ref, got, order=["l"])
-        assert m is None, f"weight_exp={exp}: {m}"
+        assert_bit_exact(g, x)
 
 
 def test_weights_lava_clips_and_truncates() -> None:
@@ -97,9 +97,7 @@ def test_weights_lava_clips_and_truncates() -> None:
             g = fx_sequential([("d", FxDense(weight=ww, num_weight_bits=bits, sign_mode=mode)),
                                ("l", FxLIF(shape=(2,), du=4095, dv=4095, vth=0))], (8,))
             ref = run_fx(g, x, record=True)
-            got = run_lava(g, x, record=True)
-            m = compare_runs(ref, got, order=["l"])
-            assert m is None, f"{mode} {bits} bits: {m}"
+            assert_bit_exact(g, x)
             # u = a << 6 exposes the effective weight of each input column directly
             eff = g.nodes["d"].effective_weight()  # type: ignore[attr-defined]
             assert np.array_equal(ref.states["l"]["u"][0, :8].T, eff << 6)

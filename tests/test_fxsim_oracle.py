@@ -2,6 +2,8 @@
 
 The oracle below uses Python ints and lists only (no numpy), one sample, one neuron at a time,
 following the numbered steps of the contract. It reuses only the graph's schedule (topology).
+Every configuration of fxsim is checked: both engines, the layer engine's chunking, and the numpy
+and (when numba is installed) compiled kernels.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from fx_nets import random_conv_net, random_dense_net, spikes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lnm_deploy.errors import GraphError, UserInputError
+from lnm_deploy.errors import DependencyError, GraphError, UserInputError
 from lnm_deploy.fixedpoint import (
     FxConv2d,
     FxDense,
@@ -26,6 +28,10 @@ from lnm_deploy.fixedpoint import (
     fx_sequential,
 )
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
+from lnm_deploy.fxsim.sim import load_kernels
+
+# The compiled kernels are part of the reference environment; without numba only numpy runs.
+KERNELS = ["numpy"] + (["numba"] if load_kernels("auto") is not None else [])
 
 # ------------------------------------------------------------------------ oracle: section 1
 
@@ -275,14 +281,21 @@ def check_against_oracle(graph: FxGraph, x: np.ndarray) -> None:
     batch, steps = x.shape[:2]
     o_spk, o_sts = as_arrays(graph, *oracle(graph, x), batch, steps)
     order = graph.neuron_names()
-    engines = ["step"] if any(d for ins in graph.schedule().inputs.values() for _, d in ins) else ["layer", "step"]
-    for engine in engines:
-        res = run_fx(graph, x, record=True, engine=engine)
-        m = first_mismatch(o_spk, res.spikes, order=order)
-        assert m is None, f"[{engine}] {m}"
-        for layer in order:
-            m = first_mismatch(o_sts[layer], res.states[layer], quantity=f"{layer} state")
-            assert m is None, f"[{engine}] layer {layer}: {m}"
+    recurrent = any(d for ins in graph.schedule().inputs.values() for _, d in ins)
+    configs = [("step", None)] + ([] if recurrent else [("layer", None), ("layer", 3)])  # chunks of 3 steps
+    for kernels in KERNELS:
+        for engine, chunk in configs:
+            res = run_fx(graph, x, record=True, engine=engine, chunk=chunk, kernels=kernels)
+            cfg = f"[{engine} engine, chunk {chunk}, {kernels} kernels]"
+            m = first_mismatch(o_spk, res.spikes, order=order)
+            assert m is None, f"{cfg} {m}"
+            for layer in order:
+                m = first_mismatch(o_sts[layer], res.states[layer], quantity=f"{layer} state")
+                assert m is None, f"{cfg} layer {layer}: {m}"
+            # without record, the compiled kernels take another path through their loops
+            m = first_mismatch(o_spk, run_fx(graph, x, engine=engine, chunk=chunk, kernels=kernels).spikes,
+                               order=order)
+            assert m is None, f"{cfg} without record: {m}"
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -353,10 +366,47 @@ def test_engines_agree_on_larger_network() -> None:
     rng = np.random.default_rng(7)
     g = random_dense_net(rng, recurrent=False, wild=False, max_width=64, max_layers=3)
     x = spikes(rng, 8, 40, g.input_shape)
-    a = run_fx(g, x, record=True, engine="layer")
-    b = run_fx(g, x, record=True, engine="step")
-    m = compare_runs(a, b, order=g.neuron_names())
-    assert m is None, str(m)
+    a = run_fx(g, x, record=True, engine="layer", kernels="numpy")
+    for kernels in KERNELS:
+        for engine, chunk in (("layer", None), ("layer", 7), ("step", None)):
+            b = run_fx(g, x, record=True, engine=engine, chunk=chunk, kernels=kernels)
+            m = compare_runs(a, b, order=g.neuron_names())
+            assert m is None, f"[{engine}, chunk {chunk}, {kernels}] {m}"
+
+
+def test_dense_spikes_take_blas_and_agree() -> None:
+    """Above EVENTS_MAX_DENSITY the compiled path hands Dense to BLAS; results do not change."""
+    rng = np.random.default_rng(3)
+    g = fx_sequential([("d", FxDense(weight=rng.integers(-128, 128, (40, 30)))),
+                       ("l", FxLIF(shape=(40,), du=100, dv=300, vth=20))], (30,))
+    for p in (0.05, 0.9):
+        x = (rng.random((3, 20, 30)) < p).astype(np.uint8)
+        a = run_fx(g, x, record=True, kernels="numpy")
+        for kernels in KERNELS:
+            m = compare_runs(a, run_fx(g, x, record=True, kernels=kernels), order=["l"])
+            assert m is None, f"[density {p}, {kernels}] {m}"
+
+
+def test_kernels_option() -> None:
+    import sys
+
+    g = fx_sequential([("d", FxDense(weight=np.ones((2, 3), int))), ("l", FxLIF(shape=(2,)))], (3,))
+    x = np.ones((1, 2, 3), np.uint8)
+    with pytest.raises(UserInputError, match="kernels must be one of"):
+        run_fx(g, x, kernels="cuda")
+    with pytest.raises(UserInputError, match="chunk"):
+        run_fx(g, x, chunk=0)
+    saved = sys.modules.get("lnm_deploy.fxsim.kernels")
+    sys.modules["lnm_deploy.fxsim.kernels"] = None  # type: ignore[assignment]  # import now fails
+    try:
+        with pytest.raises(DependencyError, match="numba"):
+            run_fx(g, x, kernels="numba")
+        assert run_fx(g, x, kernels="auto").output.shape == (1, 2, 2)  # falls back to numpy
+    finally:
+        if saved is None:
+            del sys.modules["lnm_deploy.fxsim.kernels"]
+        else:
+            sys.modules["lnm_deploy.fxsim.kernels"] = saved
 
 
 def test_rejects_non_binary_input_and_bad_shapes() -> None:

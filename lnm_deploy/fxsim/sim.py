@@ -2,9 +2,12 @@
 
 Two engines compute the same integers:
 
-* ``layer`` (feed-forward graphs): each node runs over *all* timesteps at once, in schedule
-  order. A synapse's whole input sequence is known, so its products are one BLAS call on
-  (timesteps * batch, fan_in). Neurons then loop over time on (batch, *shape) states.
+* ``layer`` (feed-forward graphs): time is cut into chunks of a few timesteps; within a chunk
+  each node runs over all of the chunk's timesteps at once, in schedule order. A synapse's input
+  for the chunk is known, so its products are one BLAS call on (chunk * batch, fan_in). Neurons
+  then loop over the chunk's steps on (batch, *shape) states, which carry over to the next
+  chunk. Chunks of about ``CHUNK_ROWS`` rows keep BLAS efficient while the per-chunk buffers
+  (allocated once per run and reused) stay in cache.
 * ``step`` (any graph, needed for recurrence): every node once per timestep, like the float
   executor.
 
@@ -19,14 +22,15 @@ oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard both engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lnm_deploy.errors import UnsupportedError, UserInputError
+from lnm_deploy.errors import DependencyError, UnsupportedError, UserInputError
 from lnm_deploy.execute import RunResult
 from lnm_deploy.fixedpoint.arith import overflow, rshift, shift_exp, trunc_mul_shift, wrap
 from lnm_deploy.fixedpoint.graph import FxGraph
@@ -47,11 +51,23 @@ from lnm_deploy.ir import Schedule
 Array = np.ndarray
 F32_EXACT = 2**24
 F64_EXACT = 2**53
+CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
+# Above this fraction of inputs spiking, a BLAS product beats the event-driven Dense kernel (below
+# it BLAS is not faster, and its spinning threads slow the parallel kernels that follow).
+EVENTS_MAX_DENSITY = 0.5
+
+
+def _scratch(buf: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
+    """``buf`` if it can hold ``shape`` (leading rows may be fewer), else a new array."""
+    if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+        return np.empty(shape, dtype=dtype)
+    return buf
 
 
 @dataclass
 class _Val:
-    """Exact integers in ``a`` (float32, float64 or int64) with ``|a| <= bound`` proven statically."""
+    """Exact integers in ``a`` (float32, float64, int32 or int64) with ``|a| <= bound`` proven
+    statically (int32 only below ``2**31``)."""
 
     a: Array
     bound: int
@@ -73,7 +89,7 @@ def _finish_synapse(acc: _Val, weight_exp: int, out_bits: int) -> _Val:
     a, bound = acc.a, acc.bound
     if weight_exp != 0:
         new_bound = bound << weight_exp if weight_exp > 0 else bound >> (-weight_exp)
-        if a.dtype != np.int64 and (bound << max(weight_exp, 0)) < (F32_EXACT if a.dtype == np.float32 else F64_EXACT):
+        if a.dtype.kind == "f" and (bound << max(weight_exp, 0)) < (F32_EXACT if a.dtype == np.float32 else F64_EXACT):
             a = a * np.asarray(2.0**weight_exp, dtype=a.dtype)
             if weight_exp < 0:
                 a = np.floor(a)
@@ -89,23 +105,50 @@ def _finish_synapse(acc: _Val, weight_exp: int, out_bits: int) -> _Val:
 class _Synapse:
     bound: int
 
-    def __call__(self, s: Array) -> _Val:  # s: (N, *in_shape) of 0/1
+    def __call__(self, s: Array, reuse: bool = False) -> _Val:
+        """Products for spikes ``s`` (N, *in_shape) of 0/1. ``reuse``: the result may live in a
+        buffer that the next call overwrites (the layer engine consumes it before then)."""
         raise NotImplementedError
 
 
 class _Dense(_Synapse):
-    def __init__(self, node: FxDense) -> None:
+    def __init__(self, node: FxDense, kern: Any = None) -> None:
         w = node.effective_weight()
         self.node = node
         self.bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
         dt = _float_for(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
         self.wt: Array = np.ascontiguousarray(w.T.astype(self.dtype))
+        # Event-driven accumulation in int32 is exact while every partial sum stays below 2**31.
+        self.kern = kern if self.bound < 2**31 else None
+        self.w32: Array | None = np.ascontiguousarray(w.T.astype(np.int32)) if self.kern is not None else None
+        self._in: Array | None = None
+        self._out: Array | None = None
+        self._out32: Array | None = None
 
-    def __call__(self, s: Array) -> _Val:
+    def __call__(self, s: Array, reuse: bool = False) -> _Val:
         x = s.reshape(s.shape[0], -1)
-        acc = _Val(x.astype(self.dtype, copy=False) @ self.wt, self.bound)
-        return _finish_synapse(acc, self.node.weight_exp, self.node.out_bits)
+        rows = x.shape[0]
+        if self.kern is not None and np.count_nonzero(x) <= EVENTS_MAX_DENSITY * x.size:
+            x = np.ascontiguousarray(x)
+            if reuse:
+                self._out32 = _scratch(self._out32, (rows, self.wt.shape[1]), np.int32)
+                acc = self._out32[:rows]
+            else:
+                acc = np.empty((rows, self.wt.shape[1]), np.int32)
+            with self.kern.LOCK:
+                self.kern.dense_events(x, self.w32, acc)
+        elif reuse:
+            # Fresh multi-megabyte arrays cost a page fault per 4 KiB page on first touch, which
+            # is as slow as the product itself; the layer engine's chunks reuse two buffers.
+            self._in = _scratch(self._in, x.shape, self.dtype)
+            self._out = _scratch(self._out, (rows, self.wt.shape[1]), self.dtype)
+            xin, acc = self._in[:rows], self._out[:rows]
+            np.copyto(xin, x)
+            np.matmul(xin, self.wt, out=acc)
+        else:
+            acc = x.astype(self.dtype, copy=False) @ self.wt
+        return _finish_synapse(_Val(acc, self.bound), self.node.weight_exp, self.node.out_bits)
 
 
 class _Conv(_Synapse):
@@ -117,7 +160,7 @@ class _Conv(_Synapse):
         self.dtype: Any = dt if dt is not None else np.int64
         self.w: Array = w.astype(self.dtype)
 
-    def __call__(self, s: Array) -> _Val:
+    def __call__(self, s: Array, reuse: bool = False) -> _Val:
         n = self.node
         x: Array = s.astype(self.dtype, copy=False)
         ph, pw = n.padding
@@ -142,7 +185,7 @@ class _SumPool(_Synapse):
         self.node = node
         self.bound = node.kernel_size[0] * node.kernel_size[1]
 
-    def __call__(self, s: Array) -> _Val:
+    def __call__(self, s: Array, reuse: bool = False) -> _Val:
         n = self.node
         x = s.astype(np.int64)
         ph, pw = n.padding
@@ -153,9 +196,9 @@ class _SumPool(_Synapse):
         return _finish_synapse(_Val(win.sum(axis=(-2, -1)), self.bound), 0, n.out_bits)
 
 
-def _make_synapse(name: str, node: FxNode) -> _Synapse:
+def _make_synapse(name: str, node: FxNode, kern: Any) -> _Synapse:
     if isinstance(node, FxDense):
-        return _Dense(node)
+        return _Dense(node, kern)
     if isinstance(node, FxConv2d):
         return _Conv(node)
     if isinstance(node, FxSumPool2d):
@@ -168,7 +211,7 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
     bound = sum(v.bound for v in vals)
     if len(vals) == 1 and bound < 2**31:
         return vals[0]
-    if bound < 2**31 and all(v.a.dtype != np.int64 for v in vals):
+    if bound < 2**31 and all(v.a.dtype.kind == "f" for v in vals):
         dt = _float_for(bound) or np.float64
         total: Array = vals[0].a.astype(dt)
         for v in vals[1:]:
@@ -186,19 +229,33 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
 # --------------------------------------------------------------------------------------- neurons
 
 
+_NO_REC = np.zeros((1, 1, 1), dtype=np.int64)  # the kernels' record arrays when not recording
+
+
 def _full(a: Array | int, shape: tuple[int, ...], dtype: Any) -> Array:
-    """A C-contiguous copy of ``a`` broadcast to ``shape`` (in-place ufuncs on strided or
+    """A writable C-contiguous copy of ``a`` broadcast to ``shape`` (in-place ufuncs on strided or
     broadcast states are several times slower)."""
-    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype)
+    return np.array(np.broadcast_to(a, shape), dtype=dtype, order="C")
 
 
 class _NeuronRun:
-    """State and step function of one neuron layer over a batch."""
+    """State of one neuron layer over a batch, advanced a chunk of timesteps at a time."""
 
     node: FxNeuron
 
+    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
+        """Step through the timesteps of ``a`` (C, batch, *shape): spikes into ``out`` (same
+        shape, bool) and, with ``rec``, every state after every step into ``rec[name][t]``."""
+        x, fast = self.prepare(a)
+        for t in range(x.shape[0]):
+            self.step(x[t], fast, out[t])
+            if rec is not None:
+                for k, val in self.states().items():
+                    rec[k][t] = val
+
     def prepare(self, a: _Val) -> tuple[Array, bool]:
-        """Per-sequence transform of the input (done once for all timesteps in the layer engine)."""
+        """The numpy path's transform of a chunk's input, once for all its timesteps (the result
+        may live in a buffer that the next call overwrites)."""
         raise NotImplementedError
 
     def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
@@ -212,8 +269,9 @@ class _NeuronRun:
 class _LIFRun(_NeuronRun):
     node: FxLIF
 
-    def __init__(self, node: FxLIF, batch: int, input_bound: int) -> None:
+    def __init__(self, node: FxLIF, batch: int, input_bound: int, kern: Any = None) -> None:
         self.node = node
+        self.kern = kern
         self.half = 1 << (node.state_bits - 1)
         self.vmax = self.half - 1
         unity = 1 << node.decay_bits
@@ -239,6 +297,9 @@ class _LIFRun(_NeuronRun):
         # Saturating from above cannot change the result when the threshold is below the cap: the
         # neuron spikes and resets to 0 either way.
         self.sat_high = self.vth_eff >= self.vmax and self.sat_low
+        if kern is not None:  # the compiled kernel follows the contract literally, in int64
+            self.fast = False
+            self.bias_n = np.ascontiguousarray(np.broadcast_to(self.bias, node.shape).reshape(-1))
         if self.fast:
             self.u = _full(node.u_init, shape, np.float64)
             self.v = _full(node.v_init, shape, np.float64)
@@ -249,11 +310,28 @@ class _LIFRun(_NeuronRun):
         else:
             self.u = _full(node.u_init, shape, np.int64)
             self.v = _full(node.v_init, shape, np.int64)
+        self._x: Array | None = None  # the layer engine's input buffer (float64 path)
+
+    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
+        if self.kern is None:
+            return super().run(a, out, rec)
+        steps, batch = a.a.shape[:2]
+        flat = (steps, batch, self.bias_n.size)
+        ru, rv = (rec["u"].reshape(flat), rec["v"].reshape(flat)) if rec is not None else (_NO_REC, _NO_REC)
+        with self.kern.LOCK:
+            self.kern.lif_steps(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
+                                out.reshape(flat), ru, rv, rec is not None, self.ku, self.kv,
+                                self.node.decay_bits, self.node.act_shift, self.bias_n, self.vth_eff,
+                                self.half, self.vmax)
+        return None
 
     def prepare(self, a: _Val) -> tuple[Array, bool]:
         if self.fast:
             # float64 throughout the time loop (mixed float32/float64 ufuncs are slower)
-            return np.multiply(a.a, float(1 << self.node.act_shift), dtype=np.float64), True
+            self._x = _scratch(self._x, a.a.shape, np.float64)
+            x = self._x[: a.a.shape[0]]
+            np.multiply(a.a, float(1 << self.node.act_shift), out=x)
+            return x, True
         return wrap(a.as_int() << self.node.act_shift, 32), False
 
     def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
@@ -312,8 +390,9 @@ class _LIFRun(_NeuronRun):
 class _PolyRun(_NeuronRun):
     node: FxPoly
 
-    def __init__(self, node: FxPoly, batch: int, input_bound: int) -> None:
+    def __init__(self, node: FxPoly, batch: int, input_bound: int, kern: Any = None) -> None:
         self.node = node
+        self.kern = kern
         shape = (batch, *node.shape)
         self.v = _full(node.v_init, shape, np.int64)
         self.c = _full(node.c_init, shape, np.int64)
@@ -321,6 +400,39 @@ class _PolyRun(_NeuronRun):
         self.kc = None if node.syn_decay is None else (1 << node.decay_bits) - node.syn_decay
         self.coef = node.coef.astype(np.int64)
         self.vth = np.asarray(node.vth, dtype=np.int64)
+        if kern is not None:
+            n = int(np.prod(node.shape))
+
+            def per_neuron(x: Any) -> Array:
+                return np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.int64), node.shape).reshape(-1))
+
+            # the kernel's parameters after (a, v, c, spikes, rec_v, rec_c, record); the polynomial
+            # is padded to degree 3 with zero leading coefficients (exact, see the kernel)
+            d = node.degree
+            coef = np.zeros((4, n), dtype=np.int64)
+            coef[: d + 1] = self.coef.reshape(d + 1, n)
+            shifts = [*node.shifts, *([0] * (3 - d))]
+            consts = [kern.round_consts(sh, node.rounding) for sh in shifts]
+            self.kargs = (coef, np.array(shifts, dtype=np.int64), np.array([c[0] for c in consts], dtype=np.int64),
+                          np.array([c[1] for c in consts], dtype=np.int64), node.in_shift,
+                          self.kc is not None, per_neuron(0 if self.kc is None else self.kc), node.decay_bits,
+                          *kern.round_consts(node.decay_bits, node.rounding), per_neuron(self.vth),
+                          node.reset == "value", per_neuron(node.v_reset), 1 << (self.S - 1), 1 << (self.R - 1),
+                          node.overflow == "saturate")
+
+    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
+        if self.kern is None:
+            return super().run(a, out, rec)
+        steps, batch = a.a.shape[:2]
+        flat = (steps, batch, int(np.prod(self.node.shape)))
+        rv, rc = _NO_REC, _NO_REC
+        if rec is not None:
+            rv = rec["v"].reshape(flat)
+            rc = rec["c"].reshape(flat) if "c" in rec else _NO_REC
+        with self.kern.LOCK:
+            self.kern.poly_steps(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
+                                 self.c.reshape(flat[1:]), out.reshape(flat), rv, rc, rec is not None, *self.kargs)
+        return None
 
     def prepare(self, a: _Val) -> tuple[Array, bool]:
         return a.as_int() << self.node.in_shift, False
@@ -352,11 +464,11 @@ class _PolyRun(_NeuronRun):
         return out
 
 
-def _make_neuron(name: str, node: FxNode, batch: int, input_bound: int) -> _NeuronRun:
+def _make_neuron(name: str, node: FxNode, batch: int, input_bound: int, kern: Any) -> _NeuronRun:
     if isinstance(node, FxLIF):
-        return _LIFRun(node, batch, input_bound)
+        return _LIFRun(node, batch, input_bound, kern)
     if isinstance(node, FxPoly):
-        return _PolyRun(node, batch, input_bound)
+        return _PolyRun(node, batch, input_bound, kern)
     raise UnsupportedError(f"fxsim has no neuron implementation for {type(node).__name__}", node=name)
 
 
@@ -397,8 +509,29 @@ def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[
     return out
 
 
+KERNELS = ("auto", "numba", "numpy")
+
+
+def load_kernels(kernels: str = "auto") -> Any:
+    """The compiled kernels module for ``kernels`` ("auto": numba's when it is installed, "numba":
+    numba's or a ``DependencyError``, "numpy": none), or ``None`` for the numpy engine alone."""
+    if kernels not in KERNELS:
+        raise UserInputError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels == "numpy":
+        return None
+    try:
+        kern = importlib.import_module("lnm_deploy.fxsim.kernels")
+    except ImportError as e:
+        if kernels == "numba":
+            raise DependencyError(
+                f"fxsim's compiled kernels need numba ({e}): pip install 'lnm-deploy[fast]', or pass kernels='numpy'"
+            ) from e
+        return None
+    return kern
+
+
 def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = False,
-           engine: str = "auto") -> RunResult:
+           engine: str = "auto", chunk: int | None = None, kernels: str = "auto") -> RunResult:
     """Run ``graph`` on binary spikes ``x`` shaped (samples, timesteps, *input_shape).
 
     Same time base as ``lnm_deploy.execute.run_float``: step t of every output answers step t of
@@ -407,6 +540,9 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     ``record``, ``states`` as int64 (``u``, ``v`` for LIF; ``v`` and, with a synapse, ``c`` for the
     polynomial neuron), each (samples, timesteps, *shape), states after the reset.
     ``engine``: "auto" (layer-at-a-time when the graph has no back edge), "layer" or "step".
+    ``chunk``: timesteps per chunk of the layer engine (default: about ``CHUNK_ROWS`` rows of
+    timesteps * samples). ``kernels``: "auto" (compiled numba kernels for Dense, LIF and the
+    polynomial neuron when numba is installed), "numba" or "numpy". Neither changes a result.
     """
     sched = graph.schedule()
     in_shape = sched.shapes[sched.input_node]
@@ -419,29 +555,32 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
         raise UserInputError(f"engine must be 'auto', 'layer' or 'step', got {engine!r}")
     if engine == "layer" and recurrent:
         raise UnsupportedError("the layer engine cannot run a graph with back edges; use engine='step'")
+    if chunk is None:
+        chunk = max(1, -(-CHUNK_ROWS // max(batch, 1)))
+    elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise UserInputError(f"chunk must be a positive number of timesteps, got {chunk!r}")
 
-    synapses = {n: _make_synapse(n, graph.nodes[n]) for n in sched.order if graph.nodes[n].role == "synapse"}
+    kern = load_kernels(kernels)
+
+    synapses = {n: _make_synapse(n, graph.nodes[n], kern) for n in sched.order if graph.nodes[n].role == "synapse"}
     in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
-    neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n]) for n in in_bounds}
+    neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
     spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=bool) for n in neurons}
-    states: dict[str, dict[str, Array]] = {}
+    states: dict[str, dict[str, Array]] | None = None
     if record:
-        for n, run in neurons.items():
-            states[n] = {k: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
-
-    def record_step(n: str, t: int) -> None:
-        for k, val in neurons[n].states().items():
-            states[n][k][t] = val
+        states = {n: {k: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
+                  for n, run in neurons.items()}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     if engine == "layer":
-        _run_layers(graph, sched, xt, synapses, neurons, spikes, states if record else None, progress)
+        _run_layers(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk)
     else:
-        _run_steps(graph, sched, xt, synapses, neurons, spikes, record_step if record else None, progress)
+        _run_steps(graph, sched, xt, synapses, neurons, spikes, states, progress)
 
     out_src = sched.inputs[sched.output_node][0][0]
     spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()}
-    states_bt = {n: {k: np.ascontiguousarray(np.moveaxis(a, 0, 1)) for k, a in d.items()} for n, d in states.items()}
+    states_bt = {n: {k: np.ascontiguousarray(np.moveaxis(a, 0, 1)) for k, a in d.items()}
+                 for n, d in (states or {}).items()}
     return RunResult(output=spikes_bt[out_src], spikes=spikes_bt, states=states_bt)
 
 
@@ -451,48 +590,42 @@ def _apply_flatten(node: FxFlatten, a: Array, lead: int) -> Array:
 
 def _run_layers(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
                 neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
-                states: dict[str, dict[str, Array]] | None, progress: bool) -> None:
+                states: dict[str, dict[str, Array]] | None, progress: bool, chunk: int) -> None:
     steps, batch = xt.shape[:2]
-    vals: dict[str, Array | _Val] = {}
-    order = sched.order
-    it = order
+    starts: Iterable[int] = range(0, steps, chunk)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(order, desc="fxsim", unit="node", leave=False)
-    for name in it:
-        node = graph.nodes[name]
-        if isinstance(node, FxInput):
-            vals[name] = xt
-        elif isinstance(node, FxOutput):
-            continue
-        elif isinstance(node, FxFlatten):
-            src = vals[sched.inputs[name][0][0]]
-            assert isinstance(src, np.ndarray)
-            vals[name] = _apply_flatten(node, src, 2)
-        elif name in synapses:
-            src = vals[sched.inputs[name][0][0]]
-            assert isinstance(src, np.ndarray)
-            flat = src.reshape(steps * batch, *src.shape[2:])
-            v = synapses[name](flat)
-            vals[name] = _Val(v.a.reshape(steps, batch, *v.a.shape[1:]), v.bound)
-        else:
-            run = neurons[name]
-            ins = [vals[s] for s, _ in sched.inputs[name]]
-            total = _sum_inputs([v for v in ins if isinstance(v, _Val)])
-            x, fast = run.prepare(total)
-            out = spikes[name]
-            for t in range(steps):
-                run.step(x[t], fast, out[t])
-                if states is not None:
-                    for k, val in run.states().items():
-                        states[name][k][t] = val
-            vals[name] = out
+        starts = tqdm(starts, desc="fxsim", unit="chunk", leave=False)
+    for t0 in starts:
+        t1 = min(steps, t0 + chunk)
+        rows = (t1 - t0) * batch
+        vals: dict[str, Array | _Val] = {}
+        for name in sched.order:
+            node = graph.nodes[name]
+            if isinstance(node, FxInput):
+                vals[name] = xt[t0:t1]
+            elif isinstance(node, FxOutput):
+                continue
+            elif isinstance(node, FxFlatten):
+                src = vals[sched.inputs[name][0][0]]
+                assert isinstance(src, np.ndarray)
+                vals[name] = _apply_flatten(node, src, 2)
+            elif name in synapses:
+                src = vals[sched.inputs[name][0][0]]
+                assert isinstance(src, np.ndarray)
+                v = synapses[name](src.reshape(rows, *src.shape[2:]), reuse=True)
+                vals[name] = _Val(v.a.reshape(t1 - t0, batch, *v.a.shape[1:]), v.bound)
+            else:
+                ins = [vals[s] for s, _ in sched.inputs[name]]
+                rec = None if states is None else {k: a[t0:t1] for k, a in states[name].items()}
+                neurons[name].run(_sum_inputs([v for v in ins if isinstance(v, _Val)]), spikes[name][t0:t1], rec)
+                vals[name] = spikes[name][t0:t1]
 
 
 def _run_steps(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
                neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
-               record_step: Callable[[str, int], None] | None, progress: bool) -> None:
+               states: dict[str, dict[str, Array]] | None, progress: bool) -> None:
     steps, batch = xt.shape[:2]
     zero = {n: _Val(np.zeros((batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
     prev: dict[str, _Val] = dict(zero)
@@ -518,16 +651,13 @@ def _run_steps(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _
                 assert isinstance(src, np.ndarray)
                 cur[name] = synapses[name](src)
             else:
-                run = neurons[name]
                 ins: list[_Val] = []
                 for s, delayed in sched.inputs[name]:
                     v = prev[s] if delayed else cur[s]
                     assert isinstance(v, _Val)
                     ins.append(v)
-                x, fast = run.prepare(_sum_inputs(ins))
-                s_out = run.step(x, fast)
-                spikes[name][t] = s_out
-                cur[name] = s_out
-                if record_step is not None:
-                    record_step(name, t)
+                a = _sum_inputs(ins)
+                rec = None if states is None else {k: r[t : t + 1] for k, r in states[name].items()}
+                neurons[name].run(_Val(a.a[None], a.bound), spikes[name][t : t + 1], rec)
+                cur[name] = spikes[name][t]
         prev = {n: v for n, v in cur.items() if isinstance(v, _Val)}

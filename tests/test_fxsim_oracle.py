@@ -387,7 +387,7 @@ def test_dense_spikes_take_blas_and_agree() -> None:
             assert m is None, f"[density {p}, {kernels}] {m}"
 
 
-def test_kernels_option() -> None:
+def test_kernels_option(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     g = fx_sequential([("d", FxDense(weight=np.ones((2, 3), int))), ("l", FxLIF(shape=(2,)))], (3,))
@@ -396,6 +396,12 @@ def test_kernels_option() -> None:
         run_fx(g, x, kernels="cuda")
     with pytest.raises(UserInputError, match="chunk"):
         run_fx(g, x, chunk=0)
+    monkeypatch.setenv("LNM_DEPLOY_KERNELS", "gpu")
+    with pytest.raises(UserInputError, match="LNM_DEPLOY_KERNELS"):
+        run_fx(g, x)
+    monkeypatch.setenv("LNM_DEPLOY_KERNELS", "numpy")
+    assert load_kernels("auto") is None
+    monkeypatch.delenv("LNM_DEPLOY_KERNELS")
     saved = sys.modules.get("lnm_deploy.fxsim.kernels")
     sys.modules["lnm_deploy.fxsim.kernels"] = None  # type: ignore[assignment]  # import now fails
     try:

@@ -23,6 +23,7 @@ oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard both engine
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -512,9 +513,17 @@ def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[
 KERNELS = ("auto", "numba", "numpy")
 
 
+KERNELS_ENV = "LNM_DEPLOY_KERNELS"  # overrides "auto" everywhere (CLI included), e.g. =numpy
+
+
 def load_kernels(kernels: str = "auto") -> Any:
-    """The compiled kernels module for ``kernels`` ("auto": numba's when it is installed, "numba":
-    numba's or a ``DependencyError``, "numpy": none), or ``None`` for the numpy engine alone."""
+    """The compiled kernels module for ``kernels`` ("auto": numba's when it is installed, unless
+    the environment variable ``LNM_DEPLOY_KERNELS`` says otherwise; "numba": numba's or a
+    ``DependencyError``; "numpy": none), or ``None`` for the numpy engine alone."""
+    if kernels == "auto" and os.environ.get(KERNELS_ENV):
+        kernels = os.environ[KERNELS_ENV]
+        if kernels not in KERNELS:
+            raise UserInputError(f"{KERNELS_ENV} must be one of {KERNELS}, got {kernels!r}")
     if kernels not in KERNELS:
         raise UserInputError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     if kernels == "numpy":

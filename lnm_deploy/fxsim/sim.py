@@ -1,23 +1,23 @@
 """fxsim: the bit-accurate simulator of an ``FxGraph`` (contract: ``docs/fixed-point.md``).
 
-Two engines compute the same integers:
+Time is cut into chunks; within a chunk each node runs over all of the chunk's timesteps at once,
+in schedule order, and neuron states carry over to the next chunk. Two engines:
 
-* ``layer`` (feed-forward graphs): time is cut into chunks of a few timesteps; within a chunk
-  each node runs over all of the chunk's timesteps at once, in schedule order. A synapse's input
-  for the chunk is known, so its products are one BLAS call on (chunk * batch, fan_in). Neurons
-  then loop over the chunk's steps on (batch, *shape) states, which carry over to the next
-  chunk. Chunks of about ``CHUNK_ROWS`` rows keep BLAS efficient while the per-chunk buffers
-  (allocated once per run and reused) stay in cache.
-* ``step`` (any graph, needed for recurrence): every node once per timestep, like the float
-  executor.
+* ``layer`` (feed-forward graphs): chunks of about ``CHUNK_ROWS`` rows (timesteps * samples). A
+  synapse's input for the whole chunk is known, so its products are one BLAS call (or one kernel
+  call) on (chunk * batch, fan_in); the per-chunk buffers are allocated once per run and reused.
+* ``step`` (any graph, needed for recurrence): chunks of one timestep, like the float executor;
+  a back edge delivers its source's value of the previous step.
 
-Exactness is never traded for speed. Binary spikes times integer weights are summed in float32
+Compiled kernels (``kernels.py``, numba, when installed) replace the Dense product, the LIF and
+the polynomial neuron with integer loops; without them everything is numpy. Exactness is never
+traded for speed. Binary spikes times integer weights are summed in float32
 only when ``max_o sum_i |W[o, i]| < 2**24`` (every partial sum is then an exactly representable
 integer), in float64 below ``2**53``, else in int64. The LIF update runs in float64 only when a
 static bound proves every intermediate is an integer below ``2**53`` and that none of Lava's int32
 wraps can trigger; the saturation and wrap steps are skipped only where a static bound proves
 they cannot change a value. Everything else is int64 and follows the contract literally. The
-oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard both engines.
+oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard every configuration.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ class _Synapse:
 
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         """Products for spikes ``s`` (N, *in_shape) of 0/1. ``reuse``: the result may live in a
-        buffer that the next call overwrites (the layer engine consumes it before then)."""
+        buffer that the next call overwrites (its consumers run before then: same-step ones later
+        in the chunk, and a back edge's target earlier in the next step's schedule)."""
         raise NotImplementedError
 
 
@@ -141,7 +142,7 @@ class _Dense(_Synapse):
                 self.kern.dense_events(x, self.w32, acc)
         elif reuse:
             # Fresh multi-megabyte arrays cost a page fault per 4 KiB page on first touch, which
-            # is as slow as the product itself; the layer engine's chunks reuse two buffers.
+            # is as slow as the product itself; chunks reuse two buffers.
             self._in = _scratch(self._in, x.shape, self.dtype)
             self._out = _scratch(self._out, (rows, self.wt.shape[1]), self.dtype)
             xin, acc = self._in[:rows], self._out[:rows]
@@ -311,7 +312,7 @@ class _LIFRun(_NeuronRun):
         else:
             self.u = _full(node.u_init, shape, np.int64)
             self.v = _full(node.v_init, shape, np.int64)
-        self._x: Array | None = None  # the layer engine's input buffer (float64 path)
+        self._x: Array | None = None  # the numpy path's input buffer (float64 path)
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
         if self.kern is None:
@@ -581,10 +582,7 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
                   for n, run in neurons.items()}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
-    if engine == "layer":
-        _run_layers(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk)
-    else:
-        _run_steps(graph, sched, xt, synapses, neurons, spikes, states, progress)
+    _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
 
     out_src = sched.inputs[sched.output_node][0][0]
     spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()}
@@ -597,15 +595,18 @@ def _apply_flatten(node: FxFlatten, a: Array, lead: int) -> Array:
     return a.reshape(*a.shape[:lead], -1)
 
 
-def _run_layers(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
-                neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
-                states: dict[str, dict[str, Array]] | None, progress: bool, chunk: int) -> None:
+def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
+         neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
+         states: dict[str, dict[str, Array]] | None, progress: bool, chunk: int) -> None:
+    """Both engines: chunks of ``chunk`` timesteps (1 when the graph has back edges)."""
     steps, batch = xt.shape[:2]
+    # a back edge's value at t = 0 is 0
+    prev: dict[str, _Val] = {n: _Val(np.zeros((1, batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
     starts: Iterable[int] = range(0, steps, chunk)
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="fxsim", unit="chunk", leave=False)
+        starts = tqdm(starts, desc="fxsim", unit="chunk" if chunk > 1 else "step", leave=False)
     for t0 in starts:
         t1 = min(steps, t0 + chunk)
         rows = (t1 - t0) * batch
@@ -626,47 +627,12 @@ def _run_layers(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, 
                 v = synapses[name](src.reshape(rows, *src.shape[2:]), reuse=True)
                 vals[name] = _Val(v.a.reshape(t1 - t0, batch, *v.a.shape[1:]), v.bound)
             else:
-                ins = [vals[s] for s, _ in sched.inputs[name]]
-                rec = None if states is None else {k: a[t0:t1] for k, a in states[name].items()}
-                neurons[name].run(_sum_inputs([v for v in ins if isinstance(v, _Val)]), spikes[name][t0:t1], rec)
-                vals[name] = spikes[name][t0:t1]
-
-
-def _run_steps(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
-               neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
-               states: dict[str, dict[str, Array]] | None, progress: bool) -> None:
-    steps, batch = xt.shape[:2]
-    zero = {n: _Val(np.zeros((batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
-    prev: dict[str, _Val] = dict(zero)
-    it = range(steps)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="fxsim", unit="step", leave=False)
-    for t in it:
-        cur: dict[str, Array | _Val] = {}
-        for name in sched.order:
-            node = graph.nodes[name]
-            if isinstance(node, FxInput):
-                cur[name] = xt[t]
-            elif isinstance(node, FxOutput):
-                continue
-            elif isinstance(node, FxFlatten):
-                src = cur[sched.inputs[name][0][0]]
-                assert isinstance(src, np.ndarray)
-                cur[name] = _apply_flatten(node, src, 1)
-            elif name in synapses:
-                src = cur[sched.inputs[name][0][0]]
-                assert isinstance(src, np.ndarray)
-                cur[name] = synapses[name](src)
-            else:
                 ins: list[_Val] = []
                 for s, delayed in sched.inputs[name]:
-                    v = prev[s] if delayed else cur[s]
-                    assert isinstance(v, _Val)
-                    ins.append(v)
-                a = _sum_inputs(ins)
-                rec = None if states is None else {k: r[t : t + 1] for k, r in states[name].items()}
-                neurons[name].run(_Val(a.a[None], a.bound), spikes[name][t : t + 1], rec)
-                cur[name] = spikes[name][t]
-        prev = {n: v for n, v in cur.items() if isinstance(v, _Val)}
+                    a = prev[s] if delayed else vals[s]
+                    assert isinstance(a, _Val)
+                    ins.append(a)
+                rec = None if states is None else {k: a[t0:t1] for k, a in states[name].items()}
+                neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec)
+                vals[name] = spikes[name][t0:t1]
+        prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}

@@ -3,10 +3,10 @@
 One 100-256-256-10 LIF network (random 8-bit mixed-sign weights, Poisson input), T = 100,
 64 samples. fxsim (with its compiled kernels when numba is installed, and with numpy alone) and
 torch run all 64 samples batched, timed in alternating rounds (this machine is shared, so all see
-the same load) and the best round of each is kept. Lava cannot batch: one
-compiled network runs the samples one after the other, and its end-to-end time (build, compile,
-every step, read-back, stop) is divided by samples * T. fxsim's spikes are checked bit-exact
-against Lava's on every sample Lava ran before any number is printed.
+the same load) and the best round of each is kept. Lava cannot batch: one compiled network runs
+the samples one after the other, and its end-to-end time (build, compile, every step, read-back,
+stop) is divided by samples * T. fxsim's spikes are checked bit-exact against Lava's on every
+sample Lava ran (and its two kernel paths against each other) before any number is printed.
 
 Usage: python benchmarks/sim_vs_lava.py [--lava-samples 64] [--repeats 7]
 (fewer Lava samples run faster but weigh Lava's one-off compile more heavily).

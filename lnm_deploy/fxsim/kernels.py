@@ -11,7 +11,8 @@ falls back to numpy when it is missing.
 * ``lif_steps``: the stock LIF (section 4.2) over a chunk of timesteps, literally, in int64.
 * ``poly_steps``: the polynomial neuron (section 5) over a chunk of timesteps, in int64.
 
-Each kernel runs the samples of the batch in parallel (``prange``). Callers hold ``LOCK``,
+The kernels run in parallel (``prange``) over blocks of rows (Dense) or over the samples of the
+batch (neurons), so results never depend on the thread count. Callers hold ``LOCK``,
 because numba's default threading layer must not be entered from two Python threads at once.
 Compiled code is cached next to this file (``cache=True``), so only the first run compiles.
 """

@@ -10,14 +10,16 @@ in schedule order, and neuron states carry over to the next chunk. Two engines:
   a back edge delivers its source's value of the previous step.
 
 Compiled kernels (``kernels.py``, numba, when installed) replace the Dense product, the LIF and
-the polynomial neuron with integer loops; without them everything is numpy. Exactness is never
-traded for speed. Binary spikes times integer weights are summed in float32
-only when ``max_o sum_i |W[o, i]| < 2**24`` (every partial sum is then an exactly representable
-integer), in float64 below ``2**53``, else in int64. The LIF update runs in float64 only when a
-static bound proves every intermediate is an integer below ``2**53`` and that none of Lava's int32
-wraps can trigger; the saturation and wrap steps are skipped only where a static bound proves
-they cannot change a value. Everything else is int64 and follows the contract literally. The
-oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard every configuration.
+the polynomial neuron with integer loops; without them everything is numpy.
+
+Exactness is never traded for speed. On the numpy path, binary spikes times integer weights are
+summed in float32 only when ``max_o sum_i |W[o, i]| < 2**24`` (every partial sum is then an
+exactly representable integer), in float64 below ``2**53``, else in int64. The LIF update runs
+in float64 only when a static bound proves every intermediate is an integer below ``2**53`` and
+that none of Lava's int32 wraps can trigger; the saturation and wrap steps are skipped only where
+a static bound proves they cannot change a value. Everything else is int64 and follows the
+contract literally. The oracle and Lava differential tests (``tests/test_fxsim_*.py``) guard
+every configuration.
 """
 
 from __future__ import annotations
@@ -512,8 +514,6 @@ def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[
 
 
 KERNELS = ("auto", "numba", "numpy")
-
-
 KERNELS_ENV = "LNM_DEPLOY_KERNELS"  # overrides "auto" everywhere (CLI included), e.g. =numpy
 
 

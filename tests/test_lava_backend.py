@@ -384,6 +384,36 @@ def test_runtime_is_stopped_when_a_run_fails(graphs: dict[str, Graph], monkeypat
     assert first_mismatch(run_fx(fx, x).spikes, run_lava(fx, x).spikes) is None
 
 
+def test_a_failing_stop_does_not_hide_the_interrupt(graphs: dict[str, Graph],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping right after an interrupted run can fail on the interrupted run's late reply (Lava
+    0.10 raises "Runtime Received ..."); the caller still gets the interrupt, and a later run works."""
+    from lava.magma.core.process.process import AbstractProcess
+
+    from lnm_deploy.lava_backend import runner
+
+    res, x = _artifact(graphs, "snn-leaky", "loihi2-lif")
+    fx = res.artifact.fx
+    real_read, real_stop = runner._Network.read_sample, AbstractProcess.stop
+
+    def interrupted(self: Any) -> Any:
+        raise KeyboardInterrupt
+
+    def late_reply(self: Any) -> None:
+        real_stop(self)
+        raise RuntimeError("Runtime Received [0.]")
+
+    monkeypatch.setattr(runner._Network, "read_sample", interrupted)
+    monkeypatch.setattr(AbstractProcess, "stop", late_reply)
+    with pytest.raises(KeyboardInterrupt):
+        run_lava(fx, x)
+    monkeypatch.setattr(runner._Network, "read_sample", real_read)
+    with pytest.raises(RuntimeError, match="Runtime Received"):  # not hidden when nothing else failed
+        run_lava(fx, x[:1])
+    monkeypatch.setattr(AbstractProcess, "stop", real_stop)
+    assert first_mismatch(run_fx(fx, x).spikes, run_lava(fx, x).spikes) is None
+
+
 def test_ctrl_c_interrupts_and_stops(tmp_path: Any) -> None:
     """Ctrl-C reaches the whole process group. Lava's processes ignore it (they were forked while
     SIGINT only set a flag): the caller gets KeyboardInterrupt, the runtime stops, the

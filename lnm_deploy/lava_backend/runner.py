@@ -408,6 +408,7 @@ def _run_network(net: _Network, cfg: Loihi2SimCfg, timings: LavaTimings, on_samp
     """
     src = net.source
     first = True
+    completed = False
     try:
         for _ in range(net.batch):
             t0 = time.perf_counter()
@@ -434,11 +435,20 @@ def _run_network(net: _Network, cfg: Loihi2SimCfg, timings: LavaTimings, on_samp
             timings.steps += net.total
             timings.pauses += len(net.pauses)
             on_sample(spikes, states)
+        completed = True
     finally:
         rt = getattr(src, "_runtime", None)
         if rt is not None and getattr(rt, "_is_started", False):
             t0 = time.perf_counter()
-            src.stop()
+            try:
+                src.stop()
+            except RuntimeError:
+                # After an interrupted run() (Ctrl-C), the reply to that run can still be queued
+                # when stop() reads the services' replies: Lava 0.10 then raises "Runtime Received
+                # ..." after it has told the processes to stop and joined them. The interrupt (or
+                # the error) that got us here is what the caller must see.
+                if completed:
+                    raise
             timings.stop_s += time.perf_counter() - t0
 
 

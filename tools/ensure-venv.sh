@@ -41,10 +41,10 @@ echo "==> creating $VENV with $PY ($("$PY" --version 2>&1))"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-echo "==> installing lnm-deploy with torch, lava, onnx, fast and dev extras (a few minutes the first time)"
+echo "==> installing lnm-deploy with torch, lava, onnx, fast, distributed and dev extras (a few minutes the first time)"
 "$VENV/bin/python" -m pip install --quiet --progress-bar off \
-  -c tools/constraints-py310.txt -e ".[torch,lava,onnx,plots,fast,dev]"
-"$VENV/bin/python" -c 'import lnm_deploy, torch, lava, nir, snntorch, norse, numba' 2>/dev/null \
+  -c tools/constraints-py310.txt -e ".[torch,lava,onnx,plots,fast,distributed,dev]"
+"$VENV/bin/python" -c 'import lnm_deploy, torch, lava, nir, snntorch, norse, numba, safetensors, ray' 2>/dev/null \
   || { echo "error: the environment in $VENV does not import; see pip's output above" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "==> $VENV ready"

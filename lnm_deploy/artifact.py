@@ -17,12 +17,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lnm_deploy.errors import GraphError, UserInputError
+from lnm_deploy.errors import GraphError, LNMDeployError, UserInputError
 from lnm_deploy.fileio import json_default
 from lnm_deploy.fixedpoint import FxGraph, decode_fxgraph, encode_fxgraph
 from lnm_deploy.ir import Graph
+
+if TYPE_CHECKING:
+    from lnm_deploy.targets import Target
 
 FX_KEY = "lnm_fx"
 RECORD_KEY = "lnm_artifact"
@@ -68,7 +71,49 @@ def _split(path: str | os.PathLike[str], **read_kw: Any) -> tuple[Graph, FxGraph
         record = json.loads(str(raw_record)) if raw_record is not None else {}
     except (ValueError, KeyError, TypeError) as e:
         raise GraphError(f"{path}: the artifact's integer network is unreadable ({e})") from e
+    except LNMDeployError as e:
+        raise GraphError(f"{path}: the artifact's integer network is invalid ({e})") from e
+    if not isinstance(record, dict):
+        raise GraphError(f"{path}: the artifact's record is not a JSON object")
+    check_integers(fx, record, path)
     return graph, fx, record
+
+
+def artifact_target(fx: FxGraph, record: dict[str, Any], path: str | os.PathLike[str]) -> Target:
+    """The target an artifact was calibrated for: the description embedded in its record (written
+    by ``calibrate``), else, for artifacts written before it was embedded, the shipped target of
+    that name. ``GraphError`` when neither exists or the embedded one is not the artifact's."""
+    from lnm_deploy.targets import available_targets, load_target, target_from_toml
+
+    spec = record.get("target_spec")
+    if isinstance(spec, dict) and isinstance(spec.get("toml"), str):
+        try:
+            target = target_from_toml(spec["toml"], f"{path} (embedded target '{spec.get('name')}')")
+        except LNMDeployError as e:
+            raise GraphError(f"{path}: the artifact's embedded target description is invalid ({e})") from e
+        if target.name != fx.target:
+            raise GraphError(f"{path}: the integer network is for target '{fx.target}' but the embedded "
+                             f"target description is '{target.name}' (the file was modified)")
+        return target
+    if fx.target in available_targets():
+        return load_target(fx.target)
+    raise GraphError(f"{path}: the artifact does not embed its target description and '{fx.target}' is "
+                     "not a shipped target, so its integers cannot be checked: calibrate it again")
+
+
+def check_integers(fx: FxGraph, record: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Re-check every integer of ``fx`` against the artifact's target (the design rules of
+    ``lnm_deploy.targets.check_graph``: bit widths, ranges, exponents, fan-in, primitives), so that a
+    modified or corrupted artifact is refused by every command that reads it (``GraphError``, exit 3)
+    instead of being run and reported on."""
+    from lnm_deploy.targets import check_graph
+
+    target = artifact_target(fx, record, path)
+    try:
+        check_graph(fx, target)
+    except LNMDeployError as e:
+        raise GraphError(f"{path}: the artifact's integers do not satisfy its target '{target.name}' "
+                         f"({e}); was the file modified after calibration?") from e
 
 
 def read_artifact(path: str | os.PathLike[str]) -> Artifact:

@@ -40,6 +40,39 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a finite number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (np.isfinite(v) and 0.0 <= v <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return v
+
+
+def _dt(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return v
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lnm_deploy.summary import summarize
 
@@ -102,7 +135,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     backends = tuple(dict.fromkeys(args.backend or ["lava"]))
     result = verify(artifact, x, y, backends=backends, float_graph=args.float,
                     max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
-                    progress=not args.quiet)
+                    min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
+                    input_shape=args.input_shape, progress=not args.quiet)
     doc = result.to_dict()
     if args.json:
         with atomic_output(args.json, force=args.force) as tmp:
@@ -111,17 +145,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from lnm_deploy.nir_io import read_nir
         from lnm_deploy.report.html import render_verify_page
 
-        graph = artifact.graph if result.float_source.startswith("artifact") else read_nir(result.float_source)
-        page = render_verify_page(result, graph, artifact)
+        page = render_verify_page(result, result.float_graph, artifact)
         with atomic_output(args.html, force=args.force) as tmp:
             tmp.write_text(page, encoding="utf-8")
+    fm = result.float_model
+    how = ("as calibrated" if fm.get("as_calibrated") else
+           "OPT-OUT: float and fixed differ only by rounding" if fm.get("opt_out") else "NOT as calibrated")
+    resolved = (fm.get("read_options") or {}).get("resolved") or {}
+    opts = ", ".join(f"{k} {v}" for k, v in resolved.items() if v is not None)
     print(f"verify {args.artifact} on {result.samples} samples x {result.timesteps} steps "
-          f"(target {result.target}, float model: {result.float_source})")
+          f"(target {result.target})")
+    print(f"  float model: {result.float_source} ({how}{'; ' + opts if opts else ''})")
+    for note in fm.get("notes", []):
+        print(f"    note: {note}")
     for name, b in result.backends.items():
         state = "bit-exact" if b.bit_exact else f"{b.mismatched_spikes} of {b.compared_spikes} spikes differ"
-        print(f"  {name} vs fxsim: {state} ({b.compared_spikes} spikes compared, {b.seconds:.1f} s)")
+        print(f"  {name} vs fxsim on {b.samples} of {result.samples} samples: {state} "
+              f"({b.compared_spikes} spikes compared, {b.seconds:.1f} s)")
     if result.float_accuracy is not None:
-        print(f"  accuracy: float {result.float_accuracy:.4f}, fixed {result.fixed_accuracy:.4f}")
+        print(f"  accuracy: float {result.float_accuracy:.4f}, fixed {result.fixed_accuracy:.4f} "
+              f"(largest accepted drop {result.max_accuracy_drop:.4g})")
+    else:
+        print(f"  no labels: fixed point predicts the float model's class on {result.prediction_agreement:.4f} "
+              f"of the samples, output bins agree {result.output_agreement:.4f} (floor {result.min_agreement:.4g})")
     for layer in result.layers:
         print(f"  {layer.name:<12} spike agreement {layer.spike_agreement:.4f}  "
               f"rate {layer.rate_float:.4f} -> {layer.rate_fixed:.4f}")
@@ -200,9 +246,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", help="a NIR graph file (.nir)")
+    _read_args(p)
+
+
+def _read_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--producer", choices=["lnm-deploy", "snntorch", "norse", "generic"], default=None,
                    help="who wrote the graph, when its metadata does not say (sets dt and conventions)")
-    p.add_argument("--dt", type=float, default=None,
+    p.add_argument("--dt", type=_dt, default=None,
                    help="seconds per timestep used to discretise NIR's continuous-time neurons")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="SHAPE",
                    help="input shape without batch, e.g. 2,34,34, when the graph's Input has none")
@@ -259,13 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", choices=[b for b, v in BACKENDS.items() if v.integer],
                    help="integer backend(s) to hold against fxsim (repeatable; default: lava)")
     p.add_argument("--float", default=None, metavar="GRAPH",
-                   help="the float graph to compare with (default: the one the artifact was calibrated from)")
+                   help="the float graph to compare with (default: the one the artifact was calibrated "
+                        "from, read as it was then); 'dequantized': the artifact's own graph, an opt-out "
+                        "the verdict shows")
+    _read_args(p)
     p.add_argument("--json", default=None, help="write the verification report as JSON")
     p.add_argument("--html", default=None, help="write a self-contained HTML page with plots")
-    p.add_argument("--backend-samples", type=int, default=None, metavar="N",
+    p.add_argument("--backend-samples", type=_positive_int, default=None, metavar="N",
                    help="hold the backends against fxsim on the first N samples (default: all)")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.005,
-                   help="largest accepted float - fixed accuracy difference (default 0.005)")
+    p.add_argument("--max-accuracy-drop", type=_fraction, default=0.005,
+                   help="with labels: largest accepted float - fixed accuracy difference, in [0, 1] "
+                        "(default 0.005)")
+    p.add_argument("--min-agreement", type=_fraction, default=0.95,
+                   help="without labels: smallest accepted fraction of samples where fixed point predicts "
+                        "the float model's class (default 0.95)")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_verify)

@@ -10,8 +10,19 @@ on the artifact's integers, and each requested backend (Lava, ONNX) on the same 
   float from t = 0 with one group of quantized quantities swapped in at a time (weights and biases,
   leak dynamics, threshold and reset); the groups that alone flip that spike are the cause.
 
-Passes when every backend is bit-exact and (with labels) the fixed-point accuracy is within
-``max_accuracy_drop`` of the float accuracy.
+What ``verify`` establishes before it says PASSED (``docs/pipeline.md``, "What verify checks"):
+
+1. the artifact's integers satisfy its target (re-checked when the artifact is read);
+2. the float model is the graph the artifact was calibrated from (same SHA-256), read with the
+   options recorded at calibration (producer, dt, input shape), or else the user's explicit choice
+   (``float_graph``, shown in the verdict; ``"dequantized"`` is a visible opt-out);
+3. every requested backend ran and is bit-exact with fxsim on every spike of every layer of the
+   stated number of samples (``backend_samples``, reported per backend);
+4. the float model's output spikes at least once on the data (else nothing meaningful was compared);
+5. with labels (integer class indices in [0, n_out)), the fixed-point accuracy is at most
+   ``max_accuracy_drop`` below the float accuracy; without labels, fixed point predicts the float
+   model's class on at least ``min_agreement`` of the samples, and at least that fraction of the
+   output's (sample, step, neuron) bins agree (default ``MIN_AGREEMENT``).
 """
 
 from __future__ import annotations
@@ -25,11 +36,15 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.artifact import Artifact, read_artifact
-from lnm_deploy.errors import LNMDeployWarning, UserInputError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UserInputError
 from lnm_deploy.execute import RunResult, run_float
 from lnm_deploy.ir import Graph, Neuron
 
 Array = np.ndarray
+
+#: Without labels, verify passes only if fixed point predicts the float model's class (arg-max of the
+#: output spike counts) on at least this fraction of the samples (``--min-agreement``).
+MIN_AGREEMENT = 0.95
 
 
 @dataclass
@@ -47,6 +62,7 @@ class BackendCheck:
     compared_spikes: int
     first_mismatch: dict[str, Any] | None = None
     seconds: float = 0.0
+    samples: int = 0  # how many samples (the first ones) this backend was compared on
 
 
 @dataclass
@@ -66,14 +82,24 @@ class VerifyResult:
     float_source: str = ""
     max_accuracy_drop: float = 0.005
     runs: dict[str, RunResult] = field(default_factory=dict, repr=False)  # for the HTML page
+    float_graph: Graph | None = field(default=None, repr=False)  # the float model compared with
+    float_model: dict[str, Any] = field(default_factory=dict)  # FloatModel.to_dict()
+    prediction_agreement: float = 1.0  # fraction of samples where float and fixed predict the same class
+    output_agreement: float = 1.0  # fraction of equal output bins (sample, step, neuron)
+    min_agreement: float = 0.95
+    labels: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "samples": self.samples,
             "timesteps": self.timesteps,
-            "float": {"accuracy": self.float_accuracy, "source": self.float_source},
+            "float": {"accuracy": self.float_accuracy, **self.float_model, "source": self.float_source},
             "fixed": {"accuracy": self.fixed_accuracy},
+            "prediction_agreement": self.prediction_agreement,
+            "output_agreement": self.output_agreement,
+            "criteria": {"labels": self.labels, "max_accuracy_drop": self.max_accuracy_drop,
+                         "min_agreement": None if self.labels else self.min_agreement},
             "max_accuracy_drop": self.max_accuracy_drop,
             "layers": [asdict(x) for x in self.layers],
             "backends": {k: asdict(v) for k, v in self.backends.items()},
@@ -83,26 +109,124 @@ class VerifyResult:
         }
 
 
-def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] | None) -> tuple[Graph, str]:
-    """The float model to compare with: ``float_path``, else the graph the artifact was calibrated
-    from (its recorded path, if the file is still there with the recorded SHA-256), else the
-    artifact's own dequantized graph (then float and fixed differ only by integer rounding)."""
-    from lnm_deploy.calibrate.pipeline import sha256_file
-    from lnm_deploy.nir_io import read_nir
+#: ``float_graph`` value (CLI ``--float dequantized``) that compares with the artifact's own
+#: dequantized graph: an explicit opt-out, shown in the verdict.
+DEQUANTIZED = "dequantized"
 
-    if float_path is not None:
-        return read_nir(float_path), str(float_path)
+
+@dataclass
+class FloatModel:
+    """The float model ``verify`` compares with, and how it was obtained.
+
+    ``read_options``: the options the graph was read with (producer, dt in seconds, input shape),
+    None for the artifact's dequantized graph. ``as_calibrated``: read exactly as it was read when the
+    artifact was calibrated (same file, same options). ``opt_out``: the user chose the artifact's own
+    dequantized graph, so float and fixed point differ only by integer rounding.
+    """
+
+    graph: Graph
+    source: str
+    read_options: dict[str, Any] | None
+    as_calibrated: bool
+    opt_out: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "read_options": self.read_options, "as_calibrated": self.as_calibrated,
+                "opt_out": self.opt_out, "notes": self.notes}
+
+
+def _same_options(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a.get("producer") != b.get("producer") or list(a.get("input_shape") or []) != list(b.get("input_shape") or []):
+        return False
+    da, db = a.get("dt"), b.get("dt")
+    return (da is None and db is None) or (da is not None and db is not None and float(da) == float(db))
+
+
+def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] | None = None, *,
+                        producer: str | None = None, dt: float | None = None,
+                        input_shape: tuple[int, ...] | None = None) -> FloatModel:
+    """The float model to compare ``artifact`` with, read exactly as it was read at calibration.
+
+    The file: ``float_path``, else the graph the artifact was calibrated from (its recorded path, with
+    the recorded SHA-256). The reading: the options recorded in the artifact's provenance
+    (``source_graph.read_options``: producer, dt, input shape as given to ``calibrate``), each one
+    replaced by ``producer`` / ``dt`` / ``input_shape`` where given, with a warning when that
+    contradicts the record. ``float_path="dequantized"`` (``DEQUANTIZED``) is the explicit opt-out:
+    the artifact's own dequantized graph.
+
+    Raises:
+        UserInputError: the source graph is missing or changed and no ``float_path`` was given; the
+            artifact records no read options for a graph that needs them and none were given.
+        GraphError: the recorded options now resolve differently than at calibration.
+    """
+    from lnm_deploy.calibrate.pipeline import sha256_file
+    from lnm_deploy.nir_io import READ_OPTIONS_KEY, read_nir
+
+    if float_path is not None and os.fspath(float_path) == DEQUANTIZED:
+        if any(v is not None for v in (producer, dt, input_shape)):
+            raise UserInputError("--producer/--dt/--input-shape read a float graph; --float dequantized uses "
+                                 "the artifact's own graph")
+        return FloatModel(artifact.graph, "artifact (dequantized)", None, as_calibrated=False, opt_out=True,
+                          notes=["float model: the artifact's own dequantized graph (--float dequantized): "
+                                 "float and fixed point differ only by integer rounding"])
     src = (artifact.record.get("provenance") or {}).get("source_graph") or {}
-    path = src.get("path")
-    if path and Path(path).is_file():
-        if sha256_file(path) == src.get("sha256"):
-            return read_nir(path), str(path)
-        warnings.warn(f"{path} changed since calibration (SHA-256 differs); comparing with the artifact's "
-                      "dequantized graph instead (pass --float to choose)", LNMDeployWarning, stacklevel=2)
+    recorded = src.get("read_options") if isinstance(src.get("read_options"), dict) else None
+    hint = ("pass --float GRAPH.nir (the float graph, read with the recorded options), or --float dequantized "
+            "to compare with the artifact's own dequantized graph (the verdict then says so)")
+    if float_path is None:
+        path = src.get("path")
+        if not path or not Path(path).is_file():
+            raise UserInputError(f"the float graph the artifact was calibrated from ({path or 'not recorded'}) is "
+                                 f"not available: {hint}")
+        if sha256_file(path) != src.get("sha256"):
+            raise UserInputError(f"{path} changed since calibration (its SHA-256 differs from the artifact's "
+                                 f"record): {hint}")
+        path = str(path)
     else:
-        warnings.warn("the float graph the artifact was calibrated from is not available; comparing with "
-                      "the artifact's dequantized graph (pass --float GRAPH.nir)", LNMDeployWarning, stacklevel=2)
-    return artifact.graph, "artifact (dequantized)"
+        path = os.fspath(float_path)
+    given = {"producer": producer, "dt": None if dt is None else float(dt),
+             "input_shape": None if input_shape is None else [int(s) for s in input_shape]}
+    notes: list[str] = []
+    if recorded is not None:
+        requested = dict(recorded.get("requested") or {})
+        for key, value in given.items():
+            if value is None:
+                continue
+            old = requested.get(key)
+            same = (old == value) if key != "dt" else (old is not None and float(old) == value)
+            if not same:
+                msg = (f"--{key.replace('_', '-')} {value} contradicts the artifact's record (calibrated with "
+                       f"{key}={old}); the float model is read with {value}")
+                warnings.warn(msg, LNMDeployWarning, stacklevel=2)
+                notes.append(msg)
+            requested[key] = value
+    else:
+        requested = given
+    shape = requested.get("input_shape")
+    graph = read_nir(path, producer=requested.get("producer"), dt=requested.get("dt"),
+                     input_shape=None if shape is None else tuple(int(s) for s in shape))
+    now = graph.metadata.get(READ_OPTIONS_KEY, {}).get("resolved")
+    if recorded is None:
+        if now is not None and now.get("producer") != "lnm-deploy" and not any(v is not None for v in given.values()):
+            raise UserInputError(
+                f"the artifact does not record how its float graph {path} was read (calibrated by an older "
+                "lnm-deploy) and that graph needs reading options: pass --producer, --dt and --input-shape "
+                "as given to 'calibrate'")
+        as_calibrated = bool(now is not None and now.get("producer") == "lnm-deploy")
+        if not as_calibrated:
+            notes.append("reading options given on the command line; the artifact does not record them")
+    else:
+        as_calibrated = _same_options(now, recorded.get("resolved"))
+        if not as_calibrated and not any(v is not None for v in given.values()):
+            raise GraphError(f"{path} now reads as {now} but was read as {recorded.get('resolved')} at "
+                             "calibration: pass --producer/--dt/--input-shape to choose")
+    if float_path is not None and src.get("sha256") and sha256_file(path) != src.get("sha256"):
+        as_calibrated = False
+        notes.append(f"--float {path} is not the file the artifact was calibrated from")
+    return FloatModel(graph, path, {"requested": requested, "resolved": now}, as_calibrated, notes=notes)
 
 
 def _replay(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end: int,
@@ -206,14 +330,57 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
     return out
 
 
+def _labels(y: Array, n_samples: int, n_classes: int) -> Array:
+    """Labels as int64 class indices in [0, n_classes), or ``UserInputError``."""
+    y = np.asarray(y)
+    if y.shape != (n_samples,):
+        raise UserInputError(f"labels 'y' must be shaped ({n_samples},), got {y.shape}")
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise UserInputError(f"labels 'y' must be integer class indices, got dtype {y.dtype}")
+    if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+        raise UserInputError("labels 'y' must be integer class indices (found non-integer values)")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise UserInputError(f"labels 'y' must lie in [0, {n_classes - 1}] (the output layer has {n_classes} "
+                             f"neurons), found [{int(y.min())}, {int(y.max())}]")
+    return y.astype(np.int64)
+
+
+def _fraction(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not (np.isfinite(v) and 0.0 <= v <= 1.0):
+        raise UserInputError(f"{name} must be a number in [0, 1], got {value!r}")
+    return v
+
+
 def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | None = None, *,
-           backends: tuple[str, ...] = ("lava",), float_graph: str | os.PathLike[str] | None = None,
+           backends: str | tuple[str, ...] | list[str] = ("lava",),
+           float_graph: str | os.PathLike[str] | None = None,
            max_accuracy_drop: float = 0.005, backend_samples: int | None = None,
-           progress: bool = True) -> VerifyResult:
+           min_agreement: float = MIN_AGREEMENT, producer: str | None = None, dt: float | None = None,
+           input_shape: tuple[int, ...] | None = None, progress: bool = True) -> VerifyResult:
     """Run float, fxsim and ``backends`` on ``x`` and compare (see the module docstring).
 
-    ``backend_samples``: hold the backends against fxsim on the first N samples only (Lava runs
-    one sample at a time); float and fxsim always run on all of ``x``.
+    Args:
+        artifact: an ``Artifact`` or the path of one (its integers are re-checked against its target).
+        x: spikes (samples, timesteps, *input_shape), 0/1.
+        y: optional labels (samples,), integer class indices in [0, n_out).
+        backends: integer backend name(s) held bit-exact against fxsim.
+        float_graph: the float graph to compare with; default the one the artifact was calibrated
+            from; ``"dequantized"`` for the artifact's own dequantized graph (an opt-out the verdict
+            shows). Read with the artifact's recorded options, replaced by ``producer``, ``dt``
+            (seconds) and ``input_shape`` where given.
+        max_accuracy_drop: with labels, the largest accepted float - fixed accuracy, in [0, 1].
+        backend_samples: hold the backends against fxsim on the first N >= 1 samples (Lava runs one
+            sample at a time); float and fxsim always run on all of ``x``.
+        min_agreement: without labels, the smallest accepted fraction of samples on which fixed
+            point predicts the float model's class, and of equal output bins, in [0, 1].
+
+    Raises:
+        UserInputError: bad arguments, labels or data; the float model cannot be reloaded as calibrated.
+        GraphError: the artifact's integers violate its target.
     """
     import time
 
@@ -221,37 +388,55 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
     from lnm_deploy.calibrate.pipeline import check_spikes
     from lnm_deploy.fxsim import first_mismatch, run_fx
-    from lnm_deploy.metrics import accuracy
+    from lnm_deploy.metrics import accuracy, predictions
 
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
+    if isinstance(backends, str):
+        backends = (backends,)
+    backends = tuple(dict.fromkeys(backends))
+    integer = [k for k, v in BACKENDS.items() if v.integer]
     for b in backends:
         if b not in BACKENDS or not BACKENDS[b].integer:
-            raise UserInputError(f"--backend {b}: verify compares integer backends "
-                                 f"({', '.join(k for k, v in BACKENDS.items() if v.integer)})")
-    graph, source = resolve_float_graph(art, float_graph)
+            raise UserInputError(f"backend {b!r}: verify holds integer backends against fxsim; choose from "
+                                 f"{', '.join(integer)}")
+    max_accuracy_drop = _fraction("max_accuracy_drop", max_accuracy_drop)
+    min_agreement = _fraction("min_agreement", min_agreement)
+    if backend_samples is not None and (isinstance(backend_samples, bool) or not isinstance(backend_samples, (int, np.integer))
+                                        or backend_samples < 1):
+        raise UserInputError(f"backend_samples must be a whole number >= 1, got {backend_samples!r}")
     x = check_spikes(x, art.graph, "verification data")
+    sched = art.graph.schedule()
+    n_out = int(np.prod(sched.shapes[sched.output_node]))
+    if y is not None:
+        y = _labels(y, x.shape[0], n_out)
+    model = resolve_float_graph(art, float_graph, producer=producer, dt=dt, input_shape=input_shape)
+    graph = model.graph
     ref = run_float(graph, x, record=True, progress=progress)
     fixed = run_fx(art.fx, x, record=True, progress=progress)
     order = [n for n in art.fx.schedule().order if n in fixed.spikes]
     missing = [n for n in order if n not in ref.spikes]
     if missing:
-        raise UserInputError(f"the float graph ({source}) has no layers {missing}: pass the graph the artifact "
-                             "was calibrated from with --float")
+        raise UserInputError(f"the float graph ({model.source}) has no layers {missing}: pass the graph the "
+                             "artifact was calibrated from with --float")
     runs: dict[str, RunResult] = {"float": ref, "fxsim": fixed}
     checks: dict[str, BackendCheck] = {}
     reasons: list[str] = []
     for b in backends:
         t0 = time.perf_counter()
-        nb = x.shape[0] if backend_samples is None else max(1, min(backend_samples, x.shape[0]))
+        nb = x.shape[0] if backend_samples is None else min(int(backend_samples), x.shape[0])
         res = BACKENDS[b].run(art.fx, x[:nb], record=False, progress=progress)
         runs[b] = res
         sub = {n: fixed.spikes[n][:nb] for n in order}
-        mism = sum(int(np.sum(sub[n] != res.spikes[n])) for n in order if n in res.spikes)
-        total = sum(int(sub[n].size) for n in order)
-        m = first_mismatch(sub, res.spikes, order=order)
-        checks[b] = BackendCheck(bit_exact=m is None, mismatched_spikes=mism, compared_spikes=total,
+        absent = [n for n in order if n not in res.spikes or res.spikes[n].shape != sub[n].shape]
+        if absent:
+            reasons.append(f"{b} returned no spikes (or wrongly shaped ones) for layers {absent}")
+        mism = sum(int(np.sum(sub[n] != res.spikes[n])) for n in order if n not in absent)
+        total = sum(int(sub[n].size) for n in order if n not in absent)
+        m = first_mismatch({n: sub[n] for n in order if n not in absent}, res.spikes,
+                           order=[n for n in order if n not in absent])
+        checks[b] = BackendCheck(bit_exact=m is None and not absent, mismatched_spikes=mism, compared_spikes=total,
                                  first_mismatch=None if m is None else {**asdict(m), "text": str(m)},
-                                 seconds=time.perf_counter() - t0)
+                                 seconds=time.perf_counter() - t0, samples=int(nb))
         if m is not None:
             reasons.append(f"{b} differs from fxsim: {m}")
 
@@ -259,15 +444,30 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     layers = [LayerCheck(n, comps[n].agreement, comps[n].rate_reference, comps[n].rate_test) for n in order]
     div = first_divergence(ref.spikes, fixed.spikes, order)
     divergence = None if div is None else explain_divergence(graph, art, div, ref, x)
+    pred_agreement = float(np.mean(predictions(ref.output) == predictions(fixed.output)))
+    out_agreement = float(np.mean(ref.output.reshape(fixed.output.shape) == fixed.output))
+    if not np.any(ref.output):
+        reasons.append(f"the float model's output never spikes on these {x.shape[0]} samples: float and fixed "
+                       "point cannot be compared meaningfully (check how the graph was read: --producer, --dt)")
     f_acc = q_acc = None
     if y is not None:
         f_acc, q_acc = accuracy(ref.output, y), accuracy(fixed.output, y)
         if f_acc - q_acc > max_accuracy_drop:
             reasons.append(f"fixed-point accuracy {q_acc:.4f} is more than {max_accuracy_drop * 100:.2g} points "
                            f"below float {f_acc:.4f}")
+    else:
+        if pred_agreement < min_agreement:
+            reasons.append(f"fixed point predicts the float model's class on {pred_agreement:.4f} of the "
+                           f"samples, below the floor {min_agreement:.4g} (no labels given; --min-agreement)")
+        if out_agreement < min_agreement:
+            reasons.append(f"the output spikes of fixed point and float agree on {out_agreement:.4f} of the "
+                           f"(sample, step, neuron) bins, below the floor {min_agreement:.4g} (no labels given; "
+                           "--min-agreement)")
     return VerifyResult(
         target=art.target, samples=int(x.shape[0]), timesteps=int(x.shape[1]), float_accuracy=f_acc,
         fixed_accuracy=q_acc, layers=layers, backends=checks, first_divergence=divergence,
-        passed=not reasons, reasons=reasons, float_source=source, max_accuracy_drop=max_accuracy_drop,
-        runs=runs,
+        passed=not reasons, reasons=reasons, float_source=model.source, max_accuracy_drop=max_accuracy_drop,
+        runs=runs, float_graph=graph, float_model=model.to_dict(), prediction_agreement=pred_agreement,
+        output_agreement=out_agreement, min_agreement=min_agreement,
+        labels=y is not None,
     )

@@ -100,10 +100,22 @@ def test_verify_api_compares_every_layer_and_explains_divergence(files: dict[str
 
 def test_verify_fails_with_exit_1_and_bad_input_exits_2(files: dict[str, Path], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    # An accuracy bound no fixed-point network can meet (it would have to beat float by 200 points).
-    assert main(["verify", str(files["art"]), "--data", str(files["test"]), "--backend", "fxsim",
-                 "--max-accuracy-drop", "-2", "--quiet"]) == 1
-    assert "FAILED" in capsys.readouterr().out
+    # A float model that is another network: without labels, fixed point must predict its class on
+    # every sample (--min-agreement 1), which it does not.
+    other, nolabels = tmp_path / "other.nir", tmp_path / "nolabels.npz"
+    write_nir(_net(seed=7), other)
+    np.savez(nolabels, x=np.load(files["test"])["x"])
+    assert main(["verify", str(files["art"]), "--data", str(nolabels), "--backend", "fxsim",
+                 "--float", str(other), "--min-agreement", "1", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "NOT as calibrated" in out
+    # Out-of-range thresholds are usage errors (exit 2), not a failed check.
+    for bad_arg in (["--max-accuracy-drop", "-1"], ["--max-accuracy-drop", "nan"], ["--backend-samples", "0"],
+                    ["--backend-samples", "-1"], ["--min-agreement", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(["verify", str(files["art"]), "--data", str(files["test"]), *bad_arg, "--quiet"])
+        assert e.value.code == 2, bad_arg
+    capsys.readouterr()
     assert main(["verify", str(files["float"]), "--data", str(files["test"]), "--quiet"]) == 2
     assert "not a calibrated artifact" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"

@@ -33,6 +33,7 @@ from lnm_deploy.calibrate.stats import CalibrationStats
 from lnm_deploy.errors import LNMDeployWarning, UserInputError
 from lnm_deploy.execute import RunResult, run_float
 from lnm_deploy.ir import Graph, Neuron
+from lnm_deploy.nir_io import READ_OPTIONS_KEY
 from lnm_deploy.targets import Target
 
 Array = np.ndarray
@@ -56,6 +57,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def target_spec(target: Target) -> dict[str, Any]:
+    """The target description an artifact embeds (its TOML text and SHA-256), so that every reader
+    re-checks the artifact's integers against the target they were calibrated for."""
+    text = Path(target.path).read_text(encoding="utf-8")
+    return {"name": target.name, "toml": text,
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 def check_spikes(x: Array, graph: Graph, what: str = "calibration data") -> Array:
@@ -208,15 +217,20 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
 
         report["float_accuracy"] = accuracy(ref.output, y[:n_eval])
         report["fixed_accuracy"] = accuracy(fixed.output, y[:n_eval])
+    source_graph: dict[str, Any] | None = None
+    if source is not None:
+        # How the float graph was read (producer, dt, input shape: asked for and resolved), so that
+        # verify reloads exactly this float model (see lnm_deploy.verify.resolve_float_graph).
+        source_graph = {"path": str(Path(source).resolve()), "sha256": sha256_file(source),
+                        "read_options": graph.metadata.get(READ_OPTIONS_KEY)}
     provenance = {
         "lnm_deploy": __version__, "numpy": np.__version__, "python": platform.python_version(),
-        "source_graph": None if source is None else {"path": str(Path(source).resolve()),
-                                                     "sha256": sha256_file(source)},
+        "source_graph": source_graph,
         "calibration_data": None if data_path is None else {"path": str(Path(data_path).resolve()),
                                                             "sha256": sha256_file(data_path)},
     }
     report["provenance"] = provenance
-    record = {"target": target.name, "recipe": recipe.to_dict(), "calibration": {
+    record = {"target": target.name, "target_spec": target_spec(target), "recipe": recipe.to_dict(), "calibration": {
         "layers": report["layers"], "comparison": comparison, "notes": report["notes"],
         "stats": stats.to_dict(histograms=False)}, "provenance": provenance}
     neurons = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]

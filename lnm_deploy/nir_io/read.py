@@ -129,6 +129,10 @@ def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
     return g
 
 
+#: Graph metadata key under which ``from_nir`` records how the graph was read.
+READ_OPTIONS_KEY = "read_options"
+
+
 def read_nir(
     path: str | os.PathLike[str],
     *,
@@ -575,7 +579,9 @@ def from_nir(
 
     Returns:
         An IR graph; ``metadata`` holds ``imported_from`` (producer), ``dt`` and the NIR graph
-        metadata (``nir_metadata``), or, for lnm-deploy's graphs, the exact IR metadata.
+        metadata (``nir_metadata``), or, for lnm-deploy's graphs, the exact IR metadata; and always
+        ``read_options``: ``{"requested": {producer, dt, input_shape}, "resolved": {...}}``, the
+        options as given (None where not given) and as the reader resolved them.
 
     Raises:
         UserInputError: unknown producer, bad dt, or (via ``read_nir``) an unreadable file.
@@ -680,6 +686,13 @@ def from_nir(
         if gmeta:
             graph_meta["nir_metadata"] = _plain(gmeta)
 
+    # How this graph was read: what the caller asked for and what the reader resolved. Calibration
+    # records it in the artifact's provenance so that verify reloads the float model the same way.
+    graph_meta[READ_OPTIONS_KEY] = {
+        "requested": {"producer": producer, "dt": None if dt is None else float(dt),
+                      "input_shape": None if input_shape is None else [int(s) for s in input_shape]},
+        "resolved": {"producer": prod, "dt": float(step), "input_shape": [int(s) for s in shape]},
+    }
     _warn_losses(prod, ir_nodes, ctx)
     graph = Graph(nodes=ir_nodes, edges=list(edges), metadata=graph_meta)
     graph.schedule()

@@ -261,7 +261,8 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         "threshold_test": THRESHOLD_TEST,
         "timing": TIMING,
         "lnm_node_order": json.dumps(list(graph.nodes)),
-        "lnm_graph_metadata": metadata_json(graph.metadata),
+        # How this graph was once read is not a property of the graph: not written.
+        "lnm_graph_metadata": metadata_json({k: v for k, v in graph.metadata.items() if k != "read_options"}),
     }
     if len(dts) == 1:
         meta["dt"] = float(dts[0])

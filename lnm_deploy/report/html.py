@@ -36,6 +36,14 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _float_model_text(f: dict[str, Any]) -> str:
+    how = ("read as calibrated" if f.get("as_calibrated") else
+           "opt-out: the artifact's dequantized graph" if f.get("opt_out") else "NOT read as calibrated")
+    resolved = (f.get("read_options") or {}).get("resolved") or {}
+    opts = ", ".join(f"{k} {v}" for k, v in resolved.items() if v is not None)
+    return how + (f"; {opts}" if opts else "")
+
+
 def render_verify_page(result: Any, graph: Graph, artifact: Any) -> str:
     """The page for a ``VerifyResult`` (its ``runs`` hold the spike trains to plot)."""
     d = result.to_dict()
@@ -43,19 +51,23 @@ def render_verify_page(result: Any, graph: Graph, artifact: Any) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lnm-deploy verify: {_fmt(result.target)}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Verification on <code>{_fmt(result.target)}</code> {badge}</h1>",
-             f"<p class='muted'>{result.samples} samples x {result.timesteps} timesteps; float model: "
-             f"{_fmt(result.float_source)}</p>"]
+             f"<p class='muted'>float and fixed point on {result.samples} samples x {result.timesteps} "
+             f"timesteps; " + "; ".join(f"{_fmt(n)} against fxsim on {b.samples} samples"
+                                         for n, b in result.backends.items())
+             + f"</p><p class='muted'>float model: {_fmt(result.float_source)} ("
+             + _fmt(_float_model_text(d["float"])) + ")</p>"]
     if result.reasons:
         parts.append("<ul>" + "".join(f"<li>{_fmt(r)}</li>" for r in result.reasons) + "</ul>")
     parts.append("<h2>Accuracy</h2><table><tr><th>model</th><th>accuracy</th></tr>"
                  f"<tr><td>float</td><td>{_fmt(result.float_accuracy)}</td></tr>"
                  f"<tr><td>fixed point (fxsim)</td><td>{_fmt(result.fixed_accuracy)}</td></tr></table>")
     parts.append("<h2>Backends against fxsim (bit for bit)</h2><table><tr><th>backend</th><th>bit exact</th>"
-                 "<th>mismatched spikes</th><th>compared spikes</th><th>seconds</th><th>first mismatch</th></tr>")
+                 "<th>samples</th><th>mismatched spikes</th><th>compared spikes</th><th>seconds</th>"
+                 "<th>first mismatch</th></tr>")
     for name, b in d["backends"].items():
         fm = b["first_mismatch"]["text"] if b["first_mismatch"] else "-"
         parts.append(f"<tr><td>{_fmt(name)}</td><td>{'yes' if b['bit_exact'] else 'NO'}</td>"
-                     f"<td>{b['mismatched_spikes']}</td><td>{b['compared_spikes']}</td>"
+                     f"<td>{b['samples']}</td><td>{b['mismatched_spikes']}</td><td>{b['compared_spikes']}</td>"
                      f"<td>{b['seconds']:.2f}</td><td>{_fmt(fm)}</td></tr>")
     parts.append("</table>")
 

@@ -22,6 +22,7 @@ from lnm_deploy.targets.spec import (
     Target,
     TargetInfo,
     parse_target,
+    target_from_toml,
 )
 
 
@@ -65,4 +66,5 @@ __all__ = [
     "load_target",
     "parse_target",
     "shipped_targets_dir",
+    "target_from_toml",
 ]

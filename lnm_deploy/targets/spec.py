@@ -215,6 +215,22 @@ def _validate(t: Target) -> None:
 def parse_target(path: str | Path) -> Target:
     """Load and validate one target file."""
     file, data = read_toml(path, "target file")
+    return _target_from_data(file, data)
+
+
+def target_from_toml(text: str, origin: str) -> Target:
+    """Parse and validate a target description given as TOML text (an artifact embeds the text of
+    the target it was calibrated for); ``origin`` names it in errors and becomes ``Target.path``."""
+    from lnm_deploy.configfile import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserInputError(f"{origin}: not valid TOML ({e})") from e
+    return _target_from_data(Path(origin), data)
+
+
+def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
     neurons = data.get("neurons", {})
     if not isinstance(neurons, dict):
         raise UserInputError(f"{file}: [neurons] must be a table")

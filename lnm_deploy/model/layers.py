@@ -134,7 +134,7 @@ class ConfigReader:
     """
 
     def __init__(self, cfg: Any, what: str) -> None:
-        if not isinstance(cfg, dict):
+        if not isinstance(cfg, Mapping):
             raise UserInputError(f"{what} config must be a JSON object, got {type(cfg).__name__}")
         self._cfg = cfg
         self._what = what
@@ -186,6 +186,10 @@ class ConfigReader:
                 or (length is not None and len(v) != length)):
             raise self._bad(key, "a list of integers" if length is None else f"a list of {length} integers", v)
         return tuple(v)
+
+    def get_pair(self, key: str) -> tuple[int, int]:
+        a, b = self.get_ints(key, 2)
+        return (a, b)
 
     def get_dtype(self, key: str = "dtype") -> torch.dtype:
         return DTYPES[self.get_str(key, DTYPES)]
@@ -570,7 +574,7 @@ class SumPool2d(nn.Module):
     def from_config(cls, cfg: Mapping[str, Any]) -> SumPool2d:
         """A new layer from :meth:`config`'s dict; ``UserInputError`` for a bad config."""
         r = ConfigReader(cfg, cls.__name__)
-        layer = cls(r.get_ints("kernel_size", 2), r.get_ints("stride", 2), r.get_ints("padding", 2))
+        layer = cls(r.get_pair("kernel_size"), r.get_pair("stride"), r.get_pair("padding"))
         r.done()
         return layer
 
@@ -659,21 +663,22 @@ def _conv2d_config(layer: nn.Conv2d) -> dict[str, Any]:
 
 def _conv2d_from_config(cfg: Mapping[str, Any]) -> nn.Conv2d:
     r = ConfigReader(cfg, "Conv2d")
-    padding: str | tuple[int, ...]
+    padding: str | tuple[int, int]
     if isinstance(cfg.get("padding"), str):
         padding = r.get_str("padding", ("same", "valid"))
     else:
-        padding = r.get_ints("padding", 2)
+        padding = r.get_pair("padding")
+    padding_mode: Any = r.get_str("padding_mode", ("zeros", "reflect", "replicate", "circular"))
     layer = nn.Conv2d(
         r.get_int("in_channels"),
         r.get_int("out_channels"),
-        r.get_ints("kernel_size", 2),
-        stride=r.get_ints("stride", 2),
+        r.get_pair("kernel_size"),
+        stride=r.get_pair("stride"),
         padding=padding,
-        dilation=r.get_ints("dilation", 2),
+        dilation=r.get_pair("dilation"),
         groups=r.get_int("groups"),
         bias=r.get_bool("bias"),
-        padding_mode=r.get_str("padding_mode", ("zeros", "reflect", "replicate", "circular")),
+        padding_mode=padding_mode,
         dtype=r.get_dtype(),
     )
     r.done()
@@ -705,9 +710,9 @@ def _avgpool2d_config(layer: nn.AvgPool2d) -> dict[str, Any]:
 def _avgpool2d_from_config(cfg: Mapping[str, Any]) -> nn.AvgPool2d:
     r = ConfigReader(cfg, "AvgPool2d")
     layer = nn.AvgPool2d(
-        r.get_ints("kernel_size", 2),
-        stride=r.get_ints("stride", 2),
-        padding=r.get_ints("padding", 2),
+        r.get_pair("kernel_size"),
+        stride=r.get_pair("stride"),
+        padding=r.get_pair("padding"),
         ceil_mode=r.get_bool("ceil_mode"),
         count_include_pad=r.get_bool("count_include_pad"),
         divisor_override=r.get_opt_int("divisor_override"),

@@ -268,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lnm-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("export", help="export a trained LNM model (saved with lnm_deploy.model.save_model) to NIR")
-    p.add_argument("model", help="a .pt file written by lnm_deploy.model.save_model")
+    p = sub.add_parser("export", help="export a trained LNM model (a .safetensors file written by "
+                       "lnm_deploy.model.save_model) to NIR")
+    p.add_argument("model", help="a .safetensors file written by lnm_deploy.model.save_model; pickles "
+                   "(torch.save .pt files) are refused, never loaded: convert a trusted one with "
+                   "lnm_deploy.model.convert_legacy_model")
     p.add_argument("--input-shape", type=_shape, required=True, metavar="SHAPE", help="e.g. 64 or 2,34,34")
     p.add_argument("--dt", type=float, default=1e-3, help="seconds per timestep, recorded in the graph")
     p.add_argument("--out", required=True, help="the .nir file to write")

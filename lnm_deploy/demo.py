@@ -22,7 +22,7 @@ import numpy as np
 from lnm_deploy.errors import UserInputError
 
 #: Files the demo leaves in its output directory.
-MODEL_FILE, TEST_FILE, CALIB_FILE, TORCH_FILE = "model.nir", "test.npz", "calib.npz", "model.pt"
+MODEL_FILE, TEST_FILE, CALIB_FILE, TORCH_FILE = "model.nir", "test.npz", "calib.npz", "model.safetensors"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 CALIB_SAMPLES = 256
 

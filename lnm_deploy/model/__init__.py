@@ -17,7 +17,7 @@ from lnm_deploy.model.data import (
     load_digits_split,
     rate_encode,
 )
-from lnm_deploy.model.io import load_model, save_model
+from lnm_deploy.model.io import convert_legacy_model, load_model, save_model
 from lnm_deploy.model.layers import (
     LNM,
     LNMSequential,
@@ -46,6 +46,7 @@ __all__ = [
     "SumPool2d",
     "TrainHistory",
     "build_digits_model",
+    "convert_legacy_model",
     "current_encode",
     "encode",
     "evaluate",

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,101 @@ def _param_shape(shape: tuple[int, ...], granularity: str, what: str) -> tuple[i
     if granularity == "neuron":
         return shape
     raise UserInputError(f"{what} granularity must be one of {GRANULARITIES}, got {granularity!r}")
+
+
+# -- layer configurations (the architecture part of a model file, lnm_deploy.model.io) ----------
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"float32"`` for ``torch.float32``; ``UserInputError`` for a dtype a model file cannot hold."""
+    for name, d in DTYPES.items():
+        if d == dtype:
+            return name
+    raise UserInputError(f"dtype {dtype} cannot be saved (supported: {', '.join(DTYPES)})")
+
+
+class ConfigReader:
+    """Strict, typed reads of one layer's configuration (a JSON object from an untrusted file).
+
+    Every getter raises ``UserInputError`` naming the layer type and key for a missing key or a
+    value of the wrong type; :meth:`done` rejects keys that were never read.
+    """
+
+    def __init__(self, cfg: Any, what: str) -> None:
+        if not isinstance(cfg, Mapping):
+            raise UserInputError(f"{what} config must be a JSON object, got {type(cfg).__name__}")
+        self._cfg = cfg
+        self._what = what
+        self._read: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        if key not in self._cfg:
+            raise UserInputError(f"{self._what} config lacks {key!r}")
+        self._read.add(key)
+        return self._cfg[key]
+
+    def _bad(self, key: str, want: str, got: Any) -> UserInputError:
+        return UserInputError(f"{self._what} config {key!r} must be {want}, got {got!r}")
+
+    def get_int(self, key: str) -> int:
+        v = self._get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._bad(key, "an integer", v)
+        return v
+
+    def get_opt_int(self, key: str) -> int | None:
+        return None if self._get(key) is None else self.get_int(key)
+
+    def get_float(self, key: str) -> float:
+        v = self._get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self._bad(key, "a finite number", v)
+        return float(v)
+
+    def get_opt_float(self, key: str) -> float | None:
+        return None if self._get(key) is None else self.get_float(key)
+
+    def get_bool(self, key: str) -> bool:
+        v = self._get(key)
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false", v)
+        return v
+
+    def get_str(self, key: str, choices: Iterable[str]) -> str:
+        v = self._get(key)
+        options = tuple(choices)
+        if not isinstance(v, str) or v not in options:
+            raise self._bad(key, f"one of {options}", v)
+        return v
+
+    def get_ints(self, key: str, length: int | None = None) -> tuple[int, ...]:
+        v = self._get(key)
+        if (not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in v)
+                or (length is not None and len(v) != length)):
+            raise self._bad(key, "a list of integers" if length is None else f"a list of {length} integers", v)
+        return tuple(v)
+
+    def get_pair(self, key: str) -> tuple[int, int]:
+        a, b = self.get_ints(key, 2)
+        return (a, b)
+
+    def get_dtype(self, key: str = "dtype") -> torch.dtype:
+        return DTYPES[self.get_str(key, DTYPES)]
+
+    def done(self) -> None:
+        """``UserInputError`` if the config has keys no getter read."""
+        extra = sorted(set(self._cfg) - self._read)
+        if extra:
+            raise UserInputError(f"{self._what} config has unknown keys {extra}")
+
+
+_L = TypeVar("_L", bound="LNM")
 
 
 class LNM(nn.Module):
@@ -210,6 +306,66 @@ class LNM(nn.Module):
         # widens the regulariser's grid to where the state actually goes (a quadratic leak diverges
         # below its unstable fixed point, and inhibition drives v far below -v_th).
         self.register_buffer("v_seen", torch.zeros(2, dtype=dtype))
+
+    # -- configuration (model files: lnm_deploy.model.io) -----------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this layer's structure (JSON-serialisable).
+
+        The initial values (``beta``, ``threshold``, ``v_reset``, ``alpha``) are left out: a model
+        file holds the trained tensors, which :func:`lnm_deploy.model.load_model` loads after
+        :meth:`from_config`. The ``learn_*`` flags record which tensors are ``nn.Parameter``s.
+        """
+        return {
+            "shape": list(self.shape),
+            "degree": self.degree,
+            "reset": self.reset,
+            "synapse": self.synapse,
+            "granularity": self.granularity,
+            "threshold_granularity": self.threshold_granularity,
+            "learn_poly": "theta_raw" in self._parameters,
+            "learn_threshold": "v_th" in self._parameters,
+            "learn_reset": "v_reset" in self._parameters,
+            "learn_alpha": "alpha" in self._parameters,
+            "poly_scale": self.poly_scale,
+            "surrogate": self.surrogate,
+            "surrogate_slope": self.surrogate_slope,
+            "v_lo": None if self.v_lo is None else float(self.v_lo),
+            "reg_points": self.reg_points,
+            "dtype": dtype_name(self.theta_raw.dtype),
+        }
+
+    @classmethod
+    def _config_kwargs(cls, r: ConfigReader) -> dict[str, Any]:
+        return {
+            "shape": r.get_ints("shape"),
+            "degree": r.get_int("degree"),
+            "reset": r.get_str("reset", ("value", "subtract")),
+            "synapse": r.get_bool("synapse"),
+            "granularity": r.get_str("granularity", GRANULARITIES),
+            "threshold_granularity": r.get_str("threshold_granularity", GRANULARITIES),
+            "learn_poly": r.get_bool("learn_poly"),
+            "learn_threshold": r.get_bool("learn_threshold"),
+            "learn_reset": r.get_bool("learn_reset"),
+            "learn_alpha": r.get_bool("learn_alpha"),
+            "poly_scale": r.get_float("poly_scale"),
+            "surrogate": r.get_str("surrogate", SURROGATES),
+            "surrogate_slope": r.get_float("surrogate_slope"),
+            "v_lo": r.get_opt_float("v_lo"),
+            "reg_points": r.get_int("reg_points"),
+            "dtype": r.get_dtype(),
+        }
+
+    @classmethod
+    def from_config(cls: type[_L], cfg: Mapping[str, Any]) -> _L:
+        """A new layer from :meth:`config`'s dict (tensors at their initial values).
+
+        Raises:
+            UserInputError: a missing or unknown key, or a value of the wrong type or range.
+        """
+        r = ConfigReader(cfg, cls.__name__)
+        kwargs = cls._config_kwargs(r)
+        r.done()
+        return cls(**kwargs)
 
     def _register(self, name: str, value: Tensor, learn: bool) -> None:
         if learn:
@@ -371,6 +527,14 @@ class RecurrentLNM(LNM):
     def _recurrent_input(self, s: Tensor) -> Tensor | None:
         return self.rec(s)
 
+    def config(self) -> dict[str, Any]:
+        """:meth:`LNM.config` plus ``rec_bias``."""
+        return {**super().config(), "rec_bias": self.rec.bias is not None}
+
+    @classmethod
+    def _config_kwargs(cls, r: ConfigReader) -> dict[str, Any]:
+        return {**super()._config_kwargs(r), "rec_bias": r.get_bool("rec_bias")}
+
 
 class SumPool2d(nn.Module):
     """Sum over each (zero-padded) window; input ``(N, C, H, W)``.
@@ -397,6 +561,173 @@ class SumPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as JSON: ``kernel_size``, ``stride``, ``padding`` (pairs)."""
+        return {
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+        }
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> SumPool2d:
+        """A new layer from :meth:`config`'s dict; ``UserInputError`` for a bad config."""
+        r = ConfigReader(cfg, cls.__name__)
+        layer = cls(r.get_pair("kernel_size"), r.get_pair("stride"), r.get_pair("padding"))
+        r.done()
+        return layer
+
+
+# -- the registry of layer types a model file may contain -----------------------------------------
+@dataclass(frozen=True)
+class LayerType:
+    """One layer kind a model file may hold: its name in the file and how to (re)build it.
+
+    ``config(layer)`` gives the layer's constructor arguments as a JSON-serialisable dict;
+    ``from_config(cfg)`` builds a new layer from that dict (raising ``UserInputError`` for a bad
+    one). Matching is by exact class: a subclass needs its own entry.
+    """
+
+    name: str
+    cls: type[nn.Module]
+    config: Callable[[Any], dict[str, Any]]
+    from_config: Callable[[Mapping[str, Any]], nn.Module]
+
+
+LAYER_TYPES: dict[str, LayerType] = {}
+
+
+def register_layer_type(
+    name: str,
+    cls: type[nn.Module],
+    config: Callable[[Any], dict[str, Any]],
+    from_config: Callable[[Mapping[str, Any]], nn.Module],
+) -> None:
+    """Allow layers of exactly ``cls`` in model files, under the type name ``name``."""
+    LAYER_TYPES[name] = LayerType(name, cls, config, from_config)
+
+
+def layer_type(name: Any) -> LayerType:
+    """The registered :class:`LayerType` called ``name``; ``UserInputError`` listing the known ones."""
+    if not isinstance(name, str) or name not in LAYER_TYPES:
+        raise UserInputError(
+            f"unknown layer type {name!r} (known: {', '.join(sorted(LAYER_TYPES))})"
+        )
+    return LAYER_TYPES[name]
+
+
+def layer_type_of(layer: nn.Module) -> LayerType:
+    """The :class:`LayerType` of ``layer`` (exact class); ``UserInputError`` if it has none."""
+    for entry in LAYER_TYPES.values():
+        if type(layer) is entry.cls:
+            return entry
+    raise UserInputError(
+        f"layer type {type(layer).__name__} cannot be saved in a model file "
+        f"(known: {', '.join(sorted(LAYER_TYPES))})"
+    )
+
+
+def _linear_config(layer: nn.Linear) -> dict[str, Any]:
+    return {
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "bias": layer.bias is not None,
+        "dtype": dtype_name(layer.weight.dtype),
+    }
+
+
+def _linear_from_config(cfg: Mapping[str, Any]) -> nn.Linear:
+    r = ConfigReader(cfg, "Linear")
+    layer = nn.Linear(r.get_int("in_features"), r.get_int("out_features"), bias=r.get_bool("bias"),
+                      dtype=r.get_dtype())
+    r.done()
+    return layer
+
+
+def _conv2d_config(layer: nn.Conv2d) -> dict[str, Any]:
+    pad = layer.padding
+    return {
+        "in_channels": layer.in_channels,
+        "out_channels": layer.out_channels,
+        "kernel_size": list(layer.kernel_size),
+        "stride": list(layer.stride),
+        "padding": pad if isinstance(pad, str) else list(pad),
+        "dilation": list(layer.dilation),
+        "groups": layer.groups,
+        "bias": layer.bias is not None,
+        "padding_mode": layer.padding_mode,
+        "dtype": dtype_name(layer.weight.dtype),
+    }
+
+
+def _conv2d_from_config(cfg: Mapping[str, Any]) -> nn.Conv2d:
+    r = ConfigReader(cfg, "Conv2d")
+    padding: str | tuple[int, int]
+    if isinstance(cfg.get("padding"), str):
+        padding = r.get_str("padding", ("same", "valid"))
+    else:
+        padding = r.get_pair("padding")
+    padding_mode: Any = r.get_str("padding_mode", ("zeros", "reflect", "replicate", "circular"))
+    layer = nn.Conv2d(
+        r.get_int("in_channels"),
+        r.get_int("out_channels"),
+        r.get_pair("kernel_size"),
+        stride=r.get_pair("stride"),
+        padding=padding,
+        dilation=r.get_pair("dilation"),
+        groups=r.get_int("groups"),
+        bias=r.get_bool("bias"),
+        padding_mode=padding_mode,
+        dtype=r.get_dtype(),
+    )
+    r.done()
+    return layer
+
+
+def _flatten_config(layer: nn.Flatten) -> dict[str, Any]:
+    return {"start_dim": layer.start_dim, "end_dim": layer.end_dim}
+
+
+def _flatten_from_config(cfg: Mapping[str, Any]) -> nn.Flatten:
+    r = ConfigReader(cfg, "Flatten")
+    layer = nn.Flatten(r.get_int("start_dim"), r.get_int("end_dim"))
+    r.done()
+    return layer
+
+
+def _avgpool2d_config(layer: nn.AvgPool2d) -> dict[str, Any]:
+    return {
+        "kernel_size": list(nn.modules.utils._pair(layer.kernel_size)),
+        "stride": list(nn.modules.utils._pair(layer.stride)),
+        "padding": list(nn.modules.utils._pair(layer.padding)),
+        "ceil_mode": bool(layer.ceil_mode),
+        "count_include_pad": bool(layer.count_include_pad),
+        "divisor_override": layer.divisor_override,
+    }
+
+
+def _avgpool2d_from_config(cfg: Mapping[str, Any]) -> nn.AvgPool2d:
+    r = ConfigReader(cfg, "AvgPool2d")
+    layer = nn.AvgPool2d(
+        r.get_pair("kernel_size"),
+        stride=r.get_pair("stride"),
+        padding=r.get_pair("padding"),
+        ceil_mode=r.get_bool("ceil_mode"),
+        count_include_pad=r.get_bool("count_include_pad"),
+        divisor_override=r.get_opt_int("divisor_override"),
+    )
+    r.done()
+    return layer
+
+
+register_layer_type("LNM", LNM, LNM.config, LNM.from_config)
+register_layer_type("RecurrentLNM", RecurrentLNM, RecurrentLNM.config, RecurrentLNM.from_config)
+register_layer_type("SumPool2d", SumPool2d, SumPool2d.config, SumPool2d.from_config)
+register_layer_type("Linear", nn.Linear, _linear_config, _linear_from_config)
+register_layer_type("Conv2d", nn.Conv2d, _conv2d_config, _conv2d_from_config)
+register_layer_type("Flatten", nn.Flatten, _flatten_config, _flatten_from_config)
+register_layer_type("AvgPool2d", nn.AvgPool2d, _avgpool2d_config, _avgpool2d_from_config)
 
 
 _PREFIXES: tuple[tuple[type[nn.Module], str], ...] = (

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,21 @@ from types import TracebackType
 from lnm_deploy.errors import UserInputError
 
 __all__ = ["Outputs", "check_directory", "check_file"]
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP while renaming in or rolling back (a few system calls): one
+    arriving then is delivered right after, when the outputs are consistent again."""
+    sigs = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _umask() -> int:
@@ -262,6 +278,10 @@ class Outputs:
         """
         if self._done:
             raise ValueError("outputs already committed or aborted")
+        with _signals_held():
+            return self._commit()
+
+    def _commit(self) -> list[Path]:
         mask = _umask()
         written: list[Path] = []
         current: Path | None = None
@@ -363,7 +383,8 @@ class Outputs:
         """Remove every temporary; nothing of this run remains. Idempotent."""
         if not self._done:
             self._done = True
-            self._rollback()
+            with _signals_held():
+                self._rollback()
 
     def __enter__(self) -> Outputs:
         return self

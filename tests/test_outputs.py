@@ -25,8 +25,14 @@ def _files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
-@pytest.fixture
-def graph_file(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only inputs shared by the tests of this module."""
+    return tmp_path_factory.mktemp("in")
+
+
+@pytest.fixture(scope="module")
+def graph_file(inputs: Path) -> Path:
     rng = np.random.default_rng(0)
     g = sequential(
         [
@@ -37,13 +43,12 @@ def graph_file(tmp_path: Path) -> Path:
         ],
         (6,),
     )
-    path = tmp_path / "in" / "g.nir"
-    path.parent.mkdir()
+    path = inputs / "g.nir"
     write_nir(g, path)
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def data_file(graph_file: Path) -> Path:
     rng = np.random.default_rng(1)
     path = graph_file.parent / "x.npz"
@@ -51,7 +56,7 @@ def data_file(graph_file: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def artifact(graph_file: Path, data_file: Path) -> Path:
     art = graph_file.parent / "g.loihi2.nir"
     assert main(["calibrate", str(graph_file), "--data", str(data_file), "--target", "loihi2",
@@ -160,7 +165,7 @@ def test_calibrate_default_report_dir_is_checked_first(graph_file: Path, data_fi
 
 
 @pytest.mark.parametrize("command", ["run", "verify-json", "verify-html", "compile", "calibrate-out",
-                                     "calibrate-report", "export"])
+                                     "calibrate-report", "export", "demo"])
 def test_unwritable_output_is_one_line_before_any_work(command: str, graph_file: Path, data_file: Path,
                                                        artifact: Path, work: Path, tmp_path: Path,
                                                        read_only: Callable[[Path], None],
@@ -181,7 +186,11 @@ def test_unwritable_output_is_one_line_before_any_work(command: str, graph_file:
         "calibrate-report": ["calibrate", str(graph_file), "--data", str(data_file), "--target",
                              "loihi2", "--out", str(work / "a.nir"), "--report-dir", str(ro / "rep")],
         "export": ["export", str(tmp_path / "m.pt"), "--input-shape", "6", "--out", str(ro / "g.nir")],
+        "demo": ["demo", "--out", str(ro / "demo_out"), "--quiet"],
     }[command]
+    if command == "demo":
+        pytest.importorskip("torch")
+        _no_work(monkeypatch, ("lnm_deploy.model", "train_digits"))
     _no_work(monkeypatch, ("lnm_deploy.verify", "verify"), ("lnm_deploy.calibrate", "calibrate_network"),
              ("lnm_deploy.onnx_backend.run", "build_onnx"), ("lnm_deploy.model", "load_model"),
              ("lnm_deploy.cli", "_load"), ("lnm_deploy.artifact", "read_artifact"))

@@ -82,13 +82,14 @@ class _Plan:
         self.out, self.force = out, force
         if out.exists() and not out.is_dir():
             raise UserInputError(f"{out} exists and is not a directory; choose another --out")
-        self.manifest = read_manifest(out) if out.is_dir() else {}
-        if self.manifest is None:
+        manifest = read_manifest(out) if out.is_dir() else {}
+        if manifest is None:
             if any(out.iterdir()) and not force:
                 raise UserInputError(f"{out} is not empty and was not written by the demo (it has no "
                                      f"{MANIFEST}); pass --force to write into it (other files are "
                                      "kept) or choose another --out")
-            self.manifest = {}
+            manifest = {}
+        self.manifest: dict[str, str] = manifest
 
     def ours(self, rel: str) -> bool:
         """``rel`` is missing, or the demo wrote it and it is unchanged since."""

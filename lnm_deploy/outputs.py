@@ -294,11 +294,11 @@ class Outputs:
                 if f.tmp is not None:
                     os.chmod(f.tmp, 0o666 & ~mask)
             for f in self._files.values():  # in new directories: final names while staged
-                d = self._dirs.get(f.target.parent)
-                if f.tmp is not None and d is not None and d.staging is not None:
+                home = self._dirs.get(f.target.parent)
+                if f.tmp is not None and home is not None and home.staging is not None:
                     current = f.target
-                    os.replace(f.tmp, d.staging / f.target.name)
-                    f.tmp = d.staging / f.target.name
+                    os.replace(f.tmp, home.staging / f.target.name)
+                    f.tmp = home.staging / f.target.name
             for d in self._dirs.values():  # new directories: one rename each, contents included
                 if d.staging is not None and d.parent is None:
                     current = d.target

@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
+# A rerun replaces only the demo's own files (listed in $(DEMO_OUT)/demo-manifest.json);
+# `make demo FORCE=1` also writes where files are not its own (others are never touched).
+FORCE ?=
 
 .PHONY: venv demo test lint bench clean
 
@@ -9,7 +12,7 @@ venv:
 	@VENV=$(VENV) tools/ensure-venv.sh
 
 demo: venv
-	$(VENV)/bin/lnm-deploy demo --out $(DEMO_OUT)
+	$(VENV)/bin/lnm-deploy demo --out $(DEMO_OUT) $(if $(FORCE),--force)
 
 test: venv
 	$(PY) -m pytest

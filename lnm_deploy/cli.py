@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage; 3 malformed
 graph; 4 unsupported node or semantics; 5 numeric problem (NaN, overflow); 6 missing optional
-dependency; 130 interrupted.
+dependency; 130 interrupted (Ctrl-C); 128 + N terminated by signal N (143 SIGTERM, 129 SIGHUP).
+Outputs are declared and checked before any work and written all together at the end, or not at
+all (``lnm_deploy.outputs``).
 """
 
 from __future__ import annotations
@@ -92,23 +94,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from lnm_deploy.artifact import write_artifact
     from lnm_deploy.calibrate import calibrate_network, load_recipe
-    from lnm_deploy.fileio import check_output_path, existing_file, read_dataset
+    from lnm_deploy.fileio import existing_file, read_dataset
+    from lnm_deploy.outputs import Outputs
     from lnm_deploy.report.calibration import write_calibration_report
     from lnm_deploy.targets import load_target
 
-    check_output_path(args.out, force=args.force)
     report_dir = Path(args.report_dir) if args.report_dir else Path(f"{args.out}.report")
-    target = load_target(args.target)
-    recipe = load_recipe(args.recipe)
-    graph, artifact = _load(args)
-    if artifact is not None:
-        raise UserInputError(f"{args.graph} is already a calibrated artifact (target '{artifact.target}'); "
-                             "calibrate the float graph it came from")
-    x, y = read_dataset(args.data)
-    result = calibrate_network(graph, x, target, recipe, y=y, source=existing_file(args.graph),
-                       data_path=args.data, progress=not args.quiet)
-    write_artifact(result.artifact, args.out, force=args.force)
-    write_calibration_report(result, graph, report_dir)
+    with Outputs(force=args.force) as outs:  # artifact and report: both written, or neither
+        outs.file(args.out, option="--out")
+        outs.directory(report_dir, option="--report-dir")
+        target = load_target(args.target)
+        recipe = load_recipe(args.recipe)
+        graph, artifact = _load(args)
+        if artifact is not None:
+            raise UserInputError(f"{args.graph} is already a calibrated artifact (target "
+                                 f"'{artifact.target}'); calibrate the float graph it came from")
+        x, y = read_dataset(args.data)
+        result = calibrate_network(graph, x, target, recipe, y=y, source=existing_file(args.graph),
+                                   data_path=args.data, progress=not args.quiet)
+        write_artifact(result.artifact, outs.stage(args.out))
+        write_calibration_report(result, graph, report_dir, outputs=outs)
     rep = result.report
     print(f"calibrated {args.graph} for {target.name} with recipe '{recipe.name}' on {rep['samples']} samples")
     for name, layer in rep["comparison"]["layers"].items():
@@ -124,30 +129,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from lnm_deploy.artifact import read_artifact
-    from lnm_deploy.fileio import atomic_output, check_output_path, existing_file, read_dataset
+    from lnm_deploy.fileio import existing_file, read_dataset
+    from lnm_deploy.outputs import Outputs
     from lnm_deploy.verify import verify
 
-    for out in (args.json, args.html):
-        if out:
-            check_output_path(out, force=args.force)
-    artifact = read_artifact(existing_file(args.artifact, "artifact"))
-    x, y = read_dataset(args.data)
-    backends = tuple(dict.fromkeys(args.backend or ["lava"]))
-    result = verify(artifact, x, y, backends=backends, float_graph=args.float,
-                    max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
-                    min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
-                    input_shape=args.input_shape, progress=not args.quiet)
-    doc = result.to_dict()
-    if args.json:
-        with atomic_output(args.json, force=args.force) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2, default=json_default))
-    if args.html:
-        from lnm_deploy.nir_io import read_nir
-        from lnm_deploy.report.html import render_verify_page
+    with Outputs(force=args.force) as outs:  # --json and --html: both written, or neither
+        if args.json:
+            outs.file(args.json, option="--json")
+        if args.html:
+            outs.file(args.html, option="--html")
+        artifact = read_artifact(existing_file(args.artifact, "artifact"))
+        x, y = read_dataset(args.data)
+        backends = tuple(dict.fromkeys(args.backend or ["lava"]))
+        result = verify(artifact, x, y, backends=backends, float_graph=args.float,
+                        max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
+                        min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
+                        input_shape=args.input_shape, progress=not args.quiet)
+        if args.json:
+            outs.write_text(args.json, json.dumps(result.to_dict(), indent=2, default=json_default))
+        if args.html:
+            from lnm_deploy.report.html import render_verify_page
 
-        page = render_verify_page(result, result.float_graph, artifact)
-        with atomic_output(args.html, force=args.force) as tmp:
-            tmp.write_text(page, encoding="utf-8")
+            outs.write_text(args.html, render_verify_page(result, result.float_graph, artifact))
     fm = result.float_model
     how = ("as calibrated" if fm.get("as_calibrated") else
            "OPT-OUT: float and fixed differ only by rounding" if fm.get("opt_out") else "NOT as calibrated")
@@ -181,12 +184,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     import lnm_deploy
-    from lnm_deploy.fileio import check_output_path, existing_file
+    from lnm_deploy.fileio import existing_file
     from lnm_deploy.model import load_model
+    from lnm_deploy.outputs import Outputs
 
-    check_output_path(args.out, force=args.force)
-    model = load_model(existing_file(args.model, "model file"))
-    lnm_deploy.export(model, args.out, input_shape=args.input_shape, dt=args.dt)
+    with Outputs(force=args.force) as outs:
+        outs.file(args.out, option="--out")
+        model = load_model(existing_file(args.model, "model file"))
+        lnm_deploy.export(model, outs.stage(args.out), input_shape=args.input_shape, dt=args.dt)
     print(f"exported {args.model} -> {args.out}")
     return 0
 
@@ -212,11 +217,21 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from lnm_deploy.outputs import Outputs
+
+    with Outputs(force=args.force) as outs:
+        outs.file(args.out, option="--out")  # checked before any work
+        msg = _run(args, outs)
+    print(f"{msg} -> {args.out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, outs) -> str:  # outs: lnm_deploy.outputs.Outputs
+    """The work of ``run``: stages ``--out`` in ``outs``; returns the summary line."""
     from lnm_deploy.backends import BACKENDS
-    from lnm_deploy.fileio import check_output_path, read_dataset, write_npz
+    from lnm_deploy.fileio import read_dataset, write_npz
     from lnm_deploy.metrics import accuracy
 
-    check_output_path(args.out, force=args.force)
     backend = BACKENDS[args.backend]
     graph, artifact = _load(args)
     if backend.integer and artifact is None:
@@ -239,9 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         acc = accuracy(out, y)
         arrays["accuracy"] = np.asarray(acc)
         msg += f", accuracy {acc:.4f}"
-    write_npz(args.out, arrays, force=args.force)
-    print(f"{msg} -> {args.out}")
-    return 0
+    write_npz(outs.stage(args.out), arrays)
+    return msg
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
@@ -363,14 +377,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     warnings.showwarning = _show_warning
+    from lnm_deploy.signals import Terminated, terminate_as_interrupt
+
     try:
-        return func(args)
+        # SIGTERM (timeout, CI cancellations, job schedulers) and SIGHUP unwind like Ctrl-C: Lava's
+        # processes are stopped, temporaries and staged outputs removed (lnm_deploy.signals).
+        with terminate_as_interrupt():
+            return func(args)
     except LNMDeployError as e:
         print(f"lnm-deploy {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated as e:
+        print(f"lnm-deploy: terminated ({signal_name(e.signum)})", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("lnm-deploy: interrupted", file=sys.stderr)
         return 130
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 if __name__ == "__main__":  # pragma: no cover

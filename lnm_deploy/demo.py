@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,13 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.errors import UserInputError
+from lnm_deploy.outputs import Outputs
 
 #: Files the demo leaves in its output directory.
 MODEL_FILE, TEST_FILE, CALIB_FILE, TORCH_FILE = "model.nir", "test.npz", "calib.npz", "model.safetensors"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
+#: The demo's list of the files it wrote (relative path -> SHA-256): what a rerun may replace.
+MANIFEST, MANIFEST_FORMAT = "demo-manifest.json", "lnm-deploy.demo-manifest"
 CALIB_SAMPLES = 256
 
 
@@ -47,8 +51,77 @@ class DemoResult:
         return self.verification is None or bool(self.verification["passed"])
 
 
-def _train(out: Path, degree: int, seed: int, progress: bool, log: Any) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Train, write model.pt / model.nir / calib.npz / test.npz; return accuracy, seconds, x, preds."""
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(out: Path) -> dict[str, str] | None:
+    """The files an earlier demo run wrote into ``out`` (relative path -> SHA-256), or None when
+    ``out`` has no readable manifest."""
+    try:
+        doc = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None
+    return {str(k): v for k, v in files.items()}
+
+
+class _Plan:
+    """What the demo may write in ``out``: every existing file it would replace must be one an
+    earlier demo run wrote (listed in the manifest, unchanged since), unless ``force``."""
+
+    def __init__(self, out: Path, force: bool) -> None:
+        self.out, self.force = out, force
+        if out.exists() and not out.is_dir():
+            raise UserInputError(f"{out} exists and is not a directory; choose another --out")
+        manifest = read_manifest(out) if out.is_dir() else {}
+        if manifest is None:
+            if any(out.iterdir()) and not force:
+                raise UserInputError(f"{out} is not empty and was not written by the demo (it has no "
+                                     f"{MANIFEST}); pass --force to write into it (other files are "
+                                     "kept) or choose another --out")
+            manifest = {}
+        self.manifest: dict[str, str] = manifest
+
+    def ours(self, rel: str) -> bool:
+        """``rel`` is missing, or the demo wrote it and it is unchanged since."""
+        p = self.out / rel
+        if not (p.exists() or p.is_symlink()):
+            return True
+        return p.is_file() and rel in self.manifest and _sha256(p) == self.manifest[rel]
+
+    def claim(self, rel: str) -> None:
+        """Refuse (unless ``force``) to replace ``rel`` if the demo did not write it as it is now."""
+        p = self.out / rel
+        if p.is_dir():
+            raise UserInputError(f"{p} is a directory; the demo writes a file there: move it away")
+        if not self.force and not self.ours(rel):
+            why = "changed since the demo wrote it" if rel in self.manifest else "not written by the demo"
+            raise UserInputError(f"{p} is {why}; pass --force to replace it or choose another --out")
+
+    def claim_dir(self, rel: str) -> None:
+        """Like ``claim`` for every file already in the directory ``rel`` (whose report file names
+        are only known after the calibration)."""
+        p = self.out / rel
+        if p.exists() and not p.is_dir():
+            raise UserInputError(f"{p} exists and is not a directory; move it away")
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if not f.is_dir():
+                    self.claim(f.relative_to(self.out).as_posix())
+
+
+def _train(out: Path, outs: Outputs, degree: int, seed: int, progress: bool, log: Any
+           ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Train; stage model.pt / model.nir / calib.npz / test.npz; return accuracy, seconds, x, preds."""
     import copy
 
     import lnm_deploy
@@ -58,42 +131,95 @@ def _train(out: Path, degree: int, seed: int, progress: bool, log: Any) -> tuple
     log(f"training a degree-{degree} LNM network on the 8x8 digits (2 CPU cores, about 15 s)")
     res = train_digits(degree=degree, seed=seed, progress=progress)
     x_cal = encode(res.data.x_train[:CALIB_SAMPLES], res.x_test.shape[1], "rate", seed=seed + 2)
-    write_npz(out / CALIB_FILE, {"x": x_cal.astype(np.uint8), "y": res.data.y_train[:CALIB_SAMPLES]})
-    write_npz(out / TEST_FILE, {"x": res.x_test.astype(np.uint8), "y": res.data.y_test})
-    save_model(res.model, out / TORCH_FILE)
-    lnm_deploy.export(res.model, out / MODEL_FILE, input_shape=(res.x_test.shape[2],))
+    write_npz(outs.stage(out / CALIB_FILE), {"x": x_cal.astype(np.uint8), "y": res.data.y_train[:CALIB_SAMPLES]})
+    write_npz(outs.stage(out / TEST_FILE), {"x": res.x_test.astype(np.uint8), "y": res.data.y_test})
+    save_model(res.model, outs.stage(out / TORCH_FILE))
+    lnm_deploy.export(res.model, outs.stage(out / MODEL_FILE), input_shape=(res.x_test.shape[2],))
     # The executor runs in float64; so does this copy, with the float32-trained values exactly.
     preds = predict(copy.deepcopy(res.model).double(), res.x_test)
-    log(f"trained in {res.seconds:.1f} s: PyTorch test accuracy {res.test_accuracy:.4f}; wrote "
-        f"{out / MODEL_FILE}")
+    log(f"trained in {res.seconds:.1f} s: PyTorch test accuracy {res.test_accuracy:.4f}")
     return res.test_accuracy, res.seconds, res.x_test, preds
 
 
-def run_demo(out_dir: str | Path, *, retrain: bool = False, degree: int = 2, seed: int = 0,
-             progress: bool = True, log: Any = print, calibrate_targets: tuple[str, ...] = ("loihi2",),
-             recipe: str = "agreement", verify_backends: tuple[str, ...] = ("lava",),
-             lava_samples: int | None = None) -> DemoResult:
-    """Run the demo into ``out_dir`` (created if missing); see the module docstring."""
+def _final_paths(record: dict[str, Any], final: dict[str, str]) -> None:
+    """Provenance paths of staged files -> the paths they are committed to (same content)."""
+    prov = record.get("provenance") or {}
+    for key in ("source_graph", "calibration_data"):
+        entry = prov.get(key)
+        if isinstance(entry, dict) and entry.get("path") in final:
+            entry["path"] = final[entry["path"]]
+
+
+def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False, degree: int = 2,
+             seed: int = 0, progress: bool = True, log: Any = print,
+             calibrate_targets: tuple[str, ...] = ("loihi2",), recipe: str = "agreement",
+             verify_backends: tuple[str, ...] = ("lava",), lava_samples: int | None = None) -> DemoResult:
+    """Run the demo into ``out_dir`` (created if missing); see the module docstring.
+
+    Every file is written at the end, all together, or none (``lnm_deploy.outputs``). The demo
+    lists what it wrote, with SHA-256, in ``demo-manifest.json``: a rerun reuses its trained model
+    and replaces its own files; a file it did not write, or one changed since, is refused unless
+    ``force`` (a non-empty directory without a manifest too). Other files are never touched.
+    """
+    out = Path(out_dir)
+    plan = _Plan(out, force)
+    model_path, test_path, calib_path = out / MODEL_FILE, out / TEST_FILE, out / CALIB_FILE
+    reuse = not retrain and all(p.is_file() and plan.ours(p.name)
+                                for p in (model_path, test_path, calib_path))
+    trained = not reuse
+    names = [TORCH_FILE, MODEL_FILE, TEST_FILE, CALIB_FILE] if trained else []
+    names += [f"model.{t}.nir" for t in calibrate_targets]
+    if verify_backends and calibrate_targets:
+        names += [REPORT_JSON, REPORT_HTML]
+    for rel in names:
+        plan.claim(rel)
+    if (out / MANIFEST).is_dir():
+        raise UserInputError(f"{out / MANIFEST} is a directory; move it away")
+    report_dirs = [f"model.{t}.report" for t in calibrate_targets]
+    for rel in report_dirs:
+        plan.claim_dir(rel)
+
+    # The plan made sure that whatever exists and is replaced is the demo's own (or --force).
+    with Outputs(force=True) as outs:
+        outs.directory(out, option="--out")
+        for rel in report_dirs:
+            outs.directory(out / rel, option="--out")
+        result = _demo(out, outs, trained, degree, seed, progress, log, calibrate_targets, recipe,
+                       verify_backends, lava_samples)
+        entries = {rel: h for rel, h in plan.manifest.items() if (out / rel).is_file() and plan.ours(rel)}
+        base = Path(os.path.abspath(out))
+        for target, tmp in outs.staged_files().items():
+            entries[target.relative_to(base).as_posix()] = _sha256(tmp)
+        entries.pop(MANIFEST, None)
+        outs.write_text(out / MANIFEST, json.dumps(
+            {"format": MANIFEST_FORMAT, "version": 1,
+             "note": "files lnm-deploy demo wrote here (SHA-256); it replaces only these",
+             "files": dict(sorted(entries.items()))}, indent=2) + "\n")
+    return result
+
+
+def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progress: bool, log: Any,
+          calibrate_targets: tuple[str, ...], recipe: str, verify_backends: tuple[str, ...],
+          lava_samples: int | None) -> DemoResult:
+    """The demo's work; every file is staged in ``outs`` (and read back from there)."""
     import lnm_deploy
     from lnm_deploy.execute import run_float
-    from lnm_deploy.fileio import atomic_output, read_dataset
+    from lnm_deploy.fileio import read_dataset
     from lnm_deploy.metrics import accuracy, predictions
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"{out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     model_path, test_path, calib_path = out / MODEL_FILE, out / TEST_FILE, out / CALIB_FILE
-
     torch_pred = torch_acc = train_s = None
-    trained = retrain or not all(p.is_file() for p in (model_path, test_path, calib_path))
     if trained:
-        torch_acc, train_s, _, torch_pred = _train(out, degree, seed, progress, log)
+        torch_acc, train_s, _, torch_pred = _train(out, outs, degree, seed, progress, log)
     else:
         log(f"reusing {model_path} (pass --retrain to train again)")
 
-    graph = lnm_deploy.load(model_path)
-    x, y = read_dataset(test_path)
+    def current(p: Path) -> Path:  # the staged file until the commit, else the existing one
+        return outs.staged(p) or p
+
+    final = {str(current(p).resolve()): str(p.resolve()) for p in (model_path, calib_path)}
+    graph = lnm_deploy.load(current(model_path))
+    x, y = read_dataset(current(test_path))
     assert y is not None
     t0 = time.perf_counter()
     run = run_float(graph, x, progress=progress)
@@ -112,19 +238,21 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, degree: int = 2, see
     from lnm_deploy.report.calibration import write_calibration_report
     from lnm_deploy.targets import load_target
 
-    xc, _ = read_dataset(calib_path)
+    xc, _ = read_dataset(current(calib_path))
     artifacts = {}
     for name in calibrate_targets:
         target = load_target(name)
-        res = calibrate_network(graph, xc, target, load_recipe(recipe), source=model_path, data_path=calib_path,
-                                progress=progress)
+        res = calibrate_network(graph, xc, target, load_recipe(recipe), source=current(model_path),
+                                data_path=current(calib_path), progress=progress)
+        _final_paths(res.artifact.record, final)
+        _final_paths(res.report, final)
         art_path = out / f"model.{target.name}.nir"
-        write_artifact(res.artifact, art_path)
-        write_calibration_report(res, graph, out / f"model.{target.name}.report")
+        write_artifact(res.artifact, outs.stage(art_path))
+        write_calibration_report(res, graph, out / f"model.{target.name}.report", outputs=outs)
         artifacts[target.name] = res.artifact
         result.fixed_accuracy[target.name] = acc = accuracy(run_fx(res.artifact.fx, x).output, y)
         log(f"calibrated for {target.name} (recipe '{recipe}'): fxsim accuracy {acc:.4f} "
-            f"({(acc - float_acc) * 100:+.2f} points); wrote {art_path}")
+            f"({(acc - float_acc) * 100:+.2f} points)")
 
     if verify_backends and artifacts:
         from lnm_deploy.report.html import render_verify_page
@@ -134,26 +262,24 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, degree: int = 2, see
         n_lava = x.shape[0] if lava_samples is None else min(lava_samples, x.shape[0])
         log(f"verifying {name}: {', '.join(verify_backends)} against fxsim on {n_lava} samples, float against "
             f"fixed point on {x.shape[0]}")
-        ver = verify(art, x, y, backends=verify_backends, float_graph=model_path, backend_samples=lava_samples,
-                     progress=progress)
+        ver = verify(art, x, y, backends=verify_backends, float_graph=current(model_path),
+                     backend_samples=lava_samples, progress=progress)
+        ver.float_source = str(model_path)
         result.verification = ver.to_dict()
-        with atomic_output(out / REPORT_JSON) as tmp:
-            tmp.write_text(json.dumps(result.verification, indent=2))
-        with atomic_output(out / REPORT_HTML) as tmp:
-            tmp.write_text(render_verify_page(ver, graph, art), encoding="utf-8")
+        outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))
+        outs.write_text(out / REPORT_HTML, render_verify_page(ver, graph, art))
         for b, chk in ver.backends.items():
             log(f"{b}: {'bit-exact' if chk.bit_exact else 'MISMATCH'} with fxsim on every spike of every layer "
                 f"({chk.compared_spikes} spikes, {chk.seconds:.1f} s)")
-        log(f"verification {'PASSED' if ver.passed else 'FAILED: ' + '; '.join(ver.reasons)}; wrote "
-            f"{out / REPORT_JSON} and {out / REPORT_HTML}")
+        log(f"verification {'PASSED' if ver.passed else 'FAILED: ' + '; '.join(ver.reasons)}")
     return result
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    res = run_demo(args.out, retrain=args.retrain, progress=not args.quiet)
+    res = run_demo(args.out, retrain=args.retrain, force=args.force, progress=not args.quiet)
     fixed = ", ".join(f"{t} {a:.4f}" for t, a in res.fixed_accuracy.items())
     print(f"demo {'passed' if res.passed else 'FAILED'}: float accuracy {res.float_accuracy:.4f}, fixed point "
-          f"{fixed}; see {res.out_dir / REPORT_HTML}")
+          f"{fixed}; wrote {res.out_dir}/ (see {res.out_dir / REPORT_HTML})")
     return 0 if res.passed else 1
 
 
@@ -161,5 +287,8 @@ def add_demo_parser(sub: Any) -> None:  # sub: argparse._SubParsersAction
     p = sub.add_parser("demo", help="train, export, calibrate, run on Lava and verify the digits network")
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--retrain", action="store_true", help="train again even if DIR has a model")
+    p.add_argument("--force", action="store_true",
+                   help="write into DIR even where files are not the demo's own (listed in "
+                        f"{MANIFEST}); files the demo does not write are never touched")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd)

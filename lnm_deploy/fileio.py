@@ -14,14 +14,13 @@ from lnm_deploy.errors import UserInputError
 
 
 def check_output_path(path: str | os.PathLike[str], *, force: bool) -> Path:
-    """Fail early (before any work) if ``path`` cannot be written: it exists without ``force``,
-    or its directory is missing."""
-    target = Path(path)
-    if not force and target.exists():
-        raise UserInputError(f"{target} exists; pass --force to overwrite it")
-    if not target.parent.is_dir():
-        raise UserInputError(f"output directory {target.parent} does not exist")
-    return target
+    """Fail early (before any work) if the file ``path`` cannot be written: it exists without
+    ``force``, it is a directory, its directory is missing or not writable (``UserInputError``).
+
+    Commands declare all their outputs at once with ``lnm_deploy.outputs.Outputs`` instead."""
+    from lnm_deploy.outputs import check_file
+
+    return check_file(path, force=force)
 
 
 @contextlib.contextmanager

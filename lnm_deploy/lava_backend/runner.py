@@ -52,6 +52,7 @@ from lnm_deploy.fixedpoint import (
     FxSumPool2d,
 )
 from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
+from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 
 _SIGN = {"mixed": SignMode.MIXED, "excitatory": SignMode.EXCITATORY, "inhibitory": SignMode.INHIBITORY}
 TAGS = ("fixed_pt", "floating_pt")
@@ -377,11 +378,13 @@ def _workdir() -> str:
 
 @contextlib.contextmanager
 def _children_ignore_sigint() -> Iterator[None]:
-    """Lava forks its processes in the first ``run()``. A Ctrl-C reaches the whole process group;
-    Lava processes killed by it leave ``run()`` and ``stop()`` waiting forever. Forked while
-    SIGINT only sets a flag, they keep that handler: a later Ctrl-C raises KeyboardInterrupt in
-    this process alone, and the ``finally`` that stops the runtime can still talk to them. A
-    Ctrl-C during the first ``run()`` itself is raised when it returns."""
+    """Lava forks its processes in the first ``run()``. A Ctrl-C reaches the whole process group,
+    and so do the SIGTERM of ``timeout``, of a CI cancellation or of a job scheduler and the SIGHUP
+    of a closed terminal; Lava processes killed by one leave ``run()`` and ``stop()`` waiting
+    forever. Forked while SIGINT, SIGTERM and SIGHUP only set a flag, they keep that handler: a
+    later signal raises KeyboardInterrupt (``Terminated`` for SIGTERM/SIGHUP, see
+    ``lnm_deploy.signals``) in this process alone, and the ``finally`` that stops the runtime can
+    still talk to them. A signal during the first ``run()`` itself is raised when it returns."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -390,13 +393,16 @@ def _children_ignore_sigint() -> Iterator[None]:
     def _note(signum: int, frame: Any) -> None:
         caught.append(signum)
 
-    old = signal.signal(signal.SIGINT, _note)
+    old = {s: signal.signal(s, _note) for s in (signal.SIGINT, *SIGNALS)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
     if caught:
-        raise KeyboardInterrupt
+        if caught[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(caught[0])
 
 
 def _run_network(net: _Network, cfg: Loihi2SimCfg, timings: LavaTimings, on_sample: Any) -> None:
@@ -505,21 +511,24 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
             if bar is not None:
                 bar.update(1)
 
-        try:
-            for lo in range(0, batch, chunk):
-                workdir = _workdir()
-                try:
-                    t0 = time.perf_counter()
-                    net = _Network(graph, p, xs[lo : lo + chunk], record=record, tag=tag, layers=layers,
-                                   workdir=workdir)
-                    timings.build_s += time.perf_counter() - t0
-                    timings.networks += 1
-                    _run_network(net, cfg, timings, store)
-                finally:
-                    shutil.rmtree(workdir, ignore_errors=True)
-        finally:
-            if bar is not None:
-                bar.close()
+        # SIGTERM/SIGHUP with their default action would kill this process at once, leaving the Lava
+        # processes running and the shared memory behind: raised here, re-sent after the cleanup.
+        with deferred_termination():
+            try:
+                for lo in range(0, batch, chunk):
+                    workdir = _workdir()
+                    try:
+                        t0 = time.perf_counter()
+                        net = _Network(graph, p, xs[lo : lo + chunk], record=record, tag=tag,
+                                       layers=layers, workdir=workdir)
+                        timings.build_s += time.perf_counter() - t0
+                        timings.networks += 1
+                        _run_network(net, cfg, timings, store)
+                    finally:
+                        shutil.rmtree(workdir, ignore_errors=True)
+            finally:
+                if bar is not None:
+                    bar.close()
     return RunResult(output=spikes[out_src], spikes=spikes, states=states), timings
 
 

@@ -139,14 +139,15 @@ def compile_onnx(artifact_path: str | os.PathLike[str], out_path: str | os.PathL
     name), ``lnm_deploy_version`` and the layout keys ``build_onnx`` writes.
     """
     from lnm_deploy.artifact import read_artifact
-    from lnm_deploy.fileio import atomic_output, check_output_path, existing_file
+    from lnm_deploy.fileio import existing_file
+    from lnm_deploy.outputs import Outputs
 
     require_onnx()
     src = existing_file(artifact_path, "artifact")
-    check_output_path(out_path, force=force)  # before any work
-    art = read_artifact(src)
-    model = build_onnx(art.fx, states=states, engine=engine,
-                       metadata={"artifact_sha256": sha256_file(src), "artifact": src.name})
-    with atomic_output(out_path, force=force) as tmp:
-        tmp.write_bytes(model.SerializeToString())
+    with Outputs(force=force) as outs:
+        outs.file(out_path, option="--out")  # checked before any work
+        art = read_artifact(src)
+        model = build_onnx(art.fx, states=states, engine=engine,
+                           metadata={"artifact_sha256": sha256_file(src), "artifact": src.name})
+        outs.write_bytes(out_path, model.SerializeToString())
     return Path(out_path)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lnm_deploy.errors import LNMDeployWarning, UserInputError
+from lnm_deploy.errors import LNMDeployWarning
 from lnm_deploy.fileio import json_default
 from lnm_deploy.ir import Graph, Neuron
+from lnm_deploy.outputs import Outputs
 from lnm_deploy.report import plots
 
 
@@ -62,30 +62,33 @@ def calibration_figures(result: Any, graph: Graph) -> dict[str, bytes]:
     return figs
 
 
-def write_calibration_report(result: Any, graph: Graph, directory: str | os.PathLike[str]) -> Path:
-    """Write ``report.json`` and the figures into ``directory`` (replaced as a whole, atomically:
-    built in a temporary sibling directory and renamed)."""
+def write_calibration_report(result: Any, graph: Graph, directory: str | os.PathLike[str], *,
+                             force: bool = False, outputs: Outputs | None = None) -> Path:
+    """Write ``report.json`` and the figures into ``directory``; returns it.
+
+    Alone (``outputs`` None): the directory is checked first (an existing one is refused unless
+    ``force``; with ``force`` only the report's own files in it are replaced, nothing else in it
+    is touched) and the files are committed together. With ``outputs`` the files are staged in
+    that command's ``Outputs``, where ``directory`` must have been declared, and committed with
+    the command's other outputs.
+    """
     target = Path(directory)
-    if not target.parent.is_dir():
-        raise UserInputError(f"report directory's parent {target.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    own = outputs is None
+    outs = Outputs(force=force) if outputs is None else outputs
+    if own:
+        outs.directory(target, option="the report directory")
+    with outs if own else contextlib.nullcontext(outs):
         report = dict(result.report)
         figures: list[str] = []
         if plots.available():
             for fname, png in calibration_figures(result, graph).items():
-                (tmp / fname).write_bytes(png)
+                outs.write_bytes(target / fname, png)
                 figures.append(fname)
         else:
             warnings.warn("matplotlib is not installed: the report has no figures (pip install "
                           "'lnm-deploy[plots]')", LNMDeployWarning, stacklevel=2)
         report["figures"] = figures
         report["stats"] = result.stats.to_dict(histograms=False)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=json_default, sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        outs.write_text(target / "report.json",
+                        json.dumps(report, indent=2, default=json_default, sort_keys=True))
     return target

@@ -576,7 +576,7 @@ def test_nested_subgraph_is_flattened() -> None:
 @pytest.mark.parametrize(
     ("node", "why"),
     [
-        (nir.Delay(delay=np.ones(4)), "delays"),
+        (nir.Delay(delay=np.ones(4)), "one step"),
         (nir.Conv1d(input_shape=4, weight=np.ones((4, 4, 1)), stride=1, padding=0, dilation=1, groups=1,
                     bias=np.zeros(4)), "1-d convolutions"),
     ],

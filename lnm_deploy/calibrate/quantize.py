@@ -417,6 +417,7 @@ def quantize(graph: Graph, ranges: dict[str, NeuronRange], target: Target, *, we
     ir_nodes: dict[str, Node] = {sched.input_node: Input(shape=sched.shapes[sched.input_node])}
     ir_edges: list[tuple[str, str]] = []
     records: dict[str, LayerRecord] = {}
+    delays: set[tuple[str, str]] = set()
 
     for n in neurons:
         node = graph.nodes[n]
@@ -459,6 +460,8 @@ def quantize(graph: Graph, ranges: dict[str, NeuronRange], target: Target, *, we
                 ir_nodes[s.name] = Conv2d(weight=_syn_dequant(p), **s.conv)
             fx_edges += [(src_fx, s.name), (s.name, n)]
             ir_edges += [(src_fx, s.name), (s.name, n)]
+            if s.delayed:  # a recurrent synapse delivers the previous step's spikes
+                delays.add((s.name, n))
         fx_nodes[n] = fx_neuron
         ir_nodes[n] = ir_neuron
 
@@ -467,11 +470,12 @@ def quantize(graph: Graph, ranges: dict[str, NeuronRange], target: Target, *, we
     fx_edges.append((out_layer, sched.output_node))
     ir_nodes[sched.output_node] = Output()
     ir_edges.append((out_layer, sched.output_node))
-    fx = FxGraph(nodes=fx_nodes, edges=fx_edges, target=target.name)
+    fx = FxGraph(nodes=fx_nodes, edges=fx_edges, target=target.name, delays=frozenset(delays))
     from lnm_deploy.targets import check_graph
 
     check_graph(fx, target)
-    deq = Graph(nodes=ir_nodes, edges=ir_edges, metadata={"quantized_for": target.name})
+    deq = Graph(nodes=ir_nodes, edges=ir_edges, metadata={"quantized_for": target.name},
+                delays=frozenset(delays))
     deq.schedule()
     return Quantized(fx=fx, graph=deq, layers=records)
 

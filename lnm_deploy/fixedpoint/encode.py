@@ -58,7 +58,9 @@ def encode_fxgraph(graph: FxGraph) -> dict[str, Any]:
             except TypeError as e:
                 raise GraphError(f"field '{f.name}': {e}", node=name) from e
         nodes[name] = d
-    edges = {f"e{i:05d}": {"src": s, "dst": t} for i, (s, t) in enumerate(graph.edges)}
+    delays = graph.delayed_edges()
+    edges = {f"e{i:05d}": {"src": s, "dst": t, "delayed": int((s, t) in delays)}
+             for i, (s, t) in enumerate(graph.edges)}
     return {"format": FORMAT, "version": VERSION, "target": graph.target, "nodes": nodes, "edges": edges}
 
 
@@ -101,6 +103,13 @@ def decode_fxgraph(d: dict[str, Any]) -> FxGraph:
             raise UserInputError(f"node '{name}' ({kind}): {e}") from e
     raw_edges = dict(d.get("edges", {}))
     edges = [(str(_dec(raw_edges[k]["src"])), str(_dec(raw_edges[k]["dst"]))) for k in sorted(raw_edges)]
-    g = FxGraph(nodes=nodes, edges=edges, target=str(_dec(d.get("target", ""))))
+    # Explicit delayed edges (written since the graph type made them explicit); older artifacts
+    # carry none and get the inferred ones (the same for every graph those versions wrote).
+    flagged = [k for k in sorted(raw_edges) if "delayed" in raw_edges[k]]
+    delays = None
+    if flagged:
+        delays = frozenset((str(_dec(raw_edges[k]["src"])), str(_dec(raw_edges[k]["dst"])))
+                           for k in flagged if int(_dec(raw_edges[k]["delayed"])))
+    g = FxGraph(nodes=nodes, edges=edges, target=str(_dec(d.get("target", ""))), delays=delays)
     g.schedule()
     return g

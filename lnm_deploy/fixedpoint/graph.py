@@ -1,9 +1,8 @@
-"""The integer network: named ``FxNode``s, directed edges, the float IR's schedule and time base.
+"""The integer network: ``FxGraph``, the graph type of ``lnm_deploy.ir`` with integer nodes.
 
-Topology, execution order and delays are computed by ``lnm_deploy.ir.Graph.schedule`` itself (the
-nodes are wrapped in private proxies), so the float executor and fxsim share one definition:
-within a step nodes run in ``order``; an edge from a node that runs later (a back edge) delivers
-the previous step's value (zero at t = 0); several edges into a node are summed.
+Topology, execution order and delays are ``lnm_deploy.ir.Graph``'s own (one graph type): within a
+step nodes run in ``order``; a delayed edge delivers the previous step's value (zero at t = 0);
+several edges into a node are summed.
 
 Structural rules of an FxGraph (``FxGraph.schedule`` enforces them):
 
@@ -15,7 +14,7 @@ Structural rules of an FxGraph (``FxGraph.schedule`` enforces them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lnm_deploy.errors import GraphError
@@ -27,58 +26,30 @@ from lnm_deploy.fixedpoint.nodes import (
     FxOutput,
     Shape,
 )
-from lnm_deploy.ir import Graph, Input, Output, Schedule
+from lnm_deploy.ir import Graph, Schedule
 from lnm_deploy.ir.graph import chain
-from lnm_deploy.ir.nodes import Node
 
 
 @dataclass(eq=False)
-class _FxProxy(Node):
-    """Lets ``ir.Graph`` schedule integer nodes (private: not listed by ``ir.node_types``)."""
-
-    fx: FxNode | None = None
-
-    def validate(self, name: str) -> None:
-        assert self.fx is not None
-        self.fx.validate(name)
-
-    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
-        assert self.fx is not None
-        return self.fx.output_shape(name, input_shape)
-
-
-@dataclass(eq=False)
-class FxGraph:
+class FxGraph(Graph):
     """A quantized, target-bound network. Exactly one ``FxInput`` and one ``FxOutput``.
 
-    ``target`` names the target the integers were chosen for ("" if none); ``metadata`` is
-    provenance.
+    ``nodes`` are ``FxNode``s; ``target`` names the target the integers were chosen for ("" if
+    none); ``metadata`` is provenance; ``delays`` as for ``lnm_deploy.ir.Graph``.
     """
 
-    nodes: dict[str, FxNode]
-    edges: list[tuple[str, str]]
     target: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def _ir(self) -> Graph:
-        nodes: dict[str, Node] = {}
-        for name, n in self.nodes.items():
-            if isinstance(n, FxInput):
-                nodes[name] = Input(shape=n.shape)
-            elif isinstance(n, FxOutput):
-                nodes[name] = Output()
-            elif isinstance(n, FxNode):
-                nodes[name] = _FxProxy(fx=n)
-            else:
-                raise GraphError(f"is a {type(n).__name__}, not an integer (Fx) node", node=name)
-        return Graph(nodes=nodes, edges=list(self.edges))
 
     def schedule(self) -> Schedule:
         """Validate every node and the structural rules; return order, delays and shapes."""
-        sched = self._ir().schedule()
+        for name, n in self.nodes.items():
+            if not isinstance(n, FxNode):
+                raise GraphError(f"is a {type(n).__name__}, not an integer (Fx) node", node=name)
+        sched = super().schedule()
+        nodes: dict[str, FxNode] = self.nodes  # type: ignore[assignment]
 
         def spike_source(src: str) -> bool:
-            n = self.nodes[src]
+            n = nodes[src]
             if isinstance(n, (FxInput, FxNeuron)):
                 return True
             if isinstance(n, FxFlatten):
@@ -87,7 +58,7 @@ class FxGraph:
             return False
 
         for name in sched.order:
-            node = self.nodes[name]
+            node = nodes[name]
             ins = sched.inputs[name]
             if node.role in ("synapse", "reshape", "output"):
                 if len(ins) != 1 or ins[0][1]:
@@ -98,36 +69,22 @@ class FxGraph:
                     )
                 src = ins[0][0]
                 if node.role == "output":
-                    if not isinstance(self.nodes[src], FxNeuron):
+                    if not isinstance(nodes[src], FxNeuron):
                         raise GraphError(f"the output must read a neuron layer, reads '{src}'", node=name)
                 elif not spike_source(src):
                     raise GraphError(
-                        f"reads '{src}' ({self.nodes[src].kind}); synapses read spikes "
+                        f"reads '{src}' ({nodes[src].kind}); synapses read spikes "
                         "(the input, a neuron layer, or a flatten of those)",
                         node=name,
                     )
             elif node.role == "neuron":
                 for src, _ in ins:
-                    if self.nodes[src].role != "synapse":
+                    if nodes[src].role != "synapse":
                         raise GraphError(
-                            f"reads '{src}' ({self.nodes[src].kind}); neurons read synapses only",
+                            f"reads '{src}' ({nodes[src].kind}); neurons read synapses only",
                             node=name,
                         )
         return sched
-
-    @property
-    def input_name(self) -> str:
-        return self._ir().input_name
-
-    @property
-    def output_name(self) -> str:
-        return self._ir().output_name
-
-    @property
-    def input_shape(self) -> Shape:
-        node = self.nodes[self.input_name]
-        assert isinstance(node, FxInput)
-        return node.shape
 
     def neuron_names(self) -> list[str]:
         """Neuron layers in execution order (every one is spiking)."""
@@ -139,3 +96,6 @@ def fx_sequential(layers: list[tuple[str, FxNode]], input_shape: Shape, *, targe
     """Chain ``input -> layers... -> output`` (a convenience for tests and quantizers)."""
     nodes, edges = chain(layers, FxInput(shape=input_shape), FxOutput())
     return FxGraph(nodes=nodes, edges=edges, target=target, metadata=dict(metadata or {}))
+
+
+__all__ = ["FxGraph", "Shape", "fx_sequential"]

@@ -1,19 +1,29 @@
-"""The IR graph: named nodes, directed edges, an execution schedule.
+"""The graph: named nodes, directed edges, explicit one-step delays, an execution schedule.
 
-Timing: within one timestep every node runs once, in ``schedule().order``. An edge whose source
-runs *after* its destination in that order (a back edge, which closes a cycle) delivers the
-source's output from the *previous* step (at t = 0: its output at a virtual step with zero input
-and neurons at rest, i.e. an Affine's bias): a recurrent connection costs exactly one step, a
-feed-forward one none. Several edges into one node are summed in ``edges`` order.
+One graph type for the float IR (``lnm_deploy.ir`` nodes) and the integer network (``FxGraph``, a
+subclass with integer nodes and structural rules): a node only needs ``kind``, ``validate`` and
+``output_shape``; the Input and Output are the nodes of kind ``"input"`` and ``"output"``.
+
+Timing: within one timestep every node runs once, in ``schedule().order``. A **delayed edge**
+delivers its source's output from the *previous* step (at t = 0: its output at a virtual step with
+zero input and neurons at rest, i.e. an Affine's bias); every other edge delivers the current
+step's. Which edges are delayed is part of the graph (``Graph.delays``), not of the edge order:
+given explicitly by whoever builds the graph (the torch exporter, lnm-deploy's own NIR files, NIR
+``Delay`` nodes of one step), or else inferred by ``infer_delays`` (every cycle needs one). A
+delayed edge must close a cycle: a recurrent connection costs exactly one step, a feed-forward one
+none. Several edges into one node are summed in ``edges`` order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lnm_deploy.errors import GraphError, UnsupportedError
 from lnm_deploy.ir.nodes import Input, Node, Output, Shape
+
+Edge = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -27,45 +37,124 @@ class Schedule:
     output_node: str
 
 
+def _sccs(names: Iterable[str], succ: dict[str, list[str]]) -> list[list[str]]:
+    """Strongly connected components (Tarjan's algorithm, iterative), each sorted by name."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in sorted(names):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            n, i = work[-1]
+            if i == 0:
+                index[n] = low[n] = len(index)
+                stack.append(n)
+                on.add(n)
+            if i < len(succ[n]):
+                work[-1] = (n, i + 1)
+                m = succ[n][i]
+                if m not in index:
+                    work.append((m, 0))
+                elif m in on:
+                    low[n] = min(low[n], index[m])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[n])
+            if low[n] == index[n]:
+                comp = []
+                while True:
+                    m = stack.pop()
+                    on.discard(m)
+                    comp.append(m)
+                    if m == n:
+                        break
+                out.append(sorted(comp))
+    return out
+
+
+def infer_delays(names: Iterable[str], edges: Iterable[Edge]) -> frozenset[Edge]:
+    """The delayed edges of a graph that does not say (generic NIR): independent of edge order.
+
+    Every cycle needs one delay. Within each strongly connected component, the *entry* nodes are
+    those fed from outside it; the component's edges into its entry nodes are delayed (a
+    recurrent layer's feedback into the layer that the feed-forward path reaches first). Repeated
+    on what is left of the component until no cycle remains. A component no edge enters (it is not
+    reachable from the Input, which ``schedule`` refuses anyway) delays its edges into its first
+    node by name.
+    """
+    names = list(names)
+    edges = list(edges)
+    delayed: set[Edge] = set()
+    while True:
+        succ: dict[str, list[str]] = {n: [] for n in names}
+        for s, d in edges:
+            if (s, d) not in delayed and s in succ and d in succ:
+                succ[s].append(d)
+        cyclic = [c for c in _sccs(names, succ) if len(c) > 1 or c[0] in succ[c[0]]]
+        if not cyclic:
+            return frozenset(delayed)
+        for comp in cyclic:
+            members = set(comp)
+            entries = {d for s, d in edges if d in members and s not in members} or {comp[0]}
+            delayed.update((s, d) for s, d in edges if s in members and d in entries)
+
+
 @dataclass(eq=False)
 class Graph:
-    """A flat graph of IR nodes. Exactly one ``Input`` and one ``Output`` node."""
+    """A flat graph of nodes. Exactly one node of kind ``"input"`` and one of kind ``"output"``.
+
+    ``delays``: the edges that deliver the previous step's value; None infers them
+    (``infer_delays``). ``delayed_edges()`` is what is in force.
+    """
 
     nodes: dict[str, Node]
-    edges: list[tuple[str, str]]
+    edges: list[Edge]
     metadata: dict[str, Any] = field(default_factory=dict)
+    delays: frozenset[Edge] | None = None
 
     def predecessors(self, name: str) -> list[str]:
         return [s for s, d in self.edges if d == name]
 
-    def _single(self, cls: type[Node]) -> str:
-        found = [n for n, node in self.nodes.items() if isinstance(node, cls)]
+    def delayed_edges(self) -> frozenset[Edge]:
+        """The delayed edges: ``delays`` if given, else ``infer_delays``."""
+        if self.delays is not None:
+            return frozenset((str(s), str(d)) for s, d in self.delays)
+        return infer_delays(self.nodes, self.edges)
+
+    def _single(self, kind: str) -> str:
+        found = [n for n, node in self.nodes.items() if getattr(node, "kind", None) == kind]
         if len(found) != 1:
+            cls = {"input": Input, "output": Output}[kind].__name__
             raise UnsupportedError(
-                f"graph must have exactly one {cls.__name__} node, has {len(found)} ({found}); "
+                f"graph must have exactly one {cls} node, has {len(found)} ({found}); "
                 "multi-input or multi-output graphs are not supported yet"
             )
         return found[0]
 
     @property
     def input_name(self) -> str:
-        return self._single(Input)
+        return self._single("input")
 
     @property
     def output_name(self) -> str:
-        return self._single(Output)
+        return self._single("output")
 
     @property
     def input_shape(self) -> Shape:
-        node = self.nodes[self.input_name]
-        assert isinstance(node, Input)
-        return node.shape
+        shape: Shape = self.nodes[self.input_name].shape  # type: ignore[attr-defined]
+        return shape
 
     def schedule(self) -> Schedule:
         """Validate the graph and compute execution order, delayed edges and shapes.
 
-        Order is a depth-first post-order from the input, reversed, so that feed-forward chains
-        run in sequence and only edges closing a cycle are delayed.
+        The order is a depth-first post-order from the input over the edges that are not delayed,
+        reversed (a topological order: feed-forward chains run in sequence).
         """
         for s, d in self.edges:
             for end in (s, d):
@@ -76,20 +165,45 @@ class Graph:
         inp, out = self.input_name, self.output_name
         if self.predecessors(inp):
             raise GraphError("the Input node cannot have incoming edges", node=inp)
+        delays = self.delayed_edges()
+        for s, d in delays:
+            if (s, d) not in self.edges:
+                raise GraphError(f"delayed edge ({s} -> {d}) is not an edge of the graph", node=d)
 
         succ: dict[str, list[str]] = {n: [] for n in self.nodes}
+        fresh_succ: dict[str, list[str]] = {n: [] for n in self.nodes}
         for s, d in self.edges:
             succ[s].append(d)
-        # Iterative DFS (deep graphs would overflow recursion): post-order, then reverse.
+            if (s, d) not in delays:
+                fresh_succ[s].append(d)
+        for s, d in sorted(delays):
+            if s != d and not _reaches(fresh_succ, d, s):
+                raise UnsupportedError(
+                    f"delayed edge ({s} -> {d}) does not close a cycle: a delay on a feed-forward path is "
+                    "not supported yet (only recurrent connections carry one step)", node=d)
+        reached = {inp}
+        todo = [inp]
+        while todo:
+            for m in succ[todo.pop()]:
+                if m not in reached:
+                    reached.add(m)
+                    todo.append(m)
+        unreached = [n for n in self.nodes if n not in reached]
+        if unreached:
+            raise GraphError(f"nodes not reachable from the input: {unreached}", node=unreached[0])
+        # Iterative DFS over the edges that are not delayed: post-order, then reverse.
         post: list[str] = []
         state: dict[str, int] = {}  # 1 = on stack, 2 = done
         stack: list[tuple[str, int]] = [(inp, 0)]
         state[inp] = 1
         while stack:
             n, i = stack[-1]
-            if i < len(succ[n]):
+            if i < len(fresh_succ[n]):
                 stack[-1] = (n, i + 1)
-                m = succ[n][i]
+                m = fresh_succ[n][i]
+                if state.get(m) == 1:
+                    raise GraphError(f"the cycle through '{n}' -> '{m}' has no delayed edge: every cycle needs "
+                                     "one (a recurrent connection delivers the previous step)", node=m)
                 if m not in state:
                     state[m] = 1
                     stack.append((m, 0))
@@ -97,14 +211,14 @@ class Graph:
                 stack.pop()
                 state[n] = 2
                 post.append(n)
+        only_delayed = [n for n in self.nodes if n not in state]
+        if only_delayed:
+            raise GraphError("node is only fed by recurrent (delayed) edges", node=only_delayed[0])
         order = tuple(reversed(post))
-        unreached = [n for n in self.nodes if n not in state]
-        if unreached:
-            raise GraphError(f"nodes not reachable from the input: {unreached}", node=unreached[0])
         pos = {n: i for i, n in enumerate(order)}
 
         inputs: dict[str, tuple[tuple[str, bool], ...]] = {
-            n: tuple((s, pos[s] >= pos[n]) for s, d in self.edges if d == n) for n in order
+            n: tuple((s, (s, d) in delays) for s, d in self.edges if d == n) for n in order
         }
         shapes: dict[str, Shape] = {}
         for n in order:
@@ -122,9 +236,23 @@ class Graph:
                         f"recurrent edge from '{s}' has shape {shapes[s]}, the node's input has another",
                         node=n,
                     )
+        assert all(pos[s] >= pos[d] for s, d in delays)
         if succ[out]:
             raise GraphError("the Output node cannot have outgoing edges", node=out)
         return Schedule(order=order, inputs=inputs, shapes=shapes, input_node=inp, output_node=out)
+
+
+def _reaches(succ: dict[str, list[str]], a: str, b: str) -> bool:
+    """``b`` is reachable from ``a`` along ``succ``."""
+    seen, todo = {a}, [a]
+    while todo:
+        for m in succ[todo.pop()]:
+            if m == b:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return False
 
 
 def chain(layers: list[tuple[str, Any]], input_node: Any, output_node: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:

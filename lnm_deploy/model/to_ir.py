@@ -177,6 +177,7 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     nodes: dict[str, Node] = {"input": Input(shape=tuple(int(s) for s in input_shape))}
     edges: list[tuple[str, str]] = []
     prev = "input"
+    delays: set[tuple[str, str]] = set()
     for name, layer in model.named_layers():
         produced = layer_nodes(name, layer, float(dt))
         for n, _ in produced:
@@ -188,12 +189,14 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
         if len(produced) == 2:
             rec_name = produced[1][0]
             edges += [(name, rec_name), (rec_name, name)]
+            delays.add((rec_name, name))  # the recurrent weights deliver the previous step's spikes
         prev = name
     nodes["output"] = Output()
     edges.append((prev, "output"))
     graph = Graph(
         nodes=nodes,
         edges=edges,
+        delays=frozenset(delays),
         metadata={
             "producer": "lnm-deploy",
             "producer_version": __version__,

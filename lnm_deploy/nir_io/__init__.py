@@ -8,7 +8,13 @@
 """
 
 from lnm_deploy.nir_io.conventions import DEFAULT_DT, PRODUCERS
-from lnm_deploy.nir_io.read import READ_OPTIONS_KEY, flatten_graph, from_nir, read_nir, read_nir_graph
+from lnm_deploy.nir_io.read import (
+    READ_OPTIONS_KEY,
+    flatten_graph,
+    from_nir,
+    read_nir,
+    read_nir_graph,
+)
 from lnm_deploy.nir_io.write import to_nir, write_nir
 
 __all__ = ["DEFAULT_DT", "PRODUCERS", "READ_OPTIONS_KEY", "flatten_graph", "from_nir", "read_nir", "read_nir_graph", "to_nir", "write_nir"]

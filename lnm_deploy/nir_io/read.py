@@ -51,6 +51,7 @@ from lnm_deploy.ir import (
     SumPool2d,
     Threshold,
 )
+from lnm_deploy.ir.graph import infer_delays
 from lnm_deploy.nir_io.conventions import (
     DEFAULT_DT,
     LNM_FORMAT,
@@ -75,7 +76,7 @@ NIR_TYPES: frozenset[str] = frozenset({
 _NEURONS = ("LIF", "CubaLIF", "IF", "LI", "CubaLI", "I")
 _WHY_UNSUPPORTED = {
     "Conv1d": "1-d convolutions are not in lnm-deploy's IR (reshape to a Conv2d with height 1)",
-    "Delay": "per-connection delays are not in lnm-deploy's IR",
+    "Delay": "only a one-step Delay on a recurrent connection is in lnm-deploy's IR",
 }
 
 
@@ -169,6 +170,39 @@ def _bypass(nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], p: str)
             out.append((s, d))
     del nodes[p]
     return out
+
+
+def _one_step_delays(nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], dt: float
+                     ) -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]], set[tuple[str, str]]]:
+    """Replace every NIR ``Delay`` node of exactly one step (``delay == dt``) by delayed edges
+    from its sources to its consumers; any other delay is ``UnsupportedError``."""
+    nodes = dict(nodes)
+    delays: set[tuple[str, str]] = set()
+    for name in [n for n, v in nodes.items() if type(v).__name__ == "Delay"]:
+        delay = np.asarray(as_array(nodes[name].delay), dtype=np.float64)
+        if delay.size == 0 or not np.all(np.isfinite(delay)) or not np.allclose(delay, dt, rtol=1e-6, atol=0.0):
+            raise UnsupportedError(
+                f"NIR Delay of {np.unique(delay).tolist()} s at dt = {dt} s: only a delay of exactly one step "
+                "(delay == dt, on a recurrent connection) is supported; pass --dt to say the step", node=name)
+        before = set(edges)
+        edges = _bypass(nodes, edges, name)
+        delays |= {e for e in edges if e not in before}
+    return nodes, edges, delays
+
+
+def _stored_delays(gmeta: dict[str, Any], edges: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The delayed edges an lnm-deploy graph recorded (``lnm_delays``), checked against its edges."""
+    raw = gmeta.get("lnm_delays")
+    if raw is None:
+        return set()
+    try:
+        pairs = {(str(s), str(d)) for s, d in json.loads(str(raw))}
+    except (ValueError, TypeError) as e:
+        raise GraphError(f"graph metadata 'lnm_delays' is not a JSON list of edges ({e})") from e
+    unknown = sorted(pairs - set(edges))
+    if unknown:
+        raise GraphError(f"graph metadata 'lnm_delays' names edges the graph does not have: {unknown}")
+    return pairs
 
 
 def flatten_graph(g: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
@@ -631,6 +665,10 @@ def from_nir(
                   f"pass dt= (CLI --dt) or producer= (CLI --producer).{extra}")
     ctx = _Context(prod, step, exact)
 
+    nodes, edges, delays = _one_step_delays(nodes, edges, step)
+    if exact:
+        delays |= _stored_delays(gmeta, edges)
+
     inputs = [n for n, v in nodes.items() if isinstance(v, nir.Input)]
     if len(inputs) != 1:
         raise UnsupportedError(f"the graph must have exactly one Input node, has {len(inputs)} ({inputs})")
@@ -694,7 +732,12 @@ def from_nir(
         "resolved": {"producer": prod, "dt": float(step), "input_shape": [int(s) for s in shape]},
     }
     _warn_losses(prod, ir_nodes, ctx)
-    graph = Graph(nodes=ir_nodes, edges=list(edges), metadata=graph_meta)
+    # Delayed edges: NIR Delay nodes of one step and, in lnm-deploy's files, the recorded ones;
+    # every other cycle gets its delay by the order-independent rule of ``ir.infer_delays``.
+    explicit = frozenset(delays)
+    rest = [e for e in edges if e not in explicit]
+    delays_all = explicit | infer_delays(ir_nodes, rest)
+    graph = Graph(nodes=ir_nodes, edges=list(edges), metadata=graph_meta, delays=delays_all)
     graph.schedule()
     return graph
 

@@ -252,6 +252,7 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         in_shape = sched.shapes[fresh[0]] if fresh else None
         nodes[name] = _node_to_nir(name, node, in_shape, sched.shapes[name])
 
+    sched_delays = graph.delayed_edges()
     dts = sorted({n.dt for n in graph.nodes.values() if isinstance(n, Neuron)})
     meta: dict[str, Any] = {
         "producer": "lnm-deploy",
@@ -261,6 +262,8 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         "threshold_test": THRESHOLD_TEST,
         "timing": TIMING,
         "lnm_node_order": json.dumps(list(graph.nodes)),
+        # The delayed edges (recurrent connections): other NIR readers see a cycle.
+        "lnm_delays": json.dumps(sorted([s, d] for s, d in sched_delays)),
         # How this graph was once read is not a property of the graph: not written.
         "lnm_graph_metadata": metadata_json({k: v for k, v in graph.metadata.items() if k != "read_options"}),
     }

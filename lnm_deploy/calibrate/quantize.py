@@ -322,6 +322,15 @@ def _syn_dequant(p: _SynPlan) -> Array:
     return p.weight_int.astype(np.float64) * p.real_per_lsb
 
 
+def _distinct_columns(theta: Array) -> Array:
+    """The distinct columns (polynomials) of ``theta`` (d+1, n): a layer-wise or channel-wise
+    polynomial repeated over n neurons has 1 or C. Maxima over neurons are unchanged."""
+    flat = theta.reshape(theta.shape[0], -1)
+    if flat.shape[1] <= 1:
+        return flat
+    return np.unique(flat, axis=1)
+
+
 def _poly_shifts(name: str, theta: Array, q: float, u_max: float, acc_bits: int, coef_bits: int,
                  shift_range: tuple[int, int]) -> tuple[list[int], list[float]]:
     """Per-term binary points ``f_k`` for Horner (docs/fixed-point.md section 5), as shifts.
@@ -553,12 +562,14 @@ def _poly_layer(n: str, node: Neuron, syns: list[Synapse], theta: Array, v_th: A
     # v' = P(v) + c must fit the state for every v of the range, not only v itself: an expanding
     # polynomial maps the range outside itself.
     grid = np.linspace(-v_abs, v_abs, 513)
-    p_max = float(np.abs(horner(theta[:, None, :], np.broadcast_to(grid[:, None], (grid.size, theta.shape[1])))).max())
+    distinct = _distinct_columns(theta)  # the same maxima, evaluated once per distinct polynomial
+    p_max = float(np.abs(horner(distinct[:, None, :],
+                                np.broadcast_to(grid[:, None], (grid.size, distinct.shape[1])))).max())
     p_max *= 1.01  # the grid may miss the true maximum between points
     q_min = max(v_abs / s_max, (p_max + c_abs) / s_max, c_abs / s_max,
                 float(np.max(np.abs(theta[0]))) / coef_lim, 1e-300)
     q, in_shift, plans = _plan_synapses(n, syns, target, q_min, 0, weight_clip, spec.in_shift)
-    shifts, bounds = _poly_shifts(n, theta, q, v_abs, spec.acc_bits, spec.coef_bits, spec.shift)
+    shifts, bounds = _poly_shifts(n, distinct, q, v_abs, spec.acc_bits, spec.coef_bits, spec.shift)
     d = theta.shape[0] - 1
     f = np.concatenate([[0], np.cumsum(shifts)]) if d else np.array([0])
     coef = np.stack([np.rint(theta[k] * q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)]).astype(np.int64)

@@ -33,7 +33,7 @@ from lnm_deploy.targets import load_target
 LOIHI2, LIF_ONLY = load_target("loihi2"), load_target("loihi2-lif")
 
 
-def _absmax(name: str, w: np.ndarray) -> float:
+def _absmax(name: str, w: np.ndarray, bits: int) -> float:
     return float(np.max(np.abs(w)))
 
 
@@ -326,3 +326,24 @@ def test_cli_nan_weights_leave_no_output(tmp_path: Path, capsys: pytest.CaptureF
                  "--out", str(out), "--quiet", "--producer", "snntorch"])
     assert code == 5 and "'fc'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "nan.nir"]
+
+
+def test_weight_calibrator_gets_the_bit_width_the_quantizer_rounds_to() -> None:
+    """A 4-bit target gets clipping tuned for 4 bits (it got 8: the storage width)."""
+    import dataclasses
+
+    from lnm_deploy.ir import Graph, Input, Output
+
+    seen: list[int] = []
+
+    def clip(name: str, w: np.ndarray, bits: int) -> float:
+        seen.append(bits)
+        return float(np.max(np.abs(w)))
+
+    g = Graph(nodes={"input": Input(shape=(4,)), "fc": Affine(weight=np.full((3, 4), 0.3)),
+                     "n": Neuron(shape=(3,), poly=[0.0, 0.9], v_th=1.0), "output": Output()},
+              edges=[("input", "fc"), ("fc", "n"), ("n", "output")])
+    four = dataclasses.replace(LOIHI2, dense=dataclasses.replace(LOIHI2.dense, num_weight_bits=(1, 4)))
+    quantize(g, {"n": _ranges(-3.0, 1.0)}, four, weight_clip=clip)
+    quantize(g, {"n": _ranges(-3.0, 1.0)}, LOIHI2, weight_clip=clip)
+    assert seen == [4, 8]

@@ -99,10 +99,11 @@ def neuron_ranges(stats: CalibrationStats) -> dict[str, NeuronRange]:
     return out
 
 
-def _weight_clip(recipe: Recipe, bits: int, factors: dict[str, float], notes: list[str]) -> WeightClip:
-    """The recipe's weight calibrator, scaled per synapse by the search's factor."""
+def _weight_clip(recipe: Recipe, factors: dict[str, float], notes: list[str]) -> WeightClip:
+    """The recipe's weight calibrator for the bit width the quantizer rounds each synapse to,
+    scaled per synapse by the search's factor."""
 
-    def clip(name: str, w: Array) -> float:
+    def clip(name: str, w: Array, bits: int) -> float:
         c = recipe.calibrate_weight(w, bits)
         if isinstance(c, ClipRange):
             return float(c.clip) * factors.get(name, 1.0)
@@ -181,12 +182,11 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     ref = run_float(graph, x_eval, record=True)
     notes: list[str] = []
     factors: dict[str, float] = {}
-    bits = target.dense.weight_bits
 
     def build(f: dict[str, float]) -> Quantized:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LNMDeployWarning)
-            return quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, bits, f, []),
+            return quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, f, []),
                             margin=recipe.info.margin)
 
     search_log: list[dict[str, Any]] = []
@@ -194,7 +194,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         factors = _search(graph, build, ref, x_eval, recipe, search_log, progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LNMDeployWarning)
-        qz = quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, bits, factors, notes),
+        qz = quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, factors, notes),
                       margin=recipe.info.margin)
     for w in caught:  # re-emit once, after the search's silent trials
         warnings.warn(w.message, LNMDeployWarning, stacklevel=2)

@@ -62,7 +62,10 @@ from lnm_deploy.targets import Target
 
 Array = np.ndarray
 #: A weight calibrator: (synapse name, real weights) -> clip value (>= 0, real units).
-WeightClip = Callable[[str, Array], float]
+#: ``weight_clip(synapse_name, weights, bits) -> clip``: the largest |weight| to represent, chosen
+#: for ``bits``, the number of bits of the integer grid the quantizer rounds that synapse to (the
+#: target's ``dense.num_weight_bits`` for Dense, its ``conv.weight`` range for Conv2d).
+WeightClip = Callable[[str, Array, int], float]
 
 
 @dataclass
@@ -267,9 +270,12 @@ def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float,
         lo, hi = target.conv.weight
         return 1, lo, hi, target.conv.weight_exp
 
+    def grid_bits(step: int, lo: int, hi: int) -> int:
+        return max(1, round(math.log2((hi - lo) // step + 1)))
+
     first = syns[0]
     step, lo, hi, (we_lo, we_hi) = weight_grid(first)
-    clip = float(weight_clip(first.name, first.weight))
+    clip = float(weight_clip(first.name, first.weight, grid_bits(step, lo, hi)))
     if clip <= 0:
         clip = float(np.max(np.abs(first.weight))) or 1.0
     lsb_min = clip / _int_limit(lo, hi)  # real weight per integer unit at full resolution
@@ -290,7 +296,7 @@ def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float,
         if i == 0:
             we = e - e_fixed - extra
         else:
-            clip_s = float(weight_clip(s.name, s.weight)) or amax or 1.0
+            clip_s = float(weight_clip(s.name, s.weight, grid_bits(step, lo, hi))) or amax or 1.0
             # smallest exponent whose grid holds the clip: clip / (2^E q) <= max integer
             need = math.log2(clip_s / (_int_limit(lo, hi) * q)) if clip_s > 0 else we_lo
             we = math.ceil(need) - extra - e_fixed

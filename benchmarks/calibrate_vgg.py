@@ -74,7 +74,7 @@ def main() -> None:
     graph, x = build()
     target, recipe = load_target("loihi2"), load_recipe("default")
 
-    def calibrate():  # noqa: ANN202
+    def calibrate():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return calibrate_network(graph, x, target, recipe, progress=False)

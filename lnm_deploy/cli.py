@@ -150,6 +150,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.html:
             from lnm_deploy.report.html import render_verify_page
 
+            assert result.float_graph is not None
             outs.write_text(args.html, render_verify_page(result, result.float_graph, artifact))
     fm = result.float_model
     how = ("as calibrated" if fm.get("as_calibrated") else

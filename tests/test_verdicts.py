@@ -15,6 +15,7 @@ from pathlib import Path
 import nir
 import numpy as np
 import pytest
+from test_verify import _net
 
 from lnm_deploy.artifact import read_artifact, write_artifact
 from lnm_deploy.calibrate.compare import compare_spikes
@@ -24,8 +25,6 @@ from lnm_deploy.execute import run_float
 from lnm_deploy.fxsim import run_fx
 from lnm_deploy.nir_io import read_nir, write_nir
 from lnm_deploy.verify import verify
-
-from test_verify import _net
 
 
 def _spikes(n: int, t: int, k: int, p: float, seed: int) -> np.ndarray:
@@ -124,7 +123,7 @@ def test_verify_reloads_the_float_model_as_calibrated(case: str, tmp_path: Path,
 
 def test_verify_option_that_contradicts_the_record_warns_and_is_shown(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    src, art, js = tmp_path / "g.nir", tmp_path / "art.nir", tmp_path / "r.json"
+    src, art, _ = tmp_path / "g.nir", tmp_path / "art.nir", None
     _if_graph(src)
     x = _spikes(16, 20, 8, 0.3, 2)
     np.savez(tmp_path / "calib.npz", x=x)

@@ -1,6 +1,6 @@
 """The integer network: ``FxGraph``, the graph type of ``lnm_deploy.ir`` with integer nodes.
 
-Topology, execution order and delays are ``lnm_deploy.ir.Graph``'s own (one graph type): within a
+Topology, execution order and delays are ``lnm_deploy.ir.graph.GraphBase``'s (one graph type): within a
 step nodes run in ``order``; a delayed edge delivers the previous step's value (zero at t = 0);
 several edges into a node are summed.
 
@@ -26,16 +26,16 @@ from lnm_deploy.fixedpoint.nodes import (
     FxOutput,
     Shape,
 )
-from lnm_deploy.ir import Graph, Schedule
-from lnm_deploy.ir.graph import chain
+from lnm_deploy.ir import Schedule
+from lnm_deploy.ir.graph import GraphBase, chain
 
 
 @dataclass(eq=False)
-class FxGraph(Graph):
+class FxGraph(GraphBase[FxNode]):
     """A quantized, target-bound network. Exactly one ``FxInput`` and one ``FxOutput``.
 
     ``nodes`` are ``FxNode``s; ``target`` names the target the integers were chosen for ("" if
-    none); ``metadata`` is provenance; ``delays`` as for ``lnm_deploy.ir.Graph``.
+    none); ``metadata`` is provenance; ``delays`` as for ``lnm_deploy.ir.graph.GraphBase``.
     """
 
     target: str = ""
@@ -46,7 +46,7 @@ class FxGraph(Graph):
             if not isinstance(n, FxNode):
                 raise GraphError(f"is a {type(n).__name__}, not an integer (Fx) node", node=name)
         sched = super().schedule()
-        nodes: dict[str, FxNode] = self.nodes  # type: ignore[assignment]
+        nodes = self.nodes
 
         def spike_source(src: str) -> bool:
             n = nodes[src]

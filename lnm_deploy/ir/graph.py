@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from lnm_deploy.errors import GraphError, UnsupportedError
 from lnm_deploy.ir.nodes import Input, Node, Output, Shape
@@ -105,15 +105,29 @@ def infer_delays(names: Iterable[str], edges: Iterable[Edge]) -> frozenset[Edge]
             delayed.update((s, d) for s, d in edges if s in members and d in entries)
 
 
+class GraphNode(Protocol):
+    """What a graph needs of a node (float IR nodes and integer ``FxNode``s alike)."""
+
+    kind: ClassVar[str]
+
+    def validate(self, name: str) -> None: ...
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape: ...
+
+
+N = TypeVar("N", bound=GraphNode)
+
+
 @dataclass(eq=False)
-class Graph:
+class GraphBase(Generic[N]):
     """A flat graph of nodes. Exactly one node of kind ``"input"`` and one of kind ``"output"``.
 
-    ``delays``: the edges that deliver the previous step's value; None infers them
-    (``infer_delays``). ``delayed_edges()`` is what is in force.
+    The one graph type: ``Graph`` (float IR nodes) and ``lnm_deploy.fixedpoint.FxGraph`` (integer
+    nodes) are this class over their node type. ``delays``: the edges that deliver the previous
+    step's value; None infers them (``infer_delays``). ``delayed_edges()`` is what is in force.
     """
 
-    nodes: dict[str, Node]
+    nodes: dict[str, N]
     edges: list[Edge]
     metadata: dict[str, Any] = field(default_factory=dict)
     delays: frozenset[Edge] | None = None
@@ -147,7 +161,7 @@ class Graph:
 
     @property
     def input_shape(self) -> Shape:
-        shape: Shape = self.nodes[self.input_name].shape  # type: ignore[attr-defined]
+        shape: Shape = self.nodes[self.input_name].shape  # type: ignore[attr-defined]  # Input/FxInput
         return shape
 
     def schedule(self) -> Schedule:
@@ -240,6 +254,11 @@ class Graph:
         if succ[out]:
             raise GraphError("the Output node cannot have outgoing edges", node=out)
         return Schedule(order=order, inputs=inputs, shapes=shapes, input_node=inp, output_node=out)
+
+
+@dataclass(eq=False)
+class Graph(GraphBase[Node]):
+    """A graph of float IR nodes (``lnm_deploy.ir.nodes``)."""
 
 
 def _reaches(succ: dict[str, list[str]], a: str, b: str) -> bool:

@@ -217,19 +217,19 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     """
     import time
 
+    from lnm_deploy import validate
     from lnm_deploy.backends import BACKENDS
     from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
-    from lnm_deploy.calibrate.pipeline import check_spikes
     from lnm_deploy.fxsim import first_mismatch, run_fx
     from lnm_deploy.metrics import accuracy
 
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
-    for b in backends:
-        if b not in BACKENDS or not BACKENDS[b].integer:
-            raise UserInputError(f"--backend {b}: verify compares integer backends "
-                                 f"({', '.join(k for k, v in BACKENDS.items() if v.integer)})")
+    backends, max_accuracy_drop, backend_samples = validate.verify_options(
+        backends, max_accuracy_drop, backend_samples)
     graph, source = resolve_float_graph(art, float_graph)
-    x = check_spikes(x, art.graph, "verification data")
+    x = validate.spikes(x, art.graph, "verification data")
+    if y is not None:
+        y = validate.labels(y, x.shape[0], validate.n_outputs(art.fx), "verification labels")
     ref = run_float(graph, x, record=True, progress=progress)
     fixed = run_fx(art.fx, x, record=True, progress=progress)
     order = [n for n in art.fx.schedule().order if n in fixed.spikes]

@@ -31,13 +31,12 @@ def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    from lnm_deploy.validate import shape_option
+
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 2,34,34)") from None
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 2,34,34)")
-    return shape
+        return shape_option(text, "--input-shape")
+    except UserInputError as e:  # argparse prints it with the usage and exits 2
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--input-shape: ")) from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -278,6 +278,11 @@ def _finite_params(name: str, node: nir.NIRNode) -> dict[str, np.ndarray]:
             continue
         if not np.issubdtype(a.dtype, np.number):
             continue
+        if a.size == 0:
+            raise GraphError(f"NIR parameter '{field}' is empty (shape {a.shape})", node=name)
+        if np.iscomplexobj(a):
+            raise GraphError(f"NIR parameter '{field}' is complex ({a.dtype}); parameters are real",
+                             node=name)
         if not np.all(np.isfinite(a)):
             raise NumericError(f"NIR parameter '{field}' has NaN or infinite values", node=name)
         out[field] = a

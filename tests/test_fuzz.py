@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import lnm_deploy
+import lnm_deploy.verify
 from lnm_deploy.calibrate import calibrate_network, load_recipe
 from lnm_deploy.cli import main
 from lnm_deploy.configfile import shipped_files, tomllib
@@ -242,7 +243,7 @@ def write_nir_file(g: nir.NIRGraph, path: Path) -> bool:
 def corrupt_file(draw: st.DrawFn, path: Path) -> str:
     """One file-level corruption of a written NIR file; returns its name."""
     kind = draw(st.sampled_from(["none", "truncate", "overwrite", "drop_dataset", "retype", "edge_bytes",
-                                 "string_param"]))
+                                 "string_param", "numeric_param", "numeric_param"]))
     raw = path.read_bytes()
     if kind == "truncate":
         path.write_bytes(raw[: draw(st.integers(0, max(0, len(raw) - 1)))])
@@ -250,7 +251,7 @@ def corrupt_file(draw: st.DrawFn, path: Path) -> str:
         at = draw(st.integers(0, max(0, len(raw) - 1)))
         junk = draw(st.binary(min_size=1, max_size=64))
         path.write_bytes(raw[:at] + junk + raw[at + len(junk):])
-    elif kind in ("drop_dataset", "retype", "edge_bytes", "string_param"):
+    elif kind in ("drop_dataset", "retype", "edge_bytes", "string_param", "numeric_param"):
         with h5py.File(path, "r+") as f:
             datasets: list[str] = []
             f["node"].visititems(lambda k, v: datasets.append(k) if isinstance(v, h5py.Dataset) else None)
@@ -270,6 +271,14 @@ def corrupt_file(draw: st.DrawFn, path: Path) -> str:
                 del f["node/edges"]
                 f["node"].create_dataset("edges", data=draw(st.sampled_from(
                     [np.array([[b"input", b"nowhere"]]), np.array([1, 2, 3]), np.array([[b"a", b"b", b"c"]])])))
+            elif kind == "numeric_param":
+                old = f[full][()]
+                numeric = isinstance(old, (np.ndarray, np.generic)) and np.asarray(old).dtype.kind in "biuf"
+                shape = np.shape(old) if numeric and draw(st.booleans()) else \
+                    draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+                dtype = draw(st.sampled_from([np.int64, np.float64, np.int8, np.bool_]))
+                del f[full]
+                f.create_dataset(full, data=draw(hnp.arrays(dtype, shape)))
             else:
                 del f[full]
                 f.create_dataset(full, data=draw(st.sampled_from(["3", "nan", "abc"])))
@@ -531,3 +540,39 @@ def test_random_toml_files(kind: str, raw: bytes) -> None:
         if kind == "targets":
             code, err = cli(["targets", "--file", str(path)])
             assert code == 2 and "t.toml" in err, err
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibrated artifacts
+
+
+@pytest.fixture(scope="module")
+def artifact_bytes() -> bytes:
+    from lnm_deploy.artifact import write_artifact
+
+    rng = np.random.default_rng(9)
+    g = sequential([("fc", Affine(weight=rng.normal(size=(4, 3)))),
+                    ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=0.5, dt=1e-3))], (3,))
+    res = calibrate_network(g, (rng.random((4, 8, 3)) < 0.5).astype(np.uint8), "loihi2", "default",
+                            progress=False)
+    with workdir() as d:
+        write_artifact(res.artifact, d / "a.nir")
+        return (d / "a.nir").read_bytes()
+
+
+@fuzz(40)
+@given(st_data=st.data())
+def test_corrupted_artifacts_read_or_fail_typed(artifact_bytes: bytes, st_data: st.DataObject) -> None:
+    from lnm_deploy.artifact import read_artifact
+
+    with workdir() as d:
+        path = d / "a.nir"
+        path.write_bytes(artifact_bytes)
+        kind = corrupt_file(st_data.draw, path)
+        event(kind)
+        art = typed_or_value(lambda: read_artifact(path))
+        code, err = cli(["inspect", str(path)])
+        assert code in {0, *EXIT_TYPED}, err
+        if art is not None:
+            x = (np.arange(2 * 4 * 3).reshape(2, 4, 3) % 2).astype(np.uint8)
+            typed_or_value(lambda: lnm_deploy.verify.verify(art, x, backends=(), progress=False))

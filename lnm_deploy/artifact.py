@@ -68,6 +68,9 @@ def _split(path: str | os.PathLike[str], **read_kw: Any) -> tuple[Graph, FxGraph
         record = json.loads(str(raw_record)) if raw_record is not None else {}
     except (ValueError, KeyError, TypeError) as e:
         raise GraphError(f"{path}: the artifact's integer network is unreadable ({e})") from e
+    if not isinstance(record, dict):
+        raise GraphError(f"{path}: the artifact's record ('{RECORD_KEY}') is {type(record).__name__}, "
+                         "not a JSON object; recalibrate to rewrite it")
     return graph, fx, record
 
 

@@ -295,7 +295,7 @@ def spikes_for(g: Graph) -> np.ndarray:
     return SPIKES[:, :, :n].reshape(3, 6, *shape).astype(np.uint8)
 
 
-@fuzz(60)
+@fuzz(200)
 @given(data=nir_graphs(), st_data=st.data())
 def test_nir_graphs_load_inspect_or_fail_typed(data: Any, st_data: st.DataObject) -> None:
     nodes, edges, _ = data
@@ -314,7 +314,7 @@ def test_nir_graphs_load_inspect_or_fail_typed(data: Any, st_data: st.DataObject
             assert err.count("\n") == 1, err
 
 
-@fuzz(15)
+@fuzz(40)
 @given(data=nir_graphs(corrupt=False, layers=NEURONS, last=("LIF", "CubaLIF", "IF")))
 def test_valid_nir_graphs_calibrate_or_fail_typed(data: Any) -> None:
     nodes, edges, _ = data
@@ -349,7 +349,7 @@ def test_calibrate_cli_on_fuzzed_graph_files() -> None:
                 assert "'lif'" in err and "'tau'" in err
 
 
-@fuzz(20)
+@fuzz(60)
 @given(raw=st.binary(max_size=2048))
 def test_random_bytes_as_nir_file(raw: bytes) -> None:
     with workdir() as d:
@@ -360,7 +360,7 @@ def test_random_bytes_as_nir_file(raw: bytes) -> None:
         assert code in EXIT_TYPED, err
 
 
-@fuzz(20)
+@fuzz(60)
 @given(cut=st.floats(0.0, 1.0, exclude_max=True))
 def test_truncated_lnm_deploy_file(cut: float) -> None:
     g = sequential([("fc", Affine(weight=np.ones((3, 2)))), ("n", Neuron(shape=(3,), poly=[0.0, 0.9], v_th=1.0))],
@@ -402,7 +402,7 @@ def small_graph_file() -> Iterator[Path]:
         yield d / "g.nir"
 
 
-@fuzz(60)
+@fuzz(200)
 @given(members=st.dictionaries(st.sampled_from(["x", "y", "z", "x.npy"]), arrays_any(), max_size=3),
        spikes_x=st.booleans(), y=st.one_of(st.none(), arrays_any()))
 def test_npz_files_run_or_fail_typed(small_graph_file: Path, members: dict[str, np.ndarray], spikes_x: bool,
@@ -421,7 +421,7 @@ def test_npz_files_run_or_fail_typed(small_graph_file: Path, members: dict[str, 
         assert (code == 0) == (d / "o.npz").exists()
 
 
-@fuzz(30)
+@fuzz(100)
 @given(raw=st.binary(max_size=1024), keep=st.floats(0.0, 1.0))
 def test_random_or_truncated_bytes_as_npz(small_graph_file: Path, raw: bytes, keep: float) -> None:
     with workdir() as d:
@@ -495,7 +495,7 @@ def _leaves(doc: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str
     return out
 
 
-@fuzz(60)
+@fuzz(200)
 @given(kind=st.sampled_from(["targets", "calibration"]), st_data=st.data(), value=toml_values,
        action=st.sampled_from(["set", "delete", "add", "table"]))
 def test_shipped_toml_with_one_key_changed(kind: str, st_data: st.DataObject, value: Any, action: str) -> None:
@@ -526,7 +526,7 @@ def test_shipped_toml_with_one_key_changed(kind: str, st_data: st.DataObject, va
             typed_or_value(loaded.summary)
 
 
-@fuzz(40)
+@fuzz(120)
 @given(kind=st.sampled_from(["targets", "calibration"]),
        raw=st.one_of(st.binary(max_size=512),
                      st.dictionaries(st.text(min_size=1, max_size=6), toml_values, max_size=4).map(
@@ -547,7 +547,7 @@ def test_random_toml_files(kind: str, raw: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def artifact_bytes() -> bytes:
+def artifact_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lnm_deploy.artifact import write_artifact
 
     rng = np.random.default_rng(9)
@@ -555,19 +555,19 @@ def artifact_bytes() -> bytes:
                     ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=0.5, dt=1e-3))], (3,))
     res = calibrate_network(g, (rng.random((4, 8, 3)) < 0.5).astype(np.uint8), "loihi2", "default",
                             progress=False)
-    with workdir() as d:
-        write_artifact(res.artifact, d / "a.nir")
-        return (d / "a.nir").read_bytes()
+    path = tmp_path_factory.mktemp("artifact") / "a.nir"
+    write_artifact(res.artifact, path)
+    return path
 
 
-@fuzz(40)
+@fuzz(120)
 @given(st_data=st.data())
-def test_corrupted_artifacts_read_or_fail_typed(artifact_bytes: bytes, st_data: st.DataObject) -> None:
+def test_corrupted_artifacts_read_or_fail_typed(artifact_file: Path, st_data: st.DataObject) -> None:
     from lnm_deploy.artifact import read_artifact
 
     with workdir() as d:
         path = d / "a.nir"
-        path.write_bytes(artifact_bytes)
+        path.write_bytes(artifact_file.read_bytes())
         kind = corrupt_file(st_data.draw, path)
         event(kind)
         art = typed_or_value(lambda: read_artifact(path))

@@ -168,9 +168,14 @@ def nir_graphs(draw: st.DrawFn, corrupt: bool = True, layers: tuple[str, ...] = 
             if not fields:
                 continue
             f = draw(st.sampled_from(fields))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                a = np.array(getattr(node, f), dtype=np.float64)
+            try:  # (a field a first corruption made non-numeric stays as it is)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    a = np.array(getattr(node, f), dtype=np.float64)
+            except (TypeError, ValueError):
+                continue
+            if a.size == 0:
+                continue
             if c == "nan":
                 a.reshape(-1)[draw(st.integers(0, a.size - 1))] = draw(st.sampled_from(BAD_VALUES[:3]))
             elif c == "negative":

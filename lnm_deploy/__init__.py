@@ -19,17 +19,21 @@ if TYPE_CHECKING:
     from lnm_deploy.ir import Graph
 
 
-def export(model: Any, path: str | os.PathLike[str] | None = None, *, input_shape: tuple[int, ...],
+def export(model: Any, path: str | os.PathLike[str] | None = None, *, input_shape: int | tuple[int, ...],
            dt: float = 1e-3) -> nir.NIRGraph:
     """Export a trained ``lnm_deploy.model.LNMSequential`` to a NIR graph (and to ``path`` if given).
 
     LNM layers become the NIR neuron that best approximates them, with the exact polynomial,
     dt (seconds per step), reset mode and threshold test in node metadata (see docs/nir.md).
+    ``input_shape``: one step's input without batch and time, an int (``64``) or a tuple.
     """
+    from lnm_deploy import validate
     from lnm_deploy.model import model_to_ir
     from lnm_deploy.nir_io import to_nir, write_nir
 
-    graph = model_to_ir(model, tuple(input_shape), dt=dt)
+    shape = validate.shape_option(input_shape, "input_shape (CLI --input-shape)")
+    dt = validate.finite_float(dt, "dt (CLI --dt)", positive=True)
+    graph = model_to_ir(model, shape, dt=dt)
     if path is not None:
         write_nir(graph, path)
     return to_nir(graph)

@@ -74,7 +74,8 @@ def _split(path: str | os.PathLike[str], **read_kw: Any) -> tuple[Graph, FxGraph
     except LNMDeployError as e:
         raise GraphError(f"{path}: the artifact's integer network is invalid ({e})") from e
     if not isinstance(record, dict):
-        raise GraphError(f"{path}: the artifact's record is not a JSON object")
+        raise GraphError(f"{path}: the artifact's record ('{RECORD_KEY}') is {type(record).__name__}, "
+                         "not a JSON object; recalibrate to rewrite it")
     check_integers(fx, record, path)
     return graph, fx, record
 

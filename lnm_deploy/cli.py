@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,46 +34,59 @@ def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    from lnm_deploy.validate import shape_option
+
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 2,34,34)") from None
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"not a shape: {text!r} (use e.g. 2,34,34)")
-    return shape
+        return shape_option(text, "--input-shape")
+    except UserInputError as e:  # argparse prints it with the usage and exits 2
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--input-shape: ")) from None
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a finite number in [0, 1]."""
+def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a ``lnm_deploy.validate`` check (one validation layer for the API and
+    the CLI): its ``UserInputError`` becomes argparse's usage error (exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except UserInputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _number(text: str) -> float:
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(v) and 0.0 <= v <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return v
+        raise UserInputError(f"not a number: {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
+def _fraction_check(text: str) -> float:
+    from lnm_deploy.validate import fraction
+
+    return fraction(_number(text), "the value")
+
+
+def _positive_int_check(text: str) -> int:
+    from lnm_deploy.validate import positive_int
+
     try:
-        v = int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return v
+        raise UserInputError(f"not a whole number: {text!r}") from None
+    return positive_int(value, "the value")
 
 
-def _dt(text: str) -> float:
-    """An argparse type: a positive, finite number of seconds."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return v
+def _dt_check(text: str) -> float:
+    from lnm_deploy.validate import finite_float
+
+    return finite_float(_number(text), "dt (seconds per step)", positive=True)
+
+
+_fraction = _checked(_fraction_check)
+_positive_int = _checked(_positive_int_check)
+_dt = _checked(_dt_check)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

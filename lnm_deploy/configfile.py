@@ -35,6 +35,13 @@ def read_toml(path: str | os.PathLike[str], what: str) -> tuple[Path, dict[str, 
             return file, tomllib.load(fh)
     except tomllib.TOMLDecodeError as e:
         raise UserInputError(f"{file}: not valid TOML ({e})") from e
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{what} {file} is not a text file (not UTF-8 at byte {e.start}); a "
+                             f"{what} is TOML text") from e
+    except OSError as e:
+        raise UserInputError(f"{what} {file} cannot be read ({e.strerror or e})") from e
+    except RecursionError as e:
+        raise UserInputError(f"{file}: not valid TOML (nested too deeply)") from e
 
 
 def _is_int(v: Any) -> bool:

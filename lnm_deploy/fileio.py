@@ -69,28 +69,11 @@ def existing_file(path: str | os.PathLike[str], what: str = "file") -> Path:
 
 
 def read_dataset(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read ``x`` (samples, timesteps, *input_shape) and optional labels ``y`` (samples,) from .npz."""
+    """Read ``x`` (samples, timesteps, *input_shape) and optional labels ``y`` (samples,) from .npz
+    (``lnm_deploy.validate.npz_dataset``: no pickle, declared sizes checked before loading)."""
+    from lnm_deploy.validate import npz_dataset
 
-
-    p = existing_file(path, "data file")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise UserInputError(f"{p} has no array 'x' (it has {sorted(z.files)})")
-            x = z["x"]
-            y = z["y"] if "y" in z.files else None
-    except UserInputError:
-        raise
-    except Exception as e:  # zipfile/pickle/format errors: name the file, not the library
-        raise UserInputError(f"{p} is not a readable .npz file ({type(e).__name__}: {e})") from e
-    if x.ndim < 3:
-        raise UserInputError(f"{p}: 'x' must be shaped (samples, timesteps, *input_shape), got {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise UserInputError(f"{p}: 'x' is empty {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
-        raise UserInputError(f"{p}: 'x' must be numeric, got {x.dtype}")
-    if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
-        raise UserInputError(f"{p}: 'y' must be shaped ({x.shape[0]},), got {y.shape}")
+    x, y = npz_dataset(path)
     return x, y
 
 

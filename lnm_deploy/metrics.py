@@ -17,8 +17,13 @@ def predictions(output: np.ndarray) -> np.ndarray:
 
 
 def accuracy(output: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of samples whose ``predictions`` equal ``labels``."""
-    labels = np.asarray(labels)
-    if labels.shape != (output.shape[0],):
-        raise UserInputError(f"labels shaped {labels.shape}, expected ({output.shape[0]},)")
+    """Fraction of samples whose ``predictions`` equal ``labels`` (checked by ``validate.labels``:
+    integer class indices in [0, n_outputs))."""
+    from lnm_deploy import validate
+
+    output = np.asarray(output)
+    if output.ndim < 2:
+        raise UserInputError(f"output must be shaped (samples, timesteps, ...), got {output.shape}")
+    n_classes = int(np.prod(output.shape[2:])) if output.ndim > 2 else 1
+    labels = validate.labels(labels, output.shape[0], n_classes)
     return float(np.mean(predictions(output) == labels))

@@ -330,31 +330,6 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
     return out
 
 
-def _labels(y: Array, n_samples: int, n_classes: int) -> Array:
-    """Labels as int64 class indices in [0, n_classes), or ``UserInputError``."""
-    y = np.asarray(y)
-    if y.shape != (n_samples,):
-        raise UserInputError(f"labels 'y' must be shaped ({n_samples},), got {y.shape}")
-    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise UserInputError(f"labels 'y' must be integer class indices, got dtype {y.dtype}")
-    if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-        raise UserInputError("labels 'y' must be integer class indices (found non-integer values)")
-    if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise UserInputError(f"labels 'y' must lie in [0, {n_classes - 1}] (the output layer has {n_classes} "
-                             f"neurons), found [{int(y.min())}, {int(y.max())}]")
-    return y.astype(np.int64)
-
-
-def _fraction(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be a number in [0, 1], got {value!r}") from None
-    if not (np.isfinite(v) and 0.0 <= v <= 1.0):
-        raise UserInputError(f"{name} must be a number in [0, 1], got {value!r}")
-    return v
-
-
 def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | None = None, *,
            backends: str | tuple[str, ...] | list[str] = ("lava",),
            float_graph: str | os.PathLike[str] | None = None,
@@ -384,31 +359,19 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     """
     import time
 
+    from lnm_deploy import validate
     from lnm_deploy.backends import BACKENDS
     from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
-    from lnm_deploy.calibrate.pipeline import check_spikes
     from lnm_deploy.fxsim import first_mismatch, run_fx
     from lnm_deploy.metrics import accuracy, predictions
 
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
-    if isinstance(backends, str):
-        backends = (backends,)
-    backends = tuple(dict.fromkeys(backends))
-    integer = [k for k, v in BACKENDS.items() if v.integer]
-    for b in backends:
-        if b not in BACKENDS or not BACKENDS[b].integer:
-            raise UserInputError(f"backend {b!r}: verify holds integer backends against fxsim; choose from "
-                                 f"{', '.join(integer)}")
-    max_accuracy_drop = _fraction("max_accuracy_drop", max_accuracy_drop)
-    min_agreement = _fraction("min_agreement", min_agreement)
-    if backend_samples is not None and (isinstance(backend_samples, bool) or not isinstance(backend_samples, (int, np.integer))
-                                        or backend_samples < 1):
-        raise UserInputError(f"backend_samples must be a whole number >= 1, got {backend_samples!r}")
-    x = check_spikes(x, art.graph, "verification data")
-    sched = art.graph.schedule()
-    n_out = int(np.prod(sched.shapes[sched.output_node]))
+    backends, max_accuracy_drop, backend_samples = validate.verify_options(
+        backends, max_accuracy_drop, backend_samples)
+    min_agreement = validate.fraction(min_agreement, "min_agreement (--min-agreement)")
+    x = validate.spikes(x, art.graph, "verification data")
     if y is not None:
-        y = _labels(y, x.shape[0], n_out)
+        y = validate.labels(y, x.shape[0], validate.n_outputs(art.fx), "verification labels")
     model = resolve_float_graph(art, float_graph, producer=producer, dt=dt, input_shape=input_shape)
     graph = model.graph
     ref = run_float(graph, x, record=True, progress=progress)

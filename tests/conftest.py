@@ -7,7 +7,10 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+# By hand: HYPOTHESIS_PROFILE=fuzz-long runs tests/test_fuzz.py with 50x its example budgets.
+settings.register_profile("fuzz-long", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 # Lava calls multiprocessing.set_start_method('fork') when first imported and fails if a start
 # method was chosen already (a tqdm progress bar's lock chooses one). lnm_deploy.lava_backend

@@ -30,11 +30,12 @@ from lnm_deploy.calibrate.compare import compare_spikes, first_divergence, sqnr_
 from lnm_deploy.calibrate.quantize import NeuronRange, Quantized, WeightClip, quantize
 from lnm_deploy.calibrate.recipes import Recipe, collect_with_recipe
 from lnm_deploy.calibrate.stats import CalibrationStats
-from lnm_deploy.errors import LNMDeployWarning, UserInputError
+from lnm_deploy.errors import LNMDeployWarning
 from lnm_deploy.execute import RunResult, run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.nir_io import READ_OPTIONS_KEY
 from lnm_deploy.targets import Target
+from lnm_deploy.validate import check_spikes  # noqa: F401  (re-export: moved to lnm_deploy.validate)
 
 Array = np.ndarray
 
@@ -65,21 +66,6 @@ def target_spec(target: Target) -> dict[str, Any]:
     text = Path(target.path).read_text(encoding="utf-8")
     return {"name": target.name, "toml": text,
             "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-
-
-def check_spikes(x: Array, graph: Graph, what: str = "calibration data") -> Array:
-    """Binary spikes shaped (samples, timesteps, *input_shape), or ``UserInputError``."""
-    x = np.asarray(x)
-    shape = graph.input_shape
-    if x.ndim != 2 + len(shape) or tuple(x.shape[2:]) != tuple(shape):
-        raise UserInputError(f"{what} must be shaped (samples, timesteps, {', '.join(map(str, shape))}), "
-                             f"got {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise UserInputError(f"{what} is empty: {x.shape}")
-    if not np.all((x == 0) | (x == 1)):
-        raise UserInputError(f"{what} must hold binary spikes (0/1): a fixed-point target takes spikes, "
-                             "encode currents as spikes first")
-    return x.astype(np.uint8)
 
 
 def neuron_ranges(stats: CalibrationStats) -> dict[str, NeuronRange]:
@@ -171,9 +157,10 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
               source: str | os.PathLike[str] | None = None, data_path: str | os.PathLike[str] | None = None,
               progress: bool = True) -> CalibrationResult:
     """Calibrate and quantize ``graph`` for ``target`` on spikes ``x`` (see the module docstring)."""
+    from lnm_deploy import validate
     from lnm_deploy.fxsim import run_fx
 
-    x = check_spikes(x, graph)
+    graph, x, target, recipe, y = validate.calibration_args(graph, x, target, recipe, y)
     stats = collect_with_recipe(graph, x, recipe, progress=progress)
     ranges = neuron_ranges(stats)
     # The comparison set: the samples the statistics saw (at most max_samples).

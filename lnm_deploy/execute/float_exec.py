@@ -15,7 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import DTypeLike
 
-from lnm_deploy.errors import NumericError, UnsupportedError, UserInputError
+from lnm_deploy.errors import NumericError, UnsupportedError
 from lnm_deploy.ir import (
     Affine,
     AvgPool2d,
@@ -185,14 +185,9 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
               progress: bool = False) -> RunResult:
     """Run ``graph`` on ``x`` shaped (batch, timesteps, *input_shape); see ``RunResult``."""
     sched = graph.schedule()
-    x = np.asarray(x)
-    in_shape = sched.shapes[sched.input_node]
-    if x.ndim != 2 + len(in_shape) or tuple(x.shape[2:]) != tuple(in_shape):
-        raise UserInputError(
-            f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), got {x.shape}"
-        )
-    if not np.all(np.isfinite(x)):
-        raise UserInputError("input has NaN or infinite values")
+    from lnm_deploy import validate
+
+    x = validate.values(x, tuple(sched.shapes[sched.input_node]), "input")
     batch, steps = x.shape[:2]
     x = x.astype(dtype, copy=False)
 

@@ -480,20 +480,9 @@ def _make_neuron(name: str, node: FxNode, batch: int, input_bound: int, kern: An
 
 
 def _check_input(graph: FxGraph, x: Array, in_shape: tuple[int, ...]) -> Array:
-    x = np.asarray(x)
-    if x.ndim != 2 + len(in_shape) or tuple(x.shape[2:]) != tuple(in_shape):
-        raise UserInputError(
-            f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), got {x.shape}"
-        )
-    if x.dtype != np.bool_:
-        if not np.issubdtype(x.dtype, np.number):
-            raise UserInputError(f"input must be numeric 0/1 spikes, got dtype {x.dtype}")
-        if not np.all((x == 0) | (x == 1)):
-            bad = np.argwhere((x != 0) & (x != 1))[0]
-            raise UserInputError(
-                f"input must be binary spikes (0 or 1); got {x[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}"
-            )
-    return x.astype(np.uint8)
+    from lnm_deploy import validate
+
+    return validate.spikes(x, in_shape, "input", allow_empty=True)
 
 
 def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[str, bool], ...]],

@@ -45,6 +45,20 @@ def _check_finite(node: str, **arrays: np.ndarray | None) -> None:
             )
 
 
+def _broadcasts_to(name: str, what: str, a: np.ndarray, input_shape: Shape | None) -> Shape:
+    """``input_shape``, checked: the elementwise parameter ``a`` must broadcast to it."""
+    if input_shape is None:
+        raise GraphError("node has no input", node=name)
+    try:
+        ok = np.broadcast_shapes(a.shape, tuple(input_shape)) == tuple(input_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise GraphError(f"'{what}' of shape {a.shape} does not broadcast to the input shape "
+                         f"{tuple(input_shape)}", node=name)
+    return tuple(input_shape)
+
+
 def conv_output_shape(name: str, weight_shape: tuple[int, ...], groups: int, stride: tuple[int, int],
                       padding: tuple[int, int], dilation: tuple[int, int], input_shape: Shape | None) -> Shape:
     """(C_out, H_out, W_out) of a 2-d convolution (torch's rule) on input (C_in, H, W)."""
@@ -164,6 +178,9 @@ class Scale(Node):
     def validate(self, name: str) -> None:
         _check_finite(name, scale=self.scale)
 
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        return _broadcasts_to(name, "scale", self.scale, input_shape)
+
 
 @dataclass(eq=False)
 class Conv2d(Node):
@@ -265,6 +282,9 @@ class Threshold(Node):
 
     def validate(self, name: str) -> None:
         _check_finite(name, v_th=self.v_th)
+
+    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
+        return _broadcasts_to(name, "v_th", self.v_th, input_shape)
 
 
 @dataclass(eq=False)

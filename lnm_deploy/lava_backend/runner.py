@@ -361,13 +361,9 @@ class _Network:
 
 
 def _check_input(x: Any, in_shape: tuple[int, ...]) -> np.ndarray:
-    xs = np.asarray(x)
-    if xs.ndim != 2 + len(in_shape) or tuple(xs.shape[2:]) != tuple(in_shape):
-        raise UserInputError(f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), "
-                             f"got {xs.shape}")
-    if xs.dtype != np.bool_ and (not np.issubdtype(xs.dtype, np.number) or not np.all((xs == 0) | (xs == 1))):
-        raise UserInputError("input must be binary spikes (0 or 1)")
-    return xs.astype(np.uint8)
+    from lnm_deploy import validate
+
+    return validate.spikes(x, tuple(in_shape), "input", allow_empty=True)
 
 
 def _workdir() -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lnm_deploy import __version__
-from lnm_deploy.errors import UnsupportedError, UserInputError
+from lnm_deploy.errors import GraphError, UnsupportedError, UserInputError
 from lnm_deploy.ir import (
     Affine,
     AvgPool2d,
@@ -168,13 +168,15 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     Raises:
         UnsupportedError: a layer the IR cannot express (the message names it).
         NumericError: NaN or infinite parameters (raised by the graph's validation).
-        GraphError: shapes that do not chain (e.g. a wrong ``input_shape``).
+        UserInputError: an ``input_shape`` the first layer does not accept (or not a shape).
     """
     if not isinstance(model, LNMSequential):
         raise UserInputError(f"model_to_ir expects an LNMSequential, got {type(model).__name__}")
     if not (dt > 0 and np.isfinite(dt)):
         raise UserInputError(f"dt must be positive, got {dt}")
-    nodes: dict[str, Node] = {"input": Input(shape=tuple(int(s) for s in input_shape))}
+    from lnm_deploy.validate import shape_option
+
+    nodes: dict[str, Node] = {"input": Input(shape=shape_option(input_shape, "input_shape (CLI --input-shape)"))}
     edges: list[tuple[str, str]] = []
     prev = "input"
     delays: set[tuple[str, str]] = set()
@@ -207,5 +209,13 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
             "initial_state": "zeros",
         },
     )
-    graph.schedule()  # validates: shapes chain, parameters finite (NumericError), back edges delayed
+    try:
+        graph.schedule()  # validates: shapes chain, parameters finite (NumericError), back edges delayed
+    except GraphError as e:
+        if "shape" not in str(e):
+            raise
+        # The layers chain by construction: a shape that does not fit is the caller's input_shape.
+        raise UserInputError(f"input_shape {graph.input_shape} (CLI --input-shape) does not fit the "
+                             f"model: {str(e).split(';')[0]}; pass one timestep's shape without batch and time, e.g. "
+                             "64 for a Dense first layer or 2,34,34 for a Conv") from e
     return graph

@@ -74,6 +74,11 @@ NIR_TYPES: frozenset[str] = frozenset({
     "SumPool2d", "AvgPool2d", "Threshold", "Delay", "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I",
 })
 _NEURONS = ("LIF", "CubaLIF", "IF", "LI", "CubaLI", "I")
+_NEURON_FIELDS = {
+    "LIF": ("tau", "r", "v_leak", "v_threshold"), "LI": ("tau", "r", "v_leak"),
+    "CubaLIF": ("tau_mem", "tau_syn", "r", "v_leak", "v_threshold"),
+    "CubaLI": ("tau_mem", "tau_syn", "r", "v_leak"), "IF": ("r", "v_threshold"), "I": ("r",),
+}
 _WHY_UNSUPPORTED = {
     "Conv1d": "1-d convolutions are not in lnm-deploy's IR (reshape to a Conv2d with height 1)",
     "Delay": "only a one-step Delay on a recurrent connection is in lnm-deploy's IR",
@@ -104,6 +109,20 @@ def _scan_types(group: h5py.Group, path: Path, name: str) -> None:
             _scan_types(child, path, f"{name}.{k}" if name else k)
 
 
+def _fill_port_shapes(data: dict[str, Any], name: str) -> None:
+    """Input / Output nodes written without a ``shape`` (nir.read fails with ``KeyError: 'shape'``)
+    get ``None``: the IR infers an Output's shape from the node that feeds it, and an Input's
+    from ``input_shape`` (or reports that it is needed, naming the node)."""
+    t = data.get("type")
+    if t in ("Input", "Output") and "shape" not in data:
+        data["shape"] = None
+    if t == "NIRGraph" and isinstance(data.get("nodes"), dict):
+        for k, child in data["nodes"].items():
+            if not isinstance(child, dict):
+                raise GraphError("malformed node entry", node=f"{name}.{k}" if name else k)
+            _fill_port_shapes(child, f"{name}.{k}" if name else k)
+
+
 def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
     """The ``nir.NIRGraph`` in a ``.nir`` file, with every failure as a one-line lnm-deploy error."""
     p = Path(path)
@@ -115,15 +134,20 @@ def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
         f = h5py.File(p, "r")
     except OSError as e:
         raise UserInputError(f"{p} is not a NIR file (not readable as HDF5: {e})") from e
-    with f:
-        if "node" not in f or not isinstance(f["node"], h5py.Group):
-            raise GraphError(f"{p} is HDF5 but holds no NIR graph (no 'node' group)")
-        _scan_types(f["node"], p, "")
     try:
-        g = nir.read(p, type_check=False)
+        with f:
+            if "node" not in f or not isinstance(f["node"], h5py.Group):
+                raise GraphError(f"{p} is HDF5 but holds no NIR graph (no 'node' group)")
+            _scan_types(f["node"], p, "")
+            data = nir.serialization.hdf2dict(f["node"])
+        _fill_port_shapes(data, "")
+        data["type_check"] = False
+        g = nir.dict2NIRNode(data)  # what nir.read(p, type_check=False) does, after the fix-up
     except LNMDeployError:
         raise
-    except Exception as e:  # KeyError, AssertionError, ValueError, TypeError from nir / h5py
+    except MemoryError as e:
+        raise UserInputError(f"{p}: not enough memory to read it") from e
+    except Exception as e:  # truncated HDF5 (OSError), KeyError, ValueError, TypeError from nir / h5py
         raise GraphError(f"{p} is not a valid NIR graph ({type(e).__name__}: {e})") from e
     if not isinstance(g, nir.NIRGraph):
         raise GraphError(f"{p} holds a single {type(g).__name__} node, not a NIR graph")
@@ -292,6 +316,11 @@ def _finite_params(name: str, node: nir.NIRNode) -> dict[str, np.ndarray]:
             continue
         if not np.issubdtype(a.dtype, np.number):
             continue
+        if a.size == 0:
+            raise GraphError(f"NIR parameter '{field}' is empty (shape {a.shape})", node=name)
+        if np.iscomplexobj(a):
+            raise GraphError(f"NIR parameter '{field}' is complex ({a.dtype}); parameters are real",
+                             node=name)
         if not np.all(np.isfinite(a)):
             raise NumericError(f"NIR parameter '{field}' has NaN or infinite values", node=name)
         out[field] = a
@@ -366,6 +395,15 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
     for key in ("tau", "tau_mem", "tau_syn"):
         if key in p and np.any(p[key] == 0):
             raise NumericError(f"NIR parameter '{key}' is 0 (no time constant)", node=name)
+        if key in p and np.any(p[key] < 0):
+            raise GraphError(f"NIR parameter '{key}' is negative ({float(np.min(p[key]))!r}): a time "
+                             "constant must be > 0 seconds; fix the exporter or the file", node=name)
+    if "r" in p and np.any(p["r"] <= 0):
+        raise GraphError(f"NIR parameter 'r' is {float(np.min(p['r']))!r}: the input resistance must be "
+                         "> 0; fix the exporter or the file", node=name)
+    missing = [k for k in _NEURON_FIELDS.get(t, ()) if k not in p]
+    if missing:
+        raise GraphError(f"NIR {t} has no numeric value for {missing}", node=name)
     shape = _population_shape(name, p, in_shape)
     if t in ("IF", "I"):
         step = StepParams(decay=np.ones(()), offset=np.zeros(()), in_gain=integrator_gain(p["r"], dt, ctx.producer))
@@ -457,6 +495,18 @@ def _exact_neuron(name: str, node: nir.NIRNode, meta: dict[str, Any]) -> Neuron:
 
 
 def _convert(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Context) -> Node:
+    """``_convert_node``, with any failure that is not an lnm-deploy error (a parameter of the wrong
+    type or shape: TypeError, ValueError, KeyError...) reported as a ``GraphError`` naming the node."""
+    try:
+        return _convert_node(name, node, in_shape, ctx)
+    except LNMDeployError:
+        raise
+    except Exception as e:
+        raise GraphError(f"NIR {type(node).__name__} has malformed parameters ({type(e).__name__}: {e})",
+                         node=name) from e
+
+
+def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Context) -> Node:
     t = type(node).__name__
     if t in _WHY_UNSUPPORTED:
         raise UnsupportedError(f"NIR {t}: {_WHY_UNSUPPORTED[t]}", node=name)
@@ -537,7 +587,13 @@ def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], overr
     if raw is None:
         raise GraphError("the NIR Input node has no shape; pass input_shape=(...) (CLI: the shape "
                          "without batch and time)", node=name)
-    shape = tuple(int(s) for s in np.asarray(raw).reshape(-1))
+    try:
+        shape = tuple(int(s) for s in np.asarray(raw).reshape(-1))
+    except (TypeError, ValueError) as e:
+        raise GraphError(f"the NIR Input's shape {raw!r} is not a list of integers", node=name) from e
+    if not shape or min(shape) < 1:
+        raise GraphError(f"the NIR Input's shape {shape} must be non-empty sizes >= 1 (without batch and "
+                         "time); pass input_shape=(...) (CLI --input-shape) to override it", node=name)
     # Exporters that trace with a batched sample (Norse's to_nir, nirtorch without ignore_dims)
     # record the batch dimension: drop leading 1s when a consumer's parameters imply fewer dims.
     for c in consumers:
@@ -630,7 +686,22 @@ def from_nir(
         raise UserInputError(f"from_nir expects a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
     if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
         raise UserInputError(f"dt must be a positive number of seconds, got {dt!r}")
-    g = graph_or_path
+    if input_shape is not None:
+        from lnm_deploy.validate import shape_option
+
+        input_shape = shape_option(input_shape, "input_shape (CLI --input-shape)")
+    try:
+        return _from_nir_graph(graph_or_path, dt, producer, input_shape, _source)
+    except LNMDeployError:
+        raise
+    except RecursionError as e:
+        raise GraphError("the graph nests NIRGraph nodes too deeply") from e
+    except Exception as e:  # a malformed graph object the checks above did not foresee
+        raise GraphError(f"the NIR graph is malformed ({type(e).__name__}: {e})") from e
+
+
+def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, input_shape: Shape | None,
+                    _source: str | None) -> Graph:
     gmeta = dict(g.metadata or {})
     prod = _resolve_producer(gmeta, producer)
     nodes, edges = flatten_graph(g)
@@ -670,6 +741,9 @@ def from_nir(
         delays |= _stored_delays(gmeta, edges)
 
     inputs = [n for n, v in nodes.items() if isinstance(v, nir.Input)]
+    if not inputs:
+        raise GraphError(f"the graph has no Input node ({len(nodes)} nodes: {sorted(nodes)[:10]}); a NIR "
+                         "graph needs one Input node (with its shape) feeding the network")
     if len(inputs) != 1:
         raise UnsupportedError(f"the graph must have exactly one Input node, has {len(inputs)} ({inputs})")
     inp = inputs[0]
@@ -694,7 +768,14 @@ def from_nir(
         if n != inp:
             ir = _convert(n, nodes[n], in_shapes.get(n), ctx)
             ir_nodes[n] = ir
-            out_shapes[n] = ir.output_shape(n, in_shapes.get(n))
+            try:
+                out_shapes[n] = ir.output_shape(n, in_shapes.get(n))
+            except GraphError as e:
+                if input_shape is None or n not in succ[inp]:
+                    raise
+                raise UserInputError(f"input_shape {tuple(input_shape)} (CLI --input-shape) does not fit "
+                                     f"node '{n}', which the Input feeds: {str(e).split(';')[0]}. Pass one timestep's shape "
+                                     "without batch and time") from e
         for m in succ[n]:
             if m not in in_shapes and m != inp:
                 in_shapes[m] = out_shapes[n]

@@ -62,21 +62,10 @@ def model_layout(session: onnxruntime.InferenceSession) -> dict[str, Any]:
 
 
 def _check_input(x: Any, in_shape: tuple[int, ...]) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 + len(in_shape) or tuple(x.shape[2:]) != tuple(in_shape):
-        raise UserInputError(
-            f"input must be shaped (samples, timesteps, {', '.join(map(str, in_shape))}), got {x.shape}"
-        )
-    if x.shape[0] == 0 or x.shape[1] == 0:  # onnxruntime's Scan crashes (SIGFPE) on zero steps
-        raise UserInputError(f"input is empty: shape {x.shape} (need samples >= 1, timesteps >= 1)")
-    if x.dtype != np.bool_:
-        if not np.issubdtype(x.dtype, np.number):
-            raise UserInputError(f"input must be numeric 0/1 spikes, got dtype {x.dtype}")
-        bad = (x != 0) & (x != 1)
-        if bad.any():
-            i = tuple(int(k) for k in np.argwhere(bad)[0])
-            raise UserInputError(f"input must be binary spikes (0 or 1); got {x[i]!r} at index {i}")
-    return np.ascontiguousarray(x, dtype=np.uint8)
+    # Empty inputs are refused there too: onnxruntime's Scan crashes (SIGFPE) on zero steps.
+    from lnm_deploy import validate
+
+    return validate.spikes(x, in_shape, "input")
 
 
 def run_onnx_model(model: Any, x: Any, *, record: bool = False, progress: bool = False,

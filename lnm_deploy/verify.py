@@ -145,7 +145,7 @@ def _same_options(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return (da is None and db is None) or (da is not None and db is not None and float(da) == float(db))
 
 
-def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] | None = None, *,
+def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] | Graph | None = None, *,
                         producer: str | None = None, dt: float | None = None,
                         input_shape: tuple[int, ...] | None = None) -> FloatModel:
     """The float model to compare ``artifact`` with, read exactly as it was read at calibration.
@@ -165,6 +165,13 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     from lnm_deploy.calibrate.pipeline import sha256_file
     from lnm_deploy.nir_io import READ_OPTIONS_KEY, read_nir
 
+    if isinstance(float_path, Graph):  # the API: a graph object the caller holds
+        if any(v is not None for v in (producer, dt, input_shape)):
+            raise UserInputError("producer/dt/input_shape read a float graph file; float_graph is a Graph already")
+        return FloatModel(float_path, "graph object given by the caller",
+                          float_path.metadata.get("read_options"), as_calibrated=False,
+                          notes=["float model: a Graph object given by the caller (not checked against the "
+                                 "artifact's record)"])
     if float_path is not None and os.fspath(float_path) == DEQUANTIZED:
         if any(v is not None for v in (producer, dt, input_shape)):
             raise UserInputError("--producer/--dt/--input-shape read a float graph; --float dequantized uses "
@@ -175,7 +182,8 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     src = (artifact.record.get("provenance") or {}).get("source_graph") or {}
     recorded = src.get("read_options") if isinstance(src.get("read_options"), dict) else None
     hint = ("pass --float GRAPH.nir (the float graph, read with the recorded options), or --float dequantized "
-            "to compare with the artifact's own dequantized graph (the verdict then says so)")
+            "to compare with the artifact's own dequantized graph (the verdict then says so); API: "
+            "float_graph=PATH, a Graph, or 'dequantized'")
     if float_path is None:
         path = src.get("path")
         if not path or not Path(path).is_file():
@@ -332,7 +340,7 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
 
 def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | None = None, *,
            backends: str | tuple[str, ...] | list[str] = ("lava",),
-           float_graph: str | os.PathLike[str] | None = None,
+           float_graph: str | os.PathLike[str] | Graph | None = None,
            max_accuracy_drop: float = 0.005, backend_samples: int | None = None,
            min_agreement: float = MIN_AGREEMENT, producer: str | None = None, dt: float | None = None,
            input_shape: tuple[int, ...] | None = None, progress: bool = True) -> VerifyResult:
@@ -344,8 +352,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         y: optional labels (samples,), integer class indices in [0, n_out).
         backends: integer backend name(s) held bit-exact against fxsim.
         float_graph: the float graph to compare with; default the one the artifact was calibrated
-            from; ``"dequantized"`` for the artifact's own dequantized graph (an opt-out the verdict
-            shows). Read with the artifact's recorded options, replaced by ``producer``, ``dt``
+            from; a ``Graph`` object (used as given, the verdict says so); ``"dequantized"`` for the
+            artifact's own dequantized graph (an opt-out the verdict shows). Read with the artifact's recorded options, replaced by ``producer``, ``dt``
             (seconds) and ``input_shape`` where given.
         max_accuracy_drop: with labels, the largest accepted float - fixed accuracy, in [0, 1].
         backend_samples: hold the backends against fxsim on the first N >= 1 samples (Lava runs one

@@ -190,7 +190,9 @@ def test_calibrate_and_verify_accept_names_and_single_backend() -> None:
         calibrate_network(g, x, "no-such-chip", "default", progress=False)
     with pytest.raises(UserInputError, match="IR Graph"):
         calibrate_network("g.nir", x, "loihi2", "default", progress=False)
-    out = verify(res.artifact, x, backends="fxsim", float_graph=None, progress=False)
+    with pytest.raises(UserInputError, match="not available"):  # calibrated from no file: say which float model
+        verify(res.artifact, x, backends="fxsim", progress=False)
+    out = verify(res.artifact, x, backends="fxsim", float_graph=g, progress=False, min_agreement=0)
     assert list(out.backends) == ["fxsim"] and out.backends["fxsim"].bit_exact
     with pytest.raises(UserInputError, match="'float'"):
         verify(res.artifact, x, backends="float", progress=False)

@@ -121,7 +121,7 @@ class _Plan:
 
 def _train(out: Path, outs: Outputs, degree: int, seed: int, progress: bool, log: Any
            ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Train; stage model.pt / model.nir / calib.npz / test.npz; return accuracy, seconds, x, preds."""
+    """Train; stage model.safetensors / model.nir / calib.npz / test.npz; return accuracy, seconds, x, preds."""
     import copy
 
     import lnm_deploy

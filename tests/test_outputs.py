@@ -364,7 +364,7 @@ def test_demo_replaces_only_its_own_files(work: Path, capsys: pytest.CaptureFixt
     res = run_demo(out, **quiet)
     assert res.trained
     manifest = json.loads((out / MANIFEST).read_text())["files"]
-    assert sorted(manifest) == ["calib.npz", "model.nir", "model.pt", "test.npz"]
+    assert sorted(manifest) == ["calib.npz", "model.nir", "model.safetensors", "test.npz"]
     (out / "notes.txt").write_text("mine")
     assert not run_demo(out, **quiet).trained  # a rerun reuses its own model
     (out / MODEL_FILE).write_bytes((out / MODEL_FILE).read_bytes() + b"\0")  # changed by the user

@@ -9,7 +9,8 @@ delivers its source's output from the *previous* step (at t = 0: its output at a
 zero input and neurons at rest, i.e. an Affine's bias); every other edge delivers the current
 step's. Which edges are delayed is part of the graph (``Graph.delays``), not of the edge order:
 given explicitly by whoever builds the graph (the torch exporter, lnm-deploy's own NIR files, NIR
-``Delay`` nodes of one step), or else inferred by ``infer_delays`` (every cycle needs one). A
+``Delay`` nodes of one step), or else inferred by ``infer_delays`` (every cycle gets one,
+independently of edge order). A
 delayed edge must close a cycle: a recurrent connection costs exactly one step, a feed-forward one
 none. Several edges into one node are summed in ``edges`` order.
 """
@@ -37,72 +38,57 @@ class Schedule:
     output_node: str
 
 
-def _sccs(names: Iterable[str], succ: dict[str, list[str]]) -> list[list[str]]:
-    """Strongly connected components (Tarjan's algorithm, iterative), each sorted by name."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
-    for root in sorted(names):
-        if root in index:
-            continue
-        work = [(root, 0)]
-        while work:
-            n, i = work[-1]
-            if i == 0:
-                index[n] = low[n] = len(index)
-                stack.append(n)
-                on.add(n)
-            if i < len(succ[n]):
-                work[-1] = (n, i + 1)
-                m = succ[n][i]
-                if m not in index:
-                    work.append((m, 0))
-                elif m in on:
-                    low[n] = min(low[n], index[m])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[n])
-            if low[n] == index[n]:
-                comp = []
-                while True:
-                    m = stack.pop()
-                    on.discard(m)
-                    comp.append(m)
-                    if m == n:
-                        break
-                out.append(sorted(comp))
-    return out
+def infer_delays(names: Iterable[str], edges: Iterable[Edge], source: str) -> frozenset[Edge]:
+    """The delayed edges of a graph that does not say which (generic NIR): every cycle gets one,
+    chosen independently of the order in which the edges are listed.
 
-
-def infer_delays(names: Iterable[str], edges: Iterable[Edge]) -> frozenset[Edge]:
-    """The delayed edges of a graph that does not say (generic NIR): independent of edge order.
-
-    Every cycle needs one delay. Within each strongly connected component, the *entry* nodes are
-    those fed from outside it; the component's edges into its entry nodes are delayed (a
-    recurrent layer's feedback into the layer that the feed-forward path reaches first). Repeated
-    on what is left of the component until no cycle remains. A component no edge enters (it is not
-    reachable from the Input, which ``schedule`` refuses anyway) delays its edges into its first
-    node by name.
+    A depth-first search from ``source`` (the Input) that visits successors nearest to the input
+    first (breadth-first distance from the input, then name); the edges it finds closing a cycle
+    (back edges to a node still on the search path) are delayed. So the feedback edge of a
+    recurrent layer, the one from the later layer back to the earlier one, carries the delay, as
+    a reader of the network drawn from its input would expect. Nodes the input does not reach are
+    searched from afterwards, by name (``schedule`` refuses them anyway).
     """
-    names = list(names)
+    names = sorted(set(names))
     edges = list(edges)
+    succ: dict[str, list[str]] = {n: [] for n in names}
+    for s, d in edges:
+        if s in succ and d in succ and d not in succ[s]:
+            succ[s].append(d)
+    depth = {source: 0} if source in succ else {}
+    frontier = [source] if source in succ else []
+    while frontier:
+        nxt = []
+        for n in frontier:
+            for m in succ[n]:
+                if m not in depth:
+                    depth[m] = depth[n] + 1
+                    nxt.append(m)
+        frontier = nxt
+    far = len(names) + 1
+    for n in succ:
+        succ[n].sort(key=lambda m: (depth.get(m, far), m))
     delayed: set[Edge] = set()
-    while True:
-        succ: dict[str, list[str]] = {n: [] for n in names}
-        for s, d in edges:
-            if (s, d) not in delayed and s in succ and d in succ:
-                succ[s].append(d)
-        cyclic = [c for c in _sccs(names, succ) if len(c) > 1 or c[0] in succ[c[0]]]
-        if not cyclic:
-            return frozenset(delayed)
-        for comp in cyclic:
-            members = set(comp)
-            entries = {d for s, d in edges if d in members and s not in members} or {comp[0]}
-            delayed.update((s, d) for s, d in edges if s in members and d in entries)
+    state: dict[str, int] = {}  # 1 = on the search path, 2 = done
+    for root in ([source] if source in succ else []) + names:
+        if root in state:
+            continue
+        state[root] = 1
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            n, i = stack[-1]
+            if i < len(succ[n]):
+                stack[-1] = (n, i + 1)
+                m = succ[n][i]
+                if state.get(m) == 1:
+                    delayed.add((n, m))
+                elif m not in state:
+                    state[m] = 1
+                    stack.append((m, 0))
+            else:
+                stack.pop()
+                state[n] = 2
+    return frozenset(delayed)
 
 
 class GraphNode(Protocol):
@@ -139,7 +125,7 @@ class GraphBase(Generic[N]):
         """The delayed edges: ``delays`` if given, else ``infer_delays``."""
         if self.delays is not None:
             return frozenset((str(s), str(d)) for s, d in self.delays)
-        return infer_delays(self.nodes, self.edges)
+        return infer_delays(self.nodes, self.edges, self.input_name)
 
     def _single(self, kind: str) -> str:
         found = [n for n, node in self.nodes.items() if getattr(node, "kind", None) == kind]

@@ -817,7 +817,7 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
     # every other cycle gets its delay by the order-independent rule of ``ir.infer_delays``.
     explicit = frozenset(delays)
     rest = [e for e in edges if e not in explicit]
-    delays_all = explicit | infer_delays(ir_nodes, rest)
+    delays_all = explicit | infer_delays(ir_nodes, rest, inp)
     graph = Graph(nodes=ir_nodes, edges=list(edges), metadata=graph_meta, delays=delays_all)
     graph.schedule()
     return graph

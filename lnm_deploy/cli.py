@@ -73,7 +73,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                              "calibrate the float graph it came from")
     x, y = read_dataset(args.data)
     result = calibrate_network(graph, x, target, recipe, y=y, source=existing_file(args.graph),
-                       data_path=args.data, progress=not args.quiet)
+                       data_path=args.data, progress=not args.quiet, **_scale(args))
     write_artifact(result.artifact, args.out, force=args.force)
     write_calibration_report(result, graph, report_dir)
     rep = result.report
@@ -102,7 +102,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     backends = tuple(dict.fromkeys(args.backend or ["lava"]))
     result = verify(artifact, x, y, backends=backends, float_graph=args.float,
                     max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
-                    progress=not args.quiet)
+                    progress=not args.quiet, **_scale(args))
     doc = result.to_dict()
     if args.json:
         with atomic_output(args.json, force=args.force) as tmp:
@@ -167,6 +167,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lnm_deploy.backends import BACKENDS
+    from lnm_deploy.distributed import run_sharded
     from lnm_deploy.fileio import check_output_path, read_dataset, write_npz
     from lnm_deploy.metrics import accuracy
 
@@ -180,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     x, y = read_dataset(args.data)
     net = artifact.fx if backend.integer and artifact is not None else graph
-    result = backend.run(net, x, record=args.states, progress=not args.quiet)
+    result = run_sharded(backend.name, net, x, record=args.states, progress=not args.quiet, **_scale(args))
     out = result.output
     arrays: dict[str, np.ndarray] = {"output": out.reshape(out.shape[0], out.shape[1], -1)}
     for name, s in result.spikes.items():
@@ -206,6 +207,21 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
                    help="seconds per timestep used to discretise NIR's continuous-time neurons")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="SHAPE",
                    help="input shape without batch, e.g. 2,34,34, when the graph's Input has none")
+
+
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    """--workers / --ray-address (lnm_deploy.distributed, docs/scale.md)."""
+    import os
+
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="split the samples over N worker processes (default 1: this process; with "
+                        "--ray-address: every CPU of the cluster); Ray if installed, else forked processes")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None, metavar="ADDR",
+                   help="run the workers on this Ray cluster (default: $RAY_ADDRESS; needs ray)")
+
+
+def _scale(args: argparse.Namespace) -> dict:
+    return {"workers": args.workers, "ray_address": args.ray_address}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--states", action="store_true", help="also record membrane and synaptic states")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _scale_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="calibrate and quantize a float graph for a target -> artifact")
@@ -251,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="report directory (default: OUT.report)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _scale_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", help="check an artifact: backends bit-exact with fxsim, fixed vs float")
@@ -268,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest accepted float - fixed accuracy difference (default 0.005)")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _scale_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("compile", help="compile an artifact for a backend: one ONNX golden model")

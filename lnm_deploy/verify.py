@@ -209,20 +209,23 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
 def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | None = None, *,
            backends: tuple[str, ...] = ("lava",), float_graph: str | os.PathLike[str] | None = None,
            max_accuracy_drop: float = 0.005, backend_samples: int | None = None,
-           progress: bool = True) -> VerifyResult:
+           progress: bool = True, workers: int | None = 1, ray_address: str | None = None) -> VerifyResult:
     """Run float, fxsim and ``backends`` on ``x`` and compare (see the module docstring).
 
     ``backend_samples``: hold the backends against fxsim on the first N samples only (Lava runs
-    one sample at a time); float and fxsim always run on all of ``x``.
+    one sample at a time); float and fxsim always run on all of ``x``. ``workers`` /
+    ``ray_address``: the backends' runs are split by samples (``lnm_deploy.distributed``).
     """
     import time
 
     from lnm_deploy.backends import BACKENDS
     from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
     from lnm_deploy.calibrate.pipeline import check_spikes
+    from lnm_deploy.distributed import check_workers, run_sharded
     from lnm_deploy.fxsim import first_mismatch, run_fx
     from lnm_deploy.metrics import accuracy
 
+    workers = check_workers(workers)
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
     for b in backends:
         if b not in BACKENDS or not BACKENDS[b].integer:
@@ -243,7 +246,7 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     for b in backends:
         t0 = time.perf_counter()
         nb = x.shape[0] if backend_samples is None else max(1, min(backend_samples, x.shape[0]))
-        res = BACKENDS[b].run(art.fx, x[:nb], record=False, progress=progress)
+        res = run_sharded(b, art.fx, x[:nb], workers=workers, ray_address=ray_address, progress=progress)
         runs[b] = res
         sub = {n: fixed.spikes[n][:nb] for n in order}
         mism = sum(int(np.sum(sub[n] != res.spikes[n])) for n in order if n in res.spikes)

@@ -168,18 +168,20 @@ def _child(fn: Callable[..., Any], payload: Any, shard: Shard, crash: str | None
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt here while workers run (when nobody else handles it), so
-    the same clean-up runs as for Ctrl-C."""
+def _sigterm_as_interrupt(force: bool = False) -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here while workers run, so the same clean-up runs as for
+    Ctrl-C. Only where nobody else handles SIGTERM (the default action), or with ``force``: inside
+    a Ray session started here, whose ``ray.init`` installed ``sys.exit(15)`` as the handler."""
+    old = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            (old not in (signal.SIG_DFL, None) and not force):
         yield
         return
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def _lost(shard: Shard, why: str) -> LNMDeployError:
@@ -371,7 +373,8 @@ def map_shards(fn: Callable[[Any, int, int], Any], payload: Any, n: int, *, work
             total = sum(len(s.samples) for s in shards)
             with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
                 return _run_local(fn, payload, shards, lambda s: bar.update(len(s.samples)))
-        with ray_session(workers, ray_address) as (ray_mod, k):
+        owned = not ray.is_initialized()
+        with ray_session(workers, ray_address) as (ray_mod, k), _sigterm_as_interrupt(force=owned):
             shards = shards_for(k)
             total = sum(len(s.samples) for s in shards)
             with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:

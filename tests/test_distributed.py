@@ -4,6 +4,7 @@ once, then named; bad arguments and a missing Ray are refused with the right exi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -301,3 +302,93 @@ def test_verify_lava_report_identical_with_two_workers(files: dict[str, Any], ra
         docs.append(json.loads(js.read_text()))
     assert docs[0]["backends"]["lava"]["bit_exact"]
     assert _without_timings(docs[0]) == _without_timings(docs[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupts: every worker (and every Lava process under it) stops, nothing is left in /dev/shm
+
+_DRIVER = """
+import sys
+from lnm_deploy import distributed
+if sys.argv[1] == "local":
+    distributed._ray_module = lambda: None
+from lnm_deploy.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _shm_maps(procs: list[Any]) -> set[str]:
+    paths: set[str] = set()
+    for p in procs:
+        try:
+            paths |= {m.path for m in p.memory_maps() if m.path.startswith("/dev/shm/")}
+        except Exception:  # gone meanwhile, or not ours to read
+            pass
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.lava
+@pytest.mark.parametrize(("engine", "sig"), [("local", signal.SIGINT), ("ray", signal.SIGTERM)])
+def test_interrupt_stops_every_worker_and_leaves_nothing(files: dict[str, Any], tmp_path: Path,
+                                                         engine: str, sig: int) -> None:
+    """local: Ctrl-C (SIGINT to the whole process group, as a terminal sends it); ray: SIGTERM to
+    the command alone (a local Ray instance with Lava running in its workers)."""
+    pytest.importorskip("lava")
+    import psutil
+
+    if engine == "ray":
+        pytest.importorskip("ray")
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "big.npz", x=(rng.random((1500, 24, 12)) < 0.35).astype(np.uint8))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["RAY_AUTH_MODE"] = "disabled"
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, engine, "run", str(files["art"]), "--data",
+                             str(tmp_path / "big.npz"), "--backend", "lava", "--workers", "2", "--quiet",
+                             "--out", str(tmp_path / "out.npz")],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: dict[int, Any] = {}
+    shm: set[str] = set()
+    t_start = time.monotonic()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            family = psutil.Process(proc.pid).children(recursive=True)
+            seen.update({p.pid: p for p in family})
+            shm |= _shm_maps(family)
+            if sum("/lnm-lava-" in s for s in shm) >= 2:  # both shards' Lava networks are running
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+        print(f"Lava running in both workers after {time.monotonic() - t_start:.1f} s")
+        time.sleep(1.0)
+        shm |= _shm_maps(psutil.Process(proc.pid).children(recursive=True))
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        t_sig = time.monotonic()
+        _, err = proc.communicate(timeout=90)
+        print(f"stopped {time.monotonic() - t_sig:.1f} s after the signal")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode()
+
+    def alive() -> list[tuple[int, str]]:
+        out = []
+        for p in seen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append((p.pid, p.name()))
+        return out
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive()
+    assert shm and not [s for s in shm if os.path.exists(s)]
+    assert not (tmp_path / "out.npz").exists()

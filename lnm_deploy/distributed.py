@@ -11,14 +11,15 @@ Engines, chosen by ``workers`` and ``ray_address``:
 - ``workers=1`` and no address: in this process, exactly as without this module.
 - ``workers=N > 1`` with Ray installed: ``ray.init(num_cpus=N, include_dashboard=False)`` on this
   machine, one task per shard; the network and the samples are put into the object store once.
-- ``workers=N > 1`` without Ray: N forked processes (the data reaches them by ``fork``).
+- ``workers=N > 1`` without Ray: N local processes, forked from a ``forkserver`` (the network and
+  the samples are pickled to each once).
 - ``ray_address``: join that cluster (``ray.init(address=...)``); ``workers=None`` then means one
   shard per CPU of the cluster. Needs Ray (``DependencyError`` otherwise).
 
 A worker that dies (killed, out of memory, a lost node) has its shard run once more; a second loss
 raises ``LNMDeployError`` naming the shard's samples. An exception raised by the work itself (bad
 input, an unsupported node) is raised as is, without retry. Ctrl-C or SIGTERM stop every worker
-(Ray tasks are cancelled, forked workers get SIGTERM, which they turn into ``KeyboardInterrupt``
+(Ray tasks are cancelled, local workers get SIGTERM, which they turn into ``KeyboardInterrupt``
 so that a Lava run stops its runtime and removes its ``/dev/shm`` files) before the interrupt
 propagates; a Ray instance started here is shut down in every case.
 """
@@ -134,22 +135,25 @@ def _maybe_crash(shard: int, spec: str | None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _work(fn: Callable[..., Any], payload: Any, shard: Shard, crash: str | None) -> Any:
-    _maybe_crash(shard.index, crash)
-    return fn(payload, shard.lo, shard.hi)
+def _work(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], crash: str | None) -> Any:
+    """Run shard ``part = (index, lo, hi)`` on a worker (the sample list stays with the driver)."""
+    index, lo, hi = part
+    _maybe_crash(index, crash)
+    return fn(payload, lo, hi)
 
 
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _child(fn: Callable[..., Any], payload: Any, shard: Shard, crash: str | None, conn: Any) -> None:
+def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], crash: str | None,
+           conn: Any) -> None:
     """A local worker: run the shard, send ``(status, value)`` and leave without atexit handlers."""
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     code = 0
     try:
         try:
-            msg: tuple[str, Any] = ("ok", _work(fn, payload, shard, crash))
+            msg: tuple[str, Any] = ("ok", _work(fn, payload, part, crash))
         except KeyboardInterrupt:
             msg, code = ("interrupted", None), 130
         except BaseException as e:  # the work's own error, raised again in the parent
@@ -157,7 +161,7 @@ def _child(fn: Callable[..., Any], payload: Any, shard: Shard, crash: str | None
         try:
             conn.send(msg)
         except Exception as e:  # an unpicklable result or error
-            conn.send(("error", LNMDeployError(f"{shard.describe()}: {type(e).__name__}: {e}")))
+            conn.send(("error", LNMDeployError(f"shard {part[0]}: {type(e).__name__}: {e}")))
         conn.close()
     finally:
         os._exit(code)
@@ -205,7 +209,7 @@ def _run_local(fn: Callable[..., Any], payload: Any, shards: list[Shard], on_don
 
     def start(shard: Shard, attempt: int) -> None:
         parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_child, args=(fn, payload, shard, crash, child),
+        p = ctx.Process(target=_child, args=(fn, payload, (shard.index, shard.lo, shard.hi), crash, child),
                         name=f"lnm-shard-{shard.index}")
         p.start()
         child.close()
@@ -268,8 +272,8 @@ def _ray_crash_errors(ray: Any) -> tuple[type[BaseException], ...]:
     return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
 
 
-def _ray_task(fn: Callable[..., Any], payload: Any, shard: Shard, crash: str | None) -> Any:
-    return _work(fn, payload, shard, crash)
+def _ray_task(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], crash: str | None) -> Any:
+    return _work(fn, payload, part, crash)
 
 
 @contextlib.contextmanager
@@ -307,7 +311,7 @@ def _run_ray(ray: Any, fn: Callable[..., Any], payload: Any, shards: list[Shard]
     results: dict[int, Any] = {}
 
     def submit(shard: Shard, attempt: int) -> None:
-        pending[task.remote(fn_ref, payload_ref, shard, crash_spec)] = (shard, attempt)
+        pending[task.remote(fn_ref, payload_ref, (shard.index, shard.lo, shard.hi), crash_spec)] = (shard, attempt)
 
     try:
         for s in shards:

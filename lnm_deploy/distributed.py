@@ -202,6 +202,7 @@ def _run_local(fn: Callable[..., Any], payload: Any, shards: list[Shard], on_don
     numerical kernels), and a fresh interpreter per worker (``spawn``) costs seconds of imports.
     Asking for the named context leaves the default start method unset (Lava sets it)."""
     ctx = multiprocessing.get_context("forkserver")
+    # Not Lava: imported in the forkserver it leaves two servers and the run hangs (tried).
     ctx.set_forkserver_preload(["numpy", "lnm_deploy.distributed"])
     crash = os.environ.get(CRASH_ENV)
     results: dict[int, Any] = {}

@@ -79,7 +79,7 @@ def format_indices(idx: Any) -> str:
     return ", ".join(parts)
 
 
-def check_workers(workers: Any, ray_address: str | None = None) -> int | None:
+def check_workers(workers: Any) -> int | None:
     """``workers`` as an int >= 1 (None stays None: 1 locally, the cluster's CPUs with an address);
     ``UserInputError`` otherwise."""
     if workers is None:
@@ -510,7 +510,8 @@ def collect_stats_sharded(graph: Any, x: Any, *, workers: int | None, ray_addres
     from lnm_deploy.calibrate import stats as st
 
     workers = check_workers(workers)
-    opts = {"batch_size": batch_size, "bins_per_side": bins_per_side, "trace_percentile": trace_percentile}
+    opts: dict[str, Any] = {"batch_size": batch_size, "bins_per_side": bins_per_side,
+                            "trace_percentile": trace_percentile}
     if not scaled(workers, ray_address):
         return st.collect_stats(graph, x, progress=progress, max_samples=max_samples, seed=seed, **opts)
     x = np.asarray(x)

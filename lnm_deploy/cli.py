@@ -125,7 +125,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                  f"'{artifact.target}'); calibrate the float graph it came from")
         x, y = read_dataset(args.data)
         result = calibrate_network(graph, x, target, recipe, y=y, source=existing_file(args.graph),
-                                   data_path=args.data, progress=not args.quiet)
+                                   data_path=args.data, progress=not args.quiet, **_scale(args))
         write_artifact(result.artifact, outs.stage(args.out))
         write_calibration_report(result, graph, report_dir, outputs=outs)
     rep = result.report
@@ -158,7 +158,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result = verify(artifact, x, y, backends=backends, float_graph=args.float,
                         max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
                         min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
-                        input_shape=args.input_shape, progress=not args.quiet)
+                        input_shape=args.input_shape, progress=not args.quiet, **_scale(args))
         if args.json:
             outs.write_text(args.json, json.dumps(result.to_dict(), indent=2, default=json_default))
         if args.html:
@@ -244,6 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, outs) -> str:  # outs: lnm_deploy.outputs.Outputs
     """The work of ``run``: stages ``--out`` in ``outs``; returns the summary line."""
     from lnm_deploy.backends import BACKENDS
+    from lnm_deploy.distributed import run_sharded
     from lnm_deploy.fileio import read_dataset, write_npz
     from lnm_deploy.metrics import accuracy
 
@@ -256,7 +257,7 @@ def _run(args: argparse.Namespace, outs) -> str:  # outs: lnm_deploy.outputs.Out
         )
     x, y = read_dataset(args.data)
     net = artifact.fx if backend.integer and artifact is not None else graph
-    result = backend.run(net, x, record=args.states, progress=not args.quiet)
+    result = run_sharded(backend.name, net, x, record=args.states, progress=not args.quiet, **_scale(args))
     out = result.output
     arrays: dict[str, np.ndarray] = {"output": out.reshape(out.shape[0], out.shape[1], -1)}
     for name, s in result.spikes.items():
@@ -285,6 +286,24 @@ def _read_args(p: argparse.ArgumentParser) -> None:
                    help="seconds per timestep used to discretise NIR's continuous-time neurons")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="SHAPE",
                    help="input shape without batch, e.g. 2,34,34, when the graph's Input has none")
+
+
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    """--workers / --ray-address (lnm_deploy.distributed, docs/scale.md)."""
+    import os
+
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="split the samples over N worker processes (default 1: this process; with "
+                        "--ray-address: every CPU of the cluster); Ray if installed, else forked processes")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None, metavar="ADDR",
+                   help="run the workers on this Ray cluster (default: $RAY_ADDRESS; needs ray)")
+    p.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
+                   help="what runs --workers N > 1 on this machine: ray (a local Ray instance), local "
+                        "(forked processes: no start-up cost), auto (ray if installed; default)")
+
+
+def _scale(args: argparse.Namespace) -> dict:
+    return {"workers": args.workers, "ray_address": args.ray_address, "engine": args.engine}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--states", action="store_true", help="also record membrane and synaptic states")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _scale_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="calibrate and quantize a float graph for a target -> artifact")
@@ -333,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="report directory (default: OUT.report)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _scale_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", help="check an artifact: backends bit-exact with fxsim, fixed vs float")
@@ -357,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the float model's class (default 0.95)")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _scale_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("compile", help="compile an artifact for a backend: one ONNX golden model")

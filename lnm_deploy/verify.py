@@ -343,7 +343,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
            float_graph: str | os.PathLike[str] | Graph | None = None,
            max_accuracy_drop: float = 0.005, backend_samples: int | None = None,
            min_agreement: float = MIN_AGREEMENT, producer: str | None = None, dt: float | None = None,
-           input_shape: tuple[int, ...] | None = None, progress: bool = True) -> VerifyResult:
+           input_shape: tuple[int, ...] | None = None, progress: bool = True, workers: int | None = 1,
+           ray_address: str | None = None, engine: str = "auto") -> VerifyResult:
     """Run float, fxsim and ``backends`` on ``x`` and compare (see the module docstring).
 
     Args:
@@ -353,13 +354,16 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         backends: integer backend name(s) held bit-exact against fxsim.
         float_graph: the float graph to compare with; default the one the artifact was calibrated
             from; a ``Graph`` object (used as given, the verdict says so); ``"dequantized"`` for the
-            artifact's own dequantized graph (an opt-out the verdict shows). Read with the artifact's recorded options, replaced by ``producer``, ``dt``
-            (seconds) and ``input_shape`` where given.
+            artifact's own dequantized graph (an opt-out the verdict shows). Read with the
+            artifact's recorded options, replaced by ``producer``, ``dt`` (seconds) and
+            ``input_shape`` where given.
         max_accuracy_drop: with labels, the largest accepted float - fixed accuracy, in [0, 1].
         backend_samples: hold the backends against fxsim on the first N >= 1 samples (Lava runs one
             sample at a time); float and fxsim always run on all of ``x``.
         min_agreement: without labels, the smallest accepted fraction of samples on which fixed
             point predicts the float model's class, and of equal output bins, in [0, 1].
+        workers, ray_address, engine: the backends' runs are split by samples over N local
+            processes or a Ray cluster (``lnm_deploy.distributed``); results are identical whatever N.
 
     Raises:
         UserInputError: bad arguments, labels or data; the float model cannot be reloaded as calibrated.
@@ -370,9 +374,11 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     from lnm_deploy import validate
     from lnm_deploy.backends import BACKENDS
     from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
+    from lnm_deploy.distributed import check_workers, run_sharded
     from lnm_deploy.fxsim import first_mismatch, run_fx
     from lnm_deploy.metrics import accuracy, predictions
 
+    workers = check_workers(workers)
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
     backends, max_accuracy_drop, backend_samples = validate.verify_options(
         backends, max_accuracy_drop, backend_samples)
@@ -395,7 +401,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     for b in backends:
         t0 = time.perf_counter()
         nb = x.shape[0] if backend_samples is None else min(int(backend_samples), x.shape[0])
-        res = BACKENDS[b].run(art.fx, x[:nb], record=False, progress=progress)
+        res = run_sharded(b, art.fx, x[:nb], workers=workers, ray_address=ray_address, engine=engine,
+                          progress=progress)
         runs[b] = res
         sub = {n: fixed.spikes[n][:nb] for n in order}
         absent = [n for n in order if n not in res.spikes or res.spikes[n].shape != sub[n].shape]

@@ -155,13 +155,18 @@ def _search(graph: Graph, build: Any, ref: RunResult, x: Array, recipe: Recipe, 
 
 def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *, y: Array | None = None,
               source: str | os.PathLike[str] | None = None, data_path: str | os.PathLike[str] | None = None,
-              progress: bool = True) -> CalibrationResult:
-    """Calibrate and quantize ``graph`` for ``target`` on spikes ``x`` (see the module docstring)."""
+              progress: bool = True, workers: int | None = 1, ray_address: str | None = None,
+              engine: str = "auto") -> CalibrationResult:
+    """Calibrate and quantize ``graph`` for ``target`` on spikes ``x`` (see the module docstring).
+
+    ``workers`` / ``ray_address`` / ``engine``: where the statistics pass runs
+    (``lnm_deploy.distributed``)."""
     from lnm_deploy import validate
     from lnm_deploy.fxsim import run_fx
 
     graph, x, target, recipe, y = validate.calibration_args(graph, x, target, recipe, y)
-    stats = collect_with_recipe(graph, x, recipe, progress=progress)
+    stats = collect_with_recipe(graph, x, recipe, progress=progress, workers=workers,
+                                ray_address=ray_address, engine=engine)
     ranges = neuron_ranges(stats)
     # The comparison set: the samples the statistics saw (at most max_samples).
     n_eval = min(x.shape[0], recipe.info.max_samples or x.shape[0])

@@ -285,12 +285,22 @@ def list_recipes() -> list[Recipe]:
 # Using a recipe
 
 
-def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: bool = True) -> CalibrationStats:
-    """``collect_stats`` with the recipe's sample count, batch size, seed and histogram settings."""
+def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: bool = True,
+                        workers: int | None = 1, ray_address: str | None = None,
+                        engine: str = "auto") -> CalibrationStats:
+    """``collect_stats`` with the recipe's sample count, batch size, seed and histogram settings.
+
+    ``workers`` > 1 or ``ray_address``: the batches are spread over processes or a Ray cluster
+    (``lnm_deploy.distributed.collect_stats_sharded``; the statistics are identical)."""
     info = recipe.info
-    return collect_stats(graph, x, batch_size=info.batch_size, progress=progress,
-                         max_samples=info.max_samples or None, seed=info.seed if info.shuffle else None,
-                         bins_per_side=info.bins_per_side, trace_percentile=info.trace_percentile)
+    kw: dict[str, Any] = dict(batch_size=info.batch_size, progress=progress,
+                              max_samples=info.max_samples or None, seed=info.seed if info.shuffle else None,
+                              bins_per_side=info.bins_per_side, trace_percentile=info.trace_percentile)
+    if workers != 1 or ray_address:
+        from lnm_deploy.distributed import collect_stats_sharded
+
+        return collect_stats_sharded(graph, x, workers=workers, ray_address=ray_address, engine=engine, **kw)
+    return collect_stats(graph, x, **kw)
 
 
 def choose_ranges(stats: CalibrationStats, recipe: Recipe, *, weight_bits: int, state_bits: int,

@@ -733,20 +733,10 @@ def _v_pre(node: Neuron, v: np.ndarray, cur: np.ndarray, spikes: np.ndarray | No
     return np.where(spikes.astype(bool), recomputed, v)
 
 
-def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress: bool = True,
-                  max_samples: int | None = None, seed: int | None = 0,
-                  bins_per_side: int = DEFAULT_BINS_PER_SIDE,
-                  trace_percentile: float = DEFAULT_TRACE_PERCENTILE) -> CalibrationStats:
-    """Run ``x`` (samples, timesteps, *input_shape) through the float executor in batches of
-    ``batch_size`` samples and collect per-layer statistics (see the module docstring).
-
-    ``max_samples``: use at most this many samples (None = all). ``seed``: the samples are taken in
-    a random order drawn from this seed (a random subset when ``max_samples`` is smaller); None
-    keeps the file's order. The order only affects the range traces, never the histograms.
-    ``batch_size`` bounds memory: every node's output for one batch is held at once.
-    """
-    sched = graph.schedule()
-    x = np.asarray(x)
+def sample_order(x: np.ndarray, *, batch_size: int, max_samples: int | None, seed: int | None,
+                 trace_percentile: float) -> np.ndarray:
+    """The indices of ``x``'s samples in the order ``collect_stats`` takes them (its batches are
+    consecutive ``batch_size`` slices of this); ``UserInputError`` for the arguments it refuses."""
     if x.ndim < 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise UserInputError(f"calibration data must be shaped (samples, timesteps, ...) and non-empty, "
                              f"got {x.shape}")
@@ -762,6 +752,26 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
         index = np.arange(n)
     else:
         index = np.random.default_rng(seed).permutation(n_total)[:n]
+    return index
+
+
+def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress: bool = True,
+                  max_samples: int | None = None, seed: int | None = 0,
+                  bins_per_side: int = DEFAULT_BINS_PER_SIDE,
+                  trace_percentile: float = DEFAULT_TRACE_PERCENTILE) -> CalibrationStats:
+    """Run ``x`` (samples, timesteps, *input_shape) through the float executor in batches of
+    ``batch_size`` samples and collect per-layer statistics (see the module docstring).
+
+    ``max_samples``: use at most this many samples (None = all). ``seed``: the samples are taken in
+    a random order drawn from this seed (a random subset when ``max_samples`` is smaller); None
+    keeps the file's order. The order only affects the range traces, never the histograms.
+    ``batch_size`` bounds memory: every node's output for one batch is held at once.
+    """
+    sched = graph.schedule()
+    x = np.asarray(x)
+    index = sample_order(x, batch_size=batch_size, max_samples=max_samples, seed=seed,
+                         trace_percentile=trace_percentile)
+    n = index.shape[0]
 
     def traced() -> TensorStats:
         return TensorStats.empty(bins_per_side, traced=True, trace_q=trace_percentile)

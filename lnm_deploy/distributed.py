@@ -1,0 +1,545 @@
+"""Sample-parallel work on several processes or a Ray cluster (``docs/scale.md``).
+
+Three kinds of work split by samples: a backend run (``run_sharded``: ``run``, ``verify``), and the
+statistics pass of calibration (``collect_stats_sharded``). The samples are cut into ``workers``
+contiguous shards (``split``, deterministic), each shard is one call on one worker (for Lava: one
+compiled network for the whole shard) and the results are merged in shard order, so the merged
+result does not depend on the number of workers.
+
+Engines, chosen by ``workers``, ``ray_address`` and ``engine`` ("auto", "ray", "local"):
+
+- ``workers=1`` and no address: in this process, exactly as without this module.
+- ``workers=N > 1`` with Ray installed (``engine`` "auto" or "ray"): ``ray.init(num_cpus=N,
+  include_dashboard=False)`` on this machine, one task per shard; the network and the samples are
+  put into the object store once. Starting and stopping Ray costs seconds (docs/scale.md).
+- ``workers=N > 1`` with ``engine="local"``, or "auto" without Ray: N local processes, forked from
+  a ``forkserver`` (the network and the samples are pickled to each once).
+- ``ray_address``: join that cluster (``ray.init(address=...)``); ``workers=None`` then means one
+  shard per CPU of the cluster. Needs Ray (``DependencyError`` otherwise).
+
+A worker that dies (killed, out of memory, a lost node) has its shard run once more; a second loss
+raises ``LNMDeployError`` naming the shard's samples. An exception raised by the work itself (bad
+input, an unsupported node) is raised as is, without retry. Ctrl-C or SIGTERM stop every worker
+(Ray tasks are cancelled, local workers get SIGTERM, which they turn into ``KeyboardInterrupt``
+so that a Lava run stops its runtime and removes its ``/dev/shm`` files) before the interrupt
+propagates; a Ray instance started here is shut down in every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy.errors import DependencyError, LNMDeployError, UserInputError
+from lnm_deploy.execute import RunResult
+
+#: What to install for Ray (the ``distributed`` extra).
+RAY_INSTALL = "pip install 'lnm-deploy[distributed]'"
+#: Test hook, read by the worker: ``"<shard>:<marker file>"`` kills the worker that runs that shard
+#: (SIGKILL, mid-shard) unless the marker file exists, and creates the marker first: the first
+#: attempt dies, the retry succeeds. ``"<shard>:always"`` kills every attempt.
+CRASH_ENV = "LNM_DEPLOY_TEST_CRASH"
+#: Seconds a stopped worker gets to stop its own runtime (Lava) before it is killed.
+STOP_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` covers items ``lo .. hi - 1`` (samples, or batches for the statistics);
+    ``samples``: the sample indices (of the caller's array) it holds, for messages and progress."""
+
+    index: int
+    lo: int
+    hi: int
+    samples: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"shard {self.index} (samples {format_indices(self.samples)})"
+
+
+def format_indices(idx: Any) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (sorted, runs collapsed)."""
+    vals = sorted(int(i) for i in idx)
+    parts: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def check_workers(workers: Any) -> int | None:
+    """``workers`` as an int >= 1 (None stays None: 1 locally, the cluster's CPUs with an address);
+    ``UserInputError`` otherwise."""
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise UserInputError(f"--workers must be an integer >= 1, got {workers!r}")
+    return int(workers)
+
+
+ENGINES: tuple[str, ...] = ("auto", "ray", "local")
+
+
+def check_engine(engine: Any, ray_address: str | None) -> str:
+    """``engine`` for ``workers > 1`` on this machine: "ray" (a local Ray instance), "local" (forked
+    processes), "auto" (Ray if installed, else local). ``UserInputError`` for anything else, and for
+    "local" together with a Ray address."""
+    if engine not in ENGINES:
+        raise UserInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" and ray_address:
+        raise UserInputError("--engine local runs on this machine; drop --ray-address (or $RAY_ADDRESS)")
+    return str(engine)
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``n`` items in at most ``parts`` contiguous ``(lo, hi)`` ranges, sizes differing by at most
+    one, larger ones first; no empty range (``[]`` for ``n = 0``)."""
+    parts = max(1, min(parts, n))
+    base, extra = divmod(n, parts)
+    out, lo = [], 0
+    for k in range(parts if n else 0):
+        hi = lo + base + (1 if k < extra else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def scaled(workers: int | None, ray_address: str | None) -> bool:
+    """Whether work leaves this process (``workers > 1`` or a Ray address)."""
+    return bool(ray_address) or (workers is not None and workers > 1)
+
+
+def _ray_module() -> Any:
+    """``ray`` or None when it is not installed (tests replace this to force the local pool)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker side
+
+
+def _maybe_crash(shard: int, spec: str | None) -> None:
+    if not spec:
+        return
+    which, _, marker = spec.partition(":")
+    if int(which) != shard:
+        return
+    if marker != "always":
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _work(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], crash: str | None) -> Any:
+    """Run shard ``part = (index, lo, hi)`` on a worker (the sample list stays with the driver)."""
+    index, lo, hi = part
+    _maybe_crash(index, crash)
+    return fn(payload, lo, hi)
+
+
+def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], crash: str | None,
+           conn: Any) -> None:
+    """A local worker: run the shard, send ``(status, value)`` and leave without atexit handlers."""
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    code = 0
+    try:
+        try:
+            msg: tuple[str, Any] = ("ok", _work(fn, payload, part, crash))
+        except KeyboardInterrupt:
+            msg, code = ("interrupted", None), 130
+        except BaseException as e:  # the work's own error, raised again in the parent
+            msg = ("error", e)
+        try:
+            conn.send(msg)
+        except Exception as e:  # an unpicklable result or error
+            conn.send(("error", LNMDeployError(f"shard {part[0]}: {type(e).__name__}: {e}")))
+        conn.close()
+    finally:
+        os._exit(code)
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver side
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(force: bool = False) -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here while workers run, so the same clean-up runs as for
+    Ctrl-C. Only where nobody else handles SIGTERM (the default action), or with ``force``: inside
+    a Ray session started here, whose ``ray.init`` installed ``sys.exit(15)`` as the handler."""
+    old = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or \
+            (old not in (signal.SIG_DFL, None) and not force):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
+def _lost(shard: Shard, why: str) -> LNMDeployError:
+    return LNMDeployError(f"a worker was lost twice running {shard.describe()} ({why}); those samples "
+                          "have no result: rerun, with fewer --workers or more memory per worker")
+
+
+def _run_local(fn: Callable[..., Any], payload: Any, shards: list[Shard], on_done: Callable[[Shard], None]
+               ) -> list[Any]:
+    """One process per shard, all at once; a dead one is restarted once.
+
+    The processes come from a ``forkserver`` (a clean process started once, with numpy and this
+    module loaded): forking this process itself is unsafe once OpenMP threads ran in it (the
+    numerical kernels), and a fresh interpreter per worker (``spawn``) costs seconds of imports.
+    Asking for the named context leaves the default start method unset (Lava sets it)."""
+    ctx = multiprocessing.get_context("forkserver")
+    # Not Lava: imported in the forkserver it leaves two servers and the run hangs (tried).
+    ctx.set_forkserver_preload(["numpy", "lnm_deploy.distributed"])
+    crash = os.environ.get(CRASH_ENV)
+    results: dict[int, Any] = {}
+    running: dict[int, tuple[Any, Any, int]] = {}  # shard -> (process, parent end, attempt)
+
+    def start(shard: Shard, attempt: int) -> None:
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_child, args=(fn, payload, (shard.index, shard.lo, shard.hi), crash, child),
+                        name=f"lnm-shard-{shard.index}")
+        p.start()
+        child.close()
+        running[shard.index] = (p, parent, attempt)
+
+    try:
+        for s in shards:
+            start(s, 0)
+        while running:
+            waitables = [w for p, conn, _ in running.values() for w in (conn, p.sentinel)]
+            multiprocessing.connection.wait(waitables, timeout=1.0)
+            for idx in list(running):
+                p, conn, attempt = running[idx]
+                msg = None
+                if conn.poll():
+                    try:
+                        msg = conn.recv()
+                    except EOFError:
+                        msg = None
+                elif p.is_alive():
+                    continue
+                p.join()
+                conn.close()
+                del running[idx]
+                shard = shards[idx]
+                if msg is None or msg[0] == "interrupted":
+                    why = f"exit code {p.exitcode}"
+                    if attempt:
+                        raise _lost(shard, why)
+                    start(shard, attempt + 1)
+                elif msg[0] == "error":
+                    raise msg[1]
+                else:
+                    results[idx] = msg[1]
+                    on_done(shard)
+    finally:
+        _stop_local(running)
+    return [results[s.index] for s in shards]
+
+
+def _stop_local(running: dict[int, tuple[Any, Any, int]]) -> None:
+    procs = [p for p, _, _ in running.values() if p.is_alive()]
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGTERM)  # -> KeyboardInterrupt in the worker: Lava stops cleanly
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for _, conn, _ in running.values():
+        conn.close()
+    running.clear()
+
+
+def _ray_crash_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    names = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+             "LocalRayletDiedError", "ActorDiedError", "OutOfMemoryError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def _ray_task(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], crash: str | None) -> Any:
+    return _work(fn, payload, part, crash)
+
+
+@contextlib.contextmanager
+def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[Any, int]]:
+    """Ray, initialised for this block: joined at ``ray_address``, else a local instance with
+    ``workers`` CPUs; yields ``(ray, shards)`` (``workers``, or the cluster's CPUs when None).
+    A session that was already initialised is used and left running; one started here is shut
+    down on the way out."""
+    ray = _ray_module()
+    if ray is None:
+        raise DependencyError(f"--ray-address needs Ray ({RAY_INSTALL})")
+    owned = not ray.is_initialized()
+    if owned:
+        common: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
+        if ray_address:
+            ray.init(address=ray_address, **common)
+        else:
+            ray.init(address="local", num_cpus=workers or 1, include_dashboard=False, **common)
+    try:
+        n = workers if workers is not None else max(1, int(ray.cluster_resources().get("CPU", 1)))
+        yield ray, n
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _run_ray(ray: Any, fn: Callable[..., Any], payload: Any, shards: list[Shard],
+             on_done: Callable[[Shard], None]) -> list[Any]:
+    """One Ray task per shard (1 CPU each); ``payload`` goes to the object store once."""
+    task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+    fn_ref, payload_ref = ray.put(fn), ray.put(payload)
+    crash = _ray_crash_errors(ray)
+    crash_spec = os.environ.get(CRASH_ENV)
+    pending: dict[Any, tuple[Shard, int]] = {}
+    results: dict[int, Any] = {}
+
+    def submit(shard: Shard, attempt: int) -> None:
+        pending[task.remote(fn_ref, payload_ref, (shard.index, shard.lo, shard.hi), crash_spec)] = (shard, attempt)
+
+    try:
+        for s in shards:
+            submit(s, 0)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                shard, attempt = pending.pop(ref)
+                try:
+                    results[shard.index] = ray.get(ref)
+                except crash as e:
+                    if attempt:
+                        raise _lost(shard, type(e).__name__) from None
+                    submit(shard, attempt + 1)
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from None
+                    raise LNMDeployError(f"{shard.describe()} failed on a Ray worker: {e}") from None
+                on_done(shard)
+    finally:
+        if pending:  # an error or an interrupt: stop the other shards (KeyboardInterrupt in them)
+            refs = list(pending)
+            for ref in refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            with contextlib.suppress(Exception):
+                ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_S)
+    return [results[s.index] for s in shards]
+
+
+def map_shards(fn: Callable[[Any, int, int], Any], payload: Any, n: int, *, workers: int | None,
+               ray_address: str | None = None, engine: str = "auto", progress: bool = False, desc: str = "",
+               samples_of: Callable[[int, int], Any] | None = None) -> list[Any]:
+    """``[fn(payload, lo, hi) for each shard]`` of ``n`` items on ``workers`` workers, in shard
+    order (see the module docstring for the engines).
+
+    ``fn`` must be a module-level function (Ray ships it by reference). ``samples_of(lo, hi)``: the
+    sample indices of items ``lo .. hi - 1`` (default: the same numbers), for error messages and
+    the progress bar (one bar, samples done out of total, updated as shards finish).
+    Raises ``UserInputError`` (bad ``workers``), ``DependencyError`` (an address without Ray),
+    ``LNMDeployError`` (a shard lost twice) or what ``fn`` raised.
+    """
+    workers = check_workers(workers)
+    engine = check_engine(engine, ray_address)
+    samples_of = samples_of or (lambda lo, hi: range(lo, hi))
+    if not scaled(workers, ray_address):
+        return [fn(payload, lo, hi) for lo, hi in split(n, 1)]
+
+    def shards_for(k: int) -> list[Shard]:
+        return [Shard(i, lo, hi, tuple(int(s) for s in samples_of(lo, hi)))
+                for i, (lo, hi) in enumerate(split(n, k))]
+
+    from tqdm import tqdm
+
+    ray = _ray_module() if engine != "local" else None
+    with _sigterm_as_interrupt():
+        if ray is None and engine == "ray":
+            raise DependencyError(f"--engine ray needs Ray ({RAY_INSTALL}), or use --engine local")
+        if ray is None and ray_address:
+            raise DependencyError(f"--ray-address needs Ray ({RAY_INSTALL}), or drop it to use "
+                                  "local processes")
+        if ray is None:
+            shards = shards_for(workers or 1)
+            total = sum(len(s.samples) for s in shards)
+            with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+                return _run_local(fn, payload, shards, lambda s: bar.update(len(s.samples)))
+        owned = not ray.is_initialized()
+        with ray_session(workers, ray_address) as (ray_mod, k), _sigterm_as_interrupt(force=owned):
+            shards = shards_for(k)
+            total = sum(len(s.samples) for s in shards)
+            with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+                return _run_ray(ray_mod, fn, payload, shards, lambda s: bar.update(len(s.samples)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Backend runs
+
+
+def _run_shard(payload: tuple[str, Any, np.ndarray, bool], lo: int, hi: int) -> RunResult:
+    from lnm_deploy.backends import BACKENDS
+
+    name, net, x, record = payload
+    return BACKENDS[name].run(net, x[lo:hi], record=record, progress=False)
+
+
+def merge_results(parts: list[RunResult]) -> RunResult:
+    """Shard results concatenated along the sample axis, in the given order (always fresh,
+    writable arrays: Ray hands back read-only views of its object store)."""
+    first = parts[0]
+    return RunResult(
+        output=np.concatenate([p.output for p in parts], axis=0),
+        spikes={k: np.concatenate([p.spikes[k] for p in parts], axis=0) for k in first.spikes},
+        states={n: {v: np.concatenate([p.states[n][v] for p in parts], axis=0) for v in d}
+                for n, d in first.states.items()},
+    )
+
+
+def run_sharded(backend_name: str, net: Any, x: Any, *, workers: int | None = 1,
+                ray_address: str | None = None, engine: str = "auto", record: bool = False,
+                progress: bool = False) -> RunResult:
+    """``BACKENDS[backend_name].run(net, x, record=..., progress=...)`` split by samples.
+
+    ``x``: (samples, timesteps, *input_shape). The result equals the single-process run's: every
+    array (samples, timesteps, ...) concatenated in sample order. ``workers=1`` without an address
+    is the plain call in this process. Each shard is one call of the backend on its samples (Lava:
+    one compiled network per shard). Raises ``UserInputError`` (unknown backend, bad ``workers``)
+    and what ``map_shards`` raises.
+    """
+    from lnm_deploy.backends import BACKENDS
+
+    if backend_name not in BACKENDS:
+        raise UserInputError(f"unknown backend {backend_name!r} (one of {', '.join(BACKENDS)})")
+    workers = check_workers(workers)
+    if not scaled(workers, ray_address):
+        return BACKENDS[backend_name].run(net, x, record=record, progress=progress)
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise UserInputError(f"input must be shaped (samples, timesteps, ...), got {x.shape}")
+    if x.shape[0] == 0:
+        return BACKENDS[backend_name].run(net, x, record=record, progress=False)
+    parts = map_shards(_run_shard, (backend_name, net, x, record), int(x.shape[0]), workers=workers,
+                       ray_address=ray_address, engine=engine, progress=progress, desc=backend_name)
+    return merge_results(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration statistics
+
+
+def _stats_shard(payload: tuple[Any, np.ndarray, np.ndarray, dict[str, Any]], lo: int, hi: int) -> list[Any]:
+    """Statistics of batches ``lo .. hi - 1``, one ``CalibrationStats`` per batch."""
+    from lnm_deploy.calibrate.stats import collect_stats
+
+    graph, x, index, opts = payload
+    bs = opts["batch_size"]
+    out = []
+    for b in range(lo, hi):
+        xb = x[index[b * bs : (b + 1) * bs]]
+        out.append(collect_stats(graph, xb, batch_size=xb.shape[0], progress=False, seed=None,
+                                 bins_per_side=opts["bins_per_side"],
+                                 trace_percentile=opts["trace_percentile"]))
+    return out
+
+
+def _add_tensor(into: Any, batch: Any, samples: int) -> None:
+    """``into += batch`` exactly as ``TensorStats.update`` would have added the batch, and record
+    the trace point the sequential pass records after it."""
+    into.hist.merge(batch.hist)
+    into.total += batch.total
+    into.total_sq += batch.total_sq
+    for attr, fn in (("channel_min", np.minimum), ("channel_max", np.maximum)):
+        a, b = getattr(into, attr), getattr(batch, attr)
+        setattr(into, attr, b if a is None else a if b is None else fn(a, b))
+    if into.trace is not None:
+        into.trace.record(samples, into.hist)
+
+
+def merge_batch_stats(batches: list[Any], *, batch_size: int, seed: int | None) -> Any:
+    """One ``CalibrationStats`` from per-batch ones, added in order: identical to ``collect_stats``
+    over the same batches (histograms, exact ranges, sums in the same order, traces)."""
+    import copy
+
+    stats = copy.deepcopy(batches[0])  # writable (Ray's arrays are read-only views)
+    stats.batch_size, stats.seed = batch_size, seed
+    for b in batches[1:]:
+        stats.samples += b.samples
+        _add_tensor(stats.input, b.input, stats.samples)
+        for name, st in stats.synapses.items():
+            _add_tensor(st.output, b.synapses[name].output, stats.samples)
+        for name, nst in stats.neurons.items():
+            other = b.neurons[name]
+            # The order of trace records does not matter (one list per tensor); sums follow the
+            # sequential pass: input, c, v, v_pre per neuron.
+            _add_tensor(nst.input, other.input, stats.samples)
+            if nst.c is not None:
+                _add_tensor(nst.c, other.c, stats.samples)
+            _add_tensor(nst.v, other.v, stats.samples)
+            _add_tensor(nst.v_pre, other.v_pre, stats.samples)
+        for name, sp in stats.spikes.items():
+            sp.counts = sp.counts + b.spikes[name].counts
+            sp.steps += b.spikes[name].steps
+    return stats
+
+
+def collect_stats_sharded(graph: Any, x: Any, *, workers: int | None, ray_address: str | None = None,
+                          engine: str = "auto",
+                          batch_size: int = 32, progress: bool = True, max_samples: int | None = None,
+                          seed: int | None = 0, bins_per_side: int = 4096,
+                          trace_percentile: float = 99.99) -> Any:
+    """``calibrate.stats.collect_stats`` with its batches spread over workers: the same arguments
+    and the identical ``CalibrationStats`` (the batches, hence the sample order, are those of the
+    single-process pass; each worker returns one statistics object per batch and they are added
+    in batch order, so sums, histograms and range traces are bit-identical whatever ``workers``).
+
+    Costs one statistics object per batch on the way back (a 64 KiB histogram per recorded tensor
+    at the default 4096 bins per side).
+    """
+    from lnm_deploy.calibrate import stats as st
+
+    workers = check_workers(workers)
+    opts: dict[str, Any] = {"batch_size": batch_size, "bins_per_side": bins_per_side,
+                            "trace_percentile": trace_percentile}
+    if not scaled(workers, ray_address):
+        return st.collect_stats(graph, x, progress=progress, max_samples=max_samples, seed=seed, **opts)
+    x = np.asarray(x)
+    index = st.sample_order(x, batch_size=batch_size, max_samples=max_samples, seed=seed,
+                            trace_percentile=opts["trace_percentile"])
+    n = index.shape[0]
+    n_batches = -(-n // batch_size)
+    parts = map_shards(_stats_shard, (graph, x, index, opts), n_batches, workers=workers,
+                       ray_address=ray_address, engine=engine, progress=progress, desc="calibrate",
+                       samples_of=lambda lo, hi: index[lo * batch_size : hi * batch_size])
+    return merge_batch_stats([b for part in parts for b in part], batch_size=batch_size, seed=seed)

@@ -1,0 +1,394 @@
+"""``lnm_deploy.distributed``: results split over workers equal the single-process results (run,
+verify, calibrate), on forked processes and on a Ray cluster started here; lost workers are retried
+once, then named; bad arguments and a missing Ray are refused with the right exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lnm_deploy import distributed as dist
+from lnm_deploy.artifact import read_artifact, write_artifact
+from lnm_deploy.calibrate import calibrate_network, collect_stats, load_recipe
+from lnm_deploy.cli import main
+from lnm_deploy.errors import DependencyError, LNMDeployError, UserInputError
+from lnm_deploy.execute import RunResult
+from lnm_deploy.fixedpoint import encode_fxgraph
+from lnm_deploy.ir import Affine, Graph, Input, Neuron, Output
+from lnm_deploy.nir_io import write_nir
+from lnm_deploy.targets import load_target
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _net(seed: int = 0) -> Graph:
+    """input(12) -> fc1 -> lnm1 (recurrent) -> fc2 -> lnm2: spiking, not saturated."""
+    rng = np.random.default_rng(seed)
+    return Graph(
+        nodes={
+            "input": Input(shape=(12,)),
+            "fc1": Affine(weight=rng.normal(0.15, 0.5, (16, 12)), bias=rng.normal(0, 0.05, 16)),
+            "lnm1": Neuron(shape=(16,), poly=[0.0, 0.85, 0.03], v_th=1.0),
+            "rec": Affine(weight=rng.normal(0, 0.3, (16, 16))),
+            "fc2": Affine(weight=rng.normal(0.1, 0.6, (4, 16))),
+            "lnm2": Neuron(shape=(4,), poly=[0.0, 0.7, 0.01], v_th=0.8, reset="subtract"),
+            "output": Output(),
+        },
+        edges=[("input", "fc1"), ("fc1", "lnm1"), ("lnm1", "rec"), ("rec", "lnm1"), ("lnm1", "fc2"),
+               ("fc2", "lnm2"), ("lnm2", "output")],
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("dist")
+    g = _net()
+    write_nir(g, d / "float.nir")
+    rng = np.random.default_rng(1)
+    x = (rng.random((45, 24, 12)) < 0.35).astype(np.uint8)
+    y = rng.integers(0, 4, 45)
+    np.savez(d / "calib.npz", x=x)
+    np.savez(d / "test.npz", x=x[:7], y=y[:7])
+    res = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), source=d / "float.nir",
+                            progress=False)
+    write_artifact(res.artifact, d / "art.nir")
+    return {"dir": d, "graph": g, "x": x, "fx": res.artifact.fx, "float": d / "float.nir",
+            "art": d / "art.nir", "test": d / "test.npz", "calib": d / "calib.npz"}
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force the local process pool (as without Ray installed)."""
+    monkeypatch.setattr(dist, "_ray_module", lambda: None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    """A 2-CPU Ray head on 127.0.0.1 for this module, run by ``ray start --block`` so that ending
+    that one process stops this cluster alone (``ray stop`` would stop every cluster here)."""
+    pytest.importorskip("ray")
+    import psutil
+
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="lnmray", dir="/tmp")  # short: Ray's socket paths have a limit
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Loopback only, no token file shared with other clusters on this machine: no token auth.
+    old_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"] = "disabled"
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+           "--num-cpus=2", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
+           f"--temp-dir={tmp}", "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the GCS port answers, then the node registers
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("could not start a local Ray head")
+            time.sleep(0.2)
+        yield address
+    finally:
+        family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.send_signal(signal.SIGTERM)  # ray start --block stops its processes on SIGTERM
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _, alive = psutil.wait_procs(family, timeout=20)
+        for p in alive:
+            p.kill()
+        subprocess.run(["rm", "-rf", tmp], check=False)
+        if old_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old_auth
+
+
+def assert_same(a: RunResult, b: RunResult) -> None:
+    assert np.array_equal(a.output, b.output) and a.output.dtype == b.output.dtype
+    assert a.spikes.keys() == b.spikes.keys() and a.states.keys() == b.states.keys()
+    for k in a.spikes:
+        assert np.array_equal(a.spikes[k], b.spikes[k]) and a.spikes[k].dtype == b.spikes[k].dtype, k
+    for n in a.states:
+        assert a.states[n].keys() == b.states[n].keys()
+        for v in a.states[n]:
+            assert np.array_equal(a.states[n][v], b.states[n][v]), (n, v)
+
+
+def _fx_bytes(fx: Any) -> bytes:
+    """The integer network as bytes: every array's dtype, shape and raw bytes, every scalar."""
+    out: list[bytes] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for k in sorted(v):
+                out.append(str(k).encode())
+                walk(v[k])
+        elif isinstance(v, (list, tuple)):
+            for w in v:
+                walk(w)
+        elif isinstance(v, np.ndarray):
+            out.append(f"{v.dtype}{v.shape}".encode() + np.ascontiguousarray(v).tobytes())
+        else:
+            out.append(repr(v).encode())
+
+    walk(encode_fxgraph(fx))
+    return b"|".join(out)
+
+
+def _without_timings(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = json.loads(json.dumps(doc, default=str))
+    for b in doc["backends"].values():
+        b.pop("seconds")
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Shards, arguments
+
+
+def test_split_is_contiguous_balanced_and_deterministic() -> None:
+    assert dist.split(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert dist.split(2, 5) == [(0, 1), (1, 2)]
+    assert dist.split(0, 4) == []
+    assert dist.split(5, 1) == [(0, 5)]
+    assert dist.format_indices([7, 0, 1, 2, 5, 8]) == "0-2, 5, 7-8"
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_bad_worker_counts_are_user_errors(files: dict[str, Any], bad: Any) -> None:
+    with pytest.raises(UserInputError, match="--workers"):
+        dist.run_sharded("fxsim", files["fx"], files["x"], workers=bad)
+
+
+def test_cli_refuses_zero_workers_and_ray_address_without_ray(files: dict[str, Any], tmp_path: Path,
+                                                               no_ray: None,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o.npz"
+    assert main(["run", str(files["art"]), "--data", str(files["test"]), "--backend", "fxsim",
+                 "--out", str(out), "--workers", "0", "--quiet"]) == 2
+    assert "--workers must be an integer >= 1" in capsys.readouterr().err
+    assert main(["run", str(files["art"]), "--data", str(files["test"]), "--backend", "fxsim",
+                 "--out", str(out), "--ray-address", "127.0.0.1:1", "--quiet"]) == 6
+    assert "pip install 'lnm-deploy[distributed]'" in capsys.readouterr().err
+    with pytest.raises(DependencyError):
+        dist.run_sharded("fxsim", files["fx"], files["x"], workers=2, ray_address="127.0.0.1:1")
+
+
+# ------------------------------------------------------------------------------------------------
+# Forked processes (no Ray)
+
+
+@pytest.mark.parametrize("backend", ["fxsim", "float"])
+def test_local_pool_run_equals_one_process(files: dict[str, Any], no_ray: None, backend: str) -> None:
+    net = files["fx"] if backend == "fxsim" else files["graph"]
+    one = dist.run_sharded(backend, net, files["x"], workers=1, record=True)
+    for k in (2, 3):
+        assert_same(one, dist.run_sharded(backend, net, files["x"], workers=k, record=True))
+
+
+def test_local_pool_statistics_equal_the_single_pass(files: dict[str, Any], no_ray: None) -> None:
+    ref = collect_stats(files["graph"], files["x"], batch_size=8, progress=False, seed=3)
+    got = dist.collect_stats_sharded(files["graph"], files["x"], workers=3, batch_size=8, progress=False,
+                                     seed=3)
+    assert json.dumps(ref.to_dict(), default=str) == json.dumps(got.to_dict(), default=str)
+
+
+def test_local_pool_retries_a_killed_worker_then_names_lost_samples(
+        files: dict[str, Any], no_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = dist.run_sharded("fxsim", files["fx"], files["x"], workers=1)
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(dist.CRASH_ENV, f"1:{marker}")
+    assert_same(ref, dist.run_sharded("fxsim", files["fx"], files["x"], workers=3))
+    assert marker.exists()  # shard 1's first worker was killed, its retry ran
+    monkeypatch.setenv(dist.CRASH_ENV, "1:always")
+    with pytest.raises(LNMDeployError, match=r"lost twice running shard 1 \(samples 15-29\)"):
+        dist.run_sharded("fxsim", files["fx"], files["x"], workers=3)
+
+
+def _workers_left() -> list[Any]:
+    """Our descendants other than multiprocessing's forkserver and resource tracker (they live as
+    long as this process)."""
+    import psutil
+
+    keep = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+    return [p for p in psutil.Process().children(recursive=True)
+            if not any(k in " ".join(p.cmdline()) for k in keep)]
+
+
+def test_local_pool_raises_the_work_error_and_leaves_no_workers(files: dict[str, Any], no_ray: None) -> None:
+    with pytest.raises(UserInputError, match="binary spikes"):
+        dist.run_sharded("fxsim", files["fx"], files["x"] * 2, workers=2)
+    assert not _workers_left()
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray
+
+
+@pytest.mark.slow
+def test_ray_cluster_run_and_calibrate_equal_one_process(files: dict[str, Any], ray_cluster: str,
+                                                        tmp_path: Path) -> None:
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    common = ["run", str(files["art"]), "--data", str(files["calib"]), "--backend", "fxsim", "--states",
+              "--quiet"]
+    assert main([*common, "--out", str(one)]) == 0
+    assert main([*common, "--out", str(two), "--workers", "2", "--ray-address", ray_cluster]) == 0
+    a, b = np.load(one), np.load(two)
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        assert np.array_equal(a[k], b[k]), k
+    # calibrate: the integer network is byte-identical (and so are the recorded statistics)
+    arts = []
+    for name, extra in (("c1", []), ("c2", ["--workers", "2", "--ray-address", ray_cluster])):
+        out = tmp_path / f"{name}.nir"
+        assert main(["calibrate", str(files["float"]), "--data", str(files["calib"]), "--target", "loihi2",
+                     "--out", str(out), "--quiet", *extra]) == 0
+        arts.append(read_artifact(out))
+    assert _fx_bytes(arts[0].fx) == _fx_bytes(arts[1].fx)
+    assert arts[0].record["calibration"] == arts[1].record["calibration"]
+
+
+@pytest.mark.slow
+def test_ray_retries_a_killed_worker(files: dict[str, Any], ray_cluster: str, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = dist.run_sharded("float", files["graph"], files["x"], workers=1, record=True)
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(dist.CRASH_ENV, f"0:{marker}")
+    got = dist.run_sharded("float", files["graph"], files["x"], workers=2, ray_address=ray_cluster,
+                           record=True)
+    assert marker.exists()
+    assert_same(ref, got)
+    monkeypatch.setenv(dist.CRASH_ENV, "0:always")
+    with pytest.raises(LNMDeployError, match=r"lost twice running shard 0 \(samples 0-22\)"):
+        dist.run_sharded("float", files["graph"], files["x"], workers=2, ray_address=ray_cluster)
+
+
+@pytest.mark.slow
+@pytest.mark.lava
+def test_verify_lava_report_identical_with_two_workers(files: dict[str, Any], ray_cluster: str,
+                                                       tmp_path: Path) -> None:
+    pytest.importorskip("lava")
+    docs = []
+    for name, extra in (("w1", ["--workers", "1"]), ("w2", ["--workers", "2", "--ray-address", ray_cluster])):
+        js = tmp_path / f"{name}.json"
+        code = main(["verify", str(files["art"]), "--data", str(files["test"]), "--backend", "lava",
+                     "--backend", "fxsim", "--json", str(js), "--quiet", *extra])
+        assert code in (0, 1)
+        docs.append(json.loads(js.read_text()))
+    assert docs[0]["backends"]["lava"]["bit_exact"]
+    assert _without_timings(docs[0]) == _without_timings(docs[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupts: every worker (and every Lava process under it) stops, nothing is left in /dev/shm
+
+_DRIVER = """
+import sys
+from lnm_deploy import distributed
+if sys.argv[1] == "local":
+    distributed._ray_module = lambda: None
+from lnm_deploy.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _shm_maps(procs: list[Any]) -> set[str]:
+    paths: set[str] = set()
+    for p in procs:
+        try:
+            paths |= {m.path for m in p.memory_maps() if m.path.startswith("/dev/shm/")}
+        except Exception:  # gone meanwhile, or not ours to read
+            pass
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.lava
+@pytest.mark.parametrize(("engine", "sig"), [("local", signal.SIGINT), ("ray", signal.SIGTERM)])
+def test_interrupt_stops_every_worker_and_leaves_nothing(files: dict[str, Any], tmp_path: Path,
+                                                         engine: str, sig: int) -> None:
+    """local: Ctrl-C (SIGINT to the whole process group, as a terminal sends it); ray: SIGTERM to
+    the command alone (a local Ray instance with Lava running in its workers)."""
+    pytest.importorskip("lava")
+    import psutil
+
+    if engine == "ray":
+        pytest.importorskip("ray")
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "big.npz", x=(rng.random((1500, 24, 12)) < 0.35).astype(np.uint8))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["RAY_AUTH_MODE"] = "disabled"
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, engine, "run", str(files["art"]), "--data",
+                             str(tmp_path / "big.npz"), "--backend", "lava", "--workers", "2", "--quiet",
+                             "--out", str(tmp_path / "out.npz")],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: dict[int, Any] = {}
+    shm: set[str] = set()
+    t_start = time.monotonic()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            family = psutil.Process(proc.pid).children(recursive=True)
+            seen.update({p.pid: p for p in family})
+            shm |= _shm_maps(family)
+            if sum("/lnm-lava-" in s for s in shm) >= 2:  # both shards' Lava networks are running
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+        print(f"Lava running in both workers after {time.monotonic() - t_start:.1f} s")
+        time.sleep(1.0)
+        shm |= _shm_maps(psutil.Process(proc.pid).children(recursive=True))
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        t_sig = time.monotonic()
+        _, err = proc.communicate(timeout=90)
+        print(f"stopped {time.monotonic() - t_sig:.1f} s after the signal")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode()
+
+    def alive() -> list[tuple[int, str]]:
+        out = []
+        for p in seen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append((p.pid, p.name()))
+        return out
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive()
+    assert shm and not [s for s in shm if os.path.exists(s)]
+    assert not (tmp_path / "out.npz").exists()

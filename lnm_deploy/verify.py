@@ -372,7 +372,6 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     import time
 
     from lnm_deploy import validate
-    from lnm_deploy.backends import BACKENDS
     from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
     from lnm_deploy.distributed import check_workers, run_sharded
     from lnm_deploy.fxsim import first_mismatch, run_fx

@@ -392,3 +392,13 @@ def test_interrupt_stops_every_worker_and_leaves_nothing(files: dict[str, Any], 
     assert not alive()
     assert shm and not [s for s in shm if os.path.exists(s)]
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_engine_choice_is_validated(tmp_path: Path) -> None:
+    from lnm_deploy.distributed import check_engine
+
+    assert check_engine("local", None) == "local" and check_engine("auto", "127.0.0.1:1") == "auto"
+    with pytest.raises(UserInputError, match="engine must be one of"):
+        check_engine("threads", None)
+    with pytest.raises(UserInputError, match="--engine local runs on this machine"):
+        check_engine("local", "127.0.0.1:6379")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_verify import _net  # input(12) -> fc1 -> lnm1 (recurrent) -> fc2 -> lnm2
 
 from lnm_deploy import distributed as dist
 from lnm_deploy.artifact import read_artifact, write_artifact
@@ -26,29 +27,10 @@ from lnm_deploy.cli import main
 from lnm_deploy.errors import DependencyError, LNMDeployError, UserInputError
 from lnm_deploy.execute import RunResult
 from lnm_deploy.fixedpoint import encode_fxgraph
-from lnm_deploy.ir import Affine, Graph, Input, Neuron, Output
 from lnm_deploy.nir_io import write_nir
 from lnm_deploy.targets import load_target
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _net(seed: int = 0) -> Graph:
-    """input(12) -> fc1 -> lnm1 (recurrent) -> fc2 -> lnm2: spiking, not saturated."""
-    rng = np.random.default_rng(seed)
-    return Graph(
-        nodes={
-            "input": Input(shape=(12,)),
-            "fc1": Affine(weight=rng.normal(0.15, 0.5, (16, 12)), bias=rng.normal(0, 0.05, 16)),
-            "lnm1": Neuron(shape=(16,), poly=[0.0, 0.85, 0.03], v_th=1.0),
-            "rec": Affine(weight=rng.normal(0, 0.3, (16, 16))),
-            "fc2": Affine(weight=rng.normal(0.1, 0.6, (4, 16))),
-            "lnm2": Neuron(shape=(4,), poly=[0.0, 0.7, 0.01], v_th=0.8, reset="subtract"),
-            "output": Output(),
-        },
-        edges=[("input", "fc1"), ("fc1", "lnm1"), ("lnm1", "rec"), ("rec", "lnm1"), ("lnm1", "fc2"),
-               ("fc2", "lnm2"), ("lnm2", "output")],
-    )
 
 
 @pytest.fixture(scope="module")

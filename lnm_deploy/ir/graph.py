@@ -38,6 +38,35 @@ class Schedule:
     output_node: str
 
 
+def _depth_first(succ: dict[str, list[str]], roots: Iterable[str]) -> tuple[list[str], list[Edge]]:
+    """Iterative depth-first search over ``succ`` from each root not yet visited, in order:
+    the post-order of the nodes visited, and the back edges (to a node still on the search path:
+    each closes a cycle)."""
+    post: list[str] = []
+    back: list[Edge] = []
+    state: dict[str, int] = {}  # 1 = on the search path, 2 = done
+    for root in roots:
+        if root in state:
+            continue
+        state[root] = 1
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            n, i = stack[-1]
+            if i < len(succ[n]):
+                stack[-1] = (n, i + 1)
+                m = succ[n][i]
+                if state.get(m) == 1:
+                    back.append((n, m))
+                elif m not in state:
+                    state[m] = 1
+                    stack.append((m, 0))
+            else:
+                stack.pop()
+                state[n] = 2
+                post.append(n)
+    return post, back
+
+
 def infer_delays(names: Iterable[str], edges: Iterable[Edge], source: str) -> frozenset[Edge]:
     """The delayed edges of a graph that does not say which (generic NIR): every cycle gets one,
     chosen independently of the order in which the edges are listed.
@@ -68,27 +97,8 @@ def infer_delays(names: Iterable[str], edges: Iterable[Edge], source: str) -> fr
     far = len(names) + 1
     for n in succ:
         succ[n].sort(key=lambda m: (depth.get(m, far), m))
-    delayed: set[Edge] = set()
-    state: dict[str, int] = {}  # 1 = on the search path, 2 = done
-    for root in ([source] if source in succ else []) + names:
-        if root in state:
-            continue
-        state[root] = 1
-        stack: list[tuple[str, int]] = [(root, 0)]
-        while stack:
-            n, i = stack[-1]
-            if i < len(succ[n]):
-                stack[-1] = (n, i + 1)
-                m = succ[n][i]
-                if state.get(m) == 1:
-                    delayed.add((n, m))
-                elif m not in state:
-                    state[m] = 1
-                    stack.append((m, 0))
-            else:
-                stack.pop()
-                state[n] = 2
-    return frozenset(delayed)
+    _, back = _depth_first(succ, ([source] if source in succ else []) + names)
+    return frozenset(back)
 
 
 class GraphNode(Protocol):
@@ -191,27 +201,14 @@ class GraphBase(Generic[N]):
         unreached = [n for n in self.nodes if n not in reached]
         if unreached:
             raise GraphError(f"nodes not reachable from the input: {unreached}", node=unreached[0])
-        # Iterative DFS over the edges that are not delayed: post-order, then reverse.
-        post: list[str] = []
-        state: dict[str, int] = {}  # 1 = on stack, 2 = done
-        stack: list[tuple[str, int]] = [(inp, 0)]
-        state[inp] = 1
-        while stack:
-            n, i = stack[-1]
-            if i < len(fresh_succ[n]):
-                stack[-1] = (n, i + 1)
-                m = fresh_succ[n][i]
-                if state.get(m) == 1:
-                    raise GraphError(f"the cycle through '{n}' -> '{m}' has no delayed edge: every cycle needs "
-                                     "one (a recurrent connection delivers the previous step)", node=m)
-                if m not in state:
-                    state[m] = 1
-                    stack.append((m, 0))
-            else:
-                stack.pop()
-                state[n] = 2
-                post.append(n)
-        only_delayed = [n for n in self.nodes if n not in state]
+        # Depth-first over the edges that are not delayed: post-order, then reverse.
+        post, back = _depth_first(fresh_succ, [inp])
+        if back:
+            n, m = back[0]
+            raise GraphError(f"the cycle through '{n}' -> '{m}' has no delayed edge: every cycle needs "
+                             "one (a recurrent connection delivers the previous step)", node=m)
+        visited = set(post)
+        only_delayed = [n for n in self.nodes if n not in visited]
         if only_delayed:
             raise GraphError("node is only fed by recurrent (delayed) edges", node=only_delayed[0])
         order = tuple(reversed(post))

@@ -429,12 +429,8 @@ class FxPoly(FxNeuron):
 
 
 def fx_node_types() -> dict[str, type[FxNode]]:
-    """Every concrete integer node class by ``kind``, collected from the class tree."""
-    out: dict[str, type[FxNode]] = {}
-    stack = list(FxNode.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls is not FxNeuron:
-            out[cls.kind] = cls
-    return out
+    """Every integer node class by ``kind``, from the primitive registry
+    (``lnm_deploy.fixedpoint.primitives``)."""
+    from lnm_deploy.fixedpoint.primitives import primitives
+
+    return {k: p.node_type for k, p in primitives().items()}

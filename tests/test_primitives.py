@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import fx_nets
+import numpy as np
 import pytest
 
 from lnm_deploy.errors import UnsupportedError
@@ -19,6 +22,10 @@ from lnm_deploy.fixedpoint import (
     primitive_of,
     primitives,
 )
+from lnm_deploy.fixedpoint.arith import shift_exp, wrap
+from lnm_deploy.fixedpoint.contract import lif_bounds
+from lnm_deploy.fixedpoint.primitives import synapse_bounds
+from lnm_deploy.fxsim.sim import ACCELERATIONS, NEURONS, _Val, load_kernels
 from lnm_deploy.targets import RULES, check_graph, load_target
 
 
@@ -70,3 +77,96 @@ def test_check_graph_refuses_a_node_without_a_rule() -> None:
         check_graph(g, load_target("loihi2"))
     with pytest.raises(UnsupportedError, match="'mystery'"):
         primitive_of(g.nodes["odd"], "odd")
+
+
+# ------------------------------------------------ accelerations checked against the contract step
+
+
+def _contract_run(node: FxNode, a: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The registered contract step, one timestep at a time over ``a`` (T, B, *shape) int64."""
+    p = primitive_of(node)
+    params = p.params(node)  # type: ignore[misc]
+    batch = a.shape[1]
+    inits = {"u": "u_init", "v": "v_init", "c": "c_init"}
+    names = ("u", "v") if p.kind == "lif" else ("v", "c")
+    state = {k: np.broadcast_to(getattr(node, inits[k]), (batch, *node.shape)).astype(np.int64) for k in names}
+    spikes, rec = [], {k: [] for k in node.state_names()}  # type: ignore[attr-defined]
+    for t in range(a.shape[0]):
+        state, s = p.step(params, state, a[t])  # type: ignore[misc]
+        spikes.append(s)
+        for k in rec:
+            rec[k].append(state[k])
+    return np.stack(spikes), {k: np.stack(v) for k, v in rec.items()}
+
+
+def _accelerated_run(node: FxNode, a: np.ndarray, input_bound: int, kern: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    run = NEURONS[node.kind](node, a.shape[1], input_bound, kern)  # type: ignore[call-arg]
+    out = np.zeros(a.shape, dtype=bool)
+    rec = {k: np.zeros(a.shape, dtype=np.int64) for k in run.states()}
+    run.run(_Val(a, input_bound), out, rec)
+    return out, rec
+
+
+def _inputs(rng: np.random.Generator, shape: tuple[int, ...], bound: int) -> np.ndarray:
+    a = rng.integers(-bound, bound + 1, shape, dtype=np.int64)
+    edge = rng.random(shape) < 0.1
+    return np.where(edge, rng.choice([-bound, bound, 0], shape), a)
+
+
+def _assert_same(want: tuple[np.ndarray, dict[str, np.ndarray]], got: tuple[np.ndarray, dict[str, np.ndarray]],
+                 what: str) -> None:
+    assert np.array_equal(want[0], got[0]), f"{what}: spikes differ"
+    assert set(want[1]) == set(got[1]), what
+    for k in want[1]:
+        assert np.array_equal(want[1][k], got[1][k]), f"{what}: state {k} differs"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lif_float64_path_matches_the_contract(seed: int) -> None:
+    """fxsim's float64 LIF path (taken only where ``lif_bounds`` proves it exact) equals the step."""
+    rng = np.random.default_rng(seed)
+    node = fx_nets.lif(rng, (7,))
+    bound = int(rng.choice([1, 100, 2**17, 2**20, 2**31]))
+    a = _inputs(rng, (9, 3, 7), bound)
+    run = NEURONS["lif"](node, 3, bound, None)  # type: ignore[call-arg]
+    assert run.fast == (lif_bounds(node, bound).small and bool(np.abs(node.bias).max(initial=0) <= 2**29))
+    _assert_same(_contract_run(node, a), _accelerated_run(node, a, bound, None), f"seed {seed}")
+
+
+def test_every_acceleration_matches_the_contract() -> None:
+    kern = load_kernels("numba") if importlib.util.find_spec("numba") else None
+    if kern is None:
+        pytest.skip("numba is not installed")
+    assert set(ACCELERATIONS) <= set(primitives())
+    for name in ACCELERATIONS.values():
+        assert callable(getattr(kern, name))
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        shape = (int(rng.integers(1, 6)),)
+        node = fx_nets.lif(rng, shape) if seed % 2 else fx_nets.poly(rng, shape, small=bool(seed % 3))
+        bound = int(rng.choice([1, 2**17, 2**31]))
+        a = _inputs(rng, (int(rng.integers(1, 9)), int(rng.integers(1, 4)), *shape), bound)
+        _assert_same(_contract_run(node, a), _accelerated_run(node, a, bound, kern), f"{node.kind}, seed {seed}")
+        # Dense on spikes: the exact integer product with the effective weights (section 3.1)
+        d = fx_nets.dense(rng, int(rng.integers(1, 20)), int(rng.integers(1, 40)))
+        if synapse_bounds(d).acc < 2**31:
+            s = (rng.random((int(rng.integers(1, 70)), d.weight.shape[1])) < 0.3).astype(np.uint8)
+            w = d.effective_weight()
+            out = np.zeros((s.shape[0], w.shape[0]), np.int32)
+            getattr(kern, ACCELERATIONS["dense"])(s, np.ascontiguousarray(w.T.astype(np.int32)), out)
+            assert np.array_equal(out, s.astype(np.int64) @ w.T), f"dense, seed {seed}"
+
+
+def test_bounds_are_shared_and_sound() -> None:
+    """fxsim and the ONNX builder read the synapse bounds of the registry; spot-check soundness."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        d = fx_nets.dense(rng, 5, 9)
+        b = synapse_bounds(d)
+        s = (rng.random((200, 9)) < 0.5).astype(np.int64)
+        acc = s @ d.effective_weight().T
+        assert np.abs(acc).max(initial=0) <= b.acc
+        y = shift_exp(acc, d.weight_exp)
+        assert np.abs(wrap(y, d.out_bits) if b.wraps else y).max(initial=0) <= b.out
+        if not b.wraps:
+            assert np.array_equal(wrap(y, d.out_bits), y)

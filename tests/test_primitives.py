@@ -170,3 +170,46 @@ def test_bounds_are_shared_and_sound() -> None:
         assert np.abs(wrap(y, d.out_bits) if b.wraps else y).max(initial=0) <= b.out
         if not b.wraps:
             assert np.array_equal(wrap(y, d.out_bits), y)
+
+
+# ------------------------------------------------------------------ backends keyed by the registry
+
+
+def test_every_backend_implements_every_registered_kind() -> None:
+    """A new primitive must come with its implementation on every backend (tables keyed by kind)."""
+    from lnm_deploy.fxsim.sim import RESHAPES, SYNAPSES
+
+    reg = primitives()
+    by_role = {r: {k for k, p in reg.items() if p.role == r} for r in ("synapse", "neuron", "reshape")}
+    assert set(SYNAPSES) == by_role["synapse"] and set(NEURONS) == by_role["neuron"]
+    assert set(RESHAPES) == by_role["reshape"]
+    assert set(ACCELERATIONS) <= by_role["synapse"] | by_role["neuron"]
+    if importlib.util.find_spec("onnx") is not None:
+        from lnm_deploy.onnx_backend import build
+
+        assert set(build.LOWERINGS) == by_role["synapse"] | by_role["reshape"]
+        assert set(build.NEURONS) == by_role["neuron"]
+    if importlib.util.find_spec("lava") is not None:
+        from lnm_deploy.lava_backend.runner import LAVA_KINDS, _Network
+
+        assert set(LAVA_KINDS) == set(reg)
+        assert set(_Network.BUILDERS) == by_role["synapse"] | by_role["neuron"]
+
+
+def test_backends_refuse_an_unknown_kind_listing_the_known_ones() -> None:
+    from lnm_deploy.fxsim import run_fx
+
+    g = fx_sequential([("fc", FxDense(weight=[[2, 4]])), ("odd", _FxMystery(shape=(1,)))], (2,))
+    x = np.zeros((1, 2, 2), dtype=np.uint8)
+    with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'; known: \["):
+        run_fx(g, x, kernels="numpy")
+    if importlib.util.find_spec("onnx") is not None:
+        from lnm_deploy.onnx_backend import build_onnx
+
+        with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'"):
+            build_onnx(g)
+    if importlib.util.find_spec("lava") is not None:
+        from lnm_deploy.lava_backend.runner import plan
+
+        with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'"):
+            plan(g)

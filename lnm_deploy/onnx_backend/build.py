@@ -44,6 +44,7 @@ import numpy as np
 
 from lnm_deploy.errors import DependencyError, GraphError, UnsupportedError, UserInputError
 from lnm_deploy.fixedpoint.contract import (
+    INPUT_BOUND,
     SynapseBounds,
     lif_bounds,
     neuron_input_bound,
@@ -381,12 +382,13 @@ class _LIF(_Neuron):
         return {"u": _uniform(self.node.u_init), "v": _uniform(self.node.v_init)}
 
     def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
-        """``x = wrap_32(a * 2**act_shift)`` (step 2)."""
+        """``x = wrap_32(a * 2**act_shift)`` (step 2; the wrap only where ``lif_bounds`` needs it)."""
         sh = self.node.act_shift
         x = b.op("Mul", [a, b.const(1 << sh)], "act") if sh else a
-        if bound << sh >= 2**31:
-            return _wrap(b, x, 32), 2**31
-        return x, bound << sh
+        xb = lif_bounds(self.node, bound).x
+        if xb >= INPUT_BOUND:
+            return _wrap(b, x, 32), INPUT_BOUND
+        return x, xb
 
     def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
@@ -452,7 +454,7 @@ class _Poly(_Neuron):
     def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
         """``x = a * 2**in_shift`` (step 1; ``|a| <= 2**31`` keeps it below 2**62)."""
         sh = self.node.in_shift
-        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), bound << sh
+        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), poly_bounds(self.node, bound).x
 
     def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node

@@ -45,6 +45,8 @@ from lnm_deploy.fixedpoint import (
     dense_weight_grid,
     sign_mode_of,
 )
+from lnm_deploy.fixedpoint.contract import neuron_input_bound
+from lnm_deploy.fixedpoint.primitives import primitive_of, synapse_bounds
 from lnm_deploy.ir import (
     Affine,
     AvgPool2d,
@@ -479,6 +481,13 @@ def quantize(graph: Graph, ranges: dict[str, NeuronRange], target: Target, *, we
                 delays.add((s.name, n))
         fx_nodes[n] = fx_neuron
         ir_nodes[n] = ir_neuron
+        # The static bounds fxsim and the ONNX builder use (fixedpoint.contract), for any binary
+        # input: which wraps, corrections and saturations can act at all (docs/fixed-point.md 4.3).
+        in_bound = neuron_input_bound([synapse_bounds(fx_nodes[p.syn.name], p.syn.name).out for p in plans])
+        neuron_bounds = primitive_of(fx_neuron, n).bounds
+        assert neuron_bounds is not None
+        rec.proof["input_bound_int"] = in_bound
+        rec.proof["static_bounds"] = asdict(neuron_bounds(fx_neuron, in_bound))
 
     out_layer = out_src[0][0]
     fx_nodes[sched.output_node] = FxOutput()

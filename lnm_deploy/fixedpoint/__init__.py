@@ -24,6 +24,7 @@ from lnm_deploy.fixedpoint.nodes import (
     fx_node_types,
     sign_mode_of,
 )
+from lnm_deploy.fixedpoint.primitives import Primitive, primitive, primitive_of, primitives
 
 __all__ = [
     "OVERFLOWS",
@@ -41,6 +42,7 @@ __all__ = [
     "FxPoly",
     "FxSumPool2d",
     "Overflow",
+    "Primitive",
     "Rounding",
     "SignMode",
     "decode_fxgraph",
@@ -49,5 +51,8 @@ __all__ = [
     "encode_fxgraph",
     "fx_node_types",
     "fx_sequential",
+    "primitive",
+    "primitive_of",
+    "primitives",
     "sign_mode_of",
 ]

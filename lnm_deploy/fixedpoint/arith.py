@@ -68,3 +68,25 @@ def shift_exp(x: IntLike, e: int) -> IntLike:
 def trunc_mul_shift(x: IntLike, k: int, s: int) -> IntLike:
     """``trunc0(x * k / 2**s)``: product, then shift toward zero (Loihi's decay)."""
     return rshift(x * k, s, "trunc")
+
+
+def correct(x: IntLike, bits: int) -> IntLike:
+    """``corr_bits(x)`` (``docs/fixed-point.md`` section 1, ``corr24`` for ``bits = 24``): one
+    correction by ``2**bits`` into ``(-2**(bits-1), 2**(bits-1)]``, not a modulo: ``x - 2**bits``
+    if ``x > 2**(bits-1)``, ``x + 2**bits`` if ``x <= -2**(bits-1)``, else ``x``."""
+    half = 1 << (bits - 1)
+    if isinstance(x, np.ndarray):
+        return np.where(x > half, x - 2 * half, np.where(x <= -half, x + 2 * half, x))
+    return x - 2 * half if x > half else x + 2 * half if x <= -half else x
+
+
+def shift_bound(bound: int, s: int) -> int:
+    """A bound on ``|rnd(x, s)|`` (any rounding) given ``|x| <= bound``: ``ceil(bound / 2**s)``.
+
+    (``floor(-bound / 2**s)`` reaches ``-ceil(bound / 2**s)``; ``nearest`` never exceeds it.)"""
+    return -((-bound) >> s) if s > 0 else bound
+
+
+def shift_exp_bound(bound: int, e: int) -> int:
+    """A bound on ``|shift_exp(x, e)|`` given ``|x| <= bound``."""
+    return bound << e if e >= 0 else shift_bound(bound, -e)

@@ -26,6 +26,10 @@ SIGN_MODES: tuple[str, ...] = ("mixed", "excitatory", "inhibitory")
 FxReset = Literal["value", "subtract"]
 
 INT32_MAX = 2**31 - 1
+Range = tuple[int, int]
+#: Ranges shared by the synapses: a weight exponent, an output width.
+WEIGHT_EXP: Range = (-24, 24)
+OUT_BITS: Range = (2, 48)
 
 
 def _iarr(node: str, name: str, x: Any) -> np.ndarray:
@@ -128,9 +132,13 @@ class FxDense(FxNode):
         if self.sign_mode not in SIGN_MODES:
             raise GraphError(f"sign_mode must be one of {SIGN_MODES}, got {self.sign_mode!r}", node=name)
         _check_range(name, "weight", self.weight, -(2**31), INT32_MAX)
-        _check_range(name, "num_weight_bits", self.num_weight_bits, 1, 8)
-        _check_range(name, "weight_exp", self.weight_exp, -24, 24)
-        _check_range(name, "out_bits", self.out_bits, 2, 48)
+        for key, (lo, hi) in self.limits().items():
+            _check_range(name, key, getattr(self, key), lo, hi)
+
+    @staticmethod
+    def limits() -> dict[str, Range]:
+        """The ranges of the widths (inclusive); a target's ``[dense]`` section lies inside them."""
+        return {"num_weight_bits": (1, 8), "weight_exp": WEIGHT_EXP, "out_bits": OUT_BITS}
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         if input_shape != (self.weight.shape[1],):
@@ -214,8 +222,8 @@ class FxConv2d(FxNode):
         if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
             raise GraphError("stride and dilation must be >= 1 and padding >= 0", node=name)
         _check_range(name, "weight", self.weight, -(2**31), INT32_MAX)
-        _check_range(name, "weight_exp", self.weight_exp, -24, 24)
-        _check_range(name, "out_bits", self.out_bits, 2, 48)
+        _check_range(name, "weight_exp", self.weight_exp, *WEIGHT_EXP)
+        _check_range(name, "out_bits", self.out_bits, *OUT_BITS)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         return conv_output_shape(name, self.weight.shape, self.groups, self.stride, self.padding, self.dilation,
@@ -244,7 +252,7 @@ class FxSumPool2d(FxNode):
         assert self.stride is not None
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise GraphError("kernel_size and stride must be >= 1 and padding >= 0", node=name)
-        _check_range(name, "out_bits", self.out_bits, 2, 48)
+        _check_range(name, "out_bits", self.out_bits, *OUT_BITS)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         assert self.stride is not None
@@ -314,17 +322,18 @@ class FxLIF(FxNeuron):
         m, e = np.asarray(self.bias_mant), np.asarray(self.bias_exp)
         return np.where(e >= 0, m << np.maximum(e, 0), m >> np.maximum(-e, 0))
 
+    @staticmethod
+    def limits(decay_bits: int, vth_shift: int) -> dict[str, Range]:
+        """The range (inclusive) of every width and parameter, for the given ``decay_bits`` and
+        ``vth_shift``; a target's ``[neurons.lif]`` section lies inside them (checked on load)."""
+        unity = 1 << decay_bits
+        return {"state_bits": (2, 30), "decay_bits": (1, 16), "vth_shift": (0, 16), "act_shift": (0, 16),
+                "du": (0, unity - 1), "dv": (0, unity - 1), "vth": (0, INT32_MAX >> vth_shift),
+                "bias_mant": (-(2**15), 2**15 - 1), "bias_exp": (-15, 15)}
+
     def validate(self, name: str) -> None:
-        _check_range(name, "state_bits", self.state_bits, 2, 30)
-        _check_range(name, "decay_bits", self.decay_bits, 1, 16)
-        _check_range(name, "vth_shift", self.vth_shift, 0, 16)
-        _check_range(name, "act_shift", self.act_shift, 0, 16)
-        unity = 1 << self.decay_bits
-        _check_range(name, "du", self.du, 0, unity - 1)
-        _check_range(name, "dv", self.dv, 0, unity - 1)
-        _check_range(name, "vth", self.vth, 0, INT32_MAX >> self.vth_shift)
-        _check_range(name, "bias_mant", self.bias_mant, -(2**15), 2**15 - 1)
-        _check_range(name, "bias_exp", self.bias_exp, -15, 15)
+        for key, (lo, hi) in self.limits(self.decay_bits, self.vth_shift).items():
+            _check_range(name, key, getattr(self, key), lo, hi)
         _check_range(name, "bias (bias_mant << bias_exp)", self.bias, -(2**30), 2**30)
         half = 1 << (self.state_bits - 1)
         _check_range(name, "u_init", self.u_init, -half + 1, half)
@@ -349,6 +358,7 @@ class FxPoly(FxNeuron):
     """
 
     kind: ClassVar[str] = "poly"
+    RESETS: ClassVar[tuple[str, ...]] = ("value", "subtract")
     coef: np.ndarray
     shifts: tuple[int, ...] = (0,)
     vth: np.ndarray | int = 0
@@ -398,25 +408,30 @@ class FxPoly(FxNeuron):
     def state_names(self) -> tuple[str, ...]:
         return ("v", "c") if self.has_synapse else ("v",)
 
+    @staticmethod
+    def limits(state_bits: int, acc_bits: int) -> dict[str, Range]:
+        """The range (inclusive) of every width and shift, for the given state and register widths;
+        a target's ``[neurons.poly]`` section lies inside them (checked on load)."""
+        return {"degree": (0, 3), "state_bits": (2, 32), "acc_bits": (2, 64 - state_bits),
+                "coef_bits": (2, acc_bits), "decay_bits": (1, 16), "in_shift": (0, 31), "shifts": (0, 62)}
+
     def validate(self, name: str) -> None:
-        if self.reset not in ("value", "subtract"):
+        if self.reset not in self.RESETS:
             raise GraphError(f"reset must be 'value' or 'subtract', got {self.reset!r}", node=name)
         if self.rounding not in ROUNDINGS:
             raise GraphError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}", node=name)
         if self.overflow not in OVERFLOWS:
             raise GraphError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}", node=name)
-        if not 0 <= self.degree <= 3:
+        lim = self.limits(self.state_bits, self.acc_bits)
+        if not lim["degree"][0] <= self.degree <= lim["degree"][1]:
             raise GraphError(f"polynomial degree must be 0..3, got {self.degree}", node=name)
         if len(self.shifts) != self.degree:
             raise GraphError(
                 f"needs one shift per Horner step ({self.degree}), got {len(self.shifts)}", node=name
             )
-        _check_range(name, "state_bits", self.state_bits, 2, 32)
-        _check_range(name, "acc_bits", self.acc_bits, 2, 64 - self.state_bits)
-        _check_range(name, "coef_bits", self.coef_bits, 2, self.acc_bits)
-        _check_range(name, "decay_bits", self.decay_bits, 1, 16)
-        _check_range(name, "in_shift", self.in_shift, 0, 31)
-        _check_range(name, "shifts", np.asarray(self.shifts), 0, 62)
+        for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits", "in_shift"):
+            _check_range(name, key, getattr(self, key), *lim[key])
+        _check_range(name, "shifts", np.asarray(self.shifts), *lim["shifts"])
         cm = (1 << (self.coef_bits - 1)) - 1
         _check_range(name, "coef", self.coef, -cm, cm)
         sm = (1 << (self.state_bits - 1)) - 1
@@ -429,12 +444,8 @@ class FxPoly(FxNeuron):
 
 
 def fx_node_types() -> dict[str, type[FxNode]]:
-    """Every concrete integer node class by ``kind``, collected from the class tree."""
-    out: dict[str, type[FxNode]] = {}
-    stack = list(FxNode.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls is not FxNeuron:
-            out[cls.kind] = cls
-    return out
+    """Every integer node class by ``kind``, from the primitive registry
+    (``lnm_deploy.fixedpoint.primitives``)."""
+    from lnm_deploy.fixedpoint.primitives import primitives
+
+    return {k: p.node_type for k, p in primitives().items()}

@@ -35,20 +35,30 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from lnm_deploy.errors import DependencyError, UnsupportedError, UserInputError
 from lnm_deploy.execute import RunResult
-from lnm_deploy.fixedpoint.arith import overflow, rshift, shift_exp, trunc_mul_shift, wrap
+from lnm_deploy.fixedpoint.arith import shift_exp, wrap
+from lnm_deploy.fixedpoint.contract import (
+    LIFParams,
+    PolyParams,
+    SynapseBounds,
+    lif_bounds,
+    lif_input,
+    lif_update,
+    neuron_input_bound,
+    poly_input,
+    poly_update,
+)
 from lnm_deploy.fixedpoint.graph import FxGraph
 from lnm_deploy.fixedpoint.nodes import (
     FxConv2d,
     FxDense,
     FxFlatten,
-    FxInput,
     FxLIF,
     FxNeuron,
     FxNode,
-    FxOutput,
     FxPoly,
     FxSumPool2d,
 )
+from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
@@ -87,26 +97,25 @@ def _float_for(bound: int) -> type | None:
     return None
 
 
-def _finish_synapse(acc: _Val, weight_exp: int, out_bits: int) -> _Val:
-    """``wrap_{out_bits}(shift_exp(acc, weight_exp))``, skipping what a bound proves is a no-op."""
+def _finish_synapse(acc: _Val, weight_exp: int, out_bits: int, sb: SynapseBounds) -> _Val:
+    """``wrap_{out_bits}(shift_exp(acc, weight_exp))``, skipping the wrap where the synapse's
+    static bounds ``sb`` (``acc.bound == sb.acc``) prove it the identity."""
     a, bound = acc.a, acc.bound
     if weight_exp != 0:
-        new_bound = bound << weight_exp if weight_exp > 0 else bound >> (-weight_exp)
         if a.dtype.kind == "f" and (bound << max(weight_exp, 0)) < (F32_EXACT if a.dtype == np.float32 else F64_EXACT):
             a = a * np.asarray(2.0**weight_exp, dtype=a.dtype)
             if weight_exp < 0:
                 a = np.floor(a)
         else:
             a = shift_exp(acc.as_int(), weight_exp)
-        bound = new_bound
-    if bound >= 1 << (out_bits - 1):
+    if sb.wraps:
         a = wrap(a if a.dtype == np.int64 else a.astype(np.int64), out_bits)
-        bound = 1 << (out_bits - 1)
-    return _Val(a, bound)
+    return _Val(a, sb.out)
 
 
 class _Synapse:
-    bound: int
+    bound: int  # static bound on the accumulator (before the exponent)
+    bounds: SynapseBounds
 
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         """Products for spikes ``s`` (N, *in_shape) of 0/1. ``reuse``: the result may live in a
@@ -119,12 +128,14 @@ class _Dense(_Synapse):
     def __init__(self, node: FxDense, kern: Any = None) -> None:
         w = node.effective_weight()
         self.node = node
-        self.bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
+        self.bounds = synapse_bounds(node)
+        self.bound = self.bounds.acc
         dt = _float_for(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
         self.wt: Array = np.ascontiguousarray(w.T.astype(self.dtype))
         # Event-driven accumulation in int32 is exact while every partial sum stays below 2**31.
         self.kern = kern if self.bound < 2**31 else None
+        self.accel: Any = None if self.kern is None else getattr(kern, ACCELERATIONS["dense"])
         self.w32: Array | None = np.ascontiguousarray(w.T.astype(np.int32)) if self.kern is not None else None
         self._in: Array | None = None
         self._out: Array | None = None
@@ -141,7 +152,7 @@ class _Dense(_Synapse):
             else:
                 acc = np.empty((rows, self.wt.shape[1]), np.int32)
             with self.kern.LOCK:
-                self.kern.dense_events(x, self.w32, acc)
+                self.accel(x, self.w32, acc)
         elif reuse:
             # Fresh multi-megabyte arrays cost a page fault per 4 KiB page on first touch, which
             # is as slow as the product itself; chunks reuse two buffers.
@@ -152,14 +163,15 @@ class _Dense(_Synapse):
             np.matmul(xin, self.wt, out=acc)
         else:
             acc = x.astype(self.dtype, copy=False) @ self.wt
-        return _finish_synapse(_Val(acc, self.bound), self.node.weight_exp, self.node.out_bits)
+        return _finish_synapse(_Val(acc, self.bound), self.node.weight_exp, self.node.out_bits, self.bounds)
 
 
 class _Conv(_Synapse):
-    def __init__(self, node: FxConv2d) -> None:
+    def __init__(self, node: FxConv2d, kern: Any = None) -> None:
         self.node = node
         w = node.weight
-        self.bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
+        self.bounds = synapse_bounds(node)
+        self.bound = self.bounds.acc
         dt = _float_for(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
         self.w: Array = w.astype(self.dtype)
@@ -181,13 +193,14 @@ class _Conv(_Synapse):
             ws = self.w[g * cout_g : (g + 1) * cout_g]
             outs.append(np.einsum("bchwij,ocij->bohw", xs, ws, optimize=True))
         y = outs[0] if n.groups == 1 else np.concatenate(outs, axis=1)
-        return _finish_synapse(_Val(np.ascontiguousarray(y), self.bound), n.weight_exp, n.out_bits)
+        return _finish_synapse(_Val(np.ascontiguousarray(y), self.bound), n.weight_exp, n.out_bits, self.bounds)
 
 
 class _SumPool(_Synapse):
-    def __init__(self, node: FxSumPool2d) -> None:
+    def __init__(self, node: FxSumPool2d, kern: Any = None) -> None:
         self.node = node
-        self.bound = node.kernel_size[0] * node.kernel_size[1]
+        self.bounds = synapse_bounds(node)
+        self.bound = self.bounds.acc
 
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         n = self.node
@@ -197,17 +210,17 @@ class _SumPool(_Synapse):
             x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
         assert n.stride is not None
         win = sliding_window_view(x, n.kernel_size, axis=(2, 3))[:, :, :: n.stride[0], :: n.stride[1]]  # type: ignore[call-overload]
-        return _finish_synapse(_Val(win.sum(axis=(-2, -1)), self.bound), 0, n.out_bits)
+        return _finish_synapse(_Val(win.sum(axis=(-2, -1)), self.bound), 0, n.out_bits, self.bounds)
+
+
+#: fxsim's synapse implementations by primitive kind.
+SYNAPSES: dict[str, type[_Synapse]] = {"dense": _Dense, "conv2d": _Conv, "sumpool2d": _SumPool}
 
 
 def _make_synapse(name: str, node: FxNode, kern: Any) -> _Synapse:
-    if isinstance(node, FxDense):
-        return _Dense(node, kern)
-    if isinstance(node, FxConv2d):
-        return _Conv(node)
-    if isinstance(node, FxSumPool2d):
-        return _SumPool(node)
-    raise UnsupportedError(f"fxsim has no synapse implementation for {type(node).__name__}", node=name)
+    cls = lookup(SYNAPSES, primitive_of(node, name).kind, "fxsim's synapse engine", name)
+    out: _Synapse = cls(node, kern)
+    return out
 
 
 def _sum_inputs(vals: list[_Val]) -> _Val:
@@ -276,31 +289,21 @@ class _LIFRun(_NeuronRun):
     def __init__(self, node: FxLIF, batch: int, input_bound: int, kern: Any = None) -> None:
         self.node = node
         self.kern = kern
+        self.params = p = LIFParams.of(node)
         self.half = 1 << (node.state_bits - 1)
         self.vmax = self.half - 1
         unity = 1 << node.decay_bits
-        self.ku = unity - node.du - 1
-        self.kv = unity - node.dv
-        self.bias = node.bias.astype(np.int64)
-        self.vth_eff = node.vth << node.vth_shift
+        self.ku, self.kv = p.ku, p.kv
+        self.bias = p.bias
+        self.vth_eff = p.vth_eff
         self.unity = unity
         shape = (batch, *node.shape)
-        x_bound = input_bound << node.act_shift
         b_max = int(np.abs(self.bias).max()) if self.bias.size else 0
-        u0 = int(np.abs(np.asarray(node.u_init)).max(initial=0))
-        v0 = int(np.abs(np.asarray(node.v_init)).max(initial=0))
+        lb = lif_bounds(node, input_bound)  # docs/fixed-point.md 4.3
         # Float64 fast path: the decayed input stays inside one wrap period, so none of Lava's int32
-        # wraps can trigger and every value is an integer far below 2**53 (docs/fixed-point.md 4.3).
-        self.fast = x_bound <= self.half and u0 <= self.half and b_max <= 2**29
-        # |u_t| <= ku/unity |u_{t-1}| + x_bound: below half, the 24-bit wrap is the identity.
-        u_sup = x_bound * unity / (unity - self.ku) if self.ku < unity else float("inf")
-        self.wrap_u = not (max(u_sup, u0) < self.half)
-        u_max = min(max(u_sup, u0), self.half)  # u starts at u_init and decays towards u_sup
-        v_sup = (u_max + b_max) * unity / (unity - self.kv) if self.kv < unity else float("inf")
-        self.sat_low = not (max(v_sup, v0) <= self.vmax)
-        # Saturating from above cannot change the result when the threshold is below the cap: the
-        # neuron spikes and resets to 0 either way.
-        self.sat_high = self.vth_eff >= self.vmax and self.sat_low
+        # wraps can trigger and every value is an integer far below 2**53.
+        self.fast = lb.small and b_max <= 2**29
+        self.wrap_u, self.sat_low, self.sat_high = lb.wrap_u, lb.sat_low, lb.sat_high
         if kern is not None:  # the compiled kernel follows the contract literally, in int64
             self.fast = False
             self.bias_n = np.ascontiguousarray(np.broadcast_to(self.bias, node.shape).reshape(-1))
@@ -323,7 +326,7 @@ class _LIFRun(_NeuronRun):
         flat = (steps, batch, self.bias_n.size)
         ru, rv = (rec["u"].reshape(flat), rec["v"].reshape(flat)) if rec is not None else (_NO_REC, _NO_REC)
         with self.kern.LOCK:
-            self.kern.lif_steps(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
+            getattr(self.kern, ACCELERATIONS["lif"])(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
                                 out.reshape(flat), ru, rv, rec is not None, self.ku, self.kv,
                                 self.node.decay_bits, self.node.act_shift, self.bias_n, self.vth_eff,
                                 self.half, self.vmax)
@@ -336,7 +339,7 @@ class _LIFRun(_NeuronRun):
             x = self._x[: a.a.shape[0]]
             np.multiply(a.a, float(1 << self.node.act_shift), out=x)
             return x, True
-        return wrap(a.as_int() << self.node.act_shift, 32), False
+        return lif_input(self.params, a.as_int()), False
 
     def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
         s = self._step_fast(x, out) if fast else self._step_int(x)
@@ -376,15 +379,9 @@ class _LIFRun(_NeuronRun):
         return np.logical_not(keep, out=out)
 
     def _step_int(self, x: Array) -> Array:
-        """The contract literally (docs/fixed-point.md 4.2), int64."""
-        h = self.half
-        p = wrap(trunc_mul_shift(self.u, self.ku, self.node.decay_bits) + x, 32)
-        self.u = np.where(p > h, p - 2 * h, np.where(p <= -h, p + 2 * h, p))
-        vd = trunc_mul_shift(self.v, self.kv, self.node.decay_bits)
-        q = wrap(vd + self.u + self.bias, 32)
-        v = np.clip(q, -self.vmax, self.vmax)
-        s = v > self.vth_eff
-        self.v = np.where(s, 0, v)
+        """The contract (``contract.lif_update``, docs/fixed-point.md 4.2), int64."""
+        new, s = lif_update(self.params, {"u": self.u, "v": self.v}, x)
+        self.u, self.v = new["u"], new["v"]
         return s
 
     def states(self) -> dict[str, Array]:
@@ -400,10 +397,11 @@ class _PolyRun(_NeuronRun):
         shape = (batch, *node.shape)
         self.v = _full(node.v_init, shape, np.int64)
         self.c = _full(node.c_init, shape, np.int64)
+        self.params = PolyParams.of(node)
         self.S, self.R = node.state_bits, node.acc_bits
-        self.kc = None if node.syn_decay is None else (1 << node.decay_bits) - node.syn_decay
-        self.coef = node.coef.astype(np.int64)
-        self.vth = np.asarray(node.vth, dtype=np.int64)
+        self.kc = self.params.kc
+        self.coef = self.params.coef
+        self.vth = self.params.vth
         if kern is not None:
             n = int(np.prod(node.shape))
 
@@ -434,29 +432,17 @@ class _PolyRun(_NeuronRun):
             rv = rec["v"].reshape(flat)
             rc = rec["c"].reshape(flat) if "c" in rec else _NO_REC
         with self.kern.LOCK:
-            self.kern.poly_steps(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
+            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
                                  self.c.reshape(flat[1:]), out.reshape(flat), rv, rc, rec is not None, *self.kargs)
         return None
 
     def prepare(self, a: _Val) -> tuple[Array, bool]:
-        return a.as_int() << self.node.in_shift, False
+        return poly_input(self.params, a.as_int()), False
 
     def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
-        n, S, R, rnd, ovf = self.node, self.S, self.R, self.node.rounding, self.node.overflow
-        if self.kc is not None:
-            self.c = overflow(rshift(self.c * self.kc, n.decay_bits, rnd) + x, S, ovf)
-        else:
-            self.c = overflow(x, S, ovf)
-        d = n.degree
-        h = np.broadcast_to(self.coef[d], self.v.shape)
-        for k in range(d - 1, -1, -1):
-            h = overflow(rshift(h * self.v, n.shifts[k], rnd) + self.coef[k], R, ovf)
-        vp = overflow(h + self.c, S, ovf)
-        s = vp > self.vth
-        if n.reset == "value":
-            self.v = np.where(s, n.v_reset, vp)
-        else:
-            self.v = np.where(s, overflow(vp - self.vth, S, ovf), vp)
+        """The contract (``contract.poly_update``, docs/fixed-point.md 5), int64."""
+        new, s = poly_update(self.params, {"v": self.v, "c": self.c}, x)
+        self.v, self.c = new["v"], new["c"]
         if out is not None:
             out[...] = s
         return s
@@ -468,12 +454,14 @@ class _PolyRun(_NeuronRun):
         return out
 
 
+#: fxsim's neuron implementations by primitive kind (the numpy path calls the contract step).
+NEURONS: dict[str, type[_NeuronRun]] = {"lif": _LIFRun, "poly": _PolyRun}
+
+
 def _make_neuron(name: str, node: FxNode, batch: int, input_bound: int, kern: Any) -> _NeuronRun:
-    if isinstance(node, FxLIF):
-        return _LIFRun(node, batch, input_bound, kern)
-    if isinstance(node, FxPoly):
-        return _PolyRun(node, batch, input_bound, kern)
-    raise UnsupportedError(f"fxsim has no neuron implementation for {type(node).__name__}", node=name)
+    cls = lookup(NEURONS, primitive_of(node, name).kind, "fxsim's neuron engine", name)
+    out: _NeuronRun = cls(node, batch, input_bound, kern)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -487,22 +475,15 @@ def _check_input(graph: FxGraph, x: Array, in_shape: tuple[int, ...]) -> Array:
 
 def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[str, bool], ...]],
             synapses: dict[str, _Synapse]) -> dict[str, int]:
-    """Static bound on each neuron's input: sum over its synapses (weight exponent, wrap included)."""
-    out: dict[str, int] = {}
-    for name in order:
-        if isinstance(graph.nodes[name], FxNeuron):
-            total = 0
-            for src, _ in inputs[name]:
-                syn = synapses[src]
-                node = graph.nodes[src]
-                e = getattr(node, "weight_exp", 0)
-                b = syn.bound << e if e >= 0 else syn.bound >> (-e)
-                total += min(b, 1 << (node.out_bits - 1))  # type: ignore[attr-defined]
-            out[name] = min(total, 2**31)
-    return out
+    """Static bound on each neuron's input (``contract.neuron_input_bound`` of its synapses')."""
+    return {name: neuron_input_bound([synapses[src].bounds.out for src, _ in inputs[name]])
+            for name in order if graph.nodes[name].role == "neuron"}
 
 
 KERNELS = ("auto", "numba", "numpy")
+#: The compiled accelerations (functions of ``lnm_deploy.fxsim.kernels``) by primitive kind; each is
+#: tested against the contract (``tests/test_primitives.py``).
+ACCELERATIONS: dict[str, str] = {"dense": "dense_events", "lif": "lif_steps", "poly": "poly_steps"}
 KERNELS_ENV = "LNM_DEPLOY_KERNELS"  # overrides "auto" everywhere (CLI included), e.g. =numpy
 
 
@@ -584,6 +565,10 @@ def _apply_flatten(node: FxFlatten, a: Array, lead: int) -> Array:
     return a.reshape(*a.shape[:lead], -1)
 
 
+#: fxsim's reshapes by primitive kind: ``(node, spikes, lead) -> spikes`` on (lead..., *shape).
+RESHAPES: dict[str, Any] = {"flatten": _apply_flatten}
+
+
 def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
          neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
          states: dict[str, dict[str, Array]] | None, progress: bool, chunk: int) -> None:
@@ -602,14 +587,15 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
         vals: dict[str, Array | _Val] = {}
         for name in sched.order:
             node = graph.nodes[name]
-            if isinstance(node, FxInput):
+            role = node.role
+            if role == "input":
                 vals[name] = xt[t0:t1]
-            elif isinstance(node, FxOutput):
+            elif role == "output":
                 continue
-            elif isinstance(node, FxFlatten):
+            elif role == "reshape":
                 src = vals[sched.inputs[name][0][0]]
                 assert isinstance(src, np.ndarray)
-                vals[name] = _apply_flatten(node, src, 2)
+                vals[name] = lookup(RESHAPES, node.kind, "fxsim's reshape engine", name)(node, src, 2)
             elif name in synapses:
                 src = vals[sched.inputs[name][0][0]]
                 assert isinstance(src, np.ndarray)

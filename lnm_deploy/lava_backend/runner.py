@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,15 +42,14 @@ from lnm_deploy.execute import RunResult
 from lnm_deploy.fixedpoint import (
     FxConv2d,
     FxDense,
-    FxFlatten,
     FxGraph,
     FxInput,
     FxLIF,
     FxNeuron,
-    FxOutput,
     FxPoly,
     FxSumPool2d,
 )
+from lnm_deploy.fixedpoint.primitives import lookup, primitive_of
 from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
 from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 
@@ -141,35 +140,31 @@ def plan(graph: FxGraph) -> _Plan:
     for name in sched.order:
         node = graph.nodes[name]
         ins = sched.inputs[name]
-        if isinstance(node, FxInput):
+        kind = primitive_of(node, name).kind
+        check = lookup(LAVA_KINDS, kind, "the Lava backend", name)
+        if node.role == "input":
             p.depth[name] = 0
-        elif isinstance(node, (FxFlatten, FxOutput)):
+        elif node.role in ("reshape", "output"):
             p.depth[name] = p.depth[ins[0][0]]
-        elif isinstance(node, (FxDense, FxConv2d, FxSumPool2d)):
+        elif node.role == "synapse":
             src = ins[0][0]
             origin, flat = src, False
-            if isinstance(graph.nodes[src], FxFlatten):
+            if graph.nodes[src].kind == "flatten":
                 origin, flat = sched.inputs[src][0][0], True
             if ins[0][1]:
                 raise UnsupportedError("a synapse that reads a back edge (its source runs later in the "
                                        "step) is not a self-loop through one synapse", node=name)
             p.depth[name] = p.depth[src] + 1
             p.spike_src[name] = (origin, flat)
-            _check_synapse(name, node)
-        elif isinstance(node, (FxLIF, FxPoly)):
+        else:
             fresh = {p.depth[s] for s, d in ins if not d}
             if len(fresh) != 1:
                 raise UnsupportedError(
                     f"inputs arrive through paths of different lengths {sorted(fresh)}; Lava adds one "
                     "step per synapse, so only equal-depth paths can be aligned", node=name)
             p.depth[name] = fresh.pop()
-            if isinstance(node, FxLIF) and (node.state_bits, node.decay_bits, node.vth_shift, node.act_shift) != (
-                    24, 12, 6, 6):
-                raise UnsupportedError("Lava's LIF has fixed widths (state 24, decay 12, vth_shift 6, "
-                                       f"act_shift 6), this layer has ({node.state_bits}, {node.decay_bits}, "
-                                       f"{node.vth_shift}, {node.act_shift})", node=name)
-        else:
-            raise UnsupportedError(f"no Lava mapping for {type(node).__name__}", node=name)
+        if check is not None:
+            check(name, node)
     for name in sched.order:
         for s, d in sched.inputs[name]:
             if not d:
@@ -182,18 +177,34 @@ def plan(graph: FxGraph) -> _Plan:
     return p
 
 
-def _check_synapse(name: str, node: Any) -> None:
-    if isinstance(node, FxConv2d):
-        if node.weight_exp < 0:
-            raise UnsupportedError("Lava's Conv ignores weight_exp; a negative one cannot be emulated "
-                                   "(the loihi2 target pins it to 0)", node=name)
-        fan = np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1).max(initial=0)
-        if int(fan) << node.weight_exp >= CONV_EXACT:
-            raise UnsupportedError(f"sum |w| * 2^weight_exp = {int(fan) << node.weight_exp} per output "
-                                   f"reaches 2^24: Lava's Conv computes in float32 and would round",
-                                   node=name)
-    if isinstance(node, FxSumPool2d) and node.kernel_size[0] * node.kernel_size[1] >= CONV_EXACT:
+def _check_conv(name: str, node: FxConv2d) -> None:
+    if node.weight_exp < 0:
+        raise UnsupportedError("Lava's Conv ignores weight_exp; a negative one cannot be emulated "
+                               "(the loihi2 target pins it to 0)", node=name)
+    fan = np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1).max(initial=0)
+    if int(fan) << node.weight_exp >= CONV_EXACT:
+        raise UnsupportedError(f"sum |w| * 2^weight_exp = {int(fan) << node.weight_exp} per output "
+                               f"reaches 2^24: Lava's Conv computes in float32 and would round",
+                               node=name)
+
+
+def _check_sumpool(name: str, node: FxSumPool2d) -> None:
+    if node.kernel_size[0] * node.kernel_size[1] >= CONV_EXACT:
         raise UnsupportedError("pooling window too large for Lava's float32 Conv", node=name)
+
+
+def _check_lif(name: str, node: FxLIF) -> None:
+    if (node.state_bits, node.decay_bits, node.vth_shift, node.act_shift) != (24, 12, 6, 6):
+        raise UnsupportedError("Lava's LIF has fixed widths (state 24, decay 12, vth_shift 6, "
+                               f"act_shift 6), this layer has ({node.state_bits}, {node.decay_bits}, "
+                               f"{node.vth_shift}, {node.act_shift})", node=name)
+
+
+#: The primitive kinds Lava runs, each with the check of what Lava's process can reproduce (None:
+#: nothing to check). The processes are built by ``_Network.BUILDERS``.
+LAVA_KINDS: dict[str, Any] = {"input": None, "output": None, "flatten": None, "dense": None,
+                              "conv2d": _check_conv, "sumpool2d": _check_sumpool, "lif": _check_lif,
+                              "poly": None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,23 +229,18 @@ class _Network:
         self.files: dict[str, list[tuple[str, str]]] = {}  # layer -> [(quantity, path)]
         for name in sched.order:
             node = graph.nodes[name]
-            if isinstance(node, FxInput):
+            if node.role == "input":
+                assert isinstance(node, FxInput)
                 data = np.zeros((*lava_shape(node.shape), self.batch * self.total),
                                 dtype=np.int32 if fixed else np.float64)
                 seq = np.zeros((self.batch, self.total, *lava_shape(node.shape)), dtype=data.dtype)
                 seq[:, : self.steps] = to_lava_seq(xs, len(node.shape))
                 data[:] = np.moveaxis(seq.reshape(self.batch * self.total, *seq.shape[2:]), 0, -1)
                 procs[name] = Source(data=data)
-            elif isinstance(node, FxDense):
-                procs[name] = self._dense(name, node, sched, fixed)
-            elif isinstance(node, (FxConv2d, FxSumPool2d)):
-                procs[name] = self._conv(name, node, sched, fixed)
-            elif isinstance(node, FxLIF):
-                procs[name] = self._lif(name, node, fixed)
-            elif isinstance(node, FxPoly):
-                procs[name] = self._poly(name, node, fixed)
+            elif node.kind in self.BUILDERS:
+                procs[name] = getattr(self, self.BUILDERS[node.kind])(name, node, sched, fixed)
         for n, syns in p.recurrent.items():
-            if isinstance(graph.nodes[n], FxLIF):
+            if graph.nodes[n].kind == "lif":
                 # The LIF runs (bias on) before its start step: its spikes of step start-1 sit in the
                 # self-loop synapse's buffer. The contract's back edge delivers 0 at t = 0.
                 for s in syns:
@@ -248,7 +254,7 @@ class _Network:
                 if flat and len(sched.shapes[origin]) == 3:
                     port = port.flatten()
                 port.connect(procs[d].s_in)
-            elif isinstance(dst, FxNeuron):
+            elif dst.role == "neuron":
                 procs[s].a_out.connect(procs[d].a_in)
         self.recorders: dict[str, Recorder] = {}
         for name in layers:
@@ -273,6 +279,10 @@ class _Network:
 
     # -------------------------------------------------------------------------------- processes
 
+    #: The method that builds the Lava process of each primitive kind (``plan`` refuses others).
+    BUILDERS: ClassVar[dict[str, str]] = {"dense": "_dense", "conv2d": "_conv", "sumpool2d": "_sumpool",
+                                          "lif": "_lif", "poly": "_poly"}
+
     def _dense(self, name: str, node: FxDense, sched: Any, fixed: bool) -> Dense:
         origin, flat = self.plan.spike_src[name]
         perm = _flatten_perm(sched.shapes[origin]) if flat and len(sched.shapes[origin]) == 3 else None
@@ -283,21 +293,26 @@ class _Network:
         w = node.effective_weight().astype(np.float64) * 2.0**node.weight_exp
         return Dense(weights=w if perm is None else w[:, perm], name=name)
 
-    def _conv(self, name: str, node: FxConv2d | FxSumPool2d, sched: Any, fixed: bool) -> Conv:
+    def _conv(self, name: str, node: FxConv2d, sched: Any, fixed: bool) -> Conv:
+        w = (node.weight << node.weight_exp).transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]
+        kw = {"padding": node.padding[::-1], "stride": node.stride[::-1],
+              "dilation": node.dilation[::-1], "groups": node.groups}
+        return self._lava_conv(name, w, kw, sched, fixed)
+
+    def _sumpool(self, name: str, node: FxSumPool2d, sched: Any, fixed: bool) -> Conv:
+        """A depthwise convolution with unit weights (docs/fixed-point.md 3.3)."""
+        assert node.stride is not None
+        c = sched.shapes[sched.inputs[name][0][0]][0]
+        w = np.ones((c, node.kernel_size[1], node.kernel_size[0], 1), dtype=np.int64)
+        kw: dict[str, Any] = {"padding": node.padding[::-1], "stride": node.stride[::-1], "groups": c}
+        return self._lava_conv(name, w, kw, sched, fixed)
+
+    def _lava_conv(self, name: str, w: np.ndarray, kw: dict[str, Any], sched: Any, fixed: bool) -> Conv:
         in_shape = sched.shapes[sched.inputs[name][0][0]]
-        if isinstance(node, FxSumPool2d):
-            assert node.stride is not None
-            c = in_shape[0]
-            w = np.ones((c, node.kernel_size[1], node.kernel_size[0], 1), dtype=np.int64)
-            kw: dict[str, Any] = {"padding": node.padding[::-1], "stride": node.stride[::-1], "groups": c}
-        else:
-            w = (node.weight << node.weight_exp).transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]
-            kw = {"padding": node.padding[::-1], "stride": node.stride[::-1],
-                  "dilation": node.dilation[::-1], "groups": node.groups}
         w = np.ascontiguousarray(w).astype(np.int32 if fixed else np.float64)
         return Conv(weight=w, input_shape=lava_shape(in_shape), name=name, **kw)
 
-    def _lif(self, name: str, node: FxLIF, fixed: bool) -> LIF:
+    def _lif(self, name: str, node: FxLIF, sched: Any, fixed: bool) -> LIF:
         shp = lava_shape(node.shape)
         d = self.plan.depth[name]
         unity = 2**node.decay_bits
@@ -320,7 +335,7 @@ class _Network:
         return LIFReset(shape=shp, u=np.zeros(shp), v=np.zeros(shp), reset_interval=self.total,
                         reset_offset=(d + 1) % self.total, name=name, **par)
 
-    def _poly(self, name: str, node: FxPoly, fixed: bool) -> PolyNeuron:
+    def _poly(self, name: str, node: FxPoly, sched: Any, fixed: bool) -> PolyNeuron:
         shp = lava_shape(node.shape)
         return PolyNeuron(
             shape=shp, coef=np.stack([to_lava(c) for c in node.coef]), shifts=node.shifts,

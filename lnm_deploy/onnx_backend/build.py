@@ -43,6 +43,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lnm_deploy.errors import DependencyError, GraphError, UnsupportedError, UserInputError
+from lnm_deploy.fixedpoint.contract import (
+    INPUT_BOUND,
+    SynapseBounds,
+    lif_bounds,
+    neuron_input_bound,
+    poly_bounds,
+)
 from lnm_deploy.fixedpoint.graph import FxGraph
 from lnm_deploy.fixedpoint.nodes import (
     FxConv2d,
@@ -54,6 +61,7 @@ from lnm_deploy.fixedpoint.nodes import (
     FxPoly,
     FxSumPool2d,
 )
+from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
 
 if TYPE_CHECKING:
     import onnx
@@ -133,10 +141,6 @@ class _Builder:
 
 
 # ------------------------------------------------------------------------- integer primitives
-
-
-def _ceil_shift(bound: int, s: int) -> int:
-    return -((-bound) >> s)
 
 
 def _wrap(b: _Builder, x: str, bits: int) -> str:
@@ -250,14 +254,13 @@ def _int_matmul(b: _Builder, a: str, w: np.ndarray) -> tuple[str, int]:
     return total, k
 
 
-def _finish(b: _Builder, acc: str, k: int, bound: int, weight_exp: int, out_bits: int) -> tuple[str, int]:
-    """``wrap_out(shexp(acc * 2**k, weight_exp))``; ``bound`` bounds ``|acc * 2**k|``."""
-    y = _shexp(b, acc, k + weight_exp, bound >> k)
-    bound = bound << weight_exp if weight_exp >= 0 else _ceil_shift(bound, -weight_exp)
-    if bound >= 1 << (out_bits - 1):
+def _finish(b: _Builder, acc: str, k: int, sb: SynapseBounds, weight_exp: int, out_bits: int) -> tuple[str, int]:
+    """``wrap_out(shexp(acc * 2**k, weight_exp))`` with the synapse's registered bounds ``sb``
+    (``sb.acc`` bounds ``|acc * 2**k|``; the wrap is left out where ``sb`` proves it the identity)."""
+    y = _shexp(b, acc, k + weight_exp, sb.acc >> k)
+    if sb.wraps:
         y = _wrap(b, y, out_bits)
-        bound = 1 << (out_bits - 1)
-    return y, bound
+    return y, sb.out
 
 
 def _windows(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: tuple[int, int],
@@ -286,43 +289,64 @@ def _gather_windows(b: _Builder, s: str, lead: int, idx: np.ndarray, padded: boo
     return b.op("Gather", [flat, b.const(idx)], "win", axis=lead)
 
 
-def _synapse(b: _Builder, name: str, node: FxNode, s: str, lead: int, in_shape: tuple[int, ...],
+def _dense(b: _Builder, name: str, node: FxDense, s: str, lead: int, in_shape: tuple[int, ...],
+           out_shape: tuple[int, ...]) -> tuple[str, int]:
+    """Section 3.1 on ``uint8`` spikes (lead..., fan_in): ``MatMulInteger`` on the effective weights."""
+    acc, k = _int_matmul(b, s, node.effective_weight().T)
+    return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
+
+
+def _conv(b: _Builder, name: str, node: FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
+          out_shape: tuple[int, ...]) -> tuple[str, int]:
+    """Section 3.2: im2col windows (``Gather``), then one ``MatMulInteger`` per group."""
+    w = node.weight
+    cout, cg, kh, kw = w.shape
+    idx, padded = _windows(in_shape, out_shape, (kh, kw), node.stride, node.padding,
+                           node.dilation, node.groups)
+    win = _gather_windows(b, s, lead, idx, padded)  # (lead..., G, P, Cg*kh*kw)
+    wg = w.reshape(node.groups, cout // node.groups, cg * kh * kw).transpose(0, 2, 1)
+    acc, k = _int_matmul(b, win, wg)  # (lead..., G, P, Cout/G)
+    perm = [*range(lead), lead, lead + 2, lead + 1]
+    acc = b.op("Transpose", [acc], "acc", perm=perm)
+    acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "conv")
+    return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
+
+
+def _sumpool(b: _Builder, name: str, node: FxSumPool2d, s: str, lead: int, in_shape: tuple[int, ...],
              out_shape: tuple[int, ...]) -> tuple[str, int]:
-    """Emit a synapse on ``uint8`` spikes (lead..., *in_shape); returns (int64 output, bound)."""
-    if isinstance(node, FxDense):
-        w = node.effective_weight()
-        bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
-        acc, k = _int_matmul(b, s, w.T)
-        return _finish(b, acc, k, bound, node.weight_exp, node.out_bits)
-    if isinstance(node, FxConv2d):
-        w = node.weight
-        cout, cg, kh, kw = w.shape
-        bound = int(np.abs(w).reshape(cout, -1).sum(axis=1).max()) if w.size else 0
-        idx, padded = _windows(in_shape, out_shape, (kh, kw), node.stride, node.padding,
-                               node.dilation, node.groups)
-        win = _gather_windows(b, s, lead, idx, padded)  # (lead..., G, P, Cg*kh*kw)
-        wg = w.reshape(node.groups, cout // node.groups, cg * kh * kw).transpose(0, 2, 1)
-        acc, k = _int_matmul(b, win, wg)  # (lead..., G, P, Cout/G)
-        perm = [*range(lead), lead, lead + 2, lead + 1]
-        acc = b.op("Transpose", [acc], "acc", perm=perm)
-        acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "conv")
-        return _finish(b, acc, k, bound, node.weight_exp, node.out_bits)
-    if isinstance(node, FxSumPool2d):
-        assert node.stride is not None
-        idx, padded = _windows((1, *in_shape[1:]), (1, *out_shape[1:]), node.kernel_size,
-                               node.stride, node.padding, (1, 1), 1)
-        c, h, w_ = in_shape
-        # One channel's windows, shifted per channel: (C, P, K) indices into the flattened input.
-        inside = idx[0] < h * w_
-        per_c = np.where(inside[None], idx[0][None] + (np.arange(c) * h * w_)[:, None, None], c * h * w_)
-        win = _gather_windows(b, s, lead, per_c, padded)  # (lead..., C, P, K)
-        win = b.op("Cast", [win], "win32", to=_dtype("int32"))
-        acc = b.op("ReduceSum", [win, b.const([-1])], "pool32", keepdims=0)
-        acc = b.op("Cast", [acc], "pool", to=_dtype("int64"))
-        acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "pool")
-        return _finish(b, acc, 0, node.kernel_size[0] * node.kernel_size[1], 0, node.out_bits)
-    raise UnsupportedError(f"the ONNX backend has no synapse implementation for {type(node).__name__}",
-                           node=name)
+    """Section 3.3: window sums (``Gather`` + ``ReduceSum`` in int32)."""
+    assert node.stride is not None
+    idx, padded = _windows((1, *in_shape[1:]), (1, *out_shape[1:]), node.kernel_size,
+                           node.stride, node.padding, (1, 1), 1)
+    c, h, w_ = in_shape
+    # One channel's windows, shifted per channel: (C, P, K) indices into the flattened input.
+    inside = idx[0] < h * w_
+    per_c = np.where(inside[None], idx[0][None] + (np.arange(c) * h * w_)[:, None, None], c * h * w_)
+    win = _gather_windows(b, s, lead, per_c, padded)  # (lead..., C, P, K)
+    win = b.op("Cast", [win], "win32", to=_dtype("int32"))
+    acc = b.op("ReduceSum", [win, b.const([-1])], "pool32", keepdims=0)
+    acc = b.op("Cast", [acc], "pool", to=_dtype("int64"))
+    acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "pool")
+    return _finish(b, acc, 0, synapse_bounds(node, name), 0, node.out_bits)
+
+
+def _flatten(b: _Builder, name: str, node: FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
+             out_shape: tuple[int, ...]) -> tuple[str, int]:
+    """Section 3.4: a C-order ``Reshape`` of the spikes."""
+    return b.op("Reshape", [s, b.const([0] * lead + [-1])], "flatten"), 1
+
+
+#: The ONNX lowering of every non-neuron compute kind: ``(builder, name, node, input, lead,
+#: in_shape, out_shape) -> (output, bound)``, on (lead..., *shape) tensors; a synapse returns int64
+#: values, a reshape ``uint8`` spikes.
+LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "sumpool2d": _sumpool, "flatten": _flatten}
+
+
+def _lower(b: _Builder, name: str, node: FxNode, s: str, lead: int, in_shape: tuple[int, ...],
+           out_shape: tuple[int, ...]) -> tuple[str, int]:
+    fn = lookup(LOWERINGS, primitive_of(node, name).kind, "the ONNX backend", name)
+    out: tuple[str, int] = fn(b, name, node, s, lead, in_shape, out_shape)
+    return out
 
 
 # ------------------------------------------------------------------------------------ neurons
@@ -358,38 +382,33 @@ class _LIF(_Neuron):
         return {"u": _uniform(self.node.u_init), "v": _uniform(self.node.v_init)}
 
     def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
-        """``x = wrap_32(a * 2**act_shift)`` (step 2)."""
+        """``x = wrap_32(a * 2**act_shift)`` (step 2; the wrap only where ``lif_bounds`` needs it)."""
         sh = self.node.act_shift
         x = b.op("Mul", [a, b.const(1 << sh)], "act") if sh else a
-        if bound << sh >= 2**31:
-            return _wrap(b, x, 32), 2**31
-        return x, bound << sh
+        xb = lif_bounds(self.node, bound).x
+        if xb >= INPUT_BOUND:
+            return _wrap(b, x, 32), INPUT_BOUND
+        return x, xb
 
     def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
         half = 1 << (n.state_bits - 1)
         unity = 1 << n.decay_bits
         ku, kv = unity - n.du - 1, unity - n.dv
-        x_bound = min(self.in_bound << n.act_shift, 2**31)
-        u0 = int(np.abs(n.u_init).max(initial=0))
         bias = n.bias.astype(np.int64)
         b_max = int(np.abs(bias).max(initial=0))
-        # Bounds (docs/fixed-point.md 4.3): with |x| <= half and |u_init| <= half, |u| stays <= half
-        # (corr24 keeps it there), so no int32 wrap can trigger in steps 3 and 5.
-        small = x_bound <= half and u0 <= half
-        # |u| <= u_sup = max(u0, x_bound * 2**D / (2**D - ku)); below half, corr24 is the identity.
-        u_sup = max(u0, -(-x_bound * unity // (unity - ku)))
-        need_corr = not u_sup < half
-        u_max = min(u_sup, half) if small else 2**31
+        # The registered bounds (docs/fixed-point.md 4.3) say which wraps, corrections and
+        # saturations can change a value; the others are left out.
+        lb = lif_bounds(n, self.in_bound)
         # 1-3: u = corr24(wrap32(trunc0(u * ku / 2**D) + x))
         if ku:
             ud = b.op("Div", [b.op("Mul", [st["u"], b.const(ku)], "u_ku"), b.const(unity)], "ud")
             p = b.op("Add", [ud, x], "u_in")
         else:
             p = x
-        if ku and not small:  # with ku == 0, p = x is already wrapped by prepare
+        if ku and not lb.small:  # with ku == 0, p = x is already wrapped by prepare
             p = _wrap(b, p, 32)
-        if need_corr:
+        if lb.wrap_u:
             c2 = b.const(2 * half)
             hi = b.op("Where", [b.op("Greater", [p, b.const(half)], "u_hi"), b.op("Sub", [p, c2]), p],
                       "corr")
@@ -403,16 +422,13 @@ class _LIF(_Neuron):
         q = b.op("Add", [v, u], "v_in")
         if b_max:
             q = b.op("Add", [q, b.const(_uniform(bias))], "v_bias")
-        if u_max + half + b_max >= 2**31:
+        if lb.wrap_v:
             q = _wrap(b, q, 32)
         vmax, vth_eff = half - 1, n.vth << n.vth_shift
-        # |v| <= max(|v_init|, (u_max + b_max) * 2**D / (2**D - kv)) <= vmax: no saturation at all.
-        # From above it never changes a result when vth_eff < vmax (spike and reset to 0 either way).
-        no_sat = small and kv < unity and (u_max + b_max) * unity <= vmax * (unity - kv)
-        if not no_sat:
+        if lb.sat_low:
             lo = b.const(-vmax)
             q = b.op("Where", [b.op("Less", [q, lo], "below"), lo, q], "sat_lo")
-            if vth_eff >= vmax:
+            if lb.sat_high:
                 hi_c = b.const(vmax)
                 q = b.op("Where", [b.op("Greater", [q, hi_c], "above"), hi_c, q], "sat_hi")
         vp = q
@@ -427,6 +443,7 @@ class _Poly(_Neuron):
 
     def __init__(self, node: FxPoly, in_bound: int) -> None:
         self.node = node
+        self.bounds = poly_bounds(node, in_bound)
 
     def state_inits(self) -> dict[str, np.ndarray]:
         out = {"v": _uniform(self.node.v_init)}
@@ -437,7 +454,7 @@ class _Poly(_Neuron):
     def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
         """``x = a * 2**in_shift`` (step 1; ``|a| <= 2**31`` keeps it below 2**62)."""
         sh = self.node.in_shift
-        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), bound << sh
+        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), poly_bounds(self.node, bound).x
 
     def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
@@ -447,7 +464,7 @@ class _Poly(_Neuron):
             assert n.syn_decay is not None
             kc = _uniform((1 << n.decay_bits) - np.asarray(n.syn_decay, dtype=np.int64))
             c_kc = b.op("Mul", [st["c"], b.const(kc)], "c_kc")  # |c| <= 2**(S-1), kc <= 2**D
-            cd = _rshift(b, c_kc, n.decay_bits, rnd, 1 << (S - 1 + n.decay_bits))
+            cd = _rshift(b, c_kc, n.decay_bits, rnd, self.bounds.decay_product)
             c = _ovf(b, b.op("Add", [cd, x], "c_in"), S, ovf)
             new["c"] = c
         else:
@@ -457,7 +474,7 @@ class _Poly(_Neuron):
         h = b.const(_uniform(n.coef[d]))
         for k in range(d - 1, -1, -1):
             hv = b.op("Mul", [h, st["v"]], f"h{k}v")  # |H| <= 2**(R-1), |v| <= 2**(S-1)
-            hv = _rshift(b, hv, n.shifts[k], rnd, 1 << (R + S - 2))
+            hv = _rshift(b, hv, n.shifts[k], rnd, self.bounds.horner_product)
             h = _ovf(b, b.op("Add", [hv, b.const(_uniform(n.coef[k]))], f"h{k}"), R, ovf)
         # 4-6
         vp = _ovf(b, b.op("Add", [c, h], "v_in"), S, ovf)
@@ -471,13 +488,14 @@ class _Poly(_Neuron):
         return s, new
 
 
+#: The ONNX lowering of every neuron kind.
+NEURONS: dict[str, type[_Neuron]] = {"lif": _LIF, "poly": _Poly}
+
+
 def _make_neuron(name: str, node: FxNode, in_bound: int) -> _Neuron:
-    if isinstance(node, FxLIF):
-        return _LIF(node, in_bound)
-    if isinstance(node, FxPoly):
-        return _Poly(node, in_bound)
-    raise UnsupportedError(f"the ONNX backend has no neuron implementation for {type(node).__name__}",
-                           node=name)
+    cls = lookup(NEURONS, primitive_of(node, name).kind, "the ONNX backend's neurons", name)
+    out: _Neuron = cls(node, in_bound)
+    return out
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -553,24 +571,6 @@ class _Plan:
     syn_bounds: dict[str, int]
 
 
-def _static_bound(node: FxNode) -> int:
-    """Bound on a synapse's output after its exponent and wrap (as ``_finish`` computes it)."""
-    if isinstance(node, FxDense):
-        w = node.effective_weight()
-        bound = int(np.abs(w).sum(axis=1).max()) if w.size else 0
-        e, ob = node.weight_exp, node.out_bits
-    elif isinstance(node, FxConv2d):
-        w = node.weight
-        bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
-        e, ob = node.weight_exp, node.out_bits
-    elif isinstance(node, FxSumPool2d):
-        bound, e, ob = node.kernel_size[0] * node.kernel_size[1], 0, node.out_bits
-    else:
-        return 1
-    bound = bound << e if e >= 0 else _ceil_shift(bound, -e)
-    return min(bound, 1 << (ob - 1))
-
-
 def _sum(b: _Builder, terms: list[str]) -> str:
     total = terms[0]
     for t in terms[1:]:
@@ -602,11 +602,11 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
         raise UserInputError(f"engine must be one of {ENGINES}, got {engine!r}")
     sched = fx.schedule()
     order = list(sched.order)
-    syn_bounds = {n: _static_bound(fx.nodes[n]) for n in order if fx.nodes[n].role == "synapse"}
+    syn_bounds = {n: synapse_bounds(fx.nodes[n], n).out for n in order if fx.nodes[n].role == "synapse"}
     neurons: dict[str, _Neuron] = {}
     for n in order:
-        if isinstance(fx.nodes[n], FxNeuron):
-            ib = min(sum(syn_bounds[s] for s, _ in sched.inputs[n]), 2**31)
+        if fx.nodes[n].role == "neuron":
+            ib = neuron_input_bound([syn_bounds[s] for s, _ in sched.inputs[n]])
             neurons[n] = _make_neuron(n, fx.nodes[n], ib)
     plan = _Plan(fx, sched.order, dict(sched.inputs), dict(sched.shapes), sched.input_node,
                  sched.output_node, neurons, syn_bounds)
@@ -645,7 +645,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
         else:  # pragma: no cover - the schedule guarantees a topological order
             raise GraphError("cannot order the network's components", node=pending[0][0])
         pending.remove(members)
-        if len(members) == 1 and not isinstance(fx.nodes[members[0]], FxNeuron):
+        if len(members) == 1 and fx.nodes[members[0]].role != "neuron":
             _outside(main, plan, members[0], vals)
         else:
             _scan(main, plan, members, vals, batch, state_out)
@@ -696,11 +696,8 @@ def _outside(b: _Builder, plan: _Plan, name: str, vals: dict[str, _Val]) -> None
     node = plan.fx.nodes[name]
     src = plan.inputs[name][0][0]
     v = vals[src]
-    if isinstance(node, FxFlatten):
-        vals[name] = _Val(b.op("Reshape", [v.name, b.const([0, 0, -1])], "flatten"), 1, True)
-        return
-    y, bound = _synapse(b, name, node, v.name, 2, plan.shapes[src], plan.shapes[name])
-    vals[name] = _Val(y, bound, False)
+    y, bound = _lower(b, name, node, v.name, 2, plan.shapes[src], plan.shapes[name])
+    vals[name] = _Val(y, bound, node.role != "synapse")
 
 
 def _scan(main: _Builder, plan: _Plan, members: list[str], vals: dict[str, _Val], batch: str,
@@ -739,10 +736,10 @@ def _scan(main: _Builder, plan: _Plan, members: list[str], vals: dict[str, _Val]
     for m in members:
         node = fx.nodes[m]
         ins = plan.inputs[m]
-        if isinstance(node, FxNeuron):
+        if node.role == "neuron":
             neuron = plan.neurons[m]
             ext = [s for s, _ in ins if s not in mset]
-            bound = min(sum(plan.syn_bounds[s] for s, _ in ins), 2**31)
+            bound = neuron_input_bound([plan.syn_bounds[s] for s, _ in ins])
             if len(ext) == len(ins):  # all inputs computed outside: prepare outside, on (B, T, ...)
                 a = _neuron_input(main, [vals[s].name for s in ext], bound)
                 xo, xb = neuron.prepare(main, a, bound)
@@ -768,10 +765,7 @@ def _scan(main: _Builder, plan: _Plan, members: list[str], vals: dict[str, _Val]
                 s_in = cur[src][0]
             else:
                 s_in = add_scan_input(vals[src], plan.shapes[src], f"{src}_t")
-            if isinstance(node, FxFlatten):
-                cur[m] = (body.op("Reshape", [s_in, body.const([0, -1])], "flatten"), 1)
-            else:
-                cur[m] = _synapse(body, m, node, s_in, 1, plan.shapes[src], plan.shapes[m])
+            cur[m] = _lower(body, m, node, s_in, 1, plan.shapes[src], plan.shapes[m])
     for s in delayed_src:
         state_new[f"delay:{s}"] = cur[s][0]
 

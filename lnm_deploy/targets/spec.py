@@ -14,6 +14,15 @@ from typing import Any
 
 from lnm_deploy.configfile import Range, fields_of, read_toml
 from lnm_deploy.errors import UserInputError
+from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS
+from lnm_deploy.fixedpoint.nodes import (
+    OUT_BITS,
+    SIGN_MODES,
+    WEIGHT_EXP,
+    FxDense,
+    FxLIF,
+    FxPoly,
+)
 
 
 @dataclass(frozen=True)
@@ -165,51 +174,47 @@ def _validate(t: Target) -> None:
     f = t.path
     _check_in(f, "target.input", t.info.input, ("binary",))
     _check_in(f, "target.recurrence", t.info.recurrence, ("none", "self", "any"))
+    # The widths and ranges of every section lie inside those of its primitive (fixedpoint.nodes).
     d = t.dense
+    dl = FxDense.limits()
     _check_width(f, "dense.weight_bits", d.weight_bits, 8, 8)  # Lava's Dense clips to 8 bits
-    _check_range_in(f, "dense.num_weight_bits", d.num_weight_bits, 1, d.weight_bits)
-    _check_range_in(f, "dense.weight_exp", d.weight_exp, -24, 24)
-    _check_in(f, "dense.sign_modes", d.sign_modes, ("mixed", "excitatory", "inhibitory"))
-    _check_width(f, "dense.out_bits", d.out_bits, 2, 48)
+    _check_range_in(f, "dense.num_weight_bits", d.num_weight_bits, dl["num_weight_bits"][0], d.weight_bits)
+    _check_range_in(f, "dense.weight_exp", d.weight_exp, *dl["weight_exp"])
+    _check_in(f, "dense.sign_modes", d.sign_modes, SIGN_MODES)
+    _check_width(f, "dense.out_bits", d.out_bits, *dl["out_bits"])
     _check_width(f, "dense.max_fan_in", d.max_fan_in, 1, 2**24)
     if t.conv:
-        _check_width(f, "conv.out_bits", t.conv.out_bits, 2, 48)
+        _check_width(f, "conv.out_bits", t.conv.out_bits, *OUT_BITS)
         _check_range_in(f, "conv.weight", t.conv.weight, -(2**15), 2**15 - 1)
-        _check_range_in(f, "conv.weight_exp", t.conv.weight_exp, -24, 24)
+        _check_range_in(f, "conv.weight_exp", t.conv.weight_exp, *WEIGHT_EXP)
         _check_width(f, "conv.max_fan_in", t.conv.max_fan_in, 1, 2**24)
     if t.sumpool:
-        _check_width(f, "sumpool.out_bits", t.sumpool.out_bits, 2, 48)
+        _check_width(f, "sumpool.out_bits", t.sumpool.out_bits, *OUT_BITS)
         _check_width(f, "sumpool.max_window", t.sumpool.max_window, 1, 2**16)
     if t.lif is None and t.poly is None:
         raise UserInputError(f"{f}: a target needs [neurons.lif] or [neurons.poly]")
     if t.lif:
         lif = t.lif
-        _check_width(f, "neurons.lif.state_bits", lif.state_bits, 2, 30)
-        _check_width(f, "neurons.lif.decay_bits", lif.decay_bits, 1, 16)
-        _check_width(f, "neurons.lif.vth_shift", lif.vth_shift, 0, 16)
-        _check_width(f, "neurons.lif.act_shift", lif.act_shift, 0, 16)
-        unity = 2**lif.decay_bits
-        _check_range_in(f, "neurons.lif.du", lif.du, 0, unity - 1)
-        _check_range_in(f, "neurons.lif.dv", lif.dv, 0, unity - 1)
-        _check_range_in(f, "neurons.lif.vth", lif.vth, 0, (2**31 - 1) >> lif.vth_shift)
-        _check_range_in(f, "neurons.lif.bias_mant", lif.bias_mant, -(2**15), 2**15 - 1)
-        _check_range_in(f, "neurons.lif.bias_exp", lif.bias_exp, -15, 15)
+        ll = FxLIF.limits(lif.decay_bits, lif.vth_shift)
+        for key in ("state_bits", "decay_bits", "vth_shift", "act_shift"):
+            _check_width(f, f"neurons.lif.{key}", getattr(lif, key), *ll[key])
+        for key in ("du", "dv", "vth", "bias_mant", "bias_exp"):
+            _check_range_in(f, f"neurons.lif.{key}", getattr(lif, key), *ll[key])
         # The stock LIF's rules are fixed (docs/fixed-point.md 4.2); fxsim implements exactly these.
         _check_in(f, "neurons.lif.u_overflow", lif.u_overflow, ("wrap",))
         _check_in(f, "neurons.lif.v_overflow", lif.v_overflow, ("saturate",))
         _check_in(f, "neurons.lif.decay_rounding", lif.decay_rounding, ("trunc",))
     if t.poly:
         p = t.poly
-        _check_width(f, "neurons.poly.max_degree", p.max_degree, 0, 3)
-        _check_width(f, "neurons.poly.state_bits", p.state_bits, 2, 32)
-        _check_width(f, "neurons.poly.acc_bits", p.acc_bits, 2, 64 - p.state_bits)
-        _check_width(f, "neurons.poly.coef_bits", p.coef_bits, 2, p.acc_bits)
-        _check_width(f, "neurons.poly.decay_bits", p.decay_bits, 1, 16)
-        _check_range_in(f, "neurons.poly.shift", p.shift, 0, 62)
-        _check_range_in(f, "neurons.poly.in_shift", p.in_shift, 0, 31)
-        _check_in(f, "neurons.poly.rounding", p.rounding, ("nearest", "floor", "trunc"))
-        _check_in(f, "neurons.poly.overflow", p.overflow, ("saturate", "wrap"))
-        _check_in(f, "neurons.poly.reset", p.reset, ("value", "subtract"))
+        pl = FxPoly.limits(p.state_bits, p.acc_bits)
+        _check_width(f, "neurons.poly.max_degree", p.max_degree, *pl["degree"])
+        for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
+            _check_width(f, f"neurons.poly.{key}", getattr(p, key), *pl[key])
+        _check_range_in(f, "neurons.poly.shift", p.shift, *pl["shifts"])
+        _check_range_in(f, "neurons.poly.in_shift", p.in_shift, *pl["in_shift"])
+        _check_in(f, "neurons.poly.rounding", p.rounding, ROUNDINGS)
+        _check_in(f, "neurons.poly.overflow", p.overflow, OVERFLOWS)
+        _check_in(f, "neurons.poly.reset", p.reset, FxPoly.RESETS)
 
 
 def parse_target(path: str | Path) -> Target:

@@ -1,7 +1,8 @@
 """Process models of ``PolyNeuron`` and ``Recorder``.
 
 * ``PyPolyNeuronModelFixed`` (``fixed_pt``): bit-accurate, int64 numpy, ``docs/fixed-point.md``
-  section 5, matched bit for bit by ``lnm_deploy.fxsim``.
+  section 5: it calls the contract step ``lnm_deploy.fixedpoint.contract.poly_step``, the one
+  fxsim's numpy engine calls.
 * ``PyPolyNeuronModelFloat`` (``floating_pt``): a *different* model of the same process, as
   Lava's float LIF is of its LIF. Same ports and Vars, float64 arithmetic, no rounding and no
   saturation: with the state on the integer grid (one LSB of ``v`` = ``q``),
@@ -25,24 +26,8 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from lnm_deploy.fixedpoint.contract import PolyParams, poly_step
 from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
-
-
-def _rshift(x: np.ndarray, s: int, mode: str) -> np.ndarray:
-    if s == 0:
-        return x
-    if mode == "floor":
-        return x >> s
-    if mode == "trunc":
-        return np.sign(x) * (np.abs(x) >> s)
-    return (x + (1 << (s - 1))) >> s
-
-
-def _ovf(x: np.ndarray, bits: int, mode: str) -> np.ndarray:
-    half = 1 << (bits - 1)
-    if mode == "saturate":
-        return np.clip(x, -(half - 1), half - 1)
-    return ((x + half) & ((1 << bits) - 1)) - half
 
 
 class _PolyBase(PyLoihiProcessModel):
@@ -85,24 +70,14 @@ class PyPolyNeuronModelFixed(_PolyBase):
         if not self._begin():
             return
         p = self.proc_params
-        S, R, rnd, ovf = p["state_bits"], p["acc_bits"], p["rounding"], p["overflow"]
-        x = a << p["in_shift"]
-        if p["has_synapse"]:
-            kc = (1 << p["decay_bits"]) - self.syn_decay
-            c = _ovf(_rshift(self.c * kc, p["decay_bits"], rnd) + x, S, ovf)
-        else:
-            c = _ovf(x, S, ovf)
-        self.c[:] = c
-        shifts = p["shifts"]
-        h = np.broadcast_to(self.coef[-1], self.v.shape).astype(np.int64)
-        for k in range(len(shifts) - 1, -1, -1):
-            h = _ovf(_rshift(h * self.v, shifts[k], rnd) + self.coef[k], R, ovf)
-        vp = _ovf(h + c, S, ovf)
-        s = vp > self.vth
-        if p["reset"] == "value":
-            self.v[:] = np.where(s, self.v_reset, vp)
-        else:
-            self.v[:] = np.where(s, _ovf(vp - self.vth, S, ovf), vp)
+        kc = (1 << p["decay_bits"]) - self.syn_decay if p["has_synapse"] else None
+        params = PolyParams(coef=self.coef, shifts=tuple(p["shifts"]), vth=self.vth, v_reset=self.v_reset,
+                            reset=p["reset"], in_shift=p["in_shift"], kc=kc, rounding=p["rounding"],
+                            overflow=p["overflow"], state_bits=p["state_bits"], acc_bits=p["acc_bits"],
+                            decay_bits=p["decay_bits"])
+        new, s = poly_step(params, {"v": self.v, "c": self.c}, a)  # the contract, written once
+        self.c[:] = new["c"]
+        self.v[:] = new["v"]
         self.s_out.send(s.astype(np.int32))
 
 

@@ -1,0 +1,215 @@
+"""The integer primitive registry: every node kind defined once, unknown kinds refused loudly."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import fx_nets
+import numpy as np
+import pytest
+
+from lnm_deploy.errors import UnsupportedError
+from lnm_deploy.fixedpoint import (
+    FxDense,
+    FxLIF,
+    FxNeuron,
+    FxNode,
+    fx_node_types,
+    fx_sequential,
+    primitive,
+    primitive_of,
+    primitives,
+)
+from lnm_deploy.fixedpoint.arith import shift_exp, wrap
+from lnm_deploy.fixedpoint.contract import lif_bounds
+from lnm_deploy.fixedpoint.primitives import synapse_bounds
+from lnm_deploy.fxsim.sim import ACCELERATIONS, NEURONS, _Val, load_kernels
+from lnm_deploy.targets import RULES, check_graph, load_target
+
+
+def _package_node_classes() -> set[type[FxNode]]:
+    out: set[type[FxNode]] = set()
+    stack = list(FxNode.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__module__.startswith("lnm_deploy.") and cls is not FxNeuron:
+            out.add(cls)
+    return out
+
+
+def test_registry_lists_every_fx_node_subclass() -> None:
+    reg = primitives()
+    assert {p.node_type for p in reg.values()} == _package_node_classes()
+    assert fx_node_types() == {k: p.node_type for k, p in reg.items()}
+    for kind, p in reg.items():
+        assert p.kind == kind == p.node_type.kind
+        assert p.design_rule is not None, kind
+        assert RULES[p.node_type] is p.design_rule
+        if p.role in ("synapse", "neuron"):
+            assert p.bounds is not None and p.spec_section is not None, kind
+        if p.role == "neuron":
+            assert p.step is not None and p.params is not None, kind
+
+
+def test_unknown_kind_lists_the_known_ones() -> None:
+    with pytest.raises(UnsupportedError, match=r"unknown integer primitive kind 'adaptive'; known: \[.*'dense'.*'lif'"):
+        primitive("adaptive")
+    assert primitive("lif").node_type is FxLIF
+
+
+@dataclass(eq=False)
+class _FxMystery(FxNeuron):
+    """A neuron class nobody registered (its kind is unknown to every registry)."""
+
+    kind: ClassVar[str] = "mystery"
+
+    def state_names(self) -> tuple[str, ...]:
+        return ("v",)
+
+
+def test_check_graph_refuses_a_node_without_a_rule() -> None:
+    g = fx_sequential([("fc", FxDense(weight=[[2, 4]])), ("odd", _FxMystery(shape=(1,)))], (2,))
+    g.schedule()  # structurally fine
+    with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'; known"):
+        check_graph(g, load_target("loihi2"))
+    with pytest.raises(UnsupportedError, match="'mystery'"):
+        primitive_of(g.nodes["odd"], "odd")
+
+
+# ------------------------------------------------ accelerations checked against the contract step
+
+
+def _contract_run(node: FxNode, a: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The registered contract step, one timestep at a time over ``a`` (T, B, *shape) int64."""
+    p = primitive_of(node)
+    params = p.params(node)  # type: ignore[misc]
+    batch = a.shape[1]
+    inits = {"u": "u_init", "v": "v_init", "c": "c_init"}
+    names = ("u", "v") if p.kind == "lif" else ("v", "c")
+    state = {k: np.broadcast_to(getattr(node, inits[k]), (batch, *node.shape)).astype(np.int64) for k in names}
+    spikes, rec = [], {k: [] for k in node.state_names()}  # type: ignore[attr-defined]
+    for t in range(a.shape[0]):
+        state, s = p.step(params, state, a[t])  # type: ignore[misc]
+        spikes.append(s)
+        for k in rec:
+            rec[k].append(state[k])
+    return np.stack(spikes), {k: np.stack(v) for k, v in rec.items()}
+
+
+def _accelerated_run(node: FxNode, a: np.ndarray, input_bound: int, kern: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    run = NEURONS[node.kind](node, a.shape[1], input_bound, kern)  # type: ignore[call-arg]
+    out = np.zeros(a.shape, dtype=bool)
+    rec = {k: np.zeros(a.shape, dtype=np.int64) for k in run.states()}
+    run.run(_Val(a, input_bound), out, rec)
+    return out, rec
+
+
+def _inputs(rng: np.random.Generator, shape: tuple[int, ...], bound: int) -> np.ndarray:
+    a = rng.integers(-bound, bound + 1, shape, dtype=np.int64)
+    edge = rng.random(shape) < 0.1
+    return np.where(edge, rng.choice([-bound, bound, 0], shape), a)
+
+
+def _assert_same(want: tuple[np.ndarray, dict[str, np.ndarray]], got: tuple[np.ndarray, dict[str, np.ndarray]],
+                 what: str) -> None:
+    assert np.array_equal(want[0], got[0]), f"{what}: spikes differ"
+    assert set(want[1]) == set(got[1]), what
+    for k in want[1]:
+        assert np.array_equal(want[1][k], got[1][k]), f"{what}: state {k} differs"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lif_float64_path_matches_the_contract(seed: int) -> None:
+    """fxsim's float64 LIF path (taken only where ``lif_bounds`` proves it exact) equals the step."""
+    rng = np.random.default_rng(seed)
+    node = fx_nets.lif(rng, (7,))
+    bound = int(rng.choice([1, 100, 2**17, 2**20, 2**31]))
+    a = _inputs(rng, (9, 3, 7), bound)
+    run = NEURONS["lif"](node, 3, bound, None)  # type: ignore[call-arg]
+    assert run.fast == (lif_bounds(node, bound).small and bool(np.abs(node.bias).max(initial=0) <= 2**29))
+    _assert_same(_contract_run(node, a), _accelerated_run(node, a, bound, None), f"seed {seed}")
+
+
+def test_every_acceleration_matches_the_contract() -> None:
+    kern = load_kernels("numba") if importlib.util.find_spec("numba") else None
+    if kern is None:
+        pytest.skip("numba is not installed")
+    assert set(ACCELERATIONS) <= set(primitives())
+    for name in ACCELERATIONS.values():
+        assert callable(getattr(kern, name))
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        shape = (int(rng.integers(1, 6)),)
+        node = fx_nets.lif(rng, shape) if seed % 2 else fx_nets.poly(rng, shape, small=bool(seed % 3))
+        bound = int(rng.choice([1, 2**17, 2**31]))
+        a = _inputs(rng, (int(rng.integers(1, 9)), int(rng.integers(1, 4)), *shape), bound)
+        _assert_same(_contract_run(node, a), _accelerated_run(node, a, bound, kern), f"{node.kind}, seed {seed}")
+        # Dense on spikes: the exact integer product with the effective weights (section 3.1)
+        d = fx_nets.dense(rng, int(rng.integers(1, 20)), int(rng.integers(1, 40)))
+        if synapse_bounds(d).acc < 2**31:
+            s = (rng.random((int(rng.integers(1, 70)), d.weight.shape[1])) < 0.3).astype(np.uint8)
+            w = d.effective_weight()
+            out = np.zeros((s.shape[0], w.shape[0]), np.int32)
+            getattr(kern, ACCELERATIONS["dense"])(s, np.ascontiguousarray(w.T.astype(np.int32)), out)
+            assert np.array_equal(out, s.astype(np.int64) @ w.T), f"dense, seed {seed}"
+
+
+def test_bounds_are_shared_and_sound() -> None:
+    """fxsim and the ONNX builder read the synapse bounds of the registry; spot-check soundness."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        d = fx_nets.dense(rng, 5, 9)
+        b = synapse_bounds(d)
+        s = (rng.random((200, 9)) < 0.5).astype(np.int64)
+        acc = s @ d.effective_weight().T
+        assert np.abs(acc).max(initial=0) <= b.acc
+        y = shift_exp(acc, d.weight_exp)
+        assert np.abs(wrap(y, d.out_bits) if b.wraps else y).max(initial=0) <= b.out
+        if not b.wraps:
+            assert np.array_equal(wrap(y, d.out_bits), y)
+
+
+# ------------------------------------------------------------------ backends keyed by the registry
+
+
+def test_every_backend_implements_every_registered_kind() -> None:
+    """A new primitive must come with its implementation on every backend (tables keyed by kind)."""
+    from lnm_deploy.fxsim.sim import RESHAPES, SYNAPSES
+
+    reg = primitives()
+    by_role = {r: {k for k, p in reg.items() if p.role == r} for r in ("synapse", "neuron", "reshape")}
+    assert set(SYNAPSES) == by_role["synapse"] and set(NEURONS) == by_role["neuron"]
+    assert set(RESHAPES) == by_role["reshape"]
+    assert set(ACCELERATIONS) <= by_role["synapse"] | by_role["neuron"]
+    if importlib.util.find_spec("onnx") is not None:
+        from lnm_deploy.onnx_backend import build
+
+        assert set(build.LOWERINGS) == by_role["synapse"] | by_role["reshape"]
+        assert set(build.NEURONS) == by_role["neuron"]
+    if importlib.util.find_spec("lava") is not None:
+        from lnm_deploy.lava_backend.runner import LAVA_KINDS, _Network
+
+        assert set(LAVA_KINDS) == set(reg)
+        assert set(_Network.BUILDERS) == by_role["synapse"] | by_role["neuron"]
+
+
+def test_backends_refuse_an_unknown_kind_listing_the_known_ones() -> None:
+    from lnm_deploy.fxsim import run_fx
+
+    g = fx_sequential([("fc", FxDense(weight=[[2, 4]])), ("odd", _FxMystery(shape=(1,)))], (2,))
+    x = np.zeros((1, 2, 2), dtype=np.uint8)
+    with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'; known: \["):
+        run_fx(g, x, kernels="numpy")
+    if importlib.util.find_spec("onnx") is not None:
+        from lnm_deploy.onnx_backend import build_onnx
+
+        with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'"):
+            build_onnx(g)
+    if importlib.util.find_spec("lava") is not None:
+        from lnm_deploy.lava_backend.runner import plan
+
+        with pytest.raises(UnsupportedError, match=r"node 'odd': unknown integer primitive kind 'mystery'"):
+            plan(g)

@@ -19,9 +19,7 @@ from typing import Any
 
 from lnm_deploy.errors import GraphError
 from lnm_deploy.fixedpoint.nodes import (
-    FxFlatten,
     FxInput,
-    FxNeuron,
     FxNode,
     FxOutput,
     Shape,
@@ -50,9 +48,9 @@ class FxGraph(GraphBase[FxNode]):
 
         def spike_source(src: str) -> bool:
             n = nodes[src]
-            if isinstance(n, (FxInput, FxNeuron)):
+            if n.role in ("input", "neuron"):
                 return True
-            if isinstance(n, FxFlatten):
+            if n.role == "reshape":
                 ins = sched.inputs[src]
                 return len(ins) == 1 and spike_source(ins[0][0])
             return False
@@ -69,7 +67,7 @@ class FxGraph(GraphBase[FxNode]):
                     )
                 src = ins[0][0]
                 if node.role == "output":
-                    if not isinstance(nodes[src], FxNeuron):
+                    if nodes[src].role != "neuron":
                         raise GraphError(f"the output must read a neuron layer, reads '{src}'", node=name)
                 elif not spike_source(src):
                     raise GraphError(
@@ -88,7 +86,7 @@ class FxGraph(GraphBase[FxNode]):
 
     def neuron_names(self) -> list[str]:
         """Neuron layers in execution order (every one is spiking)."""
-        return [n for n in self.schedule().order if isinstance(self.nodes[n], FxNeuron)]
+        return [n for n in self.schedule().order if self.nodes[n].role == "neuron"]
 
 
 def fx_sequential(layers: list[tuple[str, FxNode]], input_shape: Shape, *, target: str = "",

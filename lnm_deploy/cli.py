@@ -294,12 +294,12 @@ def _scale_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="split the samples over N worker processes (default 1: this process; with "
-                        "--ray-address: every CPU of the cluster); Ray if installed, else forked processes")
+                        "--ray-address: every CPU of the cluster)")
     p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None, metavar="ADDR",
                    help="run the workers on this Ray cluster (default: $RAY_ADDRESS; needs ray)")
     p.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
-                   help="what runs --workers N > 1 on this machine: ray (a local Ray instance), local "
-                        "(forked processes: no start-up cost), auto (ray if installed; default)")
+                   help="what runs --workers N > 1 without --ray-address: local (forked processes, one "
+                        "CPU each; what auto, the default, chooses) or ray (a local Ray instance)")
 
 
 def _scale(args: argparse.Namespace) -> dict:

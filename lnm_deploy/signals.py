@@ -30,7 +30,8 @@ class Terminated(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
-def _raise(signum: int, frame: Any) -> None:
+def raise_terminated(signum: int, frame: Any) -> None:
+    """A signal handler: raise ``Terminated(signum)``."""
     raise Terminated(signum)
 
 
@@ -49,7 +50,7 @@ def terminate_as_interrupt(*, only_default: bool = False) -> Iterator[None]:
             cur = signal.getsignal(s)
             if only_default and cur is not signal.SIG_DFL:
                 continue
-            old[s] = signal.signal(s, _raise)
+            old[s] = signal.signal(s, raise_terminated)
         yield
     finally:
         for s, h in old.items():

@@ -524,14 +524,7 @@ def _stats_shard(payload: tuple[Any, np.ndarray, np.ndarray, dict[str, Any]], lo
 def _add_tensor(into: Any, batch: Any, samples: int) -> None:
     """``into += batch`` exactly as ``TensorStats.update`` would have added the batch, and record
     the trace point the sequential pass records after it."""
-    into.hist.merge(batch.hist)
-    into.total += batch.total
-    into.total_sq += batch.total_sq
-    for attr, fn in (("channel_min", np.minimum), ("channel_max", np.maximum)):
-        a, b = getattr(into, attr), getattr(batch, attr)
-        setattr(into, attr, b if a is None else a if b is None else fn(a, b))
-    if into.trace is not None:
-        into.trace.record(samples, into.hist)
+    into.merge(batch, trace_at=samples)
 
 
 def merge_batch_stats(batches: list[Any], *, batch_size: int, seed: int | None) -> Any:

@@ -384,16 +384,21 @@ class TensorStats:
             self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
             self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
 
-    def merge(self, other: TensorStats) -> None:
+    def merge(self, other: TensorStats, *, trace_at: int | None = None) -> None:
         """Add ``other``'s values (exact for the histogram, min and max). Traces are per run and
-        are not merged: the merged trace is dropped."""
+        are not merged: the merged trace is dropped, unless ``other`` is the next batch of the
+        same run (``trace_at``: the samples seen after it), whose trace point is then recorded as
+        the sequential pass records it."""
         self.hist.merge(other.hist)
         self.total += other.total
         self.total_sq += other.total_sq
         for attr, fn in (("channel_min", np.minimum), ("channel_max", np.maximum)):
             a, b = getattr(self, attr), getattr(other, attr)
             setattr(self, attr, b if a is None else a if b is None else fn(a, b))
-        self.trace = None
+        if trace_at is None:
+            self.trace = None
+        elif self.trace is not None:
+            self.trace.record(trace_at, self.hist)
 
     @property
     def n(self) -> int:

@@ -10,6 +10,7 @@ all (``lnm_deploy.outputs``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -420,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM (timeout, CI cancellations, job schedulers) and SIGHUP unwind like Ctrl-C: Lava's
         # processes are stopped, temporaries and staged outputs removed (lnm_deploy.signals).
         with terminate_as_interrupt():
-            return func(args)
+            code = func(args)
+            sys.stdout.flush()  # a closed pipe (| head) shows here, not at the interpreter's exit
+            return code
     except LNMDeployError as e:
         print(f"lnm-deploy {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -430,6 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lnm-deploy: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lnm-deploy inspect G.nir | head -1`: the reader left; say nothing
+        import os
+
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's exit would flush into the closed pipe
+        return 128 + 13  # SIGPIPE
 
 
 def signal_name(signum: int) -> str:

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lnm_deploy.errors import DependencyError, LNMDeployError, UserInputError
+from lnm_deploy.errors import DependencyError, LNMDeployError, LNMDeployWarning, UserInputError
 from lnm_deploy.execute import RunResult
 from lnm_deploy.signals import raise_terminated
 
@@ -207,6 +209,11 @@ def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], cra
         os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     _pin(part[0])
+    # tqdm would create a multiprocessing lock (a named semaphore) for nothing: a thread lock will do.
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
     code = 0
     try:
         try:
@@ -222,6 +229,10 @@ def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], cra
         conn.close()
     finally:
         _kill_rest_of_group()
+        # os._exit skips the finalizers that unlink named semaphores (numba creates two when it is
+        # imported); run them, or the resource tracker warns of "leaked semaphore objects".
+        with contextlib.suppress(Exception):
+            multiprocessing.util._run_finalizers()  # type: ignore[attr-defined]
         os._exit(code)
 
 
@@ -309,19 +320,41 @@ def _run_local(fn: Callable[..., Any], payload: Any, shards: list[Shard], on_don
     return [results[s.index] for s in shards]
 
 
+def _pid_running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (workers are the forkserver's children, not ours, and a
+    group SIGTERM may have ended the forkserver: neither its sentinels nor ``waitpid`` tell)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+    except (OSError, ValueError):
+        return True
+
+
 def _stop_local(running: dict[int, tuple[Any, Any, int]]) -> None:
-    procs = [p for p, _, _ in running.values() if p.is_alive()]
+    """Stop the running workers: SIGTERM (a KeyboardInterrupt in the worker: Lava stops its
+    runtime), wait up to ``STOP_GRACE_S`` for each to end, then SIGKILL the worker's whole process
+    group (it leads one: whatever it left, Lava's processes included). Waits on pids, so it works
+    even when the forkserver is gone."""
+    procs = [p for p, _, _ in running.values()]
     for p in procs:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)  # -> KeyboardInterrupt in the worker: Lava stops cleanly
+            os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
     for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join()
-            with contextlib.suppress(OSError):  # the worker led its group: its Lava processes too
-                os.killpg(p.pid, signal.SIGKILL)
+        while _pid_running(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for p in procs:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            p.join(0.5)
     for _, conn, _ in running.values():
         conn.close()
     running.clear()
@@ -439,7 +472,14 @@ def map_shards(fn: Callable[[Any, int, int], Any], payload: Any, n: int, *, work
             raise DependencyError(f"--ray-address needs Ray ({RAY_INSTALL}), or drop it to use "
                                   "local processes")
         if ray is None:
-            shards = shards_for(workers or 1)
+            k = workers or 1
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            if k > cpus:  # more would only share the CPUs (each worker holds a Lava network, memory)
+                warnings.warn(f"--workers {k} is more than the {cpus} CPUs this process may use: running "
+                              f"{cpus} local workers (the results do not depend on the number)",
+                              LNMDeployWarning, stacklevel=3)
+                k = cpus
+            shards = shards_for(k)
             total = sum(len(s.samples) for s in shards)
             with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
                 return _run_local(fn, payload, shards, lambda s: bar.update(len(s.samples)))
@@ -455,11 +495,23 @@ def map_shards(fn: Callable[[Any, int, int], Any], payload: Any, n: int, *, work
 # Backend runs
 
 
-def _run_shard(payload: tuple[str, Any, np.ndarray, bool], lo: int, hi: int) -> RunResult:
+#: Samples per block of a float backend's run: float results (membrane states, and so in rare
+#: threshold ties spikes) depend in their last bits on how many samples one BLAS product holds, so
+#: a float run is always made of the same blocks, aligned at multiples of this, whatever the number
+#: of workers. The integer backends are exact: their shards are any size.
+FLOAT_BLOCK = 64
+
+
+def _run_shard(payload: tuple[str, Any, np.ndarray, bool, int], lo: int, hi: int) -> RunResult:
+    """Items ``lo .. hi - 1`` of the run: samples, or blocks of ``block`` samples (float)."""
     from lnm_deploy.backends import BACKENDS
 
-    name, net, x, record = payload
-    return BACKENDS[name].run(net, x[lo:hi], record=record, progress=False)
+    name, net, x, record, block = payload
+    if block == 1:
+        return BACKENDS[name].run(net, x[lo:hi], record=record, progress=False)
+    parts = [BACKENDS[name].run(net, x[b * block : min((b + 1) * block, x.shape[0])], record=record,
+                                progress=False) for b in range(lo, hi)]
+    return parts[0] if len(parts) == 1 else merge_results(parts)
 
 
 def merge_results(parts: list[RunResult]) -> RunResult:
@@ -481,24 +533,29 @@ def run_sharded(backend_name: str, net: Any, x: Any, *, workers: int | None = 1,
 
     ``x``: (samples, timesteps, *input_shape). The result equals the single-process run's: every
     array (samples, timesteps, ...) concatenated in sample order. ``workers=1`` without an address
-    is the plain call in this process. Each shard is one call of the backend on its samples (Lava:
-    one compiled network per shard). Raises ``UserInputError`` (unknown backend, bad ``workers``)
-    and what ``map_shards`` raises.
+    is the plain call in this process. Each shard is one call of an integer backend on its samples
+    (Lava: one compiled network per shard); a float backend runs blocks of ``FLOAT_BLOCK`` samples,
+    the same ones whatever the number of workers. Raises ``UserInputError`` (unknown backend, bad
+    ``workers``) and what ``map_shards`` raises.
     """
     from lnm_deploy.backends import BACKENDS
 
     if backend_name not in BACKENDS:
         raise UserInputError(f"unknown backend {backend_name!r} (one of {', '.join(BACKENDS)})")
     workers = check_workers(workers)
-    if not scaled(workers, ray_address):
+    block = 1 if BACKENDS[backend_name].integer else FLOAT_BLOCK
+    if not scaled(workers, ray_address) and (block == 1 or np.shape(x)[0] <= block):
         return BACKENDS[backend_name].run(net, x, record=record, progress=progress)
     x = np.asarray(x)
     if x.ndim < 2:
         raise UserInputError(f"input must be shaped (samples, timesteps, ...), got {x.shape}")
     if x.shape[0] == 0:
         return BACKENDS[backend_name].run(net, x, record=record, progress=False)
-    parts = map_shards(_run_shard, (backend_name, net, x, record), int(x.shape[0]), workers=workers,
-                       ray_address=ray_address, engine=engine, progress=progress, desc=backend_name)
+    n = int(x.shape[0])
+    items = -(-n // block)
+    parts = map_shards(_run_shard, (backend_name, net, x, record, block), items, workers=workers,
+                       ray_address=ray_address, engine=engine, progress=progress, desc=backend_name,
+                       samples_of=lambda lo, hi: range(lo * block, min(hi * block, n)))
     return merge_results(parts)
 
 

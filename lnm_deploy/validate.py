@@ -124,11 +124,11 @@ def labels(y: Any, n_samples: int, n_classes: int | None = None, what: str = "la
 
 
 def fraction(value: Any, name: str) -> float:
-    """A finite number in [0, 1] (accuracy drops, agreement floors)."""
+    """A finite number in [0, 1] (accuracy drops, agreement floors); -0.0 becomes 0.0."""
     v = finite_float(value, name)
     if not 0.0 <= v <= 1.0:
         raise UserInputError(f"{name} must be a number in [0, 1], got {value!r}")
-    return v
+    return v + 0.0
 
 
 def shape_option(value: Any, option: str = "--input-shape") -> Shape:

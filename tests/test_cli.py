@@ -153,3 +153,22 @@ def test_hdf5_without_graph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["inspect", str(path)]) in (2, 3)
     err = capsys.readouterr().err
     assert "empty.nir" in err and "Traceback" not in err
+
+
+def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
+    """`lnm-deploy inspect G.nir | head -1`: no traceback when the reader leaves early."""
+    import subprocess
+    import sys
+
+    from lnm_deploy.ir import Affine, Input, Neuron, Output, sequential
+
+    g = sequential([("fc", Affine(weight=np.ones((3, 2)))), ("n", Neuron(shape=(3,), poly=[0.0, 0.9], v_th=1.0))],
+                   (2,))
+    assert isinstance(g.nodes["input"], Input) and isinstance(g.nodes["output"], Output)
+    from lnm_deploy.nir_io import write_nir
+
+    write_nir(g, tmp_path / "g.nir")
+    # `true` exits at once: the pipe is closed long before lnm-deploy (seconds of imports) writes.
+    p = subprocess.run(f"{sys.executable} -m lnm_deploy.cli inspect {tmp_path / 'g.nir'} | true",
+                       shell=True, capture_output=True, text=True)
+    assert p.stderr == "", p.stderr

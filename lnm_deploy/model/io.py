@@ -157,6 +157,8 @@ def _header(data: bytes) -> dict[str, Any] | None:
 
 def _legacy_message(path: Path, kind: str) -> str:
     dst = path.with_suffix(".safetensors")
+    if dst == path:  # a pickle named .safetensors: do not suggest overwriting the source
+        dst = path.with_name(f"{path.stem}.converted.safetensors")
     return (
         f"{path} is {kind}; lnm-deploy never unpickles model files, because loading a pickle runs "
         f"any code it contains. If you trust this file (e.g. an older lnm-deploy wrote it), convert "

@@ -207,7 +207,8 @@ def _one_step_delays(nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]]
         if delay.size == 0 or not np.all(np.isfinite(delay)) or not np.allclose(delay, dt, rtol=1e-6, atol=0.0):
             raise UnsupportedError(
                 f"NIR Delay of {np.unique(delay).tolist()} s at dt = {dt} s: only a delay of exactly one step "
-                "(delay == dt, on a recurrent connection) is supported; pass --dt to say the step", node=name)
+                "(delay == dt, on a recurrent connection) is supported; if the graph's step is another, "
+                "give it with --dt (dt=)", node=name)
         before = set(edges)
         edges = _bypass(nodes, edges, name)
         delays |= {e for e in edges if e not in before}

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # before the imports below: submodules read it
-
+from lnm_deploy._version import __version__
 from lnm_deploy.execute import RunResult, run_float
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lnm_deploy import __version__
+from lnm_deploy._version import __version__
 from lnm_deploy.errors import LNMDeployError, UserInputError
 from lnm_deploy.fileio import json_default
 

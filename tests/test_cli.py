@@ -172,3 +172,14 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     p = subprocess.run(f"{sys.executable} -m lnm_deploy.cli inspect {tmp_path / 'g.nir'} | true",
                        shell=True, capture_output=True, text=True)
     assert p.stderr == "", p.stderr
+
+
+def test_version_is_defined_once_per_file_and_agrees() -> None:
+    """``lnm_deploy._version`` (what the package reports) and pyproject.toml (what pip installs)."""
+    import tomli
+
+    import lnm_deploy
+    from lnm_deploy._version import __version__
+
+    project = tomli.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert lnm_deploy.__version__ == __version__ == project["version"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lnm_deploy import __version__
+from lnm_deploy._version import __version__
 from lnm_deploy.artifact import Artifact
 from lnm_deploy.calibrate.calibrators import ClipRange
 from lnm_deploy.calibrate.compare import compare_spikes, first_divergence, sqnr_db

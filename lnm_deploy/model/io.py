@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lnm_deploy import __version__
+from lnm_deploy._version import __version__
 from lnm_deploy.errors import DependencyError, UserInputError
 from lnm_deploy.fileio import atomic_output, existing_file
 from lnm_deploy.model.layers import (

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lnm_deploy import __version__
+from lnm_deploy._version import __version__
 from lnm_deploy.errors import GraphError, UnsupportedError, UserInputError
 from lnm_deploy.ir import (
     Affine,

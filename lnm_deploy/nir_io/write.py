@@ -35,7 +35,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from lnm_deploy import __version__
+from lnm_deploy._version import __version__
 from lnm_deploy.errors import GraphError, LNMDeployWarning, UserInputError
 from lnm_deploy.fileio import atomic_output
 from lnm_deploy.ir import (

@@ -596,7 +596,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
     onnx = require_onnx()
     from onnx import helper
 
-    from lnm_deploy import __version__
+    from lnm_deploy._version import __version__
 
     if engine not in ENGINES:
         raise UserInputError(f"engine must be one of {ENGINES}, got {engine!r}")

@@ -163,10 +163,6 @@ def _work(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], cras
     return fn(payload, lo, hi)
 
 
-def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def _pin(index: int) -> None:
     """Pin local worker ``index`` (and the processes it forks: Lava's) to one CPU of those this
     process may use, round-robin. One Lava network keeps about 1.6 cores busy; two unpinned ones
@@ -207,7 +203,7 @@ def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], cra
     is left in the group when the worker ends is killed (``_kill_rest_of_group``)."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    signal.signal(signal.SIGTERM, raise_terminated)  # a KeyboardInterrupt: Lava stops its runtime
     _pin(part[0])
     # tqdm would create a multiprocessing lock (a named semaphore) for nothing: a thread lock will do.
     with contextlib.suppress(ImportError):

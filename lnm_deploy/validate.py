@@ -198,30 +198,28 @@ def backends(value: str | Iterable[str], *, integer_only: bool = True,
     return tuple(dict.fromkeys(names))
 
 
+def _named(value: Any, cls: type, load: Any, what: str) -> Any:
+    """``value`` if it is a ``cls``, else loaded by ``load`` from a shipped name or a .toml path."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load(value)
+    raise UserInputError(f"{what} must be a {cls.__name__}, a shipped {what} name or a .toml path, got "
+                         f"{type(value).__name__}")
+
+
 def target(value: Any) -> Any:
     """A ``Target``: passed through, or loaded from a shipped name / a .toml path."""
     from lnm_deploy.targets import Target, load_target
 
-    if isinstance(value, Target):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        return load_target(value)
-    raise UserInputError(f"target must be a Target, a shipped target name or a .toml path, got "
-                         f"{type(value).__name__}")
+    return _named(value, Target, load_target, "target")
 
 
 def recipe(value: Any) -> Any:
     """A ``Recipe``: passed through, loaded from a shipped name / a .toml path, or the default (None)."""
     from lnm_deploy.calibrate.recipes import Recipe, load_recipe
 
-    if value is None:
-        return load_recipe("default")
-    if isinstance(value, Recipe):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        return load_recipe(value)
-    raise UserInputError(f"recipe must be a Recipe, a shipped recipe name or a .toml path, got "
-                         f"{type(value).__name__}")
+    return _named("default" if value is None else value, Recipe, load_recipe, "recipe")
 
 
 # ------------------------------------------------------------------------------------------------

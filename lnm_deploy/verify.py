@@ -86,7 +86,7 @@ class VerifyResult:
     float_model: dict[str, Any] = field(default_factory=dict)  # FloatModel.to_dict()
     prediction_agreement: float = 1.0  # fraction of samples where float and fixed predict the same class
     output_agreement: float = 1.0  # fraction of equal output bins (sample, step, neuron)
-    min_agreement: float = 0.95
+    min_agreement: float = MIN_AGREEMENT
     labels: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,13 +136,20 @@ class FloatModel:
                 "opt_out": self.opt_out, "notes": self.notes}
 
 
+def _same_option(key: str, a: Any, b: Any) -> bool:
+    """One reading option (producer, dt, input_shape) compared across JSON round trips: dt as a
+    number, the shape as a list."""
+    if key == "dt":
+        return (a is None and b is None) or (a is not None and b is not None and float(a) == float(b))
+    if key == "input_shape":
+        return (a is None) == (b is None) and list(a or []) == list(b or [])
+    return bool(a == b)
+
+
 def _same_options(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     if a is None or b is None:
         return a is b
-    if a.get("producer") != b.get("producer") or list(a.get("input_shape") or []) != list(b.get("input_shape") or []):
-        return False
-    da, db = a.get("dt"), b.get("dt")
-    return (da is None and db is None) or (da is not None and db is not None and float(da) == float(db))
+    return all(_same_option(k, a.get(k), b.get(k)) for k in ("producer", "dt", "input_shape"))
 
 
 def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] | Graph | None = None, *,
@@ -169,7 +176,7 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
         if any(v is not None for v in (producer, dt, input_shape)):
             raise UserInputError("producer/dt/input_shape read a float graph file; float_graph is a Graph already")
         return FloatModel(float_path, "graph object given by the caller",
-                          float_path.metadata.get("read_options"), as_calibrated=False,
+                          float_path.metadata.get(READ_OPTIONS_KEY), as_calibrated=False,
                           notes=["float model: a Graph object given by the caller (not checked against the "
                                  "artifact's record)"])
     if float_path is not None and os.fspath(float_path) == DEQUANTIZED:
@@ -179,7 +186,9 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
         return FloatModel(artifact.graph, "artifact (dequantized)", None, as_calibrated=False, opt_out=True,
                           notes=["float model: the artifact's own dequantized graph (--float dequantized): "
                                  "float and fixed point differ only by integer rounding"])
-    src = (artifact.record.get("provenance") or {}).get("source_graph") or {}
+    provenance = artifact.record.get("provenance")
+    src = provenance.get("source_graph") if isinstance(provenance, dict) else None
+    src = src if isinstance(src, dict) else {}
     recorded = src.get("read_options") if isinstance(src.get("read_options"), dict) else None
     hint = ("pass --float GRAPH.nir (the float graph, read with the recorded options), or --float dequantized "
             "to compare with the artifact's own dequantized graph (the verdict then says so); API: "
@@ -204,8 +213,7 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
             if value is None:
                 continue
             old = requested.get(key)
-            same = (old == value) if key != "dt" else (old is not None and float(old) == value)
-            if not same:
+            if not _same_option(key, old, value):
                 msg = (f"--{key.replace('_', '-')} {value} contradicts the artifact's record (calibrated with "
                        f"{key}={old}); the float model is read with {value}")
                 warnings.warn(msg, LNMDeployWarning, stacklevel=2)

@@ -1,84 +1,9 @@
-"""Exact comparison of two runs: the first layer, timestep and neuron that differ."""
+"""Exact comparison of two runs: the first layer, timestep and neuron that differ.
 
-from __future__ import annotations
+The comparison lives in the shared core (``lnm_deploy.core.compare``); these names are kept here
+for the code that imports them from fxsim.
+"""
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from lnm_deploy.core.compare import Mismatch, compare_runs, first_mismatch
 
-import numpy as np
-
-from lnm_deploy.execute import RunResult
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    """Where two runs first differ. ``neuron`` is the index into the layer's shape (no batch)."""
-
-    layer: str
-    timestep: int
-    sample: int
-    neuron: tuple[int, ...]
-    expected: int
-    actual: int
-    quantity: str = "spikes"
-    count: int = 1  # differing entries of this layer and quantity in total
-
-    def __str__(self) -> str:
-        return (
-            f"first mismatch: layer '{self.layer}' {self.quantity}, timestep {self.timestep}, "
-            f"sample {self.sample}, neuron {self.neuron}: expected {self.expected}, got "
-            f"{self.actual} ({self.count} differing entries in this layer)"
-        )
-
-
-def _first(name: str, quantity: str, a: np.ndarray, b: np.ndarray) -> Mismatch | None:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        return Mismatch(name, -1, -1, (), -1, -1, quantity=f"{quantity} shape {a.shape} vs {b.shape}")
-    if np.array_equal(a, b):
-        return None
-    diff = a != b
-    # Earliest timestep first (axis 1), then sample, then neuron in C order.
-    moved = np.moveaxis(diff, 1, 0).reshape(diff.shape[1], diff.shape[0], -1)
-    t, s, flat = np.unravel_index(int(np.argmax(moved.reshape(-1))), moved.shape)
-    neuron = tuple(int(i) for i in np.unravel_index(int(flat), a.shape[2:])) if a.ndim > 2 else ()
-    idx = (int(s), int(t), *neuron)
-    return Mismatch(name, int(t), int(s), neuron, int(a[idx]), int(b[idx]), quantity=quantity,
-                    count=int(diff.sum()))
-
-
-def first_mismatch(expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], *,
-                   order: Sequence[str] | None = None, quantity: str = "spikes") -> Mismatch | None:
-    """Compare per-layer arrays shaped (batch, timesteps, *shape) with ``np.array_equal``.
-
-    Returns None when every layer is equal, else the mismatch at the earliest timestep (ties go
-    to the layer earliest in ``order``, default the key order of ``expected``). A layer missing
-    on one side is a mismatch at timestep -1.
-    """
-    names = list(order) if order is not None else list(expected)
-    names += [n for n in list(expected) + list(actual) if n not in names]
-    found: list[tuple[int, int, Mismatch]] = []
-    for rank, name in enumerate(names):
-        if name not in expected or name not in actual:
-            return Mismatch(name, -1, -1, (), -1, -1, quantity=f"{quantity} (missing on one side)")
-        m = _first(name, quantity, expected[name], actual[name])
-        if m is not None:
-            found.append((m.timestep, rank, m))
-    return min(found, key=lambda x: (x[0], x[1]))[2] if found else None
-
-
-def compare_runs(expected: RunResult, actual: RunResult, *, order: Sequence[str] | None = None,
-                 states: bool = True) -> Mismatch | None:
-    """First difference in spikes, then (with ``states``) in every recorded state variable."""
-    m = first_mismatch(expected.spikes, actual.spikes, order=order)
-    if m is not None or not states:
-        return m
-    for layer in order or list(expected.states):
-        if layer not in expected.states:
-            continue
-        got = actual.states.get(layer, {})
-        m = first_mismatch(expected.states[layer], got, quantity=f"state of '{layer}'")
-        if m is not None:
-            return Mismatch(layer, m.timestep, m.sample, m.neuron, m.expected, m.actual,
-                            quantity=f"state {m.layer}", count=m.count)
-    return None
+__all__ = ["Mismatch", "compare_runs", "first_mismatch"]

@@ -1,6 +1,9 @@
 """lnm-deploy's intermediate representation: discrete-time graphs of numpy dataclasses.
 
 The bottom of the import graph: this package imports numpy and ``lnm_deploy.errors`` only.
+Each node kind owns its float semantics (``Node.float_step``, ``state_names``, ``emits_spikes``,
+``spike_source``; the arithmetic in ``lnm_deploy.ir.ops``); ``node_types()`` / ``node_type(kind)``
+are the registry, collected from the class tree.
 """
 
 from lnm_deploy.ir.graph import Graph, Schedule, sequential
@@ -18,8 +21,10 @@ from lnm_deploy.ir.nodes import (
     Shape,
     SumPool2d,
     Threshold,
+    node_type,
     node_types,
 )
+from lnm_deploy.ir.ops import FloatStep, NeuronStep, StatelessStep
 
 __all__ = [
     "RESET_MODES",
@@ -27,16 +32,20 @@ __all__ = [
     "AvgPool2d",
     "Conv2d",
     "Flatten",
+    "FloatStep",
     "Graph",
     "Input",
     "Neuron",
+    "NeuronStep",
     "Node",
     "Output",
     "Scale",
     "Schedule",
     "Shape",
+    "StatelessStep",
     "SumPool2d",
     "Threshold",
+    "node_type",
     "node_types",
     "sequential",
 ]

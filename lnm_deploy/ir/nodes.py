@@ -16,6 +16,11 @@ Neuron semantics (one step, elementwise over ``shape``; see ``docs/ir.md``)::
 
 Horner order is part of the contract: ``P(v) = (...(poly[d] * v + poly[d-1]) * v + ...) + poly[0]``,
 so that the PyTorch model and the numpy executor agree bit for bit in float64.
+
+Each node kind owns its float behaviour here: ``float_step`` (what the float executor, calibration
+statistics and ``verify``'s divergence replay call; the arithmetic is in ``lnm_deploy.ir.ops``),
+``state_names``, ``emits_spikes`` / ``spike_source`` and ``describe`` (``lnm-deploy inspect``).
+``node_types()`` collects the kinds from the class tree; ``node_type(kind)`` looks one up.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from numpy.typing import DTypeLike
 
-from lnm_deploy.errors import GraphError, NumericError
+from lnm_deploy.errors import GraphError, NumericError, UnsupportedError
+from lnm_deploy.ir import ops
+from lnm_deploy.ir.ops import FloatStep, NeuronStep, StatelessStep
 
 Shape = tuple[int, ...]
 ResetMode = Literal["value", "subtract"]
@@ -86,6 +94,18 @@ def pool_output_shape(name: str, kernel_size: tuple[int, int], stride: tuple[int
     return (input_shape[0], hw[0], hw[1])
 
 
+def stats(a: np.ndarray) -> dict[str, Any]:
+    """shape / min / max / mean / std of an array, as plain values (JSON-ready)."""
+    a = np.asarray(a, dtype=np.float64)
+    return {
+        "shape": list(a.shape),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+    }
+
+
 def pair(node: str, name: str, v: Any) -> tuple[int, int]:
     a = np.asarray(v).reshape(-1)
     if a.size == 1:
@@ -111,6 +131,41 @@ class Node:
             raise GraphError("node has no input", node=name)
         return input_shape
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The state variables its float step keeps across steps (recorded by ``run_float(record=True)``
+        as ``RunResult.states[name][state]``); empty for a stateless node."""
+        return ()
+
+    @property
+    def stateful(self) -> bool:
+        """True when the node keeps state across steps; at the virtual step t = -1 (what a delayed
+        edge delivers at t = 0) a stateful node shows its initial output, 0."""
+        return bool(self.state_names)
+
+    @property
+    def emits_spikes(self) -> bool:
+        """True when its output is 0/1 spikes (recorded in ``RunResult.spikes``)."""
+        return False
+
+    @property
+    def spike_source(self) -> bool:
+        """True when it feeds spikes into synapses on a neuromorphic chip (the input, spiking neurons)."""
+        return False
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        """The node's float step for one run on ``batch`` samples in ``dtype``: ``step(x) -> y`` with
+        x and y ``(batch, *shape)``; a stateful step starts at rest and exposes ``state_names``.
+
+        Raises:
+            UnsupportedError: a node kind without float semantics.
+        """
+        raise UnsupportedError(f"node kind {self.kind!r} has no float step", node=name)
+
+    def describe(self) -> dict[str, Any]:
+        """Parameter statistics for ``lnm-deploy inspect`` (plain, JSON-ready values)."""
+        return {}
+
 
 @dataclass(eq=False)
 class Input(Node):
@@ -125,12 +180,26 @@ class Input(Node):
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         return self.shape
 
+    @property
+    def spike_source(self) -> bool:
+        return True
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        return StatelessStep(_identity)
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
 
 @dataclass(eq=False)
 class Output(Node):
     """Graph output; passes its (single) input through."""
 
     kind: ClassVar[str] = "output"
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        return StatelessStep(_identity)
 
 
 @dataclass(eq=False)
@@ -164,6 +233,19 @@ class Affine(Node):
             )
         return (self.weight.shape[0],)
 
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        w = self.weight.astype(dtype)
+        if self.bias is None:
+            return StatelessStep(lambda x: x @ w.T)
+        b = self.bias.astype(dtype)
+        return StatelessStep(lambda x: x @ w.T + b)
+
+    def describe(self) -> dict[str, Any]:
+        p = {"weight": stats(self.weight)}
+        if self.bias is not None:
+            p["bias"] = stats(self.bias)
+        return p
+
 
 @dataclass(eq=False)
 class Scale(Node):
@@ -180,6 +262,13 @@ class Scale(Node):
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         return _broadcasts_to(name, "scale", self.scale, input_shape)
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        sc = self.scale.astype(dtype)
+        return StatelessStep(lambda x: x * sc)
+
+    def describe(self) -> dict[str, Any]:
+        return {"scale": stats(self.scale)}
 
 
 @dataclass(eq=False)
@@ -220,6 +309,19 @@ class Conv2d(Node):
         return conv_output_shape(name, self.weight.shape, self.groups, self.stride, self.padding, self.dilation,
                                  input_shape)
 
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        w = self.weight.astype(dtype)
+        b = None if self.bias is None else self.bias.astype(dtype)
+        return StatelessStep(lambda x: ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups))
+
+    def describe(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"weight": stats(self.weight)}
+        if self.bias is not None:
+            p["bias"] = stats(self.bias)
+        p["conv"] = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
+                     "groups": self.groups}
+        return p
+
 
 @dataclass(eq=False)
 class _Pool2d(Node):
@@ -236,6 +338,14 @@ class _Pool2d(Node):
         assert self.stride is not None
         return pool_output_shape(name, self.kernel_size, self.stride, self.padding, input_shape)
 
+    #: Mean instead of sum over each window (zero padding counted).
+    average: ClassVar[bool] = False
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        stride = self.stride
+        assert stride is not None
+        return StatelessStep(lambda x: ops.pool2d(x, self.kernel_size, stride, self.padding, self.average))
+
 
 @dataclass(eq=False)
 class SumPool2d(_Pool2d):
@@ -249,6 +359,7 @@ class AvgPool2d(_Pool2d):
     """Mean over each window, zero padding counted (torch ``count_include_pad=True``)."""
 
     kind: ClassVar[str] = "avgpool2d"
+    average: ClassVar[bool] = True
 
 
 @dataclass(eq=False)
@@ -269,6 +380,9 @@ class Flatten(Node):
             raise GraphError(f"start_dim {self.start_dim} after end_dim {self.end_dim} for {input_shape}", node=name)
         return (*input_shape[:s], int(np.prod(input_shape[s : e + 1])), *input_shape[e + 1 :])
 
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        return StatelessStep(lambda x: ops.flatten(x, self.start_dim, self.end_dim))
+
 
 @dataclass(eq=False)
 class Threshold(Node):
@@ -285,6 +399,17 @@ class Threshold(Node):
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         return _broadcasts_to(name, "v_th", self.v_th, input_shape)
+
+    @property
+    def emits_spikes(self) -> bool:
+        return True
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:
+        th = self.v_th.astype(dtype)
+        return StatelessStep(lambda x: (x > th).astype(dtype))
+
+    def describe(self) -> dict[str, Any]:
+        return {"v_th": stats(self.v_th)}
 
 
 @dataclass(eq=False)
@@ -364,6 +489,42 @@ class Neuron(Node):
             raise GraphError(f"expects input shape {self.shape}, gets {input_shape}", node=name)
         return self.shape
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """``v`` (membrane after reset), ``v_pre`` (before the spike test), ``c`` (synaptic current,
+        only with a synapse)."""
+        return ("v", "v_pre", "c") if self.syn_decay is not None else ("v", "v_pre")
+
+    @property
+    def emits_spikes(self) -> bool:
+        return self.spiking
+
+    @property
+    def spike_source(self) -> bool:
+        return self.spiking
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> NeuronStep:
+        return NeuronStep(self.shape, self.poly, self.v_th, self.v_reset, self.reset, self.in_gain,
+                          self.syn_decay, self.syn_gain, batch, dtype)
+
+    def describe(self) -> dict[str, Any]:
+        poly = self.poly.reshape(self.poly.shape[0], -1)
+        uniform = bool(np.all(self.poly == poly[:, :1].reshape(self.poly.shape[0], *([1] * len(self.shape)))))
+        p: dict[str, Any] = {"dynamics": {
+            "degree": self.degree,
+            "poly": poly[:, 0].tolist() if uniform else "per neuron",
+            "reset": self.reset if self.spiking else "none (integrator)",
+            "synapse": self.syn_decay is not None,
+            "dt": self.dt,
+        }}
+        if self.v_th is not None:
+            p["v_th"] = stats(self.v_th)
+        if self.syn_decay is not None:
+            p["syn_decay"] = stats(self.syn_decay)
+        if "nir_type" in self.metadata:
+            p["nir_type"] = str(self.metadata["nir_type"])
+        return p
+
 
 def node_types() -> dict[str, type[Node]]:
     """Every concrete node class by its ``kind``, collected from the class tree (not retyped)."""
@@ -375,3 +536,15 @@ def node_types() -> dict[str, type[Node]]:
         if not cls.__name__.startswith("_"):
             out[cls.kind] = cls
     return out
+
+
+def node_type(kind: str) -> type[Node]:
+    """The node class of ``kind``.
+
+    Raises:
+        UnsupportedError: no node class has that kind (the message lists the known ones).
+    """
+    known = node_types()
+    if kind not in known:
+        raise UnsupportedError(f"unknown IR node kind {kind!r}; known kinds: {', '.join(sorted(known))}")
+    return known[kind]

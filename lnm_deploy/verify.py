@@ -36,9 +36,11 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.artifact import Artifact, read_artifact
-from lnm_deploy.errors import GraphError, LNMDeployWarning, UserInputError
-from lnm_deploy.execute import RunResult, run_float
+from lnm_deploy.core import RunResult
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, UserInputError
+from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
+from lnm_deploy.ir.ops import conv2d
 
 Array = np.ndarray
 
@@ -245,63 +247,79 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     return FloatModel(graph, path, {"requested": requested, "resolved": now}, as_calibrated, notes=notes)
 
 
-def _replay(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end: int,
-            spikes: dict[str, Array], swap: set[str]) -> int:
-    """Re-simulate neuron ``flat`` of ``layer`` in float64 from t = 0 to ``t_end`` on the float
-    run's input spikes, with the quantity groups in ``swap`` taken from the dequantized graph;
-    return its spike at ``t_end``."""
+#: The groups of quantized quantities the divergence replay swaps in, one at a time.
+REPLAY_GROUPS: tuple[str, ...] = ("weights", "dynamics", "threshold")
+
+
+def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end: int,
+                  spikes: dict[str, Array], swap: set[str] | frozenset[str] = frozenset()) -> dict[str, Array]:
+    """Re-simulate neuron ``flat`` (index into the layer's flattened shape) of the Neuron ``layer``
+    in float64 from t = 0 to ``t_end`` on the recorded spikes of its sources (``spikes``: layer ->
+    (samples, timesteps, *shape), the input included), with the quantity groups in ``swap``
+    (``REPLAY_GROUPS``) taken from the dequantized graph ``deq``: ``weights`` (synaptic weights,
+    biases, input gains and the constant term of P, which carries the folded biases), ``dynamics``
+    (P's other coefficients, the synaptic decay), ``threshold`` (threshold, reset value and mode).
+
+    The neuron is stepped by the Neuron's own float step (``Neuron.float_step``, sliced to one
+    neuron), so with ``swap`` empty the trace is the float executor's. Returns ``{"s": spikes,
+    "v": membrane after reset, "v_pre": membrane before the spike test}``, each (t_end + 1,) float64.
+
+    Raises:
+        UnsupportedError: the layer is not a spiking Neuron in both graphs, or its synapses are a
+            structure ``find_synapses`` does not cover.
+    """
     from lnm_deploy.calibrate.quantize import find_synapses
 
-    def current(g: Graph) -> tuple[Array, float, Neuron]:
+    def current(g: Graph) -> tuple[Array, Neuron]:
+        """The neuron's input per step as the executor sums it (synapse outputs plus biases)."""
         node = g.nodes[layer]
-        assert isinstance(node, Neuron)
+        if not isinstance(node, Neuron) or not node.spiking:  # the replay swaps a neuron's parameters
+            raise UnsupportedError("the divergence replay needs a spiking Neuron", node=layer)
         syns, bias = find_synapses(g, layer)
-        gain = float((node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)).reshape(-1)[flat])
         x = np.zeros(t_end + 1)
         for s in syns:
             src = spikes[s.source][sample, : t_end + 1].reshape(t_end + 1, -1).astype(np.float64)
             if s.delayed:  # a back edge: the previous step's spikes (none at t = 0)
                 src = np.vstack([np.zeros((1, src.shape[1])), src[:-1]])
             if s.kind == "dense":
-                x += gain * (src @ s.weight[flat])
+                x += src @ s.weight[flat]
             else:
-                from lnm_deploy.execute.float_exec import conv2d
-
                 sh = spikes[s.source].shape[2:]
                 y = conv2d(src.reshape(-1, *sh), s.weight, None, s.conv["stride"], s.conv["padding"],
                            s.conv["dilation"], s.conv["groups"])
-                x += gain * y.reshape(t_end + 1, -1)[:, flat]
-        return x, gain * float(bias.reshape(-1)[flat]), node
+                x += y.reshape(t_end + 1, -1)[:, flat]
+        return x + float(bias.reshape(-1)[flat]), node
 
-    x_f, b_f, nf = current(graph)
-    x_q, b_q, nq = current(deq)
+    x_f, nf = current(graph)
+    x_q, nq = current(deq)
+    wts, x = (nq, x_q) if "weights" in swap else (nf, x_f)
+    dyn = nq if "dynamics" in swap else nf
+    thr = nq if "threshold" in swap else nf
 
-    def p(node: Neuron, k: int) -> float:
-        return float(node.poly[k].reshape(-1)[flat]) if k < node.poly.shape[0] else 0.0
+    def one(a: Array) -> Array:
+        return a.reshape(-1)[flat : flat + 1]
 
-    use_q = {g: g in swap for g in ("weights", "dynamics", "threshold")}
-    x, bias = (x_q, b_q) if use_q["weights"] else (x_f, b_f)
-    dyn = nq if use_q["dynamics"] else nf
-    thr = nq if use_q["threshold"] else nf
-    # The quantized constant term carries the folded biases: keep the two consistent.
-    theta0 = p(nq, 0) if use_q["weights"] else p(nf, 0)
-    degree = max(dyn.poly.shape[0] - 1, 1)
-    theta = [theta0] + [p(dyn, k) for k in range(1, degree + 1)]
-    decay = None if dyn.syn_decay is None else float(dyn.syn_decay.reshape(-1)[flat])
-    v_th = float(thr.v_th.reshape(-1)[flat])  # type: ignore[union-attr]
-    v_reset = float(thr.v_reset.reshape(-1)[flat])
-    v = c = 0.0
-    s = 0
+    poly = np.stack([one(wts.poly[0])] + [one(dyn.poly[k]) for k in range(1, dyn.poly.shape[0])])
+    syn_gain = one(wts.syn_gain) if wts.syn_gain is not None else np.ones(1)
+    with_syn = dyn.syn_decay is not None
+    assert thr.v_th is not None
+    neuron = Neuron(shape=(1,), poly=poly, v_th=one(thr.v_th), v_reset=one(thr.v_reset), reset=thr.reset,
+                    in_gain=one(wts.in_gain) if with_syn else one(wts.in_gain) * syn_gain,
+                    syn_decay=one(dyn.syn_decay) if dyn.syn_decay is not None else None,
+                    syn_gain=syn_gain if with_syn else None, dt=dyn.dt)
+    step = neuron.float_step(layer, 1, np.float64)
+    out = {k: np.zeros(t_end + 1) for k in ("s", "v", "v_pre")}
     for t in range(t_end + 1):
-        inp = x[t] + (bias if decay is not None else 0.0)
-        c = decay * c + inp if decay is not None else inp + bias
-        h = theta[-1]
-        for k in range(len(theta) - 2, -1, -1):
-            h = h * v + theta[k]
-        v_pre = h + c
-        s = int(v_pre > v_th)
-        v = (v_reset if thr.reset == "value" else v_pre - v_th) if s else v_pre
-    return s
+        out["s"][t] = step(x[t : t + 1].reshape(1, 1))[0, 0]
+        out["v"][t] = step.state("v")[0, 0]
+        out["v_pre"][t] = step.state("v_pre")[0, 0]
+    return out
+
+
+def _replay(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end: int,
+            spikes: dict[str, Array], swap: set[str]) -> int:
+    """The replayed neuron's spike at ``t_end`` (``replay_neuron``)."""
+    return int(replay_neuron(graph, deq, layer, flat, sample, t_end, spikes, swap)["s"][t_end])
 
 
 def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResult, x: Array) -> dict[str, Any]:
@@ -318,12 +336,11 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
         return out
     try:
         base = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set())
-        fixed_like = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes,
-                             {"weights", "dynamics", "threshold"})
+        fixed_like = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(REPLAY_GROUPS))
     except Exception as e:  # structures the replay does not cover: say so instead of guessing
         out["cause"] = f"undetermined ({type(e).__name__}: {e})"
         return out
-    groups = ("weights", "dynamics", "threshold")
+    groups = REPLAY_GROUPS
     single = [g for g in groups if _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, {g}) != base]
     out["float_spike"], out["dequantized_spike"] = base, fixed_like
     names = {"weights": "synaptic weights and biases", "dynamics": "leak polynomial / decays",
@@ -380,7 +397,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     import time
 
     from lnm_deploy import validate
-    from lnm_deploy.calibrate.compare import compare_spikes, first_divergence
+    from lnm_deploy.calibrate.compare import compare_spikes
+    from lnm_deploy.core import first_divergence
     from lnm_deploy.distributed import check_workers, run_sharded
     from lnm_deploy.fxsim import first_mismatch, run_fx
     from lnm_deploy.metrics import accuracy, predictions

@@ -17,8 +17,17 @@ import numpy as np
 
 from lnm_deploy.core.compare import Divergence, first_divergence, layer_order, same_shape, spikes_of
 
-__all__ = ["OBJECTIVES", "Divergence", "LayerComparison", "compare_spikes", "first_divergence",
-           "mean_spike_agreement", "rate_drift", "sqnr_db", "spike_agreement"]
+__all__ = [
+    "OBJECTIVES",
+    "Divergence",
+    "LayerComparison",
+    "compare_spikes",
+    "first_divergence",
+    "mean_spike_agreement",
+    "rate_drift",
+    "spike_agreement",
+    "sqnr_db",
+]
 
 Spikes = Mapping[str, np.ndarray]
 

@@ -9,7 +9,13 @@ import it, it imports no stage.
   calibration and verification reports state it.
 """
 
-from lnm_deploy.core.compare import Divergence, Mismatch, compare_runs, first_divergence, first_mismatch
+from lnm_deploy.core.compare import (
+    Divergence,
+    Mismatch,
+    compare_runs,
+    first_divergence,
+    first_mismatch,
+)
 from lnm_deploy.core.results import RunResult
 
 __all__ = ["Divergence", "Mismatch", "RunResult", "compare_runs", "first_divergence", "first_mismatch"]

@@ -9,7 +9,7 @@ what a node computes, which states it keeps and whether it emits spikes are the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -38,7 +38,7 @@ def stateless_step(name: str, node: Node, dtype: DTypeLike) -> Step:
     return node.float_step(name, 1, dtype)
 
 
-def initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], batch: int,
+def initial_values(graph: Graph, sched: Schedule, steps_fn: Mapping[str, Step], batch: int,
                    dtype: DTypeLike) -> dict[str, Array]:
     """What back edges deliver at t = 0: every node's output at a virtual step t = -1 in which the
     input is zero and every stateful node (a neuron) shows its initial output, 0 (no spike, v = 0).

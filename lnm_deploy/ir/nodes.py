@@ -162,6 +162,12 @@ class Node:
         """
         raise UnsupportedError(f"node kind {self.kind!r} has no float step", node=name)
 
+    @property
+    def time_step(self) -> float | None:
+        """Seconds per step the node records (a neuron's ``dt``, kept for export); None for nodes
+        whose behaviour has no time scale."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Parameter statistics for ``lnm-deploy inspect`` (plain, JSON-ready values)."""
         return {}
@@ -498,6 +504,10 @@ class Neuron(Node):
     @property
     def emits_spikes(self) -> bool:
         return self.spiking
+
+    @property
+    def time_step(self) -> float | None:
+        return self.dt
 
     @property
     def spike_source(self) -> bool:

@@ -22,6 +22,7 @@ import json
 import os
 import warnings
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,12 @@ from lnm_deploy.nir_io.conventions import (
     norse_leak,
     norse_synapse,
 )
+from lnm_deploy.nir_io.registry import READERS, NodeRead, ReadContext, reader, reads
 from lnm_deploy.nir_io.write import neuron_to_nir
 
 Shape = tuple[int, ...]
 
-# Every node type nir 1.0.8 can read; anything else in a file is reported before nir.read fails.
-NIR_TYPES: frozenset[str] = frozenset({
-    "Input", "Output", "NIRGraph", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "Flatten",
-    "SumPool2d", "AvgPool2d", "Threshold", "Delay", "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I",
-})
-_NEURONS = ("LIF", "CubaLIF", "IF", "LI", "CubaLI", "I")
+# The numeric parameters each NIR neuron type must have.
 _NEURON_FIELDS = {
     "LIF": ("tau", "r", "v_leak", "v_threshold"), "LI": ("tau", "r", "v_leak"),
     "CubaLIF": ("tau_mem", "tau_syn", "r", "v_leak", "v_threshold"),
@@ -83,6 +80,12 @@ _WHY_UNSUPPORTED = {
     "Conv1d": "1-d convolutions are not in lnm-deploy's IR (reshape to a Conv2d with height 1)",
     "Delay": "only a one-step Delay on a recurrent connection is in lnm-deploy's IR",
 }
+
+
+# Every node type nir 1.0.8 can read: those with a reader (below), nested graphs (flattened) and those
+# refused with a reason; anything else in a file is reported before nir.read fails.
+def _nir_types() -> frozenset[str]:
+    return frozenset(READERS) | {"NIRGraph"} | frozenset(_WHY_UNSUPPORTED)
 
 
 def _warn(msg: str) -> None:
@@ -98,8 +101,9 @@ def _scan_types(group: h5py.Group, path: Path, name: str) -> None:
         raise GraphError(f"{path}: NIR node without a 'type'", node=name or "<root>")
     t = group["type"][()]
     t = t.decode("utf8") if isinstance(t, bytes) else str(t)
-    if t not in NIR_TYPES:
-        raise UnsupportedError(f"{path}: unknown NIR node type {t!r}", node=name or "<root>")
+    if t not in _nir_types():
+        raise UnsupportedError(f"{path}: unknown NIR node type {t!r}; known types: {', '.join(sorted(_nir_types()))}",
+                               node=name or "<root>")
     if t == "NIRGraph":
         if "nodes" not in group or "edges" not in group:
             raise GraphError(f"{path}: NIRGraph without 'nodes' or 'edges'", node=name or "<root>")
@@ -379,16 +383,8 @@ def _population_shape(name: str, params: dict[str, np.ndarray], in_shape: Shape 
     return tuple(shape)
 
 
-class _Context:
-    def __init__(self, producer: str, dt: float, exact: bool) -> None:
-        self.producer = producer
-        self.dt = dt
-        self.exact = exact  # lnm-deploy graph: restore from metadata
-        self.unstable: list[str] = []
-
-
 def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray], in_shape: Shape | None,
-                    ctx: _Context) -> Neuron:
+                    ctx: ReadContext) -> Neuron:
     t = type(node).__name__
     dt = ctx.dt
     norse = ctx.producer == "norse"
@@ -495,7 +491,7 @@ def _exact_neuron(name: str, node: nir.NIRNode, meta: dict[str, Any]) -> Neuron:
     return neuron
 
 
-def _convert(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Context) -> Node:
+def _convert(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: ReadContext) -> Node:
     """``_convert_node``, with any failure that is not an lnm-deploy error (a parameter of the wrong
     type or shape: TypeError, ValueError, KeyError...) reported as a ``GraphError`` naming the node."""
     try:
@@ -507,60 +503,117 @@ def _convert(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Context
                          node=name) from e
 
 
-def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Context) -> Node:
+def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: ReadContext) -> Node:
     t = type(node).__name__
     if t in _WHY_UNSUPPORTED:
         raise UnsupportedError(f"NIR {t}: {_WHY_UNSUPPORTED[t]}", node=name)
-    if t not in NIR_TYPES or t in ("NIRGraph", "Input"):
-        raise UnsupportedError(f"NIR node type {t} is not supported", node=name)
+    entry = reader(t, node=name)
     params = _finite_params(name, node)
     meta = dict(node.metadata or {})
     exact = ctx.exact and "lnm_kind" in meta
     ir_meta = _exact_metadata(meta) if exact else {"nir_type": t}
     if not exact and meta:
         ir_meta["nir_metadata"] = _plain(meta)
+    return entry.convert(NodeRead(name, node, params, meta, ir_meta, exact, in_shape, ctx))
 
-    if t == "Output":
-        return Output(metadata=ir_meta)
-    if t in ("Affine", "Linear"):
-        w = params["weight"]
-        if w.ndim != 2:
-            raise UnsupportedError(f"NIR {t} weight must be 2-d (out, in), got shape {w.shape}", node=name)
-        bias = params.get("bias") if t == "Affine" else None
-        return Affine(weight=w, bias=bias, metadata=ir_meta)
-    if t == "Scale":
-        scale = _arr(meta["lnm_scale"]) if exact and "lnm_scale" in meta else params["scale"]
-        return Scale(scale=scale, metadata=ir_meta)
-    if t == "Threshold":
-        v_th = _arr(meta["lnm_v_th"]) if exact and "lnm_v_th" in meta else params["threshold"]
-        return Threshold(v_th=v_th, metadata=ir_meta)
-    if t == "Conv2d":
-        w = params["weight"]
-        if w.ndim != 4:
-            raise GraphError(f"Conv2d weight must be 4-d, got shape {w.shape}", node=name)
-        has_bias = bool(meta.get("lnm_has_bias", True)) if exact else True
-        return Conv2d(
-            weight=w,
-            bias=params.get("bias") if has_bias else None,
-            stride=_ints2(name, "stride", node.stride),
-            padding=_conv_padding(name, node),
-            dilation=_ints2(name, "dilation", node.dilation),
-            groups=int(as_array(node.groups)),
-            metadata=ir_meta,
-        )
-    if t == "Flatten":
-        return Flatten(start_dim=int(as_array(node.start_dim)), end_dim=int(as_array(node.end_dim)),
-                       metadata=ir_meta)
-    if t in ("SumPool2d", "AvgPool2d"):
-        cls = SumPool2d if t == "SumPool2d" else AvgPool2d
-        return cls(kernel_size=_ints2(name, "kernel_size", node.kernel_size),
-                   stride=_ints2(name, "stride", node.stride),
-                   padding=_ints2(name, "padding", node.padding), metadata=ir_meta)
-    if t in _NEURONS:
-        if exact and meta.get("lnm_kind") == "neuron":
-            return _exact_neuron(name, node, meta)
-        return _foreign_neuron(name, node, params, in_shape, ctx)
-    raise UnsupportedError(f"NIR node type {t} is not supported", node=name)  # pragma: no cover
+
+# ------------------------------------------------------------------------------------------------
+# Readers, one per NIR node type (the registry is ``lnm_deploy.nir_io.registry.READERS``)
+
+
+def _weight_input(node: nir.NIRNode) -> Shape | None:
+    w = as_array(node.weight)
+    return (int(w.shape[-1]),) if w.ndim == 2 else None
+
+
+def _param_shape(key: str) -> Callable[[nir.NIRNode], Shape | None]:
+    """The input shape implied by the shape of parameter ``key`` (None for a scalar)."""
+    def implied(node: nir.NIRNode) -> Shape | None:
+        a = as_array(getattr(node, key))
+        return tuple(int(s) for s in a.shape) if a.ndim > 0 else None
+    return implied
+
+
+@reads(Input, "Input")
+def _read_input(r: NodeRead) -> Input:
+    """The graph's Input; ``r.in_shape`` is its shape as resolved by the graph reader."""
+    assert r.in_shape is not None
+    return Input(shape=r.in_shape, metadata=_exact_metadata(r.meta) if r.ctx.exact else {"nir_type": "Input"})
+
+
+@reads(Output, "Output")
+def _read_output(r: NodeRead) -> Output:
+    return Output(metadata=r.ir_meta)
+
+
+@reads(Affine, "Affine", "Linear", implied_input=_weight_input)
+def _read_affine(r: NodeRead) -> Affine:
+    t = type(r.node).__name__
+    w = r.params["weight"]
+    if w.ndim != 2:
+        raise UnsupportedError(f"NIR {t} weight must be 2-d (out, in), got shape {w.shape}", node=r.name)
+    bias = r.params.get("bias") if t == "Affine" else None
+    return Affine(weight=w, bias=bias, metadata=r.ir_meta)
+
+
+@reads(Scale, "Scale", implied_input=_param_shape("scale"))
+def _read_scale(r: NodeRead) -> Scale:
+    scale = _arr(r.meta["lnm_scale"]) if r.exact and "lnm_scale" in r.meta else r.params["scale"]
+    return Scale(scale=scale, metadata=r.ir_meta)
+
+
+@reads(Threshold, "Threshold", implied_input=_param_shape("threshold"))
+def _read_threshold(r: NodeRead) -> Threshold:
+    v_th = _arr(r.meta["lnm_v_th"]) if r.exact and "lnm_v_th" in r.meta else r.params["threshold"]
+    return Threshold(v_th=v_th, metadata=r.ir_meta)
+
+
+@reads(Conv2d, "Conv2d")
+def _read_conv2d(r: NodeRead) -> Conv2d:
+    w = r.params["weight"]
+    if w.ndim != 4:
+        raise GraphError(f"Conv2d weight must be 4-d, got shape {w.shape}", node=r.name)
+    has_bias = bool(r.meta.get("lnm_has_bias", True)) if r.exact else True
+    node = r.node
+    return Conv2d(
+        weight=w,
+        bias=r.params.get("bias") if has_bias else None,
+        stride=_ints2(r.name, "stride", node.stride),
+        padding=_conv_padding(r.name, node),
+        dilation=_ints2(r.name, "dilation", node.dilation),
+        groups=int(as_array(node.groups)),
+        metadata=r.ir_meta,
+    )
+
+
+@reads(Flatten, "Flatten")
+def _read_flatten(r: NodeRead) -> Flatten:
+    return Flatten(start_dim=int(as_array(r.node.start_dim)), end_dim=int(as_array(r.node.end_dim)),
+                   metadata=r.ir_meta)
+
+
+def _pool_reader(cls: type[SumPool2d] | type[AvgPool2d]) -> Callable[[NodeRead], Node]:
+    def read(r: NodeRead) -> Node:
+        return cls(kernel_size=_ints2(r.name, "kernel_size", r.node.kernel_size),
+                   stride=_ints2(r.name, "stride", r.node.stride),
+                   padding=_ints2(r.name, "padding", r.node.padding), metadata=r.ir_meta)
+    return read
+
+
+reads(SumPool2d, "SumPool2d")(_pool_reader(SumPool2d))
+reads(AvgPool2d, "AvgPool2d")(_pool_reader(AvgPool2d))
+
+
+def _read_neuron(r: NodeRead) -> Neuron:
+    if r.exact and r.meta.get("lnm_kind") == "neuron":
+        return _exact_neuron(r.name, r.node, r.meta)
+    return _foreign_neuron(r.name, r.node, r.params, r.in_shape, r.ctx)
+
+
+# The parameter whose shape is the population's, per NIR neuron type.
+for _t, _key in {"IF": "v_threshold", "LIF": "v_threshold", "CubaLIF": "v_threshold", "LI": "tau",
+                 "CubaLI": "tau_mem", "I": "r"}.items():
+    reads(Neuron, _t, implied_input=_param_shape(_key))(_read_neuron)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -569,16 +622,8 @@ def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: _Co
 
 def _expected_input(node: nir.NIRNode) -> Shape | None:
     """The input shape a consumer node implies by its parameters, where it does."""
-    t = type(node).__name__
-    if t in ("Affine", "Linear"):
-        w = as_array(node.weight)
-        return (int(w.shape[-1]),) if w.ndim == 2 else None
-    if t in ("Scale", "Threshold", *_NEURONS):
-        key = {"Scale": "scale", "Threshold": "threshold", "IF": "v_threshold", "LIF": "v_threshold",
-               "CubaLIF": "v_threshold", "LI": "tau", "CubaLI": "tau_mem", "I": "r"}[t]
-        a = as_array(getattr(node, key))
-        return tuple(int(s) for s in a.shape) if a.ndim > 0 else None
-    return None
+    entry = READERS.get(type(node).__name__)
+    return entry.implied_input(node) if entry is not None and entry.implied_input is not None else None
 
 
 def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], override: Shape | None) -> Shape:
@@ -729,13 +774,13 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
         step = DEFAULT_DT[prod]
     else:
         step = DEFAULT_DT["generic"]
-        if any(type(n).__name__ in _NEURONS for n in nodes.values()):
+        if any(type(n).__name__ in _NEURON_FIELDS for n in nodes.values()):
             hint = _looks_like(nodes)
             extra = (f" It looks like {'snnTorch' if hint == 'snntorch' else 'Norse 1.1.0'}'s exporter: "
                      f"pass producer={hint!r}.") if hint else ""
             _warn(f"NIR graphs carry no dt and none was given: assumed dt = {step} s (forward Euler); "
                   f"pass dt= (CLI --dt) or producer= (CLI --producer).{extra}")
-    ctx = _Context(prod, step, exact)
+    ctx = ReadContext(prod, step, exact)
 
     nodes, edges, delays = _one_step_delays(nodes, edges, step)
     if exact:
@@ -758,8 +803,7 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
     shape = _input_shape(inp, nodes[inp], [nodes[d] for d in succ[inp]], input_shape)
     in_node = nodes[inp]
     ir_nodes: dict[str, Node] = {
-        inp: Input(shape=shape, metadata=_exact_metadata(dict(in_node.metadata or {})) if exact
-                   else {"nir_type": "Input"})
+        inp: reader("Input").convert(NodeRead(inp, in_node, {}, dict(in_node.metadata or {}), {}, exact, shape, ctx))
     }
     in_shapes: dict[str, Shape] = {}
     out_shapes: dict[str, Shape] = {inp: shape}
@@ -824,8 +868,8 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
     return graph
 
 
-def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: _Context) -> None:
-    foreign = [n for n, v in ir_nodes.items() if isinstance(v, Neuron) and "nir_type" in v.metadata]
+def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None:
+    foreign = [n for n, v in ir_nodes.items() if v.metadata.get("nir_type") in _NEURON_FIELDS]
     if prod == "snntorch" and foreign:
         _warn(
             f"snnTorch's export_to_nir writes every neuron as reset-to-zero without reset delay; a "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ from lnm_deploy.nir_io.conventions import (
     leak_denominator,
     linear_fit,
 )
+from lnm_deploy.nir_io.registry import writer, writes
 
 Shape = tuple[int, ...]
 
@@ -164,48 +166,84 @@ def neuron_to_nir(name: str, node: Neuron) -> nir.NIRNode:
 
 def _node_to_nir(name: str, node: Node, in_shape: Shape | None, out_shape: Shape) -> nir.NIRNode:
     meta: dict[str, Any] = {"lnm_kind": node.kind}
-    if node.metadata and not isinstance(node, Neuron):
+    if node.metadata:
         meta["lnm_metadata"] = metadata_json(node.metadata)
-    if isinstance(node, Input):
-        return nir.Input(input_type=np.array(node.shape, dtype=np.int64), metadata=meta)
-    if isinstance(node, Output):
-        return nir.Output(output_type=np.array(out_shape, dtype=np.int64), metadata=meta)
-    if isinstance(node, Affine):
-        if node.bias is None:
-            return nir.Linear(weight=node.weight.copy(), metadata=meta)
-        return nir.Affine(weight=node.weight.copy(), bias=node.bias.copy(), metadata=meta)
-    if isinstance(node, Conv2d):
-        assert in_shape is not None
-        meta["lnm_has_bias"] = node.bias is not None
-        bias = node.bias.copy() if node.bias is not None else np.zeros(node.weight.shape[0])
-        conv = nir.Conv2d(
-            input_shape=(int(in_shape[1]), int(in_shape[2])),
-            weight=node.weight.copy(),
-            stride=tuple(node.stride),
-            padding=tuple(node.padding),
-            dilation=tuple(node.dilation),
-            groups=int(node.groups),
-            bias=bias,
-            metadata=meta,
+    return writer(node.kind, node=name)(name, node, in_shape, out_shape, meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writers, one per IR kind (the registry is ``lnm_deploy.nir_io.registry.WRITERS``): each gets the
+# node's name, the node, its input and output shapes (no batch) and the metadata to write
+# (``lnm_kind`` and the node's own metadata as JSON).
+
+
+@writes(Neuron)
+def _write_neuron(name: str, node: Neuron, in_shape: Shape | None, out_shape: Shape,
+                  meta: dict[str, Any]) -> nir.NIRNode:
+    return neuron_to_nir(name, node)  # its own exact metadata (lnm_*) instead of ``meta``
+
+
+@writes(Input)
+def _write_input(name: str, node: Input, in_shape: Shape | None, out_shape: Shape,
+                 meta: dict[str, Any]) -> nir.NIRNode:
+    return nir.Input(input_type=np.array(node.shape, dtype=np.int64), metadata=meta)
+
+
+@writes(Output)
+def _write_output(name: str, node: Output, in_shape: Shape | None, out_shape: Shape,
+                  meta: dict[str, Any]) -> nir.NIRNode:
+    return nir.Output(output_type=np.array(out_shape, dtype=np.int64), metadata=meta)
+
+
+@writes(Affine)
+def _write_affine(name: str, node: Affine, in_shape: Shape | None, out_shape: Shape,
+                  meta: dict[str, Any]) -> nir.NIRNode:
+    if node.bias is None:
+        return nir.Linear(weight=node.weight.copy(), metadata=meta)
+    return nir.Affine(weight=node.weight.copy(), bias=node.bias.copy(), metadata=meta)
+
+
+@writes(Conv2d)
+def _write_conv2d(name: str, node: Conv2d, in_shape: Shape | None, out_shape: Shape,
+                  meta: dict[str, Any]) -> nir.NIRNode:
+    assert in_shape is not None
+    meta["lnm_has_bias"] = node.bias is not None
+    bias = node.bias.copy() if node.bias is not None else np.zeros(node.weight.shape[0])
+    conv = nir.Conv2d(
+        input_shape=(int(in_shape[1]), int(in_shape[2])),
+        weight=node.weight.copy(),
+        stride=tuple(node.stride),
+        padding=tuple(node.padding),
+        dilation=tuple(node.dilation),
+        groups=int(node.groups),
+        bias=bias,
+        metadata=meta,
+    )
+    # nir 1.0.8 derives Conv2d types from weight.shape[1] (ignoring groups) and from a square
+    # kernel of side weight.shape[2]; set the true types, and say that NIR's own check fails.
+    conv.input_type = {"input": np.array(in_shape, dtype=np.int64)}
+    conv.output_type = {"output": np.array(out_shape, dtype=np.int64)}
+    if node.groups != 1 or node.weight.shape[2] != node.weight.shape[3]:
+        warnings.warn(
+            f"node '{name}': nir 1.0.8 computes the shapes of grouped or non-square Conv2d "
+            "wrongly, so nir.read(path) with its default type_check=True rejects this file; "
+            "lnm-deploy and nir.read(path, type_check=False) read it correctly",
+            LNMDeployWarning,
+            stacklevel=4,
         )
-        # nir 1.0.8 derives Conv2d types from weight.shape[1] (ignoring groups) and from a square
-        # kernel of side weight.shape[2]; set the true types, and say that NIR's own check fails.
-        conv.input_type = {"input": np.array(in_shape, dtype=np.int64)}
-        conv.output_type = {"output": np.array(out_shape, dtype=np.int64)}
-        if node.groups != 1 or node.weight.shape[2] != node.weight.shape[3]:
-            warnings.warn(
-                f"node '{name}': nir 1.0.8 computes the shapes of grouped or non-square Conv2d "
-                "wrongly, so nir.read(path) with its default type_check=True rejects this file; "
-                "lnm-deploy and nir.read(path, type_check=False) read it correctly",
-                LNMDeployWarning,
-                stacklevel=4,
-            )
-        return conv
-    if isinstance(node, Flatten):
-        return nir.Flatten(input_type={"input": np.array(in_shape, dtype=np.int64)},
-                           start_dim=int(node.start_dim), end_dim=int(node.end_dim), metadata=meta)
-    if isinstance(node, (SumPool2d, AvgPool2d)):
-        cls = nir.SumPool2d if isinstance(node, SumPool2d) else nir.AvgPool2d
+    return conv
+
+
+@writes(Flatten)
+def _write_flatten(name: str, node: Flatten, in_shape: Shape | None, out_shape: Shape,
+                   meta: dict[str, Any]) -> nir.NIRNode:
+    return nir.Flatten(input_type={"input": np.array(in_shape, dtype=np.int64)},
+                       start_dim=int(node.start_dim), end_dim=int(node.end_dim), metadata=meta)
+
+
+def _pool_writer(cls: type[nir.SumPool2d] | type[nir.AvgPool2d]) -> Callable[..., nir.NIRNode]:
+    def write(name: str, node: SumPool2d | AvgPool2d, in_shape: Shape | None, out_shape: Shape,
+              meta: dict[str, Any]) -> nir.NIRNode:
         assert node.stride is not None
         pool = cls(kernel_size=np.array(node.kernel_size, dtype=np.int64),
                    stride=np.array(node.stride, dtype=np.int64),
@@ -214,17 +252,27 @@ def _node_to_nir(name: str, node: Node, in_shape: Shape | None, out_shape: Shape
         pool.input_type = {"input": np.array(in_shape, dtype=np.int64)}
         pool.output_type = {"output": np.array(out_shape, dtype=np.int64)}
         return pool
-    if isinstance(node, Scale):
-        assert in_shape is not None
-        meta["lnm_scale"] = _meta_array(node.scale)
-        return nir.Scale(scale=np.broadcast_to(node.scale, in_shape).copy(), metadata=meta)
-    if isinstance(node, Threshold):
-        assert in_shape is not None
-        meta["lnm_v_th"] = _meta_array(node.v_th)
-        return nir.Threshold(threshold=np.broadcast_to(node.v_th, in_shape).copy(), metadata=meta)
-    if isinstance(node, Neuron):
-        return neuron_to_nir(name, node)
-    raise GraphError(f"no NIR mapping for IR node kind {node.kind!r}", node=name)  # pragma: no cover
+    return write
+
+
+writes(SumPool2d)(_pool_writer(nir.SumPool2d))
+writes(AvgPool2d)(_pool_writer(nir.AvgPool2d))
+
+
+@writes(Scale)
+def _write_scale(name: str, node: Scale, in_shape: Shape | None, out_shape: Shape,
+                 meta: dict[str, Any]) -> nir.NIRNode:
+    assert in_shape is not None
+    meta["lnm_scale"] = _meta_array(node.scale)
+    return nir.Scale(scale=np.broadcast_to(node.scale, in_shape).copy(), metadata=meta)
+
+
+@writes(Threshold)
+def _write_threshold(name: str, node: Threshold, in_shape: Shape | None, out_shape: Shape,
+                     meta: dict[str, Any]) -> nir.NIRNode:
+    assert in_shape is not None
+    meta["lnm_v_th"] = _meta_array(node.v_th)
+    return nir.Threshold(threshold=np.broadcast_to(node.v_th, in_shape).copy(), metadata=meta)
 
 
 def to_nir(graph: Graph) -> nir.NIRGraph:
@@ -253,7 +301,7 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         nodes[name] = _node_to_nir(name, node, in_shape, sched.shapes[name])
 
     sched_delays = graph.delayed_edges()
-    dts = sorted({n.dt for n in graph.nodes.values() if isinstance(n, Neuron)})
+    dts = sorted({n.time_step for n in graph.nodes.values() if n.time_step is not None})
     meta: dict[str, Any] = {
         "producer": "lnm-deploy",
         "producer_version": __version__,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lnm_deploy.ir import Affine, Conv2d, Graph, Neuron, Node, Scale, Threshold
+from lnm_deploy.ir import Graph, Node
 
 
 @dataclass
@@ -56,50 +56,6 @@ def _short(v: Any) -> str:
     return s if len(s) <= 100 else s[:97] + "..."
 
 
-def _stats(a: np.ndarray) -> dict[str, Any]:
-    """min / max / mean / std of an array, as plain floats (JSON-ready)."""
-    a = np.asarray(a, dtype=np.float64)
-    return {
-        "shape": list(a.shape),
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "mean": float(a.mean()),
-        "std": float(a.std()),
-    }
-
-
-def _params(node: Node) -> dict[str, Any]:
-    p: dict[str, Any] = {}
-    if isinstance(node, (Affine, Conv2d)):
-        p["weight"] = _stats(node.weight)
-        if node.bias is not None:
-            p["bias"] = _stats(node.bias)
-        if isinstance(node, Conv2d):
-            p["conv"] = {"stride": node.stride, "padding": node.padding, "dilation": node.dilation,
-                         "groups": node.groups}
-    elif isinstance(node, Scale):
-        p["scale"] = _stats(node.scale)
-    elif isinstance(node, Threshold):
-        p["v_th"] = _stats(node.v_th)
-    elif isinstance(node, Neuron):
-        uniform = bool(np.all(node.poly == node.poly.reshape(node.poly.shape[0], -1)[:, :1].reshape(
-            node.poly.shape[0], *([1] * len(node.shape)))))
-        p["dynamics"] = {
-            "degree": node.degree,
-            "poly": node.poly.reshape(node.poly.shape[0], -1)[:, 0].tolist() if uniform else "per neuron",
-            "reset": node.reset if node.spiking else "none (integrator)",
-            "synapse": node.syn_decay is not None,
-            "dt": node.dt,
-        }
-        if node.v_th is not None:
-            p["v_th"] = _stats(node.v_th)
-        if node.syn_decay is not None:
-            p["syn_decay"] = _stats(node.syn_decay)
-        if "nir_type" in node.metadata:
-            p["nir_type"] = str(node.metadata["nir_type"])
-    return p
-
-
 def _count(node: Node) -> int:
     arrays = [getattr(node, f, None) for f in ("weight", "bias", "scale", "poly", "v_th", "v_reset", "syn_decay")]
     return int(sum(a.size for a in arrays if isinstance(a, np.ndarray)))
@@ -117,7 +73,7 @@ def summarize(graph: Graph) -> GraphSummary:
             kind=graph.nodes[name].kind,
             input_shape=list(sched.shapes[fresh[0]]) if fresh else None,
             output_shape=list(sched.shapes[name]),
-            params=_params(graph.nodes[name]),
+            params=graph.nodes[name].describe(),
             inputs=[f"{s} (t-1)" if d else s for s, d in srcs],
         ))
     meta = {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)

@@ -8,6 +8,7 @@ uses (e.g. the clamped ``alpha``), so a float64 model and the numpy executor agr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,59 +101,102 @@ def neuron_node(layer: LNM, dt: float, metadata: dict[str, Any] | None = None) -
     )
 
 
-def layer_nodes(name: str, layer: nn.Module, dt: float) -> list[tuple[str, Node]]:
-    """IR node(s) for one torch layer; a RecurrentLNM gives ``[(name, Neuron), (name_rec, Affine)]``."""
-    if isinstance(layer, RecurrentLNM):
-        rec = Affine(weight=_np(layer.rec.weight), bias=_opt(layer.rec.bias), metadata={"source": "Linear"})
-        return [(name, neuron_node(layer, dt, {"recurrent": f"{name}_rec"})), (f"{name}_rec", rec)]
-    if isinstance(layer, LNM):
-        return [(name, neuron_node(layer, dt))]
-    if isinstance(layer, nn.Linear):
-        return [(name, Affine(weight=_np(layer.weight), bias=_opt(layer.bias), metadata={"source": "Linear"}))]
-    if isinstance(layer, nn.Conv2d):
-        conv = Conv2d(
-            weight=_np(layer.weight),
-            bias=_opt(layer.bias),
-            stride=_p2(layer.stride),
-            padding=_conv_padding(name, layer),
-            dilation=_p2(layer.dilation),
-            groups=layer.groups,
-            metadata={"source": "Conv2d"},
-        )
-        return [(name, conv)]
-    if isinstance(layer, nn.Flatten):
-        flat = Flatten(
-            start_dim=_flatten_dim(name, layer.start_dim),
-            end_dim=_flatten_dim(name, layer.end_dim),
-            metadata={"source": "Flatten"},
-        )
-        return [(name, flat)]
-    if isinstance(layer, TorchSumPool2d):
-        spool = SumPool2d(
-            kernel_size=_p2(layer.kernel_size),
-            stride=_p2(layer.stride),
-            padding=_p2(layer.padding),
-            metadata={"source": "SumPool2d"},
-        )
-        return [(name, spool)]
-    if isinstance(layer, nn.AvgPool2d):
-        pad = _p2(layer.padding)
-        if layer.ceil_mode:
-            raise UnsupportedError("AvgPool2d(ceil_mode=True)", node=name)
-        if layer.divisor_override is not None:
-            raise UnsupportedError("AvgPool2d(divisor_override=...); use SumPool2d for sums", node=name)
-        if not layer.count_include_pad and any(pad):
-            raise UnsupportedError("AvgPool2d(count_include_pad=False) with padding", node=name)
-        apool = AvgPool2d(
-            kernel_size=_p2(layer.kernel_size),
-            stride=_p2(layer.kernel_size if layer.stride is None else layer.stride),
-            padding=pad,
-            metadata={"source": "AvgPool2d"},
-        )
-        return [(name, apool)]
+LayerNodes = list[tuple[str, Node]]
+#: torch layer class -> its converter ``(name, layer, dt) -> [(node name, IR node), ...]``; a layer
+#: is converted by the entry of the nearest class in its MRO (so RecurrentLNM before LNM).
+LAYER_CONVERTERS: dict[type[nn.Module], Callable[[str, Any, float], LayerNodes]] = {}
+
+
+def converts(cls: type[nn.Module]) -> Callable[[Callable[[str, Any, float], LayerNodes]],
+                                               Callable[[str, Any, float], LayerNodes]]:
+    """Register the decorated function as the IR converter of torch layers of class ``cls``."""
+    def deco(fn: Callable[[str, Any, float], LayerNodes]) -> Callable[[str, Any, float], LayerNodes]:
+        LAYER_CONVERTERS[cls] = fn
+        return fn
+    return deco
+
+
+@converts(RecurrentLNM)
+def _recurrent_lnm(name: str, layer: RecurrentLNM, dt: float) -> LayerNodes:
+    rec = Affine(weight=_np(layer.rec.weight), bias=_opt(layer.rec.bias), metadata={"source": "Linear"})
+    return [(name, neuron_node(layer, dt, {"recurrent": f"{name}_rec"})), (f"{name}_rec", rec)]
+
+
+@converts(LNM)
+def _lnm(name: str, layer: LNM, dt: float) -> LayerNodes:
+    return [(name, neuron_node(layer, dt))]
+
+
+@converts(nn.Linear)
+def _linear(name: str, layer: nn.Linear, dt: float) -> LayerNodes:
+    return [(name, Affine(weight=_np(layer.weight), bias=_opt(layer.bias), metadata={"source": "Linear"}))]
+
+
+@converts(nn.Conv2d)
+def _conv2d(name: str, layer: nn.Conv2d, dt: float) -> LayerNodes:
+    conv = Conv2d(
+        weight=_np(layer.weight),
+        bias=_opt(layer.bias),
+        stride=_p2(layer.stride),
+        padding=_conv_padding(name, layer),
+        dilation=_p2(layer.dilation),
+        groups=layer.groups,
+        metadata={"source": "Conv2d"},
+    )
+    return [(name, conv)]
+
+
+@converts(nn.Flatten)
+def _flatten(name: str, layer: nn.Flatten, dt: float) -> LayerNodes:
+    flat = Flatten(
+        start_dim=_flatten_dim(name, layer.start_dim),
+        end_dim=_flatten_dim(name, layer.end_dim),
+        metadata={"source": "Flatten"},
+    )
+    return [(name, flat)]
+
+
+@converts(TorchSumPool2d)
+def _sumpool2d(name: str, layer: TorchSumPool2d, dt: float) -> LayerNodes:
+    spool = SumPool2d(
+        kernel_size=_p2(layer.kernel_size),
+        stride=_p2(layer.stride),
+        padding=_p2(layer.padding),
+        metadata={"source": "SumPool2d"},
+    )
+    return [(name, spool)]
+
+
+@converts(nn.AvgPool2d)
+def _avgpool2d(name: str, layer: nn.AvgPool2d, dt: float) -> LayerNodes:
+    pad = _p2(layer.padding)
+    if layer.ceil_mode:
+        raise UnsupportedError("AvgPool2d(ceil_mode=True)", node=name)
+    if layer.divisor_override is not None:
+        raise UnsupportedError("AvgPool2d(divisor_override=...); use SumPool2d for sums", node=name)
+    if not layer.count_include_pad and any(pad):
+        raise UnsupportedError("AvgPool2d(count_include_pad=False) with padding", node=name)
+    apool = AvgPool2d(
+        kernel_size=_p2(layer.kernel_size),
+        stride=_p2(layer.kernel_size if layer.stride is None else layer.stride),
+        padding=pad,
+        metadata={"source": "AvgPool2d"},
+    )
+    return [(name, apool)]
+
+
+def layer_nodes(name: str, layer: nn.Module, dt: float) -> LayerNodes:
+    """IR node(s) for one torch layer; a RecurrentLNM gives ``[(name, Neuron), (name_rec, Affine)]``.
+
+    Raises:
+        UnsupportedError: a layer class without a converter (the message lists the supported ones).
+    """
+    for cls in type(layer).__mro__:
+        if cls in LAYER_CONVERTERS:
+            return LAYER_CONVERTERS[cls](name, layer, dt)
     raise UnsupportedError(
-        f"layer type {type(layer).__name__} has no IR equivalent (supported: Linear, Conv2d, Flatten, "
-        "SumPool2d, AvgPool2d, LNM, RecurrentLNM)",
+        f"layer type {type(layer).__name__} has no IR equivalent (supported: "
+        f"{', '.join(sorted(c.__name__ for c in LAYER_CONVERTERS))})",
         node=name,
     )
 

@@ -8,7 +8,7 @@ step along recurrent ones).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,12 +43,16 @@ class RunResult:
     ``output``: the Output node's values. ``spikes``: every spiking node's spikes (Neuron with a
     threshold, Threshold), always recorded. ``states``: per Neuron node ``{"v": membrane after
     reset, "v_pre": membrane before the spike test, "c": synaptic current}`` (``c`` only for nodes
-    with a synapse), only with ``record=True``.
+    with a synapse), only with ``record=True``. ``values``: the output of each node named in
+    ``run_float``'s ``keep_outputs``; ``inputs``: the summed input (what its step receives) of each
+    node named in ``keep_inputs`` (both empty unless asked for).
     """
 
     output: Array
     spikes: dict[str, Array] = field(default_factory=dict)
     states: dict[str, dict[str, Array]] = field(default_factory=dict)
+    values: dict[str, Array] = field(default_factory=dict)
+    inputs: dict[str, Array] = field(default_factory=dict)
 
 
 def horner(poly: Array, v: Array) -> Array:
@@ -182,8 +186,13 @@ def initial_values(graph: Graph, sched: Schedule, steps_fn: dict[str, Step], bat
 
 
 def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike = np.float64,
-              progress: bool = False) -> RunResult:
-    """Run ``graph`` on ``x`` shaped (batch, timesteps, *input_shape); see ``RunResult``."""
+              progress: bool = False, keep_outputs: Collection[str] = (),
+              keep_inputs: Collection[str] = ()) -> RunResult:
+    """Run ``graph`` on ``x`` shaped (batch, timesteps, *input_shape); see ``RunResult``.
+
+    ``keep_outputs`` / ``keep_inputs``: nodes whose per-step output / summed input is kept in
+    ``RunResult.values`` / ``RunResult.inputs`` (batch, timesteps, *shape) (what the calibration
+    statistics read: the values the run itself computed)."""
     sched = graph.schedule()
     from lnm_deploy import validate
 
@@ -212,6 +221,8 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
             if st.c is not None:
                 states[n]["c"] = np.zeros((batch, steps, *st.node.shape), dtype=dtype)
     output = np.zeros((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
+    values: dict[str, Array] = {}
+    inputs: dict[str, Array] = {}
 
     prev = initial_values(graph, sched, steps_fn, batch, dtype)
     it = range(steps)
@@ -231,6 +242,10 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                     total = term if total is None else total + term
                 assert total is not None
                 val = total
+                if name in keep_inputs:
+                    if name not in inputs:
+                        inputs[name] = np.empty((batch, steps, *val.shape[1:]), dtype=val.dtype)
+                    inputs[name][:, t] = val
             with np.errstate(over="ignore", invalid="ignore"):
                 cur[name] = steps_fn[name](val)
             if name in neurons and not np.all(np.isfinite(neurons[name].v)):
@@ -239,6 +254,10 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                     "over the range this input reaches",
                     node=name,
                 )
+        for n in keep_outputs:
+            if n not in values:
+                values[n] = np.empty((batch, steps, *cur[n].shape[1:]), dtype=cur[n].dtype)
+            values[n][:, t] = cur[n]
         for n in spiking:
             spikes[n][:, t] = cur[n]
         if record:
@@ -249,4 +268,4 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                     states[n]["c"][:, t] = st.c
         output[:, t] = cur[sched.output_node]
         prev = cur
-    return RunResult(output=output, spikes=spikes, states=states)
+    return RunResult(output=output, spikes=spikes, states=states, values=values, inputs=inputs)

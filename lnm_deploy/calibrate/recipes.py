@@ -287,11 +287,13 @@ def list_recipes() -> list[Recipe]:
 
 def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: bool = True,
                         workers: int | None = 1, ray_address: str | None = None,
-                        engine: str = "auto") -> CalibrationStats:
+                        engine: str = "auto", on_batch: Any = None) -> CalibrationStats:
     """``collect_stats`` with the recipe's sample count, batch size, seed and histogram settings.
 
     ``workers`` > 1 or ``ray_address``: the batches are spread over processes or a Ray cluster
-    (``lnm_deploy.distributed.collect_stats_sharded``; the statistics are identical)."""
+    (``lnm_deploy.distributed.collect_stats_sharded``; the statistics are identical).
+    ``on_batch``: ``collect_stats``'s per-batch hook, called only in a single-process pass (the
+    sharded pass keeps its runs in the workers)."""
     info = recipe.info
     kw: dict[str, Any] = dict(batch_size=info.batch_size, progress=progress,
                               max_samples=info.max_samples or None, seed=info.seed if info.shuffle else None,
@@ -300,7 +302,7 @@ def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: 
         from lnm_deploy.distributed import collect_stats_sharded
 
         return collect_stats_sharded(graph, x, workers=workers, ray_address=ray_address, engine=engine, **kw)
-    return collect_stats(graph, x, **kw)
+    return collect_stats(graph, x, on_batch=on_batch, **kw)
 
 
 def choose_ranges(stats: CalibrationStats, recipe: Recipe, *, weight_bits: int, state_bits: int,

@@ -162,9 +162,12 @@ class Histogram:
             raise NumericError("calibration values contain NaN or inf")
         self._grow(_pow2_above(max(abs(lo), abs(hi), self.abs_max)))
         n = self.bins_per_side
-        # |x| < R strictly, so floor(x / w) is in [-N, N); x / w is exact (w is a power of two).
-        idx = np.floor(x / self.width).astype(np.int64) + n
-        self.counts += np.bincount(idx, minlength=2 * n)
+        # |x| < R strictly, so floor(x / w) is in [-N, N); x * (1 / w) is exact (w is a power of
+        # two), and so is adding N to the integer-valued floats.
+        idx = np.multiply(x, 1.0 / self.width)
+        np.floor(idx, out=idx)
+        idx += n
+        self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
         self.n += int(x.size)
         self.minimum = min(self.minimum, lo)
         self.maximum = max(self.maximum, hi)
@@ -373,10 +376,19 @@ class TensorStats:
         self.total += float(x.sum())
         self.total_sq += float(np.square(x).sum())
         if channel_axis is not None and x.ndim > channel_axis and x.size:
-            per = np.moveaxis(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
-            lo, hi = per.min(axis=1), per.max(axis=1)
+            others = tuple(a for a in range(x.ndim) if a != channel_axis)
+            lo, hi = x.min(axis=others), x.max(axis=others)
             self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
             self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
+
+    def assign(self, other: TensorStats) -> None:
+        """Take ``other``'s values (histogram, sums, per-channel ranges; not the trace): for a
+        tensor that holds the same values as ``other`` (a neuron whose input is one synapse's
+        output), without adding them twice."""
+        self.hist = other.hist.copy()
+        self.total, self.total_sq = other.total, other.total_sq
+        self.channel_min = None if other.channel_min is None else other.channel_min.copy()
+        self.channel_max = None if other.channel_max is None else other.channel_max.copy()
 
     def merge(self, other: TensorStats, *, trace_at: int | None = None) -> None:
         """Add ``other``'s values (exact for the histogram, min and max). Traces are per run and
@@ -748,7 +760,11 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
 
     _check_cycles(graph, sched)
     keep_outputs = list(stats.synapses)
-    keep_inputs = list(stats.neurons)
+    # A neuron whose input is one synapse's undelayed output holds that output's values: its
+    # statistics are copied, not added a second time.
+    same_as = {n: sched.inputs[n][0][0] for n in stats.neurons
+               if len(sched.inputs[n]) == 1 and not sched.inputs[n][0][1] and sched.inputs[n][0][0] in stats.synapses}
+    keep_inputs = [n for n in stats.neurons if n not in same_as]
 
     from tqdm import tqdm
 
@@ -767,7 +783,10 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
                 st.output.update(res.values[name], ch)
             for name, nst in stats.neurons.items():
                 rec = res.states[name]
-                nst.input.update(res.inputs[name], ch)
+                if name in same_as:
+                    nst.input.assign(stats.synapses[same_as[name]].output)
+                else:
+                    nst.input.update(res.inputs[name], ch)
                 if nst.c is not None:
                     nst.c.update(rec["c"], ch)
                 nst.v.update(rec["v"], ch)

@@ -232,7 +232,7 @@ REMOVED: dict[str, str] = {
 
 def _removed(data: dict[str, Any]) -> list[str]:
     """The removed sections / keys present in ``data``."""
-    found = [k for k in ("currents", "membrane") if k in data]
+    found: list[str] = [k for k in ("currents", "membrane") if k in data]
     if isinstance(data.get("search"), dict) and "tensors" in data["search"]:
         found.append("search.tensors")
     return found

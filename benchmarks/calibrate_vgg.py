@@ -6,7 +6,9 @@ Flatten -> Linear + LNM (10), T = 8 timesteps, 16 samples of Bernoulli input spi
 ``calibrate_network`` with the ``default`` recipe for ``loihi2`` (statistics, scales, integers,
 the overflow proof and the fxsim comparison); one float pass is ``run_float`` on the same 16
 samples without recording states. Both are timed in alternating rounds (the machine is shared) and
-the best round of each is kept.
+the best round of each is kept. Issue #11's bound: calibration <= 3x one float pass. Calibration
+is one recorded float pass (statistics and float reference at once), the graph folded once, the
+quantizer's passes, one recorded fxsim pass and the comparison; ``--profile`` shows the split.
 
 Usage: python benchmarks/calibrate_vgg.py [--repeats 3] [--profile]
 The last line is ``ratio_calibrate_vs_float=<calibration time / one float pass>``.

@@ -44,8 +44,7 @@ def test_shipped_recipes_load():
                     "trace_percentile", "margin"):
             assert f"\n{key} =" in text, (r.name, key)
     d = recipes["default"]
-    assert d.weights.method == "minmax" and d.currents.method == "percentile"
-    assert d.currents.params == {"percentile": 99.99} and d.membrane.params == {"percentile": 99.99}
+    assert d.weights.method == "minmax" and d.for_class("membrane").method == "minmax"
     assert d.info.margin == 1.25 and not d.search.enabled
     a = recipes["agreement"]
     assert a.search.enabled and a.search.objective == "spike_agreement" and 1.0 in a.search.scale_factors
@@ -59,6 +58,10 @@ def test_recipe_round_trips_through_a_record():
     d = json.loads(json.dumps(r.to_dict()))
     back = recipe_from_dict(d)
     assert back.to_dict() == r.to_dict()
+    # A record written before [currents], [membrane] and search.tensors went still reads back.
+    old = dict(d, currents={"method": "percentile", "percentile": 99.99}, membrane={"method": "minmax"},
+               search=dict(d["search"], tensors=["weights"]))
+    assert recipe_from_dict(old).to_dict() == r.to_dict()
 
 
 def test_defaults_fill_a_minimal_user_recipe(tmp_path):
@@ -66,16 +69,19 @@ def test_defaults_fill_a_minimal_user_recipe(tmp_path):
     f.write_text('[weights]\nmethod = "mse"\n')
     r = load_recipe(f)
     assert r.name == "mine" and r.weights.params == {"candidates": 400}
-    assert r.currents.method == "minmax" and r.info.batch_size == 32
+    assert r.for_class("currents").method == "minmax" and r.info.batch_size == 32
 
 
 BAD = [
     ('[weights]\nmethod = "mse"\npercentile = 99.0\n', r"unknown key\(s\) \['weights.percentile'\] for method 'mse'"),
     ('[weights]\nmethod = "max"\n', r"key 'weights.method' has unknown method 'max'; valid methods: \['entropy', 'minmax', 'mse', 'percentile'\]"),
-    ('[currents]\nmethod = "percentile"\npercentile = 0\n', r"key 'currents.percentile' = 0.0 must be in \(0, 100\]"),
-    ('[currents]\nmethod = "percentile"\npercentile = 100.5\n', r"key 'currents.percentile' = 100.5 must be in \(0, 100\]"),
-    ('[currents]\nmethod = "percentile"\npercentile = "high"\n', r"key 'currents.percentile' must be a number"),
-    ('[membrane]\nmethod = "percentile"\ngranularity = "per-channel"\n', r"key 'membrane.granularity': per-channel"),
+    ('[weights]\nmethod = "percentile"\npercentile = 0\n', r"key 'weights.percentile' = 0.0 must be in \(0, 100\]"),
+    ('[weights]\nmethod = "percentile"\npercentile = 100.5\n', r"key 'weights.percentile' = 100.5 must be in \(0, 100\]"),
+    ('[weights]\nmethod = "percentile"\npercentile = "high"\n', r"key 'weights.percentile' must be a number"),
+    # Settings that never acted are refused with the key, the reason and the fix.
+    ('[currents]\nmethod = "percentile"\n', r"section \[currents\] is no longer supported: state scales .*abs-max.*Delete it"),
+    ('[membrane]\nmethod = "minmax"\n', r"section \[membrane\] is no longer supported: .*Delete it"),
+    ('[search]\ntensors = ["weights"]\n', r"key 'search.tensors' is no longer supported: .*weight clips only.*Delete it"),
     ('[weights]\ngranularity = "per-row"\n', r"key 'weights.granularity' is 'per-row'"),
     ('[recipe]\nbatch_size = 0\n', r"key 'recipe.batch_size' = 0 must be >= 1"),
     ('[recipe]\nbatch_size = 2.5\n', r"key 'recipe.batch_size' must be an integer"),
@@ -86,7 +92,6 @@ BAD = [
     ('[search]\nobjective = "accuracy"\n', r"key 'search.objective' is 'accuracy'; allowed: \['spike_agreement'\]"),
     ('[search]\nscale_factors = [1.0, -0.5]\n', r"key 'search.scale_factors'"),
     ('[search]\nscale_factors = []\n', r"key 'search.scale_factors' must be a non-empty list"),
-    ('[search]\ntensors = ["biases"]\n', r"key 'search.tensors' has \['biases'\]"),
     ('[weight]\nmethod = "mse"\n', r"unknown section\(s\) \['weight'\]"),
     ("weights = 3\n", r"\[weights\] must be a table"),
     ("[weights\n", r"not valid TOML"),
@@ -125,9 +130,7 @@ def test_recipe_drives_collection_and_ranges(tmp_path):
     x = (np.random.default_rng(1).random((20, 10, 6)) < 0.3).astype(float)
     f = tmp_path / "small.toml"
     f.write_text('[recipe]\nmax_samples = 12\nbatch_size = 5\nshuffle = false\nbins_per_side = 256\n'
-                 '[weights]\nmethod = "percentile"\npercentile = 90.0\ngranularity = "per-channel"\n'
-                 '[membrane]\nmethod = "minmax"\ngranularity = "per-channel"\n'
-                 '[currents]\nmethod = "percentile"\npercentile = 50.0\n')
+                 '[weights]\nmethod = "percentile"\npercentile = 90.0\ngranularity = "per-channel"\n')
     r = load_recipe(f)
     stats = collect_with_recipe(g, x, r, progress=False)
     assert stats.samples == 12 and stats.batch_size == 5 and stats.seed is None
@@ -138,13 +141,14 @@ def test_recipe_drives_collection_and_ranges(tmp_path):
     w = ranges["fc1.weight"]
     assert isinstance(w, ChannelClips) and w.clips.shape == (8,) and w.bits == 8
     assert np.all(w.clips <= np.abs(g.nodes["fc1"].weight).max(axis=1))
+    # Currents and membrane: the exact abs-max (min-max), as the quantizer's state scales use.
     v = ranges["n1.v_pre"]
-    assert isinstance(v, ChannelClips) and np.array_equal(v.clips, stats.neurons["n1"].v_pre.channel_abs_max)
+    assert isinstance(v, ClipRange) and v.method == "minmax" and v.clip == stats.neurons["n1"].v_pre.abs_max
     b = ranges["fc2.bias"]
     assert isinstance(b, ClipRange) and b.method == "minmax" and b.clipped_fraction == 0.0
     cur = ranges["n1.c"]
-    assert isinstance(cur, ClipRange) and cur.method == "percentile" and cur.bits == 24
-    assert cur.clip == stats.neurons["n1"].c.hist.abs_percentile(50.0) < stats.neurons["n1"].c.abs_max
+    assert isinstance(cur, ClipRange) and cur.method == "minmax" and cur.bits == 24
+    assert cur.clip == stats.neurons["n1"].c.abs_max and cur.clipped_fraction == 0.0
     json.dumps({k: v.to_dict() for k, v in ranges.items()}, allow_nan=False)
     # Without the graph, per-channel weights with a histogram method fall back to per-tensor.
     assert isinstance(choose_ranges(stats, r, weight_bits=8, state_bits=24)["fc1.weight"], ClipRange)

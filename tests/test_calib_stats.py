@@ -210,20 +210,45 @@ def test_collect_stats_matches_executor_and_raw_states():
         assert np.allclose(cs, r.states[name].get("c", cs))
 
 
-def test_v_pre_rebuilt_from_v_matches_the_executor():
-    # The fallback for executors without states["v_pre"]: rebuilt from v, c and the spikes,
-    # checked against the independent simulation.
-    from lnm_deploy.calibrate.stats import _v_pre
-
-    g = _ff_graph()
-    x = _spike_input()
-    r = run_float(g, x, record=True)
-    i1 = x @ g.nodes["fc1"].weight.T + g.nodes["fc1"].bias
-    i2 = r.spikes["n1"].astype(float) @ g.nodes["fc2"].weight.T
-    for name, drive, cur in (("n1", i1, r.states["n1"]["c"]), ("n2", i2, i2)):
-        rebuilt = _v_pre(g.nodes[name], r.states[name]["v"], cur, r.spikes[name])
-        assert np.allclose(rebuilt, _simulate(g.nodes[name], drive)[0], rtol=0, atol=1e-12)
-        assert np.array_equal(rebuilt > 1.0, r.spikes[name].astype(bool))
+def test_statistics_are_the_float_runs_own_values():
+    # One recorded float run per batch is the only computation: each tensor's statistics equal
+    # those of the values the run itself produced (synapse outputs, neuron inputs, v, v_pre, c),
+    # the batches cover every sample once, and each batch's run reaches on_batch.
+    rng = np.random.default_rng(2)
+    g = Graph(nodes={"in": Input(shape=(12,)), "fc1": Affine(weight=rng.normal(size=(8, 12)), bias=np.full(8, 0.1)),
+                     "n1": Neuron(shape=(8,), poly=[0.0, 0.9, 0.05], v_th=1.0, syn_decay=0.5),
+                     "rec": Affine(weight=rng.normal(size=(8, 8)) * 0.3),
+                     "fc2": Affine(weight=rng.normal(size=(3, 8))), "n2": Neuron(shape=(3,), poly=[0.0, 0.8], v_th=1.0),
+                     "out": Output()},
+              edges=[("in", "fc1"), ("fc1", "n1"), ("n1", "rec"), ("rec", "n1"), ("n1", "fc2"), ("fc2", "n2"),
+                     ("n2", "out")])
+    x = _spike_input(n=12)
+    seen: list[np.ndarray] = []
+    stats = collect_stats(g, x, batch_size=5, progress=False, seed=4,
+                          on_batch=lambda idx, res: seen.append(idx.copy()))
+    order = np.concatenate(seen)
+    assert np.array_equal(np.sort(order), np.arange(12)) and len(seen) == 3
+    syn = [n for n in stats.synapses]
+    neu = [n for n in stats.neurons]
+    runs = [run_float(g, x[idx], record=True, keep_outputs=syn, keep_inputs=neu) for idx in seen]
+    for name in syn:
+        ref = TensorStats.empty()
+        for r in runs:
+            ref.update(r.values[name], 2)
+        got = stats.synapses[name].output
+        assert np.array_equal(got.hist.counts, ref.hist.counts) and got.total == ref.total, name
+    for name in neu:
+        for tensor, arrays in (("input", [r.inputs[name] for r in runs]),
+                               ("v", [r.states[name]["v"] for r in runs]),
+                               ("v_pre", [r.states[name]["v_pre"] for r in runs])):
+            ref = TensorStats.empty()
+            for arr in arrays:
+                ref.update(arr, 2)
+            got = getattr(stats.neurons[name], tensor)
+            assert np.array_equal(got.hist.counts, ref.hist.counts), (name, tensor)
+            assert (got.minimum, got.maximum, got.total, got.total_sq) == (
+                ref.minimum, ref.maximum, ref.total, ref.total_sq), (name, tensor)
+            assert np.array_equal(got.channel_max, ref.channel_max), (name, tensor)
 
 
 def test_collect_stats_batching_and_serialisation():

@@ -1,12 +1,16 @@
 """``calibrate_network``: statistics -> scales -> integers -> a verified artifact and its report.
 
-1. Run the calibration set through the float executor and collect per-layer statistics
-   (``stats.collect_with_recipe``: histograms, exact ranges, spike rates, range traces).
-2. Choose the weight clips by the recipe's weight calibrator; optionally search, layer by layer,
-   the weight clip that maximises spike agreement with the float model (``[search]``).
-3. Quantize for the target (``quantize.quantize``): integers, shifts, the LIF fit where the target
-   has no programmable neuron, and a static proof that no register overflows over the calibrated
-   range times the recipe's margin.
+1. Run the calibration set through the float executor once and collect per-layer statistics
+   (``stats.collect_with_recipe``: histograms, exact ranges, spike rates, range traces); the same
+   recorded runs are the float reference of step 4 where they cover its samples (a single-process
+   pass over every sample; otherwise the reference is one more float run).
+2. Fold the graph's synapse chains once (``passes.fold``: the ``MappedGraph``, kept on the result).
+   Choose the weight clips by the recipe's weight calibrator; optionally search, layer by layer,
+   the weight clip that maximises spike agreement with the float model (``[search]``): each
+   candidate re-runs only the scale planning and encoding passes.
+3. Quantize for the target (``passes.quantize_mapped``): integers, shifts, the LIF fit where the
+   target has no programmable neuron, and a static proof that no register overflows over the
+   calibrated range times the recipe's margin.
 4. Run fxsim on the calibration set and compare with the float model per layer: spike agreement,
    rate drift, membrane SQNR, first divergence. All of it goes into the report and the artifact.
 """
@@ -27,7 +31,15 @@ from lnm_deploy._version import __version__
 from lnm_deploy.artifact import Artifact
 from lnm_deploy.calibrate.calibrators import ClipRange
 from lnm_deploy.calibrate.compare import compare_spikes, first_divergence, sqnr_db
-from lnm_deploy.calibrate.quantize import NeuronRange, Quantized, WeightClip, quantize
+from lnm_deploy.calibrate.passes import (
+    MappedGraph,
+    NeuronRange,
+    Quantized,
+    Selection,
+    WeightClip,
+    fold,
+    quantize_mapped,
+)
 from lnm_deploy.calibrate.recipes import Recipe, collect_with_recipe
 from lnm_deploy.calibrate.stats import CalibrationStats
 from lnm_deploy.errors import LNMDeployWarning
@@ -50,6 +62,9 @@ class CalibrationResult:
     float_run: RunResult
     fixed_run: RunResult
     report: dict[str, Any] = field(default_factory=dict)
+    #: the float graph folded onto synapses and neuron layers (``passes.fold``), what the quantizer
+    #: mapped: for verify and the reports, which need not re-derive it
+    mapped: MappedGraph | None = None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -114,7 +129,45 @@ def compare_runs_float_fixed(graph: Graph, qz: Quantized, ref: RunResult, fixed:
     return {"layers": out, "first_divergence": None if div is None else div._asdict()}
 
 
-def _search(graph: Graph, build: Any, ref: RunResult, x: Array, recipe: Recipe, log: list[dict[str, Any]],
+class _ReferenceKeeper:
+    """Keeps, from the statistics pass's recorded float runs (``collect_stats``'s ``on_batch``),
+    the rows of the first ``n`` samples: the float reference without a second float run."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.parts: list[tuple[Array, RunResult]] = []
+
+    def __call__(self, index: Array, res: RunResult) -> None:
+        sel = np.flatnonzero(index < self.n)
+        if sel.size:
+            self.parts.append((index[sel], RunResult(
+                output=res.output[sel], spikes={k: v[sel] for k, v in res.spikes.items()},
+                states={n: {k: v[sel] for k, v in st.items()} for n, st in res.states.items()})))
+
+    def result(self) -> RunResult | None:
+        """The reference over samples ``0 .. n - 1`` in order, or None where the runs kept do not
+        cover every one of them."""
+        if not self.parts:
+            return None
+        rows = np.concatenate([i for i, _ in self.parts])
+        if rows.size != self.n or not np.array_equal(np.sort(rows), np.arange(self.n)):
+            return None
+        order = np.argsort(rows, kind="stable")
+        runs = [r for _, r in self.parts]
+
+        def cat(arrays: list[Array]) -> Array:
+            return np.concatenate(arrays)[order]
+
+        first = runs[0]
+        out = RunResult(
+            output=cat([r.output for r in runs]),
+            spikes={k: cat([r.spikes[k] for r in runs]) for k in first.spikes},
+            states={n: {k: cat([r.states[n][k] for r in runs]) for k in st} for n, st in first.states.items()})
+        self.parts = []
+        return out
+
+
+def _search(build: Any, ref: RunResult, x: Array, recipe: Recipe, log: list[dict[str, Any]],
             progress: bool) -> dict[str, float]:
     """Coordinate search over the weight clip of each synapse (``recipe.search``): each candidate
     scales the calibrated clip; the one that maximises the objective on the search subset wins."""
@@ -165,29 +218,34 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     from lnm_deploy.fxsim import run_fx
 
     graph, x, target, recipe, y = validate.calibration_args(graph, x, target, recipe, y)
-    stats = collect_with_recipe(graph, x, recipe, progress=progress, workers=workers,
-                                ray_address=ray_address, engine=engine)
-    ranges = neuron_ranges(stats)
-    # The comparison set: the samples the statistics saw (at most max_samples).
+    # The comparison set: the first max_samples samples of x.
     n_eval = min(x.shape[0], recipe.info.max_samples or x.shape[0])
     x_eval = x[:n_eval]
-    ref = run_float(graph, x_eval, record=True)
+    keeper = _ReferenceKeeper(n_eval)
+    stats = collect_with_recipe(graph, x, recipe, progress=progress, workers=workers,
+                                ray_address=ray_address, engine=engine, on_batch=keeper)
+    ranges = neuron_ranges(stats)
+    ref = keeper.result()
+    if ref is None:  # the statistics saw other samples, or ran elsewhere
+        ref = run_float(graph, x_eval, record=True)
+    mapped = fold(graph)
+    selections: dict[str, Selection] = {}  # pass 2, shared by every candidate
     notes: list[str] = []
     factors: dict[str, float] = {}
 
     def build(f: dict[str, float]) -> Quantized:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LNMDeployWarning)
-            return quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, f, []),
-                            margin=recipe.info.margin)
+            return quantize_mapped(mapped, ranges, target, weight_clip=_weight_clip(recipe, f, []),
+                                   margin=recipe.info.margin, selections=selections)
 
     search_log: list[dict[str, Any]] = []
     if recipe.search.enabled:
-        factors = _search(graph, build, ref, x_eval, recipe, search_log, progress)
+        factors = _search(build, ref, x_eval, recipe, search_log, progress)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LNMDeployWarning)
-        qz = quantize(graph, ranges, target, weight_clip=_weight_clip(recipe, factors, notes),
-                      margin=recipe.info.margin)
+        qz = quantize_mapped(mapped, ranges, target, weight_clip=_weight_clip(recipe, factors, notes),
+                             margin=recipe.info.margin, selections=selections)
     for w in caught:  # re-emit once, after the search's silent trials
         warnings.warn(w.message, LNMDeployWarning, stacklevel=2)
     fixed = run_fx(qz.fx, x_eval, record=True)
@@ -227,4 +285,5 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         "stats": stats.to_dict(histograms=False)}, "provenance": provenance}
     neurons = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]
     qz.graph.metadata.update({"calibrated_from_neurons": neurons})
-    return CalibrationResult(Artifact(graph=qz.graph, fx=qz.fx, record=record), stats, qz, ref, fixed, report)
+    return CalibrationResult(Artifact(graph=qz.graph, fx=qz.fx, record=record), stats, qz, ref, fixed, report,
+                             mapped)

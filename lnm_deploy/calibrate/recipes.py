@@ -7,9 +7,12 @@ Shipped recipes live in the top-level ``calibration/`` directory of the source t
     [recipe]    description, max_samples, batch_size, seed, shuffle, bins_per_side,
                 trace_percentile, margin
     [weights]   method, granularity, <the method's parameters>
-    [currents]  (same keys; synapse outputs, neuron inputs, synaptic currents, biases)
-    [membrane]  (same keys; v after reset and v' before the spike test)
-    [search]    enabled, objective, scale_factors, tensors, per_layer, rounds, max_samples
+    [search]    enabled, objective, scale_factors, per_layer, rounds, max_samples
+
+There are no ``[currents]`` / ``[membrane]`` sections and no ``search.tensors``: the state scales
+(membrane, currents) come from the exact calibrated abs-max times ``margin``, because the
+overflow proofs need every calibrated value to fit, and the search scales weight clips only. A
+recipe file that still has them is refused with the key named (``REMOVED``).
 
 Every key is optional (defaults below). The allowed keys are the fields of the dataclasses here
 and, in a tensor section, the keyword parameters of the chosen calibrator (read from
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +61,10 @@ GRANULARITIES: tuple[str, ...] = ("per-tensor", "per-channel")
 
 @dataclass(frozen=True)
 class TensorRecipe:
-    """How one tensor class is calibrated.
+    """How the weights are calibrated (``[weights]``).
 
     ``granularity`` "per-channel" means one range per output channel where the target allows it
-    (the quantizer falls back to per-tensor and says so otherwise). For currents and membrane only
-    per-channel min / max are collected, so per-channel needs method "minmax" there.
+    (the quantizer falls back to per-tensor and says so otherwise).
     """
 
     method: str = "minmax"
@@ -83,7 +84,6 @@ class SearchRecipe:
     enabled: bool = False
     objective: str = "spike_agreement"
     scale_factors: tuple[float, ...] = (0.5, 0.70710678, 1.0, 1.41421356, 2.0)
-    tensors: tuple[str, ...] = ("weights",)
     per_layer: bool = True
     rounds: int = 1
     max_samples: int = 128
@@ -113,16 +113,15 @@ class Recipe:
     name: str
     info: RecipeInfo
     weights: TensorRecipe
-    currents: TensorRecipe
-    membrane: TensorRecipe
     search: SearchRecipe
     path: Path | None = None
 
     def for_class(self, tensor_class: str) -> TensorRecipe:
-        """The ``TensorRecipe`` of ``weights``, ``currents`` or ``membrane``."""
+        """How tensors of ``tensor_class`` are clipped: the recipe's ``[weights]`` for weights;
+        min-max for currents and membrane (what the quantizer's state scales use)."""
         if tensor_class not in TENSOR_CLASSES:
             raise UserInputError(f"unknown tensor class {tensor_class!r}; valid: {list(TENSOR_CLASSES)}")
-        return typing.cast(TensorRecipe, getattr(self, tensor_class))
+        return self.weights if tensor_class == "weights" else TensorRecipe("minmax")
 
     def calibrate(self, tensor_class: str, stats: TensorStats, bits: int) -> ClipRange:
         """The per-tensor clip for one tensor of ``tensor_class`` on a ``bits``-bit grid."""
@@ -149,8 +148,6 @@ class Recipe:
             "path": None if self.path is None else str(self.path),
             "recipe": dataclasses.asdict(self.info),
             "weights": tensor(self.weights),
-            "currents": tensor(self.currents),
-            "membrane": tensor(self.membrane),
             "search": {k: list(v) if isinstance(v, tuple) else v
                        for k, v in dataclasses.asdict(self.search).items()},
         }
@@ -176,10 +173,6 @@ def _tensor(file: str, section: str, data: dict[str, Any]) -> TensorRecipe:
     gran = data.get("granularity", TensorRecipe.granularity)
     if gran not in GRANULARITIES:
         raise UserInputError(f"{file}: key '{section}.granularity' is {gran!r}; allowed: {list(GRANULARITIES)}")
-    if section != "weights" and gran == "per-channel" and method != "minmax":
-        raise UserInputError(
-            f"{file}: key '{section}.granularity': per-channel {section} ranges are collected as "
-            f"min / max only; use method 'minmax' or granularity 'per-tensor'")
     raw = {k: v for k, v in data.items() if k not in ("method", "granularity")}
     unknown = sorted(set(raw) - set(info.params))
     if unknown:
@@ -218,21 +211,44 @@ def _validate(file: str, info: RecipeInfo, search: SearchRecipe) -> None:
                              f"allowed: {sorted(OBJECTIVES)}")
     if not all(0.0 < f <= 1e6 for f in search.scale_factors):
         raise bad("search.scale_factors", list(search.scale_factors), "positive numbers")
-    bad_t = [t for t in search.tensors if t not in TENSOR_CLASSES]
-    if bad_t:
-        raise UserInputError(f"{file}: key 'search.tensors' has {bad_t}; allowed: {list(TENSOR_CLASSES)}")
     if search.rounds < 1:
         raise bad("search.rounds", search.rounds, ">= 1")
     if search.max_samples < 0:
         raise bad("search.max_samples", search.max_samples, ">= 0 (0 = all samples)")
 
 
-_SECTIONS: tuple[str, ...] = ("recipe", *TENSOR_CLASSES, "search")
+_SECTIONS: tuple[str, ...] = ("recipe", "weights", "search")
+
+#: Recipe keys that earlier versions accepted but never acted on, and why they went: a recipe file
+#: that has one is refused naming it (a calibration record that has one is read without it).
+REMOVED: dict[str, str] = {
+    "currents": "state scales (currents) come from the exact calibrated abs-max times recipe.margin, "
+                "because the overflow proofs need every calibrated value to fit; a clip here never acted",
+    "membrane": "state scales (membrane) come from the exact calibrated abs-max times recipe.margin, "
+                "because the overflow proofs need every calibrated value to fit; a clip here never acted",
+    "search.tensors": "the agreement search scales the weight clips only",
+}
+
+
+def _removed(data: dict[str, Any]) -> list[str]:
+    """The removed sections / keys present in ``data``."""
+    found: list[str] = [k for k in ("currents", "membrane") if k in data]
+    if isinstance(data.get("search"), dict) and "tensors" in data["search"]:
+        found.append("search.tensors")
+    return found
 
 
 def parse_recipe(data: dict[str, Any], *, name: str, source: str = "<recipe>",
                  path: Path | None = None) -> Recipe:
-    """Validate TOML-shaped ``data`` (as read from a recipe file)."""
+    """Validate TOML-shaped ``data`` (as read from a recipe file).
+
+    ``UserInputError`` naming the file and key for unknown sections or keys, wrong types, values
+    out of range and the removed settings of ``REMOVED``."""
+    if found := _removed(data):
+        key = found[0]
+        where = f"section [{key}]" if "." not in key else f"key '{key}'"
+        raise UserInputError(f"{source}: {where} is no longer supported: {REMOVED[key]}. Delete it from "
+                             "the recipe (docs/calibration.md, section 2)")
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise UserInputError(f"{source}: unknown section(s) {unknown}; allowed: {list(_SECTIONS)}")
@@ -241,15 +257,18 @@ def parse_recipe(data: dict[str, Any], *, name: str, source: str = "<recipe>",
             raise UserInputError(f"{source}: [{s}] must be a table")
     info = _table(source, "recipe", data.get("recipe", {}), RecipeInfo)
     search = _table(source, "search", data.get("search", {}), SearchRecipe)
-    tensors = {c: _tensor(source, c, data.get(c, {})) for c in TENSOR_CLASSES}
+    weights = _tensor(source, "weights", data.get("weights", {}))
     _validate(source, info, search)
-    return Recipe(name=name, info=info, search=search, path=path, **tensors)
+    return Recipe(name=name, info=info, weights=weights, search=search, path=path)
 
 
 def recipe_from_dict(d: dict[str, Any]) -> Recipe:
-    """The inverse of ``Recipe.to_dict()`` (for a calibration record read back from an artifact)."""
+    """The inverse of ``Recipe.to_dict()`` (for a calibration record read back from an artifact).
+    A record written by an earlier version may hold the ``REMOVED`` settings: they are dropped."""
     path = d.get("path")
-    body = {k: v for k, v in d.items() if k not in ("name", "path")}
+    body = {k: v for k, v in d.items() if k not in ("name", "path", "currents", "membrane")}
+    if isinstance(body.get("search"), dict):
+        body["search"] = {k: v for k, v in body["search"].items() if k != "tensors"}
     return parse_recipe(body, name=str(d.get("name", "recipe")), source=f"recipe record {d.get('name')!r}",
                         path=None if path is None else Path(path))
 
@@ -287,11 +306,13 @@ def list_recipes() -> list[Recipe]:
 
 def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: bool = True,
                         workers: int | None = 1, ray_address: str | None = None,
-                        engine: str = "auto") -> CalibrationStats:
+                        engine: str = "auto", on_batch: Any = None) -> CalibrationStats:
     """``collect_stats`` with the recipe's sample count, batch size, seed and histogram settings.
 
     ``workers`` > 1 or ``ray_address``: the batches are spread over processes or a Ray cluster
-    (``lnm_deploy.distributed.collect_stats_sharded``; the statistics are identical)."""
+    (``lnm_deploy.distributed.collect_stats_sharded``; the statistics are identical).
+    ``on_batch``: ``collect_stats``'s per-batch hook, called only in a single-process pass (the
+    sharded pass keeps its runs in the workers)."""
     info = recipe.info
     kw: dict[str, Any] = dict(batch_size=info.batch_size, progress=progress,
                               max_samples=info.max_samples or None, seed=info.seed if info.shuffle else None,
@@ -300,17 +321,17 @@ def collect_with_recipe(graph: Any, x: np.ndarray, recipe: Recipe, *, progress: 
         from lnm_deploy.distributed import collect_stats_sharded
 
         return collect_stats_sharded(graph, x, workers=workers, ray_address=ray_address, engine=engine, **kw)
-    return collect_stats(graph, x, **kw)
+    return collect_stats(graph, x, on_batch=on_batch, **kw)
 
 
 def choose_ranges(stats: CalibrationStats, recipe: Recipe, *, weight_bits: int, state_bits: int,
                   graph: Any = None) -> dict[str, ClipRange | ChannelClips]:
     """Apply the recipe to every collected tensor: ``"layer.tensor"`` -> its clip(s).
 
-    Weights use ``weight_bits``; currents and membrane use ``state_bits`` (they share the state
-    register). Biases are never clipped (min-max, on the state grid). Per-channel weights need the
-    raw weights: pass ``graph`` (else per-tensor is used for methods other than minmax).
-    Per-channel currents / membrane come from the exact per-channel min / max.
+    Weights use ``weight_bits`` and the recipe's ``[weights]``; currents and membrane use
+    ``state_bits`` (they share the state register) and min-max, as the quantizer's state scales do.
+    Biases are never clipped (min-max, on the state grid). Per-channel weights need the raw
+    weights: pass ``graph`` (else per-tensor is used for methods other than minmax).
     """
     out: dict[str, ClipRange | ChannelClips] = {}
     for t in stats.tensors():

@@ -9,7 +9,7 @@ What is collected (all values in the float model's own units; rates in spikes pe
   ``c`` (the synaptic current, when the node has a synapse), ``v`` (membrane after reset, the
   Horner input of the next step) and ``v_pre`` (membrane before the spike test and reset,
   ``v'[t] = P(v[t-1]) + in_gain * c[t]``: what the threshold compares and what must not overflow;
-  taken from the executor's ``states[name]["v_pre"]``, or rebuilt from ``v`` where that is absent);
+  taken from the executor's ``states[name]["v_pre"]``);
 - per spiking node (Neuron with a threshold, Threshold): spike counts per neuron.
 
 **Histogram scheme** (``Histogram``): 2 N linear bins over ``[-R, R)`` where ``R`` is the smallest
@@ -39,13 +39,7 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.errors import NumericError, UnsupportedError, UserInputError
-from lnm_deploy.execute.float_exec import (
-    RunResult,
-    horner,
-    initial_values,
-    run_float,
-    stateless_step,
-)
+from lnm_deploy.execute import RunResult, run_float
 from lnm_deploy.ir import (
     Affine,
     AvgPool2d,
@@ -168,9 +162,12 @@ class Histogram:
             raise NumericError("calibration values contain NaN or inf")
         self._grow(_pow2_above(max(abs(lo), abs(hi), self.abs_max)))
         n = self.bins_per_side
-        # |x| < R strictly, so floor(x / w) is in [-N, N); x / w is exact (w is a power of two).
-        idx = np.floor(x / self.width).astype(np.int64) + n
-        self.counts += np.bincount(idx, minlength=2 * n)
+        # |x| < R strictly, so floor(x / w) is in [-N, N); x * (1 / w) is exact (w is a power of
+        # two), and so is adding N to the integer-valued floats.
+        idx = np.multiply(x, 1.0 / self.width)
+        np.floor(idx, out=idx)
+        idx += n
+        self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
         self.n += int(x.size)
         self.minimum = min(self.minimum, lo)
         self.maximum = max(self.maximum, hi)
@@ -379,10 +376,19 @@ class TensorStats:
         self.total += float(x.sum())
         self.total_sq += float(np.square(x).sum())
         if channel_axis is not None and x.ndim > channel_axis and x.size:
-            per = np.moveaxis(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
-            lo, hi = per.min(axis=1), per.max(axis=1)
+            others = tuple(a for a in range(x.ndim) if a != channel_axis)
+            lo, hi = x.min(axis=others), x.max(axis=others)
             self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
             self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
+
+    def assign(self, other: TensorStats) -> None:
+        """Take ``other``'s values (histogram, sums, per-channel ranges; not the trace): for a
+        tensor that holds the same values as ``other`` (a neuron whose input is one synapse's
+        output), without adding them twice."""
+        self.hist = other.hist.copy()
+        self.total, self.total_sq = other.total, other.total_sq
+        self.channel_min = None if other.channel_min is None else other.channel_min.copy()
+        self.channel_max = None if other.channel_max is None else other.channel_max.copy()
 
     def merge(self, other: TensorStats, *, trace_at: int | None = None) -> None:
         """Add ``other``'s values (exact for the histogram, min and max). Traces are per run and
@@ -664,78 +670,28 @@ class CalibrationStats:
 # Collection
 
 
-def _node_values(graph: Graph, sched: Schedule, x: np.ndarray,
-                 res: RunResult) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every node's output, and every Neuron's input (the sum of its incoming edges), over the
-    whole run, (B, T, *shape), rebuilt from a recorded run.
+def _check_cycles(graph: Graph, sched: Schedule) -> None:
+    """Refuse a recurrent loop of stateless nodes only (no neuron or threshold on it): its values
+    have no defined statistics (``UnsupportedError`` naming a node on the loop)."""
+    stateless = {n for n in sched.order if n != sched.input_node
+                 and not isinstance(graph.nodes[n], (Neuron, Threshold))}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
-    The executor records only spikes and neuron states; the stateless nodes (synapses, pools,
-    flatten) are functions of those, so they are re-applied to all timesteps at once with the
-    executor's own step functions. A delayed (recurrent) edge delivers the source's series shifted
-    by one step, with the executor's virtual t = -1 value first.
-    """
-    batch = x.shape[0]
-    steps_fn: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-    for name in sched.order:
-        node = graph.nodes[name]
-        if not isinstance(node, Neuron):
-            steps_fn[name] = stateless_step(name, node, np.float64)
-    init = initial_values(graph, sched, steps_fn, batch, np.float64)
-    values: dict[str, np.ndarray] = {}
-    busy: set[str] = set()
+    def visit(name: str) -> None:
+        state[name] = 1
+        for src, _ in sched.inputs[name]:
+            if src not in stateless:
+                continue
+            if state.get(src) == 1:
+                raise UnsupportedError("a recurrent loop without a neuron in it: calibration statistics "
+                                       "need a stateful node on every cycle", node=src)
+            if src not in state:
+                visit(src)
+        state[name] = 2
 
-    def value(name: str) -> np.ndarray:
-        if name in values:
-            return values[name]
-        node = graph.nodes[name]
-        if name == sched.input_node:
-            out = x
-        elif isinstance(node, Neuron):
-            out = res.spikes[name].astype(np.float64) if node.spiking else res.states[name]["v"]
-        elif isinstance(node, Threshold):
-            out = res.spikes[name].astype(np.float64)
-        else:
-            if name in busy:
-                raise UnsupportedError(
-                    "a recurrent loop without a neuron in it: calibration statistics need a "
-                    "stateful node on every cycle", node=name)
-            busy.add(name)
-            total = node_input(name)
-            flat = total.reshape(-1, *total.shape[2:])
-            y = steps_fn[name](flat)
-            out = y.reshape(total.shape[0], total.shape[1], *y.shape[1:])
-            busy.discard(name)
-        values[name] = out
-        return out
-
-    def node_input(name: str) -> np.ndarray:
-        total: np.ndarray | None = None
-        for src, delayed in sched.inputs[name]:
-            term = value(src)
-            if delayed:
-                term = np.concatenate([init[src][:, None], term[:, :-1]], axis=1)
-            total = term if total is None else total + term
-        assert total is not None
-        return total
-
-    for name in sched.order:
-        value(name)
-    inputs = {n: node_input(n) for n in sched.order if isinstance(graph.nodes[n], Neuron)}
-    return values, inputs
-
-
-def _v_pre(node: Neuron, v: np.ndarray, cur: np.ndarray, spikes: np.ndarray | None) -> np.ndarray:
-    """``v'[t] = P(v[t-1]) + in_gain * c[t]`` from the recorded post-reset ``v`` (v[-1] = 0), for
-    executors that do not record ``v_pre``.
-
-    Where the neuron did not spike, ``v' = v`` exactly; only spiking entries need the
-    recomputation (their ``v`` was reset)."""
-    if spikes is None:
-        return v
-    v_prev = np.concatenate([np.zeros_like(v[:, :1]), v[:, :-1]], axis=1)
-    assert node.in_gain is not None
-    recomputed = horner(node.poly, v_prev) + node.in_gain * cur
-    return np.where(spikes.astype(bool), recomputed, v)
+    for n in sched.order:
+        if n in stateless and n not in state:
+            visit(n)
 
 
 def sample_order(x: np.ndarray, *, batch_size: int, max_samples: int | None, seed: int | None,
@@ -763,7 +719,8 @@ def sample_order(x: np.ndarray, *, batch_size: int, max_samples: int | None, see
 def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress: bool = True,
                   max_samples: int | None = None, seed: int | None = 0,
                   bins_per_side: int = DEFAULT_BINS_PER_SIDE,
-                  trace_percentile: float = DEFAULT_TRACE_PERCENTILE) -> CalibrationStats:
+                  trace_percentile: float = DEFAULT_TRACE_PERCENTILE,
+                  on_batch: Callable[[np.ndarray, RunResult], None] | None = None) -> CalibrationStats:
     """Run ``x`` (samples, timesteps, *input_shape) through the float executor in batches of
     ``batch_size`` samples and collect per-layer statistics (see the module docstring).
 
@@ -771,6 +728,8 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
     a random order drawn from this seed (a random subset when ``max_samples`` is smaller); None
     keeps the file's order. The order only affects the range traces, never the histograms.
     ``batch_size`` bounds memory: every node's output for one batch is held at once.
+    ``on_batch(sample_indices, run)``: called with each batch's recorded float run (indices into
+    ``x``), e.g. to keep the runs as the float reference (``calibrate_network`` does).
     """
     sched = graph.schedule()
     x = np.asarray(x)
@@ -799,33 +758,39 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
         if isinstance(node, Threshold) or (isinstance(node, Neuron) and node.spiking):
             stats.spikes[name] = SpikeStats(name, np.zeros(sched.shapes[name], dtype=np.int64))
 
+    _check_cycles(graph, sched)
+    keep_outputs = list(stats.synapses)
+    # A neuron whose input is one synapse's undelayed output holds that output's values: its
+    # statistics are copied, not added a second time.
+    same_as = {n: sched.inputs[n][0][0] for n in stats.neurons
+               if len(sched.inputs[n]) == 1 and not sched.inputs[n][0][1] and sched.inputs[n][0][0] in stats.synapses}
+    keep_inputs = [n for n in stats.neurons if n not in same_as]
+
     from tqdm import tqdm
 
     bar = tqdm(total=n, desc="calibrate", unit="sample", disable=not progress, leave=False)
     try:
         for start in range(0, n, batch_size):
             xb = x[index[start : start + batch_size]]
-            res = run_float(graph, xb, record=True)
-            vals, neuron_inputs = _node_values(graph, sched, xb.astype(np.float64), res)
+            # One recorded float run: the statistics read the values the run itself computed
+            # (synapse outputs, neuron inputs, v, v_pre, c), no second copy of any step.
+            res = run_float(graph, xb, record=True, keep_outputs=keep_outputs, keep_inputs=keep_inputs)
+            if on_batch is not None:
+                on_batch(index[start : start + batch_size], res)
             ch = 2  # channel axis of (B, T, C, ...)
             stats.input.update(xb, ch if xb.ndim > 2 else None)
             for name, st in stats.synapses.items():
-                st.output.update(vals[name], ch)
+                st.output.update(res.values[name], ch)
             for name, nst in stats.neurons.items():
-                node = graph.nodes[name]
-                assert isinstance(node, Neuron)
-                x_in = neuron_inputs[name]
-                nst.input.update(x_in, ch)
-                v = res.states[name]["v"]
-                cur = x_in
+                rec = res.states[name]
+                if name in same_as:
+                    nst.input.assign(stats.synapses[same_as[name]].output)
+                else:
+                    nst.input.update(res.inputs[name], ch)
                 if nst.c is not None:
-                    cur = res.states[name]["c"]
-                    nst.c.update(cur, ch)
-                nst.v.update(v, ch)
-                v_pre = res.states[name].get("v_pre")  # recorded by newer executors: exact
-                if v_pre is None:
-                    v_pre = _v_pre(node, v, cur, res.spikes.get(name))
-                nst.v_pre.update(v_pre, ch)
+                    nst.c.update(rec["c"], ch)
+                nst.v.update(rec["v"], ch)
+                nst.v_pre.update(rec["v_pre"], ch)
             for name, sp in stats.spikes.items():
                 sp.update(res.spikes[name])
             stats.samples += xb.shape[0]

@@ -9,7 +9,7 @@ what a node computes, which states it keeps and whether it emits spikes are the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -59,8 +59,13 @@ def initial_values(graph: Graph, sched: Schedule, steps_fn: Mapping[str, Step], 
 
 
 def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike = np.float64,
-              progress: bool = False) -> RunResult:
+              progress: bool = False, keep_outputs: Collection[str] = (),
+              keep_inputs: Collection[str] = ()) -> RunResult:
     """Run ``graph`` on ``x`` shaped (batch, timesteps, *input_shape); see ``RunResult``.
+
+    ``keep_outputs`` / ``keep_inputs``: nodes whose per-step output / summed input is kept in
+    ``RunResult.values`` / ``RunResult.inputs`` (batch, timesteps, *shape) (what the calibration
+    statistics read: the values the run itself computed).
 
     Raises:
         UserInputError: ``x`` is not (batch, timesteps, *input_shape) finite numbers.
@@ -84,6 +89,8 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
         states = {n: {k: np.zeros((batch, steps, *st.state(k).shape[1:]), dtype=dtype) for k in st.state_names}
                   for n, st in stateful.items()}
     output = np.zeros((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
+    values: dict[str, Array] = {}
+    inputs: dict[str, Array] = {}
 
     prev = initial_values(graph, sched, steps_fn, batch, dtype)
     it = range(steps)
@@ -103,10 +110,18 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                     total = term if total is None else total + term
                 assert total is not None
                 val = total
+                if name in keep_inputs:
+                    if name not in inputs:
+                        inputs[name] = np.empty((batch, steps, *val.shape[1:]), dtype=val.dtype)
+                    inputs[name][:, t] = val
             with np.errstate(over="ignore", invalid="ignore"):
                 cur[name] = steps_fn[name](val)
             if name in stateful:
                 stateful[name].check(name, t)
+        for n in keep_outputs:
+            if n not in values:
+                values[n] = np.empty((batch, steps, *cur[n].shape[1:]), dtype=cur[n].dtype)
+            values[n][:, t] = cur[n]
         for n in spiking:
             spikes[n][:, t] = cur[n]
         if record:
@@ -115,4 +130,4 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                     rec[:, t] = st.state(k)
         output[:, t] = cur[sched.output_node]
         prev = cur
-    return RunResult(output=output, spikes=spikes, states=states)
+    return RunResult(output=output, spikes=spikes, states=states, values=values, inputs=inputs)

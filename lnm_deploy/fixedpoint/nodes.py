@@ -112,8 +112,8 @@ class FxDense(FxNode):
     """Dense synapse (Lava ``Dense``, ``PyDenseModelBitAcc``).
 
     ``weight`` (out, in) holds the integers given to the chip; the chip uses
-    ``effective_weight()`` (clipped to ``DENSE_WEIGHT_BITS`` = 8 bits and LSB-truncated per ``num_weight_bits`` and
-    ``sign_mode``). Output per step: ``wrap_{out_bits}(shift_exp(W_eff @ s, weight_exp))``.
+    ``effective_weight()`` (clipped to ``DENSE_WEIGHT_BITS`` = 8 bits and LSB-truncated per
+    ``num_weight_bits`` and ``sign_mode``). Output per step: ``wrap_{out_bits}(shift_exp(W_eff @ s, weight_exp))``.
     """
 
     kind: ClassVar[str] = "dense"
@@ -142,7 +142,7 @@ class FxDense(FxNode):
     @staticmethod
     def limits() -> dict[str, Range]:
         """The ranges of the widths (inclusive); a target's ``[dense]`` section lies inside them
-        (``weight_bits`` and ``num_weight_bits`` inside ``num_weight_bits``)."""
+        (its ``weight_bits`` and ``num_weight_bits`` inside ``num_weight_bits`` here)."""
         return {"num_weight_bits": (1, DENSE_WEIGHT_BITS), "weight_exp": WEIGHT_EXP, "out_bits": OUT_BITS}
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:

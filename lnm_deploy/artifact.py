@@ -82,8 +82,10 @@ def _split(path: str | os.PathLike[str], **read_kw: Any) -> tuple[Graph, FxGraph
 
 def artifact_target(fx: FxGraph, record: dict[str, Any], path: str | os.PathLike[str]) -> Target:
     """The target an artifact was calibrated for: the description embedded in its record (written
-    by ``calibrate``), else, for artifacts written before it was embedded, the shipped target of
-    that name. ``GraphError`` when neither exists or the embedded one is not the artifact's."""
+    by ``calibrate``; TOML text in the current format or, for artifacts written before target
+    sections were keyed by primitive, in the old one, converted by ``target_from_toml``), else,
+    for artifacts written before it was embedded, the shipped target of that name. ``GraphError``
+    when neither exists or the embedded one is not the artifact's."""
     from lnm_deploy.targets import available_targets, load_target, target_from_toml
 
     spec = record.get("target_spec")

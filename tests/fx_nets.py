@@ -19,7 +19,6 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxOutput,
     FxPoly,
-    FxSumPool2d,
 )
 
 H23 = 2**23
@@ -167,7 +166,9 @@ def random_conv_net(rng: np.random.Generator, *, neurons: str = "any", pool: boo
 
     layers.append(("n0", neuron(shape)))
     if pool and min(shape[1:]) >= 2 and rng.random() < 0.6:
-        sp = FxSumPool2d(kernel_size=(2, 2), stride=(int(rng.integers(1, 3)),) * 2)
+        # sum pooling: a depthwise convolution with unit weights (what the quantizer produces)
+        sp = FxConv2d(weight=np.ones((shape[0], 1, 2, 2), dtype=np.int64), stride=(int(rng.integers(1, 3)),) * 2,
+                      groups=shape[0])
         shape = sp.output_shape("pool", shape)
         layers += [("pool", sp), ("n1", neuron(shape))]
     flat = int(np.prod(shape))

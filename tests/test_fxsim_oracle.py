@@ -24,7 +24,6 @@ from lnm_deploy.fixedpoint import (
     FxLIF,
     FxOutput,
     FxPoly,
-    FxSumPool2d,
     fx_sequential,
 )
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
@@ -122,25 +121,6 @@ def o_conv(node: FxConv2d, s: list[int], in_shape: tuple[int, ...], out_shape: t
                             if 0 <= yy < hin and 0 <= xx < win:
                                 acc += w[o][c][i][j] * s[((g * cg + c) * hin + yy) * win + xx]
                 out.append(o_wrap(o_shexp(acc, node.weight_exp), node.out_bits))
-    return out
-
-
-def o_sumpool(node: FxSumPool2d, s: list[int], in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[int]:
-    _, hin, win = in_shape
-    c_n, hout, wout = out_shape
-    assert node.stride is not None
-    out = []
-    for c in range(c_n):
-        for y in range(hout):
-            for x in range(wout):
-                acc = 0
-                for i in range(node.kernel_size[0]):
-                    for j in range(node.kernel_size[1]):
-                        yy = y * node.stride[0] - node.padding[0] + i
-                        xx = x * node.stride[1] - node.padding[1] + j
-                        if 0 <= yy < hin and 0 <= xx < win:
-                            acc += s[(c * hin + yy) * win + xx]
-                out.append(o_wrap(acc, node.out_bits))
     return out
 
 
@@ -252,8 +232,6 @@ def oracle(graph: FxGraph, x: np.ndarray) -> tuple[dict[str, list], dict[str, di
                     cur[n] = o_dense(node, dense_w[n], cur[ins[0][0]])
                 elif isinstance(node, FxConv2d):
                     cur[n] = o_conv(node, cur[ins[0][0]], sched.shapes[ins[0][0]], sched.shapes[n])
-                elif isinstance(node, FxSumPool2d):
-                    cur[n] = o_sumpool(node, cur[ins[0][0]], sched.shapes[ins[0][0]], sched.shapes[n])
                 else:
                     size = len(runs[n].v)
                     total = [0] * size

@@ -36,7 +36,6 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxOutput,
     FxPoly,
-    FxSumPool2d,
     fx_sequential,
 )
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
@@ -234,7 +233,7 @@ def test_conv_geometry(stride: tuple[int, int], padding: tuple[int, int], dilati
     conv = FxConv2d(weight=rng.integers(-256, 256, (4, 4 // groups, 3, 2)), stride=stride,
                     padding=padding, dilation=dilation, groups=groups)
     shape = conv.output_shape("conv", (4, 7, 6))
-    pool = FxSumPool2d(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1))
+    pool = FxConv2d(weight=np.ones((4, 1, 2, 3), dtype=np.int64), stride=(1, 2), padding=(1, 1), groups=4)
     pshape = pool.output_shape("pool", shape)
     g = fx_sequential([
         ("conv", conv), ("n0", FxLIF(shape=shape, du=100, dv=200, vth=3)),

@@ -16,6 +16,7 @@ from lnm_deploy.fixedpoint import (
     FxLIF,
     FxNeuron,
     FxNode,
+    FxPoly,
     fx_node_types,
     fx_sequential,
     primitive,
@@ -49,7 +50,9 @@ def test_registry_lists_every_fx_node_subclass() -> None:
         assert p.design_rule is not None, kind
         assert RULES[p.node_type] is p.design_rule
         if p.role in ("synapse", "neuron"):
-            assert p.bounds is not None and p.spec_section is not None, kind
+            assert p.bounds is not None and p.spec is not None and p.spec_section == kind, kind
+            assert callable(p.spec.check) and callable(p.spec.summary), kind
+        assert not (p.implicit and p.spec is not None), kind
         if p.role == "neuron":
             assert p.step is not None and p.params is not None, kind
 
@@ -77,6 +80,33 @@ def test_check_graph_refuses_a_node_without_a_rule() -> None:
         check_graph(g, load_target("loihi2"))
     with pytest.raises(UnsupportedError, match="'mystery'"):
         primitive_of(g.nodes["odd"], "odd")
+
+
+def test_limits_are_typed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One definition feeds the node validation and the target validation alike."""
+    import lnm_deploy.fixedpoint.nodes as fx_nodes
+    from lnm_deploy import limits
+    from lnm_deploy.errors import GraphError, UserInputError
+
+    assert FxPoly.RESETS is limits.RESET_MODES and FxPoly.limits(24, 32)["degree"] == limits.POLY_DEGREES
+    cubic = FxPoly(shape=(1,), coef=[0, 1, 0, 1], shifts=(1, 1, 1))
+    cubic.validate("p")
+    load_target("loihi2")
+    monkeypatch.setattr(fx_nodes, "POLY_DEGREES", (0, 2))
+    with pytest.raises(GraphError, match=r"node 'p'.*degree must be 0\.\.2, got 3"):
+        cubic.validate("p")
+    with pytest.raises(UserInputError, match=r"key 'poly\.max_degree' = 3 is out of range \[0, 2\]"):
+        load_target("loihi2")
+    monkeypatch.undo()
+    narrow = staticmethod(lambda decay_bits, vth_shift: {**_LIF_LIMITS(decay_bits, vth_shift), "state_bits": (2, 16)})
+    monkeypatch.setattr(FxLIF, "limits", narrow)
+    with pytest.raises(GraphError, match=r"'state_bits' must lie in \[2, 16\]"):
+        FxLIF(shape=(1,)).validate("lif")
+    with pytest.raises(UserInputError, match=r"key 'lif\.state_bits' = 24 is out of range \[2, 16\]"):
+        load_target("loihi2-lif")
+
+
+_LIF_LIMITS = FxLIF.limits
 
 
 # ------------------------------------------------ accelerations checked against the contract step

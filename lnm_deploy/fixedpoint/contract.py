@@ -30,7 +30,7 @@ from lnm_deploy.fixedpoint.arith import (
 )
 
 if TYPE_CHECKING:
-    from lnm_deploy.fixedpoint.nodes import FxConv2d, FxDense, FxLIF, FxPoly, FxSumPool2d
+    from lnm_deploy.fixedpoint.nodes import FxConv2d, FxDense, FxLIF, FxPoly
 
 Array = np.ndarray
 State = dict[str, Array]
@@ -74,11 +74,6 @@ def conv_bounds(node: FxConv2d) -> SynapseBounds:
     w = node.weight
     acc = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
     return synapse_bounds(acc, node.weight_exp, node.out_bits)
-
-
-def sumpool_bounds(node: FxSumPool2d) -> SynapseBounds:
-    """Bounds of an ``FxSumPool2d`` (section 3.3): the window size."""
-    return synapse_bounds(node.kernel_size[0] * node.kernel_size[1], 0, node.out_bits)
 
 
 def neuron_input_bound(synapse_outs: list[int]) -> int:

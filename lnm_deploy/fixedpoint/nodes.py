@@ -18,18 +18,22 @@ import numpy as np
 
 from lnm_deploy.errors import GraphError
 from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS, Overflow, Rounding
-from lnm_deploy.ir.nodes import conv_output_shape, pair, pool_output_shape
+from lnm_deploy.ir.nodes import conv_output_shape, pair
+from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, ResetMode
 
 Shape = tuple[int, ...]
 SignMode = Literal["mixed", "excitatory", "inhibitory"]
 SIGN_MODES: tuple[str, ...] = ("mixed", "excitatory", "inhibitory")
-FxReset = Literal["value", "subtract"]
+FxReset = ResetMode
 
 INT32_MAX = 2**31 - 1
 Range = tuple[int, int]
-#: Ranges shared by the synapses: a weight exponent, an output width.
+#: Ranges shared by the synapses: a weight exponent, an output width, a fan-in (a target's max_fan_in).
 WEIGHT_EXP: Range = (-24, 24)
 OUT_BITS: Range = (2, 48)
+FAN_IN: Range = (1, 2**24)
+#: The width Lava's Dense clips its weights to (plus the sign): ``num_weight_bits`` is at most this.
+DENSE_WEIGHT_BITS = 8
 
 
 def _iarr(node: str, name: str, x: Any) -> np.ndarray:
@@ -108,8 +112,8 @@ class FxDense(FxNode):
     """Dense synapse (Lava ``Dense``, ``PyDenseModelBitAcc``).
 
     ``weight`` (out, in) holds the integers given to the chip; the chip uses
-    ``effective_weight()`` (clipped to 8 bits and LSB-truncated per ``num_weight_bits`` and
-    ``sign_mode``). Output per step: ``wrap_{out_bits}(shift_exp(W_eff @ s, weight_exp))``.
+    ``effective_weight()`` (clipped to ``DENSE_WEIGHT_BITS`` = 8 bits and LSB-truncated per
+    ``num_weight_bits`` and ``sign_mode``). Output per step: ``wrap_{out_bits}(shift_exp(W_eff @ s, weight_exp))``.
     """
 
     kind: ClassVar[str] = "dense"
@@ -137,8 +141,9 @@ class FxDense(FxNode):
 
     @staticmethod
     def limits() -> dict[str, Range]:
-        """The ranges of the widths (inclusive); a target's ``[dense]`` section lies inside them."""
-        return {"num_weight_bits": (1, 8), "weight_exp": WEIGHT_EXP, "out_bits": OUT_BITS}
+        """The ranges of the widths (inclusive); a target's ``[dense]`` section lies inside them
+        (its ``weight_bits`` and ``num_weight_bits`` inside ``num_weight_bits`` here)."""
+        return {"num_weight_bits": (1, DENSE_WEIGHT_BITS), "weight_exp": WEIGHT_EXP, "out_bits": OUT_BITS}
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         if input_shape != (self.weight.shape[1],):
@@ -155,26 +160,29 @@ class FxDense(FxNode):
 
 
 def dense_effective_weight(weight: np.ndarray, num_weight_bits: int, sign_mode: str) -> np.ndarray:
-    """Clip to the 8-bit range of ``sign_mode``, then clear ``8 - num_weight_bits (+1 if mixed)``
-    LSBs: floor for mixed/excitatory, toward zero for inhibitory (Lava negates around the shift)."""
+    """Clip to the 8-bit (``DENSE_WEIGHT_BITS``) range of ``sign_mode``, then clear
+    ``8 - num_weight_bits (+1 if mixed)`` LSBs: floor for mixed/excitatory, toward zero for
+    inhibitory (Lava negates around the shift)."""
     w = np.asarray(weight, dtype=np.int64)
-    k = 8 - int(num_weight_bits) + (1 if sign_mode == "mixed" else 0)
+    k = DENSE_WEIGHT_BITS - int(num_weight_bits) + (1 if sign_mode == "mixed" else 0)
+    top = (1 << DENSE_WEIGHT_BITS) - 1
     if sign_mode == "mixed":
-        return (np.clip(w, -256, 255) >> k) << k
+        return (np.clip(w, -top - 1, top) >> k) << k
     if sign_mode == "excitatory":
-        return (np.clip(w, 0, 255) >> k) << k
-    return -((np.clip(-w, 0, 255) >> k) << k)
+        return (np.clip(w, 0, top) >> k) << k
+    return -((np.clip(-w, 0, top) >> k) << k)
 
 
 def dense_weight_grid(num_weight_bits: int, sign_mode: str) -> tuple[int, int, int]:
     """``(step, lo, hi)``: the effective weights representable exactly, ``lo..hi`` by ``step``."""
-    k = 8 - int(num_weight_bits) + (1 if sign_mode == "mixed" else 0)
+    k = DENSE_WEIGHT_BITS - int(num_weight_bits) + (1 if sign_mode == "mixed" else 0)
     step = 1 << k
+    top = (1 << DENSE_WEIGHT_BITS) - 1
     if sign_mode == "mixed":
-        return step, -256, (255 >> k) << k
+        return step, -top - 1, (top >> k) << k
     if sign_mode == "excitatory":
-        return step, 0, (255 >> k) << k
-    return step, -((255 >> k) << k), 0
+        return step, 0, (top >> k) << k
+    return step, -((top >> k) << k), 0
 
 
 def sign_mode_of(weight: np.ndarray) -> SignMode:
@@ -222,41 +230,19 @@ class FxConv2d(FxNode):
         if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
             raise GraphError("stride and dilation must be >= 1 and padding >= 0", node=name)
         _check_range(name, "weight", self.weight, -(2**31), INT32_MAX)
-        _check_range(name, "weight_exp", self.weight_exp, *WEIGHT_EXP)
-        _check_range(name, "out_bits", self.out_bits, *OUT_BITS)
+        lim = self.limits()
+        _check_range(name, "weight_exp", self.weight_exp, *lim["weight_exp"])
+        _check_range(name, "out_bits", self.out_bits, *lim["out_bits"])
+
+    @staticmethod
+    def limits() -> dict[str, Range]:
+        """The ranges (inclusive) a target's ``[conv2d]`` section may declare: its weight range
+        (16 bits: the node itself accepts any int32 weight), weight exponent and output width."""
+        return {"weight": (-(2**15), 2**15 - 1), "weight_exp": WEIGHT_EXP, "out_bits": OUT_BITS}
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         return conv_output_shape(name, self.weight.shape, self.groups, self.stride, self.padding, self.dilation,
                                  input_shape)
-
-
-@dataclass(eq=False)
-class FxSumPool2d(FxNode):
-    """Sum of the spikes in each window (zero padding), a synapse with unit weights per channel.
-    Output per step: ``wrap_{out_bits}(window sum)``."""
-
-    kind: ClassVar[str] = "sumpool2d"
-    role: ClassVar[str] = "synapse"
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int] | None = None
-    padding: tuple[int, int] = (0, 0)
-    out_bits: int = 24
-
-    def __post_init__(self) -> None:
-        self.kernel_size = pair("sumpool2d", "kernel_size", self.kernel_size)
-        self.stride = self.kernel_size if self.stride is None else pair("sumpool2d", "stride", self.stride)
-        self.padding = pair("sumpool2d", "padding", self.padding)
-        self.out_bits = int(self.out_bits)
-
-    def validate(self, name: str) -> None:
-        assert self.stride is not None
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise GraphError("kernel_size and stride must be >= 1 and padding >= 0", node=name)
-        _check_range(name, "out_bits", self.out_bits, *OUT_BITS)
-
-    def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
-        assert self.stride is not None
-        return pool_output_shape(name, self.kernel_size, self.stride, self.padding, input_shape)
 
 
 @dataclass(eq=False)
@@ -290,6 +276,11 @@ class FxLIF(FxNeuron):
     """
 
     kind: ClassVar[str] = "lif"
+    #: The stock LIF's fixed rules (``docs/fixed-point.md`` 4.2), implemented by the contract step:
+    #: ``u`` wraps, ``v`` saturates, decays truncate toward zero.
+    U_OVERFLOW: ClassVar[str] = "wrap"
+    V_OVERFLOW: ClassVar[str] = "saturate"
+    DECAY_ROUNDING: ClassVar[str] = "trunc"
     du: int = 4095
     dv: int = 0
     vth: int = 10
@@ -358,7 +349,7 @@ class FxPoly(FxNeuron):
     """
 
     kind: ClassVar[str] = "poly"
-    RESETS: ClassVar[tuple[str, ...]] = ("value", "subtract")
+    RESETS: ClassVar[tuple[str, ...]] = RESET_MODES
     coef: np.ndarray
     shifts: tuple[int, ...] = (0,)
     vth: np.ndarray | int = 0
@@ -412,19 +403,20 @@ class FxPoly(FxNeuron):
     def limits(state_bits: int, acc_bits: int) -> dict[str, Range]:
         """The range (inclusive) of every width and shift, for the given state and register widths;
         a target's ``[neurons.poly]`` section lies inside them (checked on load)."""
-        return {"degree": (0, 3), "state_bits": (2, 32), "acc_bits": (2, 64 - state_bits),
+        return {"degree": POLY_DEGREES, "state_bits": (2, 32), "acc_bits": (2, 64 - state_bits),
                 "coef_bits": (2, acc_bits), "decay_bits": (1, 16), "in_shift": (0, 31), "shifts": (0, 62)}
 
     def validate(self, name: str) -> None:
         if self.reset not in self.RESETS:
-            raise GraphError(f"reset must be 'value' or 'subtract', got {self.reset!r}", node=name)
+            raise GraphError(f"reset must be one of {self.RESETS}, got {self.reset!r}", node=name)
         if self.rounding not in ROUNDINGS:
             raise GraphError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}", node=name)
         if self.overflow not in OVERFLOWS:
             raise GraphError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}", node=name)
         lim = self.limits(self.state_bits, self.acc_bits)
         if not lim["degree"][0] <= self.degree <= lim["degree"][1]:
-            raise GraphError(f"polynomial degree must be 0..3, got {self.degree}", node=name)
+            raise GraphError(f"polynomial degree must be {lim['degree'][0]}..{lim['degree'][1]}, "
+                             f"got {self.degree}", node=name)
         if len(self.shifts) != self.degree:
             raise GraphError(
                 f"needs one shift per Horner step ({self.degree}), got {len(self.shifts)}", node=name

@@ -3,10 +3,16 @@
 A ``Primitive`` ties together what the toolchain knows about one kind of integer node:
 
 * ``node_type``: the ``FxNode`` class (parameters, structural validation, ranges);
-* ``spec_section``: the section of a target file that describes it (``targets/*.toml``), or
-  ``None`` for graph-level nodes governed by ``[target]``;
-* ``design_rule(name, node, target)``: whether the node fits a target (raises ``GraphError`` for a
-  value outside the target's limits, ``UnsupportedError`` for what the target does not offer);
+* ``spec``: the dataclass of its section in a target file (``targets/*.toml``: the section
+  ``[<kind>]``, whose keys are the dataclass's fields), or ``None`` for a primitive without
+  parameters (its section is empty: ``[flatten]``). The class validates a loaded section against
+  the node class's limits (``check``) and describes it in one line (``summary``);
+* ``implicit``: offered by every target without a section (the graph's ``input`` and ``output``);
+  ``missing_hint``: what to do when a target does not offer it;
+* ``design_rule(name, node, target)``: whether the node fits a target that offers the primitive
+  (raises ``GraphError`` for a value outside the target's limits, ``UnsupportedError`` for what
+  the target does not offer); ``lnm_deploy.targets.check_graph`` refuses a node whose primitive
+  the target does not offer before the rule runs;
 * ``bounds``: the static bound analysis (``lnm_deploy.fixedpoint.contract``): for a synapse
   ``bounds(node) -> SynapseBounds``; for a neuron ``bounds(node, input_bound)``;
 * ``params``/``step``: for a neuron, the contract step (``contract.lif_step``/``poly_step``)
@@ -21,13 +27,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lnm_deploy.errors import GraphError, UnsupportedError
+from lnm_deploy.errors import GraphError, UnsupportedError, UserInputError
 from lnm_deploy.fixedpoint import contract
+from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS
 from lnm_deploy.fixedpoint.nodes import (
+    FAN_IN,
+    SIGN_MODES,
     FxConv2d,
     FxDense,
     FxFlatten,
@@ -36,12 +46,12 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNode,
     FxOutput,
     FxPoly,
-    FxSumPool2d,
+    Range,
     dense_weight_grid,
 )
 
 if TYPE_CHECKING:
-    from lnm_deploy.targets.spec import Range, Target
+    from lnm_deploy.targets.spec import Target
 
 DesignRule = Callable[[str, Any, "Target"], None]
 
@@ -52,15 +62,23 @@ class Primitive:
 
     kind: str
     node_type: type[FxNode]
-    spec_section: str | None
+    spec: type | None
     design_rule: DesignRule | None
     bounds: Callable[..., Any] | None = None
     params: Callable[[Any], Any] | None = None
     step: Callable[..., Any] | None = None
+    implicit: bool = False
+    #: What to do when a target does not offer the primitive (appended to the refusal).
+    missing_hint: str = ""
 
     @property
     def role(self) -> str:
         return self.node_type.role
+
+    @property
+    def spec_section(self) -> str | None:
+        """The target-file section of a primitive with parameters (its kind), else None."""
+        return self.kind if self.spec is not None else None
 
 
 _REGISTRY: dict[str, Primitive] = {}
@@ -72,8 +90,15 @@ def register(p: Primitive) -> Primitive:
         raise ValueError(f"primitive kind {p.kind!r} differs from {p.node_type.__name__}.kind")
     if p.kind in _REGISTRY:
         raise ValueError(f"primitive kind {p.kind!r} is registered twice")
+    if p.implicit and p.spec is not None:
+        raise ValueError(f"primitive kind {p.kind!r} is offered implicitly and cannot have a target section")
     _REGISTRY[p.kind] = p
     return p
+
+
+def unregister(kind: str) -> None:
+    """Remove ``kind`` from the registry (for a primitive registered by a test or a plugin)."""
+    _REGISTRY.pop(kind, None)
 
 
 def primitives() -> dict[str, Primitive]:
@@ -109,6 +134,152 @@ def lookup(table: dict[str, Any], kind: str, what: str, node: str | None = None)
                                node=node) from None
 
 
+# ------------------------------------------------------------------ target sections (schemas)
+
+
+@dataclass(frozen=True)
+class SpecCheck:
+    """Validation of one loaded target section: every method raises ``UserInputError`` naming the
+    file and the key (``<section>.<key>``) and the allowed values."""
+
+    file: Path
+    section: str
+
+    def _key(self, key: str) -> str:
+        return f"{self.file}: key '{self.section}.{key}'"
+
+    def width(self, key: str, value: int, r: Range) -> None:
+        """``value`` (a width, a count) lies in ``r``."""
+        if not r[0] <= value <= r[1]:
+            raise UserInputError(f"{self._key(key)} = {value} is out of range [{r[0]}, {r[1]}]")
+
+    def within(self, key: str, value: Range, r: Range) -> None:
+        """The declared range ``value`` lies inside ``r``."""
+        if value[0] < r[0] or value[1] > r[1]:
+            raise UserInputError(f"{self._key(key)} = [{value[0]}, {value[1]}] exceeds [{r[0]}, {r[1]}]")
+
+    def member(self, key: str, value: str | tuple[str, ...], allowed: tuple[str, ...]) -> None:
+        """``value`` (or each of a list) is one of ``allowed``."""
+        for v in (value,) if isinstance(value, str) else value:
+            if v not in allowed:
+                raise UserInputError(f"{self._key(key)} has {v!r}; allowed: {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """``[dense]``: Lava Dense; weights are clipped to 8 bits then LSB-truncated to
+    ``num_weight_bits`` (``FxDense``). ``weight_bits`` is the widest weight mantissa the target
+    stores (1..8), the width the quantizer rounds to: it must equal ``num_weight_bits[1]``."""
+
+    weight_bits: int
+    num_weight_bits: Range
+    weight_exp: Range
+    sign_modes: tuple[str, ...]
+    out_bits: int
+    max_fan_in: int
+
+    def check(self, c: SpecCheck) -> None:
+        lim = FxDense.limits()
+        c.width("weight_bits", self.weight_bits, lim["num_weight_bits"])
+        c.within("num_weight_bits", self.num_weight_bits, (lim["num_weight_bits"][0], self.weight_bits))
+        if self.num_weight_bits[1] != self.weight_bits:
+            raise UserInputError(f"{c.file}: key '{c.section}.num_weight_bits' = {list(self.num_weight_bits)} "
+                                 f"must end at '{c.section}.weight_bits' = {self.weight_bits} (the width the "
+                                 "quantizer rounds dense weights to)")
+        c.within("weight_exp", self.weight_exp, lim["weight_exp"])
+        c.member("sign_modes", self.sign_modes, SIGN_MODES)
+        c.width("out_bits", self.out_bits, lim["out_bits"])
+        c.width("max_fan_in", self.max_fan_in, FAN_IN)
+
+    def summary(self) -> str:
+        return f"dense {self.weight_bits}-bit weights, exp {self.weight_exp[0]}..{self.weight_exp[1]}"
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """``[conv2d]``: Lava Conv; weights used as given, output wraps to ``out_bits`` (``FxConv2d``)."""
+
+    weight: Range
+    weight_exp: Range
+    out_bits: int
+    max_fan_in: int
+
+    def check(self, c: SpecCheck) -> None:
+        lim = FxConv2d.limits()
+        c.within("weight", self.weight, lim["weight"])
+        c.within("weight_exp", self.weight_exp, lim["weight_exp"])
+        c.width("out_bits", self.out_bits, lim["out_bits"])
+        c.width("max_fan_in", self.max_fan_in, FAN_IN)
+
+    def summary(self) -> str:
+        return f"conv (weights {self.weight[0]}..{self.weight[1]})"
+
+
+@dataclass(frozen=True)
+class LIFSpec:
+    """``[lif]``: the stock Loihi LIF (``FxLIF``, ``docs/fixed-point.md`` section 4). Its rules
+    (``u_overflow``, ``v_overflow``, ``decay_rounding``) are fixed: ``FxLIF.U_OVERFLOW`` etc."""
+
+    state_bits: int
+    decay_bits: int
+    vth_shift: int
+    act_shift: int
+    du: Range
+    dv: Range
+    vth: Range
+    bias_mant: Range
+    bias_exp: Range
+    u_overflow: str
+    v_overflow: str
+    decay_rounding: str
+
+    def check(self, c: SpecCheck) -> None:
+        lim = FxLIF.limits(self.decay_bits, self.vth_shift)
+        for key in ("state_bits", "decay_bits", "vth_shift", "act_shift"):
+            c.width(key, getattr(self, key), lim[key])
+        for key in ("du", "dv", "vth", "bias_mant", "bias_exp"):
+            c.within(key, getattr(self, key), lim[key])
+        # fxsim, ONNX and Lava implement exactly these rules (docs/fixed-point.md 4.2).
+        c.member("u_overflow", self.u_overflow, (FxLIF.U_OVERFLOW,))
+        c.member("v_overflow", self.v_overflow, (FxLIF.V_OVERFLOW,))
+        c.member("decay_rounding", self.decay_rounding, (FxLIF.DECAY_ROUNDING,))
+
+    def summary(self) -> str:
+        return f"LIF ({self.state_bits}-bit state, {self.decay_bits}-bit decays)"
+
+
+@dataclass(frozen=True)
+class PolySpec:
+    """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5)."""
+
+    max_degree: int
+    state_bits: int
+    acc_bits: int
+    coef_bits: int
+    decay_bits: int
+    shift: Range
+    in_shift: Range
+    rounding: tuple[str, ...]
+    overflow: tuple[str, ...]
+    reset: tuple[str, ...]
+    synapse: bool
+
+    def check(self, c: SpecCheck) -> None:
+        lim = FxPoly.limits(self.state_bits, self.acc_bits)
+        c.width("max_degree", self.max_degree, lim["degree"])
+        for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
+            c.width(key, getattr(self, key), lim[key])
+        c.within("shift", self.shift, lim["shifts"])
+        c.within("in_shift", self.in_shift, lim["in_shift"])
+        c.member("rounding", self.rounding, ROUNDINGS)
+        c.member("overflow", self.overflow, OVERFLOWS)
+        c.member("reset", self.reset, FxPoly.RESETS)
+
+    def summary(self) -> str:
+        return (f"polynomial neuron deg<={self.max_degree} ({self.state_bits}-bit state, "
+                f"{self.acc_bits}-bit Horner register, {self.coef_bits}-bit coefficients)")
+
+
 # ----------------------------------------------------------------------------- design rules
 
 
@@ -139,7 +310,7 @@ def check_output(name: str, n: FxOutput, t: Target) -> None:
 
 
 def check_dense(name: str, n: FxDense, t: Target) -> None:
-    d = t.dense
+    d: DenseSpec = t.spec("dense")
     _in(name, "num_weight_bits", n.num_weight_bits, d.num_weight_bits, t.name)
     _in(name, "weight_exp", n.weight_exp, d.weight_exp, t.name)
     _member(name, "sign_mode", n.sign_mode, d.sign_modes, t.name)
@@ -158,34 +329,21 @@ def check_dense(name: str, n: FxDense, t: Target) -> None:
 
 
 def check_conv(name: str, n: FxConv2d, t: Target) -> None:
-    if t.conv is None:
-        raise UnsupportedError(f"target '{t.name}' has no convolution", node=name)
-    _in(name, "weight", n.weight, t.conv.weight, t.name)
-    _in(name, "weight_exp", n.weight_exp, t.conv.weight_exp, t.name)
-    _eq(name, "out_bits", n.out_bits, t.conv.out_bits, t.name)
+    s: ConvSpec = t.spec("conv2d")
+    _in(name, "weight", n.weight, s.weight, t.name)
+    _in(name, "weight_exp", n.weight_exp, s.weight_exp, t.name)
+    _eq(name, "out_bits", n.out_bits, s.out_bits, t.name)
     fan_in = int(np.prod(n.weight.shape[1:]))
-    if fan_in > t.conv.max_fan_in:
-        raise GraphError(f"fan-in {fan_in} exceeds target '{t.name}' max_fan_in {t.conv.max_fan_in}", node=name)
-
-
-def check_sumpool(name: str, n: FxSumPool2d, t: Target) -> None:
-    if t.sumpool is None:
-        raise UnsupportedError(f"target '{t.name}' has no sum pooling", node=name)
-    _eq(name, "out_bits", n.out_bits, t.sumpool.out_bits, t.name)
-    window = n.kernel_size[0] * n.kernel_size[1]
-    if window > t.sumpool.max_window:
-        raise GraphError(f"window {window} exceeds target '{t.name}' max_window {t.sumpool.max_window}", node=name)
+    if fan_in > s.max_fan_in:
+        raise GraphError(f"fan-in {fan_in} exceeds target '{t.name}' max_fan_in {s.max_fan_in}", node=name)
 
 
 def check_flatten(name: str, n: FxFlatten, t: Target) -> None:
-    if not t.info.flatten:
-        raise UnsupportedError(f"target '{t.name}' cannot flatten", node=name)
+    """A flatten has no parameters: a target that offers it (``[flatten]``) takes every one."""
 
 
 def check_lif(name: str, n: FxLIF, t: Target) -> None:
-    s = t.lif
-    if s is None:
-        raise UnsupportedError(f"target '{t.name}' has no stock LIF neuron", node=name)
+    s: LIFSpec = t.spec("lif")
     for what in ("state_bits", "decay_bits", "vth_shift", "act_shift"):
         _eq(name, what, getattr(n, what), getattr(s, what), t.name)
     _in(name, "du", n.du, s.du, t.name)
@@ -196,10 +354,7 @@ def check_lif(name: str, n: FxLIF, t: Target) -> None:
 
 
 def check_poly(name: str, n: FxPoly, t: Target) -> None:
-    s = t.poly
-    if s is None:
-        raise UnsupportedError(
-            f"target '{t.name}' has no programmable neuron; fit the polynomial to its LIF", node=name)
+    s: PolySpec = t.spec("poly")
     if n.degree > s.max_degree:
         raise GraphError(f"degree {n.degree} exceeds target '{t.name}' max_degree {s.max_degree}", node=name)
     for what in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
@@ -215,17 +370,16 @@ def check_poly(name: str, n: FxPoly, t: Target) -> None:
 
 # ------------------------------------------------------------------------------- the registry
 
-INPUT = register(Primitive("input", FxInput, None, check_input))
-OUTPUT = register(Primitive("output", FxOutput, None, check_output))
+INPUT = register(Primitive("input", FxInput, None, check_input, implicit=True))
+OUTPUT = register(Primitive("output", FxOutput, None, check_output, implicit=True))
 FLATTEN = register(Primitive("flatten", FxFlatten, None, check_flatten))
-DENSE = register(Primitive("dense", FxDense, "dense", check_dense, bounds=contract.dense_bounds))
-CONV2D = register(Primitive("conv2d", FxConv2d, "conv", check_conv, bounds=contract.conv_bounds))
-SUMPOOL2D = register(Primitive("sumpool2d", FxSumPool2d, "sumpool", check_sumpool,
-                               bounds=contract.sumpool_bounds))
-LIF = register(Primitive("lif", FxLIF, "neurons.lif", check_lif, bounds=contract.lif_bounds,
+DENSE = register(Primitive("dense", FxDense, DenseSpec, check_dense, bounds=contract.dense_bounds))
+CONV2D = register(Primitive("conv2d", FxConv2d, ConvSpec, check_conv, bounds=contract.conv_bounds))
+LIF = register(Primitive("lif", FxLIF, LIFSpec, check_lif, bounds=contract.lif_bounds,
                          params=contract.LIFParams.of, step=contract.lif_step))
-POLY = register(Primitive("poly", FxPoly, "neurons.poly", check_poly, bounds=contract.poly_bounds,
-                          params=contract.PolyParams.of, step=contract.poly_step))
+POLY = register(Primitive("poly", FxPoly, PolySpec, check_poly, bounds=contract.poly_bounds,
+                          params=contract.PolyParams.of, step=contract.poly_step,
+                          missing_hint="fit the polynomial to its LIF (calibrate for this target does)"))
 
 
 def synapse_bounds(node: FxNode, name: str | None = None) -> contract.SynapseBounds:

@@ -56,7 +56,6 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNeuron,
     FxNode,
     FxPoly,
-    FxSumPool2d,
 )
 from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
 from lnm_deploy.ir import Schedule
@@ -196,25 +195,8 @@ class _Conv(_Synapse):
         return _finish_synapse(_Val(np.ascontiguousarray(y), self.bound), n.weight_exp, n.out_bits, self.bounds)
 
 
-class _SumPool(_Synapse):
-    def __init__(self, node: FxSumPool2d, kern: Any = None) -> None:
-        self.node = node
-        self.bounds = synapse_bounds(node)
-        self.bound = self.bounds.acc
-
-    def __call__(self, s: Array, reuse: bool = False) -> _Val:
-        n = self.node
-        x = s.astype(np.int64)
-        ph, pw = n.padding
-        if ph or pw:
-            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        assert n.stride is not None
-        win = sliding_window_view(x, n.kernel_size, axis=(2, 3))[:, :, :: n.stride[0], :: n.stride[1]]  # type: ignore[call-overload]
-        return _finish_synapse(_Val(win.sum(axis=(-2, -1)), self.bound), 0, n.out_bits, self.bounds)
-
-
 #: fxsim's synapse implementations by primitive kind.
-SYNAPSES: dict[str, type[_Synapse]] = {"dense": _Dense, "conv2d": _Conv, "sumpool2d": _SumPool}
+SYNAPSES: dict[str, type[_Synapse]] = {"dense": _Dense, "conv2d": _Conv}
 
 
 def _make_synapse(name: str, node: FxNode, kern: Any) -> _Synapse:

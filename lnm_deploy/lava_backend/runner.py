@@ -47,7 +47,6 @@ from lnm_deploy.fixedpoint import (
     FxLIF,
     FxNeuron,
     FxPoly,
-    FxSumPool2d,
 )
 from lnm_deploy.fixedpoint.primitives import lookup, primitive_of
 from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
@@ -188,11 +187,6 @@ def _check_conv(name: str, node: FxConv2d) -> None:
                                node=name)
 
 
-def _check_sumpool(name: str, node: FxSumPool2d) -> None:
-    if node.kernel_size[0] * node.kernel_size[1] >= CONV_EXACT:
-        raise UnsupportedError("pooling window too large for Lava's float32 Conv", node=name)
-
-
 def _check_lif(name: str, node: FxLIF) -> None:
     if (node.state_bits, node.decay_bits, node.vth_shift, node.act_shift) != (24, 12, 6, 6):
         raise UnsupportedError("Lava's LIF has fixed widths (state 24, decay 12, vth_shift 6, "
@@ -203,7 +197,7 @@ def _check_lif(name: str, node: FxLIF) -> None:
 #: The primitive kinds Lava runs, each with the check of what Lava's process can reproduce (None:
 #: nothing to check). The processes are built by ``_Network.BUILDERS``.
 LAVA_KINDS: dict[str, Any] = {"input": None, "output": None, "flatten": None, "dense": None,
-                              "conv2d": _check_conv, "sumpool2d": _check_sumpool, "lif": _check_lif,
+                              "conv2d": _check_conv, "lif": _check_lif,
                               "poly": None}
 
 
@@ -280,8 +274,7 @@ class _Network:
     # -------------------------------------------------------------------------------- processes
 
     #: The method that builds the Lava process of each primitive kind (``plan`` refuses others).
-    BUILDERS: ClassVar[dict[str, str]] = {"dense": "_dense", "conv2d": "_conv", "sumpool2d": "_sumpool",
-                                          "lif": "_lif", "poly": "_poly"}
+    BUILDERS: ClassVar[dict[str, str]] = {"dense": "_dense", "conv2d": "_conv", "lif": "_lif", "poly": "_poly"}
 
     def _dense(self, name: str, node: FxDense, sched: Any, fixed: bool) -> Dense:
         origin, flat = self.plan.spike_src[name]
@@ -297,14 +290,6 @@ class _Network:
         w = (node.weight << node.weight_exp).transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]
         kw = {"padding": node.padding[::-1], "stride": node.stride[::-1],
               "dilation": node.dilation[::-1], "groups": node.groups}
-        return self._lava_conv(name, w, kw, sched, fixed)
-
-    def _sumpool(self, name: str, node: FxSumPool2d, sched: Any, fixed: bool) -> Conv:
-        """A depthwise convolution with unit weights (docs/fixed-point.md 3.3)."""
-        assert node.stride is not None
-        c = sched.shapes[sched.inputs[name][0][0]][0]
-        w = np.ones((c, node.kernel_size[1], node.kernel_size[0], 1), dtype=np.int64)
-        kw: dict[str, Any] = {"padding": node.padding[::-1], "stride": node.stride[::-1], "groups": c}
         return self._lava_conv(name, w, kw, sched, fixed)
 
     def _lava_conv(self, name: str, w: np.ndarray, kw: dict[str, Any], sched: Any, fixed: bool) -> Conv:

@@ -59,7 +59,6 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNeuron,
     FxNode,
     FxPoly,
-    FxSumPool2d,
 )
 from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
 
@@ -312,24 +311,6 @@ def _conv(b: _Builder, name: str, node: FxConv2d, s: str, lead: int, in_shape: t
     return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
-def _sumpool(b: _Builder, name: str, node: FxSumPool2d, s: str, lead: int, in_shape: tuple[int, ...],
-             out_shape: tuple[int, ...]) -> tuple[str, int]:
-    """Section 3.3: window sums (``Gather`` + ``ReduceSum`` in int32)."""
-    assert node.stride is not None
-    idx, padded = _windows((1, *in_shape[1:]), (1, *out_shape[1:]), node.kernel_size,
-                           node.stride, node.padding, (1, 1), 1)
-    c, h, w_ = in_shape
-    # One channel's windows, shifted per channel: (C, P, K) indices into the flattened input.
-    inside = idx[0] < h * w_
-    per_c = np.where(inside[None], idx[0][None] + (np.arange(c) * h * w_)[:, None, None], c * h * w_)
-    win = _gather_windows(b, s, lead, per_c, padded)  # (lead..., C, P, K)
-    win = b.op("Cast", [win], "win32", to=_dtype("int32"))
-    acc = b.op("ReduceSum", [win, b.const([-1])], "pool32", keepdims=0)
-    acc = b.op("Cast", [acc], "pool", to=_dtype("int64"))
-    acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "pool")
-    return _finish(b, acc, 0, synapse_bounds(node, name), 0, node.out_bits)
-
-
 def _flatten(b: _Builder, name: str, node: FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
              out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.4: a C-order ``Reshape`` of the spikes."""
@@ -339,7 +320,7 @@ def _flatten(b: _Builder, name: str, node: FxFlatten, s: str, lead: int, in_shap
 #: The ONNX lowering of every non-neuron compute kind: ``(builder, name, node, input, lead,
 #: in_shape, out_shape) -> (output, bound)``, on (lead..., *shape) tensors; a synapse returns int64
 #: values, a reshape ``uint8`` spikes.
-LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "sumpool2d": _sumpool, "flatten": _flatten}
+LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "flatten": _flatten}
 
 
 def _lower(b: _Builder, name: str, node: FxNode, s: str, lead: int, in_shape: tuple[int, ...],

@@ -41,13 +41,15 @@ def check_recurrence(graph: FxGraph, t: Target) -> None:
 
 def check_graph(graph: FxGraph, target: Target) -> None:
     """Run every node's design rule (``Primitive.design_rule``); raise on the first violation
-    (node, parameter and limit named). A node whose kind is not registered, or has no rule, is
-    refused with ``UnsupportedError`` (never skipped)."""
+    (node, parameter and limit named). A node whose kind is not registered, that the target does
+    not offer (no section for its primitive), or whose primitive has no rule, is refused with
+    ``UnsupportedError`` (never skipped)."""
     graph.schedule()
     for name, node in graph.nodes.items():
-        rule = primitive_of(node, name).design_rule
-        if rule is None:
+        p = primitive_of(node, name)
+        target.spec(p.kind, node=name)  # UnsupportedError: the target does not offer it
+        if p.design_rule is None:
             raise UnsupportedError(f"no design rule for {node.kind!r} nodes: cannot tell whether target "
-                                   f"'{target.name}' offers one", node=name)
-        rule(name, node, target)
+                                   f"'{target.name}' fits them", node=name)
+        p.design_rule(name, node, target)
     check_recurrence(graph, target)

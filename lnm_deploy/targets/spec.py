@@ -1,28 +1,41 @@
-"""Typed target descriptions and their TOML loader.
+"""Typed target descriptions and their TOML loader: sections keyed by primitive.
 
-A target file has the sections ``[target]``, ``[dense]`` and optionally ``[conv]``, ``[sumpool]``,
-``[neurons.lif]``, ``[neurons.poly]`` (at least one neuron). The keys of every section are the
-fields of the dataclass below (read from the class, not retyped); unknown and missing keys,
-wrong types and out-of-range widths raise ``UserInputError`` naming the file and the key.
+A target file has a ``[target]`` section (``TargetInfo``: identity and graph-level rules) and one
+section per integer primitive it offers, named by the primitive's kind (``[dense]``, ``[conv2d]``,
+``[lif]``, ``[poly]``, ``[flatten]``, ...: see ``lnm_deploy.fixedpoint.primitives``). The keys of a
+section are the fields of the primitive's spec dataclass (``Primitive.spec``, read from the class,
+never retyped); a primitive without parameters has an empty section. The primitives every graph
+has (``input``, ``output``) are offered implicitly. Unknown and missing sections and keys, wrong
+types and values outside the primitive's limits raise ``UserInputError`` naming the file and the
+key.
+
+Files written in the format before sections were keyed by primitive (``[conv]``, ``[sumpool]``,
+``[neurons.lif]``, ``[neurons.poly]``, ``[target] flatten``; artifacts embed such text) are
+converted on load (``convert_old_format``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lnm_deploy.configfile import Range, fields_of, read_toml
-from lnm_deploy.errors import UserInputError
-from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS
-from lnm_deploy.fixedpoint.nodes import (
-    OUT_BITS,
-    SIGN_MODES,
-    WEIGHT_EXP,
-    FxDense,
-    FxLIF,
-    FxPoly,
+from lnm_deploy.configfile import fields_of, read_toml
+from lnm_deploy.errors import LNMDeployWarning, UnsupportedError, UserInputError
+from lnm_deploy.fixedpoint.primitives import (
+    ConvSpec,
+    DenseSpec,
+    LIFSpec,
+    PolySpec,
+    SpecCheck,
+    primitives,
 )
+
+#: ``[target] input``: how inputs reach the chip ("binary": spikes only).
+INPUTS: tuple[str, ...] = ("binary",)
+#: ``[target] recurrence``: "none", "self" (self-loops through one synapse) or "any".
+RECURRENCES: tuple[str, ...] = ("none", "self", "any")
 
 
 @dataclass(frozen=True)
@@ -32,200 +45,117 @@ class TargetInfo:
     name: str
     description: str
     reference: str  # what the semantics are bit-exact with
-    input: str  # "binary": spikes only
-    recurrence: str  # "none" | "self" (self-loops through one synapse) | "any"
-    flatten: bool
+    input: str  # one of INPUTS
+    recurrence: str  # one of RECURRENCES
+
+    def check(self, c: SpecCheck) -> None:
+        c.member("input", self.input, INPUTS)
+        c.member("recurrence", self.recurrence, RECURRENCES)
 
 
-@dataclass(frozen=True)
-class DenseSpec:
-    """``[dense]``: Lava Dense; weights are clipped to ``weight_bits`` then LSB-truncated."""
-
-    weight_bits: int
-    num_weight_bits: Range
-    weight_exp: Range
-    sign_modes: tuple[str, ...]
-    out_bits: int
-    max_fan_in: int
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """``[conv]``: Lava Conv; weights used as given, output wraps to ``out_bits``."""
-
-    weight: Range
-    weight_exp: Range
-    out_bits: int
-    max_fan_in: int
-
-
-@dataclass(frozen=True)
-class SumPoolSpec:
-    """``[sumpool]``: window sums of spikes (a unit-weight depthwise conv)."""
-
-    out_bits: int
-    max_window: int
-
-
-@dataclass(frozen=True)
-class LIFSpec:
-    """``[neurons.lif]``: the stock Loihi LIF (``docs/fixed-point.md`` section 4)."""
-
-    state_bits: int
-    decay_bits: int
-    vth_shift: int
-    act_shift: int
-    du: Range
-    dv: Range
-    vth: Range
-    bias_mant: Range
-    bias_exp: Range
-    u_overflow: str
-    v_overflow: str
-    decay_rounding: str
-
-
-@dataclass(frozen=True)
-class PolySpec:
-    """``[neurons.poly]``: the programmable polynomial neuron (section 5)."""
-
-    max_degree: int
-    state_bits: int
-    acc_bits: int
-    coef_bits: int
-    decay_bits: int
-    shift: Range
-    in_shift: Range
-    rounding: tuple[str, ...]
-    overflow: tuple[str, ...]
-    reset: tuple[str, ...]
-    synapse: bool
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Target:
-    """A loaded, validated target file."""
+    """A loaded, validated target: ``info`` and the section of every primitive it offers.
+
+    ``sections`` maps a primitive kind to its spec (an instance of ``Primitive.spec``, or None for
+    a primitive without parameters), in registry order. ``Target(info, sections, path, dense=spec)``
+    and ``dataclasses.replace(target, dense=spec)`` replace (or, with None, drop) one section by kind.
+    """
 
     info: TargetInfo
-    dense: DenseSpec
-    conv: ConvSpec | None
-    sumpool: SumPoolSpec | None
-    lif: LIFSpec | None
-    poly: PolySpec | None
+    sections: dict[str, Any]
     path: Path
+
+    def __init__(self, info: TargetInfo, sections: dict[str, Any], path: Path, **replace: Any) -> None:
+        reg = primitives()
+        merged = dict(sections)
+        for kind, spec in replace.items():
+            if kind not in reg:
+                raise TypeError(f"Target() got an unexpected keyword argument {kind!r} (not a primitive kind)")
+            if spec is None:
+                merged.pop(kind, None)
+            else:
+                merged[kind] = spec
+        ordered = {k: merged[k] for k in reg if k in merged}
+        ordered.update({k: v for k, v in merged.items() if k not in ordered})
+        object.__setattr__(self, "info", info)
+        object.__setattr__(self, "sections", ordered)
+        object.__setattr__(self, "path", Path(path))
+
+    def __hash__(self) -> int:
+        return hash((self.info, tuple(self.sections.items()), self.path))
 
     @property
     def name(self) -> str:
         return self.info.name
 
+    def offered(self) -> list[str]:
+        """The kinds of every primitive the target offers, implicit ones included (registry order)."""
+        return [k for k, p in primitives().items() if p.implicit or k in self.sections]
+
+    def offers(self, kind: str) -> bool:
+        """Whether the target offers primitive ``kind`` (implicit primitives always)."""
+        p = primitives().get(kind)
+        return kind in self.sections or (p is not None and p.implicit)
+
+    def spec(self, kind: str, node: str | None = None) -> Any:
+        """The section of primitive ``kind`` (None for a primitive without parameters);
+        ``UnsupportedError`` naming ``node`` and listing what the target offers when it does not."""
+        if kind in self.sections:
+            return self.sections[kind]
+        p = primitives().get(kind)
+        if p is not None and p.implicit:
+            return None
+        hint = f"; {p.missing_hint}" if p is not None and p.missing_hint else ""
+        raise UnsupportedError(f"target '{self.name}' does not offer the {kind!r} primitive "
+                               f"(it offers {self.offered()}){hint}", node=node)
+
+    @property
+    def dense(self) -> DenseSpec:
+        """``[dense]`` (``UnsupportedError`` when the target offers no dense synapse)."""
+        out: DenseSpec = self.spec("dense")
+        return out
+
+    @property
+    def conv(self) -> ConvSpec | None:
+        """``[conv2d]``, None when not offered."""
+        return self.sections.get("conv2d")
+
+    @property
+    def lif(self) -> LIFSpec | None:
+        """``[lif]``, None when not offered."""
+        return self.sections.get("lif")
+
+    @property
+    def poly(self) -> PolySpec | None:
+        """``[poly]``, None when not offered."""
+        return self.sections.get("poly")
+
     def neurons(self) -> list[str]:
-        return [n for n, s in (("lif", self.lif), ("poly", self.poly)) if s is not None]
+        """The neuron primitives the target offers (registry order)."""
+        reg = primitives()
+        return [k for k in self.sections if k in reg and reg[k].role == "neuron"]
 
     def summary(self) -> str:
         """One line with the key limits (for ``lnm-deploy targets``)."""
-        d = self.dense
-        parts = [f"dense {d.weight_bits}-bit weights, exp {d.weight_exp[0]}..{d.weight_exp[1]}"]
-        if self.conv:
-            parts.append(f"conv (weights {self.conv.weight[0]}..{self.conv.weight[1]})")
-        if self.sumpool:
-            parts.append("sumpool")
-        if self.lif:
-            parts.append(f"LIF ({self.lif.state_bits}-bit state, {self.lif.decay_bits}-bit decays)")
-        if self.poly:
-            p = self.poly
-            parts.append(f"polynomial neuron deg<={p.max_degree} ({p.state_bits}-bit state, "
-                         f"{p.acc_bits}-bit Horner register, {p.coef_bits}-bit coefficients)")
+        parts = [s.summary() for s in self.sections.values() if s is not None and hasattr(s, "summary")]
         return f"{self.name}: " + "; ".join(parts)
 
 
-_SECTIONS: dict[str, type] = {
-    "target": TargetInfo,
-    "dense": DenseSpec,
-    "conv": ConvSpec,
-    "sumpool": SumPoolSpec,
-    "neurons.lif": LIFSpec,
-    "neurons.poly": PolySpec,
-}
-_REQUIRED = ("target", "dense")
-
-
-def _section(file: Path, section: str, table: Any) -> Any:
-    cls = _SECTIONS[section]
-    return cls(**fields_of(file, section, table, cls, require_all=True))
-
-
-def _check_width(file: Path, key: str, value: int, lo: int, hi: int) -> None:
-    if not lo <= value <= hi:
-        raise UserInputError(f"{file}: key '{key}' = {value} is out of range [{lo}, {hi}]")
-
-
-def _check_in(file: Path, key: str, value: str | tuple[str, ...], allowed: tuple[str, ...]) -> None:
-    for v in (value,) if isinstance(value, str) else value:
-        if v not in allowed:
-            raise UserInputError(f"{file}: key '{key}' has {v!r}; allowed: {list(allowed)}")
-
-
-def _check_range_in(file: Path, key: str, r: Range, lo: int, hi: int) -> None:
-    if r[0] < lo or r[1] > hi:
-        raise UserInputError(f"{file}: key '{key}' = [{r[0]}, {r[1]}] exceeds [{lo}, {hi}]")
-
-
-def _validate(t: Target) -> None:
-    f = t.path
-    _check_in(f, "target.input", t.info.input, ("binary",))
-    _check_in(f, "target.recurrence", t.info.recurrence, ("none", "self", "any"))
-    # The widths and ranges of every section lie inside those of its primitive (fixedpoint.nodes).
-    d = t.dense
-    dl = FxDense.limits()
-    _check_width(f, "dense.weight_bits", d.weight_bits, 8, 8)  # Lava's Dense clips to 8 bits
-    _check_range_in(f, "dense.num_weight_bits", d.num_weight_bits, dl["num_weight_bits"][0], d.weight_bits)
-    _check_range_in(f, "dense.weight_exp", d.weight_exp, *dl["weight_exp"])
-    _check_in(f, "dense.sign_modes", d.sign_modes, SIGN_MODES)
-    _check_width(f, "dense.out_bits", d.out_bits, *dl["out_bits"])
-    _check_width(f, "dense.max_fan_in", d.max_fan_in, 1, 2**24)
-    if t.conv:
-        _check_width(f, "conv.out_bits", t.conv.out_bits, *OUT_BITS)
-        _check_range_in(f, "conv.weight", t.conv.weight, -(2**15), 2**15 - 1)
-        _check_range_in(f, "conv.weight_exp", t.conv.weight_exp, *WEIGHT_EXP)
-        _check_width(f, "conv.max_fan_in", t.conv.max_fan_in, 1, 2**24)
-    if t.sumpool:
-        _check_width(f, "sumpool.out_bits", t.sumpool.out_bits, *OUT_BITS)
-        _check_width(f, "sumpool.max_window", t.sumpool.max_window, 1, 2**16)
-    if t.lif is None and t.poly is None:
-        raise UserInputError(f"{f}: a target needs [neurons.lif] or [neurons.poly]")
-    if t.lif:
-        lif = t.lif
-        ll = FxLIF.limits(lif.decay_bits, lif.vth_shift)
-        for key in ("state_bits", "decay_bits", "vth_shift", "act_shift"):
-            _check_width(f, f"neurons.lif.{key}", getattr(lif, key), *ll[key])
-        for key in ("du", "dv", "vth", "bias_mant", "bias_exp"):
-            _check_range_in(f, f"neurons.lif.{key}", getattr(lif, key), *ll[key])
-        # The stock LIF's rules are fixed (docs/fixed-point.md 4.2); fxsim implements exactly these.
-        _check_in(f, "neurons.lif.u_overflow", lif.u_overflow, ("wrap",))
-        _check_in(f, "neurons.lif.v_overflow", lif.v_overflow, ("saturate",))
-        _check_in(f, "neurons.lif.decay_rounding", lif.decay_rounding, ("trunc",))
-    if t.poly:
-        p = t.poly
-        pl = FxPoly.limits(p.state_bits, p.acc_bits)
-        _check_width(f, "neurons.poly.max_degree", p.max_degree, *pl["degree"])
-        for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
-            _check_width(f, f"neurons.poly.{key}", getattr(p, key), *pl[key])
-        _check_range_in(f, "neurons.poly.shift", p.shift, *pl["shifts"])
-        _check_range_in(f, "neurons.poly.in_shift", p.in_shift, *pl["in_shift"])
-        _check_in(f, "neurons.poly.rounding", p.rounding, ROUNDINGS)
-        _check_in(f, "neurons.poly.overflow", p.overflow, OVERFLOWS)
-        _check_in(f, "neurons.poly.reset", p.reset, FxPoly.RESETS)
-
-
 def parse_target(path: str | Path) -> Target:
-    """Load and validate one target file."""
+    """Load and validate one target file (a file in the old format is converted, with a warning)."""
     file, data = read_toml(path, "target file")
+    if is_old_format(data):
+        warnings.warn(f"{file}: target file in the old format ([neurons.lif], [conv], [target] flatten); "
+                      "converted on load. Sections are now named by primitive: see docs/targets.md",
+                      LNMDeployWarning, stacklevel=2)
     return _target_from_data(file, data)
 
 
 def target_from_toml(text: str, origin: str) -> Target:
     """Parse and validate a target description given as TOML text (an artifact embeds the text of
-    the target it was calibrated for); ``origin`` names it in errors and becomes ``Target.path``."""
+    the target it was calibrated for, in either format); ``origin`` names it in errors and becomes
+    ``Target.path``."""
     from lnm_deploy.configfile import tomllib
 
     try:
@@ -235,21 +165,116 @@ def target_from_toml(text: str, origin: str) -> Target:
     return _target_from_data(Path(origin), data)
 
 
-def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
+# ---------------------------------------------------------------------------- the old format
+
+#: The old format's sections and the primitive kind each became; ``[sumpool]`` described a
+#: primitive no network ever used (removed) and is dropped.
+_OLD_SECTIONS: dict[str, str | None] = {"dense": "dense", "conv": "conv2d", "sumpool": None,
+                                        "neurons.lif": "lif", "neurons.poly": "poly"}
+
+
+def is_old_format(data: dict[str, Any]) -> bool:
+    """Whether parsed TOML ``data`` is a target in the format before sections were keyed by
+    primitive (it had ``[target] flatten`` and ``[neurons.*]``)."""
+    info = data.get("target")
+    return "neurons" in data or (isinstance(info, dict) and "flatten" in info)
+
+
+def convert_old_format(file: Path | str, data: dict[str, Any]) -> dict[str, Any]:
+    """The old format's ``data`` in the current one: ``[conv]`` -> ``[conv2d]``, ``[neurons.lif]``
+    -> ``[lif]``, ``[neurons.poly]`` -> ``[poly]``, ``[target] flatten = true`` -> ``[flatten]``,
+    ``[sumpool]`` dropped, and ``dense.weight_bits`` (the storage width, always 8) set to the
+    width the quantizer rounds to, ``dense.num_weight_bits[1]``. The result is validated as usual."""
+    out: dict[str, Any] = {}
+    info = data.get("target")
+    if isinstance(info, dict):
+        info = dict(info)
+        flatten = info.pop("flatten", False)
+        if not isinstance(flatten, bool):
+            raise UserInputError(f"{file}: key 'target.flatten' must be true or false, got {flatten!r}")
+        out["target"] = info
+        if flatten:
+            out["flatten"] = {}
+    elif info is not None:
+        out["target"] = info
+    flat: dict[str, Any] = {k: v for k, v in data.items() if k not in ("target", "neurons")}
     neurons = data.get("neurons", {})
     if not isinstance(neurons, dict):
         raise UserInputError(f"{file}: [neurons] must be a table")
-    flat: dict[str, Any] = {k: v for k, v in data.items() if k != "neurons"}
     flat.update({f"neurons.{k}": v for k, v in neurons.items()})
-    unknown = sorted(set(flat) - set(_SECTIONS))
+    unknown = sorted(set(flat) - set(_OLD_SECTIONS))
     if unknown:
-        raise UserInputError(f"{file}: unknown section(s) {unknown}; allowed: {sorted(_SECTIONS)}")
-    for s in _REQUIRED:
-        if s not in flat:
-            raise UserInputError(f"{file}: missing section [{s}]")
-    parts = {s: _section(file, s, flat[s]) for s in _SECTIONS if s in flat}
-    t = Target(info=parts["target"], dense=parts["dense"], conv=parts.get("conv"),
-               sumpool=parts.get("sumpool"), lif=parts.get("neurons.lif"),
-               poly=parts.get("neurons.poly"), path=file)
-    _validate(t)
-    return t
+        raise UserInputError(f"{file}: unknown section(s) {unknown}; allowed: {sorted(_OLD_SECTIONS)} "
+                             "(old target format)")
+    for old, kind in _OLD_SECTIONS.items():
+        if old in flat and kind is not None:
+            out[kind] = flat[old]
+    dense = out.get("dense")
+    if isinstance(dense, dict) and dense.get("weight_bits") == 8:
+        nwb = dense.get("num_weight_bits")
+        if isinstance(nwb, list) and len(nwb) == 2 and isinstance(nwb[1], int) and not isinstance(nwb[1], bool):
+            out["dense"] = {**dense, "weight_bits": nwb[1]}
+    return out
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
+    if is_old_format(data):
+        data = convert_old_format(file, data)
+    reg = primitives()
+    sectioned = sorted(k for k, p in reg.items() if not p.implicit)
+    if "target" not in data:
+        raise UserInputError(f"{file}: missing section [target]")
+    info = TargetInfo(**fields_of(file, "target", data["target"], TargetInfo, require_all=True))
+    info.check(SpecCheck(file, "target"))
+    sections: dict[str, Any] = {}
+    for kind, table in data.items():
+        if kind == "target":
+            continue
+        p = reg.get(kind)
+        if p is None or p.implicit:
+            why = " (offered by every target, no section)" if p is not None else ""
+            raise UserInputError(f"{file}: unknown section [{kind}]{why}; a section names a primitive the "
+                                 f"target offers: [target] or one of {sectioned}")
+        if p.spec is None:
+            if not isinstance(table, dict) or table:
+                raise UserInputError(f"{file}: [{kind}] takes no keys (the {kind!r} primitive has no "
+                                     f"parameters), got {sorted(table) if isinstance(table, dict) else table!r}")
+            sections[kind] = None
+            continue
+        spec = p.spec(**fields_of(file, kind, table, p.spec, require_all=True))
+        spec.check(SpecCheck(file, kind))
+        sections[kind] = spec
+    for role in ("synapse", "neuron"):
+        if not any(reg[k].role == role for k in sections):
+            kinds = sorted(k for k, p in reg.items() if p.role == role)
+            raise UserInputError(f"{file}: a target needs at least one {role} section, one of "
+                                 f"{[f'[{k}]' for k in kinds]}")
+    return Target(info=info, sections=sections, path=file)
+
+
+def spec_keys(kind: str) -> list[str]:
+    """The keys of the section of primitive ``kind`` (its spec dataclass's fields; [] without one)."""
+    p = primitives().get(kind)
+    if p is None:
+        raise UnsupportedError(f"unknown integer primitive kind {kind!r}; known: {sorted(primitives())}")
+    return [f.name for f in fields(p.spec)] if p.spec is not None else []
+
+
+__all__ = [
+    "INPUTS",
+    "RECURRENCES",
+    "ConvSpec",
+    "DenseSpec",
+    "LIFSpec",
+    "PolySpec",
+    "Target",
+    "TargetInfo",
+    "convert_old_format",
+    "is_old_format",
+    "parse_target",
+    "spec_keys",
+    "target_from_toml",
+]

@@ -26,7 +26,7 @@ statistics and ``verify``'s divergence replay call; the arithmetic is in ``lnm_d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -34,10 +34,9 @@ from numpy.typing import DTypeLike
 from lnm_deploy.errors import GraphError, NumericError, UnsupportedError
 from lnm_deploy.ir import ops
 from lnm_deploy.ir.ops import FloatStep, NeuronStep, StatelessStep
+from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, ResetMode
 
 Shape = tuple[int, ...]
-ResetMode = Literal["value", "subtract"]
-RESET_MODES: tuple[str, ...] = ("value", "subtract")
 
 
 def _arr(x: Any) -> np.ndarray:
@@ -476,8 +475,9 @@ class Neuron(Node):
     def validate(self, name: str) -> None:
         if self.reset not in RESET_MODES:
             raise GraphError(f"reset must be one of {RESET_MODES}, got {self.reset!r}", node=name)
-        if not 1 <= self.poly.shape[0] <= 4:
-            raise GraphError(f"polynomial degree must be 0..3, got {self.degree}", node=name)
+        if not POLY_DEGREES[0] <= self.degree <= POLY_DEGREES[1]:
+            raise GraphError(f"polynomial degree must be {POLY_DEGREES[0]}..{POLY_DEGREES[1]}, got {self.degree}",
+                             node=name)
         if not (self.dt > 0 and np.isfinite(self.dt)):
             raise GraphError(f"dt must be positive, got {self.dt}", node=name)
         _check_finite(

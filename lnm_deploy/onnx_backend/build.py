@@ -492,6 +492,12 @@ class _Poly(_Neuron):
 NEURONS: dict[str, type[_Neuron]] = {"lif": _LIF, "poly": _Poly}
 
 
+def supported_kinds() -> frozenset[str]:
+    """The primitive kinds this backend lowers (its ``LOWERINGS`` and ``NEURONS`` tables), plus
+    the graph's input and output."""
+    return frozenset({"input", "output", *LOWERINGS, *NEURONS})
+
+
 def _make_neuron(name: str, node: FxNode, in_bound: int) -> _Neuron:
     cls = lookup(NEURONS, primitive_of(node, name).kind, "the ONNX backend's neurons", name)
     out: _Neuron = cls(node, in_bound)

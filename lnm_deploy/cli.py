@@ -213,12 +213,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from lnm_deploy.backends import backend
     from lnm_deploy.fileio import existing_file
-    from lnm_deploy.onnx_backend import compile_onnx
 
-    out = compile_onnx(existing_file(args.artifact, "artifact"), args.out, force=args.force,
-                       states=not args.no_states)
-    print(f"compiled {args.artifact} -> {out} (ONNX; replay it with onnxruntime alone: docs/onnx.md)")
+    b = backend(args.backend)
+    if b.compile is None:
+        raise UserInputError(f"backend {b.name!r} has no compiler")
+    out = b.compile(existing_file(args.artifact, "artifact"), args.out, force=args.force,
+                    states=not args.no_states)
+    print(f"compiled {args.artifact} -> {out} ({b.name}: {b.description})")
     return 0
 
 
@@ -384,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile an artifact for a backend: one ONNX golden model")
     p.add_argument("artifact", help="a calibrated artifact (.nir) written by 'calibrate'")
-    p.add_argument("--backend", choices=["onnx"], default="onnx", help="what to compile for")
+    p.add_argument("--backend", choices=[b for b, v in BACKENDS.items() if v.compile], default="onnx",
+                   help="what to compile for")
     p.add_argument("--out", required=True, help="the model file to write (.onnx)")
     p.add_argument("--no-states", action="store_true", help="spikes only, no membrane/current outputs")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")

@@ -9,17 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lnm_deploy.fixedpoint import (
-    FxConv2d,
-    FxDense,
-    FxFlatten,
-    FxGraph,
-    FxInput,
-    FxLIF,
-    FxNode,
-    FxOutput,
-    FxPoly,
-)
+from lnm_deploy import fixedpoint as fx
 
 H23 = 2**23
 
@@ -43,7 +33,7 @@ def weights(rng: np.random.Generator, shape: tuple[int, ...], *, wild: bool) -> 
 
 
 def dense(rng: np.random.Generator, n_out: int, n_in: int, *, wild: bool = True,
-          sign_modes: bool = True) -> FxDense:
+          sign_modes: bool = True) -> fx.FxDense:
     w = weights(rng, (n_out, n_in), wild=wild)
     if sign_modes:
         from lnm_deploy.fixedpoint import sign_mode_of
@@ -51,7 +41,7 @@ def dense(rng: np.random.Generator, n_out: int, n_in: int, *, wild: bool = True,
         mode = sign_mode_of(w) if rng.random() < 0.7 else str(rng.choice(["mixed", "excitatory", "inhibitory"]))
     else:
         mode = "mixed"
-    return FxDense(
+    return fx.FxDense(
         weight=w,
         weight_exp=pick(rng, [-8, 0, 6, 12, 16, 24], -4, 4, 0.3),
         num_weight_bits=int(rng.integers(1, 9)) if rng.random() < 0.5 else 8,
@@ -59,14 +49,14 @@ def dense(rng: np.random.Generator, n_out: int, n_in: int, *, wild: bool = True,
     )
 
 
-def lif(rng: np.random.Generator, shape: tuple[int, ...], *, edges: bool = True) -> FxLIF:
+def lif(rng: np.random.Generator, shape: tuple[int, ...], *, edges: bool = True) -> fx.FxLIF:
     n = int(np.prod(shape))
     u0 = np.zeros(n, dtype=np.int64)
     v0 = np.zeros(n, dtype=np.int64)
     if edges and rng.random() < 0.5:
         u0 = rng.choice([H23, -H23 + 1, H23 - 5, 0, 1000, -(2**22)], n)
         v0 = rng.choice([H23 - 1, -H23 + 1, H23 - 100, 0, -5000], n)
-    return FxLIF(
+    return fx.FxLIF(
         shape=shape,
         du=pick(rng, [0, 1, 4094, 4095], 0, 4095),
         dv=pick(rng, [0, 1, 4095], 0, 4095),
@@ -78,7 +68,7 @@ def lif(rng: np.random.Generator, shape: tuple[int, ...], *, edges: bool = True)
     )
 
 
-def poly(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = True) -> FxPoly:
+def poly(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = True) -> fx.FxPoly:
     n = int(np.prod(shape))
     degree = int(rng.integers(0, 4))
     state_bits = int(rng.choice([24, 16, 12])) if small else 24
@@ -90,7 +80,7 @@ def poly(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = True
     if rng.random() < 0.5 and degree >= 1:  # near-LIF: theta_1 ~ 0.9 on a 15-bit grid
         coef[1] = rng.integers(2**14, 2**15 - 1, n)
     coef[rng.random(coef.shape) < 0.2] = 0
-    return FxPoly(
+    return fx.FxPoly(
         shape=shape,
         coef=coef.reshape(degree + 1, *shape),
         shifts=tuple(int(s) for s in rng.integers(0, 24, degree)),
@@ -108,29 +98,29 @@ def poly(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = True
     )
 
 
-def chain(nodes: list[tuple[str, FxNode]], input_shape: tuple[int, ...],
-          recurrent: dict[str, FxDense] | None = None) -> FxGraph:
+def chain(nodes: list[tuple[str, fx.FxNode]], input_shape: tuple[int, ...],
+          recurrent: dict[str, fx.FxDense] | None = None) -> fx.FxGraph:
     """input -> nodes -> output, plus self-recurrent Dense loops ``layer -> rec -> layer``."""
-    g_nodes: dict[str, FxNode] = {"input": FxInput(shape=input_shape)}
+    g_nodes: dict[str, fx.FxNode] = {"input": fx.FxInput(shape=input_shape)}
     edges: list[tuple[str, str]] = []
     prev = "input"
     for name, node in nodes:
         g_nodes[name] = node
         edges.append((prev, name))
         prev = name
-    g_nodes["output"] = FxOutput()
+    g_nodes["output"] = fx.FxOutput()
     edges.append((prev, "output"))
     for layer, syn in (recurrent or {}).items():
         g_nodes[f"{layer}_rec"] = syn
         edges += [(layer, f"{layer}_rec"), (f"{layer}_rec", layer)]
-    return FxGraph(nodes=g_nodes, edges=edges)
+    return fx.FxGraph(nodes=g_nodes, edges=edges)
 
 
 def random_dense_net(rng: np.random.Generator, *, neurons: str = "any", recurrent: bool = True,
-                     wild: bool = True, max_width: int = 10, max_layers: int = 3) -> FxGraph:
+                     wild: bool = True, max_width: int = 10, max_layers: int = 3) -> fx.FxGraph:
     n_in = int(rng.integers(1, max_width + 1))
-    layers: list[tuple[str, FxNode]] = []
-    rec: dict[str, FxDense] = {}
+    layers: list[tuple[str, fx.FxNode]] = []
+    rec: dict[str, fx.FxDense] = {}
     prev = n_in
     for i in range(int(rng.integers(1, max_layers + 1))):
         n = int(rng.integers(1, max_width + 1))
@@ -143,7 +133,7 @@ def random_dense_net(rng: np.random.Generator, *, neurons: str = "any", recurren
     return chain(layers, (n_in,), rec)
 
 
-def random_conv_net(rng: np.random.Generator, *, neurons: str = "any", pool: bool = True) -> FxGraph:
+def random_conv_net(rng: np.random.Generator, *, neurons: str = "any", pool: bool = True) -> fx.FxGraph:
     c_in = int(rng.integers(1, 3))
     h, w = int(rng.integers(3, 7)), int(rng.integers(3, 7))
     c_out = int(rng.integers(1, 4))
@@ -151,29 +141,29 @@ def random_conv_net(rng: np.random.Generator, *, neurons: str = "any", pool: boo
     if c_in == 2 and c_out % 2 == 0 and rng.random() < 0.5:
         groups = 2
     kh, kw = int(rng.integers(1, min(3, h) + 1)), int(rng.integers(1, min(3, w) + 1))
-    conv = FxConv2d(
+    conv = fx.FxConv2d(
         weight=rng.integers(-256, 256, (c_out, c_in // groups, kh, kw)),
         stride=(int(rng.integers(1, 3)), int(rng.integers(1, 3))),
         padding=(int(rng.integers(0, 2)), int(rng.integers(0, 2))),
         groups=groups,
     )
-    layers: list[tuple[str, FxNode]] = [("conv", conv)]
+    layers: list[tuple[str, fx.FxNode]] = [("conv", conv)]
     shape = conv.output_shape("conv", (c_in, h, w))
 
-    def neuron(shape: tuple[int, ...]) -> FxNode:
+    def neuron(shape: tuple[int, ...]) -> fx.FxNode:
         use_poly = neurons == "poly" or (neurons == "any" and rng.random() < 0.5)
         return poly(rng, shape) if use_poly else lif(rng, shape, edges=False)
 
     layers.append(("n0", neuron(shape)))
     if pool and min(shape[1:]) >= 2 and rng.random() < 0.6:
         # sum pooling: a depthwise convolution with unit weights (what the quantizer produces)
-        sp = FxConv2d(weight=np.ones((shape[0], 1, 2, 2), dtype=np.int64), stride=(int(rng.integers(1, 3)),) * 2,
+        sp = fx.FxConv2d(weight=np.ones((shape[0], 1, 2, 2), dtype=np.int64), stride=(int(rng.integers(1, 3)),) * 2,
                       groups=shape[0])
         shape = sp.output_shape("pool", shape)
         layers += [("pool", sp), ("n1", neuron(shape))]
     flat = int(np.prod(shape))
     n = int(rng.integers(1, 6))
-    layers += [("flat", FxFlatten()), ("fc", dense(rng, n, flat, wild=False, sign_modes=False)),
+    layers += [("flat", fx.FxFlatten()), ("fc", dense(rng, n, flat, wild=False, sign_modes=False)),
                ("n_out", neuron((n,)))]
     return chain(layers, (c_in, h, w))
 

@@ -37,23 +37,17 @@ def assert_bit_exact(graph: FxGraph, x: np.ndarray) -> None:
         assert m is None, f"fxsim ({kernels} kernels) vs Lava: {m}"
 
 
-@settings(max_examples=30)
+@pytest.mark.parametrize("net", ["dense", "conv"])
+@settings(max_examples=22)
 @given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 10))
-def test_dense_lif_networks(seed: int, steps: int) -> None:
-    """Feed-forward and self-recurrent Dense + LIF, weights Lava clips and truncates, all sign
-    modes, weight exponents up to 24 (int32 wraps), LIF states started at the wrap/saturation edges."""
+def test_lif_networks(net: str, seed: int, steps: int) -> None:
+    """Stock LIF networks against Lava. ``dense``: feed-forward and self-recurrent Dense + LIF,
+    weights Lava clips and truncates, all sign modes, weight exponents up to 24 (int32 wraps), LIF
+    states started at the wrap/saturation edges. ``conv``: Conv2d (stride, padding, groups) + LIF,
+    SumPool2d, Flatten + Dense, against Lava's Conv."""
     rng = np.random.default_rng(seed)
-    g = random_dense_net(rng, neurons="lif")
-    assert_bit_exact(g, spikes(rng, 1, steps, g.input_shape))
-
-
-@settings(max_examples=14)
-@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 8))
-def test_conv_pool_flatten_networks(seed: int, steps: int) -> None:
-    """Conv2d (stride, padding, groups) + LIF, SumPool2d, Flatten + Dense, against Lava's Conv."""
-    rng = np.random.default_rng(seed)
-    g = random_conv_net(rng, neurons="lif")
-    assert_bit_exact(g, spikes(rng, 1, steps, g.input_shape))
+    g = random_dense_net(rng, neurons="lif") if net == "dense" else random_conv_net(rng, neurons="lif")
+    assert_bit_exact(g, spikes(rng, 1, steps if net == "dense" else min(steps, 8), g.input_shape))
 
 
 @settings(max_examples=10)

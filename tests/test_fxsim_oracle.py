@@ -1,6 +1,6 @@
 """fxsim against a plain-Python big-integer oracle written from docs/fixed-point.md.
 
-The oracle below uses Python ints and lists only (no numpy), one sample, one neuron at a time,
+The oracle (``fx_oracle.py``) uses Python ints and lists only (no numpy), one sample, one neuron at a time,
 following the numbered steps of the contract. It reuses only the graph's schedule (topology).
 Every configuration of fxsim is checked: both engines, the layer engine's chunking, and the numpy
 and (when numba is installed) compiled kernels.
@@ -11,19 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fx_nets import random_conv_net, random_dense_net, spikes
+from fx_oracle import as_arrays, oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lnm_deploy.errors import DependencyError, GraphError, UserInputError
 from lnm_deploy.fixedpoint import (
-    FxConv2d,
     FxDense,
-    FxFlatten,
     FxGraph,
-    FxInput,
     FxLIF,
-    FxOutput,
-    FxPoly,
     fx_sequential,
 )
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
@@ -31,229 +27,6 @@ from lnm_deploy.fxsim.sim import load_kernels
 
 # The compiled kernels are part of the reference environment; without numba only numpy runs.
 KERNELS = ["numpy"] + (["numba"] if load_kernels("auto") is not None else [])
-
-# ------------------------------------------------------------------------ oracle: section 1
-
-
-def o_wrap(x: int, n: int) -> int:
-    return ((x + 2 ** (n - 1)) % 2**n) - 2 ** (n - 1)
-
-
-def o_sat(x: int, n: int) -> int:
-    m = 2 ** (n - 1) - 1
-    return min(max(x, -m), m)
-
-
-def o_ovf(x: int, n: int, mode: str) -> int:
-    return o_sat(x, n) if mode == "saturate" else o_wrap(x, n)
-
-
-def o_floor_div(x: int, s: int) -> int:
-    return x // 2**s  # Python // is floor division
-
-
-def o_rnd(x: int, s: int, mode: str) -> int:
-    if s == 0:
-        return x
-    if mode == "floor":
-        return o_floor_div(x, s)
-    if mode == "trunc":
-        return -o_floor_div(-x, s) if x < 0 else o_floor_div(x, s)
-    assert mode == "nearest"
-    return o_floor_div(x + 2 ** (s - 1), s)
-
-
-def o_shexp(x: int, e: int) -> int:
-    return x * 2**e if e >= 0 else o_floor_div(x, -e)
-
-
-def o_corr24(p: int) -> int:
-    if p > 2**23:
-        return p - 2**24
-    if p <= -(2**23):
-        return p + 2**24
-    return p
-
-
-# ---------------------------------------------------------------------- oracle: section 3
-
-
-def o_dense_weights(node: FxDense) -> list[list[int]]:
-    n = node.num_weight_bits
-    k = 8 - n + (1 if node.sign_mode == "mixed" else 0)
-    out = []
-    for row in node.weight.tolist():
-        r = []
-        for w in row:
-            if node.sign_mode == "mixed":
-                r.append(o_floor_div(min(max(w, -256), 255), k) * 2**k)
-            elif node.sign_mode == "excitatory":
-                r.append(o_floor_div(min(max(w, 0), 255), k) * 2**k)
-            else:
-                r.append(-(o_floor_div(min(max(-w, 0), 255), k) * 2**k))
-        out.append(r)
-    return out
-
-
-def o_dense(node: FxDense, w: list[list[int]], s: list[int]) -> list[int]:
-    return [o_wrap(o_shexp(sum(wi * si for wi, si in zip(row, s, strict=True)), node.weight_exp), node.out_bits)
-            for row in w]
-
-
-def o_conv(node: FxConv2d, s: list[int], in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[int]:
-    cin, hin, win = in_shape
-    cout, hout, wout = out_shape
-    w = node.weight.tolist()
-    cg = cin // node.groups
-    og = cout // node.groups
-    kh, kw = len(w[0][0]), len(w[0][0][0])
-    out = []
-    for o in range(cout):
-        g = o // og
-        for y in range(hout):
-            for x in range(wout):
-                acc = 0
-                for c in range(cg):
-                    for i in range(kh):
-                        for j in range(kw):
-                            yy = y * node.stride[0] - node.padding[0] + i * node.dilation[0]
-                            xx = x * node.stride[1] - node.padding[1] + j * node.dilation[1]
-                            if 0 <= yy < hin and 0 <= xx < win:
-                                acc += w[o][c][i][j] * s[((g * cg + c) * hin + yy) * win + xx]
-                out.append(o_wrap(o_shexp(acc, node.weight_exp), node.out_bits))
-    return out
-
-
-# ---------------------------------------------------------------------- oracle: sections 4, 5
-
-
-class OLIF:
-    def __init__(self, node: FxLIF) -> None:
-        self.n = node
-        self.u = node.u_init.reshape(-1).tolist()
-        self.v = node.v_init.reshape(-1).tolist()
-        self.bias = [o_shexp(m, e) for m, e in zip(node.bias_mant.reshape(-1).tolist(),
-                                                   node.bias_exp.reshape(-1).tolist(), strict=True)]
-
-    def step(self, a: list[int]) -> list[int]:
-        n = self.n
-        one = 2**n.decay_bits
-        s_out = []
-        for i, ai in enumerate(a):
-            ud = o_rnd(self.u[i] * (one - n.du - 1), n.decay_bits, "trunc")  # 1
-            x = o_wrap(ai * 2**n.act_shift, 32)  # 2
-            self.u[i] = o_corr24(o_wrap(ud + x, 32))  # 3
-            vd = o_rnd(self.v[i] * (one - n.dv), n.decay_bits, "trunc")  # 4
-            vp = o_sat(o_wrap(vd + self.u[i] + self.bias[i], 32), 24)  # 5
-            s = 1 if vp > n.vth * 2**n.vth_shift else 0  # 6
-            self.v[i] = 0 if s else vp  # 7
-            s_out.append(s)
-        return s_out
-
-    def states(self) -> dict[str, list[int]]:
-        return {"u": list(self.u), "v": list(self.v)}
-
-
-class OPoly:
-    def __init__(self, node: FxPoly) -> None:
-        self.n = node
-        self.v = node.v_init.reshape(-1).tolist()
-        self.c = node.c_init.reshape(-1).tolist()
-        self.coef = [row.reshape(-1).tolist() for row in node.coef]
-        self.vth = node.vth.reshape(-1).tolist()
-        self.v_reset = node.v_reset.reshape(-1).tolist()
-        self.dc = None if node.syn_decay is None else node.syn_decay.reshape(-1).tolist()
-
-    def step(self, a: list[int]) -> list[int]:
-        n = self.n
-        S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
-        s_out = []
-        for i, ai in enumerate(a):
-            x = ai * 2**n.in_shift  # 1
-            if self.dc is not None:  # 2
-                self.c[i] = o_ovf(o_rnd(self.c[i] * (2**n.decay_bits - self.dc[i]), n.decay_bits, rnd) + x, S, ovf)
-            else:
-                self.c[i] = o_ovf(x, S, ovf)
-            d = len(self.coef) - 1  # 3
-            h = self.coef[d][i]
-            for k in range(d - 1, -1, -1):
-                h = o_ovf(o_rnd(h * self.v[i], n.shifts[k], rnd) + self.coef[k][i], R, ovf)
-            vp = o_ovf(h + self.c[i], S, ovf)  # 4
-            s = 1 if vp > self.vth[i] else 0  # 5
-            if s:  # 6
-                self.v[i] = self.v_reset[i] if n.reset == "value" else o_ovf(vp - self.vth[i], S, ovf)
-            else:
-                self.v[i] = vp
-            s_out.append(s)
-        return s_out
-
-    def states(self) -> dict[str, list[int]]:
-        out = {"v": list(self.v)}
-        if self.dc is not None:
-            out["c"] = list(self.c)
-        return out
-
-
-def oracle(graph: FxGraph, x: np.ndarray) -> tuple[dict[str, list], dict[str, dict[str, list]]]:
-    """Spikes and states per layer as nested lists [sample][step][flat neuron]."""
-    sched = graph.schedule()
-    xl = x.reshape(x.shape[0], x.shape[1], -1).tolist()
-    neurons = [n for n in sched.order if graph.nodes[n].role == "neuron"]
-    spk: dict[str, list] = {n: [] for n in neurons}
-    sts: dict[str, dict[str, list]] = {}
-    for b in range(len(xl)):
-        runs: dict[str, OLIF | OPoly] = {}
-        dense_w = {}
-        for n in sched.order:
-            node = graph.nodes[n]
-            if isinstance(node, FxLIF):
-                runs[n] = OLIF(node)
-            elif isinstance(node, FxPoly):
-                runs[n] = OPoly(node)
-            elif isinstance(node, FxDense):
-                dense_w[n] = o_dense_weights(node)
-        for n in neurons:
-            spk[n].append([])
-            for k in runs[n].states():
-                sts.setdefault(n, {}).setdefault(k, []).append([])
-        prev: dict[str, list[int]] = {}
-        for t in range(len(xl[b])):
-            cur: dict[str, list[int]] = {}
-            for n in sched.order:
-                node = graph.nodes[n]
-                ins = sched.inputs[n]
-                if isinstance(node, FxInput):
-                    cur[n] = xl[b][t]
-                elif isinstance(node, FxOutput):
-                    continue
-                elif isinstance(node, FxFlatten):
-                    cur[n] = cur[ins[0][0]]
-                elif isinstance(node, FxDense):
-                    cur[n] = o_dense(node, dense_w[n], cur[ins[0][0]])
-                elif isinstance(node, FxConv2d):
-                    cur[n] = o_conv(node, cur[ins[0][0]], sched.shapes[ins[0][0]], sched.shapes[n])
-                else:
-                    size = len(runs[n].v)
-                    total = [0] * size
-                    for src, delayed in ins:  # 4.1
-                        vals = (prev.get(src, [0] * size)) if delayed else cur[src]
-                        total = [p + q for p, q in zip(total, vals, strict=True)]
-                    cur[n] = runs[n].step([o_wrap(v, 32) for v in total])
-                    spk[n][b].append(cur[n])
-                    for k, v in runs[n].states().items():
-                        sts[n][k][b].append(v)
-            prev = cur
-    return spk, sts
-
-
-def as_arrays(graph: FxGraph, spk: dict[str, list], sts: dict[str, dict[str, list]],
-              batch: int, steps: int) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    shapes = graph.schedule().shapes
-    a = {n: np.array(v, dtype=np.int64).reshape(batch, steps, *shapes[n]) for n, v in spk.items()}
-    s = {n: {k: np.array(v, dtype=np.int64).reshape(batch, steps, *shapes[n]) for k, v in d.items()}
-         for n, d in sts.items()}
-    return a, s
-
 
 def check_against_oracle(graph: FxGraph, x: np.ndarray) -> None:
     batch, steps = x.shape[:2]

@@ -17,22 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lnm_deploy import ir
 from lnm_deploy.calibrate import calibrate_network, load_recipe
 from lnm_deploy.errors import LNMDeployWarning, UnsupportedError, UserInputError
 from lnm_deploy.execute import run_float
 from lnm_deploy.fixedpoint import FxConv2d, FxDense, FxGraph, FxLIF, FxPoly, fx_sequential
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
-from lnm_deploy.ir import (
-    Affine,
-    Conv2d,
-    Flatten,
-    Graph,
-    Input,
-    Neuron,
-    Output,
-    SumPool2d,
-    sequential,
-)
 from lnm_deploy.targets import load_target
 
 if sys.version_info[:2] != (3, 10):
@@ -50,40 +40,40 @@ SAMPLES, STEPS = 3, 30
 # Networks (float IR graphs), calibrated by the real pipeline
 
 
-def _mlp(rng: np.random.Generator) -> Graph:
-    return sequential([("fc1", Affine(weight=rng.normal(0, 0.6, (16, 12)), bias=rng.normal(0, 0.05, 16))),
-                       ("n1", Neuron(shape=(16,), poly=[0.0, 0.9, 0.03], v_th=1.0)),
-                       ("fc2", Affine(weight=rng.normal(0, 0.7, (6, 16)))),
-                       ("n2", Neuron(shape=(6,), poly=[0.01, 0.85, 0.05], v_th=1.0))], (12,))
+def _mlp(rng: np.random.Generator) -> ir.Graph:
+    return ir.sequential([("fc1", ir.Affine(weight=rng.normal(0, 0.6, (16, 12)), bias=rng.normal(0, 0.05, 16))),
+                       ("n1", ir.Neuron(shape=(16,), poly=[0.0, 0.9, 0.03], v_th=1.0)),
+                       ("fc2", ir.Affine(weight=rng.normal(0, 0.7, (6, 16)))),
+                       ("n2", ir.Neuron(shape=(6,), poly=[0.01, 0.85, 0.05], v_th=1.0))], (12,))
 
 
-def _recurrent(rng: np.random.Generator) -> Graph:
-    nodes = {"input": Input(shape=(10,)),
-             "fc": Affine(weight=rng.normal(0, 0.6, (12, 10))),
-             "n": Neuron(shape=(12,), poly=[0.0, 0.85, 0.02], v_th=1.0),
-             "rec": Affine(weight=rng.normal(0, 0.3, (12, 12))),
-             "fc2": Affine(weight=rng.normal(0.3, 0.8, (5, 12))),
-             "n2": Neuron(shape=(5,), poly=[0.0, 0.9, 0.02], v_th=1.0),
-             "output": Output()}
+def _recurrent(rng: np.random.Generator) -> ir.Graph:
+    nodes = {"input": ir.Input(shape=(10,)),
+             "fc": ir.Affine(weight=rng.normal(0, 0.6, (12, 10))),
+             "n": ir.Neuron(shape=(12,), poly=[0.0, 0.85, 0.02], v_th=1.0),
+             "rec": ir.Affine(weight=rng.normal(0, 0.3, (12, 12))),
+             "fc2": ir.Affine(weight=rng.normal(0.3, 0.8, (5, 12))),
+             "n2": ir.Neuron(shape=(5,), poly=[0.0, 0.9, 0.02], v_th=1.0),
+             "output": ir.Output()}
     edges = [("input", "fc"), ("fc", "n"), ("n", "rec"), ("rec", "n"), ("n", "fc2"), ("fc2", "n2"),
              ("n2", "output")]
-    return Graph(nodes=nodes, edges=edges)
+    return ir.Graph(nodes=nodes, edges=edges)
 
 
-def _conv(rng: np.random.Generator) -> Graph:
+def _conv(rng: np.random.Generator) -> ir.Graph:
     """Conv2d -> IF -> SumPool2d -> IF -> Flatten -> Affine -> IF. The middle IF subtracts the
     threshold on reset: on loihi2 it becomes a (W, H, C)-shaped PolyNeuron, the others stock LIFs."""
-    return sequential([("conv", Conv2d(weight=rng.normal(0.1, 0.5, (4, 2, 3, 3)), padding=1)),
-                       ("if1", Neuron(shape=(4, 8, 8), poly=[0.0, 1.0], v_th=1.0)),
-                       ("pool", SumPool2d(kernel_size=2)),
-                       ("if2", Neuron(shape=(4, 4, 4), poly=[0.0, 1.0], v_th=1.0, reset="subtract")),
-                       ("flat", Flatten()),
-                       ("fc", Affine(weight=rng.normal(0.05, 0.4, (6, 64)))),
-                       ("if3", Neuron(shape=(6,), poly=[0.0, 1.0], v_th=1.0))], (2, 8, 8))
+    return ir.sequential([("conv", ir.Conv2d(weight=rng.normal(0.1, 0.5, (4, 2, 3, 3)), padding=1)),
+                       ("if1", ir.Neuron(shape=(4, 8, 8), poly=[0.0, 1.0], v_th=1.0)),
+                       ("pool", ir.SumPool2d(kernel_size=2)),
+                       ("if2", ir.Neuron(shape=(4, 4, 4), poly=[0.0, 1.0], v_th=1.0, reset="subtract")),
+                       ("flat", ir.Flatten()),
+                       ("fc", ir.Affine(weight=rng.normal(0.05, 0.4, (6, 64)))),
+                       ("if3", ir.Neuron(shape=(6,), poly=[0.0, 1.0], v_th=1.0))], (2, 8, 8))
 
 
 @pytest.fixture(scope="module")
-def graphs() -> dict[str, Graph]:
+def graphs() -> dict[str, ir.Graph]:
     import lnm_deploy
 
     rng = np.random.default_rng(0)
@@ -102,7 +92,7 @@ def graphs() -> dict[str, Graph]:
 _cache: dict[tuple[str, str], Any] = {}
 
 
-def _artifact(graphs: dict[str, Graph], name: str, target: str) -> tuple[Any, np.ndarray]:
+def _artifact(graphs: dict[str, ir.Graph], name: str, target: str) -> tuple[Any, np.ndarray]:
     """(CalibrationResult, test spikes) for a network on a target (cached per module run)."""
     if (name, target) not in _cache:
         g = graphs[name]
@@ -136,7 +126,7 @@ def assert_bit_exact(fx: FxGraph, ref: Any, got: Any, what: str) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["mlp", "recurrent", "conv", "snn-leaky", "snn-conv"])
-def test_calibrated_artifacts_bit_exact(graphs: dict[str, Graph], name: str, target: str) -> None:
+def test_calibrated_artifacts_bit_exact(graphs: dict[str, ir.Graph], name: str, target: str) -> None:
     res, x = _artifact(graphs, name, target)
     fx = res.artifact.fx
     assert fx.target == target
@@ -167,7 +157,7 @@ def test_calibrated_artifacts_bit_exact(graphs: dict[str, Graph], name: str, tar
         assert got.states[n]["v"].dtype == np.int64
 
 
-def test_first_mismatch_names_layer_timestep_and_neuron(graphs: dict[str, Graph]) -> None:
+def test_first_mismatch_names_layer_timestep_and_neuron(graphs: dict[str, ir.Graph]) -> None:
     """The comparison is sensitive: one flipped spike is found, named and counted."""
     res, x = _artifact(graphs, "mlp", "loihi2")
     fx = res.artifact.fx
@@ -182,7 +172,7 @@ def test_first_mismatch_names_layer_timestep_and_neuron(graphs: dict[str, Graph]
 # One compiled network for all samples
 
 
-def test_one_network_for_all_samples_equals_fresh_networks(graphs: dict[str, Graph]) -> None:
+def test_one_network_for_all_samples_equals_fresh_networks(graphs: dict[str, ir.Graph]) -> None:
     """Recurrent LIF (the self-loop buffer is cleared with Var.set at each sample's start step),
     poly and LIF layers at several depths: reusing one compiled network across samples gives the
     same bits as compiling a fresh network for every sample, and both equal fxsim."""
@@ -237,7 +227,7 @@ def test_reuse_with_initial_states_recurrence_and_all_neuron_options() -> None:
 # The recorder is what Lava's own probes see
 
 
-def test_recorder_equals_lava_ringbuffer_sink_and_monitor(graphs: dict[str, Graph], tmp_path: Any) -> None:
+def test_recorder_equals_lava_ringbuffer_sink_and_monitor(graphs: dict[str, ir.Graph], tmp_path: Any) -> None:
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
@@ -279,7 +269,7 @@ def test_recorder_equals_lava_ringbuffer_sink_and_monitor(graphs: dict[str, Grap
 
 
 @pytest.mark.parametrize("name", ["mlp", "recurrent", "conv"])
-def test_float_model_is_close_to_the_float_executor(graphs: dict[str, Graph], name: str) -> None:
+def test_float_model_is_close_to_the_float_executor(graphs: dict[str, ir.Graph], name: str) -> None:
     """``floating_pt`` (Lava's float Dense/Conv/LIF and PolyNeuron's float model) against the
     float IR executor on the artifact's dequantized graph: close, not equal (a different model
     from fixed_pt, like Lava's float LIF); and visibly not the fixed-point model."""
@@ -348,7 +338,7 @@ def test_unsupported_topologies_are_refused_naming_the_node() -> None:
         run_lava(g, x)
 
 
-def test_bad_input_empty_input_and_progress(graphs: dict[str, Graph], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_empty_input_and_progress(graphs: dict[str, ir.Graph], capsys: pytest.CaptureFixture[str]) -> None:
     res, x = _artifact(graphs, "snn-leaky", "loihi2")
     fx = res.artifact.fx
     with pytest.raises(UserInputError, match="binary"):
@@ -362,7 +352,7 @@ def test_bad_input_empty_input_and_progress(graphs: dict[str, Graph], capsys: py
     assert first_mismatch(run_fx(fx, x[:2]).spikes, got.spikes) is None
 
 
-def test_runtime_is_stopped_when_a_run_fails(graphs: dict[str, Graph], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runtime_is_stopped_when_a_run_fails(graphs: dict[str, ir.Graph], monkeypatch: pytest.MonkeyPatch) -> None:
     """An error after the runtime started still stops it (else the interpreter hangs at exit),
     and the next run starts cleanly."""
     from lnm_deploy.lava_backend import runner
@@ -384,7 +374,7 @@ def test_runtime_is_stopped_when_a_run_fails(graphs: dict[str, Graph], monkeypat
     assert first_mismatch(run_fx(fx, x).spikes, run_lava(fx, x).spikes) is None
 
 
-def test_a_failing_stop_does_not_hide_the_interrupt(graphs: dict[str, Graph],
+def test_a_failing_stop_does_not_hide_the_interrupt(graphs: dict[str, ir.Graph],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopping right after an interrupted run can fail on the interrupted run's late reply (Lava
     0.10 raises "Runtime Received ..."); the caller still gets the interrupt, and a later run works."""

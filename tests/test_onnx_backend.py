@@ -24,20 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lnm_deploy import __version__
+from lnm_deploy import fixedpoint as fx
 from lnm_deploy.backends import BACKENDS
 from lnm_deploy.errors import GraphError, UnsupportedError, UserInputError
-from lnm_deploy.fixedpoint import (
-    FxConv2d,
-    FxDense,
-    FxFlatten,
-    FxGraph,
-    FxInput,
-    FxLIF,
-    FxNode,
-    FxOutput,
-    FxPoly,
-    fx_sequential,
-)
+from lnm_deploy.fixedpoint import fx_sequential
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
 from lnm_deploy.onnx_backend import (
     IR_VERSION,
@@ -53,7 +43,7 @@ from lnm_deploy.onnx_backend import build as onnx_build
 SEEDS = st.integers(0, 2**32 - 1)
 
 
-def assert_bit_exact(g: FxGraph, x: np.ndarray, *, engine: str = "auto") -> None:
+def assert_bit_exact(g: fx.FxGraph, x: np.ndarray, *, engine: str = "auto") -> None:
     """fxsim and the ONNX model agree on every layer's spikes and states (first mismatch shown)."""
     ref = run_fx(g, x, record=True)
     got = run_onnx(g, x, record=True, engine=engine)
@@ -99,21 +89,14 @@ def test_conv_pool_flatten_networks(seed: int, steps: int) -> None:
     assert_bit_exact(g, spikes(rng, 2, steps, g.input_shape))
 
 
+@pytest.mark.parametrize("neurons", ["lif", "poly"])
 @settings(max_examples=60)
 @given(seed=SEEDS, conv=st.booleans())
-def test_lif_only_networks(seed: int, conv: bool) -> None:
-    """The loihi2-lif kind of network: stock LIF everywhere, states started at the edges."""
+def test_single_neuron_kind_networks(neurons: str, seed: int, conv: bool) -> None:
+    """The loihi2-lif kind of network (stock LIF everywhere, states started at the edges) and the
+    loihi2 kind (polynomial neurons: all roundings, overflows, resets)."""
     rng = np.random.default_rng(seed)
-    g = random_conv_net(rng, neurons="lif") if conv else random_dense_net(rng, neurons="lif")
-    assert_bit_exact(g, spikes(rng, 2, 8, g.input_shape))
-
-
-@settings(max_examples=60)
-@given(seed=SEEDS, conv=st.booleans())
-def test_poly_networks(seed: int, conv: bool) -> None:
-    """The loihi2 kind of network: polynomial neurons (all roundings, overflows, resets)."""
-    rng = np.random.default_rng(seed)
-    g = random_conv_net(rng, neurons="poly") if conv else random_dense_net(rng, neurons="poly")
+    g = random_conv_net(rng, neurons=neurons) if conv else random_dense_net(rng, neurons=neurons)
     assert_bit_exact(g, spikes(rng, 2, 8, g.input_shape))
 
 
@@ -126,21 +109,21 @@ def test_step_engine_matches(seed: int) -> None:
     assert_bit_exact(g, spikes(rng, 2, 6, g.input_shape), engine="step")
 
 
-def feedback_net(rng: np.random.Generator) -> FxGraph:
+def feedback_net(rng: np.random.Generator) -> fx.FxGraph:
     """A back edge to an earlier layer, a skip synapse, and a cycle synapse read outside the cycle."""
-    def neuron(shape: tuple[int, ...]) -> FxNode:
+    def neuron(shape: tuple[int, ...]) -> fx.FxNode:
         return poly(rng, shape) if rng.random() < 0.5 else lif(rng, shape)
 
-    nodes: dict[str, FxNode] = {
-        "input": FxInput(shape=(4,)), "syn0": dense(rng, 5, 4), "n0": neuron((5,)),
+    nodes: dict[str, fx.FxNode] = {
+        "input": fx.FxInput(shape=(4,)), "syn0": dense(rng, 5, 4), "n0": neuron((5,)),
         "syn1": dense(rng, 3, 5), "n1": neuron((3,)), "fb": dense(rng, 5, 3),
         "skip": dense(rng, 3, 4), "n2": neuron((3,)), "syn2": dense(rng, 2, 3), "n3": neuron((2,)),
-        "syn3": dense(rng, 2, 3), "output": FxOutput(),
+        "syn3": dense(rng, 2, 3), "output": fx.FxOutput(),
     }
     edges = [("input", "syn0"), ("syn0", "n0"), ("n0", "syn1"), ("syn1", "n1"), ("n1", "fb"),
              ("fb", "n0"), ("input", "skip"), ("skip", "n1"), ("syn1", "n2"), ("n2", "syn2"),
              ("syn2", "n3"), ("n1", "syn3"), ("syn3", "n3"), ("n3", "output")]
-    return FxGraph(nodes=nodes, edges=edges)
+    return fx.FxGraph(nodes=nodes, edges=edges)
 
 
 @settings(max_examples=40)
@@ -162,8 +145,8 @@ def test_lif_wrap_and_saturation_edges(seed: int) -> None:
     for exp in (0, 9, 17, 24):
         w = rng.choice([-256, 255, 254, -255, 0, 100], (n, 4))
         g = fx_sequential([
-            ("d", FxDense(weight=w, weight_exp=exp)),
-            ("l", FxLIF(shape=(n,), du=int(rng.choice([0, 4095, 100])), dv=int(rng.choice([0, 4095, 7])),
+            ("d", fx.FxDense(weight=w, weight_exp=exp)),
+            ("l", fx.FxLIF(shape=(n,), du=int(rng.choice([0, 4095, 100])), dv=int(rng.choice([0, 4095, 7])),
                         vth=int(rng.choice([0, 2**17 - 1, 2**18])), bias_mant=rng.integers(-4096, 4096, n),
                         bias_exp=int(rng.choice([0, 7, 15])), u_init=rng.choice([2**23, -(2**23) + 1, 2**23 - 1], n),
                         v_init=rng.choice([2**23 - 1, -(2**23) + 1], n))),
@@ -177,8 +160,8 @@ def test_int32_input_wrap(seed: int) -> None:
     """Two synapses whose sum leaves int32: the neuron input wraps (4.1) before any shift."""
     rng = np.random.default_rng(seed)
     n = 5
-    ff = FxDense(weight=rng.choice([0, 1, 3, 127], (n, 6)), weight_exp=24, sign_mode="excitatory")
-    rec = FxDense(weight=rng.choice([0, 1, 64, 127], (n, n)), weight_exp=24, sign_mode="excitatory")
+    ff = fx.FxDense(weight=rng.choice([0, 1, 3, 127], (n, 6)), weight_exp=24, sign_mode="excitatory")
+    rec = fx.FxDense(weight=rng.choice([0, 1, 64, 127], (n, n)), weight_exp=24, sign_mode="excitatory")
     neuron = poly(rng, (n,)) if seed % 2 else lif(rng, (n,))
     g = chain([("d", ff), ("p", neuron)], (6,), {"p": rec})
     assert_bit_exact(g, spikes(rng, 2, 6, (6,)))
@@ -194,12 +177,12 @@ def test_int32_input_wrap(seed: int) -> None:
 def test_poly_every_rounding_overflow_reset(rounding: str, overflow: str, reset: str, synapse: bool) -> None:
     rng = np.random.default_rng(7)
     n = 8
-    layers: list[tuple[str, FxNode]] = []
+    layers: list[tuple[str, fx.FxNode]] = []
     for i, (bits, acc) in enumerate([(12, 24), (24, 40), (16, 32)]):
         sm = 2 ** (bits - 1) - 1
         layers += [
-            (f"d{i}", FxDense(weight=rng.choice([-256, 254, 0, 96, -32], (n, n)), weight_exp=int(rng.integers(-3, 12)))),
-            (f"p{i}", FxPoly(shape=(n,), coef=rng.integers(-(2**15) + 1, 2**15, (4, n)), shifts=(3, 11, 17),
+            (f"d{i}", fx.FxDense(weight=rng.choice([-256, 254, 0, 96, -32], (n, n)), weight_exp=int(rng.integers(-3, 12)))),
+            (f"p{i}", fx.FxPoly(shape=(n,), coef=rng.integers(-(2**15) + 1, 2**15, (4, n)), shifts=(3, 11, 17),
                              vth=rng.integers(0, sm + 1, n), v_reset=rng.integers(-sm, sm + 1, n), reset=reset,  # type: ignore[arg-type]
                              in_shift=int(rng.integers(0, 9)),
                              syn_decay=rng.choice([0, 1, 2048, 4095, 4096], n) if synapse else None,
@@ -217,8 +200,8 @@ def test_dense_weight_grid_and_exponent(sign_mode: str) -> None:
     for bits in range(1, 9):
         for exp in (-8, -3, 0, 5):
             w = rng.integers(-300, 300, (6, 9))
-            lif_ = FxLIF(shape=(6,), du=0, dv=1000, vth=1)
-            g = fx_sequential([("d", FxDense(weight=w, weight_exp=exp, num_weight_bits=bits,
+            lif_ = fx.FxLIF(shape=(6,), du=0, dv=1000, vth=1)
+            g = fx_sequential([("d", fx.FxDense(weight=w, weight_exp=exp, num_weight_bits=bits,
                                              sign_mode=sign_mode)), ("l", lif_)], (9,))  # type: ignore[arg-type]
             assert_bit_exact(g, spikes(rng, 2, 5, (9,)))
 
@@ -230,16 +213,16 @@ def test_dense_weight_grid_and_exponent(sign_mode: str) -> None:
 def test_conv_geometry(stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
                        groups: int) -> None:
     rng = np.random.default_rng(11)
-    conv = FxConv2d(weight=rng.integers(-256, 256, (4, 4 // groups, 3, 2)), stride=stride,
+    conv = fx.FxConv2d(weight=rng.integers(-256, 256, (4, 4 // groups, 3, 2)), stride=stride,
                     padding=padding, dilation=dilation, groups=groups)
     shape = conv.output_shape("conv", (4, 7, 6))
-    pool = FxConv2d(weight=np.ones((4, 1, 2, 3), dtype=np.int64), stride=(1, 2), padding=(1, 1), groups=4)
+    pool = fx.FxConv2d(weight=np.ones((4, 1, 2, 3), dtype=np.int64), stride=(1, 2), padding=(1, 1), groups=4)
     pshape = pool.output_shape("pool", shape)
     g = fx_sequential([
-        ("conv", conv), ("n0", FxLIF(shape=shape, du=100, dv=200, vth=3)),
-        ("pool", pool), ("n1", FxPoly(shape=pshape, coef=np.array([0, 30000]), shifts=(15,), vth=1)),
-        ("flat", FxFlatten()), ("fc", FxDense(weight=rng.integers(-128, 128, (3, int(np.prod(pshape)))))),
-        ("n2", FxLIF(shape=(3,), du=4095, dv=0, vth=0)),
+        ("conv", conv), ("n0", fx.FxLIF(shape=shape, du=100, dv=200, vth=3)),
+        ("pool", pool), ("n1", fx.FxPoly(shape=pshape, coef=np.array([0, 30000]), shifts=(15,), vth=1)),
+        ("flat", fx.FxFlatten()), ("fc", fx.FxDense(weight=rng.integers(-128, 128, (3, int(np.prod(pshape)))))),
+        ("n2", fx.FxLIF(shape=(3,), du=4095, dv=0, vth=0)),
     ], (4, 7, 6))
     assert_bit_exact(g, spikes(rng, 2, 4, (4, 7, 6)))
 
@@ -249,8 +232,8 @@ def test_wide_weights_use_digits_and_wrap_24() -> None:
     rng = np.random.default_rng(5)
     w = rng.integers(-(2**30), 2**30, (3, 2, 2, 2))
     g = fx_sequential([
-        ("conv", FxConv2d(weight=w, weight_exp=3)),
-        ("n0", FxPoly(shape=(3, 4, 4), coef=np.array([0, 2**14]), shifts=(14,), vth=1000, overflow="wrap")),
+        ("conv", fx.FxConv2d(weight=w, weight_exp=3)),
+        ("n0", fx.FxPoly(shape=(3, 4, 4), coef=np.array([0, 2**14]), shifts=(14,), vth=1000, overflow="wrap")),
     ], (2, 5, 5))
     assert_bit_exact(g, spikes(rng, 2, 6, (2, 5, 5)))
     model = build_onnx(g)
@@ -260,13 +243,13 @@ def test_wide_weights_use_digits_and_wrap_24() -> None:
 def test_outputs_exactly_at_the_wrap_boundary() -> None:
     """A synapse output of exactly +2**(out_bits-1) wraps to the most negative value."""
     poly_ = {"coef": np.array([0]), "shifts": (), "vth": 1000}
-    g = fx_sequential([("d", FxDense(weight=np.array([[128, -128], [-128, -128]]), weight_exp=24)),
-                       ("p", FxPoly(shape=(2,), **poly_))], (2,))  # type: ignore[arg-type]
+    g = fx_sequential([("d", fx.FxDense(weight=np.array([[128, -128], [-128, -128]]), weight_exp=24)),
+                       ("p", fx.FxPoly(shape=(2,), **poly_))], (2,))  # type: ignore[arg-type]
     x = np.array([[[1, 0], [0, 1], [1, 1]]], dtype=np.uint8)
     assert_bit_exact(g, x)
     assert run_onnx(g, x).spikes["p"][0, 0, 0] == 0  # +2**31 wrapped to -2**31: no spike
-    conv = FxConv2d(weight=np.array([[[[2**23]]], [[[-(2**23)]]]]).reshape(2, 1, 1, 1))
-    g = fx_sequential([("c", conv), ("p", FxPoly(shape=(2, 2, 2), **poly_))], (1, 2, 2))  # type: ignore[arg-type]
+    conv = fx.FxConv2d(weight=np.array([[[[2**23]]], [[[-(2**23)]]]]).reshape(2, 1, 1, 1))
+    g = fx_sequential([("c", conv), ("p", fx.FxPoly(shape=(2, 2, 2), **poly_))], (1, 2, 2))  # type: ignore[arg-type]
     assert_bit_exact(g, spikes(np.random.default_rng(0), 2, 3, (1, 2, 2)))
 
 
@@ -285,14 +268,14 @@ def test_int64_matmul_beyond_int32_fan_in(monkeypatch: pytest.MonkeyPatch) -> No
 # -------------------------------------------------------------------------------- the model
 
 
-def small_net() -> FxGraph:
+def small_net() -> fx.FxGraph:
     rng = np.random.default_rng(1)
     return fx_sequential([
-        ("fc1", FxDense(weight=2 * rng.integers(-64, 64, (12, 6)))),
-        ("lnm1", FxPoly(shape=(12,), coef=np.array([0, 29000, 40]), shifts=(15, 10), vth=300, in_shift=6,
+        ("fc1", fx.FxDense(weight=2 * rng.integers(-64, 64, (12, 6)))),
+        ("lnm1", fx.FxPoly(shape=(12,), coef=np.array([0, 29000, 40]), shifts=(15, 10), vth=300, in_shift=6,
                         syn_decay=500)),
-        ("fc2", FxDense(weight=2 * rng.integers(-64, 64, (4, 12)))),
-        ("lif2", FxLIF(shape=(4,), du=300, dv=400, vth=20)),
+        ("fc2", fx.FxDense(weight=2 * rng.integers(-64, 64, (4, 12)))),
+        ("lif2", fx.FxLIF(shape=(4,), du=300, dv=400, vth=20)),
     ], (6,), target="loihi2")
 
 
@@ -348,15 +331,15 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(UserInputError, match="engine"):
         build_onnx(g, engine="fast")
 
-    class FxOdd(FxNode):
+    class FxOdd(fx.FxNode):
         kind = "odd"
         role = "synapse"
 
-    bad = fx_sequential([("odd", FxOdd()), ("n", FxLIF(shape=(6,)))], (6,))
+    bad = fx_sequential([("odd", FxOdd()), ("n", fx.FxLIF(shape=(6,)))], (6,))
     with pytest.raises(UnsupportedError, match="node 'odd'"):
         build_onnx(bad)
-    clash = fx_sequential([("d", FxDense(weight=np.ones((2, 6)))), ("n", FxLIF(shape=(2,))),
-                           ("d2", FxDense(weight=np.ones((2, 2)))), ("n.u", FxLIF(shape=(2,)))], (6,))
+    clash = fx_sequential([("d", fx.FxDense(weight=np.ones((2, 6)))), ("n", fx.FxLIF(shape=(2,))),
+                           ("d2", fx.FxDense(weight=np.ones((2, 2)))), ("n.u", fx.FxLIF(shape=(2,)))], (6,))
     with pytest.raises(GraphError, match="collide"):
         build_onnx(clash)
 
@@ -370,7 +353,7 @@ def test_importing_lnm_deploy_does_not_import_onnx() -> None:
 # ------------------------------------------------------------------- artifact and golden replay
 
 
-def write_test_artifact(path: Path) -> FxGraph:
+def write_test_artifact(path: Path) -> fx.FxGraph:
     from lnm_deploy.artifact import Artifact, write_artifact
     from lnm_deploy.ir import Affine, Neuron, sequential
 
@@ -438,5 +421,5 @@ def test_compile_artifact_and_replay_golden_vector(tmp_path: Path) -> None:
     arrays["spikes/lif2"] = 1 - arrays["spikes/lif2"]
     np.savez(golden, **arrays)
     assert replay_golden(str(out), str(golden)) == ["spikes/lif2"]
-    # the file runs without its FxGraph too
+    # the file runs without its fx.FxGraph too
     assert compare_runs(ref, run_onnx_model(onnx_session(out), x, record=True)) is None

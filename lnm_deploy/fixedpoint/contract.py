@@ -153,10 +153,11 @@ class LIFBounds:
 
 def lif_bounds(node: FxLIF, input_bound: int) -> LIFBounds:
     """``LIFBounds`` of ``node`` for neuron inputs ``|a| <= input_bound``."""
-    half = 1 << (node.state_bits - 1)
+    p = LIFParams.of(node)
+    half = 1 << (p.state_bits - 1)
     vmax = half - 1
-    unity = 1 << node.decay_bits
-    ku, kv = unity - node.du - 1, unity - node.dv
+    unity = 1 << p.decay_bits
+    ku, kv = p.ku, p.kv
     x = min(input_bound << node.act_shift, INPUT_BOUND)
     u0 = int(np.abs(np.asarray(node.u_init)).max(initial=0))
     v0 = int(np.abs(np.asarray(node.v_init)).max(initial=0))
@@ -167,7 +168,7 @@ def lif_bounds(node: FxLIF, input_bound: int) -> LIFBounds:
     no_sat = small and kv < unity and v0 <= vmax and (u + b_max) * unity <= vmax * (unity - kv)
     sat_low = not no_sat
     return LIFBounds(x=x, small=small, u=u, wrap_u=not u_sup < half, wrap_v=u + half + b_max >= INPUT_BOUND,
-                     sat_low=sat_low, sat_high=sat_low and (node.vth << node.vth_shift) >= vmax)
+                     sat_low=sat_low, sat_high=sat_low and p.vth_eff >= vmax)
 
 
 # ---------------------------------------------------------------------- polynomial neuron (5)

@@ -6,7 +6,7 @@ several edges into a node are summed.
 
 Structural rules of an FxGraph (``FxGraph.schedule`` enforces them):
 
-* synapses (Dense, Conv2d, SumPool2d) and Flatten read exactly one fresh edge, from the Input, a
+* synapses (Dense, Conv2d) and Flatten read exactly one fresh edge, from the Input, a
   neuron, or a Flatten of those: their input is always binary spikes;
 * neurons read only synapses (fresh or delayed), summed; delayed edges end only at neurons;
 * the Output reads exactly one neuron.

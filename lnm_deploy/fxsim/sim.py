@@ -57,7 +57,7 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, primitives, synapse_bounds
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
@@ -436,14 +436,52 @@ class _PolyRun(_NeuronRun):
         return out
 
 
-#: fxsim's neuron implementations by primitive kind (the numpy path calls the contract step).
+class _ContractRun(_NeuronRun):
+    """Any neuron primitive that registers its contract (``Primitive.params`` and ``step``): the
+    step evaluated as written, int64, on the states named by ``node.state_names()``."""
+
+    def __init__(self, node: FxNeuron, batch: int, input_bound: int, kern: Any = None) -> None:
+        p = primitive_of(node)
+        assert p.params is not None and p.step is not None
+        self.node, self.contract_step, self.params = node, p.step, p.params(node)
+        shape = (batch, *node.shape)
+        self.state = {k: _full(getattr(node, f"{k}_init"), shape, np.int64) for k in node.state_names()}
+
+    def prepare(self, a: _Val) -> tuple[Array, bool]:
+        return a.as_int(), False
+
+    def step(self, x: Array, fast: bool, out: Array | None = None) -> Array:
+        new, s = self.contract_step(self.params, self.state, x)
+        self.state = {k: np.asarray(new[k], dtype=np.int64) for k in self.state}
+        if out is not None:
+            out[...] = s
+        return np.asarray(s)
+
+    def states(self) -> dict[str, Array]:
+        return dict(self.state)
+
+
+#: fxsim's neuron implementations by primitive kind (the numpy path calls the contract step); a
+#: neuron primitive without an entry here runs its registered contract step (``_ContractRun``).
 NEURONS: dict[str, type[_NeuronRun]] = {"lif": _LIFRun, "poly": _PolyRun}
 
 
+def _contract_kinds() -> set[str]:
+    return {k for k, p in primitives().items() if p.role == "neuron" and p.step is not None and p.params is not None}
+
+
 def _make_neuron(name: str, node: FxNode, batch: int, input_bound: int, kern: Any) -> _NeuronRun:
-    cls = lookup(NEURONS, primitive_of(node, name).kind, "fxsim's neuron engine", name)
+    kind = primitive_of(node, name).kind
+    table = {**dict.fromkeys(_contract_kinds(), _ContractRun), **NEURONS}
+    cls = lookup(table, kind, "fxsim's neuron engine", name)
     out: _NeuronRun = cls(node, batch, input_bound, kern)
     return out
+
+
+def supported_kinds() -> frozenset[str]:
+    """The primitive kinds fxsim runs: its per-kind tables, plus every neuron primitive with a
+    registered contract step, plus the graph's input and output."""
+    return frozenset({"input", "output", *SYNAPSES, *NEURONS, *RESHAPES, *_contract_kinds()})
 
 
 # ---------------------------------------------------------------------------------------- driver

@@ -40,4 +40,9 @@ def run_lava_timed(graph: Any, x: Any, *, record: bool = False, progress: bool =
     return _runner().run(graph, x, record=record, progress=progress, samples_per_network=samples_per_network)
 
 
-__all__ = ["run_lava", "run_lava_float", "run_lava_timed"]
+def supported_kinds() -> frozenset[str]:
+    """The primitive kinds the Lava backend maps (its ``LAVA_KINDS`` table; imports lava-nc)."""
+    return frozenset(_runner().LAVA_KINDS)
+
+
+__all__ = ["run_lava", "run_lava_float", "run_lava_timed", "supported_kinds"]

@@ -6,7 +6,7 @@ onnxruntime on the CPU; ``compile_onnx`` writes the model of an artifact file. o
 onnxruntime are imported only when these functions are called (``pip install 'lnm-deploy[onnx]'``).
 """
 
-from lnm_deploy.onnx_backend.build import IR_VERSION, OPSET, build_onnx
+from lnm_deploy.onnx_backend.build import IR_VERSION, OPSET, build_onnx, supported_kinds
 from lnm_deploy.onnx_backend.run import (
     compile_onnx,
     model_layout,
@@ -26,4 +26,5 @@ __all__ = [
     "run_onnx",
     "run_onnx_model",
     "sha256_file",
+    "supported_kinds",
 ]

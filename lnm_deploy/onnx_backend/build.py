@@ -35,6 +35,7 @@ Arithmetic (all exact):
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -43,23 +44,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lnm_deploy.errors import DependencyError, GraphError, UnsupportedError, UserInputError
+from lnm_deploy.fixedpoint import nodes as fxn
 from lnm_deploy.fixedpoint.contract import (
     INPUT_BOUND,
+    LIFParams,
+    PolyParams,
     SynapseBounds,
     lif_bounds,
     neuron_input_bound,
     poly_bounds,
 )
 from lnm_deploy.fixedpoint.graph import FxGraph
-from lnm_deploy.fixedpoint.nodes import (
-    FxConv2d,
-    FxDense,
-    FxFlatten,
-    FxLIF,
-    FxNeuron,
-    FxNode,
-    FxPoly,
-)
 from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
 
 if TYPE_CHECKING:
@@ -72,15 +67,20 @@ _U8_MAX_FAN_IN = (2**31 - 1) // 255  # MatMulInteger accumulates in int32
 ENGINES = ("auto", "step")
 
 
-def require_onnx() -> Any:
-    """Import ``onnx`` or raise ``DependencyError`` with the install hint."""
+def require(module: str = "onnx") -> Any:
+    """Import ``module`` (``onnx`` or ``onnxruntime``) or raise ``DependencyError`` with the
+    install hint."""
     try:
-        import onnx
+        return importlib.import_module(module)
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise DependencyError(
-            "the ONNX backend needs onnx and onnxruntime: pip install 'lnm-deploy[onnx]'"
+            f"the ONNX backend needs onnx and onnxruntime ({e}): pip install 'lnm-deploy[onnx]'"
         ) from e
-    return onnx
+
+
+def require_onnx() -> Any:
+    """Import ``onnx`` or raise ``DependencyError`` with the install hint."""
+    return require("onnx")
 
 
 # ------------------------------------------------------------------------------- graph builder
@@ -288,14 +288,14 @@ def _gather_windows(b: _Builder, s: str, lead: int, idx: np.ndarray, padded: boo
     return b.op("Gather", [flat, b.const(idx)], "win", axis=lead)
 
 
-def _dense(b: _Builder, name: str, node: FxDense, s: str, lead: int, in_shape: tuple[int, ...],
+def _dense(b: _Builder, name: str, node: fxn.FxDense, s: str, lead: int, in_shape: tuple[int, ...],
            out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.1 on ``uint8`` spikes (lead..., fan_in): ``MatMulInteger`` on the effective weights."""
     acc, k = _int_matmul(b, s, node.effective_weight().T)
     return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
-def _conv(b: _Builder, name: str, node: FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
+def _conv(b: _Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
           out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.2: im2col windows (``Gather``), then one ``MatMulInteger`` per group."""
     w = node.weight
@@ -311,7 +311,7 @@ def _conv(b: _Builder, name: str, node: FxConv2d, s: str, lead: int, in_shape: t
     return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
-def _flatten(b: _Builder, name: str, node: FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
+def _flatten(b: _Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
              out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.4: a C-order ``Reshape`` of the spikes."""
     return b.op("Reshape", [s, b.const([0] * lead + [-1])], "flatten"), 1
@@ -323,7 +323,7 @@ def _flatten(b: _Builder, name: str, node: FxFlatten, s: str, lead: int, in_shap
 LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "flatten": _flatten}
 
 
-def _lower(b: _Builder, name: str, node: FxNode, s: str, lead: int, in_shape: tuple[int, ...],
+def _lower(b: _Builder, name: str, node: fxn.FxNode, s: str, lead: int, in_shape: tuple[int, ...],
            out_shape: tuple[int, ...]) -> tuple[str, int]:
     fn = lookup(LOWERINGS, primitive_of(node, name).kind, "the ONNX backend", name)
     out: tuple[str, int] = fn(b, name, node, s, lead, in_shape, out_shape)
@@ -336,7 +336,7 @@ def _lower(b: _Builder, name: str, node: FxNode, s: str, lead: int, in_shape: tu
 class _Neuron:
     """Emits one neuron layer: the per-sequence ``prepare`` and the per-step ``step``."""
 
-    node: FxNeuron
+    node: fxn.FxNeuron
 
     def state_inits(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -353,9 +353,9 @@ class _Neuron:
 
 
 class _LIF(_Neuron):
-    node: FxLIF
+    node: fxn.FxLIF
 
-    def __init__(self, node: FxLIF, in_bound: int) -> None:
+    def __init__(self, node: fxn.FxLIF, in_bound: int) -> None:
         self.node = node
         self.in_bound = in_bound
 
@@ -373,10 +373,10 @@ class _LIF(_Neuron):
 
     def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
-        half = 1 << (n.state_bits - 1)
-        unity = 1 << n.decay_bits
-        ku, kv = unity - n.du - 1, unity - n.dv
-        bias = n.bias.astype(np.int64)
+        c = LIFParams.of(n)  # the contract's constants: ku, kv, bias, vth_eff
+        half = 1 << (c.state_bits - 1)
+        unity = 1 << c.decay_bits
+        ku, kv, bias = c.ku, c.kv, c.bias
         b_max = int(np.abs(bias).max(initial=0))
         # The registered bounds (docs/fixed-point.md 4.3) say which wraps, corrections and
         # saturations can change a value; the others are left out.
@@ -405,7 +405,7 @@ class _LIF(_Neuron):
             q = b.op("Add", [q, b.const(_uniform(bias))], "v_bias")
         if lb.wrap_v:
             q = _wrap(b, q, 32)
-        vmax, vth_eff = half - 1, n.vth << n.vth_shift
+        vmax, vth_eff = half - 1, c.vth_eff
         if lb.sat_low:
             lo = b.const(-vmax)
             q = b.op("Where", [b.op("Less", [q, lo], "below"), lo, q], "sat_lo")
@@ -420,10 +420,11 @@ class _LIF(_Neuron):
 
 
 class _Poly(_Neuron):
-    node: FxPoly
+    node: fxn.FxPoly
 
-    def __init__(self, node: FxPoly, in_bound: int) -> None:
+    def __init__(self, node: fxn.FxPoly, in_bound: int) -> None:
         self.node = node
+        self.params = PolyParams.of(node)  # the contract's constants (kc = 2**D - syn_decay)
         self.bounds = poly_bounds(node, in_bound)
 
     def state_inits(self) -> dict[str, np.ndarray]:
@@ -442,8 +443,8 @@ class _Poly(_Neuron):
         S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
         new: dict[str, str] = {}
         if n.has_synapse:  # 2: c = ovf_S(rnd(c * (2**D - syn_decay), D) + x)
-            assert n.syn_decay is not None
-            kc = _uniform((1 << n.decay_bits) - np.asarray(n.syn_decay, dtype=np.int64))
+            assert self.params.kc is not None
+            kc = _uniform(self.params.kc)
             c_kc = b.op("Mul", [st["c"], b.const(kc)], "c_kc")  # |c| <= 2**(S-1), kc <= 2**D
             cd = _rshift(b, c_kc, n.decay_bits, rnd, self.bounds.decay_product)
             c = _ovf(b, b.op("Add", [cd, x], "c_in"), S, ovf)
@@ -473,7 +474,13 @@ class _Poly(_Neuron):
 NEURONS: dict[str, type[_Neuron]] = {"lif": _LIF, "poly": _Poly}
 
 
-def _make_neuron(name: str, node: FxNode, in_bound: int) -> _Neuron:
+def supported_kinds() -> frozenset[str]:
+    """The primitive kinds this backend lowers (its ``LOWERINGS`` and ``NEURONS`` tables), plus
+    the graph's input and output."""
+    return frozenset({"input", "output", *LOWERINGS, *NEURONS})
+
+
+def _make_neuron(name: str, node: fxn.FxNode, in_bound: int) -> _Neuron:
     cls = lookup(NEURONS, primitive_of(node, name).kind, "the ONNX backend's neurons", name)
     out: _Neuron = cls(node, in_bound)
     return out

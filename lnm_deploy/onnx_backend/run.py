@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lnm_deploy.errors import DependencyError, UserInputError
+from lnm_deploy.errors import UserInputError
 from lnm_deploy.execute import RunResult
 from lnm_deploy.fixedpoint.graph import FxGraph
-from lnm_deploy.onnx_backend.build import META_FORMAT, build_onnx, require_onnx
+from lnm_deploy.onnx_backend.build import META_FORMAT, build_onnx, require, require_onnx
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -25,13 +25,7 @@ if TYPE_CHECKING:
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise DependencyError(
-            "the ONNX backend needs onnx and onnxruntime: pip install 'lnm-deploy[onnx]'"
-        ) from e
-    return onnxruntime
+    return require("onnxruntime")
 
 
 def onnx_session(model: Any, *, threads: int | None = None) -> onnxruntime.InferenceSession:

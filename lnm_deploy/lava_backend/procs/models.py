@@ -29,9 +29,33 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lnm_deploy.fixedpoint.contract import PolyParams, poly_step
 from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
 
+#: The Vars of ``PolyNeuron`` and their precision (bits) in the ``fixed_pt`` model; ``_poly_vars``
+#: declares them on both models (int64 or float64).
+POLY_VARS = {"coef": 32, "vth": 32, "v_reset": 32, "syn_decay": 17, "v": 32, "c": 32}
+
+
+def _poly_vars(fixed: bool) -> Any:
+    """Class decorator: a ``LavaPyType`` attribute per ``POLY_VARS`` entry (Lava finds them with
+    ``getattr``, like ones written in the class body)."""
+
+    def deco(cls: Any) -> Any:
+        for name, bits in POLY_VARS.items():
+            setattr(cls, name, LavaPyType(np.ndarray, np.int64, precision=bits) if fixed
+                    else LavaPyType(np.ndarray, float))
+        return cls
+
+    return deco
+
 
 class _PolyBase(PyLoihiProcessModel):
     """Time base shared by both models: inert before ``start``, reset to the initial states at it."""
+
+    coef: np.ndarray
+    vth: np.ndarray
+    v_reset: np.ndarray
+    syn_decay: np.ndarray
+    v: np.ndarray
+    c: np.ndarray
 
     def _local_step(self) -> int:
         period = self.proc_params["period"]
@@ -54,15 +78,10 @@ class _PolyBase(PyLoihiProcessModel):
 @implements(proc=PolyNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
+@_poly_vars(fixed=True)
 class PyPolyNeuronModelFixed(_PolyBase):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    coef: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
-    vth: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
-    v_reset: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
-    syn_decay: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=17)
-    v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
-    c: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
     s_out_dtype = np.int32
 
     def run_spk(self) -> None:
@@ -84,15 +103,10 @@ class PyPolyNeuronModelFixed(_PolyBase):
 @implements(proc=PolyNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
+@_poly_vars(fixed=False)
 class PyPolyNeuronModelFloat(_PolyBase):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    coef: np.ndarray = LavaPyType(np.ndarray, float)
-    vth: np.ndarray = LavaPyType(np.ndarray, float)
-    v_reset: np.ndarray = LavaPyType(np.ndarray, float)
-    syn_decay: np.ndarray = LavaPyType(np.ndarray, float)
-    v: np.ndarray = LavaPyType(np.ndarray, float)
-    c: np.ndarray = LavaPyType(np.ndarray, float)
     s_out_dtype = float
 
     def run_spk(self) -> None:

@@ -1,0 +1,143 @@
+"""The machinery of the conformance suite (``test_conformance.py``): example generators per
+primitive kind, the network built around an example, and the bit-exact check of a backend's run
+against the big-integer oracle (``fx_oracle.py``).
+
+Both lists the suite runs over are derived from registries: the primitives from
+``lnm_deploy.fixedpoint.primitives.primitives()`` (every neuron, synapse and reshape kind), the
+backends from ``lnm_deploy.backends.integer_backends()`` (each of a backend's ``configs``: fxsim's
+numpy engine and its numba kernels are two). A test file that defines its own primitive registers
+an example generator here (``register_example``) and the oracle of its step
+(``fx_oracle.register_oracle``); ``check_backend`` then runs it on every backend that implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fx_nets import chain, dense, lif, poly, spikes
+from fx_oracle import as_arrays, oracle
+
+from lnm_deploy.backends import Backend, integer_backends
+from lnm_deploy.fixedpoint import FxConv2d, FxDense, FxFlatten, FxGraph, FxNode
+from lnm_deploy.fixedpoint.primitives import primitives
+from lnm_deploy.fxsim import first_mismatch
+
+Shape = tuple[int, ...]
+#: An example of one primitive: the node and the shape it reads (a neuron: its own shape).
+Example = tuple[FxNode, Shape]
+#: Example generators by primitive kind: ``rng -> (node, input shape)``; small and random.
+EXAMPLES: dict[str, Callable[[np.random.Generator], Example]] = {}
+#: The roles whose kinds the suite covers (input and output are part of every network).
+ROLES = ("neuron", "synapse", "reshape")
+
+
+def register_example(kind: str, generator: Callable[[np.random.Generator], Example]) -> None:
+    """Add the example generator of ``kind`` (a new kind; ``ValueError`` for a second one)."""
+    if kind in EXAMPLES:
+        raise ValueError(f"kind {kind!r} already has an example generator")
+    EXAMPLES[kind] = generator
+
+
+def covered_kinds() -> list[str]:
+    """Every registered primitive kind the suite must cover (neurons, synapses, reshapes)."""
+    return sorted(k for k, p in primitives().items() if p.role in ROLES)
+
+
+def backend_configs() -> list[tuple[str, str]]:
+    """Every (integer backend, configuration) pair of the backend registry."""
+    return [(name, cfg) for name, b in integer_backends().items() for cfg in b.configs]
+
+
+def _image(rng: np.random.Generator) -> Shape:
+    return (int(rng.integers(1, 3)), int(rng.integers(2, 6)), int(rng.integers(2, 6)))
+
+
+def _conv(rng: np.random.Generator) -> Example:
+    shape = _image(rng)
+    c_out = int(rng.integers(1, 4))
+    kh, kw = int(rng.integers(1, min(3, shape[1]) + 1)), int(rng.integers(1, min(3, shape[2]) + 1))
+    node = FxConv2d(weight=rng.integers(-256, 256, (c_out, shape[0], kh, kw)),
+                    stride=(int(rng.integers(1, 3)), int(rng.integers(1, 3))),
+                    padding=(int(rng.integers(0, 2)), int(rng.integers(0, 2))))
+    return node, shape
+
+
+def _dense(rng: np.random.Generator) -> Example:
+    n_in = int(rng.integers(1, 9))
+    return dense(rng, int(rng.integers(1, 9)), n_in), (n_in,)
+
+
+def _neuron(make: Callable[[np.random.Generator, Shape], FxNode]) -> Callable[[np.random.Generator], Example]:
+    def gen(rng: np.random.Generator) -> Example:
+        shape = (int(rng.integers(1, 9)),)
+        return make(rng, shape), shape
+
+    return gen
+
+
+register_example("dense", _dense)
+register_example("conv2d", _conv)
+register_example("flatten", lambda rng: (FxFlatten(), _image(rng)))
+register_example("lif", _neuron(lif))
+register_example("poly", _neuron(poly))
+
+
+def network(kind: str, rng: np.random.Generator) -> FxGraph:
+    """A small random network around an example of ``kind``: a synapse reads the input and drives
+    a stock LIF; a reshape feeds a Dense; a neuron is driven by a Dense (a 1-x1 convolution for
+    an image-shaped neuron) and, one time in two, also by a recurrent Dense self-loop."""
+    if kind not in EXAMPLES:
+        raise KeyError(f"primitive kind {kind!r} has no example generator for the conformance suite; "
+                       f"add one with tests/conformance.py register_example({kind!r}, rng -> (node, input_shape))")
+    node, in_shape = EXAMPLES[kind](rng)
+    out_shape = node.output_shape(kind, in_shape)
+    nodes: list[tuple[str, FxNode]] = []
+    rec: dict[str, FxDense] = {}
+    if node.role == "neuron":
+        if len(out_shape) == 1:
+            n_in = int(rng.integers(1, 9))
+            driver: FxNode = dense(rng, out_shape[0], n_in)
+            in_shape = (n_in,)
+            if rng.random() < 0.5:
+                rec[kind] = dense(rng, out_shape[0], out_shape[0])
+        else:
+            driver = FxConv2d(weight=rng.integers(-256, 256, (out_shape[0], 1, 1, 1)))
+            in_shape = (1, *out_shape[1:])
+        nodes = [("driver", driver), (kind, node)]
+    elif node.role == "synapse":
+        nodes = [(kind, node), ("lif", lif(rng, out_shape, edges=False))]
+    else:
+        n = int(rng.integers(1, 6))
+        nodes = [(kind, node), ("fc", dense(rng, n, int(np.prod(out_shape)), wild=False, sign_modes=False)),
+                 ("lif", lif(rng, (n,), edges=False))]
+    return chain(nodes, in_shape, rec)
+
+
+def check_backend(b: Backend, config: str, graph: FxGraph, x: np.ndarray, label: str = "") -> None:
+    """Run ``graph`` on ``x`` with backend ``b`` (its ``configs[config]`` options, recording
+    states) and assert its spikes and states equal the oracle's (``np.array_equal``); the message
+    names the first mismatching layer, timestep, sample and neuron."""
+    batch, steps = x.shape[:2]
+    o_spk, o_sts = as_arrays(graph, *oracle(graph, x), batch, steps)
+    options: dict[str, Any] = dict(b.configs[config])
+    res = b.run(graph, x, record=True, progress=False, **options)
+    order = graph.neuron_names()
+    where = f"[{b.name} {config}]{' ' + label if label else ''}"
+    m = first_mismatch(o_spk, res.spikes, order=order)
+    assert m is None, f"{where} spikes differ from the oracle: {m}"
+    for layer in order:
+        for k, want in o_sts.get(layer, {}).items():
+            got = res.states[layer][k]
+            assert np.array_equal(want, got), f"{where} {first_mismatch({k: want}, {k: got}, quantity=f'{layer} state')}"
+    sched = graph.schedule()
+    src = sched.inputs[sched.output_node][0][0]
+    assert np.array_equal(res.output, o_spk[src]), f"{where} output differs from layer {src!r}'s spikes"
+
+
+def random_case(kind: str, seed: int) -> tuple[FxGraph, np.ndarray]:
+    """The network and spikes of case ``seed`` of ``kind`` (stable across runs and machines)."""
+    rng = np.random.default_rng([seed, *kind.encode()])
+    g = network(kind, rng)
+    return g, spikes(rng, int(rng.integers(1, 3)), int(rng.integers(1, 8)), g.input_shape)

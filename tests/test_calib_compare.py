@@ -61,6 +61,11 @@ def test_sqnr_agreement_and_drift():
     assert sqnr_db(ref, ref) == math.inf
     assert sqnr_db(ref, ref + np.array([0.1, 0.0, 0.0, 0.0])) == pytest.approx(10 * math.log10(6 / 0.01))
     assert sqnr_db(np.zeros(3), np.ones(3)) == -math.inf
+    # any shape (batch, time, *neurons), integer test values against float reference
+    ref3 = np.arange(24, dtype=np.float64).reshape(2, 3, 4) - 11.5
+    test3 = np.rint(ref3).astype(np.int64)
+    expect = 10 * math.log10(float(np.sum(ref3**2)) / float(np.sum((ref3 - test3) ** 2)))
+    assert sqnr_db(ref3, test3) == pytest.approx(expect, rel=1e-12)
     a = np.array([[1, 0, 1, 1], [0, 0, 1, 0]], np.uint8)
     b = np.array([[1, 1, 1, 0], [0, 0, 1, 0]], np.uint8)
     assert spike_agreement(a, b) == 6 / 8

@@ -31,7 +31,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, Us
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.ir.ops import conv2d
+
+if TYPE_CHECKING:
+    from lnm_deploy.calibrate.passes import MappedGraph
 
 Array = np.ndarray
 
@@ -252,7 +255,8 @@ REPLAY_GROUPS: tuple[str, ...] = ("weights", "dynamics", "threshold")
 
 
 def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end: int,
-                  spikes: dict[str, Array], swap: set[str] | frozenset[str] = frozenset()) -> dict[str, Array]:
+                  spikes: dict[str, Array], swap: set[str] | frozenset[str] = frozenset(), *,
+                  mapped: tuple[MappedGraph, MappedGraph] | None = None) -> dict[str, Array]:
     """Re-simulate neuron ``flat`` (index into the layer's flattened shape) of the Neuron ``layer``
     in float64 from t = 0 to ``t_end`` on the recorded spikes of its sources (``spikes``: layer ->
     (samples, timesteps, *shape), the input included), with the quantity groups in ``swap``
@@ -264,18 +268,25 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
     neuron), so with ``swap`` empty the trace is the float executor's. Returns ``{"s": spikes,
     "v": membrane after reset, "v_pre": membrane before the spike test}``, each (t_end + 1,) float64.
 
-    Raises:
-        UnsupportedError: the layer is not a spiking Neuron in both graphs, or its synapses are a
-            structure ``find_synapses`` does not cover.
-    """
-    from lnm_deploy.calibrate.quantize import find_synapses
+    ``mapped``: both graphs folded onto their synapses (``lnm_deploy.calibrate.fold``), as
+    ``(fold(graph), fold(deq))``; folded here when None (pass them when replaying many times).
 
-    def current(g: Graph) -> tuple[Array, Neuron]:
+    Raises:
+        UnsupportedError: the layer is not a spiking Neuron in both graphs, or the graphs are a
+            structure the quantizer's ``fold`` does not cover.
+    """
+    if mapped is None:
+        from lnm_deploy.calibrate.passes import fold
+
+        mapped = (fold(graph), fold(deq))
+
+    def current(g: Graph, mg: MappedGraph) -> tuple[Array, Neuron]:
         """The neuron's input per step as the executor sums it (synapse outputs plus biases)."""
         node = g.nodes[layer]
         if not isinstance(node, Neuron) or not node.spiking:  # the replay swaps a neuron's parameters
             raise UnsupportedError("the divergence replay needs a spiking Neuron", node=layer)
-        syns, bias = find_synapses(g, layer)
+        ml = mg.layers[layer]
+        syns, bias = ml.synapses, ml.bias
         x = np.zeros(t_end + 1)
         for s in syns:
             src = spikes[s.source][sample, : t_end + 1].reshape(t_end + 1, -1).astype(np.float64)
@@ -290,8 +301,8 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
                 x += y.reshape(t_end + 1, -1)[:, flat]
         return x + float(bias.reshape(-1)[flat]), node
 
-    x_f, nf = current(graph)
-    x_q, nq = current(deq)
+    x_f, nf = current(graph, mapped[0])
+    x_q, nq = current(deq, mapped[1])
     wts, x = (nq, x_q) if "weights" in swap else (nf, x_f)
     dyn = nq if "dynamics" in swap else nf
     thr = nq if "threshold" in swap else nf
@@ -317,9 +328,9 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
 
 
 def _replay(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, t_end: int,
-            spikes: dict[str, Array], swap: set[str]) -> int:
+            spikes: dict[str, Array], swap: set[str], mapped: tuple[MappedGraph, MappedGraph]) -> int:
     """The replayed neuron's spike at ``t_end`` (``replay_neuron``)."""
-    return int(replay_neuron(graph, deq, layer, flat, sample, t_end, spikes, swap)["s"][t_end])
+    return int(replay_neuron(graph, deq, layer, flat, sample, t_end, spikes, swap, mapped=mapped)["s"][t_end])
 
 
 def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResult, x: Array) -> dict[str, Any]:
@@ -335,13 +346,17 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
         out["cause"] = "undetermined (the layer has no float counterpart)"
         return out
     try:
-        base = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set())
-        fixed_like = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(REPLAY_GROUPS))
+        from lnm_deploy.calibrate.passes import fold
+
+        mapped = (fold(graph), fold(artifact.graph))  # once for every replay below
+        base = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(), mapped)
+        fixed_like = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(REPLAY_GROUPS), mapped)
     except Exception as e:  # structures the replay does not cover: say so instead of guessing
         out["cause"] = f"undetermined ({type(e).__name__}: {e})"
         return out
     groups = REPLAY_GROUPS
-    single = [g for g in groups if _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, {g}) != base]
+    single = [g for g in groups
+              if _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, {g}, mapped) != base]
     out["float_spike"], out["dequantized_spike"] = base, fixed_like
     names = {"weights": "synaptic weights and biases", "dynamics": "leak polynomial / decays",
              "threshold": "threshold and reset"}
@@ -350,7 +365,7 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
         out["causes"] = single
     else:
         pairs = [set(p) for p in combinations(groups, 2)
-                 if _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(p)) != base]
+                 if _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(p), mapped) != base]
         if pairs:
             out["cause"] = "the combination of " + " + ".join(names[g] for g in sorted(pairs[0]))
             out["causes"] = sorted(pairs[0])

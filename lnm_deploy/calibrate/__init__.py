@@ -12,9 +12,12 @@ Typical use::
 Modules: ``stats`` (Histogram, TensorStats, collect_stats), ``calibrators`` (minmax, percentile, mse,
 entropy; power-of-two exponents), ``recipes`` (TOML recipes in ``calibration/``), ``compare``
 (SQNR, spike agreement, rate drift, first divergence), ``quantize`` (float graph -> integer network
-for a target) and ``pipeline`` (``calibrate_network``: all of it, plus the agreement search).
+for a target; ``passes`` its four passes, ``lowering`` the registry of per-kind lowerings a new
+neuron kind registers, ``neuron_lowerings`` the Neuron's) and ``pipeline`` (``calibrate_network``: all of it, plus the agreement search).
 """
 
+# The Neuron's lowerings ("lif", "poly") register on import: before any other calibrate module runs.
+from lnm_deploy.calibrate import neuron_lowerings as _neuron_lowerings  # noqa: F401  (registers)
 from lnm_deploy.calibrate.calibrators import (
     CALIBRATORS,
     CalibratorInfo,
@@ -38,6 +41,13 @@ from lnm_deploy.calibrate.compare import (
     rate_drift,
     spike_agreement,
     sqnr_db,
+)
+from lnm_deploy.calibrate.lowering import (
+    Lowering,
+    lowering_of,
+    lowerings,
+    register_lowering,
+    unregister_lowering,
 )
 from lnm_deploy.calibrate.pipeline import CalibrationResult, calibrate_network
 from lnm_deploy.calibrate.quantize import NeuronRange, Quantized, quantize
@@ -81,6 +91,7 @@ __all__ = [
     "Divergence",
     "Histogram",
     "LayerComparison",
+    "Lowering",
     "NeuronRange",
     "NeuronStats",
     "Quantized",
@@ -107,6 +118,8 @@ __all__ = [
     "get_calibrator",
     "list_recipes",
     "load_recipe",
+    "lowering_of",
+    "lowerings",
     "mean_spike_agreement",
     "power_of_two_scale",
     "power_of_two_scales",
@@ -115,7 +128,9 @@ __all__ = [
     "rate_drift",
     "read_recipe",
     "recipe_from_dict",
+    "register_lowering",
     "shipped_recipes_dir",
     "spike_agreement",
     "sqnr_db",
+    "unregister_lowering",
 ]

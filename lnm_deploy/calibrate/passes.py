@@ -41,22 +41,21 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from lnm_deploy.calibrate.lowering import choose_lowering, input_gain, lowering_of
 from lnm_deploy.errors import LNMDeployWarning, NumericError, UnsupportedError
-from lnm_deploy.execute.float_exec import horner, stateless_step
+from lnm_deploy.execute.float_exec import stateless_step
 from lnm_deploy.fixedpoint import (
     FxConv2d,
     FxDense,
     FxFlatten,
     FxGraph,
     FxInput,
-    FxLIF,
     FxNode,
     FxOutput,
-    FxPoly,
     Rounding,
     dense_weight_grid,
     sign_mode_of,
@@ -70,11 +69,10 @@ from lnm_deploy.ir import (
     Flatten,
     Graph,
     Input,
-    Neuron,
     Node,
     Output,
-    Scale,
     SumPool2d,
+    node_types,
 )
 from lnm_deploy.targets import Target
 
@@ -161,7 +159,7 @@ class MappedLayer:
     times ``gain`` (real current into v per input spike / per step), what the later passes map."""
 
     name: str
-    node: Neuron
+    node: Node
     synapses: tuple[Synapse, ...]
     bias: Array
     gain: Array
@@ -200,8 +198,8 @@ class Selection:
     degree, samples) where one was made; ``approximations``: what the mapping changes."""
 
     name: str
-    node: Neuron
-    primitive: Literal["poly", "lif"]
+    node: Node
+    primitive: str
     synapses: tuple[Synapse, ...]
     coef: Array
     v_th: Array
@@ -252,7 +250,7 @@ class EncodedLayer:
     integers times their scales) and the record of every choice."""
 
     fx: FxNode
-    ir: Neuron
+    ir: Node
     record: LayerRecord
     plan: ScalePlan
 
@@ -261,24 +259,22 @@ class EncodedLayer:
 # Pass 1: fold synapse chains
 
 
-_LINEAR = (Affine, Conv2d, SumPool2d, AvgPool2d, Flatten, Scale)
-
-
 def _is_source(node: Node) -> bool:
-    return isinstance(node, Input) or (isinstance(node, Neuron) and node.spiking)
+    return node.spike_source
 
 
 def _chain(graph: Graph, start: str, sched_inputs: dict[str, tuple[tuple[str, bool], ...]],
            consumer: str) -> tuple[str, list[str]]:
-    """Walk back from ``start`` through single-input linear nodes to a spike source."""
+    """Walk back from ``start`` through single-input linear nodes (``Node.linear``) to a spike source."""
     chain: list[str] = []
     n = start
     while not _is_source(graph.nodes[n]):
         node = graph.nodes[n]
-        if not isinstance(node, _LINEAR):
+        if not node.linear:
+            linear = sorted(cls.__name__ for cls in node_types().values() if cls.linear)
             raise UnsupportedError(
-                f"'{type(node).__name__}' feeds neuron layer '{consumer}'; only Affine, Conv2d, pooling, "
-                "Flatten and Scale can sit between spiking layers on a fixed-point target", node=n)
+                f"'{type(node).__name__}' feeds neuron layer '{consumer}'; only linear nodes ({', '.join(linear)}) "
+                "can sit between spiking layers on a fixed-point target", node=n)
         ins = sched_inputs[n]
         if len(ins) != 1:
             raise UnsupportedError(f"a linear node between spiking layers must have one input, has {len(ins)}",
@@ -286,6 +282,31 @@ def _chain(graph: Graph, start: str, sched_inputs: dict[str, tuple[tuple[str, bo
         chain.append(n)
         n = ins[0][0]
     return n, chain[::-1]
+
+
+#: A lone node between two spiking layers as a convolution synapse: ``(node, input shape) ->
+#: (weight (C_out, C_in/g, kH, kW) per unit spike, conv parameters, bias (C_out,) or None)``, by
+#: IR kind. A chain of any other linear nodes is composed into a Dense.
+ConvSynapse = Callable[[Node, tuple[int, ...]], tuple[Array, dict[str, Any], "Array | None"]]
+
+
+def _conv2d_synapse(node: Node, in_shape: tuple[int, ...]) -> tuple[Array, dict[str, Any], Array | None]:
+    assert isinstance(node, Conv2d)
+    return node.weight.copy(), {"stride": node.stride, "padding": node.padding, "dilation": node.dilation,
+                                "groups": node.groups}, node.bias
+
+
+def _pool_synapse(node: Node, in_shape: tuple[int, ...]) -> tuple[Array, dict[str, Any], Array | None]:
+    assert isinstance(node, (SumPool2d, AvgPool2d))
+    c = in_shape[0]
+    k = node.kernel_size
+    scale = 1.0 / (k[0] * k[1]) if node.average else 1.0
+    return np.full((c, 1, *k), scale), {"stride": node.stride, "padding": node.padding, "dilation": (1, 1),
+                                        "groups": c}, None
+
+
+LONE_CONV_SYNAPSES: dict[str, ConvSynapse] = {
+    Conv2d.kind: _conv2d_synapse, SumPool2d.kind: _pool_synapse, AvgPool2d.kind: _pool_synapse}
 
 
 def _compose_dense(graph: Graph, chain: list[str], in_shape: tuple[int, ...]) -> tuple[Array, Array]:
@@ -302,9 +323,8 @@ def _compose_dense(graph: Graph, chain: list[str], in_shape: tuple[int, ...]) ->
 
 def _layer_synapses(graph: Graph, neuron: str, sched: Any) -> tuple[list[Synapse], Array]:
     """The synapses of ``neuron`` and their summed constant input (biases), neuron-shaped."""
-    node = graph.nodes[neuron]
-    assert isinstance(node, Neuron)
-    bias = np.zeros(node.shape)
+    shape = tuple(sched.shapes[neuron])
+    bias = np.zeros(shape)
     syns: list[Synapse] = []
     for src, delayed in sched.inputs[neuron]:
         source, chain = _chain(graph, src, sched.inputs, neuron)
@@ -313,38 +333,31 @@ def _layer_synapses(graph: Graph, neuron: str, sched: Any) -> tuple[list[Synapse
                                    "Linear/Conv layer", node=neuron)
         in_shape = sched.shapes[source]
         last = graph.nodes[chain[-1]]
-        if len(chain) == 1 and isinstance(last, Conv2d):
-            syns.append(Synapse(chain[-1], source, delayed, "conv", last.weight.copy(), conv={
-                "stride": last.stride, "padding": last.padding, "dilation": last.dilation, "groups": last.groups}))
-            if last.bias is not None:
-                bias = bias + last.bias[:, None, None]
-        elif len(chain) == 1 and isinstance(last, (SumPool2d, AvgPool2d)):
-            c = in_shape[0]
-            k = last.kernel_size
-            scale = 1.0 / (k[0] * k[1]) if isinstance(last, AvgPool2d) else 1.0
-            syns.append(Synapse(chain[-1], source, delayed, "conv", np.full((c, 1, *k), scale), conv={
-                "stride": last.stride, "padding": last.padding, "dilation": (1, 1), "groups": c}))
-        elif len(node.shape) == 1:
+        if len(chain) == 1 and last.kind in LONE_CONV_SYNAPSES:
+            weight, conv, b_conv = LONE_CONV_SYNAPSES[last.kind](last, tuple(in_shape))
+            syns.append(Synapse(chain[-1], source, delayed, "conv", weight, conv=conv))
+            if b_conv is not None:
+                bias = bias + b_conv[:, None, None]
+        elif len(shape) == 1:
             w, b = _compose_dense(graph, chain, in_shape)
-            if w.shape[0] != node.shape[0]:
+            if w.shape[0] != shape[0]:
                 raise UnsupportedError(f"synapse chain {chain} yields {w.shape[0]} values, layer has "
-                                       f"{node.shape[0]}", node=neuron)
+                                       f"{shape[0]}", node=neuron)
             syns.append(Synapse(chain[-1], source, delayed, "dense", w, flatten=len(in_shape) > 1))
             bias = bias + b
         else:
             raise UnsupportedError(
-                f"synapse chain {chain} into a {len(node.shape)}-d layer: only a single Conv2d or pooling "
+                f"synapse chain {chain} into a {len(shape)}-d layer: only a single Conv2d or pooling "
                 "can feed a spatial layer (move pooling after a neuron layer)", node=neuron)
     return syns, bias
 
 
-
 def _map_layer(graph: Graph, name: str, sched: Any) -> MappedLayer:
     node = graph.nodes[name]
-    assert isinstance(node, Neuron)
     syns, bias = _layer_synapses(graph, name, sched)
-    # The real current into v per unit of the synapse output: in_gain (x syn_gain for a synapse).
-    gain = node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
+    # The real current into the state per unit of the synapse output, as the lowering defines it
+    # (the Neuron's: in_gain, x syn_gain with a synapse).
+    gain = input_gain(node, name)
     scaled = tuple(Synapse(s.name, s.source, s.delayed, s.kind,
                            s.weight * (gain.reshape(-1)[:, None] if s.kind == "dense"
                                        else gain.reshape(gain.shape[0], -1)[:, 0][:, None, None, None]),
@@ -355,19 +368,21 @@ def _map_layer(graph: Graph, name: str, sched: Any) -> MappedLayer:
 def fold(graph: Graph) -> MappedGraph:
     """Pass 1: fold ``graph``'s synapse chains onto its neuron layers (see the module docstring).
 
-    ``UnsupportedError`` (node named) for a non-spiking layer, an Output that does not read one
-    spiking layer, a non-linear node or a fan-in between spiking layers, spikes feeding a layer
-    with no weights between, or a chain into a spatial layer other than one Conv2d or pooling."""
+    The neuron layers are the stateful nodes (``Node.stateful``); each must emit spikes and have a
+    registered lowering of its kind (``lnm_deploy.calibrate.lowering``), which gives its input gain.
+
+    ``UnsupportedError`` (node named) for a non-spiking layer, a layer kind with no lowering, an
+    Output that does not read one spiking layer, a non-linear node or a fan-in between spiking
+    layers, spikes feeding a layer with no weights between, or a chain into a spatial layer other
+    than one Conv2d or pooling."""
     sched = graph.schedule()
-    neurons = [n for n in sched.order if isinstance(graph.nodes[n], Neuron)]
+    neurons = [n for n in sched.order if graph.nodes[n].stateful]
     for n in neurons:
-        node = graph.nodes[n]
-        assert isinstance(node, Neuron)
-        if not node.spiking:
+        if not graph.nodes[n].emits_spikes:
             raise UnsupportedError("non-spiking (integrator) layers have no fixed-point primitive; read out "
                                    "spikes instead", node=n)
     out_src = sched.inputs[sched.output_node]
-    if len(out_src) != 1 or not isinstance(graph.nodes[out_src[0][0]], Neuron):
+    if len(out_src) != 1 or out_src[0][0] not in neurons:
         raise UnsupportedError("the Output must read one spiking neuron layer on a fixed-point target",
                                node=sched.output_node)
     layers = {n: _map_layer(graph, n, sched) for n in neurons}
@@ -375,9 +390,16 @@ def fold(graph: Graph) -> MappedGraph:
                        out_src[0][0], layers)
 
 
+def fold_layer(graph: Graph, name: str) -> MappedLayer:
+    """Pass 1 for the one neuron layer ``name`` (``fold(graph).layers[name]`` holds the same),
+    for a caller that needs one layer of a graph it has not folded."""
+    return _map_layer(graph, name, graph.schedule())
+
+
 def find_synapses(graph: Graph, neuron: str) -> tuple[list[Synapse], Array]:
     """The synapses of ``neuron`` and their summed constant input (biases), neuron-shaped: pass 1
-    for one layer (``fold(graph).layers[neuron]`` holds the same)."""
+    for one layer (``fold(graph).layers[neuron]`` holds the same; the package itself reads the
+    mapped graph, this stays for callers of the old name)."""
     return _layer_synapses(graph, neuron, graph.schedule())
 
 
@@ -397,7 +419,7 @@ def _int_limit(lo: int, hi: int) -> int:
     return min(-lo, hi) if lo < 0 < hi else max(-lo, hi)
 
 
-def _floor_log2(x: float) -> int:
+def floor_log2(x: float) -> int:
     return math.floor(math.log2(x))
 
 
@@ -408,7 +430,7 @@ def _check_finite(name: str, **vals: float) -> None:
                                "calibration data", node=name)
 
 
-def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, e_fixed: int,
+def plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, e_fixed: int,
                    weight_clip: WeightClip, e_range_extra: tuple[int, int]) -> tuple[float, int, list[SynapsePlan]]:
     """Choose q (state LSB, real) and per-synapse integer weights and exponents.
 
@@ -438,7 +460,7 @@ def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float,
     # Exponent of the first synapse: E = weight_exp + extra + e_fixed, real = w * 2^E * q.
     e_lo = we_lo + e_range_extra[0] + e_fixed
     e_hi = we_hi + e_range_extra[1] + e_fixed
-    e_best = _floor_log2(lsb_min / q_min) if q_min > 0 else e_hi
+    e_best = floor_log2(lsb_min / q_min) if q_min > 0 else e_hi
     e = min(max(e_best, e_lo), e_hi)
     q = max(lsb_min * 2.0**-e, q_min)  # below e_lo: weights lose resolution to keep the state in range
     # Split E - e_fixed into the synapse's weight_exp and the neuron's left shift. Left shifts are
@@ -479,319 +501,41 @@ def _plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float,
     return q, int(extra), plans
 
 
-def _distinct_columns(theta: Array) -> Array:
-    """The distinct columns (polynomials) of ``theta`` (d+1, n): a layer-wise or channel-wise
-    polynomial repeated over n neurons has 1 or C. Maxima over neurons are unchanged."""
-    flat = theta.reshape(theta.shape[0], -1)
-    if flat.shape[1] <= 1:
-        return flat
-    return np.unique(flat, axis=1)
-
-
-def _poly_shifts(name: str, theta: Array, q: float, u_max: float, acc_bits: int, coef_bits: int,
-                 shift_range: tuple[int, int]) -> tuple[list[int], list[float]]:
-    """Per-term binary points ``f_k`` for Horner (docs/fixed-point.md section 5), as shifts.
-
-    Register k holds ``h_k 2^f_k`` with ``|h_k| <= 2^f_k q^(k-1) max_{|u| <= u_max} |Q_k(u)|``,
-    ``Q_k(u) = sum_{j >= k} theta_j u^(j-k)``; coefficient ``k`` is ``theta_k q^(k-1) 2^f_k``.
-    Largest ``f_k`` such that both stay below ``2^(acc_bits-1)`` and ``2^(coef_bits-1)``,
-    nondecreasing in k (shifts >= 0). Returns (shifts, register bounds for k = 0..d).
-    """
-    d = theta.shape[0] - 1
-    grid = np.linspace(-u_max, u_max, 257)
-    reg_lim = 2.0 ** (acc_bits - 1) - 1
-    coef_lim = 2.0 ** (coef_bits - 1) - 1
-    caps: list[int] = []
-    tails: list[float] = []
-    for k in range(1, d + 1):
-        qk = np.broadcast_to(theta[d], (grid.size, theta.shape[1])).copy()  # Q_k by Horner, (G, n)
-        for j in range(d - 1, k - 1, -1):
-            qk = qk * grid[:, None] + theta[j]
-        tail = float(np.abs(qk).max()) if qk.size else 0.0
-        # Q_k's max over the grid, with headroom for the grid missing the true max between points
-        tail = tail * 1.01
-        tails.append(tail)
-        tk = float(np.max(np.abs(theta[k]))) if theta[k].size else 0.0
-        scale = q ** (k - 1)
-        unbounded = 10**6  # a zero tail or coefficient puts no limit here; the shift range will
-        cap_reg = _floor_log2(reg_lim / (tail * scale)) if tail * scale > 0 and math.isfinite(
-            reg_lim / (tail * scale)) else unbounded
-        cap_coef = _floor_log2(coef_lim / (tk * scale)) if tk * scale > 0 and math.isfinite(
-            coef_lim / (tk * scale)) else unbounded
-        caps.append(min(cap_reg, cap_coef))
-    # nondecreasing, >= 0, per-step shift within range
-    f = [0] * (d + 1)
-    for k in range(d, 0, -1):
-        f[k] = caps[k - 1] if k == d else min(caps[k - 1], f[k + 1])
-    lo_s, hi_s = shift_range
-    for k in range(1, d + 1):
-        f[k] = max(f[k], f[k - 1] + lo_s)
-        f[k] = min(f[k], f[k - 1] + hi_s)
-        if f[k] > caps[k - 1]:
-            raise NumericError(
-                f"the {acc_bits}-bit Horner register {k} cannot hold the polynomial over the calibrated "
-                f"membrane range |v| <= {u_max:.4g} (needs {f[k] - caps[k - 1]} more bits): the membrane "
-                "runs far outside the threshold; retrain with the stability regulariser or a smaller range",
-                node=name)
-    p_max = float(np.abs(horner(theta[:, None, :], np.broadcast_to(grid[:, None], (grid.size, theta.shape[1])))).max())
-    bounds = [p_max / q] + [2.0 ** f[k] * q ** (k - 1) * tails[k - 1] for k in range(1, d + 1)]
-    return [f[k + 1] - f[k] for k in range(d)], bounds
-
-
-def lif_fit(theta: Array, values: Array, weights: Array) -> tuple[float, float, float]:
-    """Weighted least-squares line ``a + b v`` to the polynomial over the calibrated membrane.
-
-    ``values``/``weights``: the membrane distribution (histogram bin centres and counts).
-    ``theta`` is (d+1, n_neurons), averaged over neurons (one decay per layer on the stock LIF).
-    Returns ``(a, b, weighted rms residual)`` in membrane units per step.
-    """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if v.size < 2 or np.ptp(v) == 0 or w.sum() <= 0:
-        v, w = np.linspace(-1.0, 1.0, 65), np.ones(65)
-    th_mean = theta.reshape(theta.shape[0], -1).mean(axis=1)
-    p = horner(th_mean.reshape(-1, 1), v)
-    sw = np.sqrt(w / w.sum())
-    design = np.stack([np.ones_like(v), v], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design * sw[:, None], p * sw, rcond=None)
-    resid = float(np.sqrt(np.sum(w / w.sum() * (a + b * v - p) ** 2)))
-    return float(a), float(b), resid
-
-
-
-
 # ------------------------------------------------------------------------------------------------
-# Pass 2: select a primitive per layer
-
-
-def _uniform(a: Array | None) -> bool:
-    return a is None or bool(np.all(a == a.reshape(-1)[0]))
+# Passes 2-4: dispatched to the layer's lowering (lnm_deploy.calibrate.lowering)
 
 
 def select(layer: MappedLayer, rng: NeuronRange, target: Target, *, margin: float = 1.25,
            rounding: Rounding = "nearest") -> Selection:
-    """Pass 2: the primitive for ``layer`` among those ``target`` offers (see the module docstring).
+    """Pass 2: the primitive for ``layer`` among those ``target`` offers: the preferred registered
+    lowering of its float kind that applies (``choose_lowering``), then that lowering's ``select``.
 
     ``rng``: the layer's calibrated ranges (real units); ``margin``: the overflow proofs hold over
     the calibrated abs-max times this. ``NumericError`` for non-finite ranges or weights;
-    ``UnsupportedError`` for negative thresholds, a target with no neuron for the layer or a
-    rounding it does not offer."""
-    n, node, syns = layer.name, layer.node, layer.scaled_synapses
+    ``UnsupportedError`` for a target with no primitive for the layer (naming what it offers and
+    the known lowerings), and what the lowering refuses (the Neuron's: negative thresholds, a
+    rounding the target does not offer)."""
+    n, syns = layer.name, layer.scaled_synapses
     _check_finite(n, v_min=rng.v_min, v_max=rng.v_max, v_pre_min=rng.v_pre_min, c_absmax=rng.c_absmax)
     if s_bad := [s.name for s in syns if not np.all(np.isfinite(s.weight))]:
         raise NumericError("weights are not finite", node=s_bad[0])
-    bias_v = layer.scaled_bias  # constant current into v (no synapse) or into c
-    approx: list[str] = []
-    has_syn = node.syn_decay is not None
-    if has_syn and np.any(bias_v != 0):
-        # c = a c + W s + b: a constant input into the current reaches b / (1 - a) after a
-        # transient; the chip's bias adds to v. Folded at its steady state.
-        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
-                      "b/(1-alpha) (the first steps' transient is lost)")
-        assert node.syn_decay is not None
-        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
-    theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
-    theta0 = theta[0] + bias_v.reshape(-1)
-    v_th = node.v_th.reshape(-1)  # type: ignore[union-attr]
-    if np.any(v_th < 0):
-        raise UnsupportedError("negative thresholds cannot be mapped (the chip's threshold is >= 0)", node=n)
-    v_abs = max(abs(rng.v_min), abs(rng.v_max), abs(rng.v_pre_min), float(np.max(np.abs(node.v_reset))),
-                float(np.max(v_th))) * margin
-    # The chip's current register (LIF u, poly c) holds in_gain * c with a synapse and the
-    # in_gain-scaled input itself without one: it must not wrap (LIF) or saturate (poly).
-    g_in = float(np.max(np.abs(node.in_gain)))
-    g_syn = float(np.max(np.abs(node.syn_gain))) if node.syn_gain is not None else 1.0
-    c_abs = g_in * max(rng.c_absmax, g_syn * rng.input_absmax if has_syn else rng.input_absmax) * margin
-
-    lif_exact = (node.degree <= 1 and node.reset == "value" and np.all(node.v_reset == 0)
-                 and _uniform(node.poly[min(1, node.degree)]) and _uniform(node.v_th)
-                 and (node.degree == 0 or np.all(theta[1] <= 1.0))
-                 and (not has_syn or _uniform(node.syn_decay)))
-    lif = target.lif
-    if lif is not None and (lif_exact or target.poly is None):
-        fit: dict[str, Any] = {}
-        if not lif_exact:
-            a, b, resid = lif_fit(theta, rng.v_values, rng.v_weights)
-            if node.degree >= 2:
-                approx.append(f"degree-{node.degree} polynomial fitted by a LIF (rms residual {resid:.3g} "
-                              "per step over the calibrated membrane distribution)")
-            fit = {"a": a, "b": b, "rms_residual": resid, "degree": node.degree,
-                   "samples": int(np.asarray(rng.v_weights).sum())}
-            if node.reset != "value" or np.any(node.v_reset != 0):
-                approx.append(f"reset '{node.reset}' (v_reset {float(np.mean(node.v_reset)):.3g}) replaced "
-                              "by the stock LIF's reset to zero")
-            if not _uniform(node.v_th):
-                approx.append("per-neuron thresholds replaced by their mean (the stock LIF has one)")
-            if has_syn and not _uniform(node.syn_decay):
-                approx.append("per-neuron synaptic decays replaced by their mean")
-            lin = np.stack([theta0 - theta[0] + a, np.full_like(theta0, b)])
-        else:
-            lin = np.stack([theta0, theta[1] if node.degree >= 1 else np.zeros_like(theta0)])
-        s_max = 2.0 ** (lif.state_bits - 1) - 1
-        bias_lim = max(abs(lif.bias_mant[0]), lif.bias_mant[1]) * 2.0 ** lif.bias_exp[1]
-        q_min = max(v_abs / s_max, c_abs / s_max, float(np.mean(v_th)) / (lif.vth[1] * 2.0**lif.vth_shift),
-                    float(np.max(np.abs(lin[0]))) / bias_lim, 1e-300)
-        return Selection(n, node, "lif", syns, lin, v_th, v_abs, c_abs, q_min, rounding, fit=fit,
-                         approximations=tuple(approx))
-    spec = target.poly
-    if spec is None:
-        raise UnsupportedError(f"target '{target.name}' offers no neuron for this layer", node=n)
-    if rounding not in spec.rounding:
-        raise UnsupportedError(f"rounding '{rounding}' not offered by target '{target.name}' "
-                               f"({spec.rounding})", node=n)
-    theta_full = theta.copy()
-    theta_full[0] = theta0
-    s_max = 2.0 ** (spec.state_bits - 1) - 1
-    coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
-    # v' = P(v) + c must fit the state for every v of the range, not only v itself: an expanding
-    # polynomial maps the range outside itself.
-    grid = np.linspace(-v_abs, v_abs, 513)
-    distinct = _distinct_columns(theta_full)  # the same maxima, evaluated once per distinct polynomial
-    p_max = float(np.abs(horner(distinct[:, None, :],
-                                np.broadcast_to(grid[:, None], (grid.size, distinct.shape[1])))).max())
-    p_max *= 1.01  # the grid may miss the true maximum between points
-    q_min = max(v_abs / s_max, (p_max + c_abs) / s_max, c_abs / s_max,
-                float(np.max(np.abs(theta_full[0]))) / coef_lim, 1e-300)
-    return Selection(n, node, "poly", syns, theta_full, v_th, v_abs, c_abs, q_min, rounding,
-                     poly_max=p_max, distinct=distinct, approximations=tuple(approx))
-
-
-# ------------------------------------------------------------------------------------------------
-# Pass 3: plan scales
+    return choose_lowering(layer, target).select(layer, rng, target, margin, rounding)
 
 
 def plan(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
     """Pass 3: the layer's state scale, synapse integers and exponents and (polynomial) Horner
-    shifts (see the module docstring). ``NumericError`` (node named) where the target's exponents,
-    mantissas or registers cannot hold them."""
-    if sel.primitive == "lif":
-        spec = target.lif
-        assert spec is not None
-        q, in_shift, plans = _plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, spec.act_shift,
-                                            weight_clip, (0, 0))
-        return ScalePlan(sel.name, q, in_shift, tuple(plans))
-    pspec = target.poly
-    assert pspec is not None and sel.distinct is not None
-    q, in_shift, plans = _plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, 0, weight_clip,
-                                        pspec.in_shift)
-    shifts, bounds = _poly_shifts(sel.name, sel.distinct, q, sel.v_abs, pspec.acc_bits, pspec.coef_bits,
-                                  pspec.shift)
-    return ScalePlan(sel.name, q, in_shift, tuple(plans), tuple(int(s) for s in shifts),
-                     tuple(float(b) for b in bounds))
-
-
-# ------------------------------------------------------------------------------------------------
-# Pass 4: encode integers
+    shifts (see the module docstring), by the lowering of (``sel.node.kind``, ``sel.primitive``).
+    ``NumericError`` (node named) where the target's exponents, mantissas or registers cannot
+    hold them."""
+    return lowering_of(sel.node.kind, sel.primitive).plan(sel, target, weight_clip)
 
 
 def encode(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
-    """Pass 4: the integer neuron, its dequantized float neuron and the layer's record. The LIF's
-    approximations are warned (``LNMDeployWarning``); ``NumericError`` for coefficients or a bias
-    the target's registers cannot hold."""
-    if sel.primitive == "lif":
-        return _encode_lif(sel, scales, target)
-    return _encode_poly(sel, scales, target)
-
-
-def _encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
-    spec = target.poly
-    assert spec is not None
-    n, node, theta, q = sel.name, sel.node, sel.coef, scales.q
-    v_abs, c_abs, p_max = sel.v_abs, sel.c_abs, sel.poly_max
-    s_max = 2.0 ** (spec.state_bits - 1) - 1
-    coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
-    shifts, bounds = list(scales.shifts), list(scales.register_bounds)
-    d = theta.shape[0] - 1
-    f = np.concatenate([[0], np.cumsum(shifts)]) if d else np.array([0])
-    coef = np.stack([np.rint(theta[k] * q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)]).astype(np.int64)
-    if np.any(np.abs(coef) > coef_lim):
-        raise NumericError(f"polynomial coefficients need more than {spec.coef_bits} bits", node=n)
-    shape = node.shape
-    vth_int = np.rint(sel.v_th / q).astype(np.int64)
-    v_reset_int = np.rint(node.v_reset.reshape(-1) / q).astype(np.int64)
-    syn_decay = None
-    if node.syn_decay is not None:
-        syn_decay = np.rint((1.0 - node.syn_decay.reshape(-1)) * 2**spec.decay_bits).astype(np.int64)
-        syn_decay = np.clip(syn_decay, 0, 2**spec.decay_bits)
-    fx = FxPoly(shape=shape, coef=coef.reshape(d + 1, *shape), shifts=tuple(int(s) for s in shifts),
-                vth=vth_int.reshape(shape), v_reset=v_reset_int.reshape(shape), reset=node.reset,
-                in_shift=scales.in_shift, syn_decay=None if syn_decay is None else syn_decay.reshape(shape),
-                rounding=sel.rounding, overflow="saturate", state_bits=spec.state_bits, acc_bits=spec.acc_bits,
-                coef_bits=spec.coef_bits, decay_bits=spec.decay_bits)
-    # Dequantized float neuron: the integers times their scales.
-    theta_q = np.stack([coef[k] / (q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)])
-    ir = Neuron(shape=shape, poly=theta_q.reshape(d + 1, *shape), v_th=(vth_int * q).reshape(shape),
-                v_reset=(v_reset_int * q).reshape(shape), reset=node.reset,
-                syn_decay=None if syn_decay is None else (1.0 - syn_decay / 2**spec.decay_bits).reshape(shape),
-                dt=node.dt)
-    plans = scales.synapses
-    rec = LayerRecord(
-        name=n, primitive="poly", q=q, exponents={p.synapse.name: p.weight_exp for p in plans},
-        in_shift=scales.in_shift, weight_scale={p.synapse.name: p.real_per_lsb for p in plans},
-        weight_clipped={p.synapse.name: p.clipped for p in plans}, shifts=list(shifts),
-        proof={
-            "membrane_bound_real": v_abs, "membrane_bound_int": v_abs / q, "state_limit": s_max,
-            "current_bound_int": c_abs / q,
-            "horner_register_bounds": bounds, "register_limit": 2.0 ** (spec.acc_bits - 1) - 1,
-            "max_abs_coef": int(np.max(np.abs(coef))), "coef_limit": int(coef_lim),
-            "polynomial_plus_current_bound_int": (p_max + c_abs) / q,
-            "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max and (p_max + c_abs) / q <= s_max
-                          and all(b <= 2.0 ** (spec.acc_bits - 1) - 1 for b in bounds)),
-        },
-        approximations=list(sel.approximations),
-    )
-    return EncodedLayer(fx, ir, rec, scales)
-
-
-def _encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
-    spec = target.lif
-    assert spec is not None
-    n, node, lin, q = sel.name, sel.node, sel.coef, scales.q
-    approx = list(sel.approximations)
-    s_max = 2.0 ** (spec.state_bits - 1) - 1
-    unity = 2**spec.decay_bits
-    b_mean = float(np.mean(lin[1]))
-    if b_mean > 1.0:
-        approx.append(f"decay factor {b_mean:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
-    dv = int(np.clip(np.rint((1.0 - b_mean) * unity), spec.dv[0], spec.dv[1]))
-    if node.syn_decay is not None:
-        alpha = float(np.mean(node.syn_decay))
-        du = int(np.clip(unity - 1 - np.rint(alpha * unity), spec.du[0], spec.du[1]))
-    else:
-        du = unity - 1  # u = x: no current state
-    vth = int(np.rint(float(np.mean(sel.v_th)) / (q * 2.0**spec.vth_shift)))
-    bias_int = np.rint(lin[0] / q).astype(np.int64)
-    bias_exp = 0
-    mant_lo, mant_hi = spec.bias_mant
-    while np.any((bias_int >> bias_exp) > mant_hi) or np.any((bias_int >> bias_exp) < mant_lo):
-        bias_exp += 1
-    if bias_exp > spec.bias_exp[1]:
-        raise NumericError("the bias does not fit the LIF's bias mantissa and exponent", node=n)
-    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), mant_lo, mant_hi).astype(np.int64)
-    shape = node.shape
-    fx = FxLIF(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
-               state_bits=spec.state_bits, decay_bits=spec.decay_bits, vth_shift=spec.vth_shift,
-               act_shift=spec.act_shift)
-    bias_real = bias_mant * 2.0**bias_exp * q
-    ir = Neuron(shape=shape, poly=np.stack([bias_real, np.full_like(bias_real, 1.0 - dv / unity)]).reshape(2, *shape),
-                v_th=np.full(shape, vth * 2.0**spec.vth_shift * q), v_reset=np.zeros(shape), reset="value",
-                syn_decay=None if node.syn_decay is None else np.full(shape, (unity - du - 1) / unity),
-                dt=node.dt)
-    plans = scales.synapses
-    v_abs, c_abs = sel.v_abs, sel.c_abs
-    rec = LayerRecord(
-        name=n, primitive="lif", q=q, exponents={p.synapse.name: p.weight_exp for p in plans}, in_shift=0,
-        weight_scale={p.synapse.name: p.real_per_lsb for p in plans},
-        weight_clipped={p.synapse.name: p.clipped for p in plans},
-        proof={"membrane_bound_real": v_abs, "membrane_bound_int": v_abs / q, "state_limit": s_max,
-               "current_bound_int": c_abs / q, "vth": vth, "vth_limit": spec.vth[1], "du": du, "dv": dv,
-               "bias_exp": bias_exp,
-               "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max)},
-        fit=dict(sel.fit), approximations=approx,
-    )
-    for a in approx:
-        warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
-    return EncodedLayer(fx, ir, rec, scales)
+    """Pass 4: the integer neuron, its dequantized float node and the layer's record, by the
+    lowering of (``sel.node.kind``, ``sel.primitive``). The LIF's approximations are warned
+    (``LNMDeployWarning``); ``NumericError`` for coefficients or a bias the target's registers
+    cannot hold."""
+    return lowering_of(sel.node.kind, sel.primitive).encode(sel, scales, target)
 
 
 # ------------------------------------------------------------------------------------------------

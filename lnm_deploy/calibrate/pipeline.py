@@ -44,7 +44,7 @@ from lnm_deploy.calibrate.recipes import Recipe, collect_with_recipe
 from lnm_deploy.calibrate.stats import CalibrationStats
 from lnm_deploy.errors import LNMDeployWarning
 from lnm_deploy.execute import RunResult, run_float
-from lnm_deploy.ir import Graph, Neuron
+from lnm_deploy.ir import Graph
 from lnm_deploy.nir_io import READ_OPTIONS_KEY
 from lnm_deploy.targets import Target
 from lnm_deploy.validate import check_spikes  # noqa: F401  (re-export: moved to lnm_deploy.validate)
@@ -84,7 +84,9 @@ def target_spec(target: Target) -> dict[str, Any]:
 
 
 def neuron_ranges(stats: CalibrationStats) -> dict[str, NeuronRange]:
-    """The quantizer's ranges from the collected statistics (exact min / max, v histogram)."""
+    """The quantizer's ranges from the collected statistics of every neuron layer (the states its
+    float op names ``v``, ``v_pre`` and, with a synaptic current, ``c``: exact min / max, the v
+    histogram)."""
     out: dict[str, NeuronRange] = {}
     for name, ns in stats.neurons.items():
         h = ns.v.hist
@@ -283,7 +285,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     record = {"target": target.name, "target_spec": target_spec(target), "recipe": recipe.to_dict(), "calibration": {
         "layers": report["layers"], "comparison": comparison, "notes": report["notes"],
         "stats": stats.to_dict(histograms=False)}, "provenance": provenance}
-    neurons = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]
+    neurons = [n for n in graph.nodes if n in mapped.layers]
     qz.graph.metadata.update({"calibrated_from_neurons": neurons})
     return CalibrationResult(Artifact(graph=qz.graph, fx=qz.fx, record=record), stats, qz, ref, fixed, report,
                              mapped)

@@ -6,12 +6,23 @@ for any NIR reader), and a typed record of every choice (scales, shifts, fits, o
 
 ``quantize`` runs the four passes of ``lnm_deploy.calibrate.passes`` (fold the synapse chains onto
 a mapped, still-float graph; select a primitive per layer; plan scales; encode integers); that
-module documents each pass and the scale rules (also docs/calibration.md). The names here are the
-stable entry points (``find_synapses`` is pass 1 for one layer).
+module documents each pass and the scale rules (also docs/calibration.md). Passes 2-4 of a layer
+are its float kind's registered ``Lowering`` (``lnm_deploy.calibrate.lowering``; the Neuron's two
+in ``lnm_deploy.calibrate.neuron_lowerings``). The names here are the stable entry points
+(``find_synapses`` is pass 1 for one layer).
 """
 
 from __future__ import annotations
 
+from lnm_deploy.calibrate.lowering import (
+    Lowering,
+    choose_lowering,
+    lowering_of,
+    lowerings,
+    register_lowering,
+    unregister_lowering,
+)
+from lnm_deploy.calibrate.neuron_lowerings import lif_fit
 from lnm_deploy.calibrate.passes import (
     EncodedLayer,
     LayerRecord,
@@ -28,7 +39,6 @@ from lnm_deploy.calibrate.passes import (
     encode,
     find_synapses,
     fold,
-    lif_fit,
     plan,
     quantize_mapped,
     select,
@@ -40,6 +50,7 @@ from lnm_deploy.targets import Target
 __all__ = [
     "EncodedLayer",
     "LayerRecord",
+    "Lowering",
     "MappedGraph",
     "MappedLayer",
     "NeuronRange",
@@ -50,14 +61,19 @@ __all__ = [
     "SynapsePlan",
     "WeightClip",
     "assemble",
+    "choose_lowering",
     "encode",
     "find_synapses",
     "fold",
     "lif_fit",
+    "lowering_of",
+    "lowerings",
     "plan",
     "quantize",
     "quantize_mapped",
+    "register_lowering",
     "select",
+    "unregister_lowering",
 ]
 
 

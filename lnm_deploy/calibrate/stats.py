@@ -3,14 +3,17 @@ layer, every tensor the quantizer has to fit onto an integer grid.
 
 What is collected (all values in the float model's own units; rates in spikes per step):
 
-- per Affine / Conv2d node: its ``weight`` (and ``bias``) and its ``output`` (the synaptic input
-  current it delivers); per Scale / SumPool2d / AvgPool2d node its ``output``;
-- per Neuron node: ``input`` (the sum of its incoming edges, what ``syn_gain`` multiplies),
+- per synaptic node (``Node.synaptic``: Affine, Conv2d, Scale, pooling): its ``output`` (the
+  synaptic input current it delivers) and, where it has them (Affine, Conv2d), its ``weight`` and
+  ``bias``;
+- per neuron layer (a node whose ``state_names`` include ``v`` and ``v_pre``; ``is_neuron_layer``):
+  ``input`` (the sum of its incoming edges, what ``syn_gain`` multiplies),
   ``c`` (the synaptic current, when the node has a synapse), ``v`` (membrane after reset, the
   Horner input of the next step) and ``v_pre`` (membrane before the spike test and reset,
   ``v'[t] = P(v[t-1]) + in_gain * c[t]``: what the threshold compares and what must not overflow;
   taken from the executor's ``states[name]["v_pre"]``);
-- per spiking node (Neuron with a threshold, Threshold): spike counts per neuron.
+- per spiking node (``Node.emits_spikes``: a Neuron with a threshold, Threshold): spike counts per
+  neuron.
 
 **Histogram scheme** (``Histogram``): 2 N linear bins over ``[-R, R)`` where ``R`` is the smallest
 power of two strictly above the running abs-max and ``N`` (``bins_per_side``, a power of two) is
@@ -40,17 +43,7 @@ import numpy as np
 
 from lnm_deploy.errors import NumericError, UnsupportedError, UserInputError
 from lnm_deploy.execute import RunResult, run_float
-from lnm_deploy.ir import (
-    Affine,
-    AvgPool2d,
-    Conv2d,
-    Graph,
-    Neuron,
-    Scale,
-    Schedule,
-    SumPool2d,
-    Threshold,
-)
+from lnm_deploy.ir import Graph, Node, Schedule
 
 DEFAULT_BINS_PER_SIDE = 4096
 DEFAULT_TRACE_PERCENTILE = 99.99
@@ -59,8 +52,15 @@ DEFAULT_TRACE_PERCENTILE = 99.99
 _MIN_RANGE = 2.0**-40
 _MAX_EXPONENT = 1000  # values >= 2**1000 cannot get a power-of-two range above them
 
-# Node kinds whose output is a synaptic input current (a linear map of spikes or states).
-SYNAPSE_TYPES: tuple[type, ...] = (Affine, Conv2d, Scale, SumPool2d, AvgPool2d)
+#: The states of a neuron layer the quantizer's ranges come from (``Node.state_names``): the
+#: state after reset and before the spike test; ``c`` (the synaptic current) where the op has one.
+NEURON_STATES: tuple[str, ...] = ("v", "v_pre")
+
+
+def is_neuron_layer(node: Node) -> bool:
+    """A node whose states are calibrated as a neuron layer's: its float op names ``v`` and ``v_pre``
+    among its ``state_names`` (the Neuron, a registered extension naming its states the same way)."""
+    return set(NEURON_STATES) <= set(node.state_names)
 
 # The three classes of tensors a recipe calibrates, and which recorded tensors belong to each.
 TENSOR_CLASSES: tuple[str, ...] = ("weights", "currents", "membrane")
@@ -674,7 +674,7 @@ def _check_cycles(graph: Graph, sched: Schedule) -> None:
     """Refuse a recurrent loop of stateless nodes only (no neuron or threshold on it): its values
     have no defined statistics (``UnsupportedError`` naming a node on the loop)."""
     stateless = {n for n in sched.order if n != sched.input_node
-                 and not isinstance(graph.nodes[n], (Neuron, Threshold))}
+                 and not (graph.nodes[n].stateful or graph.nodes[n].emits_spikes)}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(name: str) -> None:
@@ -745,17 +745,18 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
                              order=list(sched.order), input=traced())
     for name in sched.order:
         node = graph.nodes[name]
-        if isinstance(node, SYNAPSE_TYPES):
+        if node.synaptic:
             st = SynapseStats(name, node.kind, traced())
-            if isinstance(node, (Affine, Conv2d)):
-                st.weight = TensorStats.from_array(node.weight, channel_axis=0, bins_per_side=bins_per_side)
-                if node.bias is not None:
-                    st.bias = TensorStats.from_array(node.bias, channel_axis=0, bins_per_side=bins_per_side)
+            weight, bias = getattr(node, "weight", None), getattr(node, "bias", None)
+            if weight is not None:
+                st.weight = TensorStats.from_array(weight, channel_axis=0, bins_per_side=bins_per_side)
+                if bias is not None:
+                    st.bias = TensorStats.from_array(bias, channel_axis=0, bins_per_side=bins_per_side)
             stats.synapses[name] = st
-        if isinstance(node, Neuron):
-            stats.neurons[name] = NeuronStats(name, node.shape, traced(), traced(), traced(),
-                                              traced() if node.syn_decay is not None else None)
-        if isinstance(node, Threshold) or (isinstance(node, Neuron) and node.spiking):
+        if is_neuron_layer(node):
+            stats.neurons[name] = NeuronStats(name, tuple(sched.shapes[name]), traced(), traced(), traced(),
+                                              traced() if "c" in node.state_names else None)
+        if node.emits_spikes:
             stats.spikes[name] = SpikeStats(name, np.zeros(sched.shapes[name], dtype=np.int64))
 
     _check_cycles(graph, sched)

@@ -19,7 +19,8 @@ so that the PyTorch model and the numpy executor agree bit for bit in float64.
 
 Each node kind owns its float behaviour here: ``float_step`` (what the float executor, calibration
 statistics and ``verify``'s divergence replay call; the arithmetic is in ``lnm_deploy.ir.ops``),
-``state_names``, ``emits_spikes`` / ``spike_source`` and ``describe`` (``lnm-deploy inspect``).
+``state_names``, ``emits_spikes`` / ``spike_source``, ``linear`` / ``synaptic`` (what the quantizer
+folds into synapses, what the statistics record as a current) and ``describe`` (``lnm-deploy inspect``).
 ``node_types()`` collects the kinds from the class tree; ``node_type(kind)`` looks one up.
 """
 
@@ -119,6 +120,12 @@ class Node:
     """Base of all IR nodes. ``metadata`` is free-form provenance (never semantics)."""
 
     kind: ClassVar[str] = "node"
+    #: Stateless and linear in its input (``y = A x + b``, any reshaping included): it may sit on a
+    #: synapse chain between spiking layers, which the quantizer composes into one synapse.
+    linear: ClassVar[bool] = False
+    #: Its output is a synaptic input current (a linear map of spikes or states), whose range the
+    #: calibration statistics record; a pure reshaping (Flatten) is linear but not synaptic.
+    synaptic: ClassVar[bool] = False
     metadata: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
     def validate(self, name: str) -> None:
@@ -212,6 +219,8 @@ class Affine(Node):
     """``y = weight @ x + bias``; weight (out, in), bias (out,) or None. x must be 1-d."""
 
     kind: ClassVar[str] = "affine"
+    linear: ClassVar[bool] = True
+    synaptic: ClassVar[bool] = True
     weight: np.ndarray
     bias: np.ndarray | None = None
 
@@ -257,6 +266,8 @@ class Scale(Node):
     """``y = scale * x`` elementwise (scale broadcast to the input shape)."""
 
     kind: ClassVar[str] = "scale"
+    linear: ClassVar[bool] = True
+    synaptic: ClassVar[bool] = True
     scale: np.ndarray
 
     def __post_init__(self) -> None:
@@ -284,6 +295,8 @@ class Conv2d(Node):
     """
 
     kind: ClassVar[str] = "conv2d"
+    linear: ClassVar[bool] = True
+    synaptic: ClassVar[bool] = True
     weight: np.ndarray
     bias: np.ndarray | None = None
     stride: tuple[int, int] = (1, 1)
@@ -330,6 +343,8 @@ class Conv2d(Node):
 
 @dataclass(eq=False)
 class _Pool2d(Node):
+    linear: ClassVar[bool] = True
+    synaptic: ClassVar[bool] = True
     kernel_size: tuple[int, int]
     stride: tuple[int, int] | None = None
     padding: tuple[int, int] = (0, 0)
@@ -372,6 +387,7 @@ class Flatten(Node):
     """Flatten dims ``start_dim..end_dim`` (inclusive) of the *unbatched* input into one."""
 
     kind: ClassVar[str] = "flatten"
+    linear: ClassVar[bool] = True
     start_dim: int = 0
     end_dim: int = -1
 

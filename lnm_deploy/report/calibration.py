@@ -7,7 +7,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,36 +17,42 @@ from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.outputs import Outputs
 from lnm_deploy.report import plots
 
+if TYPE_CHECKING:
+    from lnm_deploy.calibrate.passes import MappedLayer
 
-def learned_theta(graph: Graph, name: str) -> tuple[np.ndarray, float]:
-    """Layer-mean leak coefficients of ``name`` with the synapses' mean bias added to the constant
-    term (as the quantizer folds it), and that bias: comparable with a deployed polynomial."""
-    from lnm_deploy.calibrate.quantize import find_synapses
+
+def learned_theta(graph: Graph, name: str, layer: MappedLayer | None = None) -> tuple[np.ndarray, float]:
+    """Layer-mean leak coefficients of the Neuron ``name`` with the synapses' mean bias added to the
+    constant term (as the quantizer folds it), and that bias: comparable with a deployed polynomial.
+    ``layer``: the layer of the graph's mapped graph (``CalibrationResult.mapped``); mapped here
+    when None."""
+    from lnm_deploy.calibrate.passes import fold_layer
 
     node = graph.nodes[name]
-    assert isinstance(node, Neuron)
+    assert isinstance(node, Neuron)  # the leak polynomial is the Neuron's own parameter
     theta = node.poly.reshape(node.poly.shape[0], -1).mean(axis=1).copy()
-    _, bias = find_synapses(graph, name)
-    gain = node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
+    ml = fold_layer(graph, name) if layer is None else layer
     steady = 1.0 / (1.0 - node.syn_decay) if node.syn_decay is not None else 1.0
-    mean_bias = float(np.mean(gain * bias * steady))
+    mean_bias = float(np.mean(ml.scaled_bias * steady))  # scaled_bias: gain x bias, real current per step
     theta[0] += mean_bias
     return theta, mean_bias
 
 
 def calibration_figures(result: Any, graph: Graph) -> dict[str, bytes]:
     """PNG figures by file name: one polynomial/LIF-fit plot per neuron layer, range stability."""
+    from lnm_deploy.calibrate.passes import fold
     from lnm_deploy.calibrate.pipeline import neuron_ranges
 
     figs: dict[str, bytes] = {}
     ranges = neuron_ranges(result.stats)
+    mapped = result.mapped if getattr(result, "mapped", None) is not None else fold(graph)
     for name, rec in result.quantized.layers.items():
         node = graph.nodes[name]
         qnode = result.quantized.graph.nodes[name]
         if not isinstance(node, Neuron) or not isinstance(qnode, Neuron):
-            continue
+            continue  # the figure compares leak polynomials: the Neuron's lowerings only
         # The quantized constant term includes the synapses' biases: add them to the learned one.
-        theta, mean_bias = learned_theta(graph, name)
+        theta, mean_bias = learned_theta(graph, name, mapped.layers[name])
         theta_q = qnode.poly.reshape(qnode.poly.shape[0], -1).mean(axis=1)
         lif = (rec.fit["a"] + mean_bias, rec.fit["b"]) if rec.fit else None
         r = ranges[name]

@@ -1,0 +1,379 @@
+"""The Neuron's two lowerings: onto the stock LIF ("lif") and the polynomial neuron ("poly").
+
+Registered on import (``lnm_deploy.calibrate`` imports this module) as ``Lowering("neuron",
+"lif", preference=0)`` and ``Lowering("neuron", "poly", preference=10)``: the stock LIF is chosen
+where the layer is exactly one (degree <= 1, reset to zero, one threshold, decay and, with a
+synapse, synaptic decay per layer, no growing membrane) or where the target offers no
+polynomial neuron (then with the weighted least-squares LIF fit of the polynomial); else the
+polynomial neuron. The arithmetic of each pass is documented in ``lnm_deploy.calibrate.passes``
+and docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from lnm_deploy.calibrate.lowering import Lowering, register_lowering
+from lnm_deploy.calibrate.passes import (
+    EncodedLayer,
+    LayerRecord,
+    MappedLayer,
+    NeuronRange,
+    ScalePlan,
+    Selection,
+    WeightClip,
+    floor_log2,
+    plan_synapses,
+)
+from lnm_deploy.errors import LNMDeployWarning, NumericError, UnsupportedError
+from lnm_deploy.execute.float_exec import horner
+from lnm_deploy.fixedpoint import FxLIF, FxPoly, Rounding
+from lnm_deploy.ir import Neuron, Node
+from lnm_deploy.targets import Target
+
+Array = np.ndarray
+
+
+def _distinct_columns(theta: Array) -> Array:
+    """The distinct columns (polynomials) of ``theta`` (d+1, n): a layer-wise or channel-wise
+    polynomial repeated over n neurons has 1 or C. Maxima over neurons are unchanged."""
+    flat = theta.reshape(theta.shape[0], -1)
+    if flat.shape[1] <= 1:
+        return flat
+    return np.unique(flat, axis=1)
+
+
+def _poly_shifts(name: str, theta: Array, q: float, u_max: float, acc_bits: int, coef_bits: int,
+                 shift_range: tuple[int, int]) -> tuple[list[int], list[float]]:
+    """Per-term binary points ``f_k`` for Horner (docs/fixed-point.md section 5), as shifts.
+
+    Register k holds ``h_k 2^f_k`` with ``|h_k| <= 2^f_k q^(k-1) max_{|u| <= u_max} |Q_k(u)|``,
+    ``Q_k(u) = sum_{j >= k} theta_j u^(j-k)``; coefficient ``k`` is ``theta_k q^(k-1) 2^f_k``.
+    Largest ``f_k`` such that both stay below ``2^(acc_bits-1)`` and ``2^(coef_bits-1)``,
+    nondecreasing in k (shifts >= 0). Returns (shifts, register bounds for k = 0..d).
+    """
+    d = theta.shape[0] - 1
+    grid = np.linspace(-u_max, u_max, 257)
+    reg_lim = 2.0 ** (acc_bits - 1) - 1
+    coef_lim = 2.0 ** (coef_bits - 1) - 1
+    caps: list[int] = []
+    tails: list[float] = []
+    for k in range(1, d + 1):
+        qk = np.broadcast_to(theta[d], (grid.size, theta.shape[1])).copy()  # Q_k by Horner, (G, n)
+        for j in range(d - 1, k - 1, -1):
+            qk = qk * grid[:, None] + theta[j]
+        tail = float(np.abs(qk).max()) if qk.size else 0.0
+        # Q_k's max over the grid, with headroom for the grid missing the true max between points
+        tail = tail * 1.01
+        tails.append(tail)
+        tk = float(np.max(np.abs(theta[k]))) if theta[k].size else 0.0
+        scale = q ** (k - 1)
+        unbounded = 10**6  # a zero tail or coefficient puts no limit here; the shift range will
+        cap_reg = floor_log2(reg_lim / (tail * scale)) if tail * scale > 0 and math.isfinite(
+            reg_lim / (tail * scale)) else unbounded
+        cap_coef = floor_log2(coef_lim / (tk * scale)) if tk * scale > 0 and math.isfinite(
+            coef_lim / (tk * scale)) else unbounded
+        caps.append(min(cap_reg, cap_coef))
+    # nondecreasing, >= 0, per-step shift within range
+    f = [0] * (d + 1)
+    for k in range(d, 0, -1):
+        f[k] = caps[k - 1] if k == d else min(caps[k - 1], f[k + 1])
+    lo_s, hi_s = shift_range
+    for k in range(1, d + 1):
+        f[k] = max(f[k], f[k - 1] + lo_s)
+        f[k] = min(f[k], f[k - 1] + hi_s)
+        if f[k] > caps[k - 1]:
+            raise NumericError(
+                f"the {acc_bits}-bit Horner register {k} cannot hold the polynomial over the calibrated "
+                f"membrane range |v| <= {u_max:.4g} (needs {f[k] - caps[k - 1]} more bits): the membrane "
+                "runs far outside the threshold; retrain with the stability regulariser or a smaller range",
+                node=name)
+    p_max = float(np.abs(horner(theta[:, None, :], np.broadcast_to(grid[:, None], (grid.size, theta.shape[1])))).max())
+    bounds = [p_max / q] + [2.0 ** f[k] * q ** (k - 1) * tails[k - 1] for k in range(1, d + 1)]
+    return [f[k + 1] - f[k] for k in range(d)], bounds
+
+
+def lif_fit(theta: Array, values: Array, weights: Array) -> tuple[float, float, float]:
+    """Weighted least-squares line ``a + b v`` to the polynomial over the calibrated membrane.
+
+    ``values``/``weights``: the membrane distribution (histogram bin centres and counts).
+    ``theta`` is (d+1, n_neurons), averaged over neurons (one decay per layer on the stock LIF).
+    Returns ``(a, b, weighted rms residual)`` in membrane units per step.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if v.size < 2 or np.ptp(v) == 0 or w.sum() <= 0:
+        v, w = np.linspace(-1.0, 1.0, 65), np.ones(65)
+    th_mean = theta.reshape(theta.shape[0], -1).mean(axis=1)
+    p = horner(th_mean.reshape(-1, 1), v)
+    sw = np.sqrt(w / w.sum())
+    design = np.stack([np.ones_like(v), v], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design * sw[:, None], p * sw, rcond=None)
+    resid = float(np.sqrt(np.sum(w / w.sum() * (a + b * v - p) ** 2)))
+    return float(a), float(b), resid
+
+
+
+
+
+def _uniform(a: Array | None) -> bool:
+    return a is None or bool(np.all(a == a.reshape(-1)[0]))
+
+
+def _neuron(node: Node) -> Neuron:
+    assert isinstance(node, Neuron), node  # registered for kind "neuron" only
+    return node
+
+
+def neuron_input_gain(node: Node) -> Array:
+    """The real current into v per unit synapse output: ``in_gain`` (times ``syn_gain`` with a
+    synapse), node-shaped."""
+    node = _neuron(node)
+    return node.in_gain * (node.syn_gain if node.syn_gain is not None else 1.0)
+
+
+def lif_exact(node: Node) -> bool:
+    """Whether the stock LIF is exactly this layer (no fit, no approximation but rounding)."""
+    node = _neuron(node)
+    theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
+    has_syn = node.syn_decay is not None
+    return bool(node.degree <= 1 and node.reset == "value" and np.all(node.v_reset == 0)
+                 and _uniform(node.poly[min(1, node.degree)]) and _uniform(node.v_th)
+                 and (node.degree == 0 or np.all(theta[1] <= 1.0))
+                 and (not has_syn or _uniform(node.syn_decay)))
+
+
+def _prelude(layer: MappedLayer, rng: NeuronRange, margin: float) -> tuple[
+        str, Neuron, tuple[Any, ...], list[str], bool, Array, Array, Array, float, float]:
+    """What both neuron lowerings' pass 2 start from: the constant input folded into theta0, the
+    thresholds, the membrane and current bounds times the margin, the approximations so far."""
+    n, node, syns = layer.name, _neuron(layer.node), layer.scaled_synapses
+    bias_v = layer.scaled_bias  # constant current into v (no synapse) or into c
+    approx: list[str] = []
+    has_syn = node.syn_decay is not None
+    if has_syn and np.any(bias_v != 0):
+        # c = a c + W s + b: a constant input into the current reaches b / (1 - a) after a
+        # transient; the chip's bias adds to v. Folded at its steady state.
+        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
+                      "b/(1-alpha) (the first steps' transient is lost)")
+        assert node.syn_decay is not None
+        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
+    theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
+    theta0 = theta[0] + bias_v.reshape(-1)
+    v_th = node.v_th.reshape(-1)  # type: ignore[union-attr]
+    if np.any(v_th < 0):
+        raise UnsupportedError("negative thresholds cannot be mapped (the chip's threshold is >= 0)", node=n)
+    v_abs = max(abs(rng.v_min), abs(rng.v_max), abs(rng.v_pre_min), float(np.max(np.abs(node.v_reset))),
+                float(np.max(v_th))) * margin
+    # The chip's current register (LIF u, poly c) holds in_gain * c with a synapse and the
+    # in_gain-scaled input itself without one: it must not wrap (LIF) or saturate (poly).
+    g_in = float(np.max(np.abs(node.in_gain)))
+    g_syn = float(np.max(np.abs(node.syn_gain))) if node.syn_gain is not None else 1.0
+    c_abs = g_in * max(rng.c_absmax, g_syn * rng.input_absmax if has_syn else rng.input_absmax) * margin
+    return n, node, syns, approx, has_syn, theta, theta0, v_th, v_abs, c_abs
+
+
+def select_lif(layer: MappedLayer, rng: NeuronRange, target: Target, margin: float,
+               rounding: Rounding) -> Selection:
+    """Pass 2 onto the stock LIF: the line ``coef[0] + coef[1] v`` (exact, or the weighted
+    least-squares fit of the polynomial, whose approximations are listed)."""
+    n, node, syns, approx, has_syn, theta, theta0, v_th, v_abs, c_abs = _prelude(layer, rng, margin)
+    lif = target.lif
+    assert lif is not None
+    exact = lif_exact(node)
+    fit: dict[str, Any] = {}
+    if not exact:
+        a, b, resid = lif_fit(theta, rng.v_values, rng.v_weights)
+        if node.degree >= 2:
+            approx.append(f"degree-{node.degree} polynomial fitted by a LIF (rms residual {resid:.3g} "
+                          "per step over the calibrated membrane distribution)")
+        fit = {"a": a, "b": b, "rms_residual": resid, "degree": node.degree,
+               "samples": int(np.asarray(rng.v_weights).sum())}
+        if node.reset != "value" or np.any(node.v_reset != 0):
+            approx.append(f"reset '{node.reset}' (v_reset {float(np.mean(node.v_reset)):.3g}) replaced "
+                          "by the stock LIF's reset to zero")
+        if not _uniform(node.v_th):
+            approx.append("per-neuron thresholds replaced by their mean (the stock LIF has one)")
+        if has_syn and not _uniform(node.syn_decay):
+            approx.append("per-neuron synaptic decays replaced by their mean")
+        lin = np.stack([theta0 - theta[0] + a, np.full_like(theta0, b)])
+    else:
+        lin = np.stack([theta0, theta[1] if node.degree >= 1 else np.zeros_like(theta0)])
+    s_max = 2.0 ** (lif.state_bits - 1) - 1
+    bias_lim = max(abs(lif.bias_mant[0]), lif.bias_mant[1]) * 2.0 ** lif.bias_exp[1]
+    q_min = max(v_abs / s_max, c_abs / s_max, float(np.mean(v_th)) / (lif.vth[1] * 2.0**lif.vth_shift),
+                float(np.max(np.abs(lin[0]))) / bias_lim, 1e-300)
+    return Selection(n, node, "lif", syns, lin, v_th, v_abs, c_abs, q_min, rounding, fit=fit,
+                     approximations=tuple(approx))
+
+
+def select_poly(layer: MappedLayer, rng: NeuronRange, target: Target, margin: float,
+                rounding: Rounding) -> Selection:
+    """Pass 2 onto the polynomial neuron: its coefficients with the constant input folded in, and
+    the largest |P(v) + c| over the membrane bound (``UnsupportedError`` for a rounding the target
+    does not offer)."""
+    n, node, syns, approx, _, theta, theta0, v_th, v_abs, c_abs = _prelude(layer, rng, margin)
+    spec = target.poly
+    assert spec is not None
+    if rounding not in spec.rounding:
+        raise UnsupportedError(f"rounding '{rounding}' not offered by target '{target.name}' "
+                               f"({spec.rounding})", node=n)
+    theta_full = theta.copy()
+    theta_full[0] = theta0
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
+    # v' = P(v) + c must fit the state for every v of the range, not only v itself: an expanding
+    # polynomial maps the range outside itself.
+    grid = np.linspace(-v_abs, v_abs, 513)
+    distinct = _distinct_columns(theta_full)  # the same maxima, evaluated once per distinct polynomial
+    p_max = float(np.abs(horner(distinct[:, None, :],
+                                np.broadcast_to(grid[:, None], (grid.size, distinct.shape[1])))).max())
+    p_max *= 1.01  # the grid may miss the true maximum between points
+    q_min = max(v_abs / s_max, (p_max + c_abs) / s_max, c_abs / s_max,
+                float(np.max(np.abs(theta_full[0]))) / coef_lim, 1e-300)
+    return Selection(n, node, "poly", syns, theta_full, v_th, v_abs, c_abs, q_min, rounding,
+                     poly_max=p_max, distinct=distinct, approximations=tuple(approx))
+
+
+def plan_lif(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
+    """Pass 3 for the stock LIF: ``q`` and the synapses' integers (exponent ``weight_exp + act_shift``)."""
+    spec = target.lif
+    assert spec is not None
+    q, in_shift, plans = plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, spec.act_shift,
+                                       weight_clip, (0, 0))
+    return ScalePlan(sel.name, q, in_shift, tuple(plans))
+
+
+def plan_poly(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
+    """Pass 3 for the polynomial neuron: ``q``, the synapses' integers, the left shift and the
+    Horner shifts with their register bounds."""
+    pspec = target.poly
+    assert pspec is not None and sel.distinct is not None
+    q, in_shift, plans = plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, 0, weight_clip,
+                                       pspec.in_shift)
+    shifts, bounds = _poly_shifts(sel.name, sel.distinct, q, sel.v_abs, pspec.acc_bits, pspec.coef_bits,
+                                  pspec.shift)
+    return ScalePlan(sel.name, q, in_shift, tuple(plans), tuple(int(s) for s in shifts),
+                     tuple(float(b) for b in bounds))
+
+
+def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
+    spec = target.poly
+    assert spec is not None
+    n, node, theta, q = sel.name, _neuron(sel.node), sel.coef, scales.q
+    v_abs, c_abs, p_max = sel.v_abs, sel.c_abs, sel.poly_max
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    coef_lim = 2.0 ** (spec.coef_bits - 1) - 1
+    shifts, bounds = list(scales.shifts), list(scales.register_bounds)
+    d = theta.shape[0] - 1
+    f = np.concatenate([[0], np.cumsum(shifts)]) if d else np.array([0])
+    coef = np.stack([np.rint(theta[k] * q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)]).astype(np.int64)
+    if np.any(np.abs(coef) > coef_lim):
+        raise NumericError(f"polynomial coefficients need more than {spec.coef_bits} bits", node=n)
+    shape = node.shape
+    vth_int = np.rint(sel.v_th / q).astype(np.int64)
+    v_reset_int = np.rint(node.v_reset.reshape(-1) / q).astype(np.int64)
+    syn_decay = None
+    if node.syn_decay is not None:
+        syn_decay = np.rint((1.0 - node.syn_decay.reshape(-1)) * 2**spec.decay_bits).astype(np.int64)
+        syn_decay = np.clip(syn_decay, 0, 2**spec.decay_bits)
+    fx = FxPoly(shape=shape, coef=coef.reshape(d + 1, *shape), shifts=tuple(int(s) for s in shifts),
+                vth=vth_int.reshape(shape), v_reset=v_reset_int.reshape(shape), reset=node.reset,
+                in_shift=scales.in_shift, syn_decay=None if syn_decay is None else syn_decay.reshape(shape),
+                rounding=sel.rounding, overflow="saturate", state_bits=spec.state_bits, acc_bits=spec.acc_bits,
+                coef_bits=spec.coef_bits, decay_bits=spec.decay_bits)
+    # Dequantized float neuron: the integers times their scales.
+    theta_q = np.stack([coef[k] / (q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)])
+    ir = Neuron(shape=shape, poly=theta_q.reshape(d + 1, *shape), v_th=(vth_int * q).reshape(shape),
+                v_reset=(v_reset_int * q).reshape(shape), reset=node.reset,
+                syn_decay=None if syn_decay is None else (1.0 - syn_decay / 2**spec.decay_bits).reshape(shape),
+                dt=node.dt)
+    plans = scales.synapses
+    rec = LayerRecord(
+        name=n, primitive="poly", q=q, exponents={p.synapse.name: p.weight_exp for p in plans},
+        in_shift=scales.in_shift, weight_scale={p.synapse.name: p.real_per_lsb for p in plans},
+        weight_clipped={p.synapse.name: p.clipped for p in plans}, shifts=list(shifts),
+        proof={
+            "membrane_bound_real": v_abs, "membrane_bound_int": v_abs / q, "state_limit": s_max,
+            "current_bound_int": c_abs / q,
+            "horner_register_bounds": bounds, "register_limit": 2.0 ** (spec.acc_bits - 1) - 1,
+            "max_abs_coef": int(np.max(np.abs(coef))), "coef_limit": int(coef_lim),
+            "polynomial_plus_current_bound_int": (p_max + c_abs) / q,
+            "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max and (p_max + c_abs) / q <= s_max
+                          and all(b <= 2.0 ** (spec.acc_bits - 1) - 1 for b in bounds)),
+        },
+        approximations=list(sel.approximations),
+    )
+    return EncodedLayer(fx, ir, rec, scales)
+
+
+def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
+    spec = target.lif
+    assert spec is not None
+    n, node, lin, q = sel.name, _neuron(sel.node), sel.coef, scales.q
+    approx = list(sel.approximations)
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    unity = 2**spec.decay_bits
+    b_mean = float(np.mean(lin[1]))
+    if b_mean > 1.0:
+        approx.append(f"decay factor {b_mean:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
+    dv = int(np.clip(np.rint((1.0 - b_mean) * unity), spec.dv[0], spec.dv[1]))
+    if node.syn_decay is not None:
+        alpha = float(np.mean(node.syn_decay))
+        du = int(np.clip(unity - 1 - np.rint(alpha * unity), spec.du[0], spec.du[1]))
+    else:
+        du = unity - 1  # u = x: no current state
+    vth = int(np.rint(float(np.mean(sel.v_th)) / (q * 2.0**spec.vth_shift)))
+    bias_int = np.rint(lin[0] / q).astype(np.int64)
+    bias_exp = 0
+    mant_lo, mant_hi = spec.bias_mant
+    while np.any((bias_int >> bias_exp) > mant_hi) or np.any((bias_int >> bias_exp) < mant_lo):
+        bias_exp += 1
+    if bias_exp > spec.bias_exp[1]:
+        raise NumericError("the bias does not fit the LIF's bias mantissa and exponent", node=n)
+    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), mant_lo, mant_hi).astype(np.int64)
+    shape = node.shape
+    fx = FxLIF(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
+               state_bits=spec.state_bits, decay_bits=spec.decay_bits, vth_shift=spec.vth_shift,
+               act_shift=spec.act_shift)
+    bias_real = bias_mant * 2.0**bias_exp * q
+    ir = Neuron(shape=shape, poly=np.stack([bias_real, np.full_like(bias_real, 1.0 - dv / unity)]).reshape(2, *shape),
+                v_th=np.full(shape, vth * 2.0**spec.vth_shift * q), v_reset=np.zeros(shape), reset="value",
+                syn_decay=None if node.syn_decay is None else np.full(shape, (unity - du - 1) / unity),
+                dt=node.dt)
+    plans = scales.synapses
+    v_abs, c_abs = sel.v_abs, sel.c_abs
+    rec = LayerRecord(
+        name=n, primitive="lif", q=q, exponents={p.synapse.name: p.weight_exp for p in plans}, in_shift=0,
+        weight_scale={p.synapse.name: p.real_per_lsb for p in plans},
+        weight_clipped={p.synapse.name: p.clipped for p in plans},
+        proof={"membrane_bound_real": v_abs, "membrane_bound_int": v_abs / q, "state_limit": s_max,
+               "current_bound_int": c_abs / q, "vth": vth, "vth_limit": spec.vth[1], "du": du, "dv": dv,
+               "bias_exp": bias_exp,
+               "holds": bool(v_abs / q <= s_max and c_abs / q <= s_max)},
+        fit=dict(sel.fit), approximations=approx,
+    )
+    for a in approx:
+        warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
+    return EncodedLayer(fx, ir, rec, scales)
+
+
+def _applies_lif(layer: MappedLayer, target: Target) -> bool:
+    return target.offers("lif") and (lif_exact(layer.node) or not target.offers("poly"))
+
+
+def _applies_poly(layer: MappedLayer, target: Target) -> bool:
+    return target.offers("poly")
+
+
+LIF_LOWERING = register_lowering(Lowering(
+    "neuron", "lif", applies=_applies_lif, select=select_lif, plan=plan_lif, encode=encode_lif,
+    input_gain=neuron_input_gain, preference=0,
+    description="stock LIF: where exact, or fitted where the target has no polynomial neuron"))
+POLY_LOWERING = register_lowering(Lowering(
+    "neuron", "poly", applies=_applies_poly, select=select_poly, plan=plan_poly, encode=encode_poly,
+    input_gain=neuron_input_gain, preference=10, description="programmable polynomial neuron"))

@@ -95,7 +95,7 @@ def test_no_module_level_import_cycle() -> None:
             if t.startswith(m + "."):
                 continue
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
+                cycle = [*stack[stack.index(t):], t]
                 raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
             if t not in state:
                 dfs(t)

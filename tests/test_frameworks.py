@@ -28,7 +28,7 @@ from norse.torch.module.lif_box import LIFBoxCell
 from snntorch.export_nir import _extract_snntorch_module, export_to_nir
 from torch import nn
 
-from lnm_deploy.errors import LNMDeployWarning
+from lnm_deploy.errors import GraphError, LNMDeployWarning
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.nir_io import from_nir, read_nir, write_nir
@@ -357,3 +357,166 @@ def test_norse_graph_read_as_generic_is_flagged() -> None:
         from_nir(g)
     msgs = " | ".join(str(w.message) for w in caught)
     assert "assumed dt" in msgs and "producer='norse'" in msgs and "unstable" in msgs
+
+
+# ------------------------------------------------------------------------------------------------
+# Sinabs 2.0 and Rockpool 3.1 (optional: skipped where not installed). Their neurons spike where
+# v >= v_th and may emit several spikes per step (Sinabs MultiSpike, Rockpool's default), which
+# lnm-deploy's neurons cannot: those defaults are compared by bin agreement (a bin: one neuron, one
+# step; spike or not) against a bound measured and explained in docs/nir.md; the single-spike
+# variants must agree spike for spike.
+
+
+def _bins(ref: dict[str, np.ndarray], graph: Graph, x: torch.Tensor) -> dict[str, float]:
+    res = run_float(graph, x.numpy())
+    out = {}
+    for name, s in ref.items():
+        ours = res.spikes[name]
+        assert s.shape == ours.shape, name
+        assert 0 < int((s > 0).sum()) < s.size, f"layer {name} must spike sometimes, not always"
+        out[name] = float(((s > 0) == (ours > 0)).mean())
+    return out
+
+
+def _sinabs_run(net: nn.Sequential, x: torch.Tensor, layers: tuple[int, ...]) -> dict[str, np.ndarray]:
+    for m in net:
+        if hasattr(m, "reset_states"):
+            m.reset_states()
+    ref: dict[str, np.ndarray] = {}
+    h = x
+    with torch.no_grad():
+        for i, m in enumerate(net):
+            h = m(h)
+            if i in layers:
+                ref[str(i)] = h.double().numpy()
+    return ref
+
+
+def _sinabs_mlp(neuron: str, **kw: object) -> tuple[nir.NIRGraph, dict[str, np.ndarray], torch.Tensor]:
+    sl = pytest.importorskip("sinabs.layers")
+    from sinabs.nir import to_nir as sinabs_to_nir
+
+    def make() -> nn.Module:
+        return sl.IAF(**kw) if neuron == "IAF" else sl.LIF(tau_mem=torch.tensor(8.0), **kw)
+
+    gain = 1.0 if neuron == "IAF" else 8.0
+    net = nn.Sequential(scaled_linear(20, 16, gain), make(), scaled_linear(16, 8, gain * 1.5), make())
+    sample = torch.zeros(1, T, 20)
+    net(sample)  # sinabs sizes its state on the first call
+    g = sinabs_to_nir(net, sample)
+    x = (torch.rand(B, T, 20) < 0.3).float()
+    return g, _sinabs_run(net, x, (1, 3)), x.double()
+
+
+@pytest.mark.parametrize("neuron", ["IAF", "LIF"])
+def test_sinabs_single_spike_mlp_exact(neuron: str) -> None:
+    pytest.importorskip("sinabs")
+    from sinabs.activation import MembraneReset, SingleSpike
+
+    g, ref, x = _sinabs_mlp(neuron, spike_fn=SingleSpike, reset_fn=MembraneReset())
+    with pytest.warns(LNMDeployWarning, match="v >= v_th"):
+        ir = from_nir(g, producer="sinabs", spikes="single", reset="value")
+    assert ir.metadata["read_options"]["requested"]["spikes"] == "single"
+    assert set(_bins(ref, ir, x).values()) == {1.0}
+    assert_same_spikes({k: v for k, v in ref.items()}, ir, x)
+
+
+@pytest.mark.parametrize("neuron", ["IAF", "LIF"])
+def test_sinabs_default_mlp(neuron: str) -> None:
+    """Sinabs' defaults (MultiSpike, MembraneSubtract; LIF norm_input): subtractive reset exact,
+    several spikes in one step spread over later steps (warned)."""
+    g, ref, x = _sinabs_mlp(neuron)
+    with pytest.warns(LNMDeployWarning, match=r"floor\(v / v_th\)"):
+        ir = from_nir(g, producer="sinabs")
+    assert ir.metadata["read_options"]["convention"]["reset"] == "subtract"
+    _assert_multi_residual(ref, _bins(ref, ir, x), 0.99)
+
+
+def test_sinabs_mlp_time_first_input_shape() -> None:
+    g, _, _ = _sinabs_mlp("IAF")
+    assert tuple(as_shape(g.nodes["input"].input_type["input"])) == (T, 20)
+    with pytest.raises(GraphError, match=r"looks like \(time, features\).*--input-shape 20") as e:
+        from_nir(g, dt=1.0)
+    assert "Flatten" not in str(e.value)
+    with pytest.warns(LNMDeployWarning, match=r"is \(time, features\)"):
+        ir = from_nir(g, producer="sinabs")
+    assert ir.nodes["input"].shape == (20,)
+
+
+def test_sinabs_cnn() -> None:
+    sl = pytest.importorskip("sinabs.layers")
+    from sinabs.nir import to_nir as sinabs_to_nir
+
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), sl.IAFSqueeze(batch_size=B), sl.SumPool2d(2),
+                        nn.Conv2d(4, 4, 3, padding=1), sl.IAFSqueeze(batch_size=B), nn.Flatten(),
+                        nn.Linear(64, 10), sl.IAFSqueeze(batch_size=B))
+    x = (torch.rand(B * T, 2, 8, 8) < 0.3).float()
+    net(x)
+    g = sinabs_to_nir(net, x[:B])
+    ref = {k: v.reshape(B, T, *v.shape[1:]) for k, v in _sinabs_run(net, x, (1, 4, 7)).items()}
+    with pytest.warns(LNMDeployWarning, match="Sinabs"):
+        ir = from_nir(g, producer="sinabs")
+    _assert_multi_residual(ref, _bins(ref, ir, x.reshape(B, T, 2, 8, 8).double()), SINABS_CNN_BOUND)
+
+
+def as_shape(a: object) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(a).reshape(-1))
+
+
+def _rockpool_mlp(cls_name: str, gain: float, **kw: object
+                  ) -> tuple[nir.NIRGraph, dict[str, np.ndarray], torch.Tensor]:
+    modules = pytest.importorskip("rockpool.nn.modules")
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules.torch.nir import to_nir as rockpool_to_nir
+
+    cls = getattr(modules, cls_name)
+    mods = [modules.LinearTorch((20, 16)), cls(16, **kw), modules.LinearTorch((16, 8)), cls(8, **kw)]
+    with torch.no_grad():
+        mods[0].weight.mul_(gain)
+        mods[2].weight.mul_(gain)
+    g = rockpool_to_nir(Sequential(*mods))
+    x = (torch.rand(B, T, 20) < 0.3).float()
+    ref: dict[str, np.ndarray] = {}
+    h = x
+    with torch.no_grad():
+        for i, m in enumerate(mods):
+            h, _, _ = m(h)
+            if i % 2:
+                ref[f"{i}_{cls_name}"] = h.double().numpy()
+    return g, ref, x.double()
+
+
+@pytest.mark.parametrize("cls_name", ["LIFTorch", "LIFNeuronTorch"])
+def test_rockpool_single_spike_mlp_exact(cls_name: str) -> None:
+    g, ref, x = _rockpool_mlp(cls_name, 1.5, max_spikes_per_dt=torch.tensor(1.0))
+    with pytest.warns(LNMDeployWarning, match="Rockpool's"):
+        ir = from_nir(g, spikes="single")  # detected from the node names, dt from r
+    opts = ir.metadata["read_options"]
+    assert opts["resolved"]["producer"] == "rockpool" and opts["producer_from"].startswith("detected")
+    assert opts["resolved"]["dt"] == 1e-3
+    assert_same_spikes(ref, ir, x)
+
+
+@pytest.mark.parametrize("cls_name", ["LIFTorch", "LIFNeuronTorch"])
+def test_rockpool_default_mlp(cls_name: str) -> None:
+    g, ref, x = _rockpool_mlp(cls_name, 1.0)
+    with pytest.warns(LNMDeployWarning, match=r"floor\(v / v_th\)"):
+        ir = from_nir(g, producer="rockpool")
+    _assert_multi_residual(ref, _bins(ref, ir, x), ROCKPOOL_MULTI_BOUND)
+
+
+#: Lowest bin agreement measured with the frameworks' default multi-spike neurons at the weights
+#: above (docs/nir.md): the whole difference comes from steps where the source emits >= 2 spikes.
+ROCKPOOL_MULTI_BOUND = 0.75
+SINABS_CNN_BOUND = 0.85
+
+
+def _assert_multi_residual(ref: dict[str, np.ndarray], agreement: dict[str, float], bound: float) -> None:
+    """Layers (in order) agree exactly until the first that emits several spikes in one step; from
+    there on, at least ``bound``."""
+    multi_seen = False
+    for name, s in ref.items():
+        multi_seen |= bool(s.max() > 1)
+        if not multi_seen:
+            assert agreement[name] == 1.0, (name, agreement)
+        assert agreement[name] >= bound, (name, agreement)

@@ -44,7 +44,13 @@ rm -rf "$VENV"
 echo "==> installing lnm-deploy with torch, lava, onnx, fast, distributed and dev extras (a few minutes the first time)"
 "$VENV/bin/python" -m pip install --quiet --progress-bar off \
   -c tools/constraints-py310.txt -e ".[torch,lava,onnx,plots,fast,distributed,dev]"
-"$VENV/bin/python" -c 'import lnm_deploy, torch, lava, nir, snntorch, norse, numba, safetensors, ray' 2>/dev/null \
+# sinabs 2.0 declares samna (hardware tools whose PyPI package runs pip against another index when
+# imported, failing offline): install sinabs without its dependencies; its real ones (numpy, torch,
+# nir, nirtorch, pbr) come with the dev extra above.
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps -c tools/constraints-py310.txt "sinabs==2.0.3"
+"$VENV/bin/python" -c 'import lnm_deploy, torch, lava, nir, snntorch, norse, numba, safetensors, ray, sinabs.nir, rockpool' 2>/dev/null \
   || { echo "error: the environment in $VENV does not import; see pip's output above" >&2; exit 1; }
+"$VENV/bin/python" -c 'import sys, sinabs.nir; sys.exit("samna" in sys.modules)' \
+  || { echo "error: importing sinabs imported samna" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "==> $VENV ready"

@@ -43,13 +43,11 @@ snnTorch's, the most common NIR producer; the importer warns that it was assumed
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-PRODUCERS: tuple[str, ...] = ("lnm-deploy", "snntorch", "norse", "generic")
-DEFAULT_DT: dict[str, float] = {"snntorch": 1e-4, "norse": 1e-3, "generic": 1e-4}
 LNM_FORMAT = 1  # version of the metadata layout below; bump on incompatible changes
 
 DISCRETISATION = "forward-euler"
@@ -80,6 +78,145 @@ class StepParams:
     in_gain: np.ndarray
     syn_decay: np.ndarray | None = None
     syn_gain: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Producer conventions: what a NIR file does not say, per framework, as data.
+
+#: Values of the declarative fields of a ``Convention``.
+LEAK_RULES = ("euler", "norse", "exp")
+SYNAPSE_RULES = ("euler", "jump", "exp-after-input")
+INTEGRATOR_RULES = ("dt*r", "r")
+RESET_MODES_READ = ("value", "subtract")
+THRESHOLD_TESTS = (">", ">=")
+SPIKE_MULTIPLICITY = ("single", "multi")
+INPUT_LAYOUTS = ("features", "time-first")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How one producer's NIR neurons run, stated as data (no code paths per producer).
+
+    Fields (each value one of the tuples above):
+
+    - ``dt``: default step in seconds; None where the graph itself gives it back (Rockpool).
+    - ``leak`` (LIF / LI / CubaLIF / CubaLI membrane): ``"euler"`` (``1 - dt/tau``, ``in_gain = r dt/tau``),
+      ``"norse"`` (Norse 1.1.0's ``tau = dt/tau_inv``), ``"exp"`` (``exp(-dt/tau)``; the gain is
+      ``leak_gain``).
+    - ``leak_gain`` (``"exp"`` only): ``"norm"`` (``r (1 - decay)``, Sinabs' ``norm_input=True``),
+      ``"one"`` (the input is added as it is: Rockpool's LIF and CubaLIF membrane) or ``"decay"``
+      (added, then decayed: Rockpool's ``ExpSynTorch`` written as LI).
+    - ``synapse`` (CubaLIF / CubaLI current): ``"euler"``, ``"jump"`` (``i = (1 - dt/tau_syn) i + w_in x``,
+      Norse) or ``"exp-after-input"`` (``i = exp(-dt/tau_syn) (i + w_in x)``, Rockpool).
+    - ``integrator`` (IF / I): ``"dt*r"`` (forward Euler of ``dv/dt = r I``) or ``"r"`` (``v += r x``).
+    - ``reset``: ``"value"`` (to ``v_reset``) or ``"subtract"`` (``v - v_th``).
+    - ``threshold``: the spike test, ``">"`` or ``">="``. lnm-deploy's neurons test ``v > v_th``.
+    - ``spikes``: ``"single"`` (at most one per step) or ``"multi"`` (``floor(v / v_th)`` per step).
+    - ``input_layout``: ``"features"`` (the Input's shape is one step's) or ``"time-first"`` (the
+      exporter traced a ``(batch, time, features)`` sample, so an MLP's Input shape is ``(T, N)``).
+    - ``membrane_floor``: the framework can clip the membrane from below (Sinabs ``min_v_mem``).
+    - ``drops``: what the exporter loses without a trace (warned on import).
+    - ``detect``: how a graph is recognised without being told (``"names"``: Rockpool's node names
+      ``<i>_<Module>``; ``"hint"``: a parameter fingerprint, suggested but not applied; ``""``: none).
+    """
+
+    name: str
+    framework: str
+    dt: float | None
+    leak: str = "euler"
+    leak_gain: str = "norm"
+    synapse: str = "euler"
+    integrator: str = "dt*r"
+    reset: str = "value"
+    threshold: str = ">"
+    spikes: str = "single"
+    input_layout: str = "features"
+    membrane_floor: bool = False
+    drops: str = ""
+    detect: str = ""
+
+    def with_options(self, **options: str | None) -> Convention:
+        """This convention with the fields a user stated (``reset``, ``threshold``, ``spikes``);
+        ``ValueError`` naming the allowed values for a bad one."""
+        allowed = {"reset": RESET_MODES_READ, "threshold": THRESHOLD_TESTS, "spikes": SPIKE_MULTIPLICITY}
+        given: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        for k, v in given.items():
+            if k not in allowed:
+                raise ValueError(f"unknown reading option {k!r}; options: {', '.join(allowed)}")
+            if v not in allowed[k]:
+                raise ValueError(f"{k}={v!r}: choose one of {', '.join(allowed[k])}")
+        return replace(self, **given) if given else self
+
+    def describe(self) -> dict[str, Any]:
+        """The declarative fields as plain data (recorded in the graph's ``read_options``)."""
+        return {k: getattr(self, k) for k in ("dt", "leak", "leak_gain", "synapse", "integrator", "reset",
+                                              "threshold", "spikes", "input_layout", "membrane_floor")}
+
+
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
+    Convention("generic", "generic NIR", 1e-4),
+    Convention("snntorch", "snnTorch 1.0.0", 1e-4, detect="hint",
+               drops="reset_mechanism='subtract' and reset_delay are written as reset-to-zero"),
+    Convention("norse", "Norse 1.1.0", 1e-3, leak="norse", synapse="jump", integrator="r", detect="hint",
+               drops="tau is written as dt/tau_inv; v_reset is not written"),
+    # Sinabs 2.0 (sinabs.nir.to_nir): time constants in steps (dt = 1), alpha = exp(-1/tau),
+    # norm_input=True, MultiSpike + MembraneSubtract (the defaults), spikes where v >= v_th.
+    Convention("sinabs", "Sinabs 2.0", 1.0, leak="exp", leak_gain="norm", integrator="r", reset="subtract",
+               threshold=">=", spikes="multi", input_layout="time-first", membrane_floor=True, detect="hint",
+               drops="spike_fn, reset_fn, min_v_mem and norm_input are not written"),
+    # Rockpool 3.1 (rockpool.nn.modules.torch.nir.to_nir): exponential decays exp(-dt/tau), r written
+    # as tau exp(-dt/tau)/dt (so dt comes back), input added to the current before its decay,
+    # multi-spike floor(v/v_th) where v >= v_th, subtractive reset.
+    Convention("rockpool", "Rockpool 3.1", None, leak="exp", leak_gain="one", synapse="exp-after-input",
+               integrator="r", reset="subtract", threshold=">=", spikes="multi", detect="names",
+               drops="the bias (v_leak is written as 0) and recurrent weights w_rec are not written"),
+)}
+
+#: Every ``producer`` name ``from_nir`` accepts: lnm-deploy's own files and the conventions above.
+PRODUCERS: tuple[str, ...] = ("lnm-deploy", *CONVENTIONS)
+DEFAULT_DT: dict[str, float] = {k: c.dt for k, c in CONVENTIONS.items() if c.dt is not None}
+
+#: Rockpool's ``to_nir`` names nodes ``<index>_<Module class>``.
+ROCKPOOL_MODULES = ("LinearTorch", "LIFTorch", "LIFNeuronTorch", "ExpSynTorch")
+
+
+def rockpool_dt(tau: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per neuron, the ``dt`` that Rockpool's ``r = tau exp(-dt/tau) / dt`` was written with.
+
+    With ``x = dt/tau``: ``x exp(x) = 1/r``, so ``x = W(1/r)`` (Lambert W, principal branch), solved
+    by Newton's method in float64 (``r > 0``).
+    """
+    y = 1.0 / _f64(r)
+    x = np.log1p(y)  # a start with x exp(x) close to y, from below
+    for _ in range(60):
+        ex = np.exp(x)
+        x = x - (x * ex - y) / (ex * (1.0 + x))
+    return x * _f64(tau)
+
+
+def exp_leak(tau: np.ndarray, r: np.ndarray, v_leak: np.ndarray, dt: float, gain: str) -> StepParams:
+    """Exact exponential decay ``exp(-dt/tau)`` of the membrane (Sinabs, Rockpool).
+
+    The decay is rounded to the precision of ``tau`` as the frameworks store it (a float32 file gives
+    a float32 ``alpha``, as Sinabs' and Rockpool's float32 parameters are). ``gain``: ``"norm"``
+    (``r (1 - decay)``), ``"one"`` (1) or ``"decay"`` (``decay``); see ``Convention``.
+    """
+    t = np.asarray(tau)
+    dtype = t.dtype if np.issubdtype(t.dtype, np.floating) else np.dtype(np.float64)
+    with np.errstate(divide="ignore", over="ignore"):
+        decay = _f64(np.exp(-dt / _f64(t)).astype(dtype))
+    in_gain = {"norm": lambda: _f64(r) * (1.0 - decay), "one": lambda: np.ones_like(decay),
+               "decay": lambda: decay}[gain]()
+    offset = _f64(v_leak) * (1.0 - decay)
+    return StepParams(decay=decay, offset=offset, in_gain=in_gain)
+
+
+def exp_synapse_after_input(tau_syn: np.ndarray, w_in: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rockpool's current ``i = exp(-dt/tau_syn) (i + w_in x)``: ``syn_decay = syn_gain / w_in``."""
+    t = np.asarray(tau_syn)
+    dtype = t.dtype if np.issubdtype(t.dtype, np.floating) else np.dtype(np.float64)
+    decay = _f64(np.exp(-dt / _f64(t)).astype(dtype))
+    return decay, decay * _f64(w_in)
 
 
 def as_array(x: Any) -> np.ndarray:
@@ -158,9 +295,12 @@ def norse_synapse(tau_syn_written: np.ndarray, w_in: np.ndarray, dt: float) -> t
     return 1.0 - dt * norse_rate(tau_syn_written, dt), _f64(w_in)
 
 
-def integrator_gain(r: np.ndarray, dt: float, producer: str) -> np.ndarray:
-    """Per-step gain of NIR's IF / I (``dv/dt = r I``): ``dt r`` (generic), ``r`` (Norse's IAF)."""
-    return _f64(r) if producer == "norse" else _f64(r) * dt
+def integrator_gain(r: np.ndarray, dt: float, rule: str) -> np.ndarray:
+    """Per-step gain of NIR's IF / I (``dv/dt = r I``): ``dt r`` (rule ``"dt*r"``: generic, snnTorch),
+    ``r`` (rule ``"r"``: Norse's, Sinabs' IAF, ``v += r x``). ``rule`` may also be a producer name."""
+    if rule in CONVENTIONS:
+        rule = CONVENTIONS[rule].integrator
+    return _f64(r) if rule == "r" else _f64(r) * dt
 
 
 # ----------------------------------------------------------------------------------------------

@@ -54,16 +54,21 @@ from lnm_deploy.ir import (
 )
 from lnm_deploy.ir.graph import infer_delays
 from lnm_deploy.nir_io.conventions import (
+    CONVENTIONS,
     DEFAULT_DT,
     LNM_FORMAT,
     PRODUCERS,
+    ROCKPOOL_MODULES,
     StepParams,
     as_array,
     euler_leak,
     euler_synapse,
+    exp_leak,
+    exp_synapse_after_input,
     integrator_gain,
     norse_leak,
     norse_synapse,
+    rockpool_dt,
 )
 from lnm_deploy.nir_io.registry import READERS, NodeRead, ReadContext, reader, reads
 from lnm_deploy.nir_io.write import neuron_to_nir
@@ -168,6 +173,9 @@ def read_nir(
     dt: float | None = None,
     producer: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    reset: str | None = None,
+    threshold: str | None = None,
+    spikes: str | None = None,
 ) -> Graph:
     """Read a ``.nir`` file into a validated IR graph; see ``from_nir``.
 
@@ -177,7 +185,7 @@ def read_nir(
         UnsupportedError, NumericError: see ``from_nir``.
     """
     return from_nir(read_nir_graph(path), dt=dt, producer=producer, input_shape=input_shape,
-                    _source=str(path))
+                    reset=reset, threshold=threshold, spikes=spikes, _source=str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,7 +395,7 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
                     ctx: ReadContext) -> Neuron:
     t = type(node).__name__
     dt = ctx.dt
-    norse = ctx.producer == "norse"
+    conv = ctx.convention or CONVENTIONS["generic"]
     p = params
     for key in ("tau", "tau_mem", "tau_syn"):
         if key in p and np.any(p[key] == 0):
@@ -403,15 +411,20 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
         raise GraphError(f"NIR {t} has no numeric value for {missing}", node=name)
     shape = _population_shape(name, p, in_shape)
     if t in ("IF", "I"):
-        step = StepParams(decay=np.ones(()), offset=np.zeros(()), in_gain=integrator_gain(p["r"], dt, ctx.producer))
+        step = StepParams(decay=np.ones(()), offset=np.zeros(()), in_gain=integrator_gain(p["r"], dt, conv.integrator))
     else:
         tau = p["tau"] if t in ("LIF", "LI") else p["tau_mem"]
-        leak = norse_leak if norse else euler_leak
-        step = leak(tau, p["r"], p["v_leak"], dt)
+        if conv.leak == "exp":
+            # Rockpool's LI is its ExpSynTorch: the input is added, then decayed
+            gain = "decay" if conv.leak_gain == "one" and t == "LI" else conv.leak_gain
+            step = exp_leak(tau, p["r"], p["v_leak"], dt, gain)
+        else:
+            step = (norse_leak if conv.leak == "norse" else euler_leak)(tau, p["r"], p["v_leak"], dt)
     syn_decay = syn_gain = None
     if t in ("CubaLIF", "CubaLI"):
         w_in = p.get("w_in", np.ones(()))
-        syn_decay, syn_gain = (norse_synapse if norse else euler_synapse)(p["tau_syn"], w_in, dt)
+        synapse = {"euler": euler_synapse, "jump": norse_synapse, "exp-after-input": exp_synapse_after_input}
+        syn_decay, syn_gain = synapse[conv.synapse](p["tau_syn"], w_in, dt)
         if np.any(syn_decay < 0) or np.any(syn_decay > 1):
             ctx.unstable.append(name)
     if np.any(step.decay < 0) or np.any(step.decay > 1):
@@ -428,7 +441,7 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
         poly=np.stack([full(step.offset), full(step.decay)]),
         v_th=v_th,
         v_reset=v_reset,
-        reset="value",
+        reset=conv.reset if spiking else "value",  # type: ignore[arg-type]
         in_gain=full(step.in_gain),
         syn_decay=None if syn_decay is None else full(syn_decay),
         syn_gain=None if syn_gain is None else full(syn_gain),
@@ -626,7 +639,8 @@ def _expected_input(node: nir.NIRNode) -> Shape | None:
     return entry.implied_input(node) if entry is not None and entry.implied_input is not None else None
 
 
-def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], override: Shape | None) -> Shape:
+def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], override: Shape | None,
+                 layout: str = "features") -> Shape:
     if override is not None:
         return tuple(int(s) for s in override)
     raw = node.input_type.get("input") if isinstance(node.input_type, dict) else None
@@ -653,12 +667,30 @@ def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], overr
             _warn(f"node '{name}': Input shape {shape} includes a batch dimension (as Norse's to_nir "
                   f"writes it); using {want}")
             return want
+    # Exporters that trace an MLP with a (batch, time, features) sample (Sinabs' to_nir) record
+    # (time, features): drop the time when the convention says so, else say what it is.
+    for c in consumers:
+        want = _expected_input(c)
+        if want is not None and len(shape) == len(want) + 1 and shape[1:] == want and shape[0] > 1:
+            if layout == "time-first":
+                _warn(f"node '{name}': Input shape {shape} is (time, features) (the exporter traced a "
+                      f"(batch, time, features) sample); using one step's shape {want}")
+                return want
+            raise GraphError(
+                f"the Input's shape {shape} has one more dimension than the {type(c).__name__} it feeds "
+                f"expects ({want}): it looks like (time, features), recorded by an exporter "
+                f"that traced a (batch, time, features) sample (Sinabs does). Pass input_shape={want} "
+                f"(CLI --input-shape {' '.join(str(v) for v in want)}), or producer='sinabs' if Sinabs wrote "
+                "it", node=name)
     return shape
 
 
-def _resolve_producer(meta: dict[str, Any], producer: str | None) -> str:
-    """The graph's own ``metadata["producer"]`` if any (unknown names mean generic), else the
-    ``producer`` argument, else ``"generic"``."""
+def _resolve_producer(meta: dict[str, Any], producer: str | None,
+                      nodes: dict[str, nir.NIRNode] | None = None) -> tuple[str, str]:
+    """The producer and why: the graph's own ``metadata["producer"]`` if any (unknown names mean
+    generic), else the ``producer`` argument, else one detected from a trace its writer leaves
+    (Rockpool's node names), else ``"generic"``. The reason is one of ``"graph metadata"``,
+    ``"argument"``, ``"detected: ..."``, ``"default"``."""
     if producer is not None:
         producer = producer.lower()
         if producer == "lnm_deploy":
@@ -672,8 +704,52 @@ def _resolve_producer(meta: dict[str, Any], producer: str | None) -> str:
         known = found.lower()
         if producer is not None and producer != known:
             _warn(f"the graph says it was written by {found!r}; producer={producer!r} is ignored")
-        return known if known in PRODUCERS else "generic"
-    return producer or "generic"
+        return (known if known in PRODUCERS else "generic"), "graph metadata"
+    if producer is not None:
+        return producer, "argument"
+    why = _detect(nodes or {})
+    if why is not None:
+        return why
+    return "generic", "default"
+
+
+def _detect(nodes: dict[str, nir.NIRNode]) -> tuple[str, str] | None:
+    """A producer recognised by a trace its writer leaves in the graph, with the reason; None if none.
+
+    Rockpool 3.1's ``to_nir`` names every node ``<index>_<Module>`` (``0_LinearTorch``, ``1_LIFTorch``)
+    and writes ``r = tau exp(-dt/tau)/dt``: both must hold. snnTorch, Norse and Sinabs write no
+    metadata and default names (``0``, ``1``...); their fingerprints are only hinted (``_looks_like``).
+    """
+    inner = [n for n, v in nodes.items() if not isinstance(v, (nir.Input, nir.Output))]
+    if not inner:
+        return None
+    named = [n for n in inner if n.rsplit(".", 1)[-1].split("_", 1)[-1] in ROCKPOOL_MODULES
+             and n.rsplit(".", 1)[-1].split("_", 1)[0].isdigit()]
+    if len(named) != len(inner):
+        return None
+    if _rockpool_dt(nodes) is None:
+        return None
+    return "rockpool", f"detected: node names {named[:3]}{'...' if len(named) > 3 else ''} are Rockpool's"
+
+
+def _rockpool_dt(nodes: dict[str, nir.NIRNode]) -> float | None:
+    """The one dt (seconds) every neuron's ``r = tau exp(-dt/tau)/dt`` was written with (Rockpool),
+    rounded to 6 significant digits; None without neurons or if they disagree (relative 1e-5)."""
+    dts: list[np.ndarray] = []
+    for v in nodes.values():
+        if isinstance(v, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):
+            tau = as_array(v.tau if isinstance(v, (nir.LIF, nir.LI)) else v.tau_mem)
+            r = as_array(v.r)
+            if np.any(r <= 0) or np.any(tau <= 0):
+                return None
+            dts.append(np.asarray(rockpool_dt(tau, r)).reshape(-1))
+    if not dts:
+        return None
+    every = np.concatenate(dts)
+    mid = float(np.median(every))
+    if not (np.isfinite(mid) and mid > 0 and np.allclose(every, mid, rtol=1e-5, atol=0.0)):
+        return None
+    return float(f"{mid:.6g}")
 
 
 def _looks_like(nodes: dict[str, nir.NIRNode]) -> str | None:
@@ -689,6 +765,9 @@ def _looks_like(nodes: dict[str, nir.NIRNode]) -> str | None:
             return "snntorch"
         if all(np.allclose(as_array(n.r), 1.0) and np.all(tau(n) < DEFAULT_DT["norse"]) for n in lifs):
             return "norse"
+        if all(np.all(as_array(n.r) == 1.0) and np.all(as_array(n.v_leak) == 0.0) and np.all(tau(n) >= 1.0)
+               for n in lifs):
+            return "sinabs"  # time constants in steps, r = 1, v_leak = 0
     return None
 
 
@@ -698,6 +777,9 @@ def from_nir(
     dt: float | None = None,
     producer: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    reset: str | None = None,
+    threshold: str | None = None,
+    spikes: str | None = None,
     _source: str | None = None,
 ) -> Graph:
     """Convert a NIR graph (object or file path) into a validated IR graph.
@@ -708,16 +790,26 @@ def from_nir(
         dt: seconds per step for discretising continuous-time neurons; overrides the graph's
             ``metadata["dt"]`` and the producer's default. Ignored (with a warning if different)
             for lnm-deploy's own graphs, whose neurons are stored per step.
-        producer: ``"snntorch"``, ``"norse"``, ``"lnm-deploy"`` or ``"generic"``, used when the graph's
-            metadata does not name its producer (snnTorch and Norse write none).
+        producer: one of ``PRODUCERS`` (``"snntorch"``, ``"norse"``, ``"sinabs"``, ``"rockpool"``,
+            ``"generic"``, ``"lnm-deploy"``), used when the graph's metadata does not name its
+            producer (none of those frameworks writes one). Without it, a Rockpool graph is detected
+            by its node names (warned); anything else is read as generic NIR.
         input_shape: the Input's shape (no batch, no time), when the graph does not record it or
             records it wrongly.
+        reset, threshold, spikes: what the file cannot say about the source neurons, overriding the
+            producer's convention (``conventions.CONVENTIONS``): ``reset`` ``"value"`` or
+            ``"subtract"`` (applied exactly), ``threshold`` ``">"`` or ``">="``, ``spikes``
+            ``"single"`` or ``"multi"``; lnm-deploy's neurons test ``v > v_th`` and emit at most one
+            spike per step, so ``">="`` and ``"multi"`` are read as that with an ``LNMDeployWarning``
+            naming the nodes (see docs/nir.md for the measured effect).
 
     Returns:
         An IR graph; ``metadata`` holds ``imported_from`` (producer), ``dt`` and the NIR graph
         metadata (``nir_metadata``), or, for lnm-deploy's graphs, the exact IR metadata; and always
-        ``read_options``: ``{"requested": {producer, dt, input_shape}, "resolved": {...}}``, the
-        options as given (None where not given) and as the reader resolved them.
+        ``read_options``: ``{"requested": {producer, dt, input_shape, reset, threshold, spikes},
+        "resolved": {...}, "convention": {...}, "producer_from": why}``, the options as given (None
+        where not given), as the reader resolved them, the convention's fields applied and how the
+        producer was chosen (``"graph metadata"``, ``"argument"``, ``"detected: ..."``, ``"default"``).
 
     Raises:
         UserInputError: unknown producer, bad dt, or (via ``read_nir``) an unreadable file.
@@ -727,7 +819,8 @@ def from_nir(
         NumericError: NaN or infinite parameters, zero time constants.
     """
     if isinstance(graph_or_path, (str, os.PathLike)):
-        return read_nir(graph_or_path, dt=dt, producer=producer, input_shape=input_shape)
+        return read_nir(graph_or_path, dt=dt, producer=producer, input_shape=input_shape, reset=reset,
+                        threshold=threshold, spikes=spikes)
     if not isinstance(graph_or_path, nir.NIRGraph):
         raise UserInputError(f"from_nir expects a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
     if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
@@ -736,8 +829,13 @@ def from_nir(
         from lnm_deploy.validate import shape_option
 
         input_shape = shape_option(input_shape, "input_shape (CLI --input-shape)")
+    stated = {"reset": reset, "threshold": threshold, "spikes": spikes}
     try:
-        return _from_nir_graph(graph_or_path, dt, producer, input_shape, _source)
+        CONVENTIONS["generic"].with_options(**stated)
+    except ValueError as e:
+        raise UserInputError(str(e)) from e
+    try:
+        return _from_nir_graph(graph_or_path, dt, producer, input_shape, _source, stated)
     except LNMDeployError:
         raise
     except RecursionError as e:
@@ -747,10 +845,15 @@ def from_nir(
 
 
 def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, input_shape: Shape | None,
-                    _source: str | None) -> Graph:
+                    _source: str | None, stated: dict[str, str | None] | None = None) -> Graph:
+    stated = stated or {}
     gmeta = dict(g.metadata or {})
-    prod = _resolve_producer(gmeta, producer)
     nodes, edges = flatten_graph(g)
+    prod, prod_from = _resolve_producer(gmeta, producer, nodes)
+    conv = None if prod == "lnm-deploy" else CONVENTIONS[prod].with_options(**stated)
+    if prod_from.startswith("detected"):
+        _warn(f"no producer given and the graph names none: read as {CONVENTIONS[prod].framework}'s "
+              f"({prod_from}); pass producer= (CLI --producer) to read it otherwise")
 
     exact = prod == "lnm-deploy"
     if exact:
@@ -770,17 +873,30 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
             _warn(f"snnTorch's exporter always uses dt = 1e-4 s; dt={step} changes the dynamics")
     elif meta_dt is not None:
         step = meta_dt
+    elif prod == "rockpool":
+        found_dt = _rockpool_dt(nodes)
+        if found_dt is None:
+            step = 1e-3  # Rockpool's default dt
+            _warn(f"the graph's r is not Rockpool's tau exp(-dt/tau)/dt with one dt: assumed Rockpool's "
+                  f"default dt = {step} s; pass dt= (CLI --dt)")
+        else:
+            step = found_dt
     elif prod in DEFAULT_DT and (prod != "generic"):
         step = DEFAULT_DT[prod]
     else:
         step = DEFAULT_DT["generic"]
         if any(type(n).__name__ in _NEURON_FIELDS for n in nodes.values()):
             hint = _looks_like(nodes)
-            extra = (f" It looks like {'snnTorch' if hint == 'snntorch' else 'Norse 1.1.0'}'s exporter: "
+            extra = (f" It looks like {CONVENTIONS[hint].framework}'s exporter: "
                      f"pass producer={hint!r}.") if hint else ""
             _warn(f"NIR graphs carry no dt and none was given: assumed dt = {step} s (forward Euler); "
                   f"pass dt= (CLI --dt) or producer= (CLI --producer).{extra}")
-    ctx = ReadContext(prod, step, exact)
+    if dt is not None and prod == "rockpool":
+        found_dt = _rockpool_dt(nodes)
+        if found_dt is not None and not np.isclose(found_dt, step, rtol=1e-5, atol=0.0):
+            _warn(f"Rockpool wrote its neurons with dt = {found_dt} s (from r = tau exp(-dt/tau)/dt); "
+                  f"dt={step} changes the dynamics")
+    ctx = ReadContext(prod, step, exact, convention=conv)
 
     nodes, edges, delays = _one_step_delays(nodes, edges, step)
     if exact:
@@ -800,7 +916,8 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
             raise GraphError(f"edge ({s} -> {d}) names a node that does not exist", node=bad)
         succ[s].append(d)
 
-    shape = _input_shape(inp, nodes[inp], [nodes[d] for d in succ[inp]], input_shape)
+    shape = _input_shape(inp, nodes[inp], [nodes[d] for d in succ[inp]], input_shape,
+                         conv.input_layout if conv is not None else "features")
     in_node = nodes[inp]
     ir_nodes: dict[str, Node] = {
         inp: reader("Input").convert(NodeRead(inp, in_node, {}, dict(in_node.metadata or {}), {}, exact, shape, ctx))
@@ -857,6 +974,11 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
                       "input_shape": None if input_shape is None else [int(s) for s in input_shape]},
         "resolved": {"producer": prod, "dt": float(step), "input_shape": [int(s) for s in shape]},
     }
+    if any(v is not None for v in stated.values()):
+        graph_meta[READ_OPTIONS_KEY]["requested"].update(stated)
+    if conv is not None:
+        graph_meta[READ_OPTIONS_KEY]["convention"] = conv.describe()
+    graph_meta[READ_OPTIONS_KEY]["producer_from"] = prod_from
     _warn_losses(prod, ir_nodes, ctx)
     # Delayed edges: NIR Delay nodes of one step and, in lnm-deploy's files, the recorded ones;
     # every other cycle gets its delay by the order-independent rule of ``ir.infer_delays``.
@@ -885,6 +1007,26 @@ def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None
             + "Norse's v_reset is not exported (0 is used) and Norse starts v at v_leak, lnm-deploy "
             f"at 0; IF/I integrate r per step (Norse's IAF). Neurons: {foreign}"
         )
+    conv = ctx.convention
+    spiking = [n for n in foreign if ir_nodes[n].metadata.get("nir_type") in ("IF", "LIF", "CubaLIF")]
+    if conv is not None and prod in ("sinabs", "rockpool") and foreign:
+        _warn(f"{conv.framework}'s exporter loses {conv.drops}; read with the framework's defaults "
+              f"({conv.reset} reset, spikes where v {conv.threshold} v_th, {conv.spikes} spikes per step). "
+              f"Neurons: {foreign}")
+    if conv is not None and spiking:
+        differs = []
+        if conv.threshold == ">=":
+            differs.append("the source spikes where v >= v_th, lnm-deploy where v > v_th (they differ only "
+                           "when v equals v_th exactly)")
+        if conv.spikes == "multi":
+            differs.append("the source emits floor(v / v_th) spikes in one step, lnm-deploy at most one (the "
+                           "rest of the membrane spikes in later steps); pass spikes='single' if the source "
+                           "layers emit one (Sinabs SingleSpike, Rockpool max_spikes_per_dt=1)")
+        if conv.membrane_floor:
+            differs.append("a source membrane floor (Sinabs min_v_mem) is not in the file and not applied")
+        if differs:
+            _warn(f"neurons {spiking} are read approximately: " + "; ".join(differs)
+                  + ". See docs/nir.md for the measured agreement")
     if ctx.unstable:
         _warn(
             f"neurons {sorted(set(ctx.unstable))}: dt / tau is outside [0, 1] with dt = {ctx.dt} s, so "

@@ -16,6 +16,7 @@ import numpy as np
 
 from lnm_deploy.errors import GraphError, UnsupportedError
 from lnm_deploy.ir import Node
+from lnm_deploy.nir_io.conventions import Convention
 
 Shape = tuple[int, ...]
 
@@ -29,6 +30,8 @@ class ReadContext:
     dt: float
     exact: bool
     unstable: list[str] = field(default_factory=list)
+    #: the producer's convention with the user's stated options (None for lnm-deploy's own graphs)
+    convention: Convention | None = None
 
 
 @dataclass(frozen=True)

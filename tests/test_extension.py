@@ -380,3 +380,21 @@ def test_no_package_file_names_the_toy() -> None:
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py")
             if any(w in p.read_text() for w in (KIND, "FloorIF", "FxFloorIF"))]
     assert not hits
+
+
+def test_lava_reports_a_step_that_fails_in_its_process_model(registered: None) -> None:
+    """A step that passes the host check but raises inside Lava's process model is reported as an
+    error naming the layer (the model catches it: raising there would hang Lava 0.10)."""
+    _kinds_or_skip("lava")
+
+    def fails_on_input(p: FloorParams, state: dict[str, Array], a: Array) -> tuple[dict[str, Array], Array]:
+        if a.any():
+            raise ArithmeticError("toy failure")
+        return floor_step(p, state, a)
+
+    g, x = recurrent_case(2)
+    unregister(KIND)
+    register(Primitive(KIND, FxFloorIF, FloorIFSpec, check_floor_if, bounds=floor_bounds,
+                       params=FloorParams.of, step=fails_on_input))
+    with pytest.raises(UnsupportedError, match="node 'toy'.*raised in Lava's process model.*toy failure"):
+        backend("lava").run(g, np.ones_like(x))

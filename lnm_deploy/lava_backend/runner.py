@@ -270,6 +270,8 @@ class _Network:
         sched = graph.schedule()
         self.graph, self.plan, self.tag = graph, p, tag
         self.shapes: dict[str, tuple[int, ...]] = dict(sched.shapes)
+        self.workdir = workdir
+        self.errors: dict[str, str] = {}  # ContractNeuron layer -> its error file
         self.batch, self.steps = xs.shape[0], xs.shape[1]
         self.total = self.steps + p.max_depth
         self.layers = layers
@@ -400,12 +402,19 @@ class _Network:
         names = node.state_names()
         return ContractNeuron(
             shape=lava_shape(node.shape), kind=prim.kind, params=prim.params(node), states=names, inits=[to_lava(np.broadcast_to(getattr(node, f"{k}_init"), node.shape)) for k in names],
-            layout_ndim=len(node.shape), start=self.plan.depth[name], period=self.total, name=name)
+            layout_ndim=len(node.shape), error_file=self.errors.setdefault(name, os.path.join(self.workdir, f"{len(self.errors)}.err")),
+            start=self.plan.depth[name], period=self.total, name=name)
 
     # -------------------------------------------------------------------------------- read back
 
     def read_sample(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
         """Spikes and states of the sample that just ran, on the contract's time base."""
+        for name, path in self.errors.items():
+            if os.path.exists(path):
+                with open(path) as f:
+                    first = f.readline().strip()
+                raise UnsupportedError(f"the contract step of primitive {self.graph.nodes[name].kind!r} "
+                                       f"raised in Lava's process model ({first})", node=name)
         spikes: dict[str, np.ndarray] = {}
         states: dict[str, dict[str, np.ndarray]] = {}
         fixed = self.tag == "fixed_pt"

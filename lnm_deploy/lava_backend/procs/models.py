@@ -145,7 +145,9 @@ def _node_layout(a: np.ndarray, ndim: int) -> np.ndarray:
 @tag("fixed_pt")
 class PyContractNeuronModelFixed(PyLoihiProcessModel):
     """The contract step of any neuron primitive (``ContractNeuron``), with ``PolyNeuron``'s time
-    base: inert before ``start``, states reset to their initial values at it."""
+    base: inert before ``start``, states reset to their initial values at it. A step that raises
+    is reported in ``error_file`` (the runner raises it after the sample) instead of raising
+    here, where Lava 0.10 would hang."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
@@ -169,12 +171,19 @@ class PyContractNeuronModelFixed(PyLoihiProcessModel):
                 var[:] = init
         nd = p["layout_ndim"]
         state = {n: _node_layout(v, nd).copy() for n, v in zip(names, held, strict=True)}
-        step = primitive(p["kind"]).step
-        assert step is not None  # the runner builds a ContractNeuron only for a registered step
-        new, s = step(p["params"], state, _node_layout(a, nd))  # the contract, written once
-        for n, var in zip(names, held, strict=True):
-            var[:] = _node_layout(np.asarray(new[n], dtype=np.int64), nd)
-        self.s_out.send(_node_layout(np.asarray(s), nd).astype(np.int32))
+        try:
+            step = primitive(p["kind"]).step
+            assert step is not None  # the runner builds a ContractNeuron only for a registered step
+            new, s = step(p["params"], state, _node_layout(a, nd))  # the contract, written once
+            out = [_node_layout(np.asarray(new[n], dtype=np.int64), nd) for n in names]
+            spikes = _node_layout(np.asarray(s), nd).astype(np.int32)
+            for var, val in zip(held, out, strict=True):
+                var[:] = val
+        except Exception as e:  # raising here would leave Lava 0.10's run() waiting forever
+            with open(p["error_file"], "a") as f:
+                f.write(f"step {self.time_step}: {type(e).__name__}: {e}\n")
+            spikes = np.zeros(self.s0.shape, dtype=np.int32)
+        self.s_out.send(spikes)
 
 
 class _RecorderBase(PyLoihiProcessModel):

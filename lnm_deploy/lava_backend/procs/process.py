@@ -66,19 +66,22 @@ class ContractNeuron(AbstractProcess):
     in order (``state_var(name)``), int64, in Lava's layout (``shape``); ``inits``: each state's
     initial value (Lava layout, broadcast to ``shape``). ``layout_ndim``: 3 when the layer is an
     image, whose Lava layout (W, H, C) the model transposes to the node's (C, H, W) around the
-    step. ``start``/``period``: the time base of ``PolyNeuron``. Only a ``fixed_pt`` model exists.
+    step. ``start``/``period``: the time base of ``PolyNeuron``. ``error_file``: where the model
+    appends the error of a step that raises (it then sends no spikes; the host reads the file).
+    Only a ``fixed_pt`` model exists.
     """
 
     def __init__(self, *, shape: tuple[int, ...], kind: str, params: ty.Any, states: ty.Sequence[str],
-                 inits: ty.Sequence[np.ndarray], layout_ndim: int, start: int = 0, period: int = 0,
-                 name: str | None = None) -> None:
+                 inits: ty.Sequence[np.ndarray], layout_ndim: int, error_file: str, start: int = 0,
+                 period: int = 0, name: str | None = None) -> None:
         states = tuple(str(k) for k in states)
         if len(states) > MAX_STATES or len(inits) != len(states):
             raise ValueError(f"a ContractNeuron holds 1..{MAX_STATES} states with one initial value "
                              f"each, got {states} and {len(inits)} values")
         full = [np.broadcast_to(np.asarray(i, dtype=np.int64), shape).copy() for i in inits]
         super().__init__(shape=shape, kind=str(kind), params=params, states=states, inits=full,
-                         layout_ndim=int(layout_ndim), start=int(start), period=int(period), name=name)
+                         layout_ndim=int(layout_ndim), error_file=str(error_file), start=int(start),
+                         period=int(period), name=name)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         zero = np.zeros(shape, np.int64)

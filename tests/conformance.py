@@ -6,8 +6,9 @@ Both lists the suite runs over are derived from registries: the primitives from
 ``lnm_deploy.fixedpoint.primitives.primitives()`` (every neuron, synapse and reshape kind), the
 backends from ``lnm_deploy.backends.integer_backends()`` (each of a backend's ``configs``: fxsim's
 numpy engine and its numba kernels are two). A test file that defines its own primitive registers
-an example generator here (``register_example``) and the oracle of its step
-(``fx_oracle.register_oracle``); ``check_backend`` then runs it on every backend that implements it.
+an example generator here (``register_example``; ``unregister_example`` when done) and the
+oracle of its step (``fx_oracle.register_oracle``); ``check_backend`` then runs it on every
+backend that implements it (``tests/test_extension.py`` does).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def register_example(kind: str, generator: Callable[[np.random.Generator], Examp
     if kind in EXAMPLES:
         raise ValueError(f"kind {kind!r} already has an example generator")
     EXAMPLES[kind] = generator
+
+
+def unregister_example(kind: str) -> None:
+    """Remove the example generator of ``kind`` (a test's own primitive, when the test is done)."""
+    if kind in _BUILTIN:
+        raise ValueError(f"the example of {kind!r} is part of the suite")
+    EXAMPLES.pop(kind, None)
 
 
 def covered_kinds() -> list[str]:
@@ -82,6 +90,7 @@ register_example("conv2d", _conv)
 register_example("flatten", lambda rng: (FxFlatten(), _image(rng)))
 register_example("lif", _neuron(lif))
 register_example("poly", _neuron(poly))
+_BUILTIN = frozenset(EXAMPLES)
 
 
 def network(kind: str, rng: np.random.Generator) -> FxGraph:

@@ -4,7 +4,7 @@ It uses Python ints and lists only (no numpy arithmetic), one sample, one neuron
 following the numbered steps of the contract, and reads nothing of the package but the nodes'
 parameters and the graph's schedule (topology). Each kind's oracle sits in a table keyed by the
 node's ``kind`` (``SYNAPSES``, ``NEURONS``); a test adds the oracle of its own primitive with
-``register_oracle``.
+``register_oracle`` (and removes it with ``unregister_oracle``).
 """
 
 from __future__ import annotations
@@ -196,6 +196,18 @@ def register_oracle(kind: str, impl: Callable[..., Any], *, neuron: bool) -> Non
     if kind in table:
         raise ValueError(f"the oracle already knows kind {kind!r}")
     table[kind] = impl
+
+
+def unregister_oracle(kind: str) -> None:
+    """Remove the oracle of ``kind`` (a test's primitive, when the test is done); the package's
+    own kinds cannot be removed (``ValueError``)."""
+    if kind in _BUILTIN:
+        raise ValueError(f"the oracle of {kind!r} is part of the suite")
+    NEURONS.pop(kind, None)
+    SYNAPSES.pop(kind, None)
+
+
+_BUILTIN = frozenset({*SYNAPSES, *NEURONS})
 
 
 def _table(table: dict[str, Any], kind: str) -> Any:

@@ -41,8 +41,9 @@ def run_lava_timed(graph: Any, x: Any, *, record: bool = False, progress: bool =
 
 
 def supported_kinds() -> frozenset[str]:
-    """The primitive kinds the Lava backend maps (its ``LAVA_KINDS`` table; imports lava-nc)."""
-    return frozenset(_runner().LAVA_KINDS)
+    """The primitive kinds the Lava backend maps (its ``LAVA_KINDS`` table, plus every neuron
+    primitive with a registered contract step, run as a ``ContractNeuron``; imports lava-nc)."""
+    return frozenset(_runner().lava_kinds())
 
 
 __all__ = ["run_lava", "run_lava_float", "run_lava_timed", "supported_kinds"]

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -43,13 +43,13 @@ from lnm_deploy.fixedpoint import (
     FxConv2d,
     FxDense,
     FxGraph,
-    FxInput,
     FxLIF,
     FxNeuron,
+    FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of
-from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
+from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, primitives
+from lnm_deploy.lava_backend.procs.process import MAX_STATES, ContractNeuron, PolyNeuron, Recorder
 from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 
 _SIGN = {"mixed": SignMode.MIXED, "excitatory": SignMode.EXCITATORY, "inhibitory": SignMode.INHIBITORY}
@@ -140,7 +140,7 @@ def plan(graph: FxGraph) -> _Plan:
         node = graph.nodes[name]
         ins = sched.inputs[name]
         kind = primitive_of(node, name).kind
-        check = lookup(LAVA_KINDS, kind, "the Lava backend", name)
+        check = lookup(lava_kinds(), kind, "the Lava backend", name)
         if node.role == "input":
             p.depth[name] = 0
         elif node.role in ("reshape", "output"):
@@ -194,15 +194,72 @@ def _check_lif(name: str, node: FxLIF) -> None:
                                f"{node.vth_shift}, {node.act_shift})", node=name)
 
 
-#: The primitive kinds Lava runs, each with the check of what Lava's process can reproduce (None:
-#: nothing to check). The processes are built by ``_Network.BUILDERS``.
+def _check_contract(name: str, node: FxNode) -> None:
+    """A ``ContractNeuron`` layer: at most ``MAX_STATES`` states, and its contract step must run
+    on the host (one step from the initial states on a zero input): a process model that raises
+    leaves Lava 0.10's ``run()`` waiting forever, so a failing step is refused here instead."""
+    neuron = cast(FxNeuron, node)
+    p = primitive_of(node, name)
+    names = neuron.state_names()
+    if not 1 <= len(names) <= MAX_STATES:
+        raise UnsupportedError(f"a {p.kind} layer has {len(names)} states {list(names)}; Lava's "
+                               f"ContractNeuron holds 1..{MAX_STATES}", node=name)
+    assert p.params is not None and p.step is not None
+    try:
+        state = {k: np.broadcast_to(np.asarray(getattr(node, f"{k}_init"), np.int64), neuron.shape).copy()
+                 for k in names}
+        new, s = p.step(p.params(node), state, np.zeros(neuron.shape, np.int64))
+        missing = [k for k in names if np.shape(new.get(k)) != neuron.shape]
+        if missing or np.shape(s) != neuron.shape:
+            raise ValueError(f"it returns states {sorted(new)} and spikes of shape {np.shape(s)}; "
+                             f"expected {list(names)} and spikes shaped {neuron.shape}")
+    except Exception as e:
+        raise UnsupportedError(f"the contract step of primitive {p.kind!r} fails on the host ({e}); "
+                               "fix it before running on Lava (a failing process model hangs Lava 0.10)",
+                               node=name) from e
+
+
+#: The primitive kinds Lava runs with a process of their own, each with the check of what Lava's
+#: process can reproduce (None: nothing to check). The processes are built by
+#: ``_Network.BUILDERS``. Any other neuron primitive with a registered contract step runs as a
+#: ``ContractNeuron`` (``lava_kinds``).
 LAVA_KINDS: dict[str, Any] = {"input": None, "output": None, "flatten": None, "dense": None,
                               "conv2d": _check_conv, "lif": _check_lif,
                               "poly": None}
 
 
+def _contract_kinds() -> set[str]:
+    """Neuron primitives without a process of their own that register a contract step."""
+    return {k for k, p in primitives().items()
+            if p.role == "neuron" and p.step is not None and p.params is not None and k not in LAVA_KINDS}
+
+
+def lava_kinds() -> dict[str, Any]:
+    """Every primitive kind the Lava backend runs, with its check: ``LAVA_KINDS``, plus each
+    neuron primitive with a registered contract step (a ``ContractNeuron``)."""
+    return {**dict.fromkeys(_contract_kinds(), _check_contract), **LAVA_KINDS}
+
+
+#: The input buffer of each synapse kind's Lava process (a self-loop's is cleared at the start).
+SYNAPSE_BUFFERS: dict[str, str] = {"dense": "a_buff", "conv2d": "a_buf"}
+#: Neuron kinds whose process runs before its start step (the stock ``LIF``, its bias on), so a
+#: self-loop synapse holds its spikes of that step: cleared at the start (``PolyNeuron`` and
+#: ``ContractNeuron`` are inert before it and send zeros).
+RUNS_BEFORE_START = frozenset({"lif"})
+#: The scale of a neuron kind's states in Lava's ``floating_pt`` model, in LSBs of the
+#: fixed-point state (the float LIF counts in units of ``2**vth_shift``); 1 when absent.
+FLOAT_STATE_SCALE: dict[str, Any] = {"lif": lambda node: 2.0**node.vth_shift}
+
+
 # ------------------------------------------------------------------------------------------------
 # Building one network for a chunk of samples
+
+
+def _state_var(proc: Any, state: str) -> Any:
+    """The Var of a neuron process holding ``state``: a ``ContractNeuron`` maps names to its
+    Vars (``state_var``); the other processes name their Vars after the states."""
+    by_name = getattr(proc, "state_var", None)
+    return by_name(state) if by_name is not None else getattr(proc, state)
 
 
 class _Network:
@@ -212,6 +269,9 @@ class _Network:
                  layers: list[str], workdir: str) -> None:
         sched = graph.schedule()
         self.graph, self.plan, self.tag = graph, p, tag
+        self.shapes: dict[str, tuple[int, ...]] = dict(sched.shapes)
+        self.workdir = workdir
+        self.errors: dict[str, str] = {}  # ContractNeuron layer -> its error file
         self.batch, self.steps = xs.shape[0], xs.shape[1]
         self.total = self.steps + p.max_depth
         self.layers = layers
@@ -224,21 +284,22 @@ class _Network:
         for name in sched.order:
             node = graph.nodes[name]
             if node.role == "input":
-                assert isinstance(node, FxInput)
-                data = np.zeros((*lava_shape(node.shape), self.batch * self.total),
+                in_shape = sched.shapes[name]
+                data = np.zeros((*lava_shape(in_shape), self.batch * self.total),
                                 dtype=np.int32 if fixed else np.float64)
-                seq = np.zeros((self.batch, self.total, *lava_shape(node.shape)), dtype=data.dtype)
-                seq[:, : self.steps] = to_lava_seq(xs, len(node.shape))
+                seq = np.zeros((self.batch, self.total, *lava_shape(in_shape)), dtype=data.dtype)
+                seq[:, : self.steps] = to_lava_seq(xs, len(in_shape))
                 data[:] = np.moveaxis(seq.reshape(self.batch * self.total, *seq.shape[2:]), 0, -1)
                 procs[name] = Source(data=data)
-            elif node.kind in self.BUILDERS:
-                procs[name] = getattr(self, self.BUILDERS[node.kind])(name, node, sched, fixed)
+            elif node.role in ("synapse", "neuron"):
+                method = self.BUILDERS.get(node.kind, "_contract")  # plan() accepted the kind
+                procs[name] = getattr(self, method)(name, node, sched, fixed)
         for n, syns in p.recurrent.items():
-            if graph.nodes[n].kind == "lif":
+            if graph.nodes[n].kind in RUNS_BEFORE_START:
                 # The LIF runs (bias on) before its start step: its spikes of step start-1 sit in the
                 # self-loop synapse's buffer. The contract's back edge delivers 0 at t = 0.
                 for s in syns:
-                    buf = procs[s].a_buff if isinstance(procs[s], Dense) else procs[s].a_buf
+                    buf = getattr(procs[s], lookup(SYNAPSE_BUFFERS, graph.nodes[s].kind, "the Lava backend", s))
                     self.events.setdefault(p.depth[n], []).append((buf, np.zeros(buf.shape)))
         for s, d in graph.edges:
             dst = graph.nodes[d]
@@ -252,10 +313,9 @@ class _Network:
                 procs[s].a_out.connect(procs[d].a_in)
         self.recorders: dict[str, Recorder] = {}
         for name in layers:
-            node = graph.nodes[name]
-            assert isinstance(node, FxNeuron)
-            shp = lava_shape(node.shape)
-            states = list(node.state_names()) if record else []
+            neuron = cast(FxNeuron, graph.nodes[name])  # plan(): layers are neurons
+            shp = lava_shape(sched.shapes[name])
+            states = list(neuron.state_names()) if record else []
             files = [("spikes", os.path.join(workdir, f"{len(self.files)}.s"))]
             files += [(v, os.path.join(workdir, f"{len(self.files)}.{v}")) for v in states]
             for i, (_, path) in enumerate(files):
@@ -264,8 +324,9 @@ class _Network:
             rec = Recorder(shape=shp, files=[f for _, f in files], length=self.total, n_refs=len(states),
                            name=f"rec_{name}")
             procs[name].s_out.connect(rec.s_in)
+            proc = procs[name]
             for i, v in enumerate(states):
-                getattr(rec, f"ref_{i}").connect_var(getattr(procs[name], v))
+                getattr(rec, f"ref_{i}").connect_var(_state_var(proc, v))
             self.recorders[name] = rec
             self.files[name] = files
         self.source = procs[sched.input_node]
@@ -273,7 +334,8 @@ class _Network:
 
     # -------------------------------------------------------------------------------- processes
 
-    #: The method that builds the Lava process of each primitive kind (``plan`` refuses others).
+    #: The method that builds the Lava process of each primitive kind with a process of its own;
+    #: any other neuron kind ``plan`` accepts is a ``ContractNeuron`` (``_contract``).
     BUILDERS: ClassVar[dict[str, str]] = {"dense": "_dense", "conv2d": "_conv", "lif": "_lif", "poly": "_poly"}
 
     def _dense(self, name: str, node: FxDense, sched: Any, fixed: bool) -> Dense:
@@ -331,17 +393,35 @@ class _Network:
             in_shift=node.in_shift, state_bits=node.state_bits, acc_bits=node.acc_bits,
             decay_bits=node.decay_bits, start=self.plan.depth[name], period=self.total, name=name)
 
+    def _contract(self, name: str, node: FxNeuron, sched: Any, fixed: bool) -> ContractNeuron:
+        if not fixed:
+            raise UnsupportedError(f"a {node.kind} layer runs its integer contract step (ContractNeuron); "
+                                   "it has no floating_pt model", node=name)
+        prim = primitive_of(node, name)
+        assert prim.params is not None  # plan(): a contract neuron registers params and step
+        names = node.state_names()
+        return ContractNeuron(
+            shape=lava_shape(node.shape), kind=prim.kind, params=prim.params(node), states=names, inits=[to_lava(np.broadcast_to(getattr(node, f"{k}_init"), node.shape)) for k in names],
+            layout_ndim=len(node.shape), error_file=self.errors.setdefault(name, os.path.join(self.workdir, f"{len(self.errors)}.err")),
+            start=self.plan.depth[name], period=self.total, name=name)
+
     # -------------------------------------------------------------------------------- read back
 
     def read_sample(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
         """Spikes and states of the sample that just ran, on the contract's time base."""
+        for name, path in self.errors.items():
+            if os.path.exists(path):
+                with open(path) as f:
+                    first = f.readline().strip()
+                raise UnsupportedError(f"the contract step of primitive {self.graph.nodes[name].kind!r} "
+                                       f"raised in Lava's process model ({first})", node=name)
         spikes: dict[str, np.ndarray] = {}
         states: dict[str, dict[str, np.ndarray]] = {}
         fixed = self.tag == "fixed_pt"
         for name, files in self.files.items():
             node = self.graph.nodes[name]
-            assert isinstance(node, FxNeuron)
-            d, shp, nd = self.plan.depth[name], lava_shape(node.shape), len(node.shape)
+            d, shp, nd = self.plan.depth[name], lava_shape(self.shapes[name]), len(self.shapes[name])
+            scale = FLOAT_STATE_SCALE.get(node.kind)
             for i, (q, path) in enumerate(files):
                 dt = np.uint8 if i == 0 else (np.int64 if fixed else np.float64)
                 mm = np.memmap(path, dtype=dt, mode="r", shape=(self.total, *shp))
@@ -350,8 +430,8 @@ class _Network:
                 if i == 0:
                     spikes[name] = seq
                 else:
-                    if isinstance(node, FxLIF) and not fixed:
-                        seq = seq * 2.0**node.vth_shift  # back to LSB units of the fixed-point state
+                    if scale is not None and not fixed:
+                        seq = seq * scale(node)  # back to LSB units of the fixed-point state
                     states.setdefault(name, {})[q] = seq
         return spikes, states
 

@@ -6,7 +6,17 @@ onnxruntime on the CPU; ``compile_onnx`` writes the model of an artifact file. o
 onnxruntime are imported only when these functions are called (``pip install 'lnm-deploy[onnx]'``).
 """
 
-from lnm_deploy.onnx_backend.build import IR_VERSION, OPSET, build_onnx, supported_kinds
+from lnm_deploy.onnx_backend.build import (
+    IR_VERSION,
+    OPSET,
+    Builder,
+    NeuronLowering,
+    build_onnx,
+    register_lowering,
+    register_neuron_lowering,
+    supported_kinds,
+    unregister_lowering,
+)
 from lnm_deploy.onnx_backend.run import (
     compile_onnx,
     model_layout,
@@ -19,12 +29,17 @@ from lnm_deploy.onnx_backend.run import (
 __all__ = [
     "IR_VERSION",
     "OPSET",
+    "Builder",
+    "NeuronLowering",
     "build_onnx",
     "compile_onnx",
     "model_layout",
     "onnx_session",
+    "register_lowering",
+    "register_neuron_lowering",
     "run_onnx",
     "run_onnx_model",
     "sha256_file",
     "supported_kinds",
+    "unregister_lowering",
 ]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ from lnm_deploy.fixedpoint.contract import (
     poly_bounds,
 )
 from lnm_deploy.fixedpoint.graph import FxGraph
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import lookup, primitive, primitive_of, synapse_bounds
 
 if TYPE_CHECKING:
     import onnx
@@ -94,8 +95,24 @@ class _Consts:
     by_key: dict[tuple[str, tuple[int, ...], bytes], str] = field(default_factory=dict)
 
 
-class _Builder:
-    """Collects the nodes of one graph (main or Scan body); names are unique across the model."""
+class Builder:
+    """Collects the ONNX nodes of one graph (the main graph or a Scan body); tensor names are
+    unique across the model. The API a lowering uses (``register_lowering``,
+    ``register_neuron_lowering``); every value is a tensor name (``str``):
+
+    * ``op(op_type, inputs, hint="", **attrs) -> str``: one ONNX operator (opset 18) with one
+      output, named after ``hint``; ``attrs`` are its attributes (``op("Mod", [x, p], fmod=0)``).
+    * ``const(value, dtype=np.int64) -> str``: an initializer (deduplicated; shared with Scan
+      bodies, so a lowering may use it inside a step).
+    * ``fresh(hint) -> str``: a new unique tensor name.
+    * the contract's integer operations on ``int64`` tensors (``docs/fixed-point.md`` section 1),
+      exact for every int64 input unless a bound is stated: ``wrap(x, bits)``, ``sat(x, bits)``
+      (symmetric, ``+-(2**(bits-1) - 1)``), ``ovf(x, bits, mode)`` (``"wrap"`` or ``"saturate"``),
+      ``rshift(x, s, rounding, bound=None)`` (``"floor"``, ``"trunc"``, ``"nearest"``; ``bound`` on
+      ``|x|`` allows the one-``Div`` form), ``shexp(x, e, bound=None)`` (``x * 2**e`` or
+      ``floor(x / 2**-e)``). Use ``Where`` and compares, never int64 ``Clip``/``Max``/``Min``
+      (wrong in onnxruntime 1.23 below ``-2**31``).
+    """
 
     def __init__(self, consts: _Consts, counter: itertools.count[int], reserved: set[str]) -> None:
         self.consts = consts
@@ -103,8 +120,8 @@ class _Builder:
         self.reserved = reserved
         self.nodes: list[Any] = []
 
-    def sub(self) -> _Builder:
-        return _Builder(self.consts, self.counter, self.reserved)
+    def sub(self) -> Builder:
+        return Builder(self.consts, self.counter, self.reserved)
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -138,11 +155,33 @@ class _Builder:
 
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(op_type), **attrs))
 
+    # The contract's operations (module functions below), for lowerings written elsewhere.
+
+    def wrap(self, x: str, bits: int) -> str:
+        """``wrap_bits(x)``: the two's-complement value of the low ``bits`` bits."""
+        return _wrap(self, x, bits)
+
+    def sat(self, x: str, bits: int) -> str:
+        """``sat_bits(x)``: clamp to ``+-(2**(bits-1) - 1)``."""
+        return _sat(self, x, bits)
+
+    def ovf(self, x: str, bits: int, mode: str) -> str:
+        """``ovf_bits(x)``: ``sat`` for ``"saturate"``, else ``wrap``."""
+        return _ovf(self, x, bits, mode)
+
+    def rshift(self, x: str, s: int, mode: str, bound: int | None = None) -> str:
+        """``rnd(x, s)``: ``x / 2**s`` rounded by ``mode`` (floor, trunc, nearest half up)."""
+        return _rshift(self, x, s, mode, bound)
+
+    def shexp(self, x: str, e: int, bound: int | None = None) -> str:
+        """``x * 2**e`` for ``e >= 0``, ``floor(x / 2**-e)`` otherwise."""
+        return _shexp(self, x, e, bound)
+
 
 # ------------------------------------------------------------------------- integer primitives
 
 
-def _wrap(b: _Builder, x: str, bits: int) -> str:
+def _wrap(b: Builder, x: str, bits: int) -> str:
     """``wrap_bits(x)`` on int64: ``((x + 2**(bits-1)) & (2**bits - 1)) - 2**(bits-1)``."""
     half = 1 << (bits - 1)
     t = b.op("Add", [x, b.const(half)], "wrap")
@@ -150,7 +189,7 @@ def _wrap(b: _Builder, x: str, bits: int) -> str:
     return b.op("Sub", [t, b.const(half)], f"wrap{bits}")
 
 
-def _sat(b: _Builder, x: str, bits: int) -> str:
+def _sat(b: Builder, x: str, bits: int) -> str:
     """``sat_bits(x)`` with Greater/Less + Where: onnxruntime 1.23's int64 Clip, Max and Min
     return wrong results for some inputs below -2**31 (measured; e.g. Max(-2**31 - 1, -8388607))."""
     m = (1 << (bits - 1)) - 1
@@ -159,14 +198,14 @@ def _sat(b: _Builder, x: str, bits: int) -> str:
     return b.op("Where", [b.op("Less", [t, lo], "below"), lo, t], f"sat{bits}")
 
 
-def _ovf(b: _Builder, x: str, bits: int, mode: str) -> str:
+def _ovf(b: Builder, x: str, bits: int, mode: str) -> str:
     return _sat(b, x, bits) if mode == "saturate" else _wrap(b, x, bits)
 
 
 _OFFSET = 1 << 62
 
 
-def _floor_shift(b: _Builder, x: str, s: int, bound: int | None = None, add: int = 0) -> str:
+def _floor_shift(b: Builder, x: str, s: int, bound: int | None = None, add: int = 0) -> str:
     """``floor((x + add) / 2**s)`` for int64 ``x``.
 
     With a static ``bound`` on ``|x|`` that keeps ``x + add + 2**62`` in ``[0, 2**63)``, one
@@ -186,7 +225,7 @@ def _floor_shift(b: _Builder, x: str, s: int, bound: int | None = None, add: int
     return b.op("Div", [b.op("Sub", [x, r], "floored"), p], f"floor{s}")
 
 
-def _rshift(b: _Builder, x: str, s: int, mode: str, bound: int | None = None) -> str:
+def _rshift(b: Builder, x: str, s: int, mode: str, bound: int | None = None) -> str:
     """``rnd(x, s)`` of the contract: floor, trunc (toward zero) or nearest (half up)."""
     if s == 0:
         return x
@@ -199,7 +238,7 @@ def _rshift(b: _Builder, x: str, s: int, mode: str, bound: int | None = None) ->
     raise UnsupportedError(f"unknown rounding {mode!r}")
 
 
-def _shexp(b: _Builder, x: str, e: int, bound: int | None = None) -> str:
+def _shexp(b: Builder, x: str, e: int, bound: int | None = None) -> str:
     """``x * 2**e`` (``e >= 0``) or ``floor(x / 2**-e)``."""
     if e > 0:
         return b.op("Mul", [x, b.const(1 << e)], f"shl{e}")
@@ -215,7 +254,7 @@ def _uniform(a: np.ndarray | int) -> np.ndarray:
 # ----------------------------------------------------------------------------------- synapses
 
 
-def _int_matmul(b: _Builder, a: str, w: np.ndarray) -> tuple[str, int]:
+def _int_matmul(b: Builder, a: str, w: np.ndarray) -> tuple[str, int]:
     """Exact ``a @ w`` for ``uint8`` spikes ``a`` (..., K) and integer ``w`` (..., K, M).
 
     Returns ``(acc, k)`` with ``a @ w == acc * 2**k`` and ``acc`` int64.
@@ -253,7 +292,7 @@ def _int_matmul(b: _Builder, a: str, w: np.ndarray) -> tuple[str, int]:
     return total, k
 
 
-def _finish(b: _Builder, acc: str, k: int, sb: SynapseBounds, weight_exp: int, out_bits: int) -> tuple[str, int]:
+def _finish(b: Builder, acc: str, k: int, sb: SynapseBounds, weight_exp: int, out_bits: int) -> tuple[str, int]:
     """``wrap_out(shexp(acc * 2**k, weight_exp))`` with the synapse's registered bounds ``sb``
     (``sb.acc`` bounds ``|acc * 2**k|``; the wrap is left out where ``sb`` proves it the identity)."""
     y = _shexp(b, acc, k + weight_exp, sb.acc >> k)
@@ -279,7 +318,7 @@ def _windows(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: tupl
     return idx.reshape(groups, ho * wo, cg * kernel[0] * kernel[1]), bool((~inside).any())
 
 
-def _gather_windows(b: _Builder, s: str, lead: int, idx: np.ndarray, padded: bool) -> str:
+def _gather_windows(b: Builder, s: str, lead: int, idx: np.ndarray, padded: bool) -> str:
     """(lead..., C, H, W) uint8 -> (lead..., *idx.shape) uint8 windows."""
     flat = b.op("Reshape", [s, b.const([0] * lead + [-1])], "flat")
     if padded:
@@ -288,14 +327,14 @@ def _gather_windows(b: _Builder, s: str, lead: int, idx: np.ndarray, padded: boo
     return b.op("Gather", [flat, b.const(idx)], "win", axis=lead)
 
 
-def _dense(b: _Builder, name: str, node: fxn.FxDense, s: str, lead: int, in_shape: tuple[int, ...],
+def _dense(b: Builder, name: str, node: fxn.FxDense, s: str, lead: int, in_shape: tuple[int, ...],
            out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.1 on ``uint8`` spikes (lead..., fan_in): ``MatMulInteger`` on the effective weights."""
     acc, k = _int_matmul(b, s, node.effective_weight().T)
     return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
-def _conv(b: _Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
+def _conv(b: Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
           out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.2: im2col windows (``Gather``), then one ``MatMulInteger`` per group."""
     w = node.weight
@@ -311,7 +350,7 @@ def _conv(b: _Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shap
     return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
-def _flatten(b: _Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
+def _flatten(b: Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
              out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.4: a C-order ``Reshape`` of the spikes."""
     return b.op("Reshape", [s, b.const([0] * lead + [-1])], "flatten"), 1
@@ -323,7 +362,7 @@ def _flatten(b: _Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_
 LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "flatten": _flatten}
 
 
-def _lower(b: _Builder, name: str, node: fxn.FxNode, s: str, lead: int, in_shape: tuple[int, ...],
+def _lower(b: Builder, name: str, node: fxn.FxNode, s: str, lead: int, in_shape: tuple[int, ...],
            out_shape: tuple[int, ...]) -> tuple[str, int]:
     fn = lookup(LOWERINGS, primitive_of(node, name).kind, "the ONNX backend", name)
     out: tuple[str, int] = fn(b, name, node, s, lead, in_shape, out_shape)
@@ -333,26 +372,46 @@ def _lower(b: _Builder, name: str, node: fxn.FxNode, s: str, lead: int, in_shape
 # ------------------------------------------------------------------------------------ neurons
 
 
-class _Neuron:
-    """Emits one neuron layer: the per-sequence ``prepare`` and the per-step ``step``."""
+class NeuronLowering:
+    """Emits one neuron layer: the per-sequence ``prepare`` and the per-step ``step``; the base
+    of every neuron lowering (``register_neuron_lowering``).
+
+    Built as ``cls(node, in_bound)``: the ``FxNeuron`` and a static bound on its input ``|a|``
+    (``a = wrap_32(sum of its synapses)``, so ``in_bound <= 2**31``). Tensors are ``int64``
+    shaped (batch, *layer_shape) inside the step (one timestep of the Scan), (batch, time,
+    *layer_shape) in ``prepare`` when it runs outside the Scan.
+
+    * ``state_inits() -> {state: int64 array}``: the state before the first step, broadcastable
+      to the layer shape; default ``node.<state>_init`` for each of ``node.state_names()``.
+    * ``recorded() -> tuple[str, ...]``: the states output as ``"<layer>.<state>"`` (default all).
+    * ``prepare(b, a, bound) -> (x, x_bound)``: an elementwise transform of the input done once per
+      sequence (default: none, ``(a, bound)``); ``x`` is what ``step`` receives.
+    * ``step(b, x, states) -> (spikes, new_states)``: one timestep; ``states`` maps each state name
+      to its tensor of the previous step; returns the spikes as a ``bool`` tensor and every new
+      state (after the reset) as ``int64``.
+    """
 
     node: fxn.FxNeuron
 
+    def __init__(self, node: fxn.FxNeuron, in_bound: int) -> None:
+        self.node = node
+        self.in_bound = in_bound
+
     def state_inits(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        return {k: _uniform(getattr(self.node, f"{k}_init")) for k in self.node.state_names()}
 
     def recorded(self) -> tuple[str, ...]:
         return self.node.state_names()
 
-    def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
-        raise NotImplementedError
+    def prepare(self, b: Builder, a: str, bound: int) -> tuple[str, int]:
+        return a, bound
 
-    def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def step(self, b: Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         """One timestep: ``(spikes as bool, new states)``."""
         raise NotImplementedError
 
 
-class _LIF(_Neuron):
+class _LIF(NeuronLowering):
     node: fxn.FxLIF
 
     def __init__(self, node: fxn.FxLIF, in_bound: int) -> None:
@@ -362,7 +421,7 @@ class _LIF(_Neuron):
     def state_inits(self) -> dict[str, np.ndarray]:
         return {"u": _uniform(self.node.u_init), "v": _uniform(self.node.v_init)}
 
-    def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
+    def prepare(self, b: Builder, a: str, bound: int) -> tuple[str, int]:
         """``x = wrap_32(a * 2**act_shift)`` (step 2; the wrap only where ``lif_bounds`` needs it)."""
         sh = self.node.act_shift
         x = b.op("Mul", [a, b.const(1 << sh)], "act") if sh else a
@@ -371,7 +430,7 @@ class _LIF(_Neuron):
             return _wrap(b, x, 32), INPUT_BOUND
         return x, xb
 
-    def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def step(self, b: Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
         c = LIFParams.of(n)  # the contract's constants: ku, kv, bias, vth_eff
         half = 1 << (c.state_bits - 1)
@@ -419,7 +478,7 @@ class _LIF(_Neuron):
         return s, {"u": u, "v": v_new}
 
 
-class _Poly(_Neuron):
+class _Poly(NeuronLowering):
     node: fxn.FxPoly
 
     def __init__(self, node: fxn.FxPoly, in_bound: int) -> None:
@@ -433,12 +492,12 @@ class _Poly(_Neuron):
             out["c"] = _uniform(self.node.c_init)
         return out
 
-    def prepare(self, b: _Builder, a: str, bound: int) -> tuple[str, int]:
+    def prepare(self, b: Builder, a: str, bound: int) -> tuple[str, int]:
         """``x = a * 2**in_shift`` (step 1; ``|a| <= 2**31`` keeps it below 2**62)."""
         sh = self.node.in_shift
         return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), poly_bounds(self.node, bound).x
 
-    def step(self, b: _Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def step(self, b: Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
         S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
         new: dict[str, str] = {}
@@ -470,8 +529,51 @@ class _Poly(_Neuron):
         return s, new
 
 
-#: The ONNX lowering of every neuron kind.
-NEURONS: dict[str, type[_Neuron]] = {"lif": _LIF, "poly": _Poly}
+#: The ONNX lowering of every neuron kind: ``(node, in_bound) -> NeuronLowering``.
+NEURONS: dict[str, Callable[[Any, int], NeuronLowering]] = {"lif": _LIF, "poly": _Poly}
+
+
+def register_lowering(kind: str, fn: Callable[..., tuple[str, int]]) -> None:
+    """Register the ONNX lowering of a synapse or reshape primitive ``kind``.
+
+    ``fn(b, name, node, s, lead, in_shape, out_shape) -> (y, bound)``: ``b`` is the ``Builder``;
+    ``name`` and ``node`` the graph node; ``s`` the input tensor, ``uint8`` binary spikes shaped
+    (lead..., *in_shape) with ``lead`` leading axes (2: batch and time, when the node runs once on
+    the whole sequence; 1: batch, inside a Scan step); it returns the output tensor shaped
+    (lead..., *out_shape), ``int64`` values for a synapse (with ``bound``, a static bound on
+    their absolute value) or ``uint8`` spikes for a reshape (``bound`` 1). ``ValueError`` if the
+    kind already has a lowering; ``UnsupportedError`` if no such primitive is registered or it is
+    a neuron (use ``register_neuron_lowering``).
+    """
+    _register(LOWERINGS, kind, fn, ("synapse", "reshape"))
+
+
+def register_neuron_lowering(kind: str, factory: Callable[[Any, int], NeuronLowering]) -> None:
+    """Register the ONNX lowering of a neuron primitive ``kind``: ``factory(node, in_bound)``
+    returns a ``NeuronLowering`` (usually a subclass of it, passed as the factory). Errors as
+    ``register_lowering``."""
+    _register(NEURONS, kind, factory, ("neuron",))
+
+
+def unregister_lowering(kind: str) -> None:
+    """Remove the lowering of ``kind`` (either table); nothing if it has none. The lowerings of
+    the package's own primitives cannot be removed (``ValueError``)."""
+    if kind in _BUILTIN:
+        raise ValueError(f"the ONNX lowering of {kind!r} belongs to the package")
+    LOWERINGS.pop(kind, None)
+    NEURONS.pop(kind, None)
+
+
+def _register(table: dict[str, Any], kind: str, fn: Any, roles: tuple[str, ...]) -> None:
+    role = primitive(kind).role  # UnsupportedError listing the known kinds
+    if role not in roles:
+        raise UnsupportedError(f"primitive {kind!r} is a {role}; this registers {' or '.join(roles)} lowerings")
+    if kind in LOWERINGS or kind in NEURONS:
+        raise ValueError(f"primitive {kind!r} already has an ONNX lowering")
+    table[kind] = fn
+
+
+_BUILTIN = frozenset({*LOWERINGS, *NEURONS})
 
 
 def supported_kinds() -> frozenset[str]:
@@ -480,9 +582,9 @@ def supported_kinds() -> frozenset[str]:
     return frozenset({"input", "output", *LOWERINGS, *NEURONS})
 
 
-def _make_neuron(name: str, node: fxn.FxNode, in_bound: int) -> _Neuron:
+def _make_neuron(name: str, node: fxn.FxNode, in_bound: int) -> NeuronLowering:
     cls = lookup(NEURONS, primitive_of(node, name).kind, "the ONNX backend's neurons", name)
-    out: _Neuron = cls(node, in_bound)
+    out: NeuronLowering = cls(node, in_bound)
     return out
 
 
@@ -555,18 +657,18 @@ class _Plan:
     shapes: dict[str, tuple[int, ...]]
     input_node: str
     output_node: str
-    neurons: dict[str, _Neuron]
+    neurons: dict[str, NeuronLowering]
     syn_bounds: dict[str, int]
 
 
-def _sum(b: _Builder, terms: list[str]) -> str:
+def _sum(b: Builder, terms: list[str]) -> str:
     total = terms[0]
     for t in terms[1:]:
         total = b.op("Add", [total, t], "sum")
     return total
 
 
-def _neuron_input(b: _Builder, terms: list[str], bound: int) -> str:
+def _neuron_input(b: Builder, terms: list[str], bound: int) -> str:
     """``a = wrap_32(sum of the synapse outputs)`` (``bound`` bounds the sum)."""
     a = _sum(b, terms)
     return _wrap(b, a, 32) if bound >= 2**31 else a
@@ -591,7 +693,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
     sched = fx.schedule()
     order = list(sched.order)
     syn_bounds = {n: synapse_bounds(fx.nodes[n], n).out for n in order if fx.nodes[n].role == "synapse"}
-    neurons: dict[str, _Neuron] = {}
+    neurons: dict[str, NeuronLowering] = {}
     for n in order:
         if fx.nodes[n].role == "neuron":
             ib = neuron_input_bound([syn_bounds[s] for s, _ in sched.inputs[n]])
@@ -609,7 +711,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
                          node=dup[0])
     reserved = set(public) | set(fx.nodes)
     consts = _Consts()
-    main = _Builder(consts, itertools.count(), reserved)
+    main = Builder(consts, itertools.count(), reserved)
 
     batch = main.op("Shape", [in_name], "batch", start=0, end=1)
     vals: dict[str, _Val] = {in_name: _Val(in_name, 1, True)}
@@ -679,7 +781,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
     return model
 
 
-def _outside(b: _Builder, plan: _Plan, name: str, vals: dict[str, _Val]) -> None:
+def _outside(b: Builder, plan: _Plan, name: str, vals: dict[str, _Val]) -> None:
     """A synapse or Flatten outside any cycle, on the whole (batch, time, ...) tensor."""
     node = plan.fx.nodes[name]
     src = plan.inputs[name][0][0]
@@ -688,7 +790,7 @@ def _outside(b: _Builder, plan: _Plan, name: str, vals: dict[str, _Val]) -> None
     vals[name] = _Val(y, bound, node.role != "synapse")
 
 
-def _scan(main: _Builder, plan: _Plan, members: list[str], vals: dict[str, _Val], batch: str,
+def _scan(main: Builder, plan: _Plan, members: list[str], vals: dict[str, _Val], batch: str,
           state_out: dict[str, dict[str, str]]) -> None:
     """One Scan over time running ``members`` (schedule order) once per step."""
     from onnx import helper

@@ -10,6 +10,8 @@
   the dequantized neuron of the artifact's float graph divided by ``q``. It answers "what does
   the float model of this network do", never "what does the chip do": do not compare it with
   ``fixed_pt`` expecting equality.
+* ``PyContractNeuronModelFixed`` (``fixed_pt``): ``ContractNeuron``: the registered contract step
+  of its primitive, ``primitive(kind).step(params, states, a)``, int64 numpy, on the node's layout.
 * ``PyRecorderModelFixed`` / ``PyRecorderModelFloat``: write spikes (uint8) and states (int64 /
   float64) into the memory maps named by the process.
 """
@@ -27,7 +29,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from lnm_deploy.fixedpoint.contract import PolyParams, poly_step
-from lnm_deploy.lava_backend.procs.process import PolyNeuron, Recorder
+from lnm_deploy.fixedpoint.primitives import primitive
+from lnm_deploy.lava_backend.procs.process import ContractNeuron, PolyNeuron, Recorder
 
 #: The Vars of ``PolyNeuron`` and their precision (bits) in the ``fixed_pt`` model; ``_poly_vars``
 #: declares them on both models (int64 or float64).
@@ -132,6 +135,57 @@ class PyPolyNeuronModelFloat(_PolyBase):
         self.s_out.send(s.astype(np.float64))
 
 
+def _node_layout(a: np.ndarray, ndim: int) -> np.ndarray:
+    """Lava's (W, H, C) <-> the node's (C, H, W) (its own inverse); 1-d unchanged."""
+    return a.transpose(2, 1, 0) if ndim == 3 else a
+
+
+@implements(proc=ContractNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyContractNeuronModelFixed(PyLoihiProcessModel):
+    """The contract step of any neuron primitive (``ContractNeuron``), with ``PolyNeuron``'s time
+    base: inert before ``start``, states reset to their initial values at it. A step that raises
+    is reported in ``error_file`` (the runner raises it after the sample) instead of raising
+    here, where Lava 0.10 would hang."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
+    s0: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    s1: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    s2: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    s3: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+    def run_spk(self) -> None:
+        a = self.a_in.recv().astype(np.int64)  # int32 sum of the synapses (wrap_32)
+        p = self.proc_params
+        k = self.time_step - 1
+        k = k % p["period"] if p["period"] > 0 else k
+        if k < p["start"]:
+            self.s_out.send(np.zeros(self.s0.shape, dtype=np.int32))
+            return
+        names = p["states"]
+        held = [getattr(self, f"s{i}") for i in range(len(names))]
+        if k == p["start"]:
+            for var, init in zip(held, p["inits"], strict=True):
+                var[:] = init
+        nd = p["layout_ndim"]
+        state = {n: _node_layout(v, nd).copy() for n, v in zip(names, held, strict=True)}
+        try:
+            step = primitive(p["kind"]).step
+            assert step is not None  # the runner builds a ContractNeuron only for a registered step
+            new, s = step(p["params"], state, _node_layout(a, nd))  # the contract, written once
+            out = [_node_layout(np.asarray(new[n], dtype=np.int64), nd) for n in names]
+            spikes = _node_layout(np.asarray(s), nd).astype(np.int32)
+            for var, val in zip(held, out, strict=True):
+                var[:] = val
+        except Exception as e:  # raising here would leave Lava 0.10's run() waiting forever
+            with open(p["error_file"], "a") as f:
+                f.write(f"step {self.time_step}: {type(e).__name__}: {e}\n")
+            spikes = np.zeros(self.s0.shape, dtype=np.int32)
+        self.s_out.send(spikes)
+
+
 class _RecorderBase(PyLoihiProcessModel):
     state_dtype: type = np.int64
 
@@ -171,6 +225,8 @@ class PyRecorderModelFixed(_RecorderBase):
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     ref_0: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int64)
     ref_1: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int64)
+    ref_2: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int64)
+    ref_3: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int64)
     state_dtype = np.int64
 
 
@@ -181,4 +237,6 @@ class PyRecorderModelFloat(_RecorderBase):
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     ref_0: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
     ref_1: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+    ref_2: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+    ref_3: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
     state_dtype = np.float64

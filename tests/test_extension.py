@@ -396,5 +396,5 @@ def test_lava_reports_a_step_that_fails_in_its_process_model(registered: None) -
     unregister(KIND)
     register(Primitive(KIND, FxFloorIF, FloorIFSpec, check_floor_if, bounds=floor_bounds,
                        params=FloorParams.of, step=fails_on_input))
-    with pytest.raises(UnsupportedError, match="node 'toy'.*raised in Lava's process model.*toy failure"):
+    with pytest.raises(UnsupportedError, match=r"node 'toy'.*raised in Lava's process model.*toy failure"):
         backend("lava").run(g, np.ones_like(x))

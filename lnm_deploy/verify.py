@@ -14,7 +14,7 @@ What ``verify`` establishes before it says PASSED (``docs/pipeline.md``, "What v
 
 1. the artifact's integers satisfy its target (re-checked when the artifact is read);
 2. the float model is the graph the artifact was calibrated from (same SHA-256), read with the
-   options recorded at calibration (producer, dt, input shape), or else the user's explicit choice
+   options recorded at calibration (producer, dt, input shape, reset, threshold, spikes), or else the user's explicit choice
    (``float_graph``, shown in the verdict; ``"dequantized"`` is a visible opt-out);
 3. every requested backend ran and is bit-exact with fxsim on every spike of every layer of the
    stated number of samples (``backend_samples``, reported per backend);
@@ -141,6 +141,12 @@ class FloatModel:
                 "opt_out": self.opt_out, "notes": self.notes}
 
 
+#: The options of ``nir_io.read_nir`` a float graph is read with, as recorded at calibration
+#: (``read_options["requested"]``): all of them are replayed, so that verify reads the graph as it
+#: was calibrated (a producer's reset, threshold and spike reading included).
+READING_OPTIONS = ("producer", "dt", "input_shape", "reset", "threshold", "spikes")
+
+
 def _same_option(key: str, a: Any, b: Any) -> bool:
     """One reading option (producer, dt, input_shape) compared across JSON round trips: dt as a
     number, the shape as a list."""
@@ -154,7 +160,7 @@ def _same_option(key: str, a: Any, b: Any) -> bool:
 def _same_options(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     if a is None or b is None:
         return a is b
-    return all(_same_option(k, a.get(k), b.get(k)) for k in ("producer", "dt", "input_shape"))
+    return all(_same_option(k, a.get(k), b.get(k)) for k in READING_OPTIONS)
 
 
 def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] | Graph | None = None, *,
@@ -228,7 +234,9 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
         requested = given
     shape = requested.get("input_shape")
     graph = read_nir(path, producer=requested.get("producer"), dt=requested.get("dt"),
-                     input_shape=None if shape is None else tuple(int(s) for s in shape))
+                     input_shape=None if shape is None else tuple(int(s) for s in shape),
+                     reset=requested.get("reset"), threshold=requested.get("threshold"),
+                     spikes=requested.get("spikes"))
     now = graph.metadata.get(READ_OPTIONS_KEY, {}).get("resolved")
     if recorded is None:
         if now is not None and now.get("producer") != "lnm-deploy" and not any(v is not None for v in given.values()):

@@ -248,3 +248,31 @@ def test_tampered_artifact_is_refused_by_every_reader(art_files: dict[str, Path]
 def test_artifact_embeds_its_target(art_files: dict[str, Path]) -> None:
     rec = read_artifact(art_files["art"]).record
     assert rec["target_spec"]["name"] == "loihi2" and "[dense]" in rec["target_spec"]["toml"]
+
+
+def test_verify_replays_every_reading_option_of_the_calibration(tmp_path: Path) -> None:
+    """Options a file cannot state (here Sinabs' reset read as reset-to-value and single spikes)
+    are recorded at calibration and replayed by verify, which then reads the float model as it was
+    calibrated (and agrees with a by-hand comparison made with the same options)."""
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.targets import load_target
+
+    src, art = tmp_path / "g.nir", tmp_path / "art.nir"
+    _if_graph(src)
+    read_kw = {"producer": "sinabs", "reset": "value", "spikes": "single"}
+    x = _spikes(24, 30, 8, 0.3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        graph = read_nir(src, **read_kw)  # type: ignore[arg-type]
+        res = calibrate_network(graph, x, load_target("loihi2"), load_recipe("default"), source=src, progress=False)
+    write_artifact(res.artifact, art)
+    rec = read_artifact(art).record["provenance"]["source_graph"]["read_options"]["requested"]
+    assert {k: rec.get(k) for k in read_kw} == read_kw
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        result = verify(art, x[:8], backends=(), min_agreement=0.0, progress=False)
+    doc = result.to_dict()
+    assert doc["float"]["as_calibrated"] is True
+    assert {k: doc["float"]["read_options"]["requested"].get(k) for k in read_kw} == read_kw
+    hand = _by_hand(src, art, x[:8], **read_kw)
+    assert {layer["name"]: layer["spike_agreement"] for layer in doc["layers"]} == hand

@@ -180,7 +180,7 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
             artifact records no read options for a graph that needs them and none were given.
         GraphError: the recorded options now resolve differently than at calibration.
     """
-    from lnm_deploy.calibrate.pipeline import sha256_file
+    from lnm_deploy.fileio import sha256_file
     from lnm_deploy.nir_io import READ_OPTIONS_KEY, read_nir
 
     if isinstance(float_path, Graph):  # the API: a graph object the caller holds

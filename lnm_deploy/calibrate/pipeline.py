@@ -44,6 +44,7 @@ from lnm_deploy.calibrate.recipes import Recipe, collect_with_recipe
 from lnm_deploy.calibrate.stats import CalibrationStats
 from lnm_deploy.errors import LNMDeployWarning
 from lnm_deploy.execute import RunResult, run_float
+from lnm_deploy.fileio import sha256_file
 from lnm_deploy.ir import Graph
 from lnm_deploy.nir_io import READ_OPTIONS_KEY
 from lnm_deploy.targets import Target
@@ -65,14 +66,6 @@ class CalibrationResult:
     #: the float graph folded onto synapses and neuron layers (``passes.fold``), what the quantizer
     #: mapped: for verify and the reports, which need not re-derive it
     mapped: MappedGraph | None = None
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def target_spec(target: Target) -> dict[str, Any]:

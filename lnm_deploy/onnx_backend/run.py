@@ -6,7 +6,6 @@ file runs without its ``FxGraph``. ``compile_onnx`` writes the model of an artif
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from lnm_deploy.errors import UserInputError
 from lnm_deploy.execute import RunResult
+from lnm_deploy.fileio import sha256_file
 from lnm_deploy.fixedpoint.graph import FxGraph
 from lnm_deploy.onnx_backend.build import META_FORMAT, build_onnx, require, require_onnx
 
@@ -104,14 +104,6 @@ def run_onnx(fx: FxGraph, x: Any, *, record: bool = False, progress: bool = Fals
     """Build ``fx``'s ONNX model and run it with onnxruntime on the CPU (see ``run_onnx_model``)."""
     return run_onnx_model(build_onnx(fx, states=record, engine=engine), x, record=record,
                           progress=progress)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def compile_onnx(artifact_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,

@@ -206,7 +206,11 @@ def raster_marks(spikes: Array, reference: Array | None) -> RasterMarks:
         b = np.asarray(reference).reshape(np.shape(reference)[0], -1) != 0
         if a.shape != b.shape:
             raise ValueError(f"raster shapes differ: {a.shape} against {b.shape}")
-    return RasterMarks(np.nonzero(a & b), np.nonzero(a & ~b), np.nonzero(~a & b))
+    def idx(m: Array) -> tuple[Array, Array]:
+        t, k = np.nonzero(m)
+        return t, k
+
+    return RasterMarks(idx(a & b), idx(a & ~b), idx(~a & b))
 
 
 def raster(spikes: Array, label: str, reference: Array | None = None, reference_label: str = "") -> bytes:

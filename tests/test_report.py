@@ -75,11 +75,11 @@ def test_header_names_artifact_target_version_date_thresholds_and_samples() -> N
     assert h["date"] == "2024-01-02 03:04 UTC"
     assert "max accuracy drop 0.005 (float - fixed accuracy), applied (labels given)" in h["pass thresholds"]
     assert "min agreement 0.95" in h["pass thresholds"] and "not applied" in h["pass thresholds"]
-    assert h["samples compared"] == ("float vs fxsim: 4 samples x 12 timesteps; "
-                                     "lava vs fxsim: 2 of 4 samples (bit for bit)")
+    assert h["samples compared"] == ("float against fxsim on 4 samples x 12 timesteps; "
+                                     "lava against fxsim on 2 samples (of 4, bit for bit)")
     page = render_verify_page(res, graph, art, artifact_path="out/model.loihi2.nir", generated=when)
     for text in ("out/model.loihi2.nir", "2024-01-02 03:04 UTC", f"lnm-deploy {__version__}",
-                 "lava vs fxsim: 2 of 4 samples", "<td>2 of 4</td>"):
+                 "lava against fxsim on 2 samples (of 4", "<td>2 of 4</td>"):
         assert text in page
 
 

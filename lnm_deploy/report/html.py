@@ -79,8 +79,8 @@ def header_fields(result: Any, artifact: Any, artifact_path: str | None = None,
     agree = f"min agreement {result.min_agreement:.4g} (fixed predicts the float class)"
     thresholds = (f"{drop}, applied (labels given); {agree}, not applied" if labels else
                   f"{agree}, applied (no labels); {drop}, not applied")
-    compared = [f"float vs fxsim: {result.samples} samples x {result.timesteps} timesteps"]
-    compared += [f"{name} vs fxsim: {b.samples} of {result.samples} samples (bit for bit)"
+    compared = [f"float against fxsim on {result.samples} samples x {result.timesteps} timesteps"]
+    compared += [f"{name} against fxsim on {b.samples} samples (of {result.samples}, bit for bit)"
                  for name, b in result.backends.items()]
     return {
         "artifact": artifact_path or "(not given)",

@@ -111,10 +111,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from lnm_deploy.calibrate import calibrate_network, load_recipe
     from lnm_deploy.fileio import existing_file, read_dataset
     from lnm_deploy.outputs import Outputs
+    from lnm_deploy.report import report_dir_for
     from lnm_deploy.report.calibration import write_calibration_report
     from lnm_deploy.targets import load_target
 
-    report_dir = Path(args.report_dir) if args.report_dir else Path(f"{args.out}.report")
+    report_dir = Path(args.report_dir) if args.report_dir else report_dir_for(args.out)
     with Outputs(force=args.force) as outs:  # artifact and report: both written, or neither
         outs.file(args.out, option="--out")
         outs.directory(report_dir, option="--report-dir")
@@ -166,7 +167,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             from lnm_deploy.report.html import render_verify_page
 
             assert result.float_graph is not None
-            outs.write_text(args.html, render_verify_page(result, result.float_graph, artifact))
+            outs.write_text(args.html, render_verify_page(result, result.float_graph, artifact,
+                                                             artifact_path=str(args.artifact)))
     fm = result.float_model
     how = ("as calibrated" if fm.get("as_calibrated") else
            "OPT-OUT: float and fixed differ only by rounding" if fm.get("opt_out") else "NOT as calibrated")
@@ -354,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="a shipped target name (see 'targets') or a .toml path")
     p.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml path")
     p.add_argument("--out", required=True, help="the artifact to write (.nir)")
-    p.add_argument("--report-dir", default=None, help="report directory (default: OUT.report)")
+    p.add_argument("--report-dir", default=None, help="report directory (default: OUT with .nir replaced by .report)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _scale_args(p)

@@ -22,6 +22,7 @@ import numpy as np
 
 from lnm_deploy.errors import UserInputError
 from lnm_deploy.outputs import Outputs
+from lnm_deploy.report import report_dir_for
 
 #: Files the demo leaves in its output directory.
 MODEL_FILE, TEST_FILE, CALIB_FILE, TORCH_FILE = "model.nir", "test.npz", "calib.npz", "model.safetensors"
@@ -175,7 +176,7 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False,
         plan.claim(rel)
     if (out / MANIFEST).is_dir():
         raise UserInputError(f"{out / MANIFEST} is a directory; move it away")
-    report_dirs = [f"model.{t}.report" for t in calibrate_targets]
+    report_dirs = [report_dir_for(f"model.{t}.nir").as_posix() for t in calibrate_targets]
     for rel in report_dirs:
         plan.claim_dir(rel)
 
@@ -248,7 +249,7 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
         _final_paths(res.report, final)
         art_path = out / f"model.{target.name}.nir"
         write_artifact(res.artifact, outs.stage(art_path))
-        write_calibration_report(res, graph, out / f"model.{target.name}.report", outputs=outs)
+        write_calibration_report(res, graph, report_dir_for(art_path), outputs=outs)
         artifacts[target.name] = res.artifact
         result.fixed_accuracy[target.name] = acc = accuracy(run_fx(res.artifact.fx, x).output, y)
         log(f"calibrated for {target.name} (recipe '{recipe}'): fxsim accuracy {acc:.4f} "
@@ -267,7 +268,8 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
         ver.float_source = str(model_path)
         result.verification = ver.to_dict()
         outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))
-        outs.write_text(out / REPORT_HTML, render_verify_page(ver, graph, art))
+        outs.write_text(out / REPORT_HTML, render_verify_page(ver, graph, art,
+                                                             artifact_path=str(out / f"model.{name}.nir")))
         for b, chk in ver.backends.items():
             log(f"{b}: {'bit-exact' if chk.bit_exact else 'MISMATCH'} with fxsim on every spike of every layer "
                 f"({chk.compared_spikes} spikes, {chk.seconds:.1f} s)")

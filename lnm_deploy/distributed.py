@@ -456,7 +456,7 @@ def map_shards(fn: Callable[[Any, int, int], Any], payload: Any, n: int, *, work
         return [Shard(i, lo, hi, tuple(int(s) for s in samples_of(lo, hi)))
                 for i, (lo, hi) in enumerate(split(n, k))]
 
-    from tqdm import tqdm
+    from lnm_deploy.progress import progress as progress_bar
 
     # Ray for a cluster (an address) or when asked for; on this machine, forked processes: they
     # start in a fraction of a second where a local Ray instance takes seconds (docs/scale.md).
@@ -477,13 +477,13 @@ def map_shards(fn: Callable[[Any, int, int], Any], payload: Any, n: int, *, work
                 k = cpus
             shards = shards_for(k)
             total = sum(len(s.samples) for s in shards)
-            with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+            with progress_bar(total=total, desc=desc, unit="sample", enabled=progress) as bar:
                 return _run_local(fn, payload, shards, lambda s: bar.update(len(s.samples)))
         owned = not ray.is_initialized()
         with ray_session(workers, ray_address) as (ray_mod, k), _sigterm_as_interrupt(force=owned):
             shards = shards_for(k)
             total = sum(len(s.samples) for s in shards)
-            with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
+            with progress_bar(total=total, desc=desc, unit="sample", enabled=progress) as bar:
                 return _run_ray(ray_mod, fn, payload, shards, lambda s: bar.update(len(s.samples)))
 
 

@@ -166,7 +166,7 @@ def test_cli_calibrate_writes_artifact_and_report(digits: dict[str, object], tmp
                  "--out", str(out), "--quiet"]) == 0
     art = read_artifact(out)
     assert art.target == "loihi2" and art.record["provenance"]["source_graph"]["sha256"]
-    report = json.loads((tmp_path / "model.loihi2.nir.report" / "report.json").read_text())
+    report = json.loads((tmp_path / "model.loihi2.report" / "report.json").read_text())
     for key in ("layers", "comparison", "stability", "stats", "recipe", "figures"):
         assert key in report
     assert set(report["figures"]) >= {"poly_lnm1.png", "poly_lnm2.png", "range_stability.png"}

@@ -151,13 +151,13 @@ def test_calibrate_report_dir_dot_is_refused(graph_file: Path, data_file: Path, 
 def test_calibrate_default_report_dir_is_checked_first(graph_file: Path, data_file: Path, work: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    (work / "a.nir.report").mkdir()
-    (work / "a.nir.report" / "notes.txt").write_text("mine")
+    (work / "a.report").mkdir()
+    (work / "a.report" / "notes.txt").write_text("mine")
     _no_work(monkeypatch, ("lnm_deploy.calibrate", "calibrate_network"))
     assert main(["calibrate", str(graph_file), "--data", str(data_file), "--target", "loihi2",
                  "--out", str(work / "a.nir"), "--quiet"]) == 2
-    _one_line(capsys.readouterr().err, "a.nir.report", "--force")
-    assert _files(work) == ["a.nir.report", "a.nir.report/notes.txt"]
+    _one_line(capsys.readouterr().err, "a.report", "--force")
+    assert _files(work) == ["a.report", "a.report/notes.txt"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from lnm_deploy.core.results import RunResult
 from lnm_deploy.errors import UnsupportedError
 from lnm_deploy.ir import FloatStep, Graph, Node, Schedule
 from lnm_deploy.ir.ops import conv2d, horner, pool2d
+from lnm_deploy.progress import progress as progress_bar
 
 __all__ = ["RunResult", "conv2d", "horner", "initial_values", "pool2d", "run_float", "stateless_step"]
 
@@ -93,12 +94,7 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
     inputs: dict[str, Array] = {}
 
     prev = initial_values(graph, sched, steps_fn, batch, dtype)
-    it = range(steps)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="float", unit="step", leave=False)
-    for t in it:
+    for t in progress_bar(range(steps), desc="float", unit="step", enabled=progress):
         cur: dict[str, Array] = {}
         for name in sched.order:
             if name == sched.input_node:

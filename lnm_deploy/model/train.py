@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lnm_deploy.errors import UserInputError
 from lnm_deploy.model.data import DigitsSplit, Encoding, encode, load_digits_split
 from lnm_deploy.model.layers import LNM, LNMSequential, RecurrentLNM
+from lnm_deploy.progress import progress as progress_bar
 
 
 @dataclass
@@ -81,7 +81,7 @@ def train(
     hist = TrainHistory()
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc="train", unit="epoch", enabled=progress)
     for _ in bar:
         perm = torch.randperm(x.shape[0], generator=gen)
         tot_loss, correct, seen = 0.0, 0, 0

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import base64
 import html
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lnm_deploy._version import __version__
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.report import plots
 from lnm_deploy.report.calibration import learned_theta
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
-h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;padding:1.5rem 2rem;
+max-width:1180px;color:#222;line-height:1.4}
+h1{font-size:1.5rem;margin:.2rem 0 .8rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+h3{font-size:1rem;margin:1.2rem 0 .4rem}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
 th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
-.pass{background:#1a7f37;color:#fff;padding:.2rem .6rem;border-radius:4px}
-.fail{background:#cf222e;color:#fff;padding:.2rem .6rem;border-radius:4px}
-.muted{color:#666} img{max-width:100%} .grid{display:flex;flex-wrap:wrap;gap:1rem}
-code{background:#f5f5f5;padding:0 .2rem}
+table.meta th{text-align:left;white-space:nowrap;vertical-align:top} table.meta td{text-align:left;overflow-wrap:anywhere}
+.pass{background:#1a7f37;color:#fff;padding:.1rem .6rem;border-radius:4px;white-space:nowrap}
+.fail{background:#cf222e;color:#fff;padding:.1rem .6rem;border-radius:4px;white-space:nowrap}
+.muted{color:#666} img{max-width:100%;height:auto;display:block}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:1rem;align-items:start}
+.grid.wide{grid-template-columns:repeat(auto-fill,minmax(460px,1fr))}
+@media (max-width:520px){.grid.wide{grid-template-columns:1fr}}
+code{background:#f5f5f5;padding:0 .2rem;overflow-wrap:anywhere}
+@media (max-width:700px){body{padding:.75rem}h1{font-size:1.25rem}td,th{padding:.25rem .4rem}}
 """
 
 
@@ -36,6 +48,12 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _table(head: str, rows: list[str], cls: str = "") -> str:
+    """A table in a horizontally scrolling box: a wide table never widens the page."""
+    c = f' class="{cls}"' if cls else ""
+    return f"<div class='scroll'><table{c}>{head}{''.join(rows)}</table></div>"
+
+
 def _float_model_text(f: dict[str, Any]) -> str:
     how = ("read as calibrated" if f.get("as_calibrated") else
            "opt-out: the artifact's dequantized graph" if f.get("opt_out") else "NOT read as calibrated")
@@ -44,39 +62,80 @@ def _float_model_text(f: dict[str, Any]) -> str:
     return how + (f"; {opts}" if opts else "")
 
 
-def render_verify_page(result: Any, graph: Graph, artifact: Any) -> str:
-    """The page for a ``VerifyResult`` (its ``runs`` hold the spike trains to plot)."""
+def header_fields(result: Any, artifact: Any, artifact_path: str | None = None,
+                  generated: datetime | None = None) -> dict[str, str]:
+    """The facts the page's header shows, as plain text by label: artifact, target, tool version,
+    date (UTC, ``generated`` or now), float model, the pass thresholds (which applies: with labels
+    the largest accepted accuracy drop, without them the smallest accepted agreement) and how many
+    samples each comparison covered (float against fxsim, each backend against fxsim)."""
+    d = result.to_dict()
+    when = (generated or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    prov = (artifact.record.get("provenance") or {}) if artifact is not None else {}
+    made_with = prov.get("lnm_deploy")
+    tool = f"lnm-deploy {__version__}" + (f" (artifact calibrated with lnm-deploy {made_with})"
+                                          if made_with and made_with != __version__ else "")
+    labels = bool(d.get("criteria", {}).get("labels", result.labels))
+    drop = f"max accuracy drop {result.max_accuracy_drop:.4g} (float - fixed accuracy)"
+    agree = f"min agreement {result.min_agreement:.4g} (fixed predicts the float class)"
+    thresholds = (f"{drop}, applied (labels given); {agree}, not applied" if labels else
+                  f"{agree}, applied (no labels); {drop}, not applied")
+    compared = [f"float against fxsim on {result.samples} samples x {result.timesteps} timesteps"]
+    compared += [f"{name} against fxsim on {b.samples} samples (of {result.samples}, bit for bit)"
+                 for name, b in result.backends.items()]
+    return {
+        "artifact": artifact_path or "(not given)",
+        "target": str(result.target),
+        "tool": tool,
+        "date": when.strftime("%Y-%m-%d %H:%M UTC"),
+        "float model": f"{result.float_source} ({_float_model_text(d['float'])})",
+        "pass thresholds": thresholds + "; every backend bit-exact with fxsim",
+        "samples compared": "; ".join(compared),
+    }
+
+
+def render_verify_page(result: Any, graph: Graph, artifact: Any, *, artifact_path: str | None = None,
+                       generated: datetime | None = None) -> str:
+    """The page for a ``VerifyResult`` (its ``runs`` hold the spike trains to plot).
+
+    ``graph``: the float graph compared with; ``artifact``: the calibrated ``Artifact``;
+    ``artifact_path``: where it was read from (shown in the header); ``generated``: the date the
+    header shows (default: now)."""
     d = result.to_dict()
     badge = '<span class="pass">PASSED</span>' if result.passed else '<span class="fail">FAILED</span>'
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lnm-deploy verify: {_fmt(result.target)}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<h1>Verification on <code>{_fmt(result.target)}</code> {badge}</h1>",
-             f"<p class='muted'>float and fixed point on {result.samples} samples x {result.timesteps} "
-             f"timesteps; " + "; ".join(f"{_fmt(n)} against fxsim on {b.samples} samples"
-                                         for n, b in result.backends.items())
-             + f"</p><p class='muted'>float model: {_fmt(result.float_source)} ("
-             + _fmt(_float_model_text(d["float"])) + ")</p>"]
+    name = Path(artifact_path).name if artifact_path else "artifact"
+    fields = header_fields(result, artifact, artifact_path, generated)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>lnm-deploy verify: {_fmt(name)} on {_fmt(result.target)}</title><style>{CSS}</style>"
+             f"</head><body><header>",
+             f"<h1>Verification of <code>{_fmt(name)}</code> on <code>{_fmt(result.target)}</code> {badge}</h1>",
+             _table("", [f"<tr><th>{_fmt(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in fields.items()], "meta"),
+             "</header>"]
     if result.reasons:
         parts.append("<ul>" + "".join(f"<li>{_fmt(r)}</li>" for r in result.reasons) + "</ul>")
-    parts.append("<h2>Accuracy</h2><table><tr><th>model</th><th>accuracy</th></tr>"
-                 f"<tr><td>float</td><td>{_fmt(result.float_accuracy)}</td></tr>"
-                 f"<tr><td>fixed point (fxsim)</td><td>{_fmt(result.fixed_accuracy)}</td></tr></table>")
-    parts.append("<h2>Backends against fxsim (bit for bit)</h2><table><tr><th>backend</th><th>bit exact</th>"
-                 "<th>samples</th><th>mismatched spikes</th><th>compared spikes</th><th>seconds</th>"
-                 "<th>first mismatch</th></tr>")
-    for name, b in d["backends"].items():
-        fm = b["first_mismatch"]["text"] if b["first_mismatch"] else "-"
-        parts.append(f"<tr><td>{_fmt(name)}</td><td>{'yes' if b['bit_exact'] else 'NO'}</td>"
-                     f"<td>{b['samples']}</td><td>{b['mismatched_spikes']}</td><td>{b['compared_spikes']}</td>"
-                     f"<td>{b['seconds']:.2f}</td><td>{_fmt(fm)}</td></tr>")
-    parts.append("</table>")
+    parts.append("<h2>Accuracy</h2>")
+    parts.append(_table("<tr><th>model</th><th>accuracy</th></tr>",
+                        [f"<tr><td>float</td><td>{_fmt(result.float_accuracy)}</td></tr>",
+                         f"<tr><td>fixed point (fxsim)</td><td>{_fmt(result.fixed_accuracy)}</td></tr>",
+                         f"<tr><td>same class as float</td><td>{_fmt(result.prediction_agreement)}</td></tr>"]))
+    parts.append("<h2>Backends against fxsim (bit for bit)</h2>")
+    rows, firsts = [], []
+    for bname, b in d["backends"].items():
+        rows.append(f"<tr><td>{_fmt(bname)}</td><td>{'yes' if b['bit_exact'] else 'NO'}</td>"
+                    f"<td>{b['samples']} of {result.samples}</td><td>{b['mismatched_spikes']}</td>"
+                    f"<td>{b['compared_spikes']}</td><td>{b['seconds']:.2f}</td></tr>")
+        if b["first_mismatch"]:
+            firsts.append(f"<li><code>{_fmt(bname)}</code>: first mismatch {_fmt(b['first_mismatch']['text'])}</li>")
+    parts.append(_table("<tr><th>backend</th><th>bit exact</th><th>samples</th><th>spikes differing</th>"
+                        "<th>spikes compared</th><th>seconds</th></tr>", rows))
+    if firsts:
+        parts.append("<ul>" + "".join(firsts) + "</ul>")
 
-    parts.append("<h2>Float against fixed point, per layer</h2><table><tr><th>layer</th><th>spike agreement"
-                 "</th><th>rate float</th><th>rate fixed</th></tr>")
-    for layer in d["layers"]:
-        parts.append(f"<tr><td>{_fmt(layer['name'])}</td><td>{layer['spike_agreement']:.4f}</td>"
-                     f"<td>{layer['rate_float']:.4f}</td><td>{layer['rate_fixed']:.4f}</td></tr>")
-    parts.append("</table>")
+    parts.append("<h2>Float against fixed point, per layer</h2>")
+    parts.append(_table("<tr><th>layer</th><th>spike agreement</th><th>rate float</th><th>rate fixed</th></tr>",
+                        [f"<tr><td>{_fmt(layer['name'])}</td><td>{layer['spike_agreement']:.4f}</td>"
+                         f"<td>{layer['rate_float']:.4f}</td><td>{layer['rate_fixed']:.4f}</td></tr>"
+                         for layer in d["layers"]]))
     div = result.first_divergence
     if div:
         parts.append(f"<p>First divergence: layer <code>{_fmt(div['layer'])}</code>, sample {div['sample']}, "
@@ -92,6 +151,12 @@ def render_verify_page(result: Any, graph: Graph, artifact: Any) -> str:
     return "\n".join(parts)
 
 
+#: Which run each raster is compared with: float and fxsim with each other, a backend with fxsim.
+def raster_reference(label: str) -> str:
+    """The run the raster of run ``label`` is held against (its differing spikes are marked)."""
+    return "fxsim" if label != "fxsim" else "float"
+
+
 def _figures(result: Any, graph: Graph, artifact: Any) -> str:
     runs = result.runs
     names = [layer.name for layer in result.layers]
@@ -103,12 +168,18 @@ def _figures(result: Any, graph: Graph, artifact: Any) -> str:
         "fraction of equal spikes", "per-layer spike agreement"), "agreement")]
     div = result.first_divergence
     sample = int(div["sample"]) if div else 0
-    out.append(f"<h2>Spike rasters (sample {sample})</h2><div class='grid'>")
+    out.append(f"<h2>Spike rasters (sample {sample})</h2><p class='muted'>Float and fxsim are held "
+               "against each other, every other backend against fxsim: a red cross marks a spike only "
+               "that run has, a blue circle one only the run it is held against has.</p>")
     for n in names:
         panels = {label: r.spikes[n][sample] for label, r in runs.items()
                   if n in r.spikes and sample < len(r.spikes[n])}
-        out.append(_img(plots.rasters(panels, f"layer {n}"), f"raster {n}"))
-    out.append("</div>")
+        out.append(f"<h3>Layer <code>{html.escape(n)}</code></h3><div class='grid'>")
+        for label, s in panels.items():
+            ref = raster_reference(label)
+            png = plots.raster(s, label, panels.get(ref), ref) if ref in panels else plots.raster(s, label)
+            out.append(_img(png, f"raster {n} {label}"))
+        out.append("</div>")
     # Membrane traces: the first diverging neuron (else neuron 0 of the first layer).
     layer = div["layer"] if div else names[0]
     flat = int(div["neuron"]) if div else 0
@@ -125,20 +196,26 @@ def _figures(result: Any, graph: Graph, artifact: Any) -> str:
         out.append(f"<h2>Membrane of {html.escape(layer)}[{flat}] (sample {sample})</h2>")
         out.append(_img(plots.traces(series, v_th, f"{layer}[{flat}] membrane after reset"), "membrane"))
     # The learned polynomial against the deployed one, over this data's membrane distribution.
-    out.append("<h2>Leak polynomials: learned and deployed</h2><div class='grid'>")
+    out.append("<h2>Leak polynomials: learned and deployed</h2><div class='grid wide'>")
+    layers_rec = (artifact.record.get("calibration") or {}).get("layers", {})
     for n in names:
         fnode, qnode = graph.nodes.get(n), artifact.graph.nodes.get(n)
         if not isinstance(fnode, Neuron) or not isinstance(qnode, Neuron) or n not in runs["float"].states:
             continue
         v = runs["float"].states[n]["v"].reshape(-1)
-        counts, edges = np.histogram(v, bins=80)
+        counts, edges = np.histogram(v, bins=400)
         theta, _ = learned_theta(graph, n)
         theta_q = qnode.poly.reshape(qnode.poly.shape[0], -1).mean(axis=1)
         v_th = float(np.mean(fnode.v_th)) if fnode.v_th is not None else 1.0
-        out.append(_img(plots.polynomial_fit(n, (edges[:-1] + edges[1:]) / 2, counts.astype(float), theta,
-                                             theta_q, None, v_th), f"polynomial {n}"))
+        lif = (layers_rec.get(n) or {}).get("primitive") == "lif"
+        out.append(_img(plots.polynomial_fit(
+            n, (edges[:-1] + edges[1:]) / 2, counts.astype(float), theta, theta_q, None, v_th,
+            deployed_label="deployed LIF fit (quantized)" if lif else "deployed polynomial (quantized)",
+            mass_label="float membrane on these samples"), f"polynomial {n}"))
     out.append("</div><p class='muted'>Biases of the synapses are folded into the neuron's constant term "
-               "on the chip; both curves include them.</p>")
+               "on the chip; both curves include them. Where the target has no polynomial neuron the "
+               "deployed curve is the layer's LIF fit. The v axis shows where the membrane values "
+               "of these samples lie.</p>")
     return "\n".join(out)
 
 

@@ -31,7 +31,8 @@ def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
     from lnm_deploy.fileio import existing_file
 
     return read_graph_or_artifact(existing_file(args.graph, "graph file"), dt=args.dt,
-                                  producer=args.producer, input_shape=args.input_shape)
+                                  producer=args.producer, input_shape=args.input_shape, reset=args.reset,
+                                  threshold=args.threshold, spikes=args.spikes)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -281,12 +282,23 @@ def _run(args: argparse.Namespace, outs) -> str:  # outs: lnm_deploy.outputs.Out
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
+    from lnm_deploy.nir_io.conventions import RESET_MODES_READ, SPIKE_MULTIPLICITY, THRESHOLD_TESTS
+
     p.add_argument("graph", help="a NIR graph file (.nir)")
     _read_args(p)
+    # What a NIR file cannot say; recorded in the artifact's provenance and replayed by verify.
+    p.add_argument("--reset", choices=RESET_MODES_READ, default=None,
+                   help="the neurons' reset, where the producer's exporter does not write it")
+    p.add_argument("--threshold", choices=THRESHOLD_TESTS, default=None,
+                   help="the spike test (v > v_th or v >= v_th), where the file does not say")
+    p.add_argument("--spikes", choices=SPIKE_MULTIPLICITY, default=None,
+                   help="one spike per step, or several (graded), where the file does not say")
 
 
 def _read_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--producer", choices=["lnm-deploy", "snntorch", "norse", "generic"], default=None,
+    from lnm_deploy.nir_io.conventions import PRODUCERS
+
+    p.add_argument("--producer", choices=list(PRODUCERS), default=None,
                    help="who wrote the graph, when its metadata does not say (sets dt and conventions)")
     p.add_argument("--dt", type=_dt, default=None,
                    help="seconds per timestep used to discretise NIR's continuous-time neurons")

@@ -276,3 +276,23 @@ def test_verify_replays_every_reading_option_of_the_calibration(tmp_path: Path) 
     assert {k: doc["float"]["read_options"]["requested"].get(k) for k in read_kw} == read_kw
     hand = _by_hand(src, art, x[:8], **read_kw)
     assert {layer["name"]: layer["spike_agreement"] for layer in doc["layers"]} == hand
+
+
+def test_cli_reading_options_are_recorded_and_replayed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``calibrate --producer sinabs --reset value --spikes single`` records what the file cannot
+    say; ``verify`` reads the float graph with it again (as calibrated)."""
+    src, art, js = tmp_path / "g.nir", tmp_path / "art.nir", tmp_path / "r.json"
+    _if_graph(src)
+    x = _spikes(24, 30, 8, 0.3, 1)
+    np.savez(tmp_path / "calib.npz", x=x)
+    np.savez(tmp_path / "test.npz", x=x[:8])
+    _calibrate(src, tmp_path / "calib.npz", art, "--producer", "sinabs", "--reset", "value", "--spikes", "single")
+    rec = read_artifact(art).record["provenance"]["source_graph"]["read_options"]["requested"]
+    assert (rec["producer"], rec["reset"], rec["spikes"]) == ("sinabs", "value", "single")
+    main(["verify", str(art), "--data", str(tmp_path / "test.npz"), "--backend", "fxsim", "--json", str(js),
+          "--min-agreement", "0", "--quiet"])
+    doc = json.loads(js.read_text())
+    assert doc["float"]["as_calibrated"] is True
+    hand = _by_hand(src, art, x[:8], producer="sinabs", reset="value", spikes="single")
+    assert {layer["name"]: layer["spike_agreement"] for layer in doc["layers"]} == hand
+    capsys.readouterr()

@@ -47,6 +47,7 @@ from lnm_deploy.execute import RunResult, run_float
 from lnm_deploy.fileio import sha256_file
 from lnm_deploy.ir import Graph
 from lnm_deploy.nir_io import READ_OPTIONS_KEY
+from lnm_deploy.progress import progress as progress_bar
 from lnm_deploy.targets import Target
 from lnm_deploy.validate import check_spikes  # noqa: F401  (re-export: moved to lnm_deploy.validate)
 
@@ -166,8 +167,6 @@ def _search(build: Any, ref: RunResult, x: Array, recipe: Recipe, log: list[dict
             progress: bool) -> dict[str, float]:
     """Coordinate search over the weight clip of each synapse (``recipe.search``): each candidate
     scales the calibrated clip; the one that maximises the objective on the search subset wins."""
-    from tqdm.auto import tqdm
-
     from lnm_deploy.calibrate.compare import OBJECTIVES
     from lnm_deploy.fxsim import run_fx
 
@@ -179,8 +178,8 @@ def _search(build: Any, ref: RunResult, x: Array, recipe: Recipe, log: list[dict
     synapses = [syn for layer in build({}).layers.values() for syn in layer.exponents]
     groups = [[s] for s in synapses] if sr.per_layer else [synapses]
     factors: dict[str, float] = {}
-    bar = tqdm(total=sr.rounds * len(groups) * len(sr.scale_factors), desc="search", unit="candidate",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=sr.rounds * len(groups) * len(sr.scale_factors), desc="search", unit="candidate",
+                       enabled=progress)
     for _ in range(sr.rounds):
         for group in groups:
             best = (-np.inf, factors.get(group[0], 1.0))

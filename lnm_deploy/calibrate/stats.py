@@ -767,9 +767,9 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
                if len(sched.inputs[n]) == 1 and not sched.inputs[n][0][1] and sched.inputs[n][0][0] in stats.synapses}
     keep_inputs = [n for n in stats.neurons if n not in same_as]
 
-    from tqdm import tqdm
+    from lnm_deploy.progress import progress as progress_bar
 
-    bar = tqdm(total=n, desc="calibrate", unit="sample", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc="calibrate", unit="sample", enabled=progress)
     try:
         for start in range(0, n, batch_size):
             xb = x[index[start : start + batch_size]]

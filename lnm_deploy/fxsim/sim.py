@@ -598,9 +598,9 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
     prev: dict[str, _Val] = {n: _Val(np.zeros((1, batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
     starts: Iterable[int] = range(0, steps, chunk)
     if progress:
-        from tqdm import tqdm
+        from lnm_deploy.progress import progress as progress_bar
 
-        starts = tqdm(starts, desc="fxsim", unit="chunk" if chunk > 1 else "step", leave=False)
+        starts = progress_bar(starts, desc="fxsim", unit="chunk" if chunk > 1 else "step")
     for t0 in starts:
         t1 = min(steps, t0 + chunk)
         rows = (t1 - t0) * batch

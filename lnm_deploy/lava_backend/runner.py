@@ -571,9 +571,9 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
         cfg = Loihi2SimCfg(select_tag=tag)
         bar = None
         if progress:
-            from tqdm import tqdm
+            from lnm_deploy.progress import progress as progress_bar
 
-            bar = tqdm(total=batch, desc=f"lava ({tag})", unit="sample", leave=False)
+            bar = progress_bar(total=batch, desc=f"lava ({tag})", unit="sample")
         b = 0
 
         def store(sp: dict[str, np.ndarray], st: dict[str, dict[str, np.ndarray]]) -> None:

@@ -86,9 +86,9 @@ def run_onnx_model(model: Any, x: Any, *, record: bool = False, progress: bool =
     step = chunk or (max(1, -(-n // 20)) if progress else n)
     starts = range(0, n, step)
     if progress:
-        from tqdm import tqdm
+        from lnm_deploy.progress import progress as progress_bar
 
-        starts = tqdm(starts, desc="onnxruntime", unit="chunk", leave=False)
+        starts = progress_bar(starts, desc="onnxruntime", unit="chunk")
     parts = [sess.run(names, {in_name: xs[i : i + step]}) for i in starts]
     got = {k: (np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j])
            for j, k in enumerate(names)}

@@ -38,7 +38,7 @@ EXAMPLES = {
 
 
 def _package_kinds() -> list[str]:
-    """The package's own kinds (a test file may define more, e.g. tests/extension_toy.py)."""
+    """The package's own kinds (a test file may define more, e.g. tests/test_extension.py)."""
     return sorted(k for k, cls in node_types().items() if cls.__module__.startswith("lnm_deploy."))
 
 

@@ -70,7 +70,7 @@ from lnm_deploy.nir_io.conventions import (
     norse_synapse,
     rockpool_dt,
 )
-from lnm_deploy.nir_io.registry import READERS, NodeRead, ReadContext, reader, reads
+from lnm_deploy.nir_io.registry import EXACT_READERS, READERS, NodeRead, ReadContext, reader, reads
 from lnm_deploy.nir_io.write import neuron_to_nir
 
 Shape = tuple[int, ...]
@@ -527,7 +527,9 @@ def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: Rea
     ir_meta = _exact_metadata(meta) if exact else {"nir_type": t}
     if not exact and meta:
         ir_meta["nir_metadata"] = _plain(meta)
-    return entry.convert(NodeRead(name, node, params, meta, ir_meta, exact, in_shape, ctx))
+    # A kind registered with ``reads_exactly`` comes back as itself from lnm-deploy's own files.
+    convert = EXACT_READERS.get(str(meta["lnm_kind"]), entry.convert) if exact else entry.convert
+    return convert(NodeRead(name, node, params, meta, ir_meta, exact, in_shape, ctx))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 ``read.py`` registers one reader per NIR node type (``@reads``), ``write.py`` one writer per IR
 node class (``@writes``); the graph-level code there looks a node up here and has no per-kind code.
-An unknown NIR node type or IR kind is an error that lists the known ones.
+An IR kind written onto a NIR type whose reader gives another kind (a node kind defined outside
+the package, written as the nearest NIR neuron with its exact parameters in metadata) registers
+the reader that restores it from lnm-deploy's own files (``@reads_exactly``); ``unregister_kind``
+removes a kind's writer and exact reader. An unknown NIR node type or IR kind is an error that
+lists the known ones.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ READERS: dict[str, NirReader] = {}
 #: IR kind -> its writer ``(name, node, in_shape, out_shape, metadata) -> nir.NIRNode`` (filled by
 #: ``lnm_deploy.nir_io.write``); ``metadata`` holds ``lnm_kind`` and the node's own metadata.
 WRITERS: dict[str, Callable[..., nir.NIRNode]] = {}
+#: IR kind -> the reader that restores a node of that kind from lnm-deploy's own files (NIR
+#: metadata ``lnm_kind`` names the kind), whatever NIR type carries it; used before ``READERS``.
+EXACT_READERS: dict[str, Callable[[NodeRead], Node]] = {}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,6 +98,28 @@ def writes(cls: type[Node]) -> Callable[[F], F]:
         WRITERS[cls.kind] = fn
         return fn
     return deco
+
+
+def reads_exactly(cls: type[Node]) -> Callable[[F], F]:
+    """Register the decorated ``convert(read: NodeRead) -> cls`` as the reader of the NIR nodes
+    lnm-deploy wrote for IR kind ``cls.kind`` (``read.exact`` is True and ``read.meta`` holds what
+    the kind's writer put there); ``ValueError`` if the kind has one already."""
+    def deco(fn: F) -> F:
+        if cls.kind in EXACT_READERS:
+            raise ValueError(f"IR kind {cls.kind} has two exact NIR readers")
+        EXACT_READERS[cls.kind] = fn
+        return fn
+    return deco
+
+
+def unregister_kind(kind: str) -> None:
+    """Remove the NIR writer and the exact reader of IR kind ``kind`` (registered with ``writes``
+    / ``reads_exactly``); ``GraphError`` listing the kinds with a writer when it has neither."""
+    if kind not in WRITERS and kind not in EXACT_READERS:
+        raise GraphError(f"no NIR mapping for IR node kind {kind!r} to remove; kinds with one: "
+                         f"{', '.join(sorted(WRITERS))}")
+    WRITERS.pop(kind, None)
+    EXACT_READERS.pop(kind, None)
 
 
 def reader(nir_type: str, node: str | None = None) -> NirReader:

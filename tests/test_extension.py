@@ -54,7 +54,7 @@ from conformance import (
 )
 from fx_nets import chain, dense, lif, spikes
 from fx_oracle import NEURONS as ORACLES
-from fx_oracle import o_wrap, register_oracle, unregister_oracle
+from fx_oracle import as_arrays, o_wrap, oracle, register_oracle, unregister_oracle
 from numpy.typing import DTypeLike
 
 import lnm_deploy
@@ -695,8 +695,6 @@ def test_a_float_graph_with_the_toy_runs_end_to_end(registered: None, tmp_path: 
     """Float executor -> calibration (the toy lowered onto its own primitive) -> fxsim (numpy,
     numba), ONNX and Lava, bit-exact with each other and with the oracle; the float and integer
     toy layers agree; the artifact goes to NIR and back."""
-    from fx_oracle import as_arrays, oracle
-
     g, x = float_graph(toy_last), calib_spikes()
     ref = run_float(g, x, record=True)
     v_pre = ref.states["toy"]["v_pre"]

@@ -298,7 +298,7 @@ def test_networks_the_target_cannot_hold() -> None:
     g = sequential([("conv", Conv2d(weight=np.ones((2, 1, 3, 3)), padding=1)),
                     ("pool", SumPool2d(kernel_size=2, padding=1)),
                     ("n", Neuron(shape=(2, 3, 3), poly=[0, 0.9], v_th=1.0))], (1, 4, 4))
-    with pytest.raises(UnsupportedError, match="'pool'.*into layer 'n' cannot be one exact convolution"):
+    with pytest.raises(UnsupportedError, match=r"'pool'.*into layer 'n' cannot be one exact convolution"):
         calibrate_network(g, np.zeros((2, 3, 1, 4, 4), dtype=np.uint8), LOIHI2, recipe, progress=False)
     # weights whose range exceeds what the 8-bit mantissa and the exponents can hold together
     g = sequential([("fc", Affine(weight=np.ones((4, 6)))),

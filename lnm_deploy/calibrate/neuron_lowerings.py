@@ -311,6 +311,24 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
     return EncodedLayer(fx, ir, rec, scales)
 
 
+def warn_lost_bias(name: str, bias: Array, bias_mant: Array, bias_exp: int, q: float) -> list[int]:
+    """Warn (``LNMDeployWarning``) naming the neurons whose constant input (``bias``, real, flat)
+    is non-zero but whose integer mantissa is 0: the stock LIF has one ``bias_exp`` per layer, set
+    by the layer's largest bias, so a bias below ``2^bias_exp q / 2`` is lost. Returns their flat
+    indices."""
+    b = np.asarray(bias, dtype=np.float64).reshape(-1)
+    lost = np.flatnonzero((b != 0) & (np.asarray(bias_mant).reshape(-1) == 0))
+    if lost.size:
+        shown = ", ".join(str(int(i)) for i in lost[:10]) + (", ..." if lost.size > 10 else "")
+        warnings.warn(
+            f"layer '{name}': the bias of {lost.size} neuron(s) rounds to 0 on the stock LIF and is lost "
+            f"(flat indices {shown}; largest lost |bias| {float(np.max(np.abs(b[lost]))):.3g}, resolution "
+            f"{2.0 ** bias_exp * q:.3g} = 2^{bias_exp} (one bias_exp per layer, set by its largest bias) "
+            f"times the state scale {q:.3g}); give the layer biases of similar size or use a target with "
+            "the polynomial neuron", LNMDeployWarning, stacklevel=4)
+    return [int(i) for i in lost]
+
+
 def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
     spec = target.lif
     assert spec is not None
@@ -336,6 +354,7 @@ def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLaye
     if bias_exp > spec.bias_exp[1]:
         raise NumericError("the bias does not fit the LIF's bias mantissa and exponent", node=n)
     bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), mant_lo, mant_hi).astype(np.int64)
+    warn_lost_bias(n, lin[0], bias_mant, bias_exp, q)
     shape = node.shape
     fx = FxLIF(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
                state_bits=spec.state_bits, decay_bits=spec.decay_bits, vth_shift=spec.vth_shift,

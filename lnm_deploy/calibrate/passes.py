@@ -8,7 +8,8 @@ between them; each later pass reads only the records of the earlier ones:
    weight per unit spike, flatten, conv parameters) and its constant input (the chains' biases).
    A chain of stateless linear nodes (Affine, Conv2d, pooling, Flatten, Scale) from a spike source
    ending in an Affine becomes one Dense (its matrix composed exactly from the chain); a lone
-   Conv2d a Conv; a lone pooling a unit-weight depthwise Conv. Computed once per calibration: the
+   Conv2d a Conv; a lone pooling a unit-weight depthwise Conv; a chain of Conv2d and pooling into
+   a spatial layer one exact Conv (``compose_conv_chain``). Computed once per calibration: the
    agreement search re-runs only passes 3 and 4.
 2. ``select(layer, range, target, margin=, rounding=) -> Selection``: the primitive for the layer
    among those the target offers (``target.lif`` / ``target.poly``, None when not offered): the
@@ -309,6 +310,97 @@ LONE_CONV_SYNAPSES: dict[str, ConvSynapse] = {
     Conv2d.kind: _conv2d_synapse, SumPool2d.kind: _pool_synapse, AvgPool2d.kind: _pool_synapse}
 
 
+#: Kinds a chain into a spatial layer may hold: composed into one convolution (``compose_conv_chain``).
+COMPOSABLE_CONV_KINDS = (Conv2d.kind, SumPool2d.kind, AvgPool2d.kind)
+
+
+def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                       consumer: str) -> tuple[Array, dict[str, Any], Array]:
+    """One convolution equal to a chain of Conv2d / SumPool2d / AvgPool2d nodes (in order) on
+    inputs of ``in_shape`` (C_in, H, W), e.g. SumPool2d -> Conv2d (Sinabs, snnTorch's CNN order) or
+    Conv2d -> AvgPool2d.
+
+    Composition (per spatial axis, nodes i = 1..n with kernel k_i, stride s_i, padding p_i and
+    J_i = s_1 ... s_(i-1)): kernel ``K = 1 + sum (k_i - 1) J_i``, stride ``S = s_1 ... s_n``,
+    padding ``P = sum p_i J_i``. The kernel is the chain's response (paddings removed) to each unit
+    input of a ``C_in x K`` window; a chain of poolings alone stays depthwise (groups = C_in). The
+    result is then checked against the chain itself, paddings included, on the zero input (the
+    bias must be one constant per output channel) and on two random probes (float64, tolerance
+    1e-9 of the output scale): a linear map that agrees on random probes is the same map.
+
+    Returns ``(weight (C_out, C_in/g, K_h, K_w) per unit input, conv parameters, bias (C_out,))``.
+    ``UnsupportedError`` naming the chain's last node where a node is not composable (naming the
+    kinds that are), a dilation is not 1, or the composed convolution differs from the chain (a
+    pooled size that does not divide by the window at a padded border, padding after a biased or
+    overlapping stage): the message gives the reason and the fix."""
+    import dataclasses
+
+    nodes: list[Any] = [graph.nodes[n] for n in chain]  # Conv2d | SumPool2d | AvgPool2d, checked below
+    where = chain[-1]
+    for n, node in zip(chain, nodes, strict=True):
+        if node.kind not in COMPOSABLE_CONV_KINDS:
+            raise UnsupportedError(
+                f"synapse chain {chain} into the {len(out_shape)}-d layer '{consumer}' holds '{n}' "
+                f"({type(node).__name__}); a chain into a spatial layer is composed into one convolution "
+                f"and may hold only {', '.join(COMPOSABLE_CONV_KINDS)} nodes", node=where)
+        if isinstance(node, Conv2d) and node.dilation != (1, 1):
+            raise UnsupportedError(f"dilated Conv2d '{n}' in synapse chain {chain} cannot be composed into "
+                                   "one convolution; put a neuron layer between it and the pooling", node=where)
+    c_in = int(in_shape[0])
+    jump, ksz, pad = [1, 1], [1, 1], [0, 0]
+    for node in nodes:
+        k = node.weight.shape[2:] if isinstance(node, Conv2d) else node.kernel_size
+        stride = node.stride
+        assert stride is not None
+        for a in range(2):
+            ksz[a] += (int(k[a]) - 1) * jump[a]
+            pad[a] += int(node.padding[a]) * jump[a]
+            jump[a] *= int(stride[a])
+
+    def run(x: Array, bare: bool) -> Array:
+        for n, node in zip(chain, nodes, strict=True):
+            nd = dataclasses.replace(node, padding=(0, 0)) if bare else node
+            x = stateless_step(n, nd, np.float64)(x)
+        return x
+
+    n_win = c_in * ksz[0] * ksz[1]
+    basis = np.concatenate([np.zeros((1, n_win)), np.eye(n_win)]).reshape(n_win + 1, c_in, ksz[0], ksz[1])
+    y = run(basis, bare=True)  # (n_win + 1, C_out, 1, 1)
+    assert y.shape[2:] == (1, 1), y.shape
+    c_out = y.shape[1]
+    weight = (y[1:, :, 0, 0] - y[0, :, 0, 0]).T.reshape(c_out, c_in, ksz[0], ksz[1])
+    groups = 1
+    if not any(isinstance(node, Conv2d) for node in nodes) and c_out == c_in:
+        weight = weight[np.arange(c_in), np.arange(c_in)][:, None].copy()  # depthwise
+        groups = c_in
+    conv: dict[str, Any] = {"stride": (jump[0], jump[1]), "padding": (pad[0], pad[1]), "dilation": (1, 1), "groups": groups}
+
+    def refuse(reason: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"synapse chain {chain} ({' -> '.join(type(n).__name__ for n in nodes)}) into layer '{consumer}' "
+            f"cannot be one exact convolution: {reason}; make the pooled sizes divide by the pooling "
+            "window and keep padding on the first node of the chain, or put a neuron layer between the "
+            "pooling and the convolution", node=where)
+
+    zero = run(np.zeros((1, *in_shape)), bare=False)[0]
+    if zero.shape != tuple(out_shape):
+        raise refuse(f"the chain yields {zero.shape}, the layer has {tuple(out_shape)}")
+    b = zero.reshape(zero.shape[0], -1)
+    if not np.all(np.abs(b - b[:, :1]) <= 1e-9 * (1.0 + np.abs(b[:, :1]))):
+        raise refuse("its constant output (the biases) differs across positions (padding after a bias)")
+    bias = b[:, 0].copy()
+    probes = np.random.default_rng(0).random((2, *in_shape))
+    want = run(probes, bare=False) - zero
+    got = stateless_step(where, Conv2d(weight=weight, **conv), np.float64)(probes)
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    if got.shape != want.shape:
+        raise refuse(f"the composed convolution yields {got.shape[1:]}, the chain {want.shape[1:]}")
+    if not np.all(np.abs(got - want) <= 1e-9 * (1.0 + scale)):
+        raise refuse("the composed convolution differs from the chain at the border (padding or a pooled "
+                     "size that does not divide by the window)")
+    return weight, conv, bias
+
+
 def _compose_dense(graph: Graph, chain: list[str], in_shape: tuple[int, ...]) -> tuple[Array, Array]:
     """Exact matrix and constant of a linear chain on flattened spikes of ``in_shape``."""
     n_in = int(np.prod(in_shape))
@@ -346,9 +438,9 @@ def _layer_synapses(graph: Graph, neuron: str, sched: Any) -> tuple[list[Synapse
             syns.append(Synapse(chain[-1], source, delayed, "dense", w, flatten=len(in_shape) > 1))
             bias = bias + b
         else:
-            raise UnsupportedError(
-                f"synapse chain {chain} into a {len(shape)}-d layer: only a single Conv2d or pooling "
-                "can feed a spatial layer (move pooling after a neuron layer)", node=neuron)
+            weight, conv, b_conv = compose_conv_chain(graph, chain, tuple(in_shape), tuple(shape), neuron)
+            syns.append(Synapse(chain[-1], source, delayed, "conv", weight, conv=conv))
+            bias = bias + b_conv[:, None, None]
     return syns, bias
 
 
@@ -373,8 +465,8 @@ def fold(graph: Graph) -> MappedGraph:
 
     ``UnsupportedError`` (node named) for a non-spiking layer, a layer kind with no lowering, an
     Output that does not read one spiking layer, a non-linear node or a fan-in between spiking
-    layers, spikes feeding a layer with no weights between, or a chain into a spatial layer other
-    than one Conv2d or pooling."""
+    layers, spikes feeding a layer with no weights between, or a chain into a spatial layer that is
+    not one exact convolution (``compose_conv_chain``)."""
     sched = graph.schedule()
     neurons = [n for n in sched.order if graph.nodes[n].stateful]
     for n in neurons:

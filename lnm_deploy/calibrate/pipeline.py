@@ -1,12 +1,13 @@
 """``calibrate_network``: statistics -> scales -> integers -> a verified artifact and its report.
 
+0. Fold the graph's synapse chains (``passes.fold``, data-independent): a structure the target
+   cannot hold is refused before any statistics are collected.
 1. Run the calibration set through the float executor once and collect per-layer statistics
    (``stats.collect_with_recipe``: histograms, exact ranges, spike rates, range traces); the same
    recorded runs are the float reference of step 4 where they cover its samples (a single-process
    pass over every sample; otherwise the reference is one more float run).
-2. Fold the graph's synapse chains once (``passes.fold``: the ``MappedGraph``, kept on the result).
-   Choose the weight clips by the recipe's weight calibrator; optionally search, layer by layer,
-   the weight clip that maximises spike agreement with the float model (``[search]``): each
+2. The folded ``MappedGraph`` (step 0) is kept on the result. Choose the weight clips by the
+   recipe's weight calibrator; optionally search, layer by layer, the weight clip that maximises spike agreement with the float model (``[search]``): each
    candidate re-runs only the scale planning and encoding passes.
 3. Quantize for the target (``passes.quantize_mapped``): integers, shifts, the LIF fit where the
    target has no programmable neuron, and a static proof that no register overflows over the
@@ -216,13 +217,14 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     n_eval = min(x.shape[0], recipe.info.max_samples or x.shape[0])
     x_eval = x[:n_eval]
     keeper = _ReferenceKeeper(n_eval)
+    # Pass 1 is data-independent: a structure the target cannot hold is refused before the statistics.
+    mapped = fold(graph)
     stats = collect_with_recipe(graph, x, recipe, progress=progress, workers=workers,
                                 ray_address=ray_address, engine=engine, on_batch=keeper)
     ranges = neuron_ranges(stats)
     ref = keeper.result()
     if ref is None:  # the statistics saw other samples, or ran elsewhere
         ref = run_float(graph, x_eval, record=True)
-    mapped = fold(graph)
     selections: dict[str, Selection] = {}  # pass 2, shared by every candidate
     notes: list[str] = []
     factors: dict[str, float] = {}

@@ -721,6 +721,48 @@ def _avgpool2d_from_config(cfg: Mapping[str, Any]) -> nn.AvgPool2d:
     return layer
 
 
+def _maxpool2d_config(layer: nn.MaxPool2d) -> dict[str, Any]:
+    return {
+        "kernel_size": list(nn.modules.utils._pair(layer.kernel_size)),
+        "stride": list(nn.modules.utils._pair(layer.stride)),
+        "padding": list(nn.modules.utils._pair(layer.padding)),
+        "dilation": list(nn.modules.utils._pair(layer.dilation)),
+        "ceil_mode": bool(layer.ceil_mode),
+    }
+
+
+def _maxpool2d_from_config(cfg: Mapping[str, Any]) -> nn.MaxPool2d:
+    r = ConfigReader(cfg, "MaxPool2d")
+    layer = nn.MaxPool2d(r.get_pair("kernel_size"), stride=r.get_pair("stride"), padding=r.get_pair("padding"),
+                         dilation=r.get_pair("dilation"), ceil_mode=r.get_bool("ceil_mode"))
+    r.done()
+    return layer
+
+
+def _batchnorm_config(layer: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:
+    dtype = layer.weight.dtype if layer.weight is not None else (
+        layer.running_mean.dtype if layer.running_mean is not None else torch.get_default_dtype())
+    return {
+        "num_features": layer.num_features,
+        "eps": float(layer.eps),
+        "momentum": layer.momentum,
+        "affine": bool(layer.affine),
+        "track_running_stats": bool(layer.track_running_stats),
+        "dtype": dtype_name(dtype),
+    }
+
+
+def _batchnorm_from_config(cls: type[nn.modules.batchnorm._BatchNorm]) -> Callable[[Mapping[str, Any]], nn.Module]:
+    def build(cfg: Mapping[str, Any]) -> nn.Module:
+        r = ConfigReader(cfg, cls.__name__)
+        layer = cls(r.get_int("num_features"), eps=r.get_float("eps"), momentum=r.get_opt_float("momentum"),
+                    affine=r.get_bool("affine"), track_running_stats=r.get_bool("track_running_stats"),
+                    dtype=r.get_dtype())
+        r.done()
+        return layer
+    return build
+
+
 register_layer_type("LNM", LNM, LNM.config, LNM.from_config)
 register_layer_type("RecurrentLNM", RecurrentLNM, RecurrentLNM.config, RecurrentLNM.from_config)
 register_layer_type("SumPool2d", SumPool2d, SumPool2d.config, SumPool2d.from_config)
@@ -728,6 +770,9 @@ register_layer_type("Linear", nn.Linear, _linear_config, _linear_from_config)
 register_layer_type("Conv2d", nn.Conv2d, _conv2d_config, _conv2d_from_config)
 register_layer_type("Flatten", nn.Flatten, _flatten_config, _flatten_from_config)
 register_layer_type("AvgPool2d", nn.AvgPool2d, _avgpool2d_config, _avgpool2d_from_config)
+register_layer_type("MaxPool2d", nn.MaxPool2d, _maxpool2d_config, _maxpool2d_from_config)
+register_layer_type("BatchNorm1d", nn.BatchNorm1d, _batchnorm_config, _batchnorm_from_config(nn.BatchNorm1d))
+register_layer_type("BatchNorm2d", nn.BatchNorm2d, _batchnorm_config, _batchnorm_from_config(nn.BatchNorm2d))
 
 
 _PREFIXES: tuple[tuple[type[nn.Module], str], ...] = (
@@ -738,12 +783,14 @@ _PREFIXES: tuple[tuple[type[nn.Module], str], ...] = (
     (nn.Flatten, "flatten"),
     (SumPool2d, "sumpool"),
     (nn.AvgPool2d, "avgpool"),
+    (nn.MaxPool2d, "maxpool"),
+    (nn.modules.batchnorm._BatchNorm, "bn"),
 )
 RESERVED_NAMES: frozenset[str] = frozenset({"input", "output"})
 
 
 def default_prefix(layer: nn.Module) -> str:
-    """Name prefix of an auto-named layer: fc, conv, flatten, sumpool, avgpool, lnm, rlnm."""
+    """Name prefix of an auto-named layer: fc, conv, flatten, sumpool, avgpool, maxpool, bn, lnm, rlnm."""
     for cls, prefix in _PREFIXES:
         if isinstance(layer, cls):
             return prefix
@@ -754,8 +801,8 @@ class LNMSequential(nn.Module):
     """A chain of layers run over time; stateless layers act per step, LNM layers carry state.
 
     Build it from modules (auto-named ``<prefix><k>``, k counting from 1 per prefix: ``fc1, lnm1,
-    fc2, lnm2``, ``conv1``, ``flatten1``, ``sumpool1``, ``avgpool1``, ``rlnm1``) or from a mapping
-    of explicit names. These names are the IR node names of :func:`lnm_deploy.model.model_to_ir`
+    fc2, lnm2``, ``conv1``, ``flatten1``, ``sumpool1``, ``avgpool1``, ``maxpool1``, ``bn1``,
+    ``rlnm1``) or from a mapping of explicit names. These names are the IR node names of :func:`lnm_deploy.model.model_to_ir`
     (plus ``input``, ``output`` and ``<rlnm>_rec``).
 
     ``forward`` runs layer by layer: a stateless layer is applied to all ``B*T`` steps at once

@@ -1,7 +1,10 @@
 """Export an :class:`LNMSequential` to lnm-deploy's IR (a flat, discrete-time graph).
 
 Node names are the model's layer names (see :class:`LNMSequential`), plus ``input``, ``output`` and,
-for each RecurrentLNM ``name``, an Affine ``name_rec`` on the back edge ``name -> name_rec -> name``.
+for each RecurrentLNM ``name``, an Affine ``name_rec`` on the back edge ``name -> name_rec -> name``,
+and for each MaxPool2d ``name`` a SumPool2d ``name_sum`` into a memoryless IF layer ``name`` (max of
+binary spikes = their OR; docs/patterns.md). A BatchNorm1d/2d is folded into the Conv2d or Linear
+directly before it (eval-mode running statistics) and has no node of its own.
 Every value is copied as float64 exactly (``detach().double()``), taken from what the forward pass
 uses (e.g. the clamped ``alpha``), so a float64 model and the numpy executor agree spike for spike.
 """
@@ -185,6 +188,71 @@ def _avgpool2d(name: str, layer: nn.AvgPool2d, dt: float) -> LayerNodes:
     return [(name, apool)]
 
 
+@converts(nn.MaxPool2d)
+def _maxpool2d(name: str, layer: nn.MaxPool2d, dt: float) -> LayerNodes:
+    """On binary spikes a max over a window is their logical OR: a SumPool2d ``name_sum`` (the
+    count of spikes in the window) into a memoryless IF layer ``name`` (``P(v) = 0``: v is this
+    step's count; spikes where count > 0.5; reset to 0). Exact on spikes only: ``model_to_ir``
+    refuses a MaxPool2d whose input is not a spiking layer or the input spikes."""
+    if layer.ceil_mode or layer.return_indices:
+        raise UnsupportedError("MaxPool2d(ceil_mode=True or return_indices=True)", node=name)
+    if _p2(layer.dilation) != (1, 1):
+        raise UnsupportedError("MaxPool2d with dilation", node=name)
+    # torch pads a max pool with -inf, the SumPool2d with 0: on spikes (>= 0) the OR is the same.
+    pool = SumPool2d(kernel_size=_p2(layer.kernel_size), stride=_p2(layer.kernel_size if layer.stride is None else layer.stride),
+                     padding=_p2(layer.padding), metadata={"source": "MaxPool2d", "max_pool_of": name})
+    # shape is filled in by model_to_ir once the input shape is known (a placeholder here).
+    return [(f"{name}_sum", pool), (name, _or_neuron((1,), dt))]
+
+
+def _or_neuron(shape: tuple[int, ...], dt: float) -> Neuron:
+    """A memoryless IF layer: v = this step's input, spike where v > 0.5, reset to 0."""
+    return Neuron(shape=shape, poly=np.zeros(1), v_th=np.full(shape, 0.5), v_reset=np.zeros(shape), reset="value", dt=dt,
+                  metadata={"source": "MaxPool2d", "max_pool": "logical OR of the window on binary spikes"})
+
+
+#: torch layers folded into the node before them at export: ``(name, layer, previous IR node) ->
+#: the previous node with the layer folded in``. ``UnsupportedError`` naming the layer when the
+#: previous node cannot absorb it.
+LayerFolder = Callable[[str, Any, str, "Node | None"], Node]
+LAYER_FOLDERS: dict[type[nn.Module], LayerFolder] = {}
+
+
+def _fold_batchnorm(name: str, bn: nn.modules.batchnorm._BatchNorm, prev_name: str, prev: Node | None) -> Node:
+    """BatchNorm (eval mode: running statistics) folded into the Conv2d / Affine before it:
+    ``w' = w g``, ``b' = (b - mean) g + beta`` with ``g = gamma / sqrt(var + eps)`` per output
+    channel (float64). ``UnsupportedError`` for a BatchNorm not directly after a Conv2d or Linear,
+    or without running statistics."""
+    if not isinstance(prev, (Conv2d, Affine)):
+        raise UnsupportedError(
+            f"{type(bn).__name__} follows '{prev_name}' ({type(prev).__name__ if prev is not None else 'the input'}); "
+            "a BatchNorm is folded into the Conv2d or Linear directly before it: put it right after one",
+            node=name)
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnsupportedError(f"{type(bn).__name__}(track_running_stats=False) has no running statistics to "
+                               "fold; train with track_running_stats=True", node=name)
+    mean, var = _np(bn.running_mean), _np(bn.running_var)
+    gamma = _np(bn.weight) if bn.weight is not None else np.ones_like(mean)
+    beta = _np(bn.bias) if bn.bias is not None else np.zeros_like(mean)
+    g = gamma / np.sqrt(var + float(bn.eps))
+    w = prev.weight
+    if w.shape[0] != g.shape[0]:
+        raise UnsupportedError(f"{type(bn).__name__} has {g.shape[0]} features, '{prev_name}' gives "
+                               f"{w.shape[0]} channels", node=name)
+    b = prev.bias if prev.bias is not None else np.zeros(w.shape[0])
+    meta = dict(prev.metadata)
+    meta["folded"] = [*meta.get("folded", []), name]
+    w2 = w * g.reshape(-1, *([1] * (w.ndim - 1)))
+    b2 = (b - mean) * g + beta
+    if isinstance(prev, Conv2d):
+        return Conv2d(weight=w2, bias=b2, stride=prev.stride, padding=prev.padding, dilation=prev.dilation,
+                      groups=prev.groups, metadata=meta)
+    return Affine(weight=w2, bias=b2, metadata=meta)
+
+
+LAYER_FOLDERS[nn.modules.batchnorm._BatchNorm] = _fold_batchnorm
+
+
 def layer_nodes(name: str, layer: nn.Module, dt: float) -> LayerNodes:
     """IR node(s) for one torch layer; a RecurrentLNM gives ``[(name, Neuron), (name_rec, Affine)]``.
 
@@ -196,9 +264,25 @@ def layer_nodes(name: str, layer: nn.Module, dt: float) -> LayerNodes:
             return LAYER_CONVERTERS[cls](name, layer, dt)
     raise UnsupportedError(
         f"layer type {type(layer).__name__} has no IR equivalent (supported: "
-        f"{', '.join(sorted(c.__name__ for c in LAYER_CONVERTERS))})",
+        f"{', '.join(sorted(c.__name__ for c in LAYER_CONVERTERS))}; folded into the layer before: "
+        f"{', '.join(sorted(c.__name__ for c in LAYER_FOLDERS))})",
         node=name,
     )
+
+
+def _max_pool_nodes(name: str, produced: LayerNodes, nodes: dict[str, Node], prev: str) -> LayerNodes:
+    """The MaxPool2d's nodes with the OR layer shaped: its input must be spikes (a spiking Neuron
+    or the input), where max is exactly OR."""
+    src = nodes[prev]
+    if not (isinstance(src, Input) or (isinstance(src, Neuron) and src.emits_spikes)):
+        raise UnsupportedError(
+            f"MaxPool2d follows '{prev}' ({type(src).__name__}); it maps exactly only on binary spikes (max = "
+            "logical OR): put it directly after an LNM layer (or first, on input spikes)", node=name)
+    (sum_name, pool), (_, neuron) = produced
+    assert isinstance(neuron, Neuron)
+    in_shape = src.shape
+    out_shape = pool.output_shape(sum_name, tuple(in_shape))
+    return [(sum_name, pool), (name, _or_neuron(tuple(out_shape), neuron.dt))]
 
 
 def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 1e-3) -> Graph:
@@ -225,14 +309,22 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     prev = "input"
     delays: set[tuple[str, str]] = set()
     for name, layer in model.named_layers():
+        folder = next((LAYER_FOLDERS[c] for c in type(layer).__mro__ if c in LAYER_FOLDERS), None)
+        if folder is not None:
+            nodes[prev] = folder(name, layer, prev, None if prev == "input" else nodes[prev])
+            continue
         produced = layer_nodes(name, layer, float(dt))
+        if isinstance(layer, nn.MaxPool2d):
+            produced = _max_pool_nodes(name, produced, nodes, prev)
         for n, _ in produced:
             if n in nodes:
                 raise UserInputError(f"IR node name {n!r} is used twice", node=n)
         nodes.update(produced)
         # Feed-forward edge first: a node sums its inputs in edge order, x[t] + rec(s[t-1]).
-        edges.append((prev, name))
-        if len(produced) == 2:
+        edges.append((prev, produced[0][0]))
+        if isinstance(layer, nn.MaxPool2d):
+            edges.append((produced[0][0], name))
+        elif len(produced) == 2:
             rec_name = produced[1][0]
             edges += [(name, rec_name), (rec_name, name)]
             delays.add((rec_name, name))  # the recurrent weights deliver the previous step's spikes

@@ -140,6 +140,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if "float_accuracy" in rep:
         print(f"  accuracy on the calibration set: float {rep['float_accuracy']:.4f}, "
               f"fixed {rep['fixed_accuracy']:.4f}")
+        lz = rep.get("lzc_readout") or {}
+        if lz.get("fitted"):
+            print(f"  LZC readout (fitted on the float outputs): float {lz['float_accuracy']:.4f}, "
+                  f"fixed {lz['fixed_accuracy']:.4f}")
+        elif lz:
+            print(f"  no LZC readout: {lz['reason']}")
     print(f"-> {args.out}  (report: {report_dir}/report.json)")
     return 0
 
@@ -161,7 +167,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result = verify(artifact, x, y, backends=backends, float_graph=args.float,
                         max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
                         min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
-                        input_shape=args.input_shape, progress=not args.quiet, **_scale(args))
+                        input_shape=args.input_shape, progress=not args.quiet, readout=args.readout,
+                        **_scale(args))
         if args.json:
             outs.write_text(args.json, json.dumps(result.to_dict(), indent=2, default=json_default))
         if args.html:
@@ -190,6 +197,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(f"  no labels: fixed point predicts the float model's class on {result.prediction_agreement:.4f} "
               f"of the samples, output bins agree {result.output_agreement:.4f} (floor {result.min_agreement:.4g})")
+    lzc = result.lzc
+    if lzc.readout:
+        crit = " (the criterion: --readout lzc)" if result.readout == "lzc" else ""
+        if lzc.float_accuracy is not None:
+            backs = "".join(f", {b} {a:.4f}" for b, a in lzc.backend_accuracy.items())
+            print(f"  LZC readout accuracy: float {lzc.float_accuracy:.4f}, fixed {lzc.fixed_accuracy:.4f}{backs}{crit}")
+        else:
+            print(f"  LZC readout: fixed point gives the float model's class on {lzc.prediction_agreement:.4f} "
+                  f"of the samples{crit}")
+    if lzc.drift is not None:
+        drift = lzc.drift
+        print(f"  LZC drift per output neuron (mean |float - fixed|): max {drift.max:.4f}, "
+              f"mean {float(np.mean(drift.mean_abs_diff)):.4f} over {drift.mean_abs_diff.size} neurons")
     for layer in result.layers:
         print(f"  {layer.name:<12} spike agreement {layer.spike_agreement:.4f}  "
               f"rate {layer.rate_float:.4f} -> {layer.rate_fixed:.4f}")
@@ -394,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=_fraction, default=0.95,
                    help="without labels: smallest accepted fraction of samples where fixed point predicts "
                         "the float model's class (default 0.95)")
+    p.add_argument("--readout", choices=["count", "lzc"], default="count",
+                   help="the readout the accuracy criterion uses: 'count' (arg-max of the output spike "
+                        "counts, default) or 'lzc' (the Lempel-Ziv complexity readout calibrate fitted with "
+                        "labels; the LZC accuracies and drift are reported either way)")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _scale_args(p)

@@ -23,6 +23,13 @@ What ``verify`` establishes before it says PASSED (``docs/pipeline.md``, "What v
    ``max_accuracy_drop`` below the float accuracy; without labels, fixed point predicts the float
    model's class on at least ``min_agreement`` of the samples, and at least that fraction of the
    output's (sample, step, neuron) bins agree (default ``MIN_AGREEMENT``).
+
+The accuracy in 5 is the spike-count readout's (``readout="count"``, the default) or, with
+``readout="lzc"`` (CLI ``--readout lzc``), the Lempel-Ziv complexity readout's that ``calibrate``
+fitted on the float model's outputs and stored in the artifact (``record["readouts"]["lzc"]``);
+without labels the class agreement then uses that readout's classes. Whatever the criterion, the
+result reports the LZC readout's accuracies when the artifact carries one, and the per-output-neuron
+LZC drift between float and fixed point always (``LZCCheck``; docs/readouts.md).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, Us
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.ir.ops import conv2d
+from lnm_deploy.metrics import LZCDrift, lzc_drift
+from lnm_deploy.readout import LZCReadout
 
 if TYPE_CHECKING:
     from lnm_deploy.calibrate.passes import MappedGraph
@@ -50,6 +59,13 @@ Array = np.ndarray
 #: Without labels, verify passes only if fixed point predicts the float model's class (arg-max of the
 #: output spike counts) on at least this fraction of the samples (``--min-agreement``).
 MIN_AGREEMENT = 0.95
+
+#: The readouts the accuracy criterion can use (``verify(readout=...)``, CLI ``--readout``): the
+#: spike count (arg-max over output neurons, the default) or the artifact's LZC readout.
+READOUTS: tuple[str, ...] = ("count", "lzc")
+
+#: The artifact record's key for its readouts (written by ``calibrate`` with labels).
+READOUTS_KEY = "readouts"
 
 
 @dataclass
@@ -68,6 +84,36 @@ class BackendCheck:
     first_mismatch: dict[str, Any] | None = None
     seconds: float = 0.0
     samples: int = 0  # how many samples (the first ones) this backend was compared on
+
+
+@dataclass
+class LZCCheck:
+    """The Lempel-Ziv complexity part of ``verify`` (``lnm_deploy.metrics`` / ``lnm_deploy.readout``).
+
+    ``readout``: the artifact carries an LZC readout (fitted at calibration) and it applied to these
+    runs; ``fitted_on``: its record (``{"run": "float", "samples", "timesteps"}``).
+    ``float_accuracy`` / ``fixed_accuracy``: that readout's accuracy (fraction in [0, 1]) on the float
+    and fxsim outputs, with labels; ``backend_accuracy``: on each backend's outputs (its
+    ``BackendCheck.samples`` first samples). ``prediction_agreement``: fraction of samples where it
+    gives float and fxsim the same class. ``drift``: per output neuron, mean over samples of
+    |LZC(float) - LZC(fxsim)| (normalised LZC, ``metrics.lzc_drift``), None where LZC does not
+    apply (``notes`` say why: an output that is not 0/1 spikes, fewer than 2 timesteps).
+    """
+
+    readout: bool = False
+    fitted_on: dict[str, Any] | None = None
+    float_accuracy: float | None = None
+    fixed_accuracy: float | None = None
+    backend_accuracy: dict[str, float] = field(default_factory=dict)
+    prediction_agreement: float | None = None
+    drift: LZCDrift | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"readout": self.readout, "fitted_on": self.fitted_on, "float_accuracy": self.float_accuracy,
+                "fixed_accuracy": self.fixed_accuracy, "backend_accuracy": dict(self.backend_accuracy),
+                "prediction_agreement": self.prediction_agreement,
+                "drift": None if self.drift is None else self.drift.to_dict(), "notes": list(self.notes)}
 
 
 @dataclass
@@ -93,6 +139,8 @@ class VerifyResult:
     output_agreement: float = 1.0  # fraction of equal output bins (sample, step, neuron)
     min_agreement: float = MIN_AGREEMENT
     labels: bool = False
+    readout: str = "count"  # which readout the accuracy / class-agreement criterion used (READOUTS)
+    lzc: LZCCheck = field(default_factory=LZCCheck)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,13 +152,15 @@ class VerifyResult:
             "prediction_agreement": self.prediction_agreement,
             "output_agreement": self.output_agreement,
             "criteria": {"labels": self.labels, "max_accuracy_drop": self.max_accuracy_drop,
-                         "min_agreement": None if self.labels else self.min_agreement},
+                         "min_agreement": None if self.labels else self.min_agreement,
+                         "readout": self.readout},
             "max_accuracy_drop": self.max_accuracy_drop,
             "layers": [asdict(x) for x in self.layers],
             "backends": {k: asdict(v) for k, v in self.backends.items()},
             "first_divergence": self.first_divergence,
             "passed": self.passed,
             "reasons": self.reasons,
+            "lzc": self.lzc.to_dict(),
         }
 
 
@@ -258,6 +308,87 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     return FloatModel(graph, path, {"requested": requested, "resolved": now}, as_calibrated, notes=notes)
 
 
+def artifact_lzc_readout(artifact: Artifact) -> tuple[LZCReadout | None, dict[str, Any] | None]:
+    """The LZC readout ``calibrate`` stored in ``artifact`` (``record["readouts"]["lzc"]``, fitted on
+    the float model's output spikes of the calibration set) and its ``fitted_on`` record; ``(None,
+    None)`` when the artifact has none (calibrated without labels, or before readouts existed).
+
+    Raises:
+        GraphError: the record is there but malformed (not what ``calibrate`` writes).
+    """
+    readouts = artifact.record.get(READOUTS_KEY)
+    if readouts is None:
+        return None, None
+    if not isinstance(readouts, dict):
+        raise GraphError(f"the artifact's record '{READOUTS_KEY}' is {type(readouts).__name__}, not a mapping: "
+                         "recalibrate the artifact")
+    entry = readouts.get("lzc")
+    if entry is None:
+        return None, None
+    try:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fitted_on"), dict):
+            raise UserInputError("expected {'readout': ..., 'fitted_on': {...}}")
+        return LZCReadout.from_dict(entry.get("readout")), dict(entry["fitted_on"])
+    except UserInputError as e:
+        raise GraphError(f"the artifact's LZC readout ('{READOUTS_KEY}.lzc') is malformed ({e}): recalibrate "
+                         "the artifact with labels") from None
+
+
+def _is_spikes(a: Array) -> bool:
+    return bool(np.all((a == 0) | (a == 1)))
+
+
+def lzc_check(readout: LZCReadout | None, fitted_on: dict[str, Any] | None, runs: dict[str, RunResult],
+              y: Array | None, *, required: bool = False) -> LZCCheck:
+    """The ``LZCCheck`` of ``runs`` (``"float"``, ``"fxsim"`` and any backends, each ``output``
+    (samples, timesteps, *output_shape); a backend's the first samples of fxsim's) with labels ``y``
+    (samples,) or None.
+
+    ``required`` (``readout="lzc"``): raise ``UserInputError`` instead of a note when the readout
+    cannot be applied to these runs (another number of timesteps than it was fitted on, outputs that
+    are not 0/1 spikes).
+    """
+    fixed = runs["fxsim"].output
+    ref = runs["float"].output.reshape(fixed.shape)
+    out = LZCCheck(fitted_on=fitted_on)
+    why = None
+    if fixed.shape[1] < 2:
+        why = f"{fixed.shape[1]} timestep: LZC needs at least 2"
+    elif not (_is_spikes(ref) and _is_spikes(fixed)):
+        why = "the output is not 0/1 spikes (a non-spiking output layer): LZC does not apply"
+    if why is None:
+        out.drift = lzc_drift(ref, fixed)
+    else:
+        out.notes.append(why)
+    if readout is None:
+        out.notes.append("the artifact carries no LZC readout (calibrate with labels to fit one)")
+        return out
+    if why is None and readout.timesteps is not None and readout.timesteps != fixed.shape[1]:
+        why = (f"the LZC readout was fitted on {readout.timesteps} timesteps, these runs have "
+               f"{fixed.shape[1]}: verify on data of that length")
+        out.notes.append(why)
+    if why is not None:
+        if required:
+            raise UserInputError(f"--readout lzc: {why}")
+        return out
+    out.readout = True
+    f_pred, q_pred = readout.predict(ref), readout.predict(fixed)
+    out.prediction_agreement = float(np.mean(f_pred == q_pred))
+    if y is not None:
+        out.float_accuracy = float(np.mean(f_pred == y))
+        out.fixed_accuracy = float(np.mean(q_pred == y))
+        for name, res in runs.items():
+            if name in ("float", "fxsim"):
+                continue
+            o = res.output
+            if o.ndim == fixed.ndim and o.shape[1:] == fixed.shape[1:] and 0 < o.shape[0] <= fixed.shape[0] \
+                    and _is_spikes(o):
+                out.backend_accuracy[name] = float(np.mean(readout.predict(o) == y[: o.shape[0]]))
+            else:
+                out.notes.append(f"{name}: outputs shaped {o.shape} are not fxsim's: no LZC accuracy")
+    return out
+
+
 #: The groups of quantized quantities the divergence replay swaps in, one at a time.
 REPLAY_GROUPS: tuple[str, ...] = ("weights", "dynamics", "threshold")
 
@@ -392,7 +523,7 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
            max_accuracy_drop: float = 0.005, backend_samples: int | None = None,
            min_agreement: float = MIN_AGREEMENT, producer: str | None = None, dt: float | None = None,
            input_shape: tuple[int, ...] | None = None, progress: bool = True, workers: int | None = 1,
-           ray_address: str | None = None, engine: str = "auto") -> VerifyResult:
+           ray_address: str | None = None, engine: str = "auto", readout: str = "count") -> VerifyResult:
     """Run float, fxsim and ``backends`` on ``x`` and compare (see the module docstring).
 
     Args:
@@ -412,10 +543,15 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
             point predicts the float model's class, and of equal output bins, in [0, 1].
         workers, ray_address, engine: the backends' runs are split by samples over N local
             processes or a Ray cluster (``lnm_deploy.distributed``); results are identical whatever N.
+        readout: which readout the accuracy criterion (with labels) and the class agreement
+            (without) use: ``"count"`` (spike counts, the default) or ``"lzc"`` (the artifact's LZC
+            readout, ``artifact_lzc_readout``). The LZC accuracies and drift are reported either way.
 
     Raises:
-        UserInputError: bad arguments, labels or data; the float model cannot be reloaded as calibrated.
-        GraphError: the artifact's integers violate its target.
+        UserInputError: bad arguments, labels or data; the float model cannot be reloaded as calibrated;
+            ``readout="lzc"`` on an artifact without an LZC readout (recalibrate with labels) or on
+            runs it does not apply to (another number of timesteps, non-spike outputs).
+        GraphError: the artifact's integers violate its target; its LZC readout record is malformed.
     """
     import time
 
@@ -431,6 +567,13 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     backends, max_accuracy_drop, backend_samples = validate.verify_options(
         backends, max_accuracy_drop, backend_samples)
     min_agreement = validate.fraction(min_agreement, "min_agreement (--min-agreement)")
+    if not isinstance(readout, str) or readout not in READOUTS:
+        raise UserInputError(f"readout (--readout) must be one of {list(READOUTS)}, got {readout!r}")
+    lzc_readout, fitted_on = artifact_lzc_readout(art)
+    if readout == "lzc" and lzc_readout is None:
+        raise UserInputError("--readout lzc: the artifact carries no LZC readout (it was calibrated without "
+                             "labels, or by an lnm-deploy without readouts): recalibrate it with labels (a "
+                             "calibration .npz with y) to fit one, or use --readout count")
     x = validate.spikes(x, art.graph, "verification data")
     if y is not None:
         y = validate.labels(y, x.shape[0], validate.n_outputs(art.fx), "verification labels")
@@ -475,15 +618,21 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     if not np.any(ref.output):
         reasons.append(f"the float model's output never spikes on these {x.shape[0]} samples: float and fixed "
                        "point cannot be compared meaningfully (check how the graph was read: --producer, --dt)")
+    lzc = lzc_check(lzc_readout, fitted_on, runs, y, required=readout == "lzc")
     f_acc = q_acc = None
+    which = "" if readout == "count" else "LZC readout "
     if y is not None:
         f_acc, q_acc = accuracy(ref.output, y), accuracy(fixed.output, y)
-        if f_acc - q_acc > max_accuracy_drop:
-            reasons.append(f"fixed-point accuracy {q_acc:.4f} is more than {max_accuracy_drop * 100:.2g} points "
-                           f"below float {f_acc:.4f}")
+        f_crit, q_crit = (f_acc, q_acc) if readout == "count" else (lzc.float_accuracy, lzc.fixed_accuracy)
+        assert f_crit is not None and q_crit is not None  # lzc_check(required=True) raised otherwise
+        if f_crit - q_crit > max_accuracy_drop:
+            reasons.append(f"fixed-point {which}accuracy {q_crit:.4f} is more than {max_accuracy_drop * 100:.2g} "
+                           f"points below float {f_crit:.4f}")
     else:
-        if pred_agreement < min_agreement:
-            reasons.append(f"fixed point predicts the float model's class on {pred_agreement:.4f} of the "
+        agree = pred_agreement if readout == "count" else lzc.prediction_agreement
+        assert agree is not None
+        if agree < min_agreement:
+            reasons.append(f"fixed point predicts the float model's {which}class on {agree:.4f} of the "
                            f"samples, below the floor {min_agreement:.4g} (no labels given; --min-agreement)")
         if out_agreement < min_agreement:
             reasons.append(f"the output spikes of fixed point and float agree on {out_agreement:.4f} of the "
@@ -495,5 +644,5 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         passed=not reasons, reasons=reasons, float_source=model.source, max_accuracy_drop=max_accuracy_drop,
         runs=runs, float_graph=graph, float_model=model.to_dict(), prediction_agreement=pred_agreement,
         output_agreement=out_agreement, min_agreement=min_agreement,
-        labels=y is not None,
+        labels=y is not None, readout=readout, lzc=lzc,
     )

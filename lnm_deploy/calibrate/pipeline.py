@@ -14,6 +14,9 @@
    calibrated range times the recipe's margin.
 4. Run fxsim on the calibration set and compare with the float model per layer: spike agreement,
    rate drift, membrane SQNR, first divergence. All of it goes into the report and the artifact.
+5. With labels: the spike-count accuracy of both runs, and the LZC readout (``fit_lzc_readout``)
+   fitted on the float run's output spikes, stored in the artifact (``record["readouts"]["lzc"]``)
+   for ``verify``, its float and fxsim accuracy in the report (``lzc_readout``).
 """
 
 from __future__ import annotations
@@ -124,6 +127,39 @@ def compare_runs_float_fixed(graph: Graph, qz: Quantized, ref: RunResult, fixed:
         out[n] = d
     div = first_divergence(ref.spikes, fixed.spikes, order)
     return {"layers": out, "first_divergence": None if div is None else div._asdict()}
+
+
+#: Where an artifact's record keeps its readouts: ``record[READOUTS_KEY]["lzc"]`` (``fit_lzc_readout``).
+READOUTS_KEY = "readouts"
+
+
+def fit_lzc_readout(ref: RunResult, fixed: RunResult, y: Array) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The LZC readout (``lnm_deploy.readout.LZCReadout``: per-output-neuron normalised Lempel-Ziv
+    complexity, nearest centroid) fitted on the FLOAT run's output spikes ``ref.output`` (samples,
+    timesteps, *output_shape) with labels ``y`` (samples,), and its accuracy on both runs.
+
+    Returns ``(record, report)``. ``record``: None when the readout does not apply, else the
+    artifact's ``record["readouts"]["lzc"]``: ``{"readout": LZCReadout.to_dict(), "fitted_on":
+    {"run": "float", "samples", "timesteps"}}`` (plain JSON, never pickle). ``report``: the
+    calibration report's ``lzc_readout``: ``fitted`` (bool), ``float_accuracy`` and
+    ``fixed_accuracy`` (fxsim, ``fixed``) on these samples (fractions in [0, 1]), or ``reason`` why
+    it was not fitted: the output is not 0/1 spikes (a non-spiking output layer), or fewer than 2
+    timesteps (normalised LZC needs n >= 2). Never raises for those: calibration goes on without it.
+    """
+    from lnm_deploy.readout import LZCReadout
+
+    n, steps = int(ref.output.shape[0]), int(ref.output.shape[1])
+    why = None
+    if steps < 2:
+        why = f"{steps} timestep: the normalised LZC needs at least 2"
+    elif not all(np.all((a == 0) | (a == 1)) for a in (ref.output, fixed.output)):
+        why = "the network's output is not 0/1 spikes (a non-spiking output layer)"
+    if why is not None:
+        return None, {"fitted": False, "reason": why}
+    readout = LZCReadout.fit(ref.output, y)
+    rec = {"readout": readout.to_dict(), "fitted_on": {"run": "float", "samples": n, "timesteps": steps}}
+    return rec, {"fitted": True, "fitted_on": rec["fitted_on"], "float_accuracy": readout.accuracy(ref.output, y),
+                 "fixed_accuracy": readout.accuracy(fixed.output, y)}
 
 
 class _ReferenceKeeper:
@@ -258,11 +294,15 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         "search": {"factors": factors, "log": search_log} if recipe.search.enabled else None,
         "notes": sorted(set(notes)),
     }
+    readouts: dict[str, Any] = {}
     if y is not None:
         from lnm_deploy.metrics import accuracy
 
         report["float_accuracy"] = accuracy(ref.output, y[:n_eval])
         report["fixed_accuracy"] = accuracy(fixed.output, y[:n_eval])
+        lzc, report["lzc_readout"] = fit_lzc_readout(ref, fixed, y[:n_eval])
+        if lzc is not None:
+            readouts["lzc"] = lzc
     source_graph: dict[str, Any] | None = None
     if source is not None:
         # How the float graph was read (producer, dt, input shape: asked for and resolved), so that
@@ -279,6 +319,8 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     record = {"target": target.name, "target_spec": target_spec(target), "recipe": recipe.to_dict(), "calibration": {
         "layers": report["layers"], "comparison": comparison, "notes": report["notes"],
         "stats": stats.to_dict(histograms=False)}, "provenance": provenance}
+    if readouts:  # absent (not empty) without labels: an artifact without readouts reads as before
+        record["readouts"] = readouts
     neurons = [n for n in graph.nodes if n in mapped.layers]
     qz.graph.metadata.update({"calibrated_from_neurons": neurons})
     return CalibrationResult(Artifact(graph=qz.graph, fx=qz.fx, record=record), stats, qz, ref, fixed, report,

@@ -66,8 +66,9 @@ def header_fields(result: Any, artifact: Any, artifact_path: str | None = None,
                   generated: datetime | None = None) -> dict[str, str]:
     """The facts the page's header shows, as plain text by label: artifact, target, tool version,
     date (UTC, ``generated`` or now), float model, the pass thresholds (which applies: with labels
-    the largest accepted accuracy drop, without them the smallest accepted agreement) and how many
-    samples each comparison covered (float against fxsim, each backend against fxsim)."""
+    the largest accepted accuracy drop, without them the smallest accepted agreement; of the LZC
+    readout with ``--readout lzc``) and how many samples each comparison covered (float against
+    fxsim, each backend against fxsim)."""
     d = result.to_dict()
     when = (generated or datetime.now(timezone.utc)).astimezone(timezone.utc)
     prov = (artifact.record.get("provenance") or {}) if artifact is not None else {}
@@ -75,8 +76,11 @@ def header_fields(result: Any, artifact: Any, artifact_path: str | None = None,
     tool = f"lnm-deploy {__version__}" + (f" (artifact calibrated with lnm-deploy {made_with})"
                                           if made_with and made_with != __version__ else "")
     labels = bool(d.get("criteria", {}).get("labels", result.labels))
-    drop = f"max accuracy drop {result.max_accuracy_drop:.4g} (float - fixed accuracy)"
-    agree = f"min agreement {result.min_agreement:.4g} (fixed predicts the float class)"
+    lzc = getattr(result, "readout", "count") == "lzc"
+    drop = (f"max accuracy drop {result.max_accuracy_drop:.4g} (float - fixed accuracy"
+            + (" of the LZC readout)" if lzc else ")"))
+    agree = (f"min agreement {result.min_agreement:.4g} (fixed predicts the float class"
+             + (" of the LZC readout)" if lzc else ")"))
     thresholds = (f"{drop}, applied (labels given); {agree}, not applied" if labels else
                   f"{agree}, applied (no labels); {drop}, not applied")
     compared = [f"float against fxsim on {result.samples} samples x {result.timesteps} timesteps"]
@@ -118,6 +122,7 @@ def render_verify_page(result: Any, graph: Graph, artifact: Any, *, artifact_pat
                         [f"<tr><td>float</td><td>{_fmt(result.float_accuracy)}</td></tr>",
                          f"<tr><td>fixed point (fxsim)</td><td>{_fmt(result.fixed_accuracy)}</td></tr>",
                          f"<tr><td>same class as float</td><td>{_fmt(result.prediction_agreement)}</td></tr>"]))
+    parts.append(_lzc_section(result))
     parts.append("<h2>Backends against fxsim (bit for bit)</h2>")
     rows, firsts = [], []
     for bname, b in d["backends"].items():
@@ -148,6 +153,55 @@ def render_verify_page(result: Any, graph: Graph, artifact: Any, *, artifact_pat
     else:
         parts.append("<p class='muted'>matplotlib is not installed: no figures.</p>")
     parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+#: The drift table lists at most this many output neurons (those with the largest drift).
+MAX_DRIFT_ROWS = 64
+
+
+def _lzc_section(result: Any) -> str:
+    """The LZC readout's accuracies (float, fxsim, each backend) and the per-output-neuron LZC
+    drift between float and fxsim (``VerifyResult.lzc``), as tables; a drift column shows a bar."""
+    lzc = getattr(result, "lzc", None)
+    if lzc is None:
+        return ""
+    crit = " (the pass criterion: <code>--readout lzc</code>)" if getattr(result, "readout", "count") == "lzc" else ""
+    parts = [f"<h2>Lempel-Ziv complexity readout{crit}</h2>"]
+    if lzc.readout:
+        fit = lzc.fitted_on or {}
+        parts.append(f"<p class='muted'>Nearest-centroid classifier on the per-neuron LZC of the output "
+                     f"spike trains, fitted at calibration on the {_fmt(fit.get('run', 'float'))} model's "
+                     f"outputs ({_fmt(fit.get('samples'))} samples x {_fmt(fit.get('timesteps'))} timesteps).</p>")
+        rows = [f"<tr><td>float</td><td>{_fmt(lzc.float_accuracy)}</td></tr>",
+                f"<tr><td>fixed point (fxsim)</td><td>{_fmt(lzc.fixed_accuracy)}</td></tr>"]
+        rows += [f"<tr><td>{_fmt(b)}</td><td>{_fmt(a)}</td></tr>" for b, a in lzc.backend_accuracy.items()]
+        rows.append(f"<tr><td>same class as float</td><td>{_fmt(lzc.prediction_agreement)}</td></tr>")
+        parts.append(_table("<tr><th>model</th><th>LZC readout accuracy</th></tr>", rows))
+    if lzc.notes:
+        parts.append("<ul>" + "".join(f"<li class='muted'>{_fmt(n)}</li>" for n in lzc.notes) + "</ul>")
+    if lzc.drift is not None:
+        d = lzc.drift
+        diff, fm, qm = (np.asarray(a, dtype=np.float64).reshape(-1)
+                        for a in (d.mean_abs_diff, d.reference_mean, d.test_mean))
+        shown = np.arange(diff.size)
+        if diff.size > MAX_DRIFT_ROWS:
+            shown = np.sort(np.argsort(-diff, kind="stable")[:MAX_DRIFT_ROWS])
+        top = float(diff.max()) if diff.size else 0.0
+        rows = []
+        for i in shown:
+            width = 0 if top <= 0 else round(100 * float(diff[i]) / top)
+            bar = (f"<span style='display:inline-block;height:.7em;width:{width}px;background:#0969da'></span>"
+                   if width else "")
+            rows.append(f"<tr><td>{int(i)}</td><td>{fm[i]:.4f}</td><td>{qm[i]:.4f}</td><td>{diff[i]:.4f}</td>"
+                        f"<td style='text-align:left;min-width:110px'>{bar}</td></tr>")
+        note = (f" The {MAX_DRIFT_ROWS} neurons with the largest drift of {diff.size} are listed."
+                if diff.size > MAX_DRIFT_ROWS else "")
+        parts.append(f"<h3>LZC drift per output neuron (largest {top:.4f})</h3><p class='muted'>Normalised "
+                     "LZC (c(n) / (n / log2 n)) of each output neuron's spike train, mean over samples; the "
+                     f"drift is the mean over samples of |float - fixed|.{note}</p>")
+        parts.append(_table("<tr><th>neuron</th><th>LZC float</th><th>LZC fixed</th><th>drift</th><th></th></tr>",
+                            rows))
     return "\n".join(parts)
 
 

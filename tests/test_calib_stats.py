@@ -352,7 +352,15 @@ def test_bad_calibration_input():
         collect_stats(loop, np.ones((1, 3, 2)), progress=False)
 
 
-def test_progress_bar_shows_eta(capsys):
+def test_progress_bar_shows_eta(capsys, monkeypatch):
+    from lnm_deploy import progress as progress_mod
+
+    monkeypatch.setattr(progress_mod, "is_terminal", lambda stream=None: True)  # a bar only at a terminal
     collect_stats(_ff_graph(), _spike_input(n=10), batch_size=2, progress=True)
     err = capsys.readouterr().err
     assert "calibrate" in err and "sample" in err and "<" in err  # tqdm's "elapsed<remaining"
+
+
+def test_progress_writes_nothing_off_a_terminal(capsys):
+    collect_stats(_ff_graph(), _spike_input(n=10), batch_size=2, progress=True)
+    assert capsys.readouterr().err == ""

@@ -338,7 +338,11 @@ def test_unsupported_topologies_are_refused_naming_the_node() -> None:
         run_lava(g, x)
 
 
-def test_bad_input_empty_input_and_progress(graphs: dict[str, ir.Graph], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_empty_input_and_progress(graphs: dict[str, ir.Graph], capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from lnm_deploy import progress as progress_mod
+
+    monkeypatch.setattr(progress_mod, "is_terminal", lambda stream=None: True)  # a bar only at a terminal
     res, x = _artifact(graphs, "snn-leaky", "loihi2")
     fx = res.artifact.fx
     with pytest.raises(UserInputError, match="binary"):

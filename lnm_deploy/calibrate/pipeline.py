@@ -172,7 +172,9 @@ class _ReferenceKeeper:
 
     def __call__(self, index: Array, res: RunResult) -> None:
         sel = np.flatnonzero(index < self.n)
-        if sel.size:
+        if sel.size == index.size:  # the whole batch: keep the run's arrays (no copies)
+            self.parts.append((index, RunResult(output=res.output, spikes=res.spikes, states=res.states)))
+        elif sel.size:
             self.parts.append((index[sel], RunResult(
                 output=res.output[sel], spikes={k: v[sel] for k, v in res.spikes.items()},
                 states={n: {k: v[sel] for k, v in st.items()} for n, st in res.states.items()})))
@@ -188,8 +190,13 @@ class _ReferenceKeeper:
         order = np.argsort(rows, kind="stable")
         runs = [r for _, r in self.parts]
 
+        in_order = bool(np.array_equal(order, np.arange(order.size)))
+
         def cat(arrays: list[Array]) -> Array:
-            return np.concatenate(arrays)[order]
+            if len(arrays) == 1:
+                return arrays[0] if in_order else arrays[0][order]
+            joined = np.concatenate(arrays)
+            return joined if in_order else joined[order]
 
         first = runs[0]
         out = RunResult(

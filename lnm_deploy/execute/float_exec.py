@@ -84,16 +84,19 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                                       for name in sched.order}
     stateful = {n: st for n, st in steps_fn.items() if st.state_names}
     spiking = [n for n in sched.order if graph.nodes[n].emits_spikes]
-    spikes = {n: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.uint8) for n in spiking}
+    # Every row of the records is written by the loop below: no zero-filling.
+    spikes = {n: np.empty((batch, steps, *sched.shapes[n]), dtype=np.uint8) for n in spiking}
     states: dict[str, dict[str, Array]] = {}
     if record:
-        states = {n: {k: np.zeros((batch, steps, *st.state(k).shape[1:]), dtype=dtype) for k in st.state_names}
+        states = {n: {k: np.empty((batch, steps, *st.state(k).shape[1:]), dtype=dtype) for k in st.state_names}
                   for n, st in stateful.items()}
-    output = np.zeros((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
+    output = np.empty((batch, steps, *sched.shapes[sched.output_node]), dtype=dtype)
     values: dict[str, Array] = {}
     inputs: dict[str, Array] = {}
 
-    prev = initial_values(graph, sched, steps_fn, batch, dtype)
+    # Only delayed edges read the previous step's values (at t = 0, the initial values).
+    has_delays = any(delayed for ins in sched.inputs.values() for _, delayed in ins)
+    prev = initial_values(graph, sched, steps_fn, batch, dtype) if has_delays else {}
     for t in progress_bar(range(steps), desc="float", unit="step", enabled=progress):
         cur: dict[str, Array] = {}
         for name in sched.order:

@@ -17,7 +17,7 @@ from lnm_deploy.calibrate import (
     lowerings,
     register_lowering,
 )
-from lnm_deploy.errors import UnsupportedError, UserInputError
+from lnm_deploy.errors import UnsupportedError
 from lnm_deploy.ir import Affine, Neuron, sequential
 from lnm_deploy.targets import load_target
 
@@ -36,7 +36,7 @@ def test_builtin_lowerings_in_preference_order() -> None:
 
 
 def test_a_registered_pair_is_refused_and_left_in_place() -> None:
-    with pytest.raises(UserInputError, match="registered already"):
+    with pytest.raises(ValueError, match="registered already"):
         register_lowering(lowering_of("neuron", "lif"))
     assert lowering_of("neuron", "lif").preference == 0  # the failed registration left it in place
 

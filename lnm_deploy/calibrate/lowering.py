@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lnm_deploy.errors import UnsupportedError, UserInputError
+from lnm_deploy.errors import UnsupportedError
 
 if TYPE_CHECKING:
     from lnm_deploy.calibrate.passes import (
@@ -79,10 +79,11 @@ def register_lowering(lowering: Lowering, *, replace: bool = False) -> Lowering:
     """Register ``lowering`` under (float kind, primitive); returns it.
 
     Raises:
-        UserInputError: that pair is registered already and ``replace`` is False.
+        ValueError: that pair is registered already and ``replace`` is False (a programming error,
+            as for every registry of the package: primitives, NIR mappings, ONNX lowerings, backends).
     """
     if lowering.key in _REGISTRY and not replace:
-        raise UserInputError(f"a lowering {lowering} is registered already (pass replace=True)")
+        raise ValueError(f"a lowering {lowering} is registered already (pass replace=True)")
     _REGISTRY[lowering.key] = lowering
     return lowering
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from lnm_deploy import adaptive as _adaptive  # noqa: F401  (registers the adaptive-threshold neuron)
 from lnm_deploy._version import __version__
 from lnm_deploy.execute import RunResult, run_float
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fx_nets import chain, dense, lif, poly, spikes
+from fx_nets import adaptive, chain, dense, lif, poly, spikes
 from fx_oracle import as_arrays, oracle
 
 from lnm_deploy.backends import Backend, integer_backends
@@ -90,6 +90,7 @@ register_example("conv2d", _conv)
 register_example("flatten", lambda rng: (FxFlatten(), _image(rng)))
 register_example("lif", _neuron(lif))
 register_example("poly", _neuron(poly))
+register_example("adaptive_poly", _neuron(adaptive))
 _BUILTIN = frozenset(EXAMPLES)
 
 

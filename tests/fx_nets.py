@@ -7,6 +7,9 @@ matter: weights Lava clips or truncates, states at the wrap and saturation limit
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
 from lnm_deploy import fixedpoint as fx
@@ -96,6 +99,21 @@ def poly(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = True
         coef_bits=coef_bits,
         v_init=rng.integers(-sm, sm + 1, n).reshape(shape) * (rng.random() < 0.3),
     )
+
+
+def adaptive(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = True) -> Any:
+    """A random ``FxAdaptivePoly``: a random polynomial neuron plus a threshold register (decay,
+    jump of either sign, sometimes a non-resting initial threshold)."""
+    from lnm_deploy.adaptive import FxAdaptivePoly
+
+    p = poly(rng, shape, small=small)
+    n = int(np.prod(shape))
+    sm = 2 ** (p.state_bits - 1) - 1
+    step = rng.integers(0, min(sm, 3000), n) * (1 if rng.random() < 0.8 else -1)
+    init = None if rng.random() < 0.7 else rng.integers(-sm, sm + 1, n).reshape(shape)
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(fx.FxPoly)}
+    return FxAdaptivePoly(**fields, theta_decay=rng.choice([0, 1, 40, 400, 4096], n).reshape(shape),
+                          theta_step=step.reshape(shape), theta_init=init)
 
 
 def chain(nodes: list[tuple[str, fx.FxNode]], input_shape: tuple[int, ...],

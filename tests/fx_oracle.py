@@ -178,6 +178,47 @@ class OPoly:
         return out
 
 
+class OAdaptive(OPoly):
+    """The adaptive-threshold polynomial neuron (docs/adaptive.md, integer step): steps 1-4 of the
+    polynomial neuron, then the spike test against the threshold register, the reset and the
+    register's update, from the document (Python ints)."""
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        self.theta = node.theta_init.reshape(-1).tolist()
+        self.dt = node.theta_decay.reshape(-1).tolist()
+        self.jump = node.theta_step.reshape(-1).tolist()
+
+    def step(self, a: list[int]) -> list[int]:
+        n = self.n
+        S, R, D, rnd, ovf = n.state_bits, n.acc_bits, n.decay_bits, n.rounding, n.overflow
+        s_out = []
+        for i, ai in enumerate(a):
+            x = ai * 2**n.in_shift
+            if self.dc is not None:
+                self.c[i] = o_ovf(o_rnd(self.c[i] * (2**D - self.dc[i]), D, rnd) + x, S, ovf)
+            else:
+                self.c[i] = o_ovf(x, S, ovf)
+            d = len(self.coef) - 1
+            h = self.coef[d][i]
+            for k in range(d - 1, -1, -1):
+                h = o_ovf(o_rnd(h * self.v[i], n.shifts[k], rnd) + self.coef[k][i], R, ovf)
+            vp = o_ovf(h + self.c[i], S, ovf)
+            th = self.theta[i]
+            s = 1 if vp > th else 0
+            if s:
+                self.v[i] = self.v_reset[i] if n.reset == "value" else o_ovf(vp - th, S, ovf)
+            else:
+                self.v[i] = vp
+            relaxed = o_rnd((th - self.vth[i]) * (2**D - self.dt[i]), D, rnd)
+            self.theta[i] = o_ovf(self.vth[i] + relaxed + self.jump[i] * s, S, ovf)
+            s_out.append(s)
+        return s_out
+
+    def states(self) -> dict[str, list[int]]:
+        return {**super().states(), "theta": list(self.theta)}
+
+
 #: The oracle of each synapse or reshape kind: ``(node, spikes, in_shape, out_shape) -> values``
 #: on flat lists of one sample and one step.
 SYNAPSES: dict[str, Callable[..., list[int]]] = {
@@ -187,7 +228,7 @@ SYNAPSES: dict[str, Callable[..., list[int]]] = {
 }
 #: The oracle of each neuron kind: a class built from the node, with ``step(a) -> spikes`` and
 #: ``states() -> {name: values}`` on flat lists.
-NEURONS: dict[str, Callable[[Any], Any]] = {"lif": OLIF, "poly": OPoly}
+NEURONS: dict[str, Callable[[Any], Any]] = {"lif": OLIF, "poly": OPoly, "adaptive_poly": OAdaptive}
 
 
 def register_oracle(kind: str, impl: Callable[..., Any], *, neuron: bool) -> None:

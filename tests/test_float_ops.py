@@ -34,6 +34,9 @@ EXAMPLES = {
     "flatten": (lambda: node_type("flatten")(), (2, 4, 4)),
     "threshold": (lambda: node_type("threshold")(v_th=np.full((2, 4, 4), 0.5)), (2, 4, 4)),
     "neuron": (lambda: Neuron(shape=(2, 4, 4), poly=[0.0, 0.9], v_th=1.0, syn_decay=0.5), (2, 4, 4)),
+    "adaptive_neuron": (lambda: node_type("adaptive_neuron")(shape=(2, 4, 4), poly=[0.0, 0.9], v_th=1.0,
+                                                             syn_decay=0.5, theta_decay=0.9, theta_step=0.3),
+                        (2, 4, 4)),
 }
 
 
@@ -70,7 +73,7 @@ def test_every_kind_has_a_float_step_and_states(kind: str) -> None:
 @pytest.mark.parametrize("kind", _package_kinds())
 def test_every_kind_has_a_nir_reader_and_writer(kind: str) -> None:
     assert kind in registry.WRITERS
-    assert kind in {r.kind for r in registry.READERS.values()}
+    assert kind in {r.kind for r in registry.READERS.values()} | set(registry.EXACT_READERS)
 
 
 def test_neuron_state_names_follow_the_synapse() -> None:

@@ -163,7 +163,7 @@ def test_nan_loads(tmp_path: Path) -> None:
 
 def test_save_rejects_unregistered_layer(tmp_path: Path) -> None:
     model = LNMSequential(nn.Linear(3, 3), nn.ReLU(), LNM(3))
-    with pytest.raises(UserInputError, match=r"ReLU cannot be saved.*known: AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d"):
+    with pytest.raises(UserInputError, match=r"ReLU cannot be saved.*known: (AdaptiveLNM, )?AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d"):
         save_model(model, tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
 

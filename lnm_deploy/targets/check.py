@@ -8,7 +8,7 @@ offer), naming the node, the parameter and the limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from lnm_deploy.errors import UnsupportedError
 from lnm_deploy.fixedpoint import FxGraph, FxNode
@@ -20,8 +20,22 @@ def _rules() -> dict[type[FxNode], Callable[..., None]]:
     return {p.node_type: p.design_rule for p in primitives().values() if p.design_rule is not None}
 
 
+class _Rules(Mapping[type[FxNode], Callable[..., None]]):
+    """A read-only view of the primitive registry's design rules, read at each lookup (a primitive
+    registered after this module was imported is in it)."""
+
+    def __getitem__(self, key: type[FxNode]) -> Callable[..., None]:
+        return _rules()[key]
+
+    def __iter__(self) -> Iterator[type[FxNode]]:
+        return iter(_rules())
+
+    def __len__(self) -> int:
+        return len(_rules())
+
+
 #: The design rule of every node class, derived from the primitive registry (read-only view).
-RULES: dict[type[FxNode], Callable[..., None]] = _rules()
+RULES: Mapping[type[FxNode], Callable[..., None]] = _Rules()
 
 
 def check_recurrence(graph: FxGraph, t: Target) -> None:

@@ -1,0 +1,454 @@
+"""The adaptive-threshold LNM, defined once: float op, NIR mapping, integer primitive, lowering.
+
+Float semantics (one step, elementwise; ``docs/adaptive.md``). The membrane is the LNM neuron's
+(``lnm_deploy.ir.Neuron``: polynomial leak ``P``, input gain, optional synapse, reset); the
+threshold is a state ``theta`` that relaxes toward ``theta_0`` and jumps after each spike::
+
+    c[t]     = syn_decay * c[t-1] + syn_gain * x[t]          (with a synapse, else c[t] = x[t])
+    v'[t]    = P(v[t-1]) + in_gain * c[t]
+    s[t]     = v'[t] > theta[t]
+    v[t]     = v_reset (reset "value") or v'[t] - theta[t] (reset "subtract") where s[t], else v'[t]
+    theta[t+1] = theta_0 + theta_decay * (theta[t] - theta_0) + theta_step * s[t]
+    theta[0] = theta_0
+
+that is ``theta[t] = theta_0 + d_theta (theta[t-1] - theta_0) + theta_step s[t-1]`` with
+``d_theta = theta_decay``. ``theta_0`` is the node's ``v_th``; ``theta_decay`` (per step, in
+[0, 1]) and ``theta_step`` are per neuron (a layer or channel value broadcast). The state
+``theta`` a step leaves (and records) is the threshold of the *next* step. With ``theta_step = 0``
+the node is the ``Neuron`` exactly. States: ``v``, ``v_pre``, ``theta`` (and ``c`` with a synapse).
+
+Integer semantics (primitive ``adaptive_poly``, ``docs/adaptive.md``, after ``docs/fixed-point.md`` section 5): the
+polynomial neuron's membrane (``contract.poly_step``: steps 1-4 of section 5, its spike test
+replaced) plus a threshold register ``theta`` (S bits, on the state grid)::
+
+    v', c  = steps 1-4 of section 5 (the polynomial neuron)
+    s      = v' > theta
+    v      = v_reset where s (reset "value") or ovf_S(v' - theta) (reset "subtract"), else v'
+    theta  = ovf_S(vth + rnd((theta - vth) * (2**D - theta_decay), D) + theta_step * s)
+
+``vth`` is theta_0 (integer), ``theta_decay`` in [0, 2**D] (``d_theta = 1 - theta_decay / 2**D``),
+``theta_step`` in [-(2**(S-1) - 1), 2**(S-1) - 1], ``rnd``/``ovf`` the node's rounding and overflow,
+D = ``decay_bits``; ``theta_init`` (default ``vth``) is the register before the first step.
+
+What this module registers on import (``lnm_deploy`` imports it): the IR kind
+``adaptive_neuron`` (``AdaptiveNeuron``), its NIR writer and exact reader (the NIR node of the
+``Neuron`` with the same membrane, plus ``lnm_theta_decay`` / ``lnm_theta_step`` metadata), the
+integer primitive ``adaptive_poly`` (``FxAdaptivePoly``, ``AdaptiveParams``/``adaptive_step``,
+``adaptive_bounds``, ``AdaptivePolySpec`` = the target section ``[adaptive_poly]``, the design
+rule ``check_adaptive``), its ONNX lowering, and the calibration lowering ``ADAPTIVE_LOWERING``
+(the polynomial neuron's passes with the threshold register added). fxsim and Lava
+(``ContractNeuron``) run ``adaptive_step`` as registered. The torch layer is
+``lnm_deploy.model.adaptive.AdaptiveLNM``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from lnm_deploy.calibrate.lowering import Lowering, register_lowering
+from lnm_deploy.calibrate.neuron_lowerings import (
+    encode_poly,
+    neuron_input_gain,
+    plan_poly,
+    select_poly,
+)
+from lnm_deploy.errors import GraphError, NumericError
+from lnm_deploy.fixedpoint import contract
+from lnm_deploy.fixedpoint.arith import overflow, rshift
+from lnm_deploy.fixedpoint.nodes import FxPoly
+from lnm_deploy.fixedpoint.primitives import PolySpec, Primitive, SpecCheck, check_poly, register
+from lnm_deploy.ir.nodes import Neuron, stats
+from lnm_deploy.ir.ops import NeuronStep
+from lnm_deploy.nir_io.conventions import as_array
+from lnm_deploy.nir_io.registry import NodeRead, reads_exactly, writes
+from lnm_deploy.nir_io.write import neuron_to_nir
+from lnm_deploy.onnx_backend import build as onnx_build
+from lnm_deploy.targets import Target
+
+if TYPE_CHECKING:
+    import nir
+
+    from lnm_deploy.calibrate.passes import (
+        EncodedLayer,
+        MappedLayer,
+        NeuronRange,
+        ScalePlan,
+        Selection,
+        WeightClip,
+    )
+    from lnm_deploy.fixedpoint import Rounding
+
+Array = np.ndarray
+FLOAT_KIND = "adaptive_neuron"
+KIND = "adaptive_poly"
+
+# ------------------------------------------------------------------------------ the float op
+
+
+class AdaptiveStep(NeuronStep):
+    """The batched float step (module docstring): the ``NeuronStep`` membrane tested against the
+    state ``theta`` (``(batch, *shape)``, starting at ``theta_0``), which it then updates."""
+
+    def __init__(self, node: AdaptiveNeuron, batch: int, dtype: DTypeLike) -> None:
+        super().__init__(node.shape, node.poly, node.v_th, node.v_reset, node.reset, node.in_gain,
+                         node.syn_decay, node.syn_gain, batch, dtype)
+        assert self.v_th is not None
+        self.theta0 = self.v_th
+        self.theta_decay = node.theta_decay.astype(dtype)
+        self.theta_step = node.theta_step.astype(dtype)
+        self.theta = np.broadcast_to(self.theta0, (batch, *node.shape)).copy()
+        self.state_names = (*self.state_names, "theta")
+
+    def __call__(self, x: Array) -> Array:
+        self.v_th = self.theta  # the membrane step tests (and subtracts) this step's threshold
+        s = super().__call__(x)
+        self.theta = self.theta0 + self.theta_decay * (self.theta - self.theta0) + self.theta_step * s
+        return s
+
+    def state(self, name: str) -> Array:
+        return self.theta if name == "theta" else super().state(name)
+
+
+@dataclass(eq=False)
+class AdaptiveNeuron(Neuron):
+    """The adaptive-threshold LNM population (module docstring). ``v_th`` is ``theta_0`` (required);
+    ``theta_decay`` (``d_theta``, per step, in [0, 1]) and ``theta_step`` (membrane units) are
+    broadcast to ``shape``; their defaults (0) make a fixed threshold."""
+
+    kind: ClassVar[str] = FLOAT_KIND
+    theta_decay: Array = None  # type: ignore[assignment]
+    theta_step: Array = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.theta_decay = np.broadcast_to(np.asarray(0.0 if self.theta_decay is None else self.theta_decay,
+                                                      dtype=np.float64), self.shape).copy()
+        self.theta_step = np.broadcast_to(np.asarray(0.0 if self.theta_step is None else self.theta_step,
+                                                     dtype=np.float64), self.shape).copy()
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        if self.v_th is None:
+            raise GraphError("an adaptive-threshold neuron needs v_th (theta_0)", node=name)
+        if not (np.all(np.isfinite(self.theta_decay)) and np.all(np.isfinite(self.theta_step))):
+            raise NumericError("theta_decay and theta_step must be finite", node=name)
+        if np.any(self.theta_decay < 0) or np.any(self.theta_decay > 1):
+            raise GraphError(f"theta_decay must lie in [0, 1], got [{self.theta_decay.min()}, "
+                             f"{self.theta_decay.max()}]", node=name)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """``v``, ``v_pre``, (``c``), ``theta`` (the next step's threshold)."""
+        return (*super().state_names, "theta")
+
+    def float_step(self, name: str, batch: int, dtype: DTypeLike) -> AdaptiveStep:
+        return AdaptiveStep(self, batch, dtype)
+
+    def describe(self) -> dict[str, Any]:
+        p = super().describe()
+        p["theta_decay"] = stats(self.theta_decay)
+        p["theta_step"] = stats(self.theta_step)
+        return p
+
+
+# ------------------------------------------------------------------------------- NIR mapping
+
+
+@writes(AdaptiveNeuron)
+def _write(name: str, node: AdaptiveNeuron, in_shape: Any, out_shape: Any, meta: dict[str, Any]) -> nir.NIRNode:
+    """The NIR node of the ``Neuron`` with the same membrane (a LIF approximation for other tools),
+    ``lnm_kind`` = ``adaptive_neuron`` and the threshold parameters in ``lnm_theta_*``."""
+    out = neuron_to_nir(name, node)
+    out.metadata["lnm_kind"] = FLOAT_KIND
+    out.metadata["lnm_theta_decay"] = node.theta_decay.copy()
+    out.metadata["lnm_theta_step"] = node.theta_step.copy()
+    return out
+
+
+def _meta(r: NodeRead, key: str) -> Array:
+    if key not in r.meta:
+        raise GraphError(f"lnm-deploy metadata is incomplete: '{key}' is missing", node=r.name)
+    return np.asarray(as_array(r.meta[key]), dtype=np.float64)
+
+
+@reads_exactly(AdaptiveNeuron)
+def _read(r: NodeRead) -> AdaptiveNeuron:
+    """Restores the node bit-exactly from its ``lnm_*`` metadata (``_write``)."""
+    poly = _meta(r, "lnm_poly")
+    syn = "lnm_syn_decay" in r.meta
+    node = AdaptiveNeuron(
+        shape=tuple(poly.shape[1:]), poly=poly, v_th=_meta(r, "lnm_v_th"), v_reset=_meta(r, "lnm_v_reset"),
+        reset=str(r.meta.get("lnm_reset")),  # type: ignore[arg-type]
+        in_gain=_meta(r, "lnm_in_gain"), syn_decay=_meta(r, "lnm_syn_decay") if syn else None,
+        syn_gain=_meta(r, "lnm_syn_gain") if syn else None, dt=float(_meta(r, "lnm_dt")),
+        theta_decay=_meta(r, "lnm_theta_decay"), theta_step=_meta(r, "lnm_theta_step"), metadata=r.ir_meta)
+    node.validate(r.name)
+    return node
+
+
+# ------------------------------------------------------------------------ integer primitive
+
+
+@dataclass(eq=False)
+class FxAdaptivePoly(FxPoly):
+    """The polynomial neuron (``FxPoly``) with a threshold register (module docstring): ``vth`` is
+    theta_0; ``theta_decay`` in [0, 2**D], ``theta_step`` and ``theta_init`` (default ``vth``) per
+    neuron, S-bit signed."""
+
+    kind: ClassVar[str] = KIND
+    theta_decay: Array | int = 0
+    theta_step: Array | int = 0
+    theta_init: Array | int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.theta_init is None:
+            self.theta_init = np.asarray(self.vth).copy()
+        for key in ("theta_decay", "theta_step", "theta_init"):
+            a = np.asarray(getattr(self, key))
+            if a.dtype.kind == "f" and not np.all(a == np.round(a)):
+                raise GraphError(f"'{key}' must hold integers", node=KIND)
+            try:
+                setattr(self, key, np.broadcast_to(a.astype(np.int64), self.shape).copy())
+            except ValueError as e:
+                raise GraphError(f"'{key}' of shape {a.shape} does not fit {self.shape}", node=KIND) from e
+
+    def state_names(self) -> tuple[str, ...]:
+        return (*super().state_names(), "theta")
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        sm = (1 << (self.state_bits - 1)) - 1
+        for key, lo, hi in (("theta_decay", 0, 1 << self.decay_bits), ("theta_step", -sm, sm),
+                            ("theta_init", -sm, sm)):
+            a = np.asarray(getattr(self, key))
+            if a.size and (a.min() < lo or a.max() > hi):
+                raise GraphError(f"'{key}' must lie in [{lo}, {hi}], got values in [{a.min()}, {a.max()}]",
+                                 node=name)
+
+    def membrane(self) -> FxPoly:
+        """The polynomial neuron of the membrane (steps 1-4), its threshold at the state maximum so
+        that it never spikes and leaves ``v = v'``."""
+        keep = {f.name: getattr(self, f.name) for f in dataclasses.fields(FxPoly)}
+        keep.update(vth=(1 << (self.state_bits - 1)) - 1, reset="value", metadata={})
+        return FxPoly(**keep)
+
+
+@dataclass(frozen=True)
+class AdaptiveParams:
+    """The constants of one step: the membrane's ``PolyParams`` (never spiking), theta_0 ``vth``,
+    ``k = 2**D - theta_decay``, ``theta_step``, the reset and the widths."""
+
+    membrane: contract.PolyParams
+    vth: Array
+    k: Array
+    theta_step: Array
+    v_reset: Array
+    reset: str
+    rounding: str
+    overflow: str
+    state_bits: int
+    decay_bits: int
+
+    @classmethod
+    def of(cls, node: FxAdaptivePoly) -> AdaptiveParams:
+        return cls(membrane=contract.PolyParams.of(node.membrane()), vth=np.asarray(node.vth, np.int64),
+                   k=(1 << node.decay_bits) - np.asarray(node.theta_decay, np.int64),
+                   theta_step=np.asarray(node.theta_step, np.int64), v_reset=np.asarray(node.v_reset, np.int64),
+                   reset=node.reset, rounding=node.rounding, overflow=node.overflow, state_bits=node.state_bits,
+                   decay_bits=node.decay_bits)
+
+
+def adaptive_step(p: AdaptiveParams, state: contract.State, a: Array) -> tuple[contract.State, Array]:
+    """One step (module docstring) on int64 arrays; ``state`` (``v``, ``theta``, with a synapse
+    ``c``) is not modified. Returns the new states and the spikes (bool)."""
+    S, ovf = p.state_bits, p.overflow
+    mem, _ = contract.poly_step(p.membrane, state, a)  # v' (never spikes) and c
+    vp, theta = mem["v"], state["theta"]
+    s = vp > theta
+    if p.reset == "value":
+        v = np.where(s, p.v_reset, vp)
+    else:
+        v = np.where(s, overflow(vp - theta, S, ovf), vp)
+    relaxed = rshift((theta - p.vth) * p.k, p.decay_bits, p.rounding)
+    out = {"v": v, "theta": overflow(p.vth + relaxed + np.where(s, p.theta_step, 0), S, ovf)}
+    if "c" in mem and p.membrane.kc is not None:
+        out["c"] = mem["c"]
+    return out, s
+
+
+@dataclass(frozen=True)
+class AdaptiveBounds:
+    """The membrane's ``PolyBounds`` and ``theta_product``, a bound on ``|(theta - vth) * k|``
+    (``|theta - vth| <= 2**S``, ``k <= 2**D``)."""
+
+    membrane: contract.PolyBounds
+    theta_product: int
+
+
+def adaptive_bounds(node: FxAdaptivePoly, input_bound: int) -> AdaptiveBounds:
+    """``AdaptiveBounds`` of ``node`` for neuron inputs ``|a| <= input_bound``."""
+    return AdaptiveBounds(contract.poly_bounds(node.membrane(), input_bound),
+                          1 << (node.state_bits + node.decay_bits))
+
+
+@dataclass(frozen=True)
+class AdaptivePolySpec(PolySpec):
+    """``[adaptive_poly]``: the programmable polynomial neuron with a threshold register; the
+    keys of ``[poly]`` (the membrane) plus ``theta_step``, the range of the threshold's jump."""
+
+    theta_step: tuple[int, int]
+
+    def check(self, c: SpecCheck) -> None:
+        super().check(c)
+        sm = (1 << (self.state_bits - 1)) - 1
+        c.within("theta_step", self.theta_step, (-sm, sm))
+
+    def summary(self) -> str:
+        return f"adaptive-threshold {super().summary()}"
+
+
+def as_poly_target(target: Target) -> Target:
+    """``target`` with its ``[adaptive_poly]`` section in the place of ``[poly]``: the polynomial
+    neuron's rules and passes then read the adaptive neuron's membrane widths."""
+    return Target(target.info, target.sections, target.path, poly=target.spec(KIND))
+
+
+def check_adaptive(name: str, n: FxAdaptivePoly, t: Target) -> None:
+    """The design rule: the membrane's (``check_poly`` against ``[adaptive_poly]``) and the range
+    of ``theta_step``."""
+    spec: AdaptivePolySpec = t.spec(KIND, node=name)
+    check_poly(name, n, as_poly_target(t))
+    step = np.asarray(n.theta_step)
+    if step.size and (step.min() < spec.theta_step[0] or step.max() > spec.theta_step[1]):
+        raise GraphError(f"theta_step in [{step.min()}, {step.max()}] exceeds target '{t.name}' range "
+                         f"{list(spec.theta_step)}", node=name)
+
+
+ADAPTIVE_POLY = register(Primitive(KIND, FxAdaptivePoly, AdaptivePolySpec, check_adaptive,
+                                   bounds=adaptive_bounds, params=AdaptiveParams.of, step=adaptive_step,
+                                   missing_hint="calibrate for a target with an [adaptive_poly] section "
+                                                "(loihi2)"))
+
+
+# ------------------------------------------------------------------------------- ONNX
+
+
+class AdaptiveOnnx(onnx_build.NeuronLowering):
+    """The ONNX step: the polynomial neuron's lowering for the membrane (of ``node.membrane()``),
+    then the spike test, the reset and the threshold register (module docstring)."""
+
+    node: FxAdaptivePoly
+
+    def __init__(self, node: FxAdaptivePoly, in_bound: int) -> None:
+        super().__init__(node, in_bound)
+        self.poly = onnx_build.NEURONS["poly"](node.membrane(), in_bound)
+
+    def prepare(self, b: onnx_build.Builder, a: str, bound: int) -> tuple[str, int]:
+        return self.poly.prepare(b, a, bound)
+
+    def step(self, b: onnx_build.Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+        n = self.node
+        S, ovf, D = n.state_bits, n.overflow, n.decay_bits
+        _, mem = self.poly.step(b, x, st)
+        vp, theta = mem["v"], st["theta"]
+        s = b.op("Greater", [vp, theta], "spike")
+        if n.reset == "value":
+            after = b.const(n.v_reset)
+        else:
+            after = b.ovf(b.op("Sub", [vp, theta], "v_sub"), S, ovf)
+        new = dict(mem)
+        new["v"] = b.op("Where", [s, after, vp], "v")
+        vth = b.const(n.vth)
+        k = b.const((1 << D) - np.asarray(n.theta_decay, np.int64))
+        dev = b.op("Mul", [b.op("Sub", [theta, vth], "theta_dev"), k], "theta_k")
+        relaxed = b.rshift(dev, D, n.rounding, 1 << (S + D))
+        jump = b.op("Where", [s, b.const(n.theta_step), b.const(0)], "theta_jump")
+        t = b.op("Add", [b.op("Add", [vth, relaxed], "theta_relaxed"), jump], "theta_in")
+        new["theta"] = b.ovf(t, S, ovf)
+        return s, new
+
+
+onnx_build.register_neuron_lowering(KIND, AdaptiveOnnx)
+
+
+# ---------------------------------------------------------------------- calibration lowering
+
+
+def _node(node: Any) -> AdaptiveNeuron:
+    assert isinstance(node, AdaptiveNeuron), node  # registered for kind "adaptive_neuron" only
+    return node
+
+
+def theta_range(node: AdaptiveNeuron) -> tuple[float, float, bool]:
+    """``(lo, hi, bounded)``: the range of ``theta`` from ``theta_0``, ``d_theta`` and
+    ``theta_step`` (``theta_0 + theta_step / (1 - d_theta)`` at the most); ``bounded`` is False
+    where some ``d_theta = 1`` with ``theta_step != 0`` (then the range is theta_0's)."""
+    th0 = np.asarray(node.v_th, dtype=np.float64).reshape(-1)
+    d, step = node.theta_decay.reshape(-1), node.theta_step.reshape(-1)
+    grows = (d >= 1.0) & (step != 0)
+    span = np.where(grows, 0.0, step / np.maximum(1.0 - d, 1e-300))
+    return float(np.min(th0 + np.minimum(span, 0.0))), float(np.max(th0 + np.maximum(span, 0.0))), \
+        not bool(np.any(grows))
+
+
+def select_adaptive(layer: MappedLayer, rng: NeuronRange, target: Target, margin: float,
+                    rounding: Rounding) -> Selection:
+    """Pass 2: the polynomial neuron's (``select_poly`` on the ``[adaptive_poly]`` widths), with
+    the threshold's range inside the state register."""
+    sel = select_poly(layer, rng, as_poly_target(target), margin, rounding)
+    lo, hi, bounded = theta_range(_node(layer.node))
+    spec: AdaptivePolySpec = target.spec(KIND, node=layer.name)
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    approx = sel.approximations
+    if not bounded:
+        approx = (*approx, "theta_decay 1 with a nonzero theta_step: the threshold register saturates "
+                           f"at the {spec.state_bits}-bit state limit")
+    q_min = max(sel.q_min, max(abs(lo), abs(hi)) * margin / s_max)
+    return dataclasses.replace(sel, primitive=KIND, q_min=q_min, approximations=approx)
+
+
+def plan_adaptive(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
+    """Pass 3: the polynomial neuron's (``plan_poly``) on the ``[adaptive_poly]`` widths."""
+    return plan_poly(sel, as_poly_target(target), weight_clip)
+
+
+def encode_adaptive(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
+    """Pass 4: the polynomial neuron's integers (``encode_poly``) plus ``theta_decay =
+    rint((1 - d_theta) 2**D)`` and ``theta_step = rint(theta_step / q)``; the dequantized node
+    is an ``AdaptiveNeuron`` with those values."""
+    enc = encode_poly(sel, scales, as_poly_target(target))
+    spec: AdaptivePolySpec = target.spec(KIND, node=sel.name)
+    node, q, D = _node(sel.node), scales.q, spec.decay_bits
+    assert isinstance(enc.fx, FxPoly) and isinstance(enc.ir, Neuron)
+    decay_int = np.clip(np.rint((1.0 - node.theta_decay) * 2**D), 0, 2**D).astype(np.int64)
+    step_int = np.rint(node.theta_step / q).astype(np.int64)
+    if np.any(step_int < spec.theta_step[0]) or np.any(step_int > spec.theta_step[1]):
+        raise NumericError(f"theta_step needs [{step_int.min()}, {step_int.max()}] LSBs; target "
+                           f"'{target.name}' holds {list(spec.theta_step)}", node=sel.name)
+    fields = {f.name: getattr(enc.fx, f.name) for f in dataclasses.fields(FxPoly)}
+    fx = FxAdaptivePoly(**fields, theta_decay=decay_int, theta_step=step_int)
+    ir_fields = {f.name: getattr(enc.ir, f.name) for f in dataclasses.fields(Neuron)}
+    ir = AdaptiveNeuron(**ir_fields, theta_decay=1.0 - decay_int / 2**D, theta_step=step_int * q)
+    lo, hi, _ = theta_range(ir)
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    theta_int = max(abs(lo), abs(hi)) / q
+    proof = dict(enc.record.proof, theta_bound_int=theta_int,
+                 holds=bool(enc.record.proof.get("holds", False) and theta_int <= s_max))
+    rec = dataclasses.replace(enc.record, primitive=KIND, proof=proof)
+    return dataclasses.replace(enc, fx=fx, ir=ir, record=rec)
+
+
+def _applies(layer: MappedLayer, target: Target) -> bool:
+    return target.offers(KIND)
+
+
+ADAPTIVE_LOWERING = register_lowering(Lowering(
+    FLOAT_KIND, KIND, applies=_applies, select=select_adaptive, plan=plan_adaptive, encode=encode_adaptive,
+    input_gain=neuron_input_gain, preference=10,
+    description="programmable polynomial neuron with a threshold register"))

@@ -1,0 +1,127 @@
+"""``AdaptiveLNM``: the LNM layer with an adaptive threshold, trainable with surrogate gradients.
+
+The membrane is the ``LNM``'s (its polynomial, synapse, reset, regulariser); ``v_th`` is the
+resting threshold ``theta_0``, and the threshold state follows (``docs/adaptive.md``)::
+
+    theta[0] = theta_0
+    s[t] = v'[t] > theta[t];  reset against theta[t]
+    theta[t+1] = theta_0 + d_theta * (theta[t] - theta_0) + theta_step * s[t]
+
+``d_theta`` (``theta_decay_value()``, clamped into [0, 1]) and ``theta_step`` are learnable, per
+layer, channel or neuron (``theta_granularity``). Exported as ``lnm_deploy.adaptive.AdaptiveNeuron``
+(the converter registered below), evaluated in the same order so float64 agrees bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lnm_deploy.adaptive import AdaptiveNeuron
+from lnm_deploy.model.layers import (
+    GRANULARITIES,
+    LNM,
+    ConfigReader,
+    Granularity,
+    _param_shape,
+    horner,
+    register_layer_type,
+    spike,
+)
+from lnm_deploy.model.to_ir import LayerNodes, converts, neuron_node
+
+
+class AdaptiveLNM(LNM):
+    """An ``LNM`` whose threshold adapts (module docstring).
+
+    Args (beyond ``LNM``'s): theta_decay: initial ``d_theta`` per step in [0, 1]; theta_step:
+    initial jump of the threshold per spike (membrane units); theta_granularity: ``"layer"``,
+    ``"channel"`` or ``"neuron"``; learn_theta: whether both are ``nn.Parameter``s.
+    """
+
+    theta_decay: Tensor
+    theta_step: Tensor
+
+    def __init__(self, shape: int | Iterable[int], degree: int = 2, *, theta_decay: float = 0.9,
+                 theta_step: float = 0.2, theta_granularity: Granularity = "layer", learn_theta: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(shape, degree, **kwargs)
+        self.theta_granularity = theta_granularity
+        ashape = _param_shape(self.shape, theta_granularity, "theta")
+        dtype = self.theta_raw.dtype
+        self._register("theta_decay", torch.full(ashape, float(theta_decay), dtype=dtype), learn_theta)
+        self._register("theta_step", torch.full(ashape, float(theta_step), dtype=dtype), learn_theta)
+
+    def theta_decay_value(self) -> Tensor:
+        """``d_theta`` used in the forward pass (clamped into [0, 1])."""
+        return self.theta_decay.clamp(0.0, 1.0)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "theta_granularity": self.theta_granularity,
+                "learn_theta": "theta_step" in self._parameters}
+
+    @classmethod
+    def _config_kwargs(cls, r: ConfigReader) -> dict[str, Any]:
+        return {**super()._config_kwargs(r), "theta_granularity": r.get_str("theta_granularity", GRANULARITIES),
+                "learn_theta": r.get_bool("learn_theta")}
+
+    def forward(self, x: Tensor, record: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """As ``LNM.forward``; ``record`` adds ``"theta"`` (the next step's threshold)."""
+        if tuple(x.shape[2:]) != self.shape or x.dim() != 2 + len(self.shape):
+            raise ValueError(f"AdaptiveLNM expects input (B, T, *{self.shape}), got {tuple(x.shape)}")
+        x = x.to(self.theta_raw.dtype)
+        poly, alpha = self.poly_value(), self.alpha_value()
+        d, jump, theta0 = self.theta_decay_value(), self.theta_step, self.v_th
+        v = torch.zeros_like(x[:, 0])
+        c = torch.zeros_like(x[:, 0]) if alpha is not None else None
+        theta = theta0 + torch.zeros_like(x[:, 0])
+        ss, vs, cs, ths = [], [], [], []
+        for t in range(x.shape[1]):
+            i_t = x[:, t]
+            if c is not None and alpha is not None:
+                c = alpha * c + i_t
+                i_t = c
+                cs.append(c)
+            v_new = horner(poly, v) + i_t
+            fired = v_new > theta
+            s = spike(v_new, theta, self.surrogate_slope, self.surrogate)
+            v = torch.where(fired, self.v_reset, v_new) if self.reset == "value" else \
+                torch.where(fired, v_new - theta, v_new)
+            theta = theta0 + d * (theta - theta0) + jump * s
+            ss.append(s)
+            vs.append(v)
+            ths.append(theta)
+        out = torch.stack(ss, dim=1)
+        if self.training and torch.is_grad_enabled():
+            self._observe(vs)
+        if not record:
+            return out
+        rec = {"s": out, "v": torch.stack(vs, dim=1), "theta": torch.stack(ths, dim=1)}
+        if cs:
+            rec["c"] = torch.stack(cs, dim=1)
+        return out, rec
+
+
+def _full(t: Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(t.detach().cpu().double().numpy(), shape).copy()
+
+
+@converts(AdaptiveLNM)
+def _adaptive(name: str, layer: AdaptiveLNM, dt: float) -> LayerNodes:
+    base = neuron_node(layer, dt)
+    fields = {k: getattr(base, k) for k in ("shape", "poly", "v_th", "v_reset", "reset", "in_gain", "syn_decay",
+                                             "syn_gain", "dt", "metadata")}
+    fields["metadata"] = {**fields["metadata"], "theta_granularity": layer.theta_granularity}
+    return [(name, AdaptiveNeuron(**fields, theta_decay=_full(layer.theta_decay_value(), layer.shape),
+                                  theta_step=_full(layer.theta_step, layer.shape)))]
+
+
+def _from_config(cfg: Mapping[str, Any]) -> AdaptiveLNM:
+    return AdaptiveLNM.from_config(cfg)
+
+
+register_layer_type("AdaptiveLNM", AdaptiveLNM, AdaptiveLNM.config, _from_config)

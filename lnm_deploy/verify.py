@@ -422,8 +422,11 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
     def current(g: Graph, mg: MappedGraph) -> tuple[Array, Neuron]:
         """The neuron's input per step as the executor sums it (synapse outputs plus biases)."""
         node = g.nodes[layer]
-        if not isinstance(node, Neuron) or not node.spiking:  # the replay swaps a neuron's parameters
-            raise UnsupportedError("the divergence replay needs a spiking Neuron", node=layer)
+        # The replay swaps the parameter groups of the LNM Neuron itself: a kind derived from it
+        # (with more state, e.g. an adaptive threshold) is not replayed as if it were one.
+        if node.kind != Neuron.kind or not isinstance(node, Neuron) or not node.spiking:
+            raise UnsupportedError(f"the divergence replay needs a spiking '{Neuron.kind}' node, not "
+                                   f"'{node.kind}'", node=layer)
         ml = mg.layers[layer]
         syns, bias = ml.synapses, ml.bias
         x = np.zeros(t_end + 1)
@@ -481,8 +484,11 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
     layer, sample, t, neuron = div.layer, div.sample, div.timestep, div.neuron
     out: dict[str, Any] = {"layer": layer, "sample": int(sample), "timestep": int(t), "neuron": int(neuron)}
     node = graph.nodes.get(layer)
-    if not isinstance(node, Neuron) or layer not in artifact.graph.nodes:
+    if node is None or layer not in artifact.graph.nodes:
         out["cause"] = "undetermined (the layer has no float counterpart)"
+        return out
+    if node.kind != Neuron.kind:
+        out["cause"] = f"undetermined (the divergence replay covers '{Neuron.kind}' layers, not '{node.kind}')"
         return out
     try:
         from lnm_deploy.calibrate.passes import fold

@@ -37,6 +37,18 @@ if ! PY=$(find_py310); then
   exit 1
 fi
 
+# Only ever remove a venv directory this script made: never follow a symlink (rm -rf "link/"
+# would empty the directory it points to) and never remove a directory that is not a venv.
+VENV=${VENV%/}
+if [[ -L "$VENV" ]]; then
+  echo "error: $VENV is a symbolic link; it is out of date and will not be rebuilt through the link." >&2
+  echo "       Remove the link (or point VENV at a real directory) and run again." >&2
+  exit 1
+fi
+if [[ -e "$VENV" && ! -f "$VENV/pyvenv.cfg" ]]; then
+  echo "error: $VENV exists and is not a Python venv; it is not removed. Move it away or set VENV." >&2
+  exit 1
+fi
 echo "==> creating $VENV with $PY ($("$PY" --version 2>&1))"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"

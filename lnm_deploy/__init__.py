@@ -40,11 +40,14 @@ def export(model: Any, path: str | os.PathLike[str] | None = None, *, input_shap
 
 
 def load(source: str | os.PathLike[str] | nir.NIRGraph, *, dt: float | None = None,
-         producer: str | None = None) -> Graph:
-    """Read a NIR graph (file or ``nir.NIRGraph``) written by lnm-deploy, snnTorch, Norse or others."""
+         producer: str | None = None, input_shape: tuple[int, ...] | None = None, reset: str | None = None,
+         threshold: str | None = None, spikes: str | None = None) -> Graph:
+    """Read a NIR graph (file or ``nir.NIRGraph``) written by lnm-deploy, snnTorch, Norse, Sinabs,
+    Rockpool or others; the options are ``lnm_deploy.nir_io.from_nir``'s (docs/nir.md)."""
     from lnm_deploy.nir_io import from_nir
 
-    return from_nir(source, dt=dt, producer=producer)
+    return from_nir(source, dt=dt, producer=producer, input_shape=input_shape, reset=reset,
+                    threshold=threshold, spikes=spikes)
 
 
 __all__ = ["RunResult", "__version__", "export", "load", "run_float"]

@@ -280,3 +280,17 @@ def test_small_bias_lost_on_stock_lif_is_warned() -> None:
     x = _spikes(rng, (8, 20, 6))
     with pytest.warns(LNMDeployWarning, match=r"layer 'n': the bias of 1 neuron\(s\).*flat indices 0;"):
         calibrate_network(g, x, load_target("loihi2-lif"), load_recipe("default"), progress=False)
+
+
+def test_batchnorm_in_training_mode_is_folded_with_a_warning() -> None:
+    """torch normalises with batch statistics in training mode: the export (running statistics, as
+    eval() uses them) says so instead of folding silently."""
+    from lnm_deploy.errors import LNMDeployWarning
+
+    m = _bn_maxpool_model()
+    m.train()
+    with pytest.warns(LNMDeployWarning, match=r"'bn1'.*training mode.*model.eval\(\)"):
+        g = model_to_ir(m, (1, 8, 8))
+    m.eval()
+    g_eval = model_to_ir(m, (1, 8, 8))
+    assert np.array_equal(g.nodes["conv1"].weight, g_eval.nodes["conv1"].weight)

@@ -11,6 +11,7 @@ uses (e.g. the clamped ``alpha``), so a float64 model and the numpy executor agr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lnm_deploy._version import __version__
-from lnm_deploy.errors import GraphError, UnsupportedError, UserInputError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, UserInputError
 from lnm_deploy.ir import (
     Affine,
     AvgPool2d,
@@ -231,6 +232,10 @@ def _fold_batchnorm(name: str, bn: nn.modules.batchnorm._BatchNorm, prev_name: s
     if bn.running_mean is None or bn.running_var is None:
         raise UnsupportedError(f"{type(bn).__name__}(track_running_stats=False) has no running statistics to "
                                "fold; train with track_running_stats=True", node=name)
+    if bn.training:
+        warnings.warn(f"layer '{name}': {type(bn).__name__} is in training mode (it normalises with each "
+                      "batch's statistics); the export folds its running statistics, as model.eval() "
+                      "would use them: call model.eval() before exporting", LNMDeployWarning, stacklevel=4)
     mean, var = _np(bn.running_mean), _np(bn.running_var)
     gamma = _np(bn.weight) if bn.weight is not None else np.ones_like(mean)
     beta = _np(bn.bias) if bn.bias is not None else np.zeros_like(mean)

@@ -163,13 +163,13 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
     # norm_input=True, MultiSpike + MembraneSubtract (the defaults), spikes where v >= v_th.
     Convention("sinabs", "Sinabs 2.0", 1.0, leak="exp", leak_gain="norm", integrator="r", reset="subtract",
                threshold=">=", spikes="multi", input_layout="time-first", membrane_floor=True, detect="hint",
-               drops="spike_fn, reset_fn, min_v_mem and norm_input are not written"),
+               drops="spike_fn, reset_fn, min_v_mem and norm_input"),
     # Rockpool 3.1 (rockpool.nn.modules.torch.nir.to_nir): exponential decays exp(-dt/tau), r written
     # as tau exp(-dt/tau)/dt (so dt comes back), input added to the current before its decay,
     # multi-spike floor(v/v_th) where v >= v_th, subtractive reset.
     Convention("rockpool", "Rockpool 3.1", None, leak="exp", leak_gain="one", synapse="exp-after-input",
                integrator="r", reset="subtract", threshold=">=", spikes="multi", detect="names",
-               drops="the bias (v_leak is written as 0) and recurrent weights w_rec are not written"),
+               drops="the bias (v_leak is written as 0) and the recurrent weights w_rec"),
 )}
 
 #: Every ``producer`` name ``from_nir`` accepts: lnm-deploy's own files and the conventions above.

@@ -1012,8 +1012,10 @@ def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None
     conv = ctx.convention
     spiking = [n for n in foreign if ir_nodes[n].metadata.get("nir_type") in ("IF", "LIF", "CubaLIF")]
     if conv is not None and prod in ("sinabs", "rockpool") and foreign:
-        _warn(f"{conv.framework}'s exporter loses {conv.drops}; read with the framework's defaults "
-              f"({conv.reset} reset, spikes where v {conv.threshold} v_th, {conv.spikes} spikes per step). "
+        how = ("the framework's defaults" if conv == CONVENTIONS[prod]
+               else "as stated with reset=/threshold=/spikes= (CLI --reset/--threshold/--spikes)")
+        _warn(f"{conv.framework}'s exporter does not write {conv.drops}; read with {conv.reset} reset, "
+              f"spikes where v {conv.threshold} v_th and {conv.spikes} spikes per step ({how}). "
               f"Neurons: {foreign}")
     if conv is not None and spiking:
         differs = []
@@ -1025,7 +1027,8 @@ def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None
                            "rest of the membrane spikes in later steps); pass spikes='single' if the source "
                            "layers emit one (Sinabs SingleSpike, Rockpool max_spikes_per_dt=1)")
         if conv.membrane_floor:
-            differs.append("a source membrane floor (Sinabs min_v_mem) is not in the file and not applied")
+            differs.append("a membrane floor (Sinabs min_v_mem, off by default) is not in the file: none is "
+                           "applied; a network trained with one runs differently")
         if differs:
             _warn(f"neurons {spiking} are read approximately: " + "; ".join(differs)
                   + ". See docs/nir.md for the measured agreement")

@@ -64,3 +64,22 @@ def test_a_preferred_lowering_of_the_neuron_is_chosen() -> None:
         register_lowering(poly, replace=True)
     assert res.quantized.layers["n"].primitive == "poly" and calls == ["select"]
     assert calibrate_network(g, x, LOIHI2, recipe, progress=False).quantized.layers["n"].primitive == "lif"
+
+
+def test_lowerings_of_one_kind_must_agree_on_the_input_gain() -> None:
+    """Pass 1 folds the synapses before a primitive is chosen, so every lowering of a kind must
+    compute the same input gain: one that differs is refused naming both, not used silently."""
+    from lnm_deploy.calibrate.passes import fold
+
+    rng = np.random.default_rng(2)
+    g = sequential([("fc", Affine(weight=rng.normal(0.3, 0.5, (5, 12)))),
+                    ("n", Neuron(shape=(5,), poly=[0.0, 0.9], v_th=1.0))], (12,))
+    poly = lowering_of("neuron", "poly")
+    odd = dataclasses.replace(poly, input_gain=lambda node: 2.0 * poly.input_gain(node))
+    register_lowering(odd, replace=True)
+    try:
+        with pytest.raises(UnsupportedError, match=r"'n'.*neuron->lif.*neuron->poly.*different input gains"):
+            fold(g)
+    finally:
+        register_lowering(poly, replace=True)
+    fold(g)  # agrees again

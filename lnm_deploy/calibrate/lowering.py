@@ -124,17 +124,24 @@ def lowering_of(float_kind: str, primitive: str) -> Lowering:
 
 
 def input_gain(node: Node, name: str) -> Array:
-    """The real current into the state of layer ``name`` per unit synapse output (the first
-    lowering of its kind's ``input_gain``).
+    """The real current into the state of layer ``name`` per unit synapse output: every lowering
+    of the node's kind must give the same (pass 1 folds the synapses before a primitive is chosen).
 
     Raises:
-        UnsupportedError: no lowering is registered for the node's kind.
+        UnsupportedError: no lowering is registered for the node's kind, or two of its lowerings
+            disagree on the gain (a plugin error that would miscalibrate silently otherwise).
     """
     found = lowerings(node.kind)
     if not found:
         raise UnsupportedError(f"no lowering for float kind {node.kind!r} (register one with "
                                f"lnm_deploy.calibrate.register_lowering); known lowerings: {_known()}", node=name)
-    return found[0].input_gain(node)
+    gain = np.asarray(found[0].input_gain(node), dtype=np.float64)
+    for other in found[1:]:
+        g = np.asarray(other.input_gain(node), dtype=np.float64)
+        if g.shape != gain.shape or not np.array_equal(g, gain):
+            raise UnsupportedError(f"lowerings {found[0]} and {other} of float kind {node.kind!r} compute "
+                                   "different input gains; every lowering of one kind must agree", node=name)
+    return gain
 
 
 def choose_lowering(layer: MappedLayer, target: Target) -> Lowering:

@@ -294,3 +294,13 @@ def test_batchnorm_in_training_mode_is_folded_with_a_warning() -> None:
     m.eval()
     g_eval = model_to_ir(m, (1, 8, 8))
     assert np.array_equal(g.nodes["conv1"].weight, g_eval.nodes["conv1"].weight)
+
+
+def test_the_paper_cnn_read_without_a_producer_suggests_sinabs() -> None:
+    """An all-IF graph with r = 1 (Sinabs' IAF) read generically would integrate r dt per step and go
+    nearly silent: the warning names the likely producer (a hint, never applied)."""
+    from lnm_deploy import load
+    from lnm_deploy.errors import LNMDeployWarning
+
+    with pytest.warns(LNMDeployWarning, match="pass producer='sinabs'"):
+        load(DATA / "cnn_sinabs.nir")

@@ -755,9 +755,15 @@ def _rockpool_dt(nodes: dict[str, nir.NIRNode]) -> float | None:
 
 
 def _looks_like(nodes: dict[str, nir.NIRNode]) -> str | None:
-    """A hint for the user when no producer was given: snnTorch or Norse 1.1.0 fingerprints."""
+    """A hint for the user when no producer was given: snnTorch, Norse 1.1.0 or Sinabs fingerprints
+    (a guess shown in the warning, never applied)."""
     lifs = [n for n in nodes.values() if isinstance(n, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI))]
+    ifs = [n for n in nodes.values() if isinstance(n, nir.IF)]
     if not lifs:
+        # Sinabs' IAF is written as IF with r = 1 and integrates one unit per step (dt = 1): read
+        # at the generic dt, such a network integrates r dt and goes nearly silent.
+        if ifs and all(np.all(as_array(n.r) == 1.0) for n in ifs):
+            return "sinabs"
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         def tau(n: nir.NIRNode) -> np.ndarray:

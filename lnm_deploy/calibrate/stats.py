@@ -88,6 +88,60 @@ def _pow2_above(a: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # Histogram
 
+_KERNELS: list[Any] = []  # [the compiled kernels, or None without numba], built on first use
+
+
+def _kernels() -> Any:
+    """The compiled statistics kernels (numba, an optional dependency: the ``fast`` extra), or None
+    without numba (then numpy computes the same values, in more passes and with temporaries):
+
+    - ``bin_values(x, inv_width, n, counts)``: ``counts[floor(x[i] * inv_width) + n] += 1`` for
+      every value of the 1-d float64 ``x``: the IEEE product and floor numpy's path computes (no
+      fastmath), so the same bins;
+    - ``channel_range(x3, lo, hi)``: per channel ``c`` the min / max over ``x3[:, c, :]`` (float64,
+      (outer, C, inner)) into ``lo`` / ``hi`` (which start at +inf / -inf); returns False where a
+      value is NaN, inf or -0.0 (the caller then falls back to numpy for that tensor), True
+      otherwise. A min or max is one of the values and, without -0.0 and NaN, no two distinct
+      values compare equal: every reduction order gives the same one.
+    """
+    if not _KERNELS:
+        try:
+            from numba import njit
+        except ImportError:
+            _KERNELS.append(None)
+        else:
+            @njit(cache=True, nogil=True)
+            def bin_values(x, inv_width, n, counts):  # pragma: no cover (compiled)
+                for i in range(x.shape[0]):
+                    counts[math.floor(x[i] * inv_width) + n] += 1  # numba: an int64
+
+            @njit(cache=True, nogil=True)
+            def channel_range(x3, lo, hi):  # pragma: no cover (compiled)
+                ok = True
+                for o in range(x3.shape[0]):
+                    for c in range(x3.shape[1]):
+                        lc, hc = lo[c], hi[c]
+                        for i in range(x3.shape[2]):
+                            v = x3[o, c, i]
+                            if v < lc:
+                                lc = v
+                            if v > hc:
+                                hc = v
+                            if v - v != 0.0:  # NaN or inf
+                                ok = False
+                            elif v == 0.0 and math.copysign(1.0, v) < 0.0:
+                                ok = False
+                        lo[c], hi[c] = lc, hc
+                return ok
+
+            class _K:
+                pass
+
+            k = _K()
+            k.bin_values, k.channel_range = bin_values, channel_range  # type: ignore[attr-defined]
+            _KERNELS.append(k)
+    return _KERNELS[0]
+
 
 @dataclass(eq=False)
 class Histogram:
@@ -157,17 +211,24 @@ class Histogram:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        self._add(x, float(x.min()), float(x.max()))
+
+    def _add(self, x: np.ndarray, lo: float, hi: float) -> None:
+        """``add`` for a non-empty 1-d float64 ``x`` whose exact min / max are ``lo`` / ``hi``."""
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise NumericError("calibration values contain NaN or inf")
         self._grow(_pow2_above(max(abs(lo), abs(hi), self.abs_max)))
         n = self.bins_per_side
         # |x| < R strictly, so floor(x / w) is in [-N, N); x * (1 / w) is exact (w is a power of
         # two), and so is adding N to the integer-valued floats.
-        idx = np.multiply(x, 1.0 / self.width)
-        np.floor(idx, out=idx)
-        idx += n
-        self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
+        kern = _kernels()
+        if kern is not None:
+            kern.bin_values(x, 1.0 / self.width, n, self.counts)  # the same floor(x / w) + N, one pass
+        else:
+            idx = np.multiply(x, 1.0 / self.width)
+            np.floor(idx, out=idx)
+            idx += n
+            self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
         self.n += int(x.size)
         self.minimum = min(self.minimum, lo)
         self.maximum = max(self.maximum, hi)
@@ -372,12 +433,28 @@ class TensorStats:
     def update(self, x: np.ndarray, channel_axis: int | None) -> None:
         """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels."""
         x = np.asarray(x, dtype=np.float64)
-        self.hist.add(x)
+        per_channel = channel_axis is not None and x.ndim > channel_axis and x.size > 0
+        kern = _kernels() if x.size and (channel_axis is None or channel_axis >= 0) else None
+        if kern is not None:
+            # One compiled pass for the per-channel and global min / max (the same values as
+            # numpy's reductions, see ``_kernels``; numpy's path where they could differ).
+            c = x.shape[channel_axis] if per_channel else 1  # type: ignore[index]
+            x3 = x.reshape(int(np.prod(x.shape[:channel_axis])) if per_channel else 1, c, -1)
+            lo_c, hi_c = np.full(c, np.inf), np.full(c, -np.inf)
+            if not kern.channel_range(x3, lo_c, hi_c):
+                kern = None
+        if kern is None:
+            self.hist.add(x)
+        else:
+            self.hist._add(x.reshape(-1), float(lo_c.min()), float(hi_c.max()))
         self.total += float(x.sum())
         self.total_sq += float(np.square(x).sum())
-        if channel_axis is not None and x.ndim > channel_axis and x.size:
-            others = tuple(a for a in range(x.ndim) if a != channel_axis)
-            lo, hi = x.min(axis=others), x.max(axis=others)
+        if per_channel:
+            if kern is not None:
+                lo, hi = lo_c, hi_c
+            else:
+                others = tuple(a for a in range(x.ndim) if a != channel_axis)
+                lo, hi = x.min(axis=others), x.max(axis=others)
             self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
             self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
 

@@ -88,6 +88,7 @@ def _pow2_above(a: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # Histogram
 
+_BLOCK_VALUES = 1 << 16  # values per block of TensorStats.update's compiled path (512 KiB of float64)
 _KERNELS: list[Any] = []  # [the compiled kernels, or None without numba], built on first use
 
 
@@ -430,25 +431,38 @@ class TensorStats:
         s.update(x, channel_axis)
         return s
 
-    def update(self, x: np.ndarray, channel_axis: int | None) -> None:
-        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels."""
+    def update(self, x: np.ndarray, channel_axis: int | None, *, scratch: np.ndarray | None = None) -> None:
+        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels.
+        ``scratch``: a 1-d float64 buffer the squares may use where it holds ``x.size`` values
+        (reused across calls, it spares a fresh allocation per tensor; no result depends on it)."""
         x = np.asarray(x, dtype=np.float64)
         per_channel = channel_axis is not None and x.ndim > channel_axis and x.size > 0
         kern = _kernels() if x.size and (channel_axis is None or channel_axis >= 0) else None
         if kern is not None:
-            # One compiled pass for the per-channel and global min / max (the same values as
-            # numpy's reductions, see ``_kernels``; numpy's path where they could differ).
+            # The per-channel and global min / max and the bins, compiled, a block of rows at a
+            # time (each block binned while it is in cache): the same values as numpy's
+            # reductions (see ``_kernels``) and the same histogram (bins do not depend on how the
+            # values are split). numpy's path where the min / max could differ.
             c = x.shape[channel_axis] if per_channel else 1  # type: ignore[index]
             x3 = x.reshape(int(np.prod(x.shape[:channel_axis])) if per_channel else 1, c, -1)
             lo_c, hi_c = np.full(c, np.inf), np.full(c, -np.inf)
-            if not kern.channel_range(x3, lo_c, hi_c):
-                kern = None
+            before = self.hist.copy()
+            rows = max(1, _BLOCK_VALUES // max(1, c * x3.shape[2]))
+            for r0 in range(0, x3.shape[0], rows):
+                blk = x3[r0 : r0 + rows]
+                if not kern.channel_range(blk, lo_c, hi_c):
+                    self.hist = before
+                    kern = None
+                    break
+                self.hist._add(blk.reshape(-1), float(lo_c.min()), float(hi_c.max()))
         if kern is None:
             self.hist.add(x)
-        else:
-            self.hist._add(x.reshape(-1), float(lo_c.min()), float(hi_c.max()))
         self.total += float(x.sum())
-        self.total_sq += float(np.square(x).sum())
+        if scratch is not None and scratch.size >= x.size:
+            sq = np.square(x, out=scratch[: x.size].reshape(x.shape))
+        else:
+            sq = np.square(x)
+        self.total_sq += float(sq.sum())
         if per_channel:
             if kern is not None:
                 lo, hi = lo_c, hi_c
@@ -847,6 +861,7 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
     from lnm_deploy.progress import progress as progress_bar
 
     bar = progress_bar(total=n, desc="calibrate", unit="sample", enabled=progress)
+    scratch = np.empty(0, dtype=np.float64)
     try:
         for start in range(0, n, batch_size):
             xb = x[index[start : start + batch_size]]
@@ -856,19 +871,24 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
             if on_batch is not None:
                 on_batch(index[start : start + batch_size], res)
             ch = 2  # channel axis of (B, T, C, ...)
-            stats.input.update(xb, ch if xb.ndim > 2 else None)
+            # One buffer for the squares of every tensor of the batch (no fresh pages per tensor).
+            big = max((a.size for a in (*res.values.values(), *res.inputs.values(),
+                                         *(r for st in res.states.values() for r in st.values()))), default=0)
+            if scratch.size < big:
+                scratch = np.empty(big, dtype=np.float64)
+            stats.input.update(xb, ch if xb.ndim > 2 else None, scratch=scratch)
             for name, st in stats.synapses.items():
-                st.output.update(res.values[name], ch)
+                st.output.update(res.values[name], ch, scratch=scratch)
             for name, nst in stats.neurons.items():
                 rec = res.states[name]
                 if name in same_as:
                     nst.input.assign(stats.synapses[same_as[name]].output)
                 else:
-                    nst.input.update(res.inputs[name], ch)
+                    nst.input.update(res.inputs[name], ch, scratch=scratch)
                 if nst.c is not None:
-                    nst.c.update(rec["c"], ch)
-                nst.v.update(rec["v"], ch)
-                nst.v_pre.update(rec["v_pre"], ch)
+                    nst.c.update(rec["c"], ch, scratch=scratch)
+                nst.v.update(rec["v"], ch, scratch=scratch)
+                nst.v_pre.update(rec["v_pre"], ch, scratch=scratch)
             for name, sp in stats.spikes.items():
                 sp.update(res.spikes[name])
             stats.samples += xb.shape[0]

@@ -88,6 +88,61 @@ def _pow2_above(a: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # Histogram
 
+_BLOCK_VALUES = 1 << 16  # values per block of TensorStats.update's compiled path (512 KiB of float64)
+_KERNELS: list[Any] = []  # [the compiled kernels, or None without numba], built on first use
+
+
+def _kernels() -> Any:
+    """The compiled statistics kernels (numba, an optional dependency: the ``fast`` extra), or None
+    without numba (then numpy computes the same values, in more passes and with temporaries):
+
+    - ``bin_values(x, inv_width, n, counts)``: ``counts[floor(x[i] * inv_width) + n] += 1`` for
+      every value of the 1-d float64 ``x``: the IEEE product and floor numpy's path computes (no
+      fastmath), so the same bins;
+    - ``channel_range(x3, lo, hi)``: per channel ``c`` the min / max over ``x3[:, c, :]`` (float64,
+      (outer, C, inner)) into ``lo`` / ``hi`` (which start at +inf / -inf); returns False where a
+      value is NaN, inf or -0.0 (the caller then falls back to numpy for that tensor), True
+      otherwise. A min or max is one of the values and, without -0.0 and NaN, no two distinct
+      values compare equal: every reduction order gives the same one.
+    """
+    if not _KERNELS:
+        try:
+            from numba import njit
+        except ImportError:
+            _KERNELS.append(None)
+        else:
+            @njit(cache=True, nogil=True)
+            def bin_values(x, inv_width, n, counts):  # pragma: no cover (compiled)
+                for i in range(x.shape[0]):
+                    counts[math.floor(x[i] * inv_width) + n] += 1  # numba: an int64
+
+            @njit(cache=True, nogil=True)
+            def channel_range(x3, lo, hi):  # pragma: no cover (compiled)
+                ok = True
+                for o in range(x3.shape[0]):
+                    for c in range(x3.shape[1]):
+                        lc, hc = lo[c], hi[c]
+                        for i in range(x3.shape[2]):
+                            v = x3[o, c, i]
+                            if v < lc:
+                                lc = v
+                            if v > hc:
+                                hc = v
+                            if v - v != 0.0:  # NaN or inf
+                                ok = False
+                            elif v == 0.0 and math.copysign(1.0, v) < 0.0:
+                                ok = False
+                        lo[c], hi[c] = lc, hc
+                return ok
+
+            class _K:
+                pass
+
+            k = _K()
+            k.bin_values, k.channel_range = bin_values, channel_range  # type: ignore[attr-defined]
+            _KERNELS.append(k)
+    return _KERNELS[0]
+
 
 @dataclass(eq=False)
 class Histogram:
@@ -157,17 +212,24 @@ class Histogram:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        self._add(x, float(x.min()), float(x.max()))
+
+    def _add(self, x: np.ndarray, lo: float, hi: float) -> None:
+        """``add`` for a non-empty 1-d float64 ``x`` whose exact min / max are ``lo`` / ``hi``."""
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise NumericError("calibration values contain NaN or inf")
         self._grow(_pow2_above(max(abs(lo), abs(hi), self.abs_max)))
         n = self.bins_per_side
         # |x| < R strictly, so floor(x / w) is in [-N, N); x * (1 / w) is exact (w is a power of
         # two), and so is adding N to the integer-valued floats.
-        idx = np.multiply(x, 1.0 / self.width)
-        np.floor(idx, out=idx)
-        idx += n
-        self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
+        kern = _kernels()
+        if kern is not None:
+            kern.bin_values(x, 1.0 / self.width, n, self.counts)  # the same floor(x / w) + N, one pass
+        else:
+            idx = np.multiply(x, 1.0 / self.width)
+            np.floor(idx, out=idx)
+            idx += n
+            self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
         self.n += int(x.size)
         self.minimum = min(self.minimum, lo)
         self.maximum = max(self.maximum, hi)
@@ -369,15 +431,44 @@ class TensorStats:
         s.update(x, channel_axis)
         return s
 
-    def update(self, x: np.ndarray, channel_axis: int | None) -> None:
-        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels."""
+    def update(self, x: np.ndarray, channel_axis: int | None, *, scratch: np.ndarray | None = None) -> None:
+        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels.
+        ``scratch``: a 1-d float64 buffer the squares may use where it holds ``x.size`` values
+        (reused across calls, it spares a fresh allocation per tensor; no result depends on it)."""
         x = np.asarray(x, dtype=np.float64)
-        self.hist.add(x)
+        per_channel = channel_axis is not None and x.ndim > channel_axis and x.size > 0
+        kern = _kernels() if x.size and (channel_axis is None or channel_axis >= 0) else None
+        if kern is not None:
+            # The per-channel and global min / max and the bins, compiled, a block of rows at a
+            # time (each block binned while it is in cache): the same values as numpy's
+            # reductions (see ``_kernels``) and the same histogram (bins do not depend on how the
+            # values are split). numpy's path where the min / max could differ.
+            c = x.shape[channel_axis] if per_channel else 1  # type: ignore[index]
+            x3 = x.reshape(int(np.prod(x.shape[:channel_axis])) if per_channel else 1, c, -1)
+            lo_c, hi_c = np.full(c, np.inf), np.full(c, -np.inf)
+            before = self.hist.copy()
+            rows = max(1, _BLOCK_VALUES // max(1, c * x3.shape[2]))
+            for r0 in range(0, x3.shape[0], rows):
+                blk = x3[r0 : r0 + rows]
+                if not kern.channel_range(blk, lo_c, hi_c):
+                    self.hist = before
+                    kern = None
+                    break
+                self.hist._add(blk.reshape(-1), float(lo_c.min()), float(hi_c.max()))
+        if kern is None:
+            self.hist.add(x)
         self.total += float(x.sum())
-        self.total_sq += float(np.square(x).sum())
-        if channel_axis is not None and x.ndim > channel_axis and x.size:
-            others = tuple(a for a in range(x.ndim) if a != channel_axis)
-            lo, hi = x.min(axis=others), x.max(axis=others)
+        if scratch is not None and scratch.size >= x.size:
+            sq = np.square(x, out=scratch[: x.size].reshape(x.shape))
+        else:
+            sq = np.square(x)
+        self.total_sq += float(sq.sum())
+        if per_channel:
+            if kern is not None:
+                lo, hi = lo_c, hi_c
+            else:
+                others = tuple(a for a in range(x.ndim) if a != channel_axis)
+                lo, hi = x.min(axis=others), x.max(axis=others)
             self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
             self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
 
@@ -770,6 +861,7 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
     from lnm_deploy.progress import progress as progress_bar
 
     bar = progress_bar(total=n, desc="calibrate", unit="sample", enabled=progress)
+    scratch = np.empty(0, dtype=np.float64)
     try:
         for start in range(0, n, batch_size):
             xb = x[index[start : start + batch_size]]
@@ -779,19 +871,24 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
             if on_batch is not None:
                 on_batch(index[start : start + batch_size], res)
             ch = 2  # channel axis of (B, T, C, ...)
-            stats.input.update(xb, ch if xb.ndim > 2 else None)
+            # One buffer for the squares of every tensor of the batch (no fresh pages per tensor).
+            big = max((a.size for a in (*res.values.values(), *res.inputs.values(),
+                                         *(r for st in res.states.values() for r in st.values()))), default=0)
+            if scratch.size < big:
+                scratch = np.empty(big, dtype=np.float64)
+            stats.input.update(xb, ch if xb.ndim > 2 else None, scratch=scratch)
             for name, st in stats.synapses.items():
-                st.output.update(res.values[name], ch)
+                st.output.update(res.values[name], ch, scratch=scratch)
             for name, nst in stats.neurons.items():
                 rec = res.states[name]
                 if name in same_as:
                     nst.input.assign(stats.synapses[same_as[name]].output)
                 else:
-                    nst.input.update(res.inputs[name], ch)
+                    nst.input.update(res.inputs[name], ch, scratch=scratch)
                 if nst.c is not None:
-                    nst.c.update(rec["c"], ch)
-                nst.v.update(rec["v"], ch)
-                nst.v_pre.update(rec["v_pre"], ch)
+                    nst.c.update(rec["c"], ch, scratch=scratch)
+                nst.v.update(rec["v"], ch, scratch=scratch)
+                nst.v_pre.update(rec["v_pre"], ch, scratch=scratch)
             for name, sp in stats.spikes.items():
                 sp.update(res.spikes[name])
             stats.samples += xb.shape[0]

@@ -44,6 +44,8 @@ def _distinct_columns(theta: Array) -> Array:
     flat = theta.reshape(theta.shape[0], -1)
     if flat.shape[1] <= 1:
         return flat
+    if bool(np.all(flat == flat[:, :1])):  # one polynomial for the whole layer: no sort needed
+        return flat[:, :1]
     return np.unique(flat, axis=1)
 
 

@@ -364,3 +364,24 @@ def test_progress_bar_shows_eta(capsys, monkeypatch):
 def test_progress_writes_nothing_off_a_terminal(capsys):
     collect_stats(_ff_graph(), _spike_input(n=10), batch_size=2, progress=True)
     assert capsys.readouterr().err == ""
+
+
+def test_compiled_and_numpy_statistics_are_identical(monkeypatch):
+    """The compiled binning / min-max (numba, optional) and the numpy path give the same statistics,
+    bit for bit, including signed zeros and a value on a bin edge."""
+    from lnm_deploy.calibrate import stats as st
+
+    g, x = _ff_graph(), _spike_input(n=24)
+    st._kernels()
+    if st._KERNELS[0] is None:
+        pytest.skip("numba is not installed: only the numpy path exists")
+    compiled = collect_stats(g, x, batch_size=5, progress=False, seed=3).to_dict()
+    a = np.array([[-0.0, 0.0, 0.25, -0.5], [1.0, -1.0, 0.125, 3.0]])
+    t1 = TensorStats.empty()
+    t1.update(a, 0)
+    monkeypatch.setattr(st, "_KERNELS", [None])
+    plain = collect_stats(g, x, batch_size=5, progress=False, seed=3).to_dict()
+    assert json.dumps(compiled, sort_keys=True) == json.dumps(plain, sort_keys=True)
+    t2 = TensorStats.empty()
+    t2.update(a, 0)
+    assert json.dumps(t1.to_dict(), sort_keys=True) == json.dumps(t2.to_dict(), sort_keys=True)

@@ -65,6 +65,7 @@ from lnm_deploy.fixedpoint.primitives import PolySpec, Primitive, SpecCheck, che
 from lnm_deploy.ir.nodes import Neuron, stats
 from lnm_deploy.ir.ops import NeuronStep
 from lnm_deploy.nir_io.conventions import as_array
+from lnm_deploy.nir_io.read import exact_neuron_fields, warn_if_edited
 from lnm_deploy.nir_io.registry import NodeRead, reads_exactly, writes
 from lnm_deploy.nir_io.write import neuron_to_nir
 from lnm_deploy.onnx_backend import build as onnx_build
@@ -179,15 +180,10 @@ def _meta(r: NodeRead, key: str) -> Array:
 @reads_exactly(AdaptiveNeuron)
 def _read(r: NodeRead) -> AdaptiveNeuron:
     """Restores the node bit-exactly from its ``lnm_*`` metadata (``_write``)."""
-    poly = _meta(r, "lnm_poly")
-    syn = "lnm_syn_decay" in r.meta
-    node = AdaptiveNeuron(
-        shape=tuple(poly.shape[1:]), poly=poly, v_th=_meta(r, "lnm_v_th"), v_reset=_meta(r, "lnm_v_reset"),
-        reset=str(r.meta.get("lnm_reset")),  # type: ignore[arg-type]
-        in_gain=_meta(r, "lnm_in_gain"), syn_decay=_meta(r, "lnm_syn_decay") if syn else None,
-        syn_gain=_meta(r, "lnm_syn_gain") if syn else None, dt=float(_meta(r, "lnm_dt")),
-        theta_decay=_meta(r, "lnm_theta_decay"), theta_step=_meta(r, "lnm_theta_step"), metadata=r.ir_meta)
+    node = AdaptiveNeuron(**exact_neuron_fields(r.name, r.meta), theta_decay=_meta(r, "lnm_theta_decay"),
+                          theta_step=_meta(r, "lnm_theta_step"), metadata=r.ir_meta)
     node.validate(r.name)
+    warn_if_edited(r.name, r.node, node)  # the NIR parameters are the LNM neuron's, derived from the metadata
     return node
 
 

@@ -5,13 +5,15 @@ random examples (``conformance.register_example("adaptive_poly", ...)``)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conformance import backend_configs, check_backend
 
 from lnm_deploy.adaptive import AdaptiveNeuron, FxAdaptivePoly
 from lnm_deploy.backends import backend
-from lnm_deploy.errors import DependencyError, GraphError, UnsupportedError
+from lnm_deploy.errors import DependencyError, GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Affine, Neuron, sequential
 from lnm_deploy.targets import load_target
@@ -118,7 +120,13 @@ def test_nir_round_trip_is_exact(tmp_path: object) -> None:
     from lnm_deploy.nir_io import from_nir, to_nir
 
     g = _graph(synapse=True)
-    back = from_nir(to_nir(g))  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LNMDeployWarning)  # an untouched file reads without a warning
+        back = from_nir(to_nir(g))  # type: ignore[arg-type]
+    edited = to_nir(g)  # type: ignore[arg-type]
+    edited.nodes["a1"].v_threshold = edited.nodes["a1"].v_threshold * 2.0
+    with pytest.warns(LNMDeployWarning, match="'a1'.*disagree with its lnm-deploy metadata"):
+        from_nir(edited)
     for name in ("a1", "a2"):
         a, b = g.nodes[name], back.nodes[name]  # type: ignore[attr-defined]
         assert type(b) is AdaptiveNeuron

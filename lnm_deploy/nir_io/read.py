@@ -475,24 +475,28 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=0.0))
 
 
-def _exact_neuron(name: str, node: nir.NIRNode, meta: dict[str, Any]) -> Neuron:
+def exact_neuron_fields(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``Neuron`` fields lnm-deploy wrote into a node's ``lnm_*`` metadata (exact float64), for
+    the exact readers of ``Neuron`` and of kinds derived from it; ``GraphError`` naming the missing
+    key when the metadata is incomplete."""
     poly = _arr(_meta_get(name, meta, "lnm_poly"))
-    shape = tuple(poly.shape[1:])
     syn = "lnm_syn_decay" in meta
-    neuron = Neuron(
-        shape=shape,
-        poly=poly,
-        v_th=_arr(meta["lnm_v_th"]) if "lnm_v_th" in meta else None,
-        v_reset=_arr(_meta_get(name, meta, "lnm_v_reset")),
-        reset=str(_meta_get(name, meta, "lnm_reset")),  # type: ignore[arg-type]
-        in_gain=_arr(_meta_get(name, meta, "lnm_in_gain")),
-        syn_decay=_arr(meta["lnm_syn_decay"]) if syn else None,
-        syn_gain=_arr(_meta_get(name, meta, "lnm_syn_gain")) if syn else None,
-        dt=float(_meta_get(name, meta, "lnm_dt")),
-        metadata=_exact_metadata(meta),
-    )
-    neuron.validate(name)
-    # The NIR parameters are derived from the metadata; if another tool edited them, say so.
+    return {
+        "shape": tuple(poly.shape[1:]),
+        "poly": poly,
+        "v_th": _arr(meta["lnm_v_th"]) if "lnm_v_th" in meta else None,
+        "v_reset": _arr(_meta_get(name, meta, "lnm_v_reset")),
+        "reset": str(_meta_get(name, meta, "lnm_reset")),
+        "in_gain": _arr(_meta_get(name, meta, "lnm_in_gain")),
+        "syn_decay": _arr(meta["lnm_syn_decay"]) if syn else None,
+        "syn_gain": _arr(_meta_get(name, meta, "lnm_syn_gain")) if syn else None,
+        "dt": float(_meta_get(name, meta, "lnm_dt")),
+    }
+
+
+def warn_if_edited(name: str, node: nir.NIRNode, neuron: Neuron) -> None:
+    """Warn when ``node``'s NIR parameters are not the ones lnm-deploy derives from ``neuron`` (read
+    from the exact metadata): another tool edited the file; the metadata, which is exact, wins."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LNMDeployWarning)
         expected = neuron_to_nir(name, neuron)
@@ -501,6 +505,12 @@ def _exact_neuron(name: str, node: nir.NIRNode, meta: dict[str, Any]) -> Neuron:
     ):
         _warn(f"node '{name}': its NIR parameters disagree with its lnm-deploy metadata (edited by "
               "another tool?); the metadata, which is exact, is used")
+
+
+def _exact_neuron(name: str, node: nir.NIRNode, meta: dict[str, Any]) -> Neuron:
+    neuron = Neuron(**exact_neuron_fields(name, meta), metadata=_exact_metadata(meta))
+    neuron.validate(name)
+    warn_if_edited(name, node, neuron)
     return neuron
 
 

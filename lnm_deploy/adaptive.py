@@ -208,11 +208,11 @@ class FxAdaptivePoly(FxPoly):
         for key in ("theta_decay", "theta_step", "theta_init"):
             a = np.asarray(getattr(self, key))
             if a.dtype.kind == "f" and not np.all(a == np.round(a)):
-                raise GraphError(f"'{key}' must hold integers", node=KIND)
+                raise GraphError(f"{type(self).__name__}: '{key}' must hold integers")
             try:
                 setattr(self, key, np.broadcast_to(a.astype(np.int64), self.shape).copy())
             except ValueError as e:
-                raise GraphError(f"'{key}' of shape {a.shape} does not fit {self.shape}", node=KIND) from e
+                raise GraphError(f"{type(self).__name__}: '{key}' of shape {a.shape} does not fit {self.shape}") from e
 
     def state_names(self) -> tuple[str, ...]:
         return (*super().state_names(), "theta")

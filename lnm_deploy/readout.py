@@ -26,6 +26,9 @@ from lnm_deploy.metrics import lempel_ziv_complexity
 NEAREST_CENTROID_KIND = "nearest_centroid"
 LZC_READOUT_KIND = "lzc_readout"
 
+#: Where an artifact's record keeps the readouts ``calibrate`` fitted: ``record[READOUTS_KEY]["lzc"]``.
+READOUTS_KEY = "readouts"
+
 
 def lzc_features(spikes: Any, axis: int = 1, normalize: bool = True) -> np.ndarray:
     """Per-output-neuron LZC of the output spike trains: (samples, neurons) float64.

@@ -44,12 +44,18 @@ import numpy as np
 
 from lnm_deploy.artifact import Artifact, read_artifact
 from lnm_deploy.core import RunResult
-from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, UserInputError
+from lnm_deploy.errors import (
+    GraphError,
+    LNMDeployError,
+    LNMDeployWarning,
+    UnsupportedError,
+    UserInputError,
+)
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.ir.ops import conv2d
 from lnm_deploy.metrics import LZCDrift, lzc_drift
-from lnm_deploy.readout import LZCReadout
+from lnm_deploy.readout import READOUTS_KEY, LZCReadout
 
 if TYPE_CHECKING:
     from lnm_deploy.calibrate.passes import MappedGraph
@@ -65,7 +71,6 @@ MIN_AGREEMENT = 0.95
 READOUTS: tuple[str, ...] = ("count", "lzc")
 
 #: The artifact record's key for its readouts (written by ``calibrate`` with labels).
-READOUTS_KEY = "readouts"
 
 
 @dataclass
@@ -496,7 +501,7 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
         mapped = (fold(graph), fold(artifact.graph))  # once for every replay below
         base = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(), mapped)
         fixed_like = _replay(graph, artifact.graph, layer, neuron, sample, t, spikes, set(REPLAY_GROUPS), mapped)
-    except Exception as e:  # structures the replay does not cover: say so instead of guessing
+    except LNMDeployError as e:  # structures the replay does not cover: say so instead of guessing
         out["cause"] = f"undetermined ({type(e).__name__}: {e})"
         return out
     groups = REPLAY_GROUPS

@@ -52,6 +52,7 @@ from lnm_deploy.fileio import sha256_file
 from lnm_deploy.ir import Graph
 from lnm_deploy.nir_io import READ_OPTIONS_KEY
 from lnm_deploy.progress import progress as progress_bar
+from lnm_deploy.readout import READOUTS_KEY
 from lnm_deploy.targets import Target
 from lnm_deploy.validate import check_spikes  # noqa: F401  (re-export: moved to lnm_deploy.validate)
 
@@ -129,8 +130,6 @@ def compare_runs_float_fixed(graph: Graph, qz: Quantized, ref: RunResult, fixed:
     return {"layers": out, "first_divergence": None if div is None else div._asdict()}
 
 
-#: Where an artifact's record keeps its readouts: ``record[READOUTS_KEY]["lzc"]`` (``fit_lzc_readout``).
-READOUTS_KEY = "readouts"
 
 
 def fit_lzc_readout(ref: RunResult, fixed: RunResult, y: Array) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -327,7 +326,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         "layers": report["layers"], "comparison": comparison, "notes": report["notes"],
         "stats": stats.to_dict(histograms=False)}, "provenance": provenance}
     if readouts:  # absent (not empty) without labels: an artifact without readouts reads as before
-        record["readouts"] = readouts
+        record[READOUTS_KEY] = readouts
     neurons = [n for n in graph.nodes if n in mapped.layers]
     qz.graph.metadata.update({"calibrated_from_neurons": neurons})
     return CalibrationResult(Artifact(graph=qz.graph, fx=qz.fx, record=record), stats, qz, ref, fixed, report,

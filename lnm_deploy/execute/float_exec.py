@@ -76,6 +76,8 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
     sched = graph.schedule()
     from lnm_deploy import validate
 
+    keep_inputs, keep_outputs = frozenset(keep_inputs), tuple(dict.fromkeys(keep_outputs))
+
     x = validate.values(x, tuple(sched.shapes[sched.input_node]), "input")
     batch, steps = x.shape[:2]
     x = x.astype(dtype, copy=False)

@@ -623,11 +623,3 @@ def run_lava_float(graph: FxGraph, x: Any, *, record: bool = False, progress: bo
     float model): the float model of the integers, not the chip. States come back as float64 in
     LSB units of the fixed-point state (multiply by the layer's scale ``q`` for real units)."""
     return run(graph, x, record=record, progress=progress, tag="floating_pt")[0]
-
-
-def run_sample(graph: FxGraph, x: np.ndarray, *, record: bool = False, layers: list[str] | None = None
-               ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """One sample x (T, *in_shape) on a freshly compiled network (kept for the benchmarks)."""
-    res, _ = run(graph, np.asarray(x)[None], record=record, layers=layers)
-    return ({n: s[0] for n, s in res.spikes.items()},
-            {n: {k: a[0] for k, a in d.items()} for n, d in res.states.items()})

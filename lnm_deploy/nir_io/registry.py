@@ -114,9 +114,9 @@ def reads_exactly(cls: type[Node]) -> Callable[[F], F]:
 
 def unregister_kind(kind: str) -> None:
     """Remove the NIR writer and the exact reader of IR kind ``kind`` (registered with ``writes``
-    / ``reads_exactly``); ``GraphError`` listing the kinds with a writer when it has neither."""
+    / ``reads_exactly``); ``UnsupportedError`` listing the kinds with a writer when it has neither."""
     if kind not in WRITERS and kind not in EXACT_READERS:
-        raise GraphError(f"no NIR mapping for IR node kind {kind!r} to remove; kinds with one: "
+        raise UnsupportedError(f"no NIR mapping for IR node kind {kind!r} to remove; kinds with one: "
                          f"{', '.join(sorted(WRITERS))}")
     WRITERS.pop(kind, None)
     EXACT_READERS.pop(kind, None)

@@ -304,3 +304,18 @@ def test_the_paper_cnn_read_without_a_producer_suggests_sinabs() -> None:
 
     with pytest.warns(LNMDeployWarning, match="pass producer='sinabs'"):
         load(DATA / "cnn_sinabs.nir")
+
+
+def test_an_input_gain_that_varies_within_a_channel_is_refused() -> None:
+    """A convolution's weights are shared over positions: a per-position input gain cannot be folded
+    into them (it was scaled by the channel's first gain, silently)."""
+    from lnm_deploy.calibrate.passes import fold
+
+    gain = np.ones((2, 4, 4))
+    gain[1, 2, 3] = 0.5
+    g = ir.sequential([("conv", ir.Conv2d(weight=np.ones((2, 1, 3, 3)), padding=1)),
+                       ("n", ir.Neuron(shape=(2, 4, 4), poly=[0.0, 0.9], v_th=1.0, in_gain=gain))], (1, 4, 4))
+    with pytest.raises(UnsupportedError, match=r"'n'.*varies within a channel"):
+        fold(g)
+    g.nodes["n"].in_gain[1] = 0.5  # per channel: fine
+    fold(g)

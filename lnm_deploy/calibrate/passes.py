@@ -450,6 +450,12 @@ def _map_layer(graph: Graph, name: str, sched: Any) -> MappedLayer:
     # The real current into the state per unit of the synapse output, as the lowering defines it
     # (the Neuron's: in_gain, x syn_gain with a synapse).
     gain = input_gain(node, name)
+    if any(s.kind == "conv" for s in syns):
+        per_channel = gain.reshape(gain.shape[0], -1)
+        if not np.all(per_channel == per_channel[:, :1]):
+            raise UnsupportedError("the input gain (in_gain, x syn_gain with a synapse) varies within a channel; "
+                                   "a convolution shares its weights over positions: make it per channel",
+                                   node=name)
     scaled = tuple(Synapse(s.name, s.source, s.delayed, s.kind,
                            s.weight * (gain.reshape(-1)[:, None] if s.kind == "dense"
                                        else gain.reshape(gain.shape[0], -1)[:, 0][:, None, None, None]),

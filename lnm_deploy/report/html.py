@@ -252,13 +252,18 @@ def _figures(result: Any, graph: Graph, artifact: Any) -> str:
     # The learned polynomial against the deployed one, over this data's membrane distribution.
     out.append("<h2>Leak polynomials: learned and deployed</h2><div class='grid wide'>")
     layers_rec = (artifact.record.get("calibration") or {}).get("layers", {})
+    mapped = None  # the float graph folded once for every layer below (as the quantizer folds it)
     for n in names:
         fnode, qnode = graph.nodes.get(n), artifact.graph.nodes.get(n)
         if not isinstance(fnode, Neuron) or not isinstance(qnode, Neuron) or n not in runs["float"].states:
             continue
         v = runs["float"].states[n]["v"].reshape(-1)
         counts, edges = np.histogram(v, bins=400)
-        theta, _ = learned_theta(graph, n)
+        if mapped is None:
+            from lnm_deploy.calibrate.passes import fold
+
+            mapped = fold(graph)
+        theta, _ = learned_theta(graph, n, mapped.layers[n])
         theta_q = qnode.poly.reshape(qnode.poly.shape[0], -1).mean(axis=1)
         v_th = float(np.mean(fnode.v_th)) if fnode.v_th is not None else 1.0
         lif = (layers_rec.get(n) or {}).get("primitive") == "lif"

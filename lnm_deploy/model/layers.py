@@ -696,12 +696,19 @@ def _flatten_from_config(cfg: Mapping[str, Any]) -> nn.Flatten:
     return layer
 
 
-def _avgpool2d_config(layer: nn.AvgPool2d) -> dict[str, Any]:
+def _pool_window(layer: nn.AvgPool2d | nn.MaxPool2d) -> dict[str, Any]:
+    """kernel_size, stride, padding and ceil_mode of a torch 2-d pooling layer, as pairs."""
     return {
         "kernel_size": list(nn.modules.utils._pair(layer.kernel_size)),
         "stride": list(nn.modules.utils._pair(layer.stride)),
         "padding": list(nn.modules.utils._pair(layer.padding)),
         "ceil_mode": bool(layer.ceil_mode),
+    }
+
+
+def _avgpool2d_config(layer: nn.AvgPool2d) -> dict[str, Any]:
+    return {
+        **_pool_window(layer),
         "count_include_pad": bool(layer.count_include_pad),
         "divisor_override": layer.divisor_override,
     }
@@ -722,13 +729,7 @@ def _avgpool2d_from_config(cfg: Mapping[str, Any]) -> nn.AvgPool2d:
 
 
 def _maxpool2d_config(layer: nn.MaxPool2d) -> dict[str, Any]:
-    return {
-        "kernel_size": list(nn.modules.utils._pair(layer.kernel_size)),
-        "stride": list(nn.modules.utils._pair(layer.stride)),
-        "padding": list(nn.modules.utils._pair(layer.padding)),
-        "dilation": list(nn.modules.utils._pair(layer.dilation)),
-        "ceil_mode": bool(layer.ceil_mode),
-    }
+    return {**_pool_window(layer), "dilation": list(nn.modules.utils._pair(layer.dilation))}
 
 
 def _maxpool2d_from_config(cfg: Mapping[str, Any]) -> nn.MaxPool2d:

@@ -127,7 +127,7 @@ def _uniform(a: Array | None) -> bool:
 
 
 def _neuron(node: Node) -> Neuron:
-    assert isinstance(node, Neuron), node  # registered for kind "neuron" only
+    assert isinstance(node, Neuron), node  # the Neuron's lowerings, and those reusing them on a subclass
     return node
 
 

@@ -260,16 +260,12 @@ class EncodedLayer:
 # Pass 1: fold synapse chains
 
 
-def _is_source(node: Node) -> bool:
-    return node.spike_source
-
-
 def _chain(graph: Graph, start: str, sched_inputs: dict[str, tuple[tuple[str, bool], ...]],
            consumer: str) -> tuple[str, list[str]]:
     """Walk back from ``start`` through single-input linear nodes (``Node.linear``) to a spike source."""
     chain: list[str] = []
     n = start
-    while not _is_source(graph.nodes[n]):
+    while not graph.nodes[n].spike_source:
         node = graph.nodes[n]
         if not node.linear:
             linear = sorted(cls.__name__ for cls in node_types().values() if cls.linear)

@@ -8,8 +8,8 @@ for any NIR reader), and a typed record of every choice (scales, shifts, fits, o
 a mapped, still-float graph; select a primitive per layer; plan scales; encode integers); that
 module documents each pass and the scale rules (also docs/calibration.md). Passes 2-4 of a layer
 are its float kind's registered ``Lowering`` (``lnm_deploy.calibrate.lowering``; the Neuron's two
-in ``lnm_deploy.calibrate.neuron_lowerings``). The names here are the stable entry points
-(``find_synapses`` is pass 1 for one layer).
+in ``lnm_deploy.calibrate.neuron_lowerings``). The names here are re-exported for existing callers;
+``find_synapses`` (pass 1 for one layer) is kept for them, the package reads the mapped graph.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def compare_runs_float_fixed(graph: Graph, qz: Quantized, ref: RunResult, fixed:
     for n in order:
         d: dict[str, Any] = layers[n].to_dict()
         if ref.states.get(n) and fixed.states.get(n) and "v" in fixed.states[n]:
-            d["membrane_sqnr_db"] = sqnr_db(ref.states[n]["v"], fixed.states[n]["v"] * qz.layers[n].q)
+            d["membrane_sqnr_db"] = sqnr_db(ref.states[n]["v"], fixed.states[n]["v"], test_scale=qz.layers[n].q)
         out[n] = d
     div = first_divergence(ref.spikes, fixed.spikes, order)
     return {"layers": out, "first_divergence": None if div is None else div._asdict()}

@@ -181,30 +181,6 @@ def plan(graph: FxGraph) -> _Plan:
 RELAY_NAME = "{synapse}__delay{k}"
 
 
-def path_lengths(graph: FxGraph) -> dict[str, dict[str, int]]:
-    """Per neuron layer, the length of every feed-forward path into it in Lava's terms: for each
-    synapse feeding it (fresh edges only; a self-loop's one-step delay is the contract's), the
-    number of synapses from the input up to and including it, where a neuron layer is as deep as
-    its deepest input. Lava adds one step per synapse, so a layer whose synapses differ needs
-    ``align_paths`` (``{layer: {synapse: length}}``)."""
-    sched = graph.schedule()
-    depth: dict[str, int] = {}
-    out: dict[str, dict[str, int]] = {}
-    for name in sched.order:
-        node = graph.nodes[name]
-        fresh = [s for s, d in sched.inputs[name] if not d]
-        if node.role == "input":
-            depth[name] = 0
-        elif node.role == "synapse":
-            depth[name] = depth[fresh[0]] + 1
-        elif node.role == "neuron":
-            out[name] = {s: depth[s] for s in fresh}
-            depth[name] = max(out[name].values())
-        else:
-            depth[name] = depth[fresh[0]]
-    return out
-
-
 def relay_nodes(shape: tuple[int, ...]) -> tuple[FxNode, FxLIF]:
     """One relay: a unit-weight synapse (a depthwise 1x1 convolution for (C, H, W) spikes, an
     identity Dense for 1-d) into a memoryless stock LIF (du = dv = 4095, vth = 0). On binary spikes
@@ -223,18 +199,18 @@ def relay_nodes(shape: tuple[int, ...]) -> tuple[FxNode, FxLIF]:
 
 def align_paths(graph: FxGraph) -> tuple[FxGraph, list[str]]:
     """``graph`` with relays (``relay_nodes``) inserted before every synapse whose path into its
-    neuron layer is shorter, in Lava's terms (``path_lengths``), than the layer's longest, one
+    neuron layer is shorter, in Lava's terms (``FxGraph.path_lengths``), than the layer's longest, one
     relay per missing step: every layer then reads inputs of one depth, and Lava runs the network
     on the contract's time base. A flatten between a source and a delayed synapse is repeated after
     the relays. Returns the graph (``graph`` itself where nothing differs) and the relay layers
     added (they are not recorded or returned by ``run``). The contract's results are unchanged:
     a relay passes binary spikes through within the step."""
-    lengths = path_lengths(graph)
+    lengths = graph.path_lengths()
     sched = graph.schedule()
     nodes = dict(graph.nodes)
     edges = list(graph.edges)
     relays: list[str] = []
-    for layer, syns in lengths.items():
+    for syns in lengths.values():
         longest = max(syns.values())
         for syn, length in syns.items():
             if length == longest:

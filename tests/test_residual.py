@@ -313,3 +313,95 @@ def test_dense_identity_skip_and_hand_made_skips_on_lava() -> None:
     for n in ref.spikes:
         assert np.array_equal(got.spikes[n], ref.spikes[n]), n
         assert np.array_equal(got.states[n]["v"], ref.states[n]["v"]), n
+
+
+# ------------------------------------------------------------------------------------------------
+# Model side: VGG- and ResNet-style LNM networks (lnm_deploy.model.builders)
+
+
+@pytest.fixture(scope="module")
+def digits_x() -> np.ndarray:
+    pytest.importorskip("torch")
+    from lnm_deploy.model import load_digits_split, rate_encode
+
+    sp = load_digits_split()
+    return rate_encode(sp.x_train[:24], 8, seed=0).reshape(24, 8, 1, 8, 8).astype(np.float64)
+
+
+def _built(name: str, x: np.ndarray) -> tuple[Any, ir.Graph]:
+    torch = pytest.importorskip("torch")
+    from lnm_deploy.model import init_batchnorm, model_to_ir, resnet, vgg
+
+    torch.manual_seed(0)
+    model = {"vgg": vgg, "resnet": resnet}[name](dtype=torch.float64)
+    init_batchnorm(model, torch.as_tensor(x))
+    return model, model_to_ir(model, (1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+def test_builders_export_batchnorm_folded_max_pool_and_residual_sums(name: str, digits_x: np.ndarray,
+                                                                     tmp_path: Path) -> None:
+    import torch
+
+    from lnm_deploy.model import load_model, model_to_ir, save_model
+
+    model, g = _built(name, digits_x)
+    kinds = {n: node.kind for n, node in g.nodes.items()}
+    assert not any("bn" in n for n in g.nodes)  # every BatchNorm folded into its Conv2d / Linear
+    sums = {n: sorted(g.predecessors(n)) for n, k in kinds.items() if k == "neuron" and len(g.predecessors(n)) > 1}
+    if name == "vgg":
+        assert sums == {} and kinds["maxpool1"] == "neuron" and kinds["maxpool1_sum"] == "sumpool2d"
+    else:
+        assert sums == {"b1_out": ["b1_conv2", "stem_lnm"], "b2_out": ["b2_conv2", "b2_proj"]}
+        assert g.nodes["b2_proj"].stride == (2, 2) and g.nodes["b2_proj"].weight.shape[2:] == (1, 1)
+    # the float executor agrees with the torch forward spike for spike (float64)
+    x = digits_x[:6]
+    with torch.no_grad():
+        _, rec = model(torch.as_tensor(x), record=True)
+    ref = run_float(g, x)
+    for n, s in ref.spikes.items():
+        assert 0 < s.mean() < 1, n
+        assert np.array_equal(rec[n].get("s", rec[n].get("out")).numpy(), s), n
+    # the model file keeps the skips
+    save_model(model, tmp_path / "m.safetensors")
+    back = model_to_ir(load_model(tmp_path / "m.safetensors"), (1, 8, 8))
+    assert back.edges == g.edges
+    assert np.array_equal(run_float(back, x).output, ref.output)
+
+
+@pytest.mark.lava
+@pytest.mark.skipif(sys.version_info[:2] != (3, 10), reason="lava-nc 0.10 installs on Python 3.10 only")
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+def test_builders_calibrate_for_loihi2_and_run_lava_bit_exact(name: str, digits_x: np.ndarray) -> None:
+    from lnm_deploy.lava_backend import run_lava
+
+    _, g = _built(name, digits_x)
+    res = calibrate_network(g, digits_x, load_target("loihi2"), load_recipe("default"), progress=False)
+    fx = res.artifact.fx
+    x = digits_x[:8]
+    ref = run_fx(fx, x)
+    got = run_lava(fx, x)
+    assert set(got.spikes) == set(ref.spikes)
+    for n in ref.spikes:
+        assert np.array_equal(got.spikes[n], ref.spikes[n]), n
+    agreement = {n: float(np.mean(res.float_run.spikes[n] == res.fixed_run.spikes[n])) for n in ref.spikes}
+    print(f"{name}: float-vs-fixed spike agreement per layer:", {n: round(a, 4) for n, a in agreement.items()})
+    assert min(agreement.values()) > 0.8, agreement
+
+
+def test_lnm_graph_refuses_bad_skips() -> None:
+    pytest.importorskip("torch")
+    from torch import nn
+
+    from lnm_deploy.errors import UserInputError
+    from lnm_deploy.model import LNM, LNMGraph
+
+    layers = {"fc1": nn.Linear(4, 3), "l1": LNM(3), "fc2": nn.Linear(3, 3), "l2": LNM(3)}
+    with pytest.raises(UserInputError, match=r"'fc2'.*only an LNM layer sums"):
+        LNMGraph(layers, {"fc2": ["l1", "fc1"]})
+    with pytest.raises(UserInputError, match="'l1' reads \\['l2'\\]"):
+        LNMGraph(layers, {"l1": ["l2"]})
+    with pytest.raises(UserInputError, match="does not have"):
+        LNMGraph(layers, {"nope": ["l1"]})
+    g = LNMGraph(layers, {"l2": ["fc2", "l1"]})
+    assert g.sources("l2") == ["fc2", "l1"] and g.sources("fc1") == ["input"]

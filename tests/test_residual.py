@@ -405,3 +405,50 @@ def test_lnm_graph_refuses_bad_skips() -> None:
         LNMGraph(layers, {"nope": ["l1"]})
     g = LNMGraph(layers, {"l2": ["fc2", "l1"]})
     assert g.sources("l2") == ["fc2", "l1"] and g.sources("fc1") == ["input"]
+
+
+# ------------------------------------------------------------------------------------------------
+# BatchNorm at NIR import: Conv2d -> Scale (gamma / sqrt(var + eps)) [-> depthwise 1x1 bias] folds
+
+
+def _bn_graph(scale: np.ndarray) -> tuple[ir.Graph, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(0.2, 0.6, (4, 2, 3, 3)), rng.normal(0, 0.1, 4)
+    beta = rng.normal(0, 0.2, 4)
+    g = ir.sequential([("conv", ir.Conv2d(weight=w, bias=b, padding=1)), ("bn", ir.Scale(scale=scale)),
+                       ("bn_bias", ir.Conv2d(weight=np.ones((4, 1, 1, 1)), bias=beta, groups=4)),
+                       ("n", ir.Neuron(shape=(4, 8, 8), poly=[0.0, 0.9], v_th=0.6))], (2, 8, 8))
+    return g, w, b, beta, scale
+
+
+def test_batchnorm_as_scale_after_conv_in_nir_folds_into_the_convolution(tmp_path: Path) -> None:
+    import warnings
+
+    gamma = np.random.default_rng(1).uniform(0.5, 2.0, 4)
+    g, w, b, beta, _ = _bn_graph(gamma.reshape(4, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nir 1.0.8's grouped-conv shape note
+        write_nir(g, tmp_path / "bn.nir")
+    read = read_nir(tmp_path / "bn.nir")
+    assert [type(n).__name__ for n in read.nodes.values()][1:4] == ["Conv2d", "Scale", "Conv2d"]
+    layer = fold(read).layers["n"]
+    (syn,) = layer.synapses
+    assert syn.kind == "conv" and syn.conv["padding"] == (1, 1) and syn.weight.shape == (4, 2, 3, 3)
+    np.testing.assert_allclose(syn.weight, w * gamma[:, None, None, None], rtol=1e-12)
+    np.testing.assert_allclose(layer.bias[:, 0, 0], b * gamma + beta, rtol=1e-12)
+    # the folded convolution is the chain: same spikes; and it calibrates to one integer conv
+    folded = ir.sequential([("conv", ir.Conv2d(weight=syn.weight, bias=layer.bias[:, 0, 0], padding=1)),
+                            ("n", read.nodes["n"])], (2, 8, 8))
+    x = _spikes((4, 6, 2, 8, 8), seed=2)
+    ref = run_float(read, x)
+    assert 0 < ref.spikes["n"].mean() < 1
+    assert np.array_equal(run_float(folded, x).spikes["n"], ref.spikes["n"])
+    fx = calibrate_network(read, x, load_target("loihi2"), load_recipe("default"), progress=False).artifact.fx
+    assert [n for n in fx.nodes if fx.nodes[n].role == "synapse"] == ["bn_bias"]
+
+
+def test_a_scale_that_varies_across_positions_is_refused_naming_it() -> None:
+    scale = np.random.default_rng(3).uniform(0.5, 2.0, (4, 8, 8))
+    g, *_ = _bn_graph(scale)
+    with pytest.raises(UnsupportedError, match=r"node 'bn_bias'.*Scale 'bn'.*varies across positions"):
+        fold(g)

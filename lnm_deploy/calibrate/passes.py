@@ -73,6 +73,7 @@ from lnm_deploy.ir import (
     Input,
     Node,
     Output,
+    Scale,
     SumPool2d,
     node_types,
 )
@@ -308,7 +309,21 @@ LONE_CONV_SYNAPSES: dict[str, ConvSynapse] = {
 
 
 #: Kinds a chain into a spatial layer may hold: composed into one convolution (``compose_conv_chain``).
-COMPOSABLE_CONV_KINDS = (Conv2d.kind, SumPool2d.kind, AvgPool2d.kind)
+#: A Scale must be one factor per channel (a BatchNorm read from NIR as Scale after a Conv2d).
+COMPOSABLE_CONV_KINDS = (Conv2d.kind, SumPool2d.kind, AvgPool2d.kind, Scale.kind)
+
+
+def _per_channel_scale(name: str, node: Scale, shape: tuple[int, ...], chain: list[str], consumer: str) -> Scale:
+    """``node`` as one factor per channel, shape (C, 1, 1), on inputs of ``shape`` (C, H, W);
+    ``UnsupportedError`` naming the chain's last node where it varies across positions."""
+    full = np.broadcast_to(node.scale, shape)
+    per = full.reshape(shape[0], -1)
+    if not np.all(per == per[:, :1]):
+        raise UnsupportedError(
+            f"Scale '{name}' in synapse chain {chain} into layer '{consumer}' varies across positions; only a "
+            "per-channel scale (a BatchNorm's gamma / sqrt(var + eps)) composes into a convolution",
+            node=chain[-1])
+    return Scale(scale=per[:, :1].reshape(shape[0], 1, 1).copy())
 
 
 def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
@@ -345,7 +360,16 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
                                    "one convolution; put a neuron layer between it and the pooling", node=where)
     c_in = int(in_shape[0])
     jump, ksz, pad = [1, 1], [1, 1], [0, 0]
-    for node in nodes:
+    bare_nodes: list[Any] = []  # for the kernel, on a window: paddings removed, Scales per channel
+    shape = tuple(in_shape)
+    for n, node in zip(chain, nodes, strict=True):
+        if isinstance(node, Scale):
+            bare_nodes.append(_per_channel_scale(n, node, shape, chain, consumer))
+        else:
+            bare_nodes.append(dataclasses.replace(node, padding=(0, 0)))
+        shape = tuple(node.output_shape(n, shape))
+        if isinstance(node, Scale):
+            continue
         k = node.weight.shape[2:] if isinstance(node, Conv2d) else node.kernel_size
         stride = node.stride
         assert stride is not None
@@ -355,9 +379,8 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
             jump[a] *= int(stride[a])
 
     def run(x: Array, bare: bool) -> Array:
-        for n, node in zip(chain, nodes, strict=True):
-            nd = dataclasses.replace(node, padding=(0, 0)) if bare else node
-            x = stateless_step(n, nd, np.float64)(x)
+        for n, node in zip(chain, bare_nodes if bare else nodes, strict=True):
+            x = stateless_step(n, node, np.float64)(x)
         return x
 
     n_win = c_in * ksz[0] * ksz[1]
@@ -368,7 +391,7 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
     weight = (y[1:, :, 0, 0] - y[0, :, 0, 0]).T.reshape(c_out, c_in, ksz[0], ksz[1])
     groups = 1
     if not any(isinstance(node, Conv2d) for node in nodes) and c_out == c_in:
-        weight = weight[np.arange(c_in), np.arange(c_in)][:, None].copy()  # depthwise
+        weight = weight[np.arange(c_in), np.arange(c_in)][:, None].copy()  # depthwise (pooling, Scale)
         groups = c_in
     conv: dict[str, Any] = {"stride": (jump[0], jump[1]), "padding": (pad[0], pad[1]), "dilation": (1, 1), "groups": groups}
 

@@ -36,6 +36,12 @@ from lnm_deploy.fixedpoint.primitives import (
 INPUTS: tuple[str, ...] = ("binary",)
 #: ``[target] recurrence``: "none", "self" (self-loops through one synapse) or "any".
 RECURRENCES: tuple[str, ...] = ("none", "self", "any")
+#: ``[target] path_delays``: what the target does where the feed-forward paths into a layer cross
+#: different numbers of synapses (each costs one step on the chip): "relay" (its backend delays
+#: the shorter ones with relay neurons, ``lnm_deploy.lava_backend.align_paths``) or "equal" (it
+#: cannot: every path into a layer must be equally long; ``check_graph`` refuses the rest).
+#: Optional in a target file, "relay" by default.
+PATH_DELAYS: tuple[str, ...] = ("relay", "equal")
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,12 @@ class TargetInfo:
     reference: str  # what the semantics are bit-exact with
     input: str  # one of INPUTS
     recurrence: str  # one of RECURRENCES
+    path_delays: str = "relay"  # one of PATH_DELAYS
 
     def check(self, c: SpecCheck) -> None:
         c.member("input", self.input, INPUTS)
         c.member("recurrence", self.recurrence, RECURRENCES)
+        c.member("path_delays", self.path_delays, PATH_DELAYS)
 
 
 @dataclass(frozen=True, init=False)
@@ -227,7 +235,10 @@ def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
     sectioned = sorted(k for k, p in reg.items() if not p.implicit)
     if "target" not in data:
         raise UserInputError(f"{file}: missing section [target]")
-    info = TargetInfo(**fields_of(file, "target", data["target"], TargetInfo, require_all=True))
+    table = data["target"]
+    if isinstance(table, dict):  # optional keys (files and embedded artifacts from before them)
+        table = {"path_delays": TargetInfo.path_delays, **table}
+    info = TargetInfo(**fields_of(file, "target", table, TargetInfo, require_all=True))
     info.check(SpecCheck(file, "target"))
     sections: dict[str, Any] = {}
     for kind, table in data.items():

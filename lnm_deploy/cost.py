@@ -250,27 +250,46 @@ def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: R
                 busiest / 1e3 if energy is not None and mapping is not None else None, notes)
 
 
-def resources_report(fx: FxGraph, target: Target, x: Array, runs: dict[str, RunResult]) -> dict[str, Any]:
-    """The resources and cost section of a report (JSON-ready): ``mapping`` (``ResourceMap.to_dict``,
-    None with a ``note`` for a target without ``[resources]`` or a network that cannot be mapped)
-    and ``cost`` per run name in ``runs`` (``Cost.to_dict``). Never raises for what the target or
-    network lacks: it says so in ``notes``."""
+def _resources(fx: FxGraph, target: Target, x: Array | None,
+               runs: dict[str, RunResult]) -> tuple[ResourceMap | None, dict[str, Cost], list[str]]:
     from lnm_deploy.errors import LNMDeployError
     from lnm_deploy.resources import map_network
 
-    out: dict[str, Any] = {"target": target.name, "mapping": None, "cost": {}, "notes": []}
+    notes: list[str] = []
     mapping = None
     try:
         mapping = map_network(fx, target)
-        out["mapping"] = mapping.to_dict()
     except LNMDeployError as e:
-        out["notes"].append(f"not mapped: {e}")
-    for name, run in runs.items():
-        try:
-            out["cost"][name] = count_cost(fx, x, run, target, mapping, run_name=name).to_dict()
-        except LNMDeployError as e:
-            out["notes"].append(f"no cost for the {name} run: {e}")
-    return out
+        notes.append(f"not mapped: {e}")
+    costs: dict[str, Cost] = {}
+    if x is None:
+        notes.append("no spikes given: the cost of an inference is counted from a run (pass data)")
+    else:
+        for name, run in runs.items():
+            try:
+                costs[name] = count_cost(fx, x, run, target, mapping, run_name=name)
+            except LNMDeployError as e:
+                notes.append(f"no cost for the {name} run: {e}")
+    return mapping, costs, notes
+
+
+def resources_report(fx: FxGraph, target: Target, x: Array | None, runs: dict[str, RunResult]) -> dict[str, Any]:
+    """The resources and cost section of a report (JSON-ready): ``mapping`` (``ResourceMap.to_dict``,
+    None for a target without ``[resources]`` or a network that cannot be mapped, with a note) and
+    ``cost`` per run name in ``runs`` (``Cost.to_dict``; none when ``x`` is None). Never raises for
+    what the target or the network lacks: it says so in ``notes``."""
+    mapping, costs, notes = _resources(fx, target, x, runs)
+    return {"target": target.name, "mapping": None if mapping is None else mapping.to_dict(),
+            "cost": {k: c.to_dict() for k, c in costs.items()}, "notes": notes}
+
+
+def resources_text(fx: FxGraph, target: Target, x: Array | None, runs: dict[str, RunResult]) -> str:
+    """``resources_report`` as text (for ``lnm-deploy inspect ARTIFACT --resources``)."""
+    mapping, costs, notes = _resources(fx, target, x, runs)
+    parts = [] if mapping is None else [mapping.to_text()]
+    parts += [c.to_text() for c in costs.values()]
+    parts += [f"note: {n}" for n in notes]
+    return "\n".join(parts)
 
 
 def comparison_row(label: str, target: str, accuracy: float | None, cost: dict[str, Any] | None) -> dict[str, Any]:
@@ -283,4 +302,32 @@ def comparison_row(label: str, target: str, accuracy: float | None, cost: dict[s
             "latency_us": per.get("latency_us")}
 
 
-__all__ = ["ESTIMATE_NOTE", "Cost", "LayerCost", "comparison_row", "count_cost", "resources_report"]
+def summary_lines(section: dict[str, Any] | None) -> list[str]:
+    """A few lines for a terminal from a ``resources_report`` section (with its ``comparison``)."""
+    if not section:
+        return []
+    out = []
+    m = section.get("mapping")
+    if m:
+        out.append(f"resources: {m['cores_used']} cores on {m['chips_used']} chip(s) of target '{m['target']}' "
+                   f"({'fits' if m['fits'] else 'DOES NOT FIT'}; limiting resource: {m['limiting_resource']})")
+    cost = (section.get("cost") or {}).get("fxsim")
+    if cost:
+        per = cost["per_inference"]
+        e = per.get("energy_pj")
+        out.append(f"cost per inference (fxsim spikes): {per['synops']:.0f} synaptic operations, "
+                   f"{per['neuron_updates']:.0f} neuron updates"
+                   + ("" if e is None else f", energy ESTIMATE {e['total'] / 1e3:.2f} nJ"))
+    for row in (section.get("comparison") or {}).get("rows", []):
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        energy = "-" if row["energy_pj"] is None else f"{row['energy_pj'] / 1e3:.2f} nJ"
+        ops = "-" if row["neuron_update_ops"] is None else f"{row['neuron_update_ops']:.0f}"
+        synops = "-" if row["synops"] is None else f"{row['synops']:.0f}"
+        out.append(f"  {row['target']:<12} accuracy {acc}, synops {synops}, neuron-update ops {ops}, "
+                   f"energy {energy} (estimate)")
+    out.extend(f"note: {n}" for n in section.get("notes", []))
+    return out
+
+
+__all__ = ["ESTIMATE_NOTE", "Cost", "LayerCost", "comparison_row", "count_cost", "resources_report",
+           "resources_text", "summary_lines"]

@@ -34,6 +34,7 @@ import numpy as np
 from lnm_deploy.core import RunResult
 from lnm_deploy.errors import UserInputError
 from lnm_deploy.fixedpoint import FxGraph
+from lnm_deploy.fixedpoint.nodes import FxNeuron
 from lnm_deploy.resources import ResourceMap, connectivity, projections
 from lnm_deploy.targets.spec import EnergySpec, Target
 
@@ -215,13 +216,14 @@ def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: R
     busiest = 0.0
     for layer, ps in projs.items():
         node = fx.nodes[layer]
-        n = int(np.prod(sched.shapes[layer]))
-        into = np.zeros(n, dtype=np.int64)
+        assert isinstance(node, FxNeuron)  # projections() lists neuron layers only
+        size = int(np.prod(sched.shapes[layer]))
+        into = np.zeros(size, dtype=np.int64)
         for p in ps:
             syn = fx.nodes[p.synapse]
             into += connectivity(syn, p.synapse).into(syn, _counts(spikes[p.source], p.in_shape)).reshape(-1)
         synops = float(into.sum()) / samples
-        updates = float(n * steps)
+        updates = float(size * steps)
         ops = None
         e = None
         msgs = messages_of(layer)
@@ -238,7 +240,7 @@ def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: R
                     t_ns = (float(into[cu.start:cu.stop].sum()) / samples * energy.synop_ns
                             + cu.neurons * steps * ops * per_op_ns)
                     busiest = max(busiest, t_ns)
-        layers.append(LayerCost(layer, node.kind, n, float(flat_counts[layer].sum()) / samples, synops, updates,
+        layers.append(LayerCost(layer, node.kind, size, float(flat_counts[layer].sum()) / samples, synops, updates,
                                 ops, msgs, e))
     notes = []
     if energy is None:

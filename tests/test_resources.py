@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fx_nets import adaptive, chain, dense, lif, poly, random_conv_net, random_dense_net, spikes
 
 import lnm_deploy.fixedpoint as fx
-from fx_nets import adaptive, chain, dense, lif, poly, random_conv_net, random_dense_net, spikes
 from lnm_deploy.calibrate import calibrate_network, load_recipe
 from lnm_deploy.cost import count_cost, resources_report
 from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, UserInputError
@@ -215,7 +215,7 @@ def check_synops(g: fx.FxGraph, x: np.ndarray, target: Target = LOIHI2) -> None:
     hand = hand_synops(g, x, res.spikes)
     assert any(v > 0 for v in hand.values())
     got = {c.layer: c.synops * x.shape[0] for c in cost.layers}
-    assert {k: int(round(v)) for k, v in got.items()} == hand
+    assert {k: round(v) for k, v in got.items()} == hand
     assert all(float(v).is_integer() for v in got.values())
 
 
@@ -399,3 +399,78 @@ def test_demo_artifact_reports_cores_memory_synops_and_energy(tmp_path: Path) ->
         rows[t.name] = rep["cost"]["fxsim"]["per_inference"]
     # the polynomial neuron's update costs more operations than the stock LIF fitted to it
     assert rows["loihi2"]["neuron_update_ops"] > rows["loihi2-lif"]["neuron_update_ops"]
+
+
+# ------------------------------------------------------------- inspect --resources and verify
+
+
+@pytest.fixture(scope="module")
+def two_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    from lnm_deploy.artifact import write_artifact
+
+    rng = np.random.default_rng(11)
+    g = sequential([("fc0", Affine(weight=rng.normal(0.3, 0.3, (24, 12)))),
+                    ("lnm0", Neuron(shape=(24,), poly=[0.0, 0.85, 0.05], v_th=1.0)),
+                    ("fc1", Affine(weight=rng.normal(0.1, 0.4, (4, 24)))),
+                    ("lnm1", Neuron(shape=(4,), poly=[0.0, 0.85, 0.05], v_th=1.0))], (12,))
+    x = (rng.random((16, 8, 12)) < 0.4).astype(np.uint8)
+    y = rng.integers(0, 4, 16)
+    d = tmp_path_factory.mktemp("arts")
+    paths = {}
+    for t in (LOIHI2, LIF_ONLY):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LNMDeployWarning)
+            res = calibrate_network(g, x, t, load_recipe("default"), progress=False)
+        paths[t.name] = write_artifact(res.artifact, d / f"m.{t.name}.nir")
+    np.savez(d / "data.npz", x=x, y=y)
+    return {"graph": g, "x": x, "y": y, "paths": paths, "data": d / "data.npz", "dir": d}
+
+
+def test_inspect_resources_prints_mapping_cost_and_sources(two_artifacts: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from lnm_deploy.cli import main
+
+    art = str(two_artifacts["paths"]["loihi2"])
+    assert main(["inspect", art, "--resources"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cores on 1 chip(s)" in out and "lnm0" in out and "pass data" in out
+    assert main(["inspect", art, "--resources", "--data", str(two_artifacts["data"])]) == 0
+    out = capsys.readouterr().out
+    assert "synaptic operations" in out and "energy ESTIMATE" in out and "Davies" in out and "Loihi 2 brief" in out
+    assert main(["inspect", art, "--resources", "--data", str(two_artifacts["data"]), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["mapping"]["cores_used"] == 2 and doc["cost"]["fxsim"]["per_inference"]["synops"] > 0
+    from lnm_deploy.nir_io import write_nir
+
+    plain = two_artifacts["dir"] / "float.nir"
+    write_nir(two_artifacts["graph"], plain)
+    assert main(["inspect", str(plain), "--resources"]) == 2
+    assert "not a calibrated artifact" in capsys.readouterr().err
+
+
+def test_verify_reports_resources_and_compares_lnm_with_lif(two_artifacts: dict) -> None:
+    from lnm_deploy.report.html import render_verify_page
+    from lnm_deploy.verify import verify
+
+    paths, x, y = two_artifacts["paths"], two_artifacts["x"], two_artifacts["y"]
+    res = verify(paths["loihi2"], x, y, backends=("onnx",), float_graph=two_artifacts["graph"], progress=False,
+                 compare=paths["loihi2-lif"])
+    r = res.to_dict()["resources"]
+    assert r["mapping"]["cores_used"] == 2
+    assert set(r["cost"]) == {"fxsim", "float"}
+    rows = r["comparison"]["rows"]
+    assert [row["target"] for row in rows] == ["loihi2", "loihi2-lif"]
+    assert rows[0]["accuracy"] == res.fixed_accuracy
+    assert rows[0]["neuron_update_ops"] > rows[1]["neuron_update_ops"]  # the polynomial costs more per update
+    assert all(row["synops"] > 0 and row["energy_pj"] > 0 for row in rows)
+    page = render_verify_page(res, two_artifacts["graph"], res_artifact(paths["loihi2"]))
+    assert "Resources and cost" in page and "Accuracy against cost" in page and "Davies" in page
+    plain = verify(paths["loihi2"], x, y, backends=("onnx",), float_graph=two_artifacts["graph"], progress=False)
+    assert "comparison" not in plain.to_dict()["resources"]
+
+
+def res_artifact(path: object) -> object:
+    from lnm_deploy.artifact import read_artifact
+
+    return read_artifact(path)  # type: ignore[arg-type]

@@ -376,7 +376,7 @@ def _energy(file: Path, table: Any, neurons: list[str]) -> EnergySpec:
     unknown = sorted(set(table) - scalars)
     if unknown:
         raise UserInputError(f"{file}: unknown key(s) {[f'energy.{k}' for k in unknown]} in [energy]; "
-                             f"allowed: {sorted(scalars) + ['neuron_ops']}")
+                             f"allowed: {[*sorted(scalars), 'neuron_ops']}")
     missing = sorted(scalars - set(table))
     if missing:
         raise UserInputError(f"{file}: missing key(s) {missing} in [energy]")
@@ -408,15 +408,15 @@ def spec_keys(kind: str) -> list[str]:
 __all__ = [
     "CHIP_SECTIONS",
     "INPUTS",
-    "WEIGHT_STORAGES",
-    "EnergySpec",
-    "NeuronOps",
-    "ResourceSpec",
     "RECURRENCES",
+    "WEIGHT_STORAGES",
     "ConvSpec",
     "DenseSpec",
+    "EnergySpec",
     "LIFSpec",
+    "NeuronOps",
     "PolySpec",
+    "ResourceSpec",
     "Target",
     "TargetInfo",
     "convert_old_format",

@@ -32,13 +32,14 @@ operations with the same ``into``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lnm_deploy.errors import GraphError, UnsupportedError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.fixedpoint import FxGraph, FxNode
 from lnm_deploy.fixedpoint.primitives import lookup
 from lnm_deploy.targets.spec import ResourceSpec, Target
@@ -356,10 +357,15 @@ def map_network(fx: FxGraph, target: Target) -> ResourceMap:
 def check_fits(fx: FxGraph, target: Target) -> ResourceMap | None:
     """``map_network``, refusing a network that does not fit the declared system with
     ``GraphError`` naming the first layer past the system's cores and the resource that split it.
-    None (nothing checked) for a target without ``[resources]``."""
+    None (nothing checked) for a target without ``[resources]``, and, with an ``LNMDeployWarning``
+    saying so, for a network with a synapse kind that has no ``Connectivity`` yet."""
     if target.resources is None:
         return None
-    m = map_network(fx, target)
+    try:
+        m = map_network(fx, target)
+    except UnsupportedError as e:
+        warnings.warn(f"resources not checked: {e}", LNMDeployWarning, stacklevel=2)
+        return None
     if m.fits:
         return m
     r = m.resources

@@ -474,3 +474,14 @@ def res_artifact(path: object) -> object:
     from lnm_deploy.artifact import read_artifact
 
     return read_artifact(path)  # type: ignore[arg-type]
+
+
+def test_an_unknown_synapse_kind_is_named_and_calibrate_only_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lnm_deploy import resources
+
+    g = two_layer()
+    monkeypatch.delitem(resources.CONNECTIVITY, "dense")
+    with pytest.raises(UnsupportedError, match=r"no implementation for kind 'dense'; known: \['conv2d'\]"):
+        map_network(g, LOIHI2)
+    with pytest.warns(LNMDeployWarning, match="resources not checked"):
+        assert check_fits(g, LOIHI2) is None

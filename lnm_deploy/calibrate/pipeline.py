@@ -300,6 +300,9 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
                              margin=recipe.info.margin, selections=selections)
     for w in caught:  # re-emit once, after the search's silent trials
         warnings.warn(w.message, LNMDeployWarning, stacklevel=2)
+    from lnm_deploy.resources import check_fits
+
+    fit = check_fits(qz.fx, target)  # GraphError naming the layer and the resource when it does not fit
     fixed = run_fx(qz.fx, x_eval, record=True)
     comparison = compare_runs_float_fixed(graph, qz, ref, fixed)
 
@@ -313,6 +316,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         "stability": {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in stats.stability().items()},
         "search": {"factors": factors, "log": search_log} if recipe.search.enabled else None,
         "notes": sorted(set(notes)),
+        "resources": None if fit is None else fit.to_dict(),
     }
     readouts: dict[str, Any] = {}
     if y is not None:

@@ -59,8 +59,8 @@ from lnm_deploy.calibrate.neuron_lowerings import (
 )
 from lnm_deploy.errors import GraphError, NumericError
 from lnm_deploy.fixedpoint import contract
-from lnm_deploy.fixedpoint.arith import overflow, rshift
-from lnm_deploy.fixedpoint.nodes import FxPoly
+from lnm_deploy.fixedpoint.arith import correct, overflow, rshift, saturate, trunc_mul_shift, wrap
+from lnm_deploy.fixedpoint.nodes import FxNeuron, FxPoly
 from lnm_deploy.fixedpoint.primitives import PolySpec, Primitive, SpecCheck, check_poly, register
 from lnm_deploy.ir.nodes import Neuron, stats
 from lnm_deploy.ir.ops import NeuronStep
@@ -448,3 +448,247 @@ ADAPTIVE_LOWERING = register_lowering(Lowering(
     FLOAT_KIND, KIND, applies=_applies, select=select_adaptive, plan=plan_adaptive, encode=encode_adaptive,
     input_gain=neuron_input_gain, preference=10,
     description="programmable polynomial neuron with a threshold register"))
+
+
+# ==================================================================================================
+# The stock-neuron target: Lava's ATRLIF (lava.proc.atrlif, PyATRLIFModelFixed)
+# ==================================================================================================
+#
+# The primitive ``atrlif`` is Lava 0.10's adaptive-threshold-and-refractoriness LIF, its
+# ``fixed_pt`` model read from its source (``docs/fixed-point.md`` section "ATRLIF"). The Lava
+# backend runs Lava's own process for it (``lava.proc.atrlif.process.ATRLIF``), so the differential
+# test is against Lava's model, not ours.
+
+ATR_KIND = "atrlif"
+
+
+@dataclass(eq=False)
+class FxATRLIF(FxNeuron):
+    """Lava's ATRLIF (``PyATRLIFModelFixed``); one step (``docs/fixed-point.md``, ATRLIF)::
+
+        i     = corr24(wrap32(trunc0(i * (4096 - di - 1) / 4096) + wrap32(a << 6)))
+        v     = sat24(wrap32(trunc0(v * (4096 - dv) / 4096) + i + (bias_mant << bias_exp)))
+        theta = wrap32(trunc0(wrap32(theta - th0) * (4096 - dtheta) / 4096) + th0)
+        r     = trunc0(r * (4096 - dr) / 4096)
+        s     = wrap32(v - r) >= theta
+        r     = wrap32(r + wrap32(2 * theta)) where s;   theta = wrap32(theta + tstep) where s
+
+    with ``th0 = theta_0 << 6`` and ``tstep = theta_step << 6``. ``di``, ``dv``, ``dtheta``,
+    ``dr``, ``theta_0`` and ``theta_step`` are per layer (Lava's Vars of shape (1,));
+    ``bias_mant``/``bias_exp`` per neuron. States ``i``, ``v``, ``theta``, ``r`` (Lava's Var
+    names; ``theta`` and ``r`` on the membrane's grid); their ``*_init`` are the states before the
+    first step (``theta_init`` defaults to ``th0``, which is what Lava's model starts from). The
+    widths are the chip's constants (24-bit state, 12-bit decays, shifts 6), carried so the node
+    is self-describing; targets pin them."""
+
+    kind: ClassVar[str] = ATR_KIND
+    di: int = 4095
+    dv: int = 0
+    dtheta: int = 0
+    dr: int = 0
+    theta_0: int = 10
+    theta_step: int = 0
+    bias_mant: Array | int = 0
+    bias_exp: Array | int = 0
+    i_init: Array | int = 0
+    v_init: Array | int = 0
+    theta_init: Array | int | None = None
+    r_init: Array | int = 0
+    state_bits: int = 24
+    decay_bits: int = 12
+    theta_shift: int = 6
+    act_shift: int = 6
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "state_bits", "decay_bits",
+                    "theta_shift", "act_shift"):
+            v = getattr(self, key)
+            if isinstance(v, float) and v != round(v):
+                raise GraphError(f"FxATRLIF: '{key}' must be an integer, got {v}")
+            setattr(self, key, int(v))
+        if self.theta_init is None:
+            self.theta_init = self.theta_0 << self.theta_shift
+        for key in ("bias_mant", "bias_exp", "i_init", "v_init", "theta_init", "r_init"):
+            a = np.asarray(getattr(self, key))
+            if a.dtype.kind == "f" and not np.all(a == np.round(a)):
+                raise GraphError(f"FxATRLIF: '{key}' must hold integers")
+            try:
+                setattr(self, key, np.broadcast_to(a.astype(np.int64), self.shape).copy())
+            except ValueError as e:
+                raise GraphError(f"FxATRLIF: '{key}' of shape {a.shape} does not fit {self.shape}") from e
+
+    def state_names(self) -> tuple[str, ...]:
+        return ("i", "v", "theta", "r")
+
+    @property
+    def bias(self) -> Array:
+        """``bias_mant << bias_exp`` (floor right shift for a negative exponent), per neuron."""
+        m, e = np.asarray(self.bias_mant), np.asarray(self.bias_exp)
+        return np.where(e >= 0, m << np.maximum(e, 0), m >> np.maximum(-e, 0))
+
+    @staticmethod
+    def limits(decay_bits: int) -> dict[str, tuple[int, int]]:
+        """The range (inclusive) of every width and parameter; a target's ``[atrlif]`` section
+        lies inside them (checked on load)."""
+        unity = 1 << decay_bits
+        return {"state_bits": (2, 30), "decay_bits": (1, 16), "theta_shift": (0, 16), "act_shift": (0, 16),
+                "di": (0, unity - 1), "dv": (0, unity - 1), "dtheta": (0, unity - 1), "dr": (0, unity - 1),
+                "theta_0": (0, 2**16 - 1), "theta_step": (0, 2**16 - 1),
+                "bias_mant": (-(2**15), 2**15 - 1), "bias_exp": (-15, 15)}
+
+    def validate(self, name: str) -> None:
+        for key, (lo, hi) in self.limits(self.decay_bits).items():
+            a = np.asarray(getattr(self, key))
+            if a.size and (a.min() < lo or a.max() > hi):
+                raise GraphError(f"'{key}' must lie in [{lo}, {hi}], got values in [{a.min()}, {a.max()}]",
+                                 node=name)
+        half = 1 << (self.state_bits - 1)
+        for key, lo, hi in (("i_init", -half + 1, half), ("v_init", -half + 1, half - 1),
+                            ("theta_init", -(2**31), 2**31 - 1), ("r_init", -(2**31), 2**31 - 1)):
+            a = np.asarray(getattr(self, key))
+            if a.size and (a.min() < lo or a.max() > hi):
+                raise GraphError(f"'{key}' must lie in [{lo}, {hi}], got values in [{a.min()}, {a.max()}]",
+                                 node=name)
+
+
+@dataclass(frozen=True)
+class ATRLIFParams:
+    """The constants of one ``FxATRLIF`` step: ``ki = 2**D - di - 1``, ``kv = 2**D - dv``,
+    ``kth = 2**D - dtheta``, ``kr = 2**D - dr``, ``bias`` (per neuron), ``th0 = theta_0 <<
+    theta_shift``, ``tstep = theta_step << theta_shift``."""
+
+    ki: int
+    kv: int
+    kth: int
+    kr: int
+    bias: Array
+    th0: int
+    tstep: int
+    decay_bits: int
+    act_shift: int
+    state_bits: int
+
+    @classmethod
+    def of(cls, node: FxATRLIF) -> ATRLIFParams:
+        unity = 1 << node.decay_bits
+        return cls(ki=unity - node.di - 1, kv=unity - node.dv, kth=unity - node.dtheta, kr=unity - node.dr,
+                   bias=np.asarray(node.bias, np.int64), th0=node.theta_0 << node.theta_shift,
+                   tstep=node.theta_step << node.theta_shift, decay_bits=node.decay_bits,
+                   act_shift=node.act_shift, state_bits=node.state_bits)
+
+
+def atrlif_step(p: ATRLIFParams, state: contract.State, a: Array) -> tuple[contract.State, Array]:
+    """One ATRLIF step (``FxATRLIF``) on int64 arrays; ``state`` (``i``, ``v``, ``theta``, ``r``)
+    is not modified. Returns the new states (after the spike's jumps) and the spikes (bool)."""
+    D, S = p.decay_bits, p.state_bits
+    x = wrap(a << p.act_shift, 32)
+    i = correct(wrap(trunc_mul_shift(state["i"], p.ki, D) + x, 32), S)
+    v = saturate(wrap(trunc_mul_shift(state["v"], p.kv, D) + i + p.bias, 32), S)
+    theta = wrap(trunc_mul_shift(wrap(state["theta"] - p.th0, 32), p.kth, D) + p.th0, 32)
+    r = wrap(trunc_mul_shift(state["r"], p.kr, D), 32)
+    s = wrap(v - r, 32) >= theta
+    r = np.where(s, wrap(r + wrap(2 * theta, 32), 32), r)
+    theta = np.where(s, wrap(theta + p.tstep, 32), theta)
+    return {"i": i, "v": v, "theta": theta, "r": r}, s
+
+
+@dataclass(frozen=True)
+class ATRLIFBounds:
+    """Static bounds of an ``FxATRLIF``: ``x`` on ``|x| = |wrap32(a << act_shift)|``; every
+    product of a decay is below ``2**(31 + D)`` (the operands are int32): int64 is exact."""
+
+    x: int
+    decay_product: int
+
+
+def atrlif_bounds(node: FxATRLIF, input_bound: int) -> ATRLIFBounds:
+    """``ATRLIFBounds`` of ``node`` for neuron inputs ``|a| <= input_bound``."""
+    return ATRLIFBounds(min(input_bound << node.act_shift, contract.INPUT_BOUND), 1 << (31 + node.decay_bits))
+
+
+@dataclass(frozen=True)
+class ATRLIFSpec:
+    """``[atrlif]``: Lava's ATRLIF (``FxATRLIF``). The widths are Lava's constants; the ranges
+    are the precisions its fixed_pt model declares (12-bit decays, ``theta_0`` and
+    ``theta_step``; 13-bit ``bias_mant``, 3-bit ``bias_exp``)."""
+
+    state_bits: int
+    decay_bits: int
+    theta_shift: int
+    act_shift: int
+    di: tuple[int, int]
+    dv: tuple[int, int]
+    dtheta: tuple[int, int]
+    dr: tuple[int, int]
+    theta_0: tuple[int, int]
+    theta_step: tuple[int, int]
+    bias_mant: tuple[int, int]
+    bias_exp: tuple[int, int]
+
+    def check(self, c: SpecCheck) -> None:
+        lim = FxATRLIF.limits(self.decay_bits)
+        for key in ("state_bits", "decay_bits", "theta_shift", "act_shift"):
+            c.width(key, getattr(self, key), lim[key])
+        for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "bias_mant", "bias_exp"):
+            c.within(key, getattr(self, key), lim[key])
+
+    def summary(self) -> str:
+        return f"ATRLIF ({self.state_bits}-bit state, adaptive threshold and refractory state)"
+
+
+def check_atrlif(name: str, n: FxATRLIF, t: Target) -> None:
+    """The design rule: the widths equal the target's, every parameter inside its range."""
+    s: ATRLIFSpec = t.spec(ATR_KIND, node=name)
+    for key in ("state_bits", "decay_bits", "theta_shift", "act_shift"):
+        if getattr(n, key) != getattr(s, key):
+            raise GraphError(f"{key} is {getattr(n, key)}; target '{t.name}' has {getattr(s, key)}", node=name)
+    for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "bias_mant", "bias_exp"):
+        a, (lo, hi) = np.asarray(getattr(n, key)), getattr(s, key)
+        if a.size and (a.min() < lo or a.max() > hi):
+            raise GraphError(f"{key} in [{a.min()}, {a.max()}] exceeds target '{t.name}' range [{lo}, {hi}]",
+                             node=name)
+
+
+ATRLIF = register(Primitive(ATR_KIND, FxATRLIF, ATRLIFSpec, check_atrlif, bounds=atrlif_bounds,
+                            params=ATRLIFParams.of, step=atrlif_step,
+                            missing_hint="calibrate for a target with an [atrlif] section (loihi2-lif)"))
+
+
+class ATRLIFOnnx(onnx_build.NeuronLowering):
+    """The ONNX step of ``FxATRLIF``: the contract (``atrlif_step``) operator by operator, every
+    wrap, correction and saturation written out (int64 tensors; Div truncates toward zero)."""
+
+    node: FxATRLIF
+
+    def prepare(self, b: onnx_build.Builder, a: str, bound: int) -> tuple[str, int]:
+        """``x = wrap32(a << act_shift)``."""
+        x = b.op("Mul", [a, b.const(1 << self.node.act_shift)], "act")
+        return b.wrap(x, 32), contract.INPUT_BOUND
+
+    def step(self, b: onnx_build.Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+        n = self.node
+        p = ATRLIFParams.of(n)
+        D, half = p.decay_bits, 1 << (p.state_bits - 1)
+
+        def decay(s: str, k: int, hint: str) -> str:  # trunc0(s * k / 2**D)
+            return b.rshift(b.op("Mul", [s, b.const(k)], f"{hint}_k"), D, "trunc")
+
+        i = b.wrap(b.op("Add", [decay(st["i"], p.ki, "i"), x], "i_in"), 32)
+        two = b.const(2 * half)
+        hi = b.op("Where", [b.op("Greater", [i, b.const(half)], "i_hi"), b.op("Sub", [i, two]), i], "corr")
+        i = b.op("Where", [b.op("LessOrEqual", [i, b.const(-half)], "i_lo"), b.op("Add", [i, two]), hi], "i")
+        v = b.op("Add", [decay(st["v"], p.kv, "v"), i], "v_in")
+        v = b.sat(b.wrap(b.op("Add", [v, b.const(p.bias)], "v_bias"), 32), p.state_bits)
+        th0 = b.const(p.th0)
+        dev = b.wrap(b.op("Sub", [st["theta"], th0], "theta_dev"), 32)
+        theta = b.wrap(b.op("Add", [decay(dev, p.kth, "theta"), th0], "theta_relaxed"), 32)
+        r = b.wrap(decay(st["r"], p.kr, "r"), 32)
+        s = b.op("GreaterOrEqual", [b.wrap(b.op("Sub", [v, r], "v_r"), 32), theta], "spike")
+        r_up = b.wrap(b.op("Add", [r, b.wrap(b.op("Mul", [theta, b.const(2)], "theta2"), 32)], "r_up"), 32)
+        th_up = b.wrap(b.op("Add", [theta, b.const(p.tstep)], "theta_up"), 32)
+        return s, {"i": i, "v": v, "theta": b.op("Where", [s, th_up, theta], "theta"),
+                   "r": b.op("Where", [s, r_up, r], "r")}
+
+
+onnx_build.register_neuron_lowering(ATR_KIND, ATRLIFOnnx)

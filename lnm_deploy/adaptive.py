@@ -39,11 +39,22 @@ rule ``check_adaptive``), its ONNX lowering, and the calibration lowering ``ADAP
 (the polynomial neuron's passes with the threshold register added). fxsim and Lava
 (``ContractNeuron``) run ``adaptive_step`` as registered. The torch layer is
 ``lnm_deploy.model.adaptive.AdaptiveLNM``.
+
+Refractoriness (``refractory_decay`` set): the membrane is not reset; ``r = d_r r`` is tested
+against (``s = v' - r > theta``) and jumps by ``2 theta`` at a spike (state ``r``).
+
+On the stock-neuron target (``loihi2-lif``) the same float op lowers onto Lava's own ATRLIF: the
+primitive ``atrlif`` (``FxATRLIF``, ``ATRLIFParams``/``atrlif_step``, ``atrlif_bounds``,
+``ATRLIFSpec`` = ``[atrlif]``, ``check_atrlif``; ``docs/fixed-point.md`` section 9), its ONNX
+lowering ``ATRLIFOnnx`` and ``ATRLIF_LOWERING`` (exact for a degree-1 refractory layer,
+``atrlif_exact``; else the LIF fit with its cost reported). The Lava backend runs it as
+``lava.proc.atrlif``'s process itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -53,11 +64,13 @@ from numpy.typing import DTypeLike
 from lnm_deploy.calibrate.lowering import Lowering, register_lowering
 from lnm_deploy.calibrate.neuron_lowerings import (
     encode_poly,
+    lif_fit,
     neuron_input_gain,
     plan_poly,
     select_poly,
+    warn_lost_bias,
 )
-from lnm_deploy.errors import GraphError, NumericError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, NumericError, UnsupportedError
 from lnm_deploy.fixedpoint import contract
 from lnm_deploy.fixedpoint.arith import correct, overflow, rshift, saturate, trunc_mul_shift, wrap
 from lnm_deploy.fixedpoint.nodes import FxNeuron, FxPoly
@@ -104,14 +117,27 @@ class AdaptiveStep(NeuronStep):
         self.theta_step = node.theta_step.astype(dtype)
         self.theta = np.broadcast_to(self.theta0, (batch, *node.shape)).copy()
         self.state_names = (*self.state_names, "theta")
+        self.r_decay = None if node.refractory_decay is None else node.refractory_decay.astype(dtype)
+        self.r = None if self.r_decay is None else np.zeros((batch, *node.shape), dtype=dtype)
+        if self.r is not None:
+            self.state_names = (*self.state_names, "r")
 
     def __call__(self, x: Array) -> Array:
-        self.v_th = self.theta  # the membrane step tests (and subtracts) this step's threshold
-        s = super().__call__(x)
+        if self.r is None:
+            self.v_th = self.theta  # the membrane step tests (and subtracts) this step's threshold
+            s = super().__call__(x)
+        else:  # refractoriness: the membrane is not reset; r decays, is tested against and jumps
+            self.v_th = None
+            vp = super().__call__(x)  # v = v' (a non-spiking step)
+            self.r = self.r_decay * self.r
+            s = (vp - self.r > self.theta).astype(vp.dtype)
+            self.r = self.r + 2.0 * self.theta * s
         self.theta = self.theta0 + self.theta_decay * (self.theta - self.theta0) + self.theta_step * s
         return s
 
     def state(self, name: str) -> Array:
+        if name == "r" and self.r is not None:
+            return self.r
         return self.theta if name == "theta" else super().state(name)
 
 
@@ -124,9 +150,13 @@ class AdaptiveNeuron(Neuron):
     kind: ClassVar[str] = FLOAT_KIND
     theta_decay: Array = None  # type: ignore[assignment]
     theta_step: Array = None  # type: ignore[assignment]
+    refractory_decay: Array | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.refractory_decay is not None:
+            self.refractory_decay = np.broadcast_to(np.asarray(self.refractory_decay, dtype=np.float64),
+                                                    self.shape).copy()
         self.theta_decay = np.broadcast_to(np.asarray(0.0 if self.theta_decay is None else self.theta_decay,
                                                       dtype=np.float64), self.shape).copy()
         self.theta_step = np.broadcast_to(np.asarray(0.0 if self.theta_step is None else self.theta_step,
@@ -141,11 +171,20 @@ class AdaptiveNeuron(Neuron):
         if np.any(self.theta_decay < 0) or np.any(self.theta_decay > 1):
             raise GraphError(f"theta_decay must lie in [0, 1], got [{self.theta_decay.min()}, "
                              f"{self.theta_decay.max()}]", node=name)
+        rd = self.refractory_decay
+        if rd is not None and not (np.all(np.isfinite(rd)) and np.all(rd >= 0) and np.all(rd <= 1)):
+            raise GraphError(f"refractory_decay must lie in [0, 1], got [{rd.min()}, {rd.max()}]", node=name)
+
+    @property
+    def refractory(self) -> bool:
+        """Whether the node resets through a refractory state ``r`` (``refractory_decay`` set)."""
+        return self.refractory_decay is not None
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        """``v``, ``v_pre``, (``c``), ``theta`` (the next step's threshold)."""
-        return (*super().state_names, "theta")
+        """``v``, ``v_pre``, (``c``), ``theta`` (the next step's threshold), (``r`` with
+        refractoriness)."""
+        return (*super().state_names, "theta", *(("r",) if self.refractory else ()))
 
     def float_step(self, name: str, batch: int, dtype: DTypeLike) -> AdaptiveStep:
         return AdaptiveStep(self, batch, dtype)
@@ -154,6 +193,8 @@ class AdaptiveNeuron(Neuron):
         p = super().describe()
         p["theta_decay"] = stats(self.theta_decay)
         p["theta_step"] = stats(self.theta_step)
+        if self.refractory_decay is not None:
+            p["refractory_decay"] = stats(self.refractory_decay)
         return p
 
 
@@ -168,6 +209,8 @@ def _write(name: str, node: AdaptiveNeuron, in_shape: Any, out_shape: Any, meta:
     out.metadata["lnm_kind"] = FLOAT_KIND
     out.metadata["lnm_theta_decay"] = node.theta_decay.copy()
     out.metadata["lnm_theta_step"] = node.theta_step.copy()
+    if node.refractory_decay is not None:
+        out.metadata["lnm_refractory_decay"] = node.refractory_decay.copy()
     return out
 
 
@@ -181,7 +224,9 @@ def _meta(r: NodeRead, key: str) -> Array:
 def _read(r: NodeRead) -> AdaptiveNeuron:
     """Restores the node bit-exactly from its ``lnm_*`` metadata (``_write``)."""
     node = AdaptiveNeuron(**exact_neuron_fields(r.name, r.meta), theta_decay=_meta(r, "lnm_theta_decay"),
-                          theta_step=_meta(r, "lnm_theta_step"), metadata=r.ir_meta)
+                          theta_step=_meta(r, "lnm_theta_step"),
+                          refractory_decay=_meta(r, "lnm_refractory_decay") if "lnm_refractory_decay" in r.meta
+                          else None, metadata=r.ir_meta)
     node.validate(r.name)
     warn_if_edited(r.name, r.node, node)  # the NIR parameters are the LNM neuron's, derived from the metadata
     return node
@@ -441,7 +486,7 @@ def encode_adaptive(sel: Selection, scales: ScalePlan, target: Target) -> Encode
 
 
 def _applies(layer: MappedLayer, target: Target) -> bool:
-    return target.offers(KIND)
+    return target.offers(KIND) and not _node(layer.node).refractory
 
 
 ADAPTIVE_LOWERING = register_lowering(Lowering(
@@ -692,3 +737,205 @@ class ATRLIFOnnx(onnx_build.NeuronLowering):
 
 
 onnx_build.register_neuron_lowering(ATR_KIND, ATRLIFOnnx)
+
+
+# ------------------------------------------------------------ calibration lowering onto ATRLIF
+
+
+def _layer_value(node_name: str, what: str, a: Array, approx: list[str]) -> float:
+    """The one value per layer Lava's ATRLIF holds: ``a``'s, or its mean (listed) when it varies."""
+    flat = np.asarray(a, dtype=np.float64).reshape(-1)
+    if flat.size and not np.all(flat == flat[0]):
+        approx.append(f"per-neuron {what} replaced by their mean (Lava's ATRLIF has one per layer)")
+    return float(flat.mean()) if flat.size else 0.0
+
+
+def atrlif_exact(node: Any) -> bool:
+    """Whether Lava's ATRLIF is exactly this layer (no fit, no approximation but rounding):
+    degree <= 1 with a non-growing uniform leak, refractoriness, and one ``theta_0``, ``d_theta``,
+    ``theta_step >= 0`` (nonzero only with ``d_theta > 0``), refractory and synaptic decay per
+    layer."""
+    n = _node(node)
+
+    def uniform(a: Array | None) -> bool:
+        return a is None or bool(np.all(a == np.asarray(a).reshape(-1)[0]))
+
+    slope = n.poly[min(1, n.degree)]
+    return bool(n.refractory and n.degree <= 1 and uniform(slope) and (n.degree == 0 or np.all(slope <= 1.0))
+                and uniform(n.v_th) and uniform(n.theta_decay) and uniform(n.theta_step)
+                and np.all(n.theta_step >= 0) and (np.all(n.theta_step == 0) or np.all(n.theta_decay > 0))
+                and uniform(n.refractory_decay) and uniform(n.syn_decay))
+
+
+def _atr_layer(name: str, node: AdaptiveNeuron, slope: float, approx: list[str]) -> dict[str, float]:
+    """The per-layer real threshold parameters of the ATRLIF a layer maps to, its approximations
+    appended to ``approx``: ``d_theta``, ``step``, the jump *before* Lava's decay ``step_atr =
+    theta_step / d_theta`` and the refractory decay ``d_r`` (the membrane's ``slope`` where the
+    node has no refractoriness)."""
+    d_theta = _layer_value(name, "theta_decay", node.theta_decay, approx)
+    step = _layer_value(name, "theta_step", node.theta_step, approx)
+    step_atr = step / d_theta if d_theta > 0 else 0.0
+    if d_theta <= 0 and step != 0:
+        approx.append("theta_step with theta_decay 0: ATRLIF decays the jump before its first use, so the "
+                      "threshold stays at theta_0")
+    if node.refractory_decay is not None:
+        d_r = _layer_value(name, "refractory_decay", node.refractory_decay, approx)
+    else:
+        d_r = min(1.0, slope)
+        approx.append(f"reset '{node.reset}' replaced by ATRLIF's refractory state (r += 2 theta at a spike, "
+                      f"decaying as the membrane, by {d_r:.4g} per step)")
+    return {"d_theta": d_theta, "step": step, "step_atr": step_atr, "d_r": d_r}
+
+
+def select_atrlif(layer: MappedLayer, rng: NeuronRange, target: Target, margin: float,
+                  rounding: Rounding) -> Selection:
+    """Pass 2 onto Lava's ATRLIF: the line ``coef[0] + coef[1] v`` (the polynomial itself at
+    degree <= 1, else the weighted least-squares LIF fit, its rms residual in ``fit``), the
+    per-layer threshold parameters, and the smallest state scale that keeps the membrane, the
+    current, the threshold's range, the refractory state and the 12-bit ``theta_0``/``theta_step``
+    inside Lava's registers. ``UnsupportedError`` for a negative ``theta_0`` or ``theta_step``."""
+    from lnm_deploy.calibrate.passes import Selection
+
+    n, node = layer.name, _node(layer.node)
+    spec: ATRLIFSpec = target.spec(ATR_KIND, node=n)
+    approx: list[str] = []
+    has_syn = node.syn_decay is not None
+    bias_v = layer.scaled_bias
+    if has_syn and np.any(bias_v != 0):
+        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
+                      "b/(1-alpha) (the first steps' transient is lost)")
+        assert node.syn_decay is not None
+        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
+    theta = node.poly.reshape(node.poly.shape[0], -1)
+    theta0 = theta[0] + np.asarray(bias_v).reshape(-1)
+    fit: dict[str, Any] = {}
+    if node.degree >= 2:
+        a, b, resid = lif_fit(theta, rng.v_values, rng.v_weights)
+        approx.append(f"degree-{node.degree} polynomial fitted by a LIF (rms residual {resid:.3g} per step "
+                      "over the calibrated membrane distribution)")
+        fit = {"a": a, "b": b, "rms_residual": resid, "degree": node.degree,
+               "samples": int(np.asarray(rng.v_weights).sum())}
+        lin = np.stack([theta0 - theta[0] + a, np.full_like(theta0, b)])
+    else:
+        slope = theta[1] if node.degree >= 1 else np.zeros_like(theta0)
+        b = _layer_value(n, "leak slopes", slope, approx)
+        lin = np.stack([theta0, np.full_like(theta0, b)])
+    v_th = np.asarray(node.v_th, dtype=np.float64).reshape(-1)
+    if np.any(v_th < 0) or np.any(node.theta_step < 0):
+        raise UnsupportedError("Lava's ATRLIF holds theta_0 >= 0 and theta_step >= 0 (12-bit unsigned); this "
+                               f"layer has theta_0 down to {v_th.min():.4g} and theta_step down to "
+                               f"{node.theta_step.min():.4g}: retrain with a non-negative step or use the "
+                               "loihi2 target (adaptive_poly)", node=n)
+    th0 = _layer_value(n, "thresholds theta_0", v_th, approx)
+    if has_syn:
+        _layer_value(n, "synaptic decays", np.asarray(node.syn_decay), approx)
+    p = _atr_layer(n, node, float(np.mean(lin[1])), approx)
+    if b > 1.0:
+        approx.append(f"decay factor {b:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
+    # ranges (real): membrane (never reset with refractoriness), threshold, refractory state
+    th_max = th0 + (p["step"] / (1.0 - p["d_theta"]) if p["d_theta"] < 1.0 else p["step"])
+    r_max = 2.0 * th_max / (1.0 - p["d_r"]) if p["d_r"] < 1.0 else 0.0
+    v_abs = max(abs(rng.v_min), abs(rng.v_max), abs(rng.v_pre_min), abs(rng.v_pre_max), th_max) * margin
+    g_in = float(np.max(np.abs(node.in_gain)))
+    g_syn = float(np.max(np.abs(node.syn_gain))) if node.syn_gain is not None else 1.0
+    c_abs = g_in * max(rng.c_absmax, g_syn * rng.input_absmax if has_syn else rng.input_absmax) * margin
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    grid = 2.0 ** spec.theta_shift
+    bias_lim = max(abs(spec.bias_mant[0]), spec.bias_mant[1]) * 2.0 ** spec.bias_exp[1]
+    q_min = max(v_abs / s_max, c_abs / s_max, th_max * margin / s_max, r_max * margin / 2.0**31,
+                th0 / (spec.theta_0[1] * grid), p["step_atr"] / (spec.theta_step[1] * grid),
+                float(np.max(np.abs(lin[0]))) / bias_lim, 1e-300)
+    return Selection(n, node, ATR_KIND, layer.scaled_synapses, lin, v_th, v_abs, c_abs, q_min, rounding,
+                     fit=fit, approximations=tuple(approx))
+
+
+def plan_atrlif(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
+    """Pass 3: ``q`` and the synapses' integers (exponent ``weight_exp + act_shift``), as the LIF's."""
+    from lnm_deploy.calibrate.passes import ScalePlan, plan_synapses
+
+    spec: ATRLIFSpec = target.spec(ATR_KIND, node=sel.name)
+    q, in_shift, plans = plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, spec.act_shift,
+                                       weight_clip, (0, 0))
+    return ScalePlan(sel.name, q, in_shift, tuple(plans))
+
+
+def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
+    """Pass 4: the ``FxATRLIF`` integers (``dv = rint((1 - b) 2**D)``, ``di`` from the synaptic
+    decay as the LIF's ``du``, ``dtheta``/``dr`` from ``1 - d``, ``theta_0``/``theta_step`` on the
+    ``2**theta_shift`` grid, the bias as mantissa and one exponent per layer) and the dequantized
+    ``AdaptiveNeuron`` with refractoriness (the integers times their scales). ``NumericError``
+    where ``theta_0``, ``theta_step`` or the bias do not fit."""
+    from lnm_deploy.calibrate.passes import EncodedLayer, LayerRecord
+
+    spec: ATRLIFSpec = target.spec(ATR_KIND, node=sel.name)
+    n, node, lin, q = sel.name, _node(sel.node), sel.coef, scales.q
+    p = _atr_layer(n, node, float(np.mean(lin[1])), [])  # select_atrlif listed the approximations
+    unity, grid = 2**spec.decay_bits, 2.0**spec.theta_shift
+
+    def frac(d: float, r: tuple[int, int]) -> int:  # the integer of a decay factor d per step
+        return int(np.clip(np.rint((1.0 - d) * unity), r[0], r[1]))
+
+    dv = frac(min(float(np.mean(lin[1])), 1.0), spec.dv)
+    if node.syn_decay is not None:
+        di = int(np.clip(unity - 1 - np.rint(float(np.mean(node.syn_decay)) * unity), spec.di[0], spec.di[1]))
+    else:
+        di = unity - 1  # i = x: no current state
+    dtheta, dr = frac(p["d_theta"], spec.dtheta), frac(p["d_r"], spec.dr)
+    th0 = int(np.rint(float(np.mean(sel.v_th)) / (q * grid)))
+    tstep = int(np.rint(p["step_atr"] / (q * grid)))
+    for what, val, r in (("theta_0", th0, spec.theta_0), ("theta_step", tstep, spec.theta_step)):
+        if not r[0] <= val <= r[1]:
+            raise NumericError(f"{what} needs {val} (units of 2^{spec.theta_shift} LSBs); target "
+                               f"'{target.name}' holds {list(r)}", node=n)
+    bias_int = np.rint(lin[0] / q).astype(np.int64)
+    bias_exp = 0
+    lo, hi = spec.bias_mant
+    while np.any((bias_int >> bias_exp) > hi) or np.any((bias_int >> bias_exp) < lo):
+        bias_exp += 1
+    if bias_exp > spec.bias_exp[1]:
+        raise NumericError("the bias does not fit the ATRLIF's bias mantissa and exponent", node=n)
+    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), lo, hi).astype(np.int64)
+    warn_lost_bias(n, lin[0], bias_mant, bias_exp, q)
+    shape = node.shape
+    fx = FxATRLIF(shape=shape, di=di, dv=dv, dtheta=dtheta, dr=dr, theta_0=th0, theta_step=tstep,
+                  bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp, state_bits=spec.state_bits,
+                  decay_bits=spec.decay_bits, theta_shift=spec.theta_shift, act_shift=spec.act_shift)
+    bias_real = bias_mant * 2.0**bias_exp * q
+    k_theta = 1.0 - dtheta / unity
+    ir = AdaptiveNeuron(shape=shape, poly=np.stack([bias_real, np.full_like(bias_real, 1.0 - dv / unity)]).reshape(2, *shape),
+                        v_th=np.full(shape, th0 * grid * q), v_reset=np.zeros(shape), reset="subtract",
+                        syn_decay=None if node.syn_decay is None else np.full(shape, (unity - di - 1) / unity),
+                        dt=node.dt, theta_decay=np.full(shape, k_theta),
+                        theta_step=np.full(shape, tstep * grid * q * k_theta),
+                        refractory_decay=np.full(shape, 1.0 - dr / unity))
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    lo_t, hi_t, _ = theta_range(ir)
+    plans = scales.synapses
+    rec = LayerRecord(
+        name=n, primitive=ATR_KIND, q=q, exponents={pl.synapse.name: pl.weight_exp for pl in plans}, in_shift=0,
+        weight_scale={pl.synapse.name: pl.real_per_lsb for pl in plans},
+        weight_clipped={pl.synapse.name: pl.clipped for pl in plans},
+        proof={"membrane_bound_real": sel.v_abs, "membrane_bound_int": sel.v_abs / q, "state_limit": s_max,
+               "current_bound_int": sel.c_abs / q, "theta_bound_int": max(abs(lo_t), abs(hi_t)) / q,
+               "theta_0": th0, "theta_step": tstep, "di": di, "dv": dv, "dtheta": dtheta, "dr": dr,
+               "bias_exp": bias_exp,
+               "holds": bool(sel.v_abs / q <= s_max and sel.c_abs / q <= s_max
+                             and max(abs(lo_t), abs(hi_t)) / q <= s_max)},
+        fit=dict(sel.fit), approximations=list(sel.approximations))
+    for a in sel.approximations:
+        warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
+    return EncodedLayer(fx, ir, rec, scales)
+
+
+def _applies_atrlif(layer: MappedLayer, target: Target) -> bool:
+    return target.offers(ATR_KIND)
+
+
+# Tried after ADAPTIVE_LOWERING (same preference, registered later), which takes every layer but
+# the refractory ones on a target with [adaptive_poly]: so ATRLIF gets the refractory layers (the
+# exact ones, ``atrlif_exact``, are refractory) and, on a target without [adaptive_poly], all.
+ATRLIF_LOWERING = register_lowering(Lowering(
+    FLOAT_KIND, ATR_KIND, applies=_applies_atrlif, select=select_atrlif, plan=plan_atrlif,
+    encode=encode_atrlif, input_gain=neuron_input_gain, preference=10,
+    description="Lava's ATRLIF: exact for a degree-1 refractory layer, else the LIF fit (where the target has "
+                "no adaptive_poly)"))

@@ -367,3 +367,36 @@ def test_atrlif_node_rules() -> None:
     with pytest.raises(UnsupportedError, match="theta_step >= 0"):
         calibrate_network(neg, _spikes(5, batch=8), load_target("loihi2-lif"), load_recipe("default"),  # type: ignore[arg-type]
                           progress=False)
+
+
+@pytest.mark.parametrize(("name", "config"), backend_configs(), ids=lambda v: str(v))
+def test_calibrated_atrlif_network_is_bit_exact_on_every_backend(calibrated_lif: object, name: str,
+                                                                 config: str) -> None:
+    """fxsim (numpy, numba), ONNX and Lava (Lava's own ATRLIF) against the big-integer oracle
+    (``fx_oracle.OATRLIF``), spikes and states."""
+    b = backend(name)
+    try:
+        kinds = b.kinds() if b.kinds is not None else frozenset()
+    except DependencyError as e:
+        pytest.skip(str(e))
+    assert "atrlif" in kinds
+    fx = calibrated_lif.quantized.fx  # type: ignore[attr-defined]
+    x = _spikes(11, batch=3 if name == "lava" else 16, steps=30).astype(np.uint8)
+    check_backend(b, config, fx, x, label="calibrated ATRLIF net")
+
+
+def test_atrlif_artifact_round_trip(calibrated_lif: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from lnm_deploy.adaptive import FxATRLIF
+    from lnm_deploy.artifact import read_artifact, write_artifact
+    from lnm_deploy.fxsim import run_fx
+
+    path = Path(str(tmp_path)) / "atr.nir"
+    art = calibrated_lif.artifact  # type: ignore[attr-defined]
+    write_artifact(art, path)
+    back = read_artifact(path)
+    assert isinstance(back.fx.nodes["a1"], FxATRLIF)
+    x = _spikes(12, batch=4).astype(np.uint8)
+    r1, r2 = run_fx(art.fx, x, record=True), run_fx(back.fx, x, record=True)
+    assert all(np.array_equal(r1.spikes[k], r2.spikes[k]) for k in r1.spikes)

@@ -742,7 +742,7 @@ onnx_build.register_neuron_lowering(ATR_KIND, ATRLIFOnnx)
 # ------------------------------------------------------------ calibration lowering onto ATRLIF
 
 
-def _layer_value(node_name: str, what: str, a: Array, approx: list[str]) -> float:
+def _layer_value(what: str, a: Array, approx: list[str]) -> float:
     """The one value per layer Lava's ATRLIF holds: ``a``'s, or its mean (listed) when it varies."""
     flat = np.asarray(a, dtype=np.float64).reshape(-1)
     if flat.size and not np.all(flat == flat[0]):
@@ -767,19 +767,19 @@ def atrlif_exact(node: Any) -> bool:
                 and uniform(n.refractory_decay) and uniform(n.syn_decay))
 
 
-def _atr_layer(name: str, node: AdaptiveNeuron, slope: float, approx: list[str]) -> dict[str, float]:
+def _atr_layer(node: AdaptiveNeuron, slope: float, approx: list[str]) -> dict[str, float]:
     """The per-layer real threshold parameters of the ATRLIF a layer maps to, its approximations
     appended to ``approx``: ``d_theta``, ``step``, the jump *before* Lava's decay ``step_atr =
     theta_step / d_theta`` and the refractory decay ``d_r`` (the membrane's ``slope`` where the
     node has no refractoriness)."""
-    d_theta = _layer_value(name, "theta_decay", node.theta_decay, approx)
-    step = _layer_value(name, "theta_step", node.theta_step, approx)
+    d_theta = _layer_value("theta_decay", node.theta_decay, approx)
+    step = _layer_value("theta_step", node.theta_step, approx)
     step_atr = step / d_theta if d_theta > 0 else 0.0
     if d_theta <= 0 and step != 0:
         approx.append("theta_step with theta_decay 0: ATRLIF decays the jump before its first use, so the "
                       "threshold stays at theta_0")
     if node.refractory_decay is not None:
-        d_r = _layer_value(name, "refractory_decay", node.refractory_decay, approx)
+        d_r = _layer_value("refractory_decay", node.refractory_decay, approx)
     else:
         d_r = min(1.0, slope)
         approx.append(f"reset '{node.reset}' replaced by ATRLIF's refractory state (r += 2 theta at a spike, "
@@ -818,7 +818,7 @@ def select_atrlif(layer: MappedLayer, rng: NeuronRange, target: Target, margin: 
         lin = np.stack([theta0 - theta[0] + a, np.full_like(theta0, b)])
     else:
         slope = theta[1] if node.degree >= 1 else np.zeros_like(theta0)
-        b = _layer_value(n, "leak slopes", slope, approx)
+        b = _layer_value("leak slopes", slope, approx)
         lin = np.stack([theta0, np.full_like(theta0, b)])
     v_th = np.asarray(node.v_th, dtype=np.float64).reshape(-1)
     if np.any(v_th < 0) or np.any(node.theta_step < 0):
@@ -826,10 +826,10 @@ def select_atrlif(layer: MappedLayer, rng: NeuronRange, target: Target, margin: 
                                f"layer has theta_0 down to {v_th.min():.4g} and theta_step down to "
                                f"{node.theta_step.min():.4g}: retrain with a non-negative step or use the "
                                "loihi2 target (adaptive_poly)", node=n)
-    th0 = _layer_value(n, "thresholds theta_0", v_th, approx)
+    th0 = _layer_value("thresholds theta_0", v_th, approx)
     if has_syn:
-        _layer_value(n, "synaptic decays", np.asarray(node.syn_decay), approx)
-    p = _atr_layer(n, node, float(np.mean(lin[1])), approx)
+        _layer_value("synaptic decays", np.asarray(node.syn_decay), approx)
+    p = _atr_layer(node, float(np.mean(lin[1])), approx)
     if b > 1.0:
         approx.append(f"decay factor {b:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
     # ranges (real): membrane (never reset with refractoriness), threshold, refractory state
@@ -869,7 +869,7 @@ def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedL
 
     spec: ATRLIFSpec = target.spec(ATR_KIND, node=sel.name)
     n, node, lin, q = sel.name, _node(sel.node), sel.coef, scales.q
-    p = _atr_layer(n, node, float(np.mean(lin[1])), [])  # select_atrlif listed the approximations
+    p = _atr_layer(node, float(np.mean(lin[1])), [])  # select_atrlif listed the approximations
     unity, grid = 2**spec.decay_bits, 2.0**spec.theta_shift
 
     def frac(d: float, r: tuple[int, int]) -> int:  # the integer of a decay factor d per step

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fx_nets import adaptive, chain, dense, lif, poly, spikes
+from fx_nets import adaptive, atrlif, chain, dense, lif, poly, spikes
 from fx_oracle import as_arrays, oracle
 
 from lnm_deploy.backends import Backend, integer_backends
@@ -91,6 +91,7 @@ register_example("flatten", lambda rng: (FxFlatten(), _image(rng)))
 register_example("lif", _neuron(lif))
 register_example("poly", _neuron(poly))
 register_example("adaptive_poly", _neuron(adaptive))
+register_example("atrlif", _neuron(atrlif))
 _BUILTIN = frozenset(EXAMPLES)
 
 

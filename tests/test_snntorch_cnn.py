@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 snn = pytest.importorskip("snntorch")
 from snntorch.export_nir import export_to_nir  # noqa: E402
+from test_frameworks import snn_forward  # noqa: E402  (snnTorch's own forward, step by step)
 from torch import nn  # noqa: E402
 
 from lnm_deploy import ir  # noqa: E402
@@ -77,23 +78,6 @@ def pool_on_currents() -> tuple[nn.Sequential, dict[str, int]]:
 
 
 NETS = {"conv-lif-avgpool-conv": pool_on_spikes, "conv-avgpool-lif": pool_on_currents}
-
-
-def snn_forward(net: nn.Sequential, x: torch.Tensor, spiking: dict[str, int]) -> dict[str, np.ndarray]:
-    """snnTorch's own forward, step by step (``init_hidden=True``), recording the given layers."""
-    for m in net:
-        if isinstance(m, snn.SpikingNeuron):
-            m.reset_mem()
-    rec: dict[str, list[np.ndarray]] = {k: [] for k in spiking}
-    with torch.no_grad():
-        for t in range(x.shape[1]):
-            h = x[:, t]
-            for i, m in enumerate(net):
-                h = m(h)
-                for k, j in spiking.items():
-                    if i == j:
-                        rec[k].append(h.numpy().copy())
-    return {k: np.stack(v, axis=1) for k, v in rec.items()}
 
 
 def _import(name: str) -> tuple[nn.Sequential, dict[str, int], ir.Graph, np.ndarray]:

@@ -63,12 +63,12 @@ from numpy.typing import DTypeLike
 
 from lnm_deploy.calibrate.lowering import Lowering, register_lowering
 from lnm_deploy.calibrate.neuron_lowerings import (
+    encode_bias,
     encode_poly,
     lif_fit,
     neuron_input_gain,
     plan_poly,
     select_poly,
-    warn_lost_bias,
 )
 from lnm_deploy.errors import GraphError, LNMDeployWarning, NumericError, UnsupportedError
 from lnm_deploy.fixedpoint import contract
@@ -887,15 +887,7 @@ def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedL
         if not r[0] <= val <= r[1]:
             raise NumericError(f"{what} needs {val} (units of 2^{spec.theta_shift} LSBs); target "
                                f"'{target.name}' holds {list(r)}", node=n)
-    bias_int = np.rint(lin[0] / q).astype(np.int64)
-    bias_exp = 0
-    lo, hi = spec.bias_mant
-    while np.any((bias_int >> bias_exp) > hi) or np.any((bias_int >> bias_exp) < lo):
-        bias_exp += 1
-    if bias_exp > spec.bias_exp[1]:
-        raise NumericError("the bias does not fit the ATRLIF's bias mantissa and exponent", node=n)
-    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), lo, hi).astype(np.int64)
-    warn_lost_bias(n, lin[0], bias_mant, bias_exp, q)
+    bias_mant, bias_exp = encode_bias(n, lin[0], q, spec.bias_mant, spec.bias_exp, "ATRLIF")
     shape = node.shape
     fx = FxATRLIF(shape=shape, di=di, dv=dv, dtheta=dtheta, dr=dr, theta_0=th0, theta_step=tstep,
                   bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp, state_bits=spec.state_bits,

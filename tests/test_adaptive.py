@@ -167,18 +167,23 @@ def test_calibrated_for_loihi2_uses_the_threshold_register(calibrated: object) -
         check_graph(q.fx, load_target("loihi2-lif"))
 
 
+@pytest.mark.parametrize(("net", "kind", "seed", "steps"), [("calibrated", "adaptive_poly", 6, 25),
+                                                       ("calibrated_lif", "atrlif", 11, 30)])
 @pytest.mark.parametrize(("name", "config"), backend_configs(), ids=lambda v: str(v))
-def test_calibrated_network_is_bit_exact_on_every_backend(calibrated: object, name: str, config: str) -> None:
-    """fxsim (numpy, numba), ONNX and Lava against the big-integer oracle, spikes and states."""
+def test_calibrated_network_is_bit_exact_on_every_backend(request: pytest.FixtureRequest, net: str, kind: str,
+                                                          seed: int, steps: int, name: str, config: str) -> None:
+    """fxsim (numpy, numba), ONNX and Lava against the big-integer oracle, spikes and states: the
+    degree-2 adaptive network on loihi2 (``adaptive_poly``) and the degree-1 one on loihi2-lif
+    (Lava's own ATRLIF, ``fx_oracle.OATRLIF``)."""
     b = backend(name)
     try:
         kinds = b.kinds() if b.kinds is not None else frozenset()
     except DependencyError as e:
         pytest.skip(str(e))
-    assert "adaptive_poly" in kinds
-    fx = calibrated.quantized.fx  # type: ignore[attr-defined]
-    x = _spikes(6, batch=3 if name == "lava" else 16, steps=25).astype(np.uint8)
-    check_backend(b, config, fx, x, label="calibrated adaptive net")
+    assert kind in kinds
+    fx = request.getfixturevalue(net).quantized.fx
+    x = _spikes(seed, batch=3 if name == "lava" else 16, steps=steps).astype(np.uint8)
+    check_backend(b, config, fx, x, label=f"calibrated {kind} net")
 
 
 def test_float_and_fixed_point_agree(calibrated: object) -> None:
@@ -367,22 +372,6 @@ def test_atrlif_node_rules() -> None:
     with pytest.raises(UnsupportedError, match="theta_step >= 0"):
         calibrate_network(neg, _spikes(5, batch=8), load_target("loihi2-lif"), load_recipe("default"),  # type: ignore[arg-type]
                           progress=False)
-
-
-@pytest.mark.parametrize(("name", "config"), backend_configs(), ids=lambda v: str(v))
-def test_calibrated_atrlif_network_is_bit_exact_on_every_backend(calibrated_lif: object, name: str,
-                                                                 config: str) -> None:
-    """fxsim (numpy, numba), ONNX and Lava (Lava's own ATRLIF) against the big-integer oracle
-    (``fx_oracle.OATRLIF``), spikes and states."""
-    b = backend(name)
-    try:
-        kinds = b.kinds() if b.kinds is not None else frozenset()
-    except DependencyError as e:
-        pytest.skip(str(e))
-    assert "atrlif" in kinds
-    fx = calibrated_lif.quantized.fx  # type: ignore[attr-defined]
-    x = _spikes(11, batch=3 if name == "lava" else 16, steps=30).astype(np.uint8)
-    check_backend(b, config, fx, x, label="calibrated ATRLIF net")
 
 
 def test_atrlif_artifact_round_trip(calibrated_lif: object, tmp_path: object) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 snn = pytest.importorskip("snntorch")
 from snntorch.export_nir import export_to_nir  # noqa: E402
-from test_frameworks import snn_forward  # noqa: E402  (snnTorch's own forward, step by step)
+from test_frameworks import _seed, heaviside, snn_forward  # noqa: E402, F401  (seed + warnings filter, snnTorch's forward)
 from torch import nn  # noqa: E402
 
 from lnm_deploy import ir  # noqa: E402
@@ -33,19 +32,6 @@ from lnm_deploy.targets import load_target  # noqa: E402
 B, T = 6, 30
 IN_SHAPE = (2, 8, 8)
 ZERO = {"reset_mechanism": "zero", "reset_delay": False}
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> Iterator[None]:
-    torch.manual_seed(7)
-    with warnings.catch_warnings():  # nirtorch's own deprecation noise, not ours
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        yield
-
-
-def heaviside(x: torch.Tensor) -> torch.Tensor:
-    return (x > 0).to(x.dtype)  # keeps float64 (snnTorch's exporter ignores the surrogate)
 
 
 def leaky(shape: tuple[int, ...]) -> snn.Leaky:

@@ -389,3 +389,23 @@ def test_atrlif_artifact_round_trip(calibrated_lif: object, tmp_path: object) ->
     x = _spikes(12, batch=4).astype(np.uint8)
     r1, r2 = run_fx(art.fx, x, record=True), run_fx(back.fx, x, record=True)
     assert all(np.array_equal(r1.spikes[k], r2.spikes[k]) for k in r1.spikes)
+
+
+def test_threshold_regulariser_keeps_the_threshold_positive() -> None:
+    """0 while the threshold cannot reach 0 under any spike train; else the squared reach below 0
+    (worked by hand: theta_0 1, jump -0.5, d 0.9: low = 1 - 0.5 / 0.1 = -4, penalty 16), with a
+    gradient that raises the jump and shortens the threshold's memory."""
+    torch = pytest.importorskip("torch")
+    from lnm_deploy.model.adaptive import AdaptiveLNM
+
+    m = AdaptiveLNM(4, 2, theta_decay=0.9, theta_step=0.2)
+    base = float(m.regularization())
+    assert base == float(super(AdaptiveLNM, m).regularization()) == 0.0
+    with torch.no_grad():
+        m.theta_step.fill_(-0.5)
+    low, high = m.threshold_range()
+    assert float(low) == pytest.approx(-4.0) and float(high) == pytest.approx(1.0)
+    r = m.regularization()
+    assert float(r) == pytest.approx(16.0)
+    r.backward()
+    assert float(m.theta_step.grad) < 0 and float(m.theta_decay.grad) > 0  # descent: jump up, decay down

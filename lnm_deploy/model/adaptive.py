@@ -39,6 +39,10 @@ from lnm_deploy.model.layers import (
 from lnm_deploy.model.to_ir import LayerNodes, converts, neuron_node
 
 
+#: The smallest ``1 - d_theta`` the threshold regulariser assumes (``AdaptiveLNM.threshold_range``).
+THETA_MIN_LEAK = 0.01
+
+
 class AdaptiveLNM(LNM):
     """An ``LNM`` whose threshold adapts (module docstring).
 
@@ -67,6 +71,29 @@ class AdaptiveLNM(LNM):
     def theta_decay_value(self) -> Tensor:
         """``d_theta`` used in the forward pass (clamped into [0, 1])."""
         return self.theta_decay.clamp(0.0, 1.0)
+
+    def threshold_range(self) -> tuple[Tensor, Tensor]:
+        """``(low, high)``: the range the threshold can reach under any spike train, from
+        ``theta[t+1] - theta_0 = d (theta[t] - theta_0) + step s[t]`` with ``0 <= d <= 1``: the
+        geometric sums ``theta_0 + min(step, 0) / (1 - d)`` and ``theta_0 + max(step, 0) / (1 - d)``
+        (firing at every step), ``1 - d`` held at least ``THETA_MIN_LEAK`` (a non-decaying
+        threshold reaches ``theta_0 + step / THETA_MIN_LEAK`` in that many spikes)."""
+        leak = (1.0 - self.theta_decay_value()).clamp_min(THETA_MIN_LEAK)
+        theta0 = self.v_th
+        return theta0 + self.theta_step.clamp(max=0.0) / leak, theta0 + self.theta_step.clamp(min=0.0) / leak
+
+    def regularization(self) -> Tensor:
+        """``LNM.regularization`` (the membrane's leak) plus the threshold's, as for the
+        polynomial: the threshold map ``theta -> theta_0 + d (theta - theta_0) + step s`` is
+        non-expanding by construction (``d`` clamped into [0, 1]); it must also stay positive
+        whatever the neuron fires, else the neuron fires at every step and, with a negative jump,
+        the threshold runs away downward:
+
+            R_theta = mean(relu(-low)**2)        (``low`` from ``threshold_range``)
+
+        0 for a non-negative jump above a positive ``theta_0`` (the default initialisation)."""
+        low, _ = self.threshold_range()
+        return super().regularization() + torch.relu(-low).pow(2).mean()
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "theta_granularity": self.theta_granularity,

@@ -240,3 +240,31 @@ def test_load_nmnist_missing_split_names_the_path(tmp_path: Path) -> None:
         load_nmnist(tmp_path, "test")
     with pytest.raises(UserInputError, match="never downloads"):
         load_nmnist(tmp_path, "test", download=True)
+
+
+@pytest.mark.slow
+def test_nmnist_frames_calibrate_and_run_the_paper_cnn_through_the_cli(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Generated N-MNIST recordings -> frames -> ``write_spike_npz`` -> ``lnm-deploy calibrate`` of
+    the NIR paper's N-MNIST CNN (input 2x34x34) and ``run`` on fxsim."""
+    from lnm_deploy.cli import main
+
+    rng = np.random.default_rng(7)
+    for digit in range(3):
+        (tmp_path / "Test" / str(digit)).mkdir(parents=True)
+        for k in range(2):
+            n = 3000
+            t = np.sort(rng.integers(0, 300_000, n))
+            evs = [(int(rng.integers(0, 34)), int(rng.integers(0, 34)), int(rng.integers(0, 2)), int(ti)) for ti in t]
+            (tmp_path / "Test" / str(digit) / f"{k:05d}.bin").write_bytes(nmnist_bytes(evs))
+    x, y = nmnist_frames(load_nmnist(tmp_path, "test"), steps=12)
+    assert x.shape == (6, 12, 2, 34, 34) and 0 < x.mean() < 0.5
+    data = write_spike_npz(tmp_path / "calib.npz", x, y)
+    net = Path(__file__).parent / "data" / "cnn_sinabs.nir"
+    art, out = tmp_path / "cnn.nir", tmp_path / "out.npz"
+    assert main(["calibrate", str(net), "--producer", "sinabs", "--data", str(data), "--target", "loihi2",
+                 "--out", str(art), "--quiet"]) == 0
+    assert main(["run", str(art), "--data", str(data), "--backend", "fxsim", "--out", str(out), "--quiet"]) == 0
+    with np.load(out, allow_pickle=False) as z:
+        assert z["output"].shape[:2] == (6, 12)
+    capsys.readouterr()

@@ -1,4 +1,5 @@
-"""The PyTorch side of lnm-deploy: LNM layers, training, the digits demo data, and IR export.
+"""The PyTorch side of lnm-deploy: LNM layers, training, the digits demo data, dataset readers
+(CIFAR-10, N-MNIST; ``datasets``), and IR export.
 
 Needs the ``torch`` extra (``pip install 'lnm-deploy[torch]'``).
 """
@@ -18,6 +19,17 @@ from lnm_deploy.model.data import (
     load_digits_split,
     rate_encode,
 )
+from lnm_deploy.model.datasets import (
+    EventSamples,
+    events_to_frames,
+    load_cifar10,
+    load_nmnist,
+    nmnist_frames,
+    rate_encode_images,
+    read_cifar10_batch,
+    read_nmnist_file,
+    write_spike_npz,
+)
 from lnm_deploy.model.io import convert_legacy_model, load_model, save_model
 from lnm_deploy.model.layers import (
     LNM,
@@ -36,12 +48,14 @@ from lnm_deploy.model.train import (
     predict,
     train,
     train_digits,
+    train_digits_cnn,
 )
 
 __all__ = [
     "LNM",
     "DigitsResult",
     "DigitsSplit",
+    "EventSamples",
     "LNMGraph",
     "LNMSequential",
     "RecurrentLNM",
@@ -52,17 +66,26 @@ __all__ = [
     "current_encode",
     "encode",
     "evaluate",
+    "events_to_frames",
     "horner",
     "init_batchnorm",
+    "load_cifar10",
     "load_digits_split",
     "load_model",
+    "load_nmnist",
     "model_to_ir",
+    "nmnist_frames",
     "predict",
     "rate_encode",
+    "rate_encode_images",
+    "read_cifar10_batch",
+    "read_nmnist_file",
     "resnet",
     "save_model",
     "spike",
     "train",
     "train_digits",
+    "train_digits_cnn",
     "vgg",
+    "write_spike_npz",
 ]

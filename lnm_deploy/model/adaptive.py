@@ -38,7 +38,6 @@ from lnm_deploy.model.layers import (
 )
 from lnm_deploy.model.to_ir import LayerNodes, converts, neuron_node
 
-
 #: The smallest ``1 - d_theta`` the threshold regulariser assumes (``AdaptiveLNM.threshold_range``).
 THETA_MIN_LEAK = 0.01
 

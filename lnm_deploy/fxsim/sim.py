@@ -57,7 +57,7 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, primitives, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives, synapse_bounds
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
@@ -566,19 +566,23 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
     neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
     spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=bool) for n in neurons}
+    out_src = sched.inputs[sched.output_node][0][0]
+    # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
+    graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None
     states: dict[str, dict[str, Array]] | None = None
-    if record:
+    if record or graded is not None:
         states = {n: {k: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
-                  for n, run in neurons.items()}
+                  for n, run in neurons.items() if record or n == out_src}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
 
-    out_src = sched.inputs[sched.output_node][0][0]
-    spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()}
+    spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()
+                 if output_state(graph.nodes[n], n) is None}
     states_bt = {n: {k: np.ascontiguousarray(np.moveaxis(a, 0, 1)) for k, a in d.items()}
                  for n, d in (states or {}).items()}
-    return RunResult(output=spikes_bt[out_src], spikes=spikes_bt, states=states_bt)
+    output = spikes_bt[out_src] if graded is None else states_bt[out_src][graded]
+    return RunResult(output=output, spikes=spikes_bt, states=states_bt if record else {})
 
 
 def _apply_flatten(node: FxFlatten, a: Array, lead: int) -> Array:
@@ -627,7 +631,7 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                     a = prev[s] if delayed else vals[s]
                     assert isinstance(a, _Val)
                     ins.append(a)
-                rec = None if states is None else {k: a[t0:t1] for k, a in states[name].items()}
+                rec = None if states is None or name not in states else {k: a[t0:t1] for k, a in states[name].items()}
                 neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec)
                 vals[name] = spikes[name][t0:t1]
         prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}

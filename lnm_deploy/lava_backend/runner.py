@@ -48,7 +48,7 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, primitives
+from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives
 from lnm_deploy.lava_backend.procs.process import MAX_STATES, ContractNeuron, PolyNeuron, Recorder
 from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 
@@ -315,7 +315,9 @@ class _Network:
         for name in layers:
             neuron = cast(FxNeuron, graph.nodes[name])  # plan(): layers are neurons
             shp = lava_shape(sched.shapes[name])
-            states = list(neuron.state_names()) if record else []
+            # A non-spiking readout's output is a state (Primitive.output_state): probed always.
+            graded = output_state(neuron, name)
+            states = list(neuron.state_names()) if record else ([graded] if graded is not None else [])
             files = [("spikes", os.path.join(workdir, f"{len(self.files)}.s"))]
             files += [(v, os.path.join(workdir, f"{len(self.files)}.{v}")) for v in states]
             for i, (_, path) in enumerate(files):
@@ -561,6 +563,9 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
         for n in layers:
             states[n] = {v: np.zeros((batch, steps, *sched.shapes[n]), dtype=sdt)
                          for v in graph.nodes[n].state_names()}  # type: ignore[attr-defined]
+    graded = output_state(graph.nodes[out_src], out_src)
+    if graded is not None and not record:
+        states[out_src] = {graded: np.zeros((batch, steps, *sched.shapes[out_src]), dtype=sdt)}
     timings = LavaTimings(samples=batch)
     if batch and steps:
         total = steps + p.max_depth
@@ -605,7 +610,11 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
             finally:
                 if bar is not None:
                     bar.close()
-    return RunResult(output=spikes[out_src], spikes=spikes, states=states), timings
+    if graded is None:
+        return RunResult(output=spikes[out_src], spikes=spikes, states=states), timings
+    output = states[out_src][graded]
+    spikes = {n: a for n, a in spikes.items() if output_state(graph.nodes[n], n) is None}
+    return RunResult(output=output, spikes=spikes, states=states if record else {}), timings
 
 
 def run_lava(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:

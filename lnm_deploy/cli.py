@@ -414,10 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=_fraction, default=0.95,
                    help="without labels: smallest accepted fraction of samples where fixed point predicts "
                         "the float model's class (default 0.95)")
-    p.add_argument("--readout", choices=["count", "lzc"], default="count",
+    from lnm_deploy.readout import MEMBRANE_READOUTS
+
+    p.add_argument("--readout", choices=["count", "lzc", *MEMBRANE_READOUTS], default="count",
                    help="the readout the accuracy criterion uses: 'count' (arg-max of the output spike "
                         "counts, default) or 'lzc' (the Lempel-Ziv complexity readout calibrate fitted with "
-                        "labels; the LZC accuracies and drift are reported either way)")
+                        "labels; the LZC accuracies and drift are reported either way); for a non-spiking "
+                        "readout layer (LI / CubaLI) the arg-max of its membrane's maximum over time "
+                        "('membrane-max'), last step ('membrane-last') or sum over time ('membrane-sum')")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _scale_args(p)

@@ -63,7 +63,13 @@ from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.ir.ops import conv2d
 from lnm_deploy.metrics import LZCDrift, lzc_drift
-from lnm_deploy.readout import MEMBRANE_READOUTS, READOUTS_KEY, LZCReadout, MembraneCheck, membrane_check
+from lnm_deploy.readout import (
+    MEMBRANE_READOUTS,
+    READOUTS_KEY,
+    LZCReadout,
+    MembraneCheck,
+    membrane_check,
+)
 
 if TYPE_CHECKING:
     from lnm_deploy.calibrate.passes import MappedGraph

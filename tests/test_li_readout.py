@@ -195,7 +195,7 @@ def test_verify_compares_the_readout_membrane() -> None:
     spiking = sequential([("fc", Affine(weight=np.full((3, 6), 0.6))), ("n", Neuron(shape=(3,), poly=[0, 0.9], v_th=1.0))],
                          (6,))
     art2 = calibrate_network(spiking, x, load_target("loihi2"), load_recipe("default"), progress=False).artifact
-    with pytest.raises(UserInputError, match="membrane-last.*reads spikes"):
+    with pytest.raises(UserInputError, match=r"membrane-last.*reads spikes"):
         verify(art2, x, backends=(), float_graph=spiking, readout="membrane-last", progress=False)
 
 

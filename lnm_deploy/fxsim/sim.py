@@ -57,7 +57,13 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import (
+    lookup,
+    output_state,
+    primitive_of,
+    primitives,
+    synapse_bounds,
+)
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray

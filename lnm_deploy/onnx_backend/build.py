@@ -58,7 +58,13 @@ from lnm_deploy.fixedpoint.contract import (
     poly_bounds,
 )
 from lnm_deploy.fixedpoint.graph import FxGraph
-from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive, primitive_of, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import (
+    lookup,
+    output_state,
+    primitive,
+    primitive_of,
+    synapse_bounds,
+)
 
 if TYPE_CHECKING:
     import onnx

@@ -542,7 +542,8 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
 
     Same time base as ``lnm_deploy.execute.run_float``: step t of every output answers step t of
     the input (zero latency along feed-forward edges, one step along back edges). Returns a
-    ``RunResult`` with ``output`` and ``spikes`` (per neuron layer) as uint8 and, with
+    ``RunResult`` with ``output`` and ``spikes`` (per spiking neuron layer) as uint8 (an Output
+    reading a non-spiking readout, ``Primitive.output_state``: that state, int64) and, with
     ``record``, ``states`` as int64 (``u``, ``v`` for LIF; ``v`` and, with a synapse, ``c`` for the
     polynomial neuron), each (samples, timesteps, *shape), states after the reset.
     ``engine``: "auto" (layer-at-a-time when the graph has no back edge), "layer" or "step".

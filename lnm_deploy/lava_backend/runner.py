@@ -620,8 +620,8 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
 def run_lava(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
     """Run ``graph`` on Lava's bit-accurate models (``Loihi2SimCfg(select_tag='fixed_pt')``).
 
-    Same signature, time base and result as ``lnm_deploy.fxsim.run_fx``: spikes of every neuron
-    layer (uint8) and, with ``record``, states as int64 (``u``, ``v`` for LIF; ``v`` and, with a
+    Same signature, time base and result as ``lnm_deploy.fxsim.run_fx``: spikes of every spiking
+    neuron layer (uint8; the output of a non-spiking readout is its probed membrane, int64) and, with ``record``, states as int64 (``u``, ``v`` for LIF; ``v`` and, with a
     synapse, ``c`` for the polynomial neuron), each (samples, timesteps, *shape), after the reset.
     """
     return run(graph, x, record=record, progress=progress)[0]

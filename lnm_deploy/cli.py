@@ -210,6 +210,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         drift = lzc.drift
         print(f"  LZC drift per output neuron (mean |float - fixed|): max {drift.max:.4f}, "
               f"mean {float(np.mean(drift.mean_abs_diff)):.4f} over {drift.mean_abs_diff.size} neurons")
+    mem = result.membrane  # a non-spiking readout layer: its membrane is the output
+    if mem is not None:
+        exact = ", ".join(f"{b} {'bit-exact' if c['bit_exact'] else str(c['mismatches']) + ' values differ'}"
+                          for b, c in mem.backends.items())
+        print(f"  readout '{mem.layer}' membrane ({mem.rule}): float vs fixed rms error {mem.rms_error:.4g}, "
+              f"max abs error {mem.max_abs_error:.4g} (float range {mem.float_range:.4g}; q {mem.q:.4g})"
+              + (f"; vs fxsim: {exact}" if exact else ""))
     for layer in result.layers:
         print(f"  {layer.name:<12} spike agreement {layer.spike_agreement:.4f}  "
               f"rate {layer.rate_float:.4f} -> {layer.rate_fixed:.4f}")

@@ -317,3 +317,30 @@ def test_dequantized_readout_round_trips() -> None:
     # LI without a current: v = (1 - dv/4096) v + bias + q * (a << 6) truncated: within a few LSBs
     assert np.max(np.abs(f / q - fixed)) < 64
     assert dataclasses.is_dataclass(res.quantized.layers["r"])
+
+
+def test_cli_calibrates_and_verifies_a_readout_network(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI end to end on a Norse file ending in LI: calibrate, then verify with a membrane rule;
+    the JSON carries the membrane check and the text names it."""
+    import json
+    from pathlib import Path
+
+    import norse.torch as norse
+
+    from lnm_deploy.cli import main
+
+    d = Path(str(tmp_path))
+    nir.write(d / "net.nir", norse.to_nir(norse.SequentialState(*_norse_net()), torch.zeros(1, 10, dtype=torch.float64)))
+    rng = np.random.default_rng(0)
+    np.savez(d / "data.npz", x=(rng.random((8, 16, 10)) < 0.3).astype(np.uint8))
+    assert main(["calibrate", str(d / "net.nir"), "--target", "loihi2-lif", "--data", str(d / "data.npz"),
+                 "--producer", "norse", "--out", str(d / "art.nir"), "--quiet"]) == 0
+    assert main(["verify", str(d / "art.nir"), "--data", str(d / "data.npz"), "--backend", "onnx",
+                 "--readout", "membrane-last", "--json", str(d / "v.json"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "readout '3' membrane (membrane-last)" in text and "onnx bit-exact" in text and "PASSED" in text
+    doc = json.loads((d / "v.json").read_text())
+    assert doc["membrane"]["backends"]["onnx"]["bit_exact"] and doc["criteria"]["readout"] == "membrane-last"
+    with pytest.raises(SystemExit) as e:  # argparse's choices: the rules of MEMBRANE_READOUTS
+        main(["verify", str(d / "art.nir"), "--data", str(d / "data.npz"), "--readout", "membrane-nope"])
+    assert e.value.code == 2

@@ -344,3 +344,12 @@ def test_cli_calibrates_and_verifies_a_readout_network(tmp_path: object, capsys:
     with pytest.raises(SystemExit) as e:  # argparse's choices: the rules of MEMBRANE_READOUTS
         main(["verify", str(d / "art.nir"), "--data", str(d / "data.npz"), "--readout", "membrane-nope"])
     assert e.value.code == 2
+
+
+def test_the_agreement_search_leaves_the_readout_synapse_at_its_calibrated_clip() -> None:
+    """The search's objective compares spikes; a readout has none, so every factor would score the
+    same and the first (0.5) would halve its weight clip for nothing: its synapse is not searched."""
+    g, x = _graph()
+    res = calibrate_network(g, x, load_target("loihi2"), load_recipe("agreement"), progress=False)
+    factors = res.report["search"]["factors"]
+    assert "fc" in factors and "fc2" not in factors

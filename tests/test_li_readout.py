@@ -353,3 +353,27 @@ def test_the_agreement_search_leaves_the_readout_synapse_at_its_calibrated_clip(
     res = calibrate_network(g, x, load_target("loihi2"), load_recipe("agreement"), progress=False)
     factors = res.report["search"]["factors"]
     assert "fc" in factors and "fc2" not in factors
+
+
+def test_a_nir_cubali_readout_deploys() -> None:
+    """A NIR graph ending in CubaLI (a current state: the readout's ``du`` < 4095), read with the
+    generic convention, calibrates and verifies with its membrane bit-exact on ONNX and Lava."""
+    rng = np.random.default_rng(9)
+    n_in, n_h, n_out = 10, 12, 4
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(input_type=np.array([n_in])),
+        "fc": nir.Affine(weight=rng.normal(0.3, 1.0, (n_h, n_in)) * 400, bias=np.zeros(n_h)),
+        "lif": nir.LIF(tau=np.full(n_h, 5e-3), r=np.ones(n_h), v_leak=np.zeros(n_h), v_threshold=np.ones(n_h)),
+        "fc2": nir.Affine(weight=rng.normal(0, 1.0, (n_out, n_h)) * 50, bias=np.zeros(n_out)),
+        "li": nir.CubaLI(tau_syn=np.full(n_out, 4e-3), tau_mem=np.full(n_out, 8e-3), r=np.ones(n_out),
+                         v_leak=np.zeros(n_out)),
+        "output": nir.Output(output_type=np.array([n_out]))},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "fc2"), ("fc2", "li"), ("li", "output")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        graph = from_nir(g, dt=1e-3)
+    node = graph.nodes["li"]
+    assert isinstance(node, Neuron) and not node.spiking and node.syn_decay is not None
+    x = (rng.random((12, 20, n_in)) < 0.3).astype(np.uint8)
+    assert np.any(run_float(graph, x).spikes["lif"])
+    _deploy(graph, x)

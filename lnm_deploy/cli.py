@@ -95,6 +95,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lnm_deploy.summary import summarize
 
     graph, artifact = _load(args)
+    if args.resources:
+        return _inspect_resources(args, artifact)
     s = summarize(graph)
     if args.json:
         doc = s.to_dict()
@@ -104,6 +106,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(f"{args.graph}" + (f"  (calibrated artifact for target '{artifact.target}')" if artifact else ""))
         print(s.to_text())
+    return 0
+
+
+def _inspect_resources(args: argparse.Namespace, artifact: Any) -> int:
+    """``inspect ARTIFACT --resources [--data D] [--target T]``: mapping and cost (lnm_deploy.cost)."""
+    from lnm_deploy import validate
+    from lnm_deploy.artifact import artifact_target
+    from lnm_deploy.cost import resources_report, resources_text
+    from lnm_deploy.fileio import read_dataset
+    from lnm_deploy.fxsim import run_fx
+    from lnm_deploy.targets import load_target
+
+    if artifact is None:
+        raise UserInputError(f"--resources: {args.graph} is not a calibrated artifact; run 'lnm-deploy calibrate' first")
+    target = load_target(args.target) if args.target else artifact_target(artifact.fx, artifact.record, args.graph)
+    x = None if args.data is None else validate.spikes(read_dataset(args.data)[0], artifact.graph, "--data")
+    runs = {} if x is None else {"fxsim": run_fx(artifact.fx, x)}
+    if args.json:
+        print(json.dumps(resources_report(artifact.fx, target, x, runs), indent=2, default=json_default))
+    else:
+        print(resources_text(artifact.fx, target, x, runs))
     return 0
 
 
@@ -168,6 +191,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
                         min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
                         input_shape=args.input_shape, progress=not args.quiet, readout=args.readout,
+                        compare=None if args.compare is None else existing_file(args.compare, "--compare artifact"),
                         **_scale(args))
         if args.json:
             outs.write_text(args.json, json.dumps(result.to_dict(), indent=2, default=json_default))
@@ -224,6 +248,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         d = result.first_divergence
         print(f"  first divergence: layer {d['layer']}, sample {d['sample']}, timestep {d['timestep']}, "
               f"neuron {d['neuron']}: {d.get('cause', '')}")
+    from lnm_deploy.cost import summary_lines
+
+    for line in summary_lines(result.resources):
+        print(f"  {line}")
     print("PASSED" if result.passed else "FAILED: " + "; ".join(result.reasons))
     return 0 if result.passed else 1
 
@@ -375,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="layers, neuron types, shapes, parameters and metadata of a graph")
     _graph_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--resources", action="store_true",
+                   help="an artifact's mapping onto its target's cores and, with --data, the cost of one inference "
+                        "(synaptic operations, neuron updates, messages, energy and latency estimates)")
+    p.add_argument("--data", default=None, help="with --resources: .npz with spikes x to count the cost on (fxsim)")
+    p.add_argument("--target", default=None,
+                   help="with --resources: map onto this target (name or .toml) instead of the artifact's own")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run a graph on spike data with a backend")
@@ -429,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels; the LZC accuracies and drift are reported either way); for a non-spiking "
                         "readout layer (LI / CubaLI) the arg-max of its membrane's maximum over time "
                         "('membrane-max'), last step ('membrane-last') or sum over time ('membrane-sum')")
+    p.add_argument("--compare", default=None, metavar="OTHER_ARTIFACT",
+                   help="another artifact of the same network (e.g. calibrated for loihi2-lif): its accuracy and "
+                        "cost per inference are shown beside this one's")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _scale_args(p)

@@ -3,9 +3,11 @@
 1. Train (or reuse) a degree-2 LNM network on the 8x8 digits, rate-encoded to spikes.
 2. Export it to NIR (``model.nir``), read the file back, run the float executor, and check that it
    answers like the PyTorch model.
-3. Calibrate and quantize it for ``loihi2`` (``model.loihi2.nir`` and its calibration report).
+3. Calibrate and quantize it for ``loihi2`` (``model.loihi2.nir`` and its calibration report) and,
+   to compare costs, for ``loihi2-lif`` (its LIF fit, ``model.loihi2-lif.nir``).
 4. Verify on the whole test set: Lava (``Loihi2SimCfg(select_tag='fixed_pt')``) bit-exact with
-   fxsim on every spike of every layer, float against fixed point (``report.json``, ``report.html``).
+   fxsim on every spike of every layer, float against fixed point, resources and cost, LNM against
+   its LIF fit (``report.json``, ``report.html``).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def _final_paths(record: dict[str, Any], final: dict[str, str]) -> None:
 
 def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False, degree: int = 2,
              seed: int = 0, progress: bool = True, log: Any = print,
-             calibrate_targets: tuple[str, ...] = ("loihi2",), recipe: str = "agreement",
+             calibrate_targets: tuple[str, ...] = ("loihi2", "loihi2-lif"), recipe: str = "agreement",
              verify_backends: tuple[str, ...] = ("lava",), lava_samples: int | None = None) -> DemoResult:
     """Run the demo into ``out_dir`` (created if missing); see the module docstring.
 
@@ -263,8 +265,9 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
         n_lava = x.shape[0] if lava_samples is None else min(lava_samples, x.shape[0])
         log(f"verifying {name}: {', '.join(verify_backends)} against fxsim on {n_lava} samples, float against "
             f"fixed point on {x.shape[0]}")
+        other = next((a for t, a in artifacts.items() if t != name), None)  # LNM against its LIF fit: cost
         ver = verify(art, x, y, backends=verify_backends, float_graph=current(model_path),
-                     backend_samples=lava_samples, progress=progress)
+                     backend_samples=lava_samples, progress=progress, compare=other)
         ver.float_source = str(model_path)
         result.verification = ver.to_dict()
         outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))

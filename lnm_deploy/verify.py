@@ -166,6 +166,9 @@ class VerifyResult:
     #: The Output reads a non-spiking readout: its membrane compared (backends bit-exact against
     #: fxsim, float against the dequantized fixed point in real units); None for a spike output.
     membrane: MembraneCheck | None = None
+    #: mapping and cost (``lnm_deploy.cost.resources_report``), with ``comparison`` rows when verify
+    #: was given another artifact to compare with (``compare``)
+    resources: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,6 +190,7 @@ class VerifyResult:
             "reasons": self.reasons,
             "lzc": self.lzc.to_dict(),
             **({"membrane": self.membrane.to_dict()} if self.membrane is not None else {}),
+            "resources": self.resources,
         }
 
 
@@ -555,7 +559,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
            max_accuracy_drop: float = 0.005, backend_samples: int | None = None,
            min_agreement: float = MIN_AGREEMENT, producer: str | None = None, dt: float | None = None,
            input_shape: tuple[int, ...] | None = None, progress: bool = True, workers: int | None = 1,
-           ray_address: str | None = None, engine: str = "auto", readout: str = "count") -> VerifyResult:
+           ray_address: str | None = None, engine: str = "auto", readout: str = "count",
+           compare: Artifact | str | os.PathLike[str] | None = None) -> VerifyResult:
     """Run float, fxsim and ``backends`` on ``x`` and compare (see the module docstring).
 
     Args:
@@ -583,6 +588,9 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
             (``lnm_deploy.readout.MEMBRANE_READOUTS``); such a membrane is held bit-exact against
             fxsim on every backend and compared with the float membrane in real units
             (``VerifyResult.membrane``; ``count`` classifies it as ``membrane-sum``).
+        compare: another artifact of the same network (for example calibrated for ``loihi2-lif``)
+            whose fxsim accuracy and cost on ``x`` are set beside this one's
+            (``VerifyResult.resources["comparison"]``, ``lnm_deploy.cost``); it decides nothing.
 
     Raises:
         UserInputError: bad arguments, labels or data; the float model cannot be reloaded as calibrated;
@@ -698,14 +706,13 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
             reasons.append(f"the output spikes of fixed point and float agree on {out_agreement:.4f} of the "
                            f"(sample, step, neuron) bins, below the floor {min_agreement:.4g} (no labels given; "
                            "--min-agreement)")
+    resources = resources_section(art, x, y, ref, fixed, compare)
     return VerifyResult(
         target=art.target, samples=int(x.shape[0]), timesteps=int(x.shape[1]), float_accuracy=f_acc,
         fixed_accuracy=q_acc, layers=layers, backends=checks, first_divergence=divergence,
         passed=not reasons, reasons=reasons, float_source=model.source, max_accuracy_drop=max_accuracy_drop,
         runs=runs, float_graph=graph, float_model=model.to_dict(), prediction_agreement=pred_agreement,
         output_agreement=out_agreement, min_agreement=min_agreement,
-        labels=y is not None, readout=readout, lzc=lzc, membrane=membrane,
-    )
 
 
 def _readout_layer(art: Artifact) -> str | None:
@@ -717,3 +724,35 @@ def _readout_layer(art: Artifact) -> str | None:
     src = sched.inputs[sched.output_node][0][0]
     node = art.fx.nodes[src]
     return src if node.role == "neuron" and output_state(node, src) is not None else None
+        labels=y is not None, readout=readout, lzc=lzc, membrane=membrane, resources=resources,
+    )
+
+
+def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, fixed: RunResult,
+                      compare: Artifact | str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The report's resources and cost section: ``lnm_deploy.cost.resources_report`` of the
+    artifact on its own target (fxsim's and the float model's spikes) and, with ``compare``,
+    ``comparison``: accuracy against cost rows for this artifact and the other one (fxsim)."""
+    from lnm_deploy.artifact import artifact_target
+    from lnm_deploy.cost import comparison_row, resources_report
+    from lnm_deploy.fxsim import run_fx
+    from lnm_deploy.metrics import accuracy
+
+    rep = resources_report(art.fx, artifact_target(art.fx, art.record, "the artifact"), x,
+                           {"fxsim": fixed, "float": ref})
+    if compare is None:
+        return rep
+    other = compare if isinstance(compare, Artifact) else read_artifact(compare)
+    if tuple(other.fx.schedule().shapes[other.fx.schedule().input_node]) != tuple(x.shape[2:]):
+        raise UserInputError(f"--compare: the other artifact (target '{other.target}') reads inputs of another shape")
+    run = run_fx(other.fx, x)
+    orep = resources_report(other.fx, artifact_target(other.fx, other.record, "the compared artifact"), x,
+                            {"fxsim": run})
+    acc = None if y is None else accuracy(fixed.output, y)
+    oacc = None if y is None else accuracy(run.output, y)
+    rep["comparison"] = {
+        "rows": [comparison_row("this artifact", art.target, acc, rep["cost"].get("fxsim")),
+                 comparison_row("compared with", other.target, oacc, orep["cost"].get("fxsim"))],
+        "other": {"target": other.target, "mapping": orep["mapping"], "notes": orep["notes"]},
+        "note": "fxsim accuracy and cost of the same inputs; energy and latency are estimates (see the sources)"}
+    return rep

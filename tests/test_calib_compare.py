@@ -86,3 +86,18 @@ def test_compare_spikes_per_layer():
     assert comps["b"].agreement == 1 - 1 / (3 * 8 * 6)
     assert mean_spike_agreement(ref, test) == pytest.approx((comps["a"].agreement + comps["b"].agreement) / 2)
     assert comps["b"].to_dict()["layer"] == "b"
+
+
+def test_rates_agreement_and_scaled_sqnr_equal_numpys_own_values() -> None:
+    """The counting paths (booleans, integers) and the one-buffer scaled SQNR give numpy's float64
+    values bit for bit (the calibration report must not change with how they are computed)."""
+    rng = np.random.default_rng(5)
+    for dtype in (np.bool_, np.uint8, np.int16, np.int64, np.float32):
+        a = (rng.random((7, 5, 13)) < 0.3).astype(dtype)
+        b = (rng.random((7, 5, 13)) < 0.4).astype(dtype)
+        assert spike_agreement(a, b) == float(np.mean(a == b))
+        assert rate_drift(a, b) == float(np.mean(b, dtype=np.float64) - np.mean(a, dtype=np.float64))
+    ref = rng.normal(size=(4, 6, 9))
+    t = rng.integers(-500, 500, (4, 6, 9))
+    for q in (0.0123, np.linspace(0.01, 0.02, 9)):
+        assert sqnr_db(ref, t, test_scale=q) == sqnr_db(ref, t * q)

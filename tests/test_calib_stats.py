@@ -2,6 +2,7 @@
 small IR graphs, checked against the raw recorded states and an independent simulation."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -385,3 +386,37 @@ def test_compiled_and_numpy_statistics_are_identical(monkeypatch):
     t2 = TensorStats.empty()
     t2.update(a, 0)
     assert json.dumps(t1.to_dict(), sort_keys=True) == json.dumps(t2.to_dict(), sort_keys=True)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_nan_or_inf_is_refused_on_both_paths(monkeypatch, bad, compiled):
+    """The compiled path screens values by their sum (a NaN or inf never reaches its loops); both
+    paths refuse them with NumericError, per-channel or not, and keep nothing of the tensor."""
+    from lnm_deploy.calibrate import stats as st
+    from lnm_deploy.errors import NumericError
+
+    if not compiled:
+        monkeypatch.setattr(st, "_KERNELS", [None])
+    x = np.linspace(-1.0, 1.0, 2 * 3 * 5).reshape(2, 3, 5)
+    x[1, 2, 3] = bad
+    for axis in (1, None):
+        t = TensorStats.empty()
+        with pytest.raises(NumericError, match="NaN or inf"):
+            t.update(x, axis)
+        assert t.n == 0 and t.total == 0.0 and t.channel_min is None
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_zero_min_or_max_is_positive_zero(monkeypatch, compiled):
+    """The sign of a zero min / max would depend on the reduction order: both paths write +0.0."""
+    from lnm_deploy.calibrate import stats as st
+
+    if not compiled:
+        monkeypatch.setattr(st, "_KERNELS", [None])
+    t = TensorStats.empty()
+    t.update(np.array([[-0.0, 0.5], [-0.0, -0.0], [0.0, -0.25]]), 0)
+    zeros = [v for v in (*t.channel_min, *t.channel_max) if v == 0.0]
+    assert len(zeros) == 4 and all(math.copysign(1.0, v) == 1.0 for v in zeros)
+    assert list(t.channel_min) == [0.0, 0.0, -0.25] and list(t.channel_max) == [0.5, 0.0, 0.0]
+    assert math.copysign(1.0, TensorStats.from_array(np.array([-0.0, 1.0]), channel_axis=None).minimum) == 1.0

@@ -187,6 +187,60 @@ def test_every_acceleration_matches_the_contract() -> None:
             assert np.array_equal(out, s.astype(np.int64) @ w.T), f"dense, seed {seed}"
 
 
+def _conv_by_definition(s: np.ndarray, w: np.ndarray, stride, padding, dilation, groups) -> np.ndarray:
+    """Section 3.2 before the exponent, output position by output position, in int64."""
+    rows, cin, h, wd = s.shape
+    cout, cin_g, kh, kw = w.shape
+    x = np.zeros((rows, cin, h + 2 * padding[0], wd + 2 * padding[1]), np.int64)
+    x[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + wd] = s
+    h_out = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((rows, cout, h_out, w_out), np.int64)
+    for o in range(cout):
+        g = o // (cout // groups)
+        for y in range(h_out):
+            for xx in range(w_out):
+                win = x[:, g * cin_g : (g + 1) * cin_g,
+                        y * stride[0] : y * stride[0] + dilation[0] * (kh - 1) + 1 : dilation[0],
+                        xx * stride[1] : xx * stride[1] + dilation[1] * (kw - 1) + 1 : dilation[1]]
+                out[:, o, y, xx] = (win * w[o]).sum(axis=(1, 2, 3))
+    return out
+
+
+def test_conv_events_matches_the_definition_and_the_numpy_engine() -> None:
+    """The event-driven Conv2d kernel (strides, padding, dilation, groups) against the definition
+    and fxsim's numpy engine, on sparse spikes (where fxsim uses it)."""
+    kern = load_kernels("numba") if importlib.util.find_spec("numba") else None
+    if kern is None:
+        pytest.skip("numba is not installed")
+    from lnm_deploy.fixedpoint.nodes import FxConv2d
+    from lnm_deploy.fxsim.sim import SYNAPSES
+
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        groups = int(rng.choice([1, 2, 3]))
+        cin, cout = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        h = int(rng.integers(dilation[0] * (kh - 1) + 1, 12))
+        wd = int(rng.integers(dilation[1] * (kw - 1) + 1, 12))
+        node = FxConv2d(weight=rng.integers(-300, 300, (cout, cin // groups, kh, kw)), stride=stride,
+                        padding=padding, dilation=dilation, groups=groups, weight_exp=int(rng.integers(-2, 2)))
+        s = (rng.random((int(rng.integers(1, 9)), cin, h, wd)) < rng.choice([0.05, 0.3])).astype(
+            rng.choice([np.uint8, np.bool_]))
+        want = _conv_by_definition(s, node.weight, stride, padding, dilation, groups)
+        events = SYNAPSES["conv2d"](node, kern)  # type: ignore[call-arg]
+        assert events.w_events is not None
+        out = np.full(want.shape, -7, np.int32)
+        getattr(kern, ACCELERATIONS["conv2d"])(s, events.w_events, out, *stride, *padding, *dilation, cin // groups)
+        assert np.array_equal(out, want), f"seed {seed}"
+        for reuse in (False, True):  # the whole synapse (exponent, wrap) against the numpy engine
+            got, ref = events(s, reuse=reuse).as_int(), SYNAPSES["conv2d"](node, None)(s).as_int()  # type: ignore[call-arg]
+            assert np.array_equal(got, ref), f"seed {seed}, reuse {reuse}"
+
+
 def test_bounds_are_shared_and_sound() -> None:
     """fxsim and the ONNX builder read the synapse bounds of the registry; spot-check soundness."""
     rng = np.random.default_rng(3)

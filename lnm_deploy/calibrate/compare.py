@@ -32,12 +32,19 @@ __all__ = [
 Spikes = Mapping[str, np.ndarray]
 
 
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+def sqnr_db(reference: np.ndarray, test: np.ndarray, *, test_scale: float | None = None) -> float:
     """Signal-to-quantization-noise ratio ``10 log10(sum ref^2 / sum (ref - test)^2)`` in dB.
 
-    ``inf`` when the two are equal, ``-inf`` when the reference is all zero and the test is not."""
+    ``test_scale``: compare against ``test * test_scale`` (float64; e.g. integer states times their
+    quantum), computed in one buffer. ``inf`` when the two are equal, ``-inf`` when the reference
+    is all zero and the test is not."""
     r, t = same_shape(reference, test)
-    d = np.subtract(r, t, dtype=np.float64).reshape(-1)
+    if test_scale is not None:
+        d = np.multiply(t, test_scale, dtype=np.float64)
+        np.subtract(r, d, out=d, dtype=np.float64)
+    else:
+        d = np.subtract(r, t, dtype=np.float64)
+    d = d.reshape(-1)
     r = np.asarray(r, dtype=np.float64).reshape(-1)
     noise = float(d @ d)  # sums of squares as dot products (BLAS; no squared copies)
     signal = float(r @ r)
@@ -48,10 +55,20 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def _mean(a: np.ndarray) -> float:
+    """``np.mean(a, dtype=float64)``: for booleans and integers the exact count over the size (the
+    same one rounding as numpy's float64 sum of integers below 2**53), without a float copy."""
+    if a.dtype.kind == "b":
+        return np.count_nonzero(a) / a.size
+    if a.dtype.kind in "iu" and a.size < 2**53 // (int(np.iinfo(a.dtype).max) + 1):
+        return int(a.sum(dtype=np.int64)) / a.size
+    return float(np.mean(a, dtype=np.float64))
+
+
 def spike_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of equal entries (1.0 = identical spike trains; 1.0 for empty arrays)."""
     a, b = same_shape(a, b, "spike arrays")
-    return float(np.mean(a == b)) if a.size else 1.0
+    return np.count_nonzero(a == b) / a.size if a.size else 1.0
 
 
 def rate_drift(reference: np.ndarray, test: np.ndarray) -> float:
@@ -59,7 +76,7 @@ def rate_drift(reference: np.ndarray, test: np.ndarray) -> float:
     r, t = same_shape(reference, test, "spike arrays")
     if not r.size:
         return 0.0
-    return float(np.mean(t, dtype=np.float64) - np.mean(r, dtype=np.float64))
+    return _mean(t) - _mean(r)
 
 
 @dataclass(frozen=True)
@@ -85,8 +102,8 @@ def compare_spikes(reference: Any, test: Any, order: Sequence[str] | None = None
     out = {}
     for n in layer_order(a, b, order):
         ra, rb = same_shape(a[n], b[n], f"spikes of layer {n!r}")
-        rate_a = float(np.mean(ra, dtype=np.float64)) if ra.size else 0.0
-        rate_b = float(np.mean(rb, dtype=np.float64)) if rb.size else 0.0
+        rate_a = _mean(ra) if ra.size else 0.0
+        rate_b = _mean(rb) if rb.size else 0.0
         out[n] = LayerComparison(n, spike_agreement(ra, rb), rate_a, rate_b, rate_b - rate_a)
     return out
 

@@ -38,6 +38,7 @@ Errors: ``UnsupportedError`` for a structure or choice the target cannot hold (t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -72,6 +73,7 @@ from lnm_deploy.ir import (
     Input,
     Node,
     Output,
+    Scale,
     SumPool2d,
     node_types,
 )
@@ -308,7 +310,21 @@ LONE_CONV_SYNAPSES: dict[str, ConvSynapse] = {
 
 
 #: Kinds a chain into a spatial layer may hold: composed into one convolution (``compose_conv_chain``).
-COMPOSABLE_CONV_KINDS = (Conv2d.kind, SumPool2d.kind, AvgPool2d.kind)
+#: A Scale must be one factor per channel (a BatchNorm read from NIR as Scale after a Conv2d).
+COMPOSABLE_CONV_KINDS = (Conv2d.kind, SumPool2d.kind, AvgPool2d.kind, Scale.kind)
+
+
+def _per_channel_scale(name: str, node: Scale, shape: tuple[int, ...], chain: list[str], consumer: str) -> Scale:
+    """``node`` as one factor per channel, shape (C, 1, 1), on inputs of ``shape`` (C, H, W);
+    ``UnsupportedError`` naming the chain's last node where it varies across positions."""
+    full = np.broadcast_to(node.scale, shape)
+    per = full.reshape(shape[0], -1)
+    if not np.all(per == per[:, :1]):
+        raise UnsupportedError(
+            f"Scale '{name}' in synapse chain {chain} into layer '{consumer}' varies across positions; only a "
+            "per-channel scale (a BatchNorm's gamma / sqrt(var + eps)) composes into a convolution",
+            node=chain[-1])
+    return Scale(scale=per[:, :1].reshape(shape[0], 1, 1).copy())
 
 
 def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...], out_shape: tuple[int, ...],
@@ -345,7 +361,16 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
                                    "one convolution; put a neuron layer between it and the pooling", node=where)
     c_in = int(in_shape[0])
     jump, ksz, pad = [1, 1], [1, 1], [0, 0]
-    for node in nodes:
+    bare_nodes: list[Any] = []  # for the kernel, on a window: paddings removed, Scales per channel
+    shape = tuple(in_shape)
+    for n, node in zip(chain, nodes, strict=True):
+        if isinstance(node, Scale):
+            bare_nodes.append(_per_channel_scale(n, node, shape, chain, consumer))
+        else:
+            bare_nodes.append(dataclasses.replace(node, padding=(0, 0)))
+        shape = tuple(node.output_shape(n, shape))
+        if isinstance(node, Scale):
+            continue
         k = node.weight.shape[2:] if isinstance(node, Conv2d) else node.kernel_size
         stride = node.stride
         assert stride is not None
@@ -355,9 +380,8 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
             jump[a] *= int(stride[a])
 
     def run(x: Array, bare: bool) -> Array:
-        for n, node in zip(chain, nodes, strict=True):
-            nd = dataclasses.replace(node, padding=(0, 0)) if bare else node
-            x = stateless_step(n, nd, np.float64)(x)
+        for n, node in zip(chain, bare_nodes if bare else nodes, strict=True):
+            x = stateless_step(n, node, np.float64)(x)
         return x
 
     n_win = c_in * ksz[0] * ksz[1]
@@ -368,7 +392,7 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
     weight = (y[1:, :, 0, 0] - y[0, :, 0, 0]).T.reshape(c_out, c_in, ksz[0], ksz[1])
     groups = 1
     if not any(isinstance(node, Conv2d) for node in nodes) and c_out == c_in:
-        weight = weight[np.arange(c_in), np.arange(c_in)][:, None].copy()  # depthwise
+        weight = weight[np.arange(c_in), np.arange(c_in)][:, None].copy()  # depthwise (pooling, Scale)
         groups = c_in
     conv: dict[str, Any] = {"stride": (jump[0], jump[1]), "padding": (pad[0], pad[1]), "dilation": (1, 1), "groups": groups}
 
@@ -417,10 +441,13 @@ def _layer_synapses(graph: Graph, neuron: str, sched: Any) -> tuple[list[Synapse
     syns: list[Synapse] = []
     for src, delayed in sched.inputs[neuron]:
         source, chain = _chain(graph, src, sched.inputs, neuron)
-        if not chain:
-            raise UnsupportedError(f"spikes of '{source}' feed the layer with no weights between; add a "
-                                   "Linear/Conv layer", node=neuron)
         in_shape = sched.shapes[source]
+        if not chain:  # an identity skip: the source's spikes added to the layer's input
+            syn = identity_synapse(source, neuron, delayed, tuple(in_shape), shape)
+            while syn.name in graph.nodes or any(s.name == syn.name for s in syns):
+                syn = dataclasses.replace(syn, name=f"{syn.name}_")
+            syns.append(syn)
+            continue
         last = graph.nodes[chain[-1]]
         if len(chain) == 1 and last.kind in LONE_CONV_SYNAPSES:
             weight, conv, b_conv = LONE_CONV_SYNAPSES[last.kind](last, tuple(in_shape))
@@ -438,7 +465,43 @@ def _layer_synapses(graph: Graph, neuron: str, sched: Any) -> tuple[list[Synapse
             weight, conv, b_conv = compose_conv_chain(graph, chain, tuple(in_shape), tuple(shape), neuron)
             syns.append(Synapse(chain[-1], source, delayed, "conv", weight, conv=conv))
             bias = bias + b_conv[:, None, None]
+    depth = source_depths(sched)
+    syns.sort(key=lambda s: (s.delayed, -depth.get(s.source, 0), s.name))
     return syns, bias
+
+
+def identity_synapse(source: str, neuron: str, delayed: bool, in_shape: tuple[int, ...],
+                     shape: tuple[int, ...]) -> Synapse:
+    """The synapse of an identity skip (spikes of ``source`` added unweighted to ``neuron``'s
+    input, an edge with no linear node between): weight 1 per spike, lowered exactly as one
+    integer weight shared by every connection: a depthwise 1x1 convolution (C, 1, 1, 1) for a
+    spatial layer (C, H, W) (no C x C matrix: the fan-in is 1), an identity matrix (N, N) for a
+    1-d layer. Named ``<source>_to_<neuron>`` (the integer synapse node takes that name).
+    ``UnsupportedError`` naming the layer where the shapes differ (add a 1x1 convolution or a
+    Linear layer that maps one onto the other)."""
+    if tuple(in_shape) != tuple(shape):
+        raise UnsupportedError(
+            f"identity skip from '{source}' {tuple(in_shape)} into a layer of shape {tuple(shape)}: the "
+            "shapes differ; project the skip with a 1x1 Conv2d (stride for a smaller map) or a Linear layer",
+            node=neuron)
+    name = f"{source}_to_{neuron}"
+    if len(shape) == 3:
+        c = int(shape[0])
+        return Synapse(name, source, delayed, "conv", np.ones((c, 1, 1, 1)),
+                       conv={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": c})
+    n = int(np.prod(shape))
+    return Synapse(name, source, delayed, "dense", np.eye(n), flatten=len(in_shape) > 1)
+
+
+def source_depths(sched: Any) -> dict[str, int]:
+    """Longest feed-forward path (in edges) from the input to every node of a schedule: the order
+    in which a layer's synapses are planned (deepest source first, then fresh before delayed, then
+    by name) depends on the graph, never on the order its edges are listed."""
+    depth: dict[str, int] = {}
+    for n in sched.order:
+        fresh = [depth[s] + 1 for s, delayed in sched.inputs[n] if not delayed and s in depth]
+        depth[n] = max(fresh, default=0)
+    return depth
 
 
 def _map_layer(graph: Graph, name: str, sched: Any) -> MappedLayer:
@@ -553,6 +616,26 @@ def plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, 
     def grid_bits(step: int, lo: int, hi: int) -> int:
         return max(1, round(math.log2((hi - lo) // step + 1)))
 
+    # The first synapse (fold orders them by the graph, not by edge order) sets the weight scale;
+    # where another synapse's weights need more range than the largest exponent gives at that
+    # scale, the state scale is coarsened until they fit (one scale plan for every synapse into
+    # the layer, whatever synapse comes first).
+    for _ in range(64):
+        try:
+            return _plan_at(name, syns, target, q_min, e_fixed, weight_clip, e_range_extra, weight_grid, grid_bits)
+        except _NeedsCoarserScale as e:
+            q_min = e.q_min
+    raise NumericError("no state scale holds every synapse's weights with the target's exponents", node=name)
+
+
+class _NeedsCoarserScale(Exception):
+    def __init__(self, q_min: float) -> None:
+        self.q_min = q_min
+
+
+def _plan_at(name: str, syns: list[Synapse], target: Target, q_min: float, e_fixed: int, weight_clip: WeightClip,
+             e_range_extra: tuple[int, int], weight_grid: Callable[[Synapse], tuple[int, int, int, tuple[int, int]]],
+             grid_bits: Callable[[int, int, int], int]) -> tuple[float, int, list[SynapsePlan]]:
     first = syns[0]
     step, lo, hi, (we_lo, we_hi) = weight_grid(first)
     clip = float(weight_clip(first.name, first.weight, grid_bits(step, lo, hi)))
@@ -586,6 +669,9 @@ def plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, 
         real_per_lsb = q * 2.0 ** (we + extra + e_fixed)
         w_int, clipped = _grid_round(s.weight / real_per_lsb, step, lo, hi)
         if clipped > 0 and i > 0 and we == we_hi:
+            q_fit = amax / (hi * 2.0 ** (we_hi + extra + e_fixed))  # the coarser scale that holds them
+            if q_fit > q and math.isfinite(q_fit) and q_fit / q > 1 + 1e-12:
+                raise _NeedsCoarserScale(max(q_fit * (1 + 1e-9), q * 1.0000001))
             raise NumericError(
                 f"weights need more range than the target's 8-bit mantissa and exponent {we_hi} give "
                 f"(largest |w| {amax:.4g}, largest representable {hi * real_per_lsb:.4g})", node=s.name)
@@ -598,7 +684,7 @@ def plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, 
                 f"{we_lo}..{we_hi}", node=s.name)
         if lost > 0.5:
             warnings.warn(f"synapse '{s.name}': {lost:.0%} of its non-zero weights round to zero at the layer's "
-                          "state scale", LNMDeployWarning, stacklevel=4)
+                          "state scale", LNMDeployWarning, stacklevel=5)
         plans.append(SynapsePlan(s, w_int, int(we), real_per_lsb, clipped))
     return q, int(extra), plans
 

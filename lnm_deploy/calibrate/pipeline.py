@@ -66,6 +66,8 @@ class CalibrationResult:
     artifact: Artifact
     stats: CalibrationStats
     quantized: Quantized
+    #: the float reference of the compared samples (the first ``max_samples``, in order): output,
+    #: spikes and, per neuron layer, the membrane ``v`` (``REFERENCE_STATES``: what the comparison reads)
     float_run: RunResult
     fixed_run: RunResult
     report: dict[str, Any] = field(default_factory=dict)
@@ -124,7 +126,7 @@ def compare_runs_float_fixed(graph: Graph, qz: Quantized, ref: RunResult, fixed:
     for n in order:
         d: dict[str, Any] = layers[n].to_dict()
         if ref.states.get(n) and fixed.states.get(n) and "v" in fixed.states[n]:
-            d["membrane_sqnr_db"] = sqnr_db(ref.states[n]["v"], fixed.states[n]["v"] * qz.layers[n].q)
+            d["membrane_sqnr_db"] = sqnr_db(ref.states[n]["v"], fixed.states[n]["v"], test_scale=qz.layers[n].q)
         out[n] = d
     div = first_divergence(ref.spikes, fixed.spikes, order)
     return {"layers": out, "first_divergence": None if div is None else div._asdict()}
@@ -161,9 +163,19 @@ def fit_lzc_readout(ref: RunResult, fixed: RunResult, y: Array) -> tuple[dict[st
                  "fixed_accuracy": readout.accuracy(fixed.output, y)}
 
 
+#: The states of the float reference a calibration keeps per neuron layer: the membrane the
+#: comparison's SQNR reads (the statistics read every state during their pass).
+REFERENCE_STATES: tuple[str, ...] = ("v",)
+
+
+def _reference_states(states: dict[str, dict[str, Array]]) -> dict[str, dict[str, Array]]:
+    return {n: {k: v for k, v in st.items() if k in REFERENCE_STATES} for n, st in states.items()}
+
+
 class _ReferenceKeeper:
     """Keeps, from the statistics pass's recorded float runs (``collect_stats``'s ``on_batch``),
-    the rows of the first ``n`` samples: the float reference without a second float run."""
+    the rows of the first ``n`` samples: the float reference without a second float run (output,
+    spikes and the ``REFERENCE_STATES``)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -172,11 +184,12 @@ class _ReferenceKeeper:
     def __call__(self, index: Array, res: RunResult) -> None:
         sel = np.flatnonzero(index < self.n)
         if sel.size == index.size:  # the whole batch: keep the run's arrays (no copies)
-            self.parts.append((index, RunResult(output=res.output, spikes=res.spikes, states=res.states)))
+            self.parts.append((index, RunResult(output=res.output, spikes=res.spikes,
+                                                states=_reference_states(res.states))))
         elif sel.size:
             self.parts.append((index[sel], RunResult(
                 output=res.output[sel], spikes={k: v[sel] for k, v in res.spikes.items()},
-                states={n: {k: v[sel] for k, v in st.items()} for n, st in res.states.items()})))
+                states={n: {k: v[sel] for k, v in st.items()} for n, st in _reference_states(res.states).items()})))
 
     def result(self) -> RunResult | None:
         """The reference over samples ``0 .. n - 1`` in order, or None where the runs kept do not
@@ -269,6 +282,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     ref = keeper.result()
     if ref is None:  # the statistics saw other samples, or ran elsewhere
         ref = run_float(graph, x_eval, record=True)
+        ref = RunResult(output=ref.output, spikes=ref.spikes, states=_reference_states(ref.states))
     selections: dict[str, Selection] = {}  # pass 2, shared by every candidate
     notes: list[str] = []
     factors: dict[str, float] = {}
@@ -288,6 +302,9 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
                              margin=recipe.info.margin, selections=selections)
     for w in caught:  # re-emit once, after the search's silent trials
         warnings.warn(w.message, LNMDeployWarning, stacklevel=2)
+    from lnm_deploy.resources import check_fits
+
+    fit = check_fits(qz.fx, target)  # GraphError naming the layer and the resource when it does not fit
     fixed = run_fx(qz.fx, x_eval, record=True)
     comparison = compare_runs_float_fixed(graph, qz, ref, fixed)
 
@@ -301,6 +318,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         "stability": {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in stats.stability().items()},
         "search": {"factors": factors, "log": search_log} if recipe.search.enabled else None,
         "notes": sorted(set(notes)),
+        "resources": None if fit is None else fit.to_dict(),
     }
     readouts: dict[str, Any] = {}
     if y is not None:

@@ -75,6 +75,13 @@ def _unopt(x: float | None, default: float) -> float:
     return default if x is None else float(x)
 
 
+def _unsigned_zero(a: np.ndarray) -> np.ndarray:
+    """``a`` with every -0.0 written as +0.0 (``-0.0 + 0.0`` is +0.0 in IEEE arithmetic): the
+    sign of a zero min / max depends on the reduction order, the statistics must not."""
+    a += 0.0
+    return a
+
+
 def _pow2_above(a: float) -> float:
     """The smallest power of two strictly above ``a`` (>= 0)."""
     if a == 0.0:
@@ -100,10 +107,11 @@ def _kernels() -> Any:
       every value of the 1-d float64 ``x``: the IEEE product and floor numpy's path computes (no
       fastmath), so the same bins;
     - ``channel_range(x3, lo, hi)``: per channel ``c`` the min / max over ``x3[:, c, :]`` (float64,
-      (outer, C, inner)) into ``lo`` / ``hi`` (which start at +inf / -inf); returns False where a
-      value is NaN, inf or -0.0 (the caller then falls back to numpy for that tensor), True
-      otherwise. A min or max is one of the values and, without -0.0 and NaN, no two distinct
-      values compare equal: every reduction order gives the same one.
+      (outer, C, inner)) into ``lo`` / ``hi`` (which start at +inf / -inf), for values the caller
+      has screened for NaN and inf (their sum is finite). A min or max is one of the values and,
+      apart from the sign of a zero, no two distinct values compare equal: every reduction order
+      gives the same one, so the loop may be vectorised in any order (numba's ``nnan``/``nsz``
+      flags) and the caller writes a zero as +0.0 (``_unsigned_zero``), as numpy's path does.
     """
     if not _KERNELS:
         try:
@@ -116,24 +124,17 @@ def _kernels() -> Any:
                 for i in range(x.shape[0]):
                     counts[math.floor(x[i] * inv_width) + n] += 1  # numba: an int64
 
-            @njit(cache=True, nogil=True)
+            @njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
             def channel_range(x3, lo, hi):  # pragma: no cover (compiled)
-                ok = True
                 for o in range(x3.shape[0]):
                     for c in range(x3.shape[1]):
                         lc, hc = lo[c], hi[c]
-                        for i in range(x3.shape[2]):
-                            v = x3[o, c, i]
-                            if v < lc:
-                                lc = v
-                            if v > hc:
-                                hc = v
-                            if v - v != 0.0:  # NaN or inf
-                                ok = False
-                            elif v == 0.0 and math.copysign(1.0, v) < 0.0:
-                                ok = False
+                        row = x3[o, c]
+                        for i in range(row.shape[0]):
+                            v = row[i]
+                            lc = min(lc, v)
+                            hc = max(hc, v)
                         lo[c], hi[c] = lc, hc
-                return ok
 
             class _K:
                 pass
@@ -231,8 +232,8 @@ class Histogram:
             idx += n
             self.counts += np.bincount(idx.astype(np.int64), minlength=2 * n)
         self.n += int(x.size)
-        self.minimum = min(self.minimum, lo)
-        self.maximum = max(self.maximum, hi)
+        self.minimum = min(self.minimum, lo + 0.0)  # +0.0 for a zero of either sign (see ``_unsigned_zero``)
+        self.maximum = max(self.maximum, hi + 0.0)
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s values to this histogram (exact: equals one histogram of both)."""
@@ -437,27 +438,25 @@ class TensorStats:
         (reused across calls, it spares a fresh allocation per tensor; no result depends on it)."""
         x = np.asarray(x, dtype=np.float64)
         per_channel = channel_axis is not None and x.ndim > channel_axis and x.size > 0
-        kern = _kernels() if x.size and (channel_axis is None or channel_axis >= 0) else None
+        total = float(x.sum())  # a finite sum also screens out NaN and inf for the compiled path
+        kern = (_kernels() if x.size and math.isfinite(total) and (channel_axis is None or channel_axis >= 0)
+                else None)
         if kern is not None:
             # The per-channel and global min / max and the bins, compiled, a block of rows at a
             # time (each block binned while it is in cache): the same values as numpy's
             # reductions (see ``_kernels``) and the same histogram (bins do not depend on how the
-            # values are split). numpy's path where the min / max could differ.
+            # values are split).
             c = x.shape[channel_axis] if per_channel else 1  # type: ignore[index]
             x3 = x.reshape(int(np.prod(x.shape[:channel_axis])) if per_channel else 1, c, -1)
             lo_c, hi_c = np.full(c, np.inf), np.full(c, -np.inf)
-            before = self.hist.copy()
             rows = max(1, _BLOCK_VALUES // max(1, c * x3.shape[2]))
             for r0 in range(0, x3.shape[0], rows):
                 blk = x3[r0 : r0 + rows]
-                if not kern.channel_range(blk, lo_c, hi_c):
-                    self.hist = before
-                    kern = None
-                    break
+                kern.channel_range(blk, lo_c, hi_c)
                 self.hist._add(blk.reshape(-1), float(lo_c.min()), float(hi_c.max()))
-        if kern is None:
-            self.hist.add(x)
-        self.total += float(x.sum())
+        else:
+            self.hist.add(x)  # NumericError for NaN / inf
+        self.total += total
         if scratch is not None and scratch.size >= x.size:
             sq = np.square(x, out=scratch[: x.size].reshape(x.shape))
         else:
@@ -469,6 +468,7 @@ class TensorStats:
             else:
                 others = tuple(a for a in range(x.ndim) if a != channel_axis)
                 lo, hi = x.min(axis=others), x.max(axis=others)
+            lo, hi = _unsigned_zero(lo), _unsigned_zero(hi)
             self.channel_min = lo if self.channel_min is None else np.minimum(self.channel_min, lo)
             self.channel_max = hi if self.channel_max is None else np.maximum(self.channel_max, hi)
 

@@ -84,6 +84,29 @@ class FxGraph(GraphBase[FxNode]):
                         )
         return sched
 
+    def path_lengths(self) -> dict[str, dict[str, int]]:
+        """Per neuron layer, the length of the feed-forward path through each synapse into it, in
+        synapses (what a chip whose every synapse costs one step, as Lava's do, sees): the number
+        of synapses from the input up to and including that one, a neuron layer being as deep as
+        its deepest input; delayed (recurrent) edges are left out (their one step is the
+        contract's). ``{layer: {synapse: length}}``, layers in execution order. Where a layer's
+        lengths differ, such a chip must delay the shorter paths (``lnm_deploy.lava_backend``
+        inserts relays) or refuse the graph (``lnm_deploy.targets.check_graph``)."""
+        sched = self.schedule()
+        depth: dict[str, int] = {}
+        out: dict[str, dict[str, int]] = {}
+        for name in sched.order:
+            role = self.nodes[name].role
+            fresh = [s for s, delayed in sched.inputs[name] if not delayed]
+            if role == "input":
+                depth[name] = 0
+            elif role == "neuron":
+                out[name] = {s: depth[s] for s in fresh}
+                depth[name] = max(out[name].values())
+            else:
+                depth[name] = depth[fresh[0]] + (role == "synapse")
+        return out
+
     def neuron_names(self) -> list[str]:
         """Neuron layers in execution order (every one is spiking)."""
         return [n for n in self.schedule().order if self.nodes[n].role == "neuron"]

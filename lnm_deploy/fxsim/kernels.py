@@ -8,10 +8,12 @@ falls back to numpy when it is missing.
 * ``dense_events``: a Dense synapse on binary spikes, event-driven: for each row, the weight rows
   of the inputs that spiked are added up. Exact whenever ``max_o sum_i |w[o, i]| < 2**31``, which
   the caller checks (no partial sum in the int32 accumulator can then overflow).
+* ``conv_events``: a Conv2d synapse on binary spikes, event-driven: each input spike adds its
+  weight taps to the outputs whose window holds it. Exact under the same int32 condition.
 * ``lif_steps``: the stock LIF (section 4.2) over a chunk of timesteps, literally, in int64.
 * ``poly_steps``: the polynomial neuron (section 5) over a chunk of timesteps, in int64.
 
-The kernels run in parallel (``prange``) over blocks of rows (Dense) or over the samples of the
+The kernels run in parallel (``prange``) over blocks of rows (Dense), rows (Conv2d) or over the samples of the
 batch (neurons), so results never depend on the thread count. Callers hold ``LOCK``,
 because numba's default threading layer must not be entered from two Python threads at once.
 Compiled code is cached next to this file (``cache=True``), so only the first run compiles.
@@ -91,6 +93,75 @@ def dense_events(s, w, out):
                     acc[o] += wj[o]
                 j += 1
             out[r, :] = acc
+
+
+@njit(cache=True)
+def _taps(n_in, k, stride, pad, dil, n_out):
+    """``tab[y, i]``: the output row that input row ``y`` reaches through kernel row ``i``, or -1."""
+    tab = np.full((n_in, k), -1, np.int64)
+    for y in range(n_in):
+        for i in range(k):
+            p = y + pad - i * dil
+            if p >= 0 and p % stride == 0 and p // stride < n_out:
+                tab[y, i] = p // stride
+    return tab
+
+
+@_jit
+def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g):
+    """``out[r, o, y, x] = sum_{c, i, j} weight[o, c, i, j] * s_pad[r, c, y*sh + i*dh, x*sw + j*dw]``
+    (section 3.2 before the exponent; ``s_pad``: ``s`` zero-padded by ``pad_h``, ``pad_w``) for 0/1
+    spikes ``s`` (rows, C_in, H, W), the weight rearranged as ``w`` (C_in, kh, kw, C_out / groups)
+    int32 (``w[c, i, j, k] = weight[g * C_out/groups + k, c - g * cin_g, i, j]``, ``g = c // cin_g``)
+    and int32 ``out`` (rows, C_out, H_out, W_out): a spike at (c, y, x) reaches output row
+    ``(y + pad - i * dil) / stride`` where that is an integer in range."""
+    rows, cin, h_in, w_in = s.shape
+    kh, kw, cout_g = w.shape[1], w.shape[2], w.shape[3]
+    cout, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    ytab = _taps(h_in, kh, stride_h, pad_h, dil_h, h_out)
+    xtab = _taps(w_in, kw, stride_w, pad_w, dil_w, w_out)
+    for r in prange(rows):
+        if cout_g == 1:  # one output channel per input channel (depthwise, sum pooling): in place
+            o_r = out[r]
+            o_r[:] = 0
+            for c in range(cin):
+                o = c // cin_g
+                for y in range(h_in):
+                    for x in range(w_in):
+                        if s[r, c, y, x] == 0:
+                            continue
+                        for i in range(kh):
+                            oy = ytab[y, i]
+                            if oy < 0:
+                                continue
+                            for j in range(kw):
+                                ox = xtab[x, j]
+                                if ox >= 0:
+                                    o_r[o, oy, ox] += w[c, i, j, 0]
+            continue
+        acc = np.zeros((h_out, w_out, cout), np.int32)  # output channels innermost: one vector add per tap
+        for c in range(cin):
+            o0 = (c // cin_g) * cout_g
+            for y in range(h_in):
+                for x in range(w_in):
+                    if s[r, c, y, x] == 0:
+                        continue
+                    for i in range(kh):
+                        oy = ytab[y, i]
+                        if oy < 0:
+                            continue
+                        for j in range(kw):
+                            ox = xtab[x, j]
+                            if ox < 0:
+                                continue
+                            a = acc[oy, ox]
+                            wk = w[c, i, j]
+                            for k in range(cout_g):
+                                a[o0 + k] += wk[k]
+        for o in range(cout):
+            for y in range(h_out):
+                for x in range(w_out):
+                    out[r, o, y, x] = acc[y, x, o]
 
 
 @_jit

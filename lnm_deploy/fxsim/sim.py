@@ -9,8 +9,9 @@ in schedule order, and neuron states carry over to the next chunk. Two engines:
 * ``step`` (any graph, needed for recurrence): chunks of one timestep, like the float executor;
   a back edge delivers its source's value of the previous step.
 
-Compiled kernels (``kernels.py``, numba, when installed) replace the Dense product, the LIF and
-the polynomial neuron with integer loops; without them everything is numpy.
+Compiled kernels (``kernels.py``, numba, when installed) replace the Dense and Conv2d products on
+sparse spikes, the LIF and the polynomial neuron with integer loops; without them everything is
+numpy.
 
 Exactness is never traded for speed. On the numpy path, binary spikes times integer weights are
 summed in float32 only when ``max_o sum_i |W[o, i]| < 2**24`` (every partial sum is then an
@@ -180,9 +181,32 @@ class _Conv(_Synapse):
         dt = _float_for(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
         self.w: Array = w.astype(self.dtype)
+        # Event-driven accumulation in int32 is exact while every partial sum stays below 2**31.
+        self.kern = kern if self.bound < 2**31 else None
+        self.w_events: Array | None = None
+        if self.kern is not None:
+            cout, cin_g, kh, kw = w.shape
+            g = node.groups
+            self.w_events = np.ascontiguousarray(
+                w.reshape(g, cout // g, cin_g, kh, kw).transpose(0, 2, 3, 4, 1).reshape(g * cin_g, kh, kw, cout // g)
+                .astype(np.int32))
+        self._out32: Array | None = None
 
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         n = self.node
+        if self.kern is not None and np.count_nonzero(s) <= EVENTS_MAX_DENSITY * s.size:
+            assert self.w_events is not None
+            shape = (s.shape[0], *n.output_shape("", s.shape[1:]))
+            if reuse:
+                self._out32 = _scratch(self._out32, shape, np.int32)
+                acc = self._out32[: s.shape[0]]
+            else:
+                acc = np.empty(shape, np.int32)
+            with self.kern.LOCK:
+                getattr(self.kern, ACCELERATIONS["conv2d"])(
+                    np.ascontiguousarray(s), self.w_events, acc, *n.stride, *n.padding, *n.dilation,
+                    self.w.shape[1])
+            return _finish_synapse(_Val(acc, self.bound), n.weight_exp, n.out_bits, self.bounds)
         x: Array = s.astype(self.dtype, copy=False)
         ph, pw = n.padding
         if ph or pw:
@@ -235,6 +259,16 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
 
 
 _NO_REC = np.zeros((1, 1, 1), dtype=np.int64)  # the kernels' record arrays when not recording
+
+
+def _reshaped(a: Array, shape: tuple[int, ...]) -> Array:
+    """``a.reshape(shape)`` as a view (the kernels write through it): the record arrays are
+    (timesteps, batch, *shape) views of (batch, timesteps, *shape) arrays, whose trailing axes
+    merge without a copy."""
+    r = a.reshape(shape)
+    if r.size and not np.may_share_memory(r, a):
+        raise AssertionError(f"fxsim: a record array of shape {a.shape} cannot be viewed as {shape}")
+    return r
 
 
 def _full(a: Array | int, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -312,7 +346,7 @@ class _LIFRun(_NeuronRun):
             return super().run(a, out, rec)
         steps, batch = a.a.shape[:2]
         flat = (steps, batch, self.bias_n.size)
-        ru, rv = (rec["u"].reshape(flat), rec["v"].reshape(flat)) if rec is not None else (_NO_REC, _NO_REC)
+        ru, rv = (_reshaped(rec["u"], flat), _reshaped(rec["v"], flat)) if rec is not None else (_NO_REC, _NO_REC)
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["lif"])(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
                                 out.reshape(flat), ru, rv, rec is not None, self.ku, self.kv,
@@ -417,8 +451,8 @@ class _PolyRun(_NeuronRun):
         flat = (steps, batch, int(np.prod(self.node.shape)))
         rv, rc = _NO_REC, _NO_REC
         if rec is not None:
-            rv = rec["v"].reshape(flat)
-            rc = rec["c"].reshape(flat) if "c" in rec else _NO_REC
+            rv = _reshaped(rec["v"], flat)
+            rc = _reshaped(rec["c"], flat) if "c" in rec else _NO_REC
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
                                  self.c.reshape(flat[1:]), out.reshape(flat), rv, rc, rec is not None, *self.kargs)
@@ -509,7 +543,8 @@ def _bounds(graph: FxGraph, order: Iterable[str], inputs: dict[str, tuple[tuple[
 KERNELS = ("auto", "numba", "numpy")
 #: The compiled accelerations (functions of ``lnm_deploy.fxsim.kernels``) by primitive kind; each is
 #: tested against the contract (``tests/test_primitives.py``).
-ACCELERATIONS: dict[str, str] = {"dense": "dense_events", "lif": "lif_steps", "poly": "poly_steps"}
+ACCELERATIONS: dict[str, str] = {"dense": "dense_events", "conv2d": "conv_events", "lif": "lif_steps",
+                                 "poly": "poly_steps"}
 KERNELS_ENV = "LNM_DEPLOY_KERNELS"  # overrides "auto" everywhere (CLI included), e.g. =numpy
 
 
@@ -548,7 +583,7 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     polynomial neuron), each (samples, timesteps, *shape), states after the reset.
     ``engine``: "auto" (layer-at-a-time when the graph has no back edge), "layer" or "step".
     ``chunk``: timesteps per chunk of the layer engine (default: about ``CHUNK_ROWS`` rows of
-    timesteps * samples). ``kernels``: "auto" (compiled numba kernels for Dense, LIF and the
+    timesteps * samples). ``kernels``: "auto" (compiled numba kernels for Dense, Conv2d, LIF and the
     polynomial neuron when numba is installed), "numba" or "numpy". Neither changes a result.
     """
     sched = graph.schedule()
@@ -576,18 +611,18 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     out_src = sched.inputs[sched.output_node][0][0]
     # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
     graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None
+    states_bt: dict[str, dict[str, Array]] = {}
     states: dict[str, dict[str, Array]] | None = None
-    if record or graded is not None:
-        states = {n: {k: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
-                  for n, run in neurons.items() if record or n == out_src}
+    if record or graded is not None:  # recorded in the result's (batch, timesteps) layout, written through (timesteps, batch) views
+        states_bt = {n: {k: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
+                     for n, run in neurons.items() if record or n == out_src}
+        states = {n: {k: np.swapaxes(a, 0, 1) for k, a in d.items()} for n, d in states_bt.items()}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
 
     spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()
                  if output_state(graph.nodes[n], n) is None}
-    states_bt = {n: {k: np.ascontiguousarray(np.moveaxis(a, 0, 1)) for k, a in d.items()}
-                 for n, d in (states or {}).items()}
     output = spikes_bt[out_src] if graded is None else states_bt[out_src][graded]
     return RunResult(output=output, spikes=spikes_bt, states=states_bt if record else {})
 

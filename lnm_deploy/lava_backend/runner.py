@@ -176,6 +176,69 @@ def plan(graph: FxGraph) -> _Plan:
     return p
 
 
+#: The name of the k-th relay (k = 1, 2, ...) inserted before synapse ``s`` by ``align_paths``;
+#: its synapse is ``<relay>_syn``.
+RELAY_NAME = "{synapse}__delay{k}"
+
+
+def relay_nodes(shape: tuple[int, ...]) -> tuple[FxNode, FxLIF]:
+    """One relay: a unit-weight synapse (a depthwise 1x1 convolution for (C, H, W) spikes, an
+    identity Dense for 1-d) into a memoryless stock LIF (du = dv = 4095, vth = 0). On binary spikes
+    it is the identity, exactly: an input spike gives u = v = 1 << 6 > 0, a spike, v reset to 0;
+    no spike gives u = 0 (the previous u decays by (4096 - 4095 - 1)/4096 = 0) and v = trunc(v /
+    4096) = 0. In the contract's time base it is instantaneous; on Lava it costs one step (its
+    synapse), which is what ``align_paths`` uses it for."""
+    if len(shape) == 3:
+        c = int(shape[0])
+        syn: FxNode = FxConv2d(weight=np.ones((c, 1, 1, 1), np.int64), groups=c)
+    else:
+        n = int(np.prod(shape))
+        syn = FxDense(weight=np.eye(n, dtype=np.int64), sign_mode="excitatory")
+    return syn, FxLIF(shape=tuple(shape), du=4095, dv=4095, vth=0)
+
+
+def align_paths(graph: FxGraph) -> tuple[FxGraph, list[str]]:
+    """``graph`` with relays (``relay_nodes``) inserted before every synapse whose path into its
+    neuron layer is shorter, in Lava's terms (``FxGraph.path_lengths``), than the layer's longest, one
+    relay per missing step: every layer then reads inputs of one depth, and Lava runs the network
+    on the contract's time base. A flatten between a source and a delayed synapse is repeated after
+    the relays. Returns the graph (``graph`` itself where nothing differs) and the relay layers
+    added (they are not recorded or returned by ``run``). The contract's results are unchanged:
+    a relay passes binary spikes through within the step."""
+    lengths = graph.path_lengths()
+    sched = graph.schedule()
+    nodes = dict(graph.nodes)
+    edges = list(graph.edges)
+    relays: list[str] = []
+    for syns in lengths.values():
+        longest = max(syns.values())
+        for syn, length in syns.items():
+            if length == longest:
+                continue
+            (src, _), = sched.inputs[syn]
+            origin, flat = (sched.inputs[src][0][0], src) if graph.nodes[src].kind == "flatten" else (src, None)
+            prev = origin
+            for k in range(1, longest - length + 1):
+                relay = RELAY_NAME.format(synapse=syn, k=k)
+                if relay in nodes or f"{relay}_syn" in nodes:
+                    raise UnsupportedError(f"cannot name the relay '{relay}': the graph has a node of that name",
+                                           node=syn)
+                rsyn, rlif = relay_nodes(sched.shapes[origin])
+                nodes[f"{relay}_syn"], nodes[relay] = rsyn, rlif
+                edges += [(prev, f"{relay}_syn"), (f"{relay}_syn", relay)]
+                relays.append(relay)
+                prev = relay
+            if flat is not None:
+                nodes[f"{prev}_flatten"] = graph.nodes[flat]
+                edges.append((prev, f"{prev}_flatten"))
+                prev = f"{prev}_flatten"
+            edges[edges.index((src, syn))] = (prev, syn)
+    if not relays:
+        return graph, []
+    return FxGraph(nodes=nodes, edges=edges, metadata=dict(graph.metadata), delays=graph.delayed_edges(),
+                   target=graph.target), relays
+
+
 def _check_conv(name: str, node: FxConv2d) -> None:
     if node.weight_exp < 0:
         raise UnsupportedError("Lava's Conv ignores weight_exp; a negative one cannot be emulated "
@@ -549,10 +612,11 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
     if tag not in TAGS:
         raise UserInputError(f"tag must be one of {TAGS}, got {tag!r}")
     sched = graph.schedule()
+    names = graph.neuron_names()
+    graph, _ = align_paths(graph)  # relays: run, never recorded
     p = plan(graph)
     xs = _check_input(x, sched.shapes[sched.input_node])
     batch, steps = xs.shape[:2]
-    names = graph.neuron_names()
     out_src = sched.inputs[sched.output_node][0][0]
     layers = list(names) if layers is None else [n for n in names if n in layers or n == out_src]
     fixed = tag == "fixed_pt"

@@ -10,6 +10,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise DependencyError("lnm_deploy.model needs PyTorch: pip install 'lnm-deploy[torch]'") from e
 
+from lnm_deploy.model.builders import LNMGraph, init_batchnorm, resnet, vgg
 from lnm_deploy.model.data import (
     DigitsSplit,
     current_encode,
@@ -41,6 +42,7 @@ __all__ = [
     "LNM",
     "DigitsResult",
     "DigitsSplit",
+    "LNMGraph",
     "LNMSequential",
     "RecurrentLNM",
     "SumPool2d",
@@ -51,13 +53,16 @@ __all__ = [
     "encode",
     "evaluate",
     "horner",
+    "init_batchnorm",
     "load_digits_split",
     "load_model",
     "model_to_ir",
     "predict",
     "rate_encode",
+    "resnet",
     "save_model",
     "spike",
     "train",
     "train_digits",
+    "vgg",
 ]

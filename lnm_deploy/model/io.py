@@ -6,6 +6,7 @@ A model file is ONE safetensors file (docs/model.md, "Model files"): the tensors
     format        "lnm-deploy.model"
     version       "2"            (version 1 was a torch.save pickle; it is never read)
     architecture  JSON: {"layers": [{"name": "fc1", "type": "Linear", "config": {...}}, ...]}
+                  (an ``LNMGraph`` adds "inputs": {layer: [source, ...]}, its skips)
     producer      "lnm-deploy <version>" (informational)
 
 :func:`load_model` never unpickles: it parses the header itself, rebuilds the layers from the
@@ -55,13 +56,20 @@ def _architecture(model: LNMSequential) -> dict[str, Any]:
     for name, layer in model.named_layers():
         entry = layer_type_of(layer)
         layers.append({"name": name, "type": entry.name, "config": entry.config(layer)})
-    return {"layers": layers}
+    inputs = getattr(model, "inputs", None)  # an LNMGraph (lnm_deploy.model.builders): its skips
+    return {"layers": layers} if inputs is None else {"layers": layers, "inputs": inputs}
 
 
 def _build(arch: Any, where: str) -> LNMSequential:
     """An ``LNMSequential`` on the meta device (no memory) from the architecture JSON."""
-    if not isinstance(arch, dict) or set(arch) != {"layers"} or not isinstance(arch["layers"], list):
-        raise UserInputError(f"{where}: architecture must be a JSON object {{\"layers\": [...]}}")
+    if not isinstance(arch, dict) or not {"layers"} <= set(arch) <= {"layers", "inputs"} \
+            or not isinstance(arch["layers"], list):
+        raise UserInputError(f"{where}: architecture must be a JSON object {{\"layers\": [...]}} (and, for an "
+                             "LNMGraph, \"inputs\": {layer: [sources]})")
+    inputs = arch.get("inputs")
+    if inputs is not None and not (isinstance(inputs, dict) and all(
+            isinstance(v, list) and all(isinstance(s, str) for s in v) for v in inputs.values())):
+        raise UserInputError(f"{where}: architecture \"inputs\" must map layer names to lists of source names")
     named: dict[str, nn.Module] = {}
     with torch.device("meta"):
         for i, item in enumerate(arch["layers"]):
@@ -81,6 +89,10 @@ def _build(arch: Any, where: str) -> LNMSequential:
             except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # torch's own checks
                 raise UserInputError(f"{where}: layer {name!r} has an invalid config: {e}") from e
         try:
+            if inputs is not None:
+                from lnm_deploy.model.builders import LNMGraph
+
+                return LNMGraph(named, inputs)
             return LNMSequential(named)
         except UserInputError as e:
             raise UserInputError(f"{where}: {e}") from e

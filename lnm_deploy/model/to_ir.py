@@ -304,7 +304,7 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
         UserInputError: an ``input_shape`` the first layer does not accept (or not a shape).
     """
     if not isinstance(model, LNMSequential):
-        raise UserInputError(f"model_to_ir expects an LNMSequential, got {type(model).__name__}")
+        raise UserInputError(f"model_to_ir expects an LNMSequential (or an LNMGraph), got {type(model).__name__}")
     if not (dt > 0 and np.isfinite(dt)):
         raise UserInputError(f"dt must be positive, got {dt}")
     from lnm_deploy.validate import shape_option
@@ -313,10 +313,18 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     edges: list[tuple[str, str]] = []
     prev = "input"
     delays: set[tuple[str, str]] = set()
+    # A graph container (lnm_deploy.model.builders.LNMGraph) names the layers each layer sums;
+    # a folded layer (BatchNorm) is read through the node it was folded into.
+    sources_of = getattr(model, "sources", None)
+    folded_into: dict[str, str] = {}
     for name, layer in model.named_layers():
+        srcs = [folded_into.get(s, s) for s in sources_of(name)] if sources_of is not None else [prev]
+        if len(srcs) == 1:
+            prev = srcs[0]
         folder = next((LAYER_FOLDERS[c] for c in type(layer).__mro__ if c in LAYER_FOLDERS), None)
         if folder is not None:
             nodes[prev] = folder(name, layer, prev, None if prev == "input" else nodes[prev])
+            folded_into[name] = prev
             continue
         produced = layer_nodes(name, layer, float(dt))
         if isinstance(layer, nn.MaxPool2d):
@@ -325,8 +333,8 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
             if n in nodes:
                 raise UserInputError(f"IR node name {n!r} is used twice", node=n)
         nodes.update(produced)
-        # Feed-forward edge first: a node sums its inputs in edge order, x[t] + rec(s[t-1]).
-        edges.append((prev, produced[0][0]))
+        # Feed-forward edge(s) first: a node sums its inputs in edge order, x[t] + rec(s[t-1]).
+        edges += [(s, produced[0][0]) for s in srcs]
         if isinstance(layer, nn.MaxPool2d):
             edges.append((produced[0][0], name))
         elif len(produced) == 2:
@@ -343,7 +351,7 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
         metadata={
             "producer": "lnm-deploy",
             "producer_version": __version__,
-            "source": "lnm_deploy.model.LNMSequential",
+            "source": f"lnm_deploy.model.{type(model).__name__}",
             "torch_version": torch.__version__,
             "torch_dtype": str(model.dtype).removeprefix("torch."),
             "dt": float(dt),

@@ -148,11 +148,86 @@ def render_verify_page(result: Any, graph: Graph, artifact: Any, *, artifact_pat
     else:
         parts.append("<p>Float and fixed point agree on every spike.</p>")
 
+    parts.append(_resources_section(d.get("resources")))
     if plots.available():
         parts.append(_figures(result, graph, artifact))
     else:
         parts.append("<p class='muted'>matplotlib is not installed: no figures.</p>")
     parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _num(v: Any, digits: int = 0, scale: float = 1.0) -> str:
+    return "-" if v is None else f"{v / scale:,.{digits}f}"
+
+
+def _resources_section(r: dict[str, Any] | None) -> str:
+    """Resources and cost (``lnm_deploy.cost.resources_report``), with the comparison when given."""
+    if not r:
+        return ""
+    parts = ["<h2>Resources and cost</h2>"]
+    m = r.get("mapping")
+    if m:
+        s, pc = m["system"], m["per_core"]
+        parts.append(f"<p>{'Fits' if m['fits'] else '<b>Does not fit</b>'}: {m['cores_used']} cores on "
+                     f"{m['chips_used']} chip(s) of {s['chips']} x {s['cores_per_chip']} cores; limiting resource: "
+                     f"{_fmt(m['limiting_resource'])}. Per core at most {pc['neurons_max']} of {s['neurons_per_core']} "
+                     f"neurons and {_num(pc['synaptic_bits_max'])} of {_num(s['synaptic_memory_bits'])} bits of "
+                     f"synaptic memory ({pc['synaptic_memory_use_max']:.1%}).</p>")
+    cost = r.get("cost") or {}
+    fx, fl = cost.get("fxsim"), cost.get("float")
+    if fx:
+        layers_float = {c["layer"]: c for c in (fl or {}).get("layers", [])}
+        maps = {x["layer"]: x for x in (m or {}).get("layers", [])}
+        per = fx["per_inference"]
+        if maps:
+            parts.append(_table("<tr><th>layer</th><th>kind</th><th>neurons</th><th>cores</th><th>synapses</th>"
+                                "<th>kbit</th><th>split by</th></tr>",
+                                [f"<tr><td>{_fmt(x['layer'])}</td><td>{_fmt(x['kind'])}</td><td>{x['neurons']}</td>"
+                                 f"<td>{x['cores']}</td><td>{_num(x['synapses'])}</td>"
+                                 f"<td>{_num(x['synaptic_bits'], 1, 1e3)}</td><td>{_fmt(x['limit'])}</td></tr>"
+                                 for x in maps.values()]))
+        rows = []
+        for c in fx["layers"]:
+            e = c.get("energy_pj") or {}
+            rows.append(f"<tr><td>{_fmt(c['layer'])}</td><td>{_num(c['synops'], 1)}</td>"
+                        f"<td>{_num(layers_float.get(c['layer'], {}).get('synops'), 1)}</td>"
+                        f"<td>{_num(c['updates'])} x {c['ops_per_update'] if c['ops_per_update'] is not None else '-'}</td>"
+                        f"<td>{_num(c['messages'], 1)}</td><td>{_num(e.get('total'), 2, 1e3)}</td></tr>")
+        e = per.get("energy_pj") or {}
+        rows.append(f"<tr><th>total</th><th>{_num(per['synops'], 1)}</th>"
+                    f"<th>{_num(((fl or {}).get('per_inference') or {}).get('synops'), 1)}</th>"
+                    f"<th>{_num(per['neuron_update_ops'])} ops</th><th>{_num(per['messages'], 1)}</th>"
+                    f"<th>{_num(e.get('total'), 2, 1e3)}</th></tr>")
+        parts.append(f"<p class='muted'>Cost per inference (mean of {fx['samples']} samples x {fx['timesteps']} "
+                     "steps), counted from the spikes of the runs; energy is an estimate.</p>")
+        parts.append(_table("<tr><th>layer</th><th>synops fxsim</th><th>synops float</th><th>updates x ops</th>"
+                            "<th>messages</th><th>nJ (est.)</th></tr>", rows))
+        if per.get("latency_us") is not None:
+            parts.append(f"<p>Latency estimate: {per['latency_us']:.2f} &micro;s per inference (the busiest core's "
+                         "work).</p>")
+    comp = r.get("comparison")
+    if comp:
+        parts.append("<h3>Accuracy against cost</h3>")
+        parts.append(_table(
+            "<tr><th>target</th><th>accuracy</th><th>synops</th><th>neuron-update ops</th>"
+            "<th>neuron nJ (est.)</th><th>total nJ (est.)</th></tr>",
+            [f"<tr><td>{_fmt(row['target'])}</td><td>{_fmt(row['accuracy'])}</td>"
+             f"<td>{_num(row['synops'], 1)}</td><td>{_num(row['neuron_update_ops'])}</td>"
+             f"<td>{_num(row['neuron_energy_pj'], 2, 1e3)}</td><td>{_num(row['energy_pj'], 2, 1e3)}</td></tr>"
+             for row in comp["rows"]]))
+        parts.append(f"<p class='muted'>{_fmt(comp.get('note'))}</p>")
+    srcs = []
+    if m:
+        srcs.append(f"resources: {_fmt(m['system']['source'])}")
+    est = (fx or {}).get("estimates")
+    if est:
+        srcs.append(f"per-operation figures: {_fmt(est['source'])}. {_fmt(est['note'])}")
+    if m:
+        srcs.append("the mapping ignores: " + _fmt("; ".join(m.get("ignored", []))))
+    srcs += [_fmt(n) for n in r.get("notes", [])]
+    if srcs:
+        parts.append("<ul class='muted'>" + "".join(f"<li>{x}</li>" for x in srcs) + "</ul>")
     return "\n".join(parts)
 
 

@@ -53,6 +53,21 @@ def check_recurrence(graph: FxGraph, t: Target) -> None:
                         f"target '{t.name}' allows only self-recurrence; '{src}' reads '{origin}'", node=name)
 
 
+def check_path_lengths(graph: FxGraph, t: Target) -> None:
+    """A target that cannot delay spikes (``[target] path_delays = "equal"``) refuses a layer whose
+    feed-forward paths cross different numbers of synapses (``FxGraph.path_lengths``)."""
+    if t.info.path_delays != "equal":
+        return
+    for layer, lengths in graph.path_lengths().items():
+        if len(set(lengths.values())) > 1:
+            paths = ", ".join(f"{n}: {k}" for n, k in sorted(lengths.items(), key=lambda i: (i[1], i[0])))
+            raise UnsupportedError(
+                f"paths into the layer cross different numbers of synapses ({paths}); target '{t.name}' "
+                "delays every synapse by one step and cannot delay the shorter paths (path_delays = "
+                "\"equal\"): give every path into a layer the same number of synapses, or use a target "
+                "with path_delays = \"relay\"", node=layer)
+
+
 def check_graph(graph: FxGraph, target: Target) -> None:
     """Run every node's design rule (``Primitive.design_rule``); raise on the first violation
     (node, parameter and limit named). A node whose kind is not registered, that the target does
@@ -67,3 +82,4 @@ def check_graph(graph: FxGraph, target: Target) -> None:
                                    f"'{target.name}' fits them", node=name)
         p.design_rule(name, node, target)
     check_recurrence(graph, target)
+    check_path_lengths(graph, target)

@@ -12,6 +12,12 @@ key.
 Files written in the format before sections were keyed by primitive (``[conv]``, ``[sumpool]``,
 ``[neurons.lif]``, ``[neurons.poly]``, ``[target] flatten``; artifacts embed such text) are
 converted on load (``convert_old_format``).
+
+Two optional sections describe the chip rather than a primitive (``docs/resources.md``):
+``[resources]`` (``ResourceSpec``: chips, cores, neurons and synaptic memory per core) and
+``[energy]`` (``EnergySpec``: published per-operation energy and time figures, and the cost of one
+update of each neuron primitive, ``[energy.neuron_ops]``). A target without them loads as before;
+the resource mapper and the cost model then say that it declares none.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lnm_deploy.configfile import fields_of, read_toml
+from lnm_deploy.configfile import convert, fields_of, read_toml
 from lnm_deploy.errors import LNMDeployWarning, UnsupportedError, UserInputError
 from lnm_deploy.fixedpoint.primitives import (
     ConvSpec,
@@ -36,6 +42,12 @@ from lnm_deploy.fixedpoint.primitives import (
 INPUTS: tuple[str, ...] = ("binary",)
 #: ``[target] recurrence``: "none", "self" (self-loops through one synapse) or "any".
 RECURRENCES: tuple[str, ...] = ("none", "self", "any")
+#: ``[target] path_delays``: what the target does where the feed-forward paths into a layer cross
+#: different numbers of synapses (each costs one step on the chip): "relay" (its backend delays
+#: the shorter ones with relay neurons, ``lnm_deploy.lava_backend.align_paths``) or "equal" (it
+#: cannot: every path into a layer must be equally long; ``check_graph`` refuses the rest).
+#: Optional in a target file, "relay" by default.
+PATH_DELAYS: tuple[str, ...] = ("relay", "equal")
 
 
 @dataclass(frozen=True)
@@ -47,10 +59,95 @@ class TargetInfo:
     reference: str  # what the semantics are bit-exact with
     input: str  # one of INPUTS
     recurrence: str  # one of RECURRENCES
+    path_delays: str = "relay"  # one of PATH_DELAYS
 
     def check(self, c: SpecCheck) -> None:
         c.member("input", self.input, INPUTS)
         c.member("recurrence", self.recurrence, RECURRENCES)
+        c.member("path_delays", self.path_delays, PATH_DELAYS)
+
+
+#: ``[resources] weight_storage``: how a synapse's weights occupy synaptic memory ("dense": every
+#: synapse of the connectivity holds ``weight bits``, zero weights included; see docs/resources.md).
+WEIGHT_STORAGES: tuple[str, ...] = ("dense",)
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """``[resources]``: what one chip holds and how many chips the declared system has.
+
+    ``chips``: chips in the system; ``cores_per_chip``: neuro cores per chip;
+    ``neurons_per_core``: neurons one core updates; ``synaptic_memory_bits``: synaptic memory per
+    core, in bits; ``weight_storage``: one of ``WEIGHT_STORAGES``; ``source``: where the values
+    come from (printed with every mapping)."""
+
+    chips: int
+    cores_per_chip: int
+    neurons_per_core: int
+    synaptic_memory_bits: int
+    weight_storage: str
+    source: str
+
+    def check(self, c: SpecCheck) -> None:
+        for key in ("chips", "cores_per_chip", "neurons_per_core", "synaptic_memory_bits"):
+            c.width(key, getattr(self, key), (1, 2**40))
+        c.member("weight_storage", self.weight_storage, WEIGHT_STORAGES)
+
+    @property
+    def cores(self) -> int:
+        """Cores in the declared system (``chips * cores_per_chip``)."""
+        return self.chips * self.cores_per_chip
+
+
+@dataclass(frozen=True)
+class NeuronOps:
+    """The cost of one update of a neuron primitive, in arithmetic operations (multiply, add,
+    shift, compare, select): ``base + per_state * len(node.state_names()) + per_degree * degree``
+    (``degree`` = the node's polynomial degree, 0 for a node without one)."""
+
+    base: int
+    per_state: int
+    per_degree: int
+
+    def ops(self, states: int, degree: int) -> int:
+        return self.base + self.per_state * states + self.per_degree * degree
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    """``[energy]``: per-operation figures for estimates (energy in pJ, time in ns).
+
+    ``synop_pj``/``synop_ns``: one synaptic operation (one spike through one stored synapse);
+    ``neuron_update_pj``/``neuron_update_ns``: one update of the neuron the published figure was
+    measured on, which takes ``reference_ops`` operations; a node's update costs that figure times
+    its operations (``neuron_ops``) over ``reference_ops``;
+    ``message_pj``/``message_ns``: one spike message from one core to another; ``source``: the
+    publications (printed with every estimate). ``neuron_ops`` maps neuron primitive kinds to
+    ``NeuronOps``."""
+
+    synop_pj: float
+    synop_ns: float
+    neuron_update_pj: float
+    neuron_update_ns: float
+    message_pj: float
+    message_ns: float
+    reference_ops: int
+    source: str
+    neuron_ops: dict[str, NeuronOps]
+
+    def __hash__(self) -> int:
+        return hash((self.synop_pj, self.neuron_update_pj, self.message_pj, self.reference_ops,
+                     tuple(sorted(self.neuron_ops.items()))))
+
+    def ops_of(self, kind: str, node: str | None = None) -> NeuronOps:
+        """The ``NeuronOps`` of neuron primitive ``kind``; ``UnsupportedError`` naming ``node`` and
+        listing the kinds ``[energy.neuron_ops]`` prices when it has none."""
+        try:
+            return self.neuron_ops[kind]
+        except KeyError:
+            raise UnsupportedError(f"[energy.neuron_ops] has no update cost for neuron kind {kind!r}; it prices "
+                                   f"{sorted(self.neuron_ops)}: add a line for it to the target file",
+                                   node=node) from None
 
 
 @dataclass(frozen=True, init=False)
@@ -58,15 +155,21 @@ class Target:
     """A loaded, validated target: ``info`` and the section of every primitive it offers.
 
     ``sections`` maps a primitive kind to its spec (an instance of ``Primitive.spec``, or None for
-    a primitive without parameters), in registry order. ``Target(info, sections, path, dense=spec)``
+    a primitive without parameters), in registry order. ``resources`` (``[resources]``) and
+    ``energy`` (``[energy]``) are None when the file has no such section.
+    ``Target(info, sections, path, dense=spec)``
     and ``dataclasses.replace(target, dense=spec)`` replace (or, with None, drop) one section by kind.
     """
 
     info: TargetInfo
     sections: dict[str, Any]
     path: Path
+    resources: ResourceSpec | None
+    energy: EnergySpec | None
 
-    def __init__(self, info: TargetInfo, sections: dict[str, Any], path: Path, **replace: Any) -> None:
+    def __init__(self, info: TargetInfo, sections: dict[str, Any], path: Path, *,
+                 resources: ResourceSpec | None = None, energy: EnergySpec | None = None,
+                 **replace: Any) -> None:
         reg = primitives()
         merged = dict(sections)
         for kind, spec in replace.items():
@@ -81,9 +184,11 @@ class Target:
         object.__setattr__(self, "info", info)
         object.__setattr__(self, "sections", ordered)
         object.__setattr__(self, "path", Path(path))
+        object.__setattr__(self, "resources", resources)
+        object.__setattr__(self, "energy", energy)
 
     def __hash__(self) -> int:
-        return hash((self.info, tuple(self.sections.items()), self.path))
+        return hash((self.info, tuple(self.sections.items()), self.path, self.resources, self.energy))
 
     @property
     def name(self) -> str:
@@ -227,11 +332,18 @@ def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
     sectioned = sorted(k for k, p in reg.items() if not p.implicit)
     if "target" not in data:
         raise UserInputError(f"{file}: missing section [target]")
-    info = TargetInfo(**fields_of(file, "target", data["target"], TargetInfo, require_all=True))
+    table = data["target"]
+    if isinstance(table, dict):  # optional keys (files and embedded artifacts from before them)
+        table = {"path_delays": TargetInfo.path_delays, **table}
+    info = TargetInfo(**fields_of(file, "target", table, TargetInfo, require_all=True))
     info.check(SpecCheck(file, "target"))
+    resources = energy = None
+    if "resources" in data:
+        resources = ResourceSpec(**fields_of(file, "resources", data["resources"], ResourceSpec, require_all=True))
+        resources.check(SpecCheck(file, "resources"))
     sections: dict[str, Any] = {}
     for kind, table in data.items():
-        if kind == "target":
+        if kind in CHIP_SECTIONS:
             continue
         p = reg.get(kind)
         if p is None or p.implicit:
@@ -252,7 +364,48 @@ def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
             kinds = sorted(k for k, p in reg.items() if p.role == role)
             raise UserInputError(f"{file}: a target needs at least one {role} section, one of "
                                  f"{[f'[{k}]' for k in kinds]}")
-    return Target(info=info, sections=sections, path=file)
+    if "energy" in data:
+        energy = _energy(file, data["energy"], [k for k in sections if reg[k].role == "neuron"])
+    return Target(info=info, sections=sections, path=file, resources=resources, energy=energy)
+
+
+#: The sections that describe the chip, not a primitive.
+CHIP_SECTIONS: tuple[str, ...] = ("target", "resources", "energy")
+
+
+def _energy(file: Path, table: Any, neurons: list[str]) -> EnergySpec:
+    """``[energy]`` with its ``[energy.neuron_ops]``, which prices only neuron primitives the target
+    offers (one it does not price is refused when a network using it is costed:
+    ``EnergySpec.ops_of``)."""
+    if not isinstance(table, dict):
+        raise UserInputError(f"{file}: [energy] must be a table")
+    table = dict(table)
+    ops_table = table.pop("neuron_ops", None)
+    if not isinstance(ops_table, dict):
+        raise UserInputError(f"{file}: missing table [energy.neuron_ops] (the update cost of each neuron kind)")
+    scalars = {f.name for f in fields(EnergySpec)} - {"neuron_ops"}
+    unknown = sorted(set(table) - scalars)
+    if unknown:
+        raise UserInputError(f"{file}: unknown key(s) {[f'energy.{k}' for k in unknown]} in [energy]; "
+                             f"allowed: {[*sorted(scalars), 'neuron_ops']}")
+    missing = sorted(scalars - set(table))
+    if missing:
+        raise UserInputError(f"{file}: missing key(s) {missing} in [energy]")
+    ops: dict[str, NeuronOps] = {}
+    for kind, entry in ops_table.items():
+        if kind not in neurons:
+            raise UserInputError(f"{file}: [energy.neuron_ops] prices {kind!r}, which is not a neuron primitive "
+                                 f"this target offers ({neurons})")
+        ops[kind] = NeuronOps(**fields_of(file, f"energy.neuron_ops.{kind}", entry, NeuronOps, require_all=True))
+        for key in ("base", "per_state", "per_degree"):
+            SpecCheck(file, f"energy.neuron_ops.{kind}").width(key, getattr(ops[kind], key), (0, 10**6))
+    values: dict[str, Any] = {}
+    for key in sorted(scalars):
+        hint = str if key == "source" else int if key == "reference_ops" else float
+        values[key] = convert(f"{file}: key 'energy.{key}'", hint, table[key])
+        if hint is float and not values[key] > 0:
+            raise UserInputError(f"{file}: key 'energy.{key}' must be positive, got {values[key]!r}")
+    return EnergySpec(neuron_ops=ops, **values)
 
 
 def spec_keys(kind: str) -> list[str]:
@@ -264,12 +417,17 @@ def spec_keys(kind: str) -> list[str]:
 
 
 __all__ = [
+    "CHIP_SECTIONS",
     "INPUTS",
     "RECURRENCES",
+    "WEIGHT_STORAGES",
     "ConvSpec",
     "DenseSpec",
+    "EnergySpec",
     "LIFSpec",
+    "NeuronOps",
     "PolySpec",
+    "ResourceSpec",
     "Target",
     "TargetInfo",
     "convert_old_format",

@@ -1,0 +1,130 @@
+"""Time fxsim on calibrated VGG-style and ResNet-style LNM networks against the same networks'
+float forward in torch and against Lava 0.10 (``Loihi2SimCfg(select_tag='fixed_pt')``), per
+sample-timestep, and their calibration against one float pass.
+
+The networks are ``lnm_deploy.model.vgg`` (three stages conv3x3 -> BatchNorm -> LNM -> MaxPool2d
+of 16, 32, 32 channels, Linear head) and ``lnm_deploy.model.resnet`` (stem of 16 channels, an
+identity block and a projected stride-2 block of 32, Linear head) on 3x32x32 input, degree-2
+LNM layers, BatchNorm statistics from the data (``init_batchnorm``; untrained), exported with
+``model_to_ir`` (BatchNorm folded, max pooling as sum pooling into an OR layer) and calibrated for
+``loihi2`` with the ``default`` recipe, at T = 4 and T = 8 with 16 samples of Bernoulli(0.2) input
+spikes. Timed side by side in alternating rounds (the machine is shared; the best round of each
+is kept):
+
+* fxsim: ``run_fx`` on the calibrated integer network, all samples batched (compiled kernels when
+  numba is installed: event-driven Conv2d / Dense, the polynomial neuron);
+* torch: the model's own forward (float32, batched, no gradients);
+* calibration: ``calibrate_network`` against one ``run_float`` pass over the same samples;
+* Lava: ``run_lava_timed`` on ``--lava-samples`` samples (Lava cannot batch; build, compile, every
+  step, read-back and stop, divided by samples * T), checked bit-exact against fxsim first.
+
+Usage: python benchmarks/cnn_speed.py [--repeats 5] [--lava-samples 1] [--no-lava]
+The last line per network and T is ``<net> T=<T> ratio_torch_vs_fxsim=<torch / fxsim>
+ratio_lava_vs_fxsim=<Lava / fxsim> ratio_calibrate_vs_float=<calibration / one float pass>``
+(issue #14: fxsim at least as fast as torch, at least 1000x faster than Lava, calibration at most 3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+SAMPLES, SHAPE, CHANNELS = 16, (3, 32, 32), {"vgg": (16, 32, 32), "resnet": (16, 32)}
+
+
+def best_interleaved(fns: list, repeats: int) -> list[float]:  # type: ignore[type-arg]
+    """Best wall time of each function over ``repeats`` rounds that run each once, in turn."""
+    for fn in fns:
+        fn()  # warm-up (numba's compile cache, torch's first-call set-up)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
+
+
+def build(net: str, x: np.ndarray):  # type: ignore[no-untyped-def]
+    """(torch model in eval mode, its float IR graph) for ``net`` ("vgg" or "resnet")."""
+    import torch
+
+    from lnm_deploy.model import init_batchnorm, model_to_ir, resnet, vgg
+
+    torch.manual_seed(0)
+    make = {"vgg": vgg, "resnet": resnet}[net]
+    model = make(input_shape=SHAPE, channels=CHANNELS[net], classes=10, degree=2)
+    init_batchnorm(model, torch.as_tensor(x, dtype=torch.float32))
+    return model, model_to_ir(model, SHAPE)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--lava-samples", type=int, default=1)
+    ap.add_argument("--no-lava", action="store_true", help="skip the Lava timing (slow: minutes)")
+    args = ap.parse_args()
+
+    import torch
+
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.execute import run_float
+    from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
+    from lnm_deploy.fxsim.sim import load_kernels
+    from lnm_deploy.targets import load_target
+
+    torch.set_grad_enabled(False)
+    kernels = "numba" if load_kernels("auto") is not None else "numpy"
+    target, recipe = load_target("loihi2"), load_recipe("default")
+    print(f"input {SHAPE}, {SAMPLES} samples; fxsim kernels: {kernels}; torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads")
+
+    def calibrate(graph, x):  # type: ignore[no-untyped-def]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return calibrate_network(graph, x, target, recipe, progress=False)
+
+    for net in ("vgg", "resnet"):
+        for steps in (4, 8):
+            x = (np.random.default_rng(steps).random((SAMPLES, steps, *SHAPE)) < 0.2).astype(np.uint8)
+            model, graph = build(net, x)
+            res = calibrate(graph, x)
+            fx = res.artifact.fx
+            ref = run_fx(fx, x, record=True)
+            m = compare_runs(ref, run_fx(fx, x, record=True, kernels="numpy"), order=fx.neuron_names())
+            if m is not None:
+                raise SystemExit(f"fxsim's {kernels} and numpy kernels differ, refusing to time: {m}")
+            rates = {n: round(float(s.mean()), 3) for n, s in ref.spikes.items()}
+            agree = {n: round(d["agreement"], 3) for n, d in res.report["comparison"]["layers"].items()}
+            print(f"{net} T={steps}: fxsim spike rates {rates}; float-vs-fixed agreement {agree}")
+            xt = torch.as_tensor(x, dtype=torch.float32)
+            t_fx, t_th, t_float, t_cal = best_interleaved(
+                [lambda fx=fx, x=x: run_fx(fx, x), lambda model=model, xt=xt: model(xt),
+                 lambda graph=graph, x=x: run_float(graph, x), lambda graph=graph, x=x: calibrate(graph, x)],
+                args.repeats)
+            per = SAMPLES * steps
+            print(f"{net} T={steps}: fxsim {t_fx / per * 1e6:8.1f} us, torch float32 {t_th / per * 1e6:8.1f} us per "
+                  f"sample-timestep; one float pass {t_float:.3f} s, calibration {t_cal:.3f} s")
+            ratio_lava = "n/a"
+            if not args.no_lava:
+                from lnm_deploy.lava_backend import run_lava_timed
+
+                n = min(args.lava_samples, SAMPLES)
+                got, t = run_lava_timed(fx, x[:n])
+                mm = first_mismatch({k: v[:n] for k, v in ref.spikes.items()}, got.spikes, order=fx.neuron_names())
+                if mm is not None:
+                    raise SystemExit(f"fxsim and Lava differ, refusing to time: {mm}")
+                lava = t.total_s / (n * steps)
+                print(f"{net} T={steps}: lava {lava * 1e6:10.1f} us per sample-timestep end to end ({n} sample(s), "
+                      f"bit-exact with fxsim; compile {t.compile_s:.2f} s; stepping only {t.step_s * 1e6:.1f} us "
+                      "per step)")
+                ratio_lava = f"{lava / (t_fx / per):.0f}"
+            print(f"{net} T={steps} ratio_torch_vs_fxsim={t_th / t_fx:.2f} ratio_lava_vs_fxsim={ratio_lava} "
+                  f"ratio_calibrate_vs_float={t_cal / t_float:.2f}")
+
+
+if __name__ == "__main__":
+    main()

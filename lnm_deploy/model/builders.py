@@ -1,0 +1,204 @@
+"""Deep convolutional LNM networks as the LNM paper trains them: a graph-style container for skips
+(``LNMGraph``) and builders for a VGG-style (``vgg``) and a ResNet-style (``resnet``) network.
+
+``LNMGraph`` is an ``LNMSequential`` whose layers may read other layers than the one before them:
+``inputs[name]`` lists the layers (or ``"input"``) whose outputs are **summed** into layer
+``name``. Only an ``LNM`` layer may sum several inputs (the IR's neuron sums its input edges, the
+integer neuron its synapses): a residual block ends in an LNM reading its last convolution (after
+BatchNorm) and the skip: the block's input spikes themselves (identity skip) or a 1x1 convolution
+of them (projected skip). ``model_to_ir`` writes each source as an edge into the layer (the sum);
+``save_model`` / ``load_model`` keep ``inputs``. docs/patterns.md ("Residual connections") shows
+what each pattern becomes downstream.
+
+The builders put BatchNorm after every convolution and linear layer (folded into it at export) and
+``MaxPool2d`` after LNM layers (exported as a SumPool2d into a memoryless IF layer: max of spikes =
+their OR). ``init_batchnorm`` sets the BatchNorm statistics from data (one cumulative pass, no
+training) so that an untrained network's layers spike.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lnm_deploy.errors import UserInputError
+from lnm_deploy.model.layers import LNM, LNMSequential
+
+
+class LNMGraph(LNMSequential):
+    """Named layers run in the given order; layer ``name`` reads the sum of the outputs of
+    ``inputs[name]`` (layer names or ``"input"``, each earlier in the order), or of the layer
+    before it when ``name`` is not in ``inputs``.
+
+    Args:
+        layers: ``{name: nn.Module}`` in execution order (names as ``LNMSequential``'s).
+        inputs: ``{name: [source, ...]}``; several sources only into an ``LNM`` layer (their
+            outputs, each ``(B, T, *shape)`` of the layer's shape, are added).
+
+    Raises:
+        UserInputError: an unknown or later source, several sources into a layer that is not an
+            LNM, or no source.
+    """
+
+    def __init__(self, layers: Mapping[str, nn.Module], inputs: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(OrderedDict(layers))
+        names = list(self.layers.keys())
+        given = {str(k): [str(s) for s in v] for k, v in (inputs or {}).items()}
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise UserInputError(f"inputs names layer(s) {unknown} that the graph does not have")
+        self.inputs: dict[str, list[str]] = {}
+        for i, name in enumerate(names):
+            srcs = given.get(name, [names[i - 1] if i else "input"])
+            earlier = {"input", *names[:i]}
+            if not srcs:
+                raise UserInputError(f"layer {name!r} reads nothing (inputs[{name!r}] is empty)")
+            if bad := [s for s in srcs if s not in earlier]:
+                raise UserInputError(f"layer {name!r} reads {bad}: sources must be 'input' or layers before it "
+                                     f"({names[:i]})")
+            if len(srcs) != len(set(srcs)):
+                raise UserInputError(f"layer {name!r} reads a source twice: {srcs}")
+            if len(srcs) > 1 and not isinstance(self.layers[name], LNM):
+                raise UserInputError(f"layer {name!r} ({type(self.layers[name]).__name__}) sums {srcs}; only an LNM "
+                                     "layer sums several inputs (end the residual block with an LNM)")
+            self.inputs[name] = srcs
+
+    def sources(self, name: str) -> list[str]:
+        """The layers (or ``"input"``) whose outputs are summed into layer ``name``."""
+        return list(self.inputs[name])
+
+    def forward(self, x: Tensor, record: bool = False) -> Tensor | tuple[Tensor, dict[str, dict[str, Tensor]]]:
+        """As ``LNMSequential.forward``; a layer's input is the sum of its sources' outputs."""
+        if x.dim() < 3:
+            raise UserInputError(f"input must be (B, T, *input_shape), got {tuple(x.shape)}")
+        x = x.to(self.dtype)
+        b, t = x.shape[:2]
+        outs: dict[str, Tensor] = {"input": x}
+        rec: dict[str, dict[str, Tensor]] = {}
+        h = x
+        for name, layer in self.layers.items():
+            srcs = self.inputs[name]
+            h = outs[srcs[0]]
+            for s in srcs[1:]:
+                h = h + outs[s]
+            if isinstance(layer, LNM):
+                if record:
+                    h, r = layer(h, record=True)
+                    r_rec = r.pop("rec", None)
+                    rec[name] = r
+                    if r_rec is not None:
+                        rec[f"{name}_rec"] = {"out": r_rec}
+                else:
+                    h = layer(h)
+            else:
+                y = layer(h.reshape(b * t, *h.shape[2:]))
+                h = y.reshape(b, t, *y.shape[1:])
+                if record:
+                    rec[name] = {"out": h}
+            outs[name] = h
+        return (h, rec) if record else h
+
+
+def _lnm(shape: tuple[int, ...], degree: int, threshold: float, dtype: torch.dtype | None) -> LNM:
+    return LNM(shape, degree=degree, beta=0.9, threshold=threshold, granularity="channel" if len(shape) == 3 else "layer",
+               dtype=dtype)
+
+
+def _conv_bn(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype | None) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False, dtype=dtype),
+            nn.BatchNorm2d(c_out, dtype=dtype)]
+
+
+def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] = (8, 16), classes: int = 10, *,
+        degree: int = 1, threshold: float = 1.0, dtype: torch.dtype | None = None) -> LNMSequential:
+    """A VGG-style LNM network: per stage ``conv3x3 -> BatchNorm2d -> LNM -> MaxPool2d(2)``, then
+    ``Flatten -> Linear -> BatchNorm1d -> LNM(classes)``. Input ``(C, H, W)`` with H and W divisible
+    by ``2 ** len(channels)``. LNM layers: ``degree`` 1 (LIF-like, the stock LIF on loihi2) to 3,
+    per-channel polynomials. Layer names are ``LNMSequential``'s auto names (conv1, bn1, lnm1,
+    maxpool1, ...)."""
+    c, h, w = (int(v) for v in input_shape)
+    if h % 2 ** len(channels) or w % 2 ** len(channels):
+        raise UserInputError(f"input {tuple(input_shape)}: H and W must divide by 2^{len(channels)} (one 2x2 max "
+                             "pool per stage)")
+    layers: list[nn.Module] = []
+    for c_out in channels:
+        layers += [*_conv_bn(c, c_out, 3, 1, dtype), _lnm((c_out, h, w), degree, threshold, dtype), nn.MaxPool2d(2)]
+        c, h, w = c_out, h // 2, w // 2
+    layers += [nn.Flatten(), nn.Linear(c * h * w, classes, bias=False, dtype=dtype),
+               nn.BatchNorm1d(classes, dtype=dtype), _lnm((classes,), degree, threshold, dtype)]
+    return LNMSequential(*layers)
+
+
+def resnet(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] = (8, 16), classes: int = 10, *,
+           degree: int = 1, threshold: float = 1.0, dtype: torch.dtype | None = None) -> LNMGraph:
+    """A ResNet-style LNM network (``LNMGraph``): a stem ``conv3x3 -> BN -> LNM`` of
+    ``channels[0]``, then one basic block per entry of ``channels``: ``conv3x3 (stride s) -> BN ->
+    LNM -> conv3x3 -> BN``, summed with the skip into the block's output LNM. The skip is the
+    identity (the block's input spikes) where the block keeps channels and size (the first), else
+    a projection ``conv1x1 (stride 2) -> BN`` (stride 2 and more channels). Head: ``Flatten ->
+    Linear -> BN -> LNM(classes)``.
+
+    Names: ``stem``, ``stem_bn``, ``stem_lnm``; block k: ``b{k}_conv1``, ``b{k}_bn1``, ``b{k}_lnm1``,
+    ``b{k}_conv2``, ``b{k}_bn2``, (``b{k}_proj``, ``b{k}_proj_bn``), ``b{k}_out`` (the LNM that sums);
+    ``flatten``, ``fc``, ``fc_bn``, ``out``."""
+    c, h, w = (int(v) for v in input_shape)
+    layers: dict[str, nn.Module] = {}
+    inputs: dict[str, list[str]] = {}
+    c0 = int(channels[0])
+    layers["stem"], layers["stem_bn"] = _conv_bn(c, c0, 3, 1, dtype)
+    layers["stem_lnm"] = _lnm((c0, h, w), degree, threshold, dtype)
+    c, prev = c0, "stem_lnm"
+    for k, c_out in enumerate(channels, start=1):
+        stride = 1 if (c_out == c and k == 1) else 2
+        if stride == 2 and (h % 2 or w % 2):
+            raise UserInputError(f"block {k}: a stride-2 block needs an even map, got {h}x{w}")
+        h2, w2 = h // stride, w // stride
+        p = f"b{k}"
+        layers[f"{p}_conv1"], layers[f"{p}_bn1"] = _conv_bn(c, c_out, 3, stride, dtype)
+        inputs[f"{p}_conv1"] = [prev]
+        layers[f"{p}_lnm1"] = _lnm((c_out, h2, w2), degree, threshold, dtype)
+        layers[f"{p}_conv2"], layers[f"{p}_bn2"] = _conv_bn(c_out, c_out, 3, 1, dtype)
+        if stride == 1 and c_out == c:
+            skip = prev  # identity: the block's input spikes
+        else:
+            layers[f"{p}_proj"], layers[f"{p}_proj_bn"] = _conv_bn(c, c_out, 1, stride, dtype)
+            inputs[f"{p}_proj"] = [prev]
+            skip = f"{p}_proj_bn"
+        layers[f"{p}_out"] = _lnm((c_out, h2, w2), degree, threshold, dtype)
+        inputs[f"{p}_out"] = [f"{p}_bn2", skip]
+        c, h, w, prev = c_out, h2, w2, f"{p}_out"
+    layers["flatten"] = nn.Flatten()
+    inputs["flatten"] = [prev]
+    layers["fc"] = nn.Linear(c * h * w, classes, bias=False, dtype=dtype)
+    layers["fc_bn"] = nn.BatchNorm1d(classes, dtype=dtype)
+    layers["out"] = _lnm((classes,), degree, threshold, dtype)
+    return LNMGraph(layers, inputs)
+
+
+@torch.no_grad()
+def init_batchnorm(model: LNMSequential, x: Tensor | Any) -> LNMSequential:
+    """Set every BatchNorm's running statistics from ``x`` ``(B, T, *input_shape)``: one forward
+    pass in training mode with cumulative averages (``momentum=None``, statistics reset first),
+    then ``model.eval()``. No gradient step: a data-driven initialisation that puts each
+    convolution's output at zero mean and unit variance, so an untrained network spikes (a
+    stand-in for training in tests and examples). Returns ``model``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        model(torch.as_tensor(x))
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.eval()
+    return model
+
+
+__all__ = ["LNMGraph", "init_batchnorm", "resnet", "vgg"]

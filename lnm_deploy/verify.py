@@ -713,6 +713,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         passed=not reasons, reasons=reasons, float_source=model.source, max_accuracy_drop=max_accuracy_drop,
         runs=runs, float_graph=graph, float_model=model.to_dict(), prediction_agreement=pred_agreement,
         output_agreement=out_agreement, min_agreement=min_agreement,
+        labels=y is not None, readout=readout, lzc=lzc, membrane=membrane, resources=resources,
+    )
 
 
 def _readout_layer(art: Artifact) -> str | None:
@@ -724,8 +726,6 @@ def _readout_layer(art: Artifact) -> str | None:
     src = sched.inputs[sched.output_node][0][0]
     node = art.fx.nodes[src]
     return src if node.role == "neuron" and output_state(node, src) is not None else None
-        labels=y is not None, readout=readout, lzc=lzc, membrane=membrane, resources=resources,
-    )
 
 
 def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, fixed: RunResult,

@@ -191,6 +191,9 @@ def test_verify_compares_the_readout_membrane() -> None:
         assert r.passed, r.reasons  # type: ignore[attr-defined]
         d = r.to_dict()  # type: ignore[attr-defined]
         assert d["membrane"]["rule"] == rule and d["criteria"]["readout"] == rule
+        # the cost counts the readout's synaptic operations and updates; it sends no spikes
+        cost = {ly["layer"]: ly for ly in d["resources"]["cost"]["fxsim"]["layers"]}
+        assert cost["r"]["kind"] == "li_readout" and cost["r"]["spikes"] == 0 and cost["r"]["synops"] > 0
     # a spike output has no membrane rule
     spiking = sequential([("fc", Affine(weight=np.full((3, 6), 0.6))), ("n", Neuron(shape=(3,), poly=[0, 0.9], v_th=1.0))],
                          (6,))

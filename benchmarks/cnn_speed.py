@@ -27,25 +27,12 @@ ratio_lava_vs_fxsim=<Lava / fxsim> ratio_calibrate_vs_float=<calibration / one f
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
+from sim_vs_lava import best_interleaved  # the same interleaved timing (benchmarks/ is on the path)
 
 SAMPLES, SHAPE, CHANNELS = 16, (3, 32, 32), {"vgg": (16, 32, 32), "resnet": (16, 32)}
-
-
-def best_interleaved(fns: list, repeats: int) -> list[float]:  # type: ignore[type-arg]
-    """Best wall time of each function over ``repeats`` rounds that run each once, in turn."""
-    for fn in fns:
-        fn()  # warm-up (numba's compile cache, torch's first-call set-up)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [min(ts) for ts in times]
 
 
 def build(net: str, x: np.ndarray):  # type: ignore[no-untyped-def]

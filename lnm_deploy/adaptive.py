@@ -39,11 +39,22 @@ rule ``check_adaptive``), its ONNX lowering, and the calibration lowering ``ADAP
 (the polynomial neuron's passes with the threshold register added). fxsim and Lava
 (``ContractNeuron``) run ``adaptive_step`` as registered. The torch layer is
 ``lnm_deploy.model.adaptive.AdaptiveLNM``.
+
+Refractoriness (``refractory_decay`` set): the membrane is not reset; ``r = d_r r`` is tested
+against (``s = v' - r > theta``) and jumps by ``2 theta`` at a spike (state ``r``).
+
+On the stock-neuron target (``loihi2-lif``) the same float op lowers onto Lava's own ATRLIF: the
+primitive ``atrlif`` (``FxATRLIF``, ``ATRLIFParams``/``atrlif_step``, ``atrlif_bounds``,
+``ATRLIFSpec`` = ``[atrlif]``, ``check_atrlif``; ``docs/fixed-point.md`` section 9), its ONNX
+lowering ``ATRLIFOnnx`` and ``ATRLIF_LOWERING`` (exact for a degree-1 refractory layer,
+``atrlif_exact``; else the LIF fit with its cost reported). The Lava backend runs it as
+``lava.proc.atrlif``'s process itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,15 +63,17 @@ from numpy.typing import DTypeLike
 
 from lnm_deploy.calibrate.lowering import Lowering, register_lowering
 from lnm_deploy.calibrate.neuron_lowerings import (
+    encode_bias,
     encode_poly,
+    lif_fit,
     neuron_input_gain,
     plan_poly,
     select_poly,
 )
-from lnm_deploy.errors import GraphError, NumericError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, NumericError, UnsupportedError
 from lnm_deploy.fixedpoint import contract
-from lnm_deploy.fixedpoint.arith import overflow, rshift
-from lnm_deploy.fixedpoint.nodes import FxPoly
+from lnm_deploy.fixedpoint.arith import correct, overflow, rshift, saturate, trunc_mul_shift, wrap
+from lnm_deploy.fixedpoint.nodes import FxNeuron, FxPoly
 from lnm_deploy.fixedpoint.primitives import PolySpec, Primitive, SpecCheck, check_poly, register
 from lnm_deploy.ir.nodes import Neuron, stats
 from lnm_deploy.ir.ops import NeuronStep
@@ -104,14 +117,27 @@ class AdaptiveStep(NeuronStep):
         self.theta_step = node.theta_step.astype(dtype)
         self.theta = np.broadcast_to(self.theta0, (batch, *node.shape)).copy()
         self.state_names = (*self.state_names, "theta")
+        self.r_decay = None if node.refractory_decay is None else node.refractory_decay.astype(dtype)
+        self.r = None if self.r_decay is None else np.zeros((batch, *node.shape), dtype=dtype)
+        if self.r is not None:
+            self.state_names = (*self.state_names, "r")
 
     def __call__(self, x: Array) -> Array:
-        self.v_th = self.theta  # the membrane step tests (and subtracts) this step's threshold
-        s = super().__call__(x)
+        if self.r is None:
+            self.v_th = self.theta  # the membrane step tests (and subtracts) this step's threshold
+            s = super().__call__(x)
+        else:  # refractoriness: the membrane is not reset; r decays, is tested against and jumps
+            self.v_th = None
+            vp = super().__call__(x)  # v = v' (a non-spiking step)
+            self.r = self.r_decay * self.r
+            s = (vp - self.r > self.theta).astype(vp.dtype)
+            self.r = self.r + 2.0 * self.theta * s
         self.theta = self.theta0 + self.theta_decay * (self.theta - self.theta0) + self.theta_step * s
         return s
 
     def state(self, name: str) -> Array:
+        if name == "r" and self.r is not None:
+            return self.r
         return self.theta if name == "theta" else super().state(name)
 
 
@@ -124,9 +150,13 @@ class AdaptiveNeuron(Neuron):
     kind: ClassVar[str] = FLOAT_KIND
     theta_decay: Array = None  # type: ignore[assignment]
     theta_step: Array = None  # type: ignore[assignment]
+    refractory_decay: Array | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.refractory_decay is not None:
+            self.refractory_decay = np.broadcast_to(np.asarray(self.refractory_decay, dtype=np.float64),
+                                                    self.shape).copy()
         self.theta_decay = np.broadcast_to(np.asarray(0.0 if self.theta_decay is None else self.theta_decay,
                                                       dtype=np.float64), self.shape).copy()
         self.theta_step = np.broadcast_to(np.asarray(0.0 if self.theta_step is None else self.theta_step,
@@ -141,11 +171,20 @@ class AdaptiveNeuron(Neuron):
         if np.any(self.theta_decay < 0) or np.any(self.theta_decay > 1):
             raise GraphError(f"theta_decay must lie in [0, 1], got [{self.theta_decay.min()}, "
                              f"{self.theta_decay.max()}]", node=name)
+        rd = self.refractory_decay
+        if rd is not None and not (np.all(np.isfinite(rd)) and np.all(rd >= 0) and np.all(rd <= 1)):
+            raise GraphError(f"refractory_decay must lie in [0, 1], got [{rd.min()}, {rd.max()}]", node=name)
+
+    @property
+    def refractory(self) -> bool:
+        """Whether the node resets through a refractory state ``r`` (``refractory_decay`` set)."""
+        return self.refractory_decay is not None
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        """``v``, ``v_pre``, (``c``), ``theta`` (the next step's threshold)."""
-        return (*super().state_names, "theta")
+        """``v``, ``v_pre``, (``c``), ``theta`` (the next step's threshold), (``r`` with
+        refractoriness)."""
+        return (*super().state_names, "theta", *(("r",) if self.refractory else ()))
 
     def float_step(self, name: str, batch: int, dtype: DTypeLike) -> AdaptiveStep:
         return AdaptiveStep(self, batch, dtype)
@@ -154,6 +193,8 @@ class AdaptiveNeuron(Neuron):
         p = super().describe()
         p["theta_decay"] = stats(self.theta_decay)
         p["theta_step"] = stats(self.theta_step)
+        if self.refractory_decay is not None:
+            p["refractory_decay"] = stats(self.refractory_decay)
         return p
 
 
@@ -168,6 +209,8 @@ def _write(name: str, node: AdaptiveNeuron, in_shape: Any, out_shape: Any, meta:
     out.metadata["lnm_kind"] = FLOAT_KIND
     out.metadata["lnm_theta_decay"] = node.theta_decay.copy()
     out.metadata["lnm_theta_step"] = node.theta_step.copy()
+    if node.refractory_decay is not None:
+        out.metadata["lnm_refractory_decay"] = node.refractory_decay.copy()
     return out
 
 
@@ -181,7 +224,9 @@ def _meta(r: NodeRead, key: str) -> Array:
 def _read(r: NodeRead) -> AdaptiveNeuron:
     """Restores the node bit-exactly from its ``lnm_*`` metadata (``_write``)."""
     node = AdaptiveNeuron(**exact_neuron_fields(r.name, r.meta), theta_decay=_meta(r, "lnm_theta_decay"),
-                          theta_step=_meta(r, "lnm_theta_step"), metadata=r.ir_meta)
+                          theta_step=_meta(r, "lnm_theta_step"),
+                          refractory_decay=_meta(r, "lnm_refractory_decay") if "lnm_refractory_decay" in r.meta
+                          else None, metadata=r.ir_meta)
     node.validate(r.name)
     warn_if_edited(r.name, r.node, node)  # the NIR parameters are the LNM neuron's, derived from the metadata
     return node
@@ -441,10 +486,448 @@ def encode_adaptive(sel: Selection, scales: ScalePlan, target: Target) -> Encode
 
 
 def _applies(layer: MappedLayer, target: Target) -> bool:
-    return target.offers(KIND)
+    return target.offers(KIND) and not _node(layer.node).refractory
 
 
 ADAPTIVE_LOWERING = register_lowering(Lowering(
     FLOAT_KIND, KIND, applies=_applies, select=select_adaptive, plan=plan_adaptive, encode=encode_adaptive,
     input_gain=neuron_input_gain, preference=10,
     description="programmable polynomial neuron with a threshold register"))
+
+
+# ==================================================================================================
+# The stock-neuron target: Lava's ATRLIF (lava.proc.atrlif, PyATRLIFModelFixed)
+# ==================================================================================================
+#
+# The primitive ``atrlif`` is Lava 0.10's adaptive-threshold-and-refractoriness LIF, its
+# ``fixed_pt`` model read from its source (``docs/fixed-point.md`` section "ATRLIF"). The Lava
+# backend runs Lava's own process for it (``lava.proc.atrlif.process.ATRLIF``), so the differential
+# test is against Lava's model, not ours.
+
+ATR_KIND = "atrlif"
+
+
+@dataclass(eq=False)
+class FxATRLIF(FxNeuron):
+    """Lava's ATRLIF (``PyATRLIFModelFixed``); one step (``docs/fixed-point.md``, ATRLIF)::
+
+        i     = corr24(wrap32(trunc0(i * (4096 - di - 1) / 4096) + wrap32(a << 6)))
+        v     = sat24(wrap32(trunc0(v * (4096 - dv) / 4096) + i + (bias_mant << bias_exp)))
+        theta = wrap32(trunc0(wrap32(theta - th0) * (4096 - dtheta) / 4096) + th0)
+        r     = trunc0(r * (4096 - dr) / 4096)
+        s     = wrap32(v - r) >= theta
+        r     = wrap32(r + wrap32(2 * theta)) where s;   theta = wrap32(theta + tstep) where s
+
+    with ``th0 = theta_0 << 6`` and ``tstep = theta_step << 6``. ``di``, ``dv``, ``dtheta``,
+    ``dr``, ``theta_0`` and ``theta_step`` are per layer (Lava's Vars of shape (1,));
+    ``bias_mant``/``bias_exp`` per neuron. States ``i``, ``v``, ``theta``, ``r`` (Lava's Var
+    names; ``theta`` and ``r`` on the membrane's grid); their ``*_init`` are the states before the
+    first step (``theta_init`` defaults to ``th0``, which is what Lava's model starts from). The
+    widths are the chip's constants (24-bit state, 12-bit decays, shifts 6), carried so the node
+    is self-describing; targets pin them."""
+
+    kind: ClassVar[str] = ATR_KIND
+    di: int = 4095
+    dv: int = 0
+    dtheta: int = 0
+    dr: int = 0
+    theta_0: int = 10
+    theta_step: int = 0
+    bias_mant: Array | int = 0
+    bias_exp: Array | int = 0
+    i_init: Array | int = 0
+    v_init: Array | int = 0
+    theta_init: Array | int | None = None
+    r_init: Array | int = 0
+    state_bits: int = 24
+    decay_bits: int = 12
+    theta_shift: int = 6
+    act_shift: int = 6
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "state_bits", "decay_bits",
+                    "theta_shift", "act_shift"):
+            v = getattr(self, key)
+            if isinstance(v, float) and v != round(v):
+                raise GraphError(f"FxATRLIF: '{key}' must be an integer, got {v}")
+            setattr(self, key, int(v))
+        if self.theta_init is None:
+            self.theta_init = self.theta_0 << self.theta_shift
+        for key in ("bias_mant", "bias_exp", "i_init", "v_init", "theta_init", "r_init"):
+            a = np.asarray(getattr(self, key))
+            if a.dtype.kind == "f" and not np.all(a == np.round(a)):
+                raise GraphError(f"FxATRLIF: '{key}' must hold integers")
+            try:
+                setattr(self, key, np.broadcast_to(a.astype(np.int64), self.shape).copy())
+            except ValueError as e:
+                raise GraphError(f"FxATRLIF: '{key}' of shape {a.shape} does not fit {self.shape}") from e
+
+    def state_names(self) -> tuple[str, ...]:
+        return ("i", "v", "theta", "r")
+
+    @property
+    def bias(self) -> Array:
+        """``bias_mant << bias_exp`` (floor right shift for a negative exponent), per neuron."""
+        m, e = np.asarray(self.bias_mant), np.asarray(self.bias_exp)
+        return np.where(e >= 0, m << np.maximum(e, 0), m >> np.maximum(-e, 0))
+
+    @staticmethod
+    def limits(decay_bits: int) -> dict[str, tuple[int, int]]:
+        """The range (inclusive) of every width and parameter; a target's ``[atrlif]`` section
+        lies inside them (checked on load)."""
+        unity = 1 << decay_bits
+        return {"state_bits": (2, 30), "decay_bits": (1, 16), "theta_shift": (0, 16), "act_shift": (0, 16),
+                "di": (0, unity - 1), "dv": (0, unity - 1), "dtheta": (0, unity - 1), "dr": (0, unity - 1),
+                "theta_0": (0, 2**16 - 1), "theta_step": (0, 2**16 - 1),
+                "bias_mant": (-(2**15), 2**15 - 1), "bias_exp": (-15, 15)}
+
+    def validate(self, name: str) -> None:
+        for key, (lo, hi) in self.limits(self.decay_bits).items():
+            a = np.asarray(getattr(self, key))
+            if a.size and (a.min() < lo or a.max() > hi):
+                raise GraphError(f"'{key}' must lie in [{lo}, {hi}], got values in [{a.min()}, {a.max()}]",
+                                 node=name)
+        half = 1 << (self.state_bits - 1)
+        for key, lo, hi in (("i_init", -half + 1, half), ("v_init", -half + 1, half - 1),
+                            ("theta_init", -(2**31), 2**31 - 1), ("r_init", -(2**31), 2**31 - 1)):
+            a = np.asarray(getattr(self, key))
+            if a.size and (a.min() < lo or a.max() > hi):
+                raise GraphError(f"'{key}' must lie in [{lo}, {hi}], got values in [{a.min()}, {a.max()}]",
+                                 node=name)
+
+
+@dataclass(frozen=True)
+class ATRLIFParams:
+    """The constants of one ``FxATRLIF`` step: ``ki = 2**D - di - 1``, ``kv = 2**D - dv``,
+    ``kth = 2**D - dtheta``, ``kr = 2**D - dr``, ``bias`` (per neuron), ``th0 = theta_0 <<
+    theta_shift``, ``tstep = theta_step << theta_shift``."""
+
+    ki: int
+    kv: int
+    kth: int
+    kr: int
+    bias: Array
+    th0: int
+    tstep: int
+    decay_bits: int
+    act_shift: int
+    state_bits: int
+
+    @classmethod
+    def of(cls, node: FxATRLIF) -> ATRLIFParams:
+        unity = 1 << node.decay_bits
+        return cls(ki=unity - node.di - 1, kv=unity - node.dv, kth=unity - node.dtheta, kr=unity - node.dr,
+                   bias=np.asarray(node.bias, np.int64), th0=node.theta_0 << node.theta_shift,
+                   tstep=node.theta_step << node.theta_shift, decay_bits=node.decay_bits,
+                   act_shift=node.act_shift, state_bits=node.state_bits)
+
+
+def atrlif_step(p: ATRLIFParams, state: contract.State, a: Array) -> tuple[contract.State, Array]:
+    """One ATRLIF step (``FxATRLIF``) on int64 arrays; ``state`` (``i``, ``v``, ``theta``, ``r``)
+    is not modified. Returns the new states (after the spike's jumps) and the spikes (bool)."""
+    D, S = p.decay_bits, p.state_bits
+    x = wrap(a << p.act_shift, 32)
+    i = correct(wrap(trunc_mul_shift(state["i"], p.ki, D) + x, 32), S)
+    v = saturate(wrap(trunc_mul_shift(state["v"], p.kv, D) + i + p.bias, 32), S)
+    theta = wrap(trunc_mul_shift(wrap(state["theta"] - p.th0, 32), p.kth, D) + p.th0, 32)
+    r = wrap(trunc_mul_shift(state["r"], p.kr, D), 32)
+    s = wrap(v - r, 32) >= theta
+    r = np.where(s, wrap(r + wrap(2 * theta, 32), 32), r)
+    theta = np.where(s, wrap(theta + p.tstep, 32), theta)
+    return {"i": i, "v": v, "theta": theta, "r": r}, s
+
+
+@dataclass(frozen=True)
+class ATRLIFBounds:
+    """Static bounds of an ``FxATRLIF``: ``x`` on ``|x| = |wrap32(a << act_shift)|``; every
+    product of a decay is below ``2**(31 + D)`` (the operands are int32): int64 is exact."""
+
+    x: int
+    decay_product: int
+
+
+def atrlif_bounds(node: FxATRLIF, input_bound: int) -> ATRLIFBounds:
+    """``ATRLIFBounds`` of ``node`` for neuron inputs ``|a| <= input_bound``."""
+    return ATRLIFBounds(min(input_bound << node.act_shift, contract.INPUT_BOUND), 1 << (31 + node.decay_bits))
+
+
+@dataclass(frozen=True)
+class ATRLIFSpec:
+    """``[atrlif]``: Lava's ATRLIF (``FxATRLIF``). The widths are Lava's constants; the ranges
+    are the precisions its fixed_pt model declares (12-bit decays, ``theta_0`` and
+    ``theta_step``; 13-bit ``bias_mant``, 3-bit ``bias_exp``)."""
+
+    state_bits: int
+    decay_bits: int
+    theta_shift: int
+    act_shift: int
+    di: tuple[int, int]
+    dv: tuple[int, int]
+    dtheta: tuple[int, int]
+    dr: tuple[int, int]
+    theta_0: tuple[int, int]
+    theta_step: tuple[int, int]
+    bias_mant: tuple[int, int]
+    bias_exp: tuple[int, int]
+
+    def check(self, c: SpecCheck) -> None:
+        lim = FxATRLIF.limits(self.decay_bits)
+        for key in ("state_bits", "decay_bits", "theta_shift", "act_shift"):
+            c.width(key, getattr(self, key), lim[key])
+        for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "bias_mant", "bias_exp"):
+            c.within(key, getattr(self, key), lim[key])
+
+    def summary(self) -> str:
+        return f"ATRLIF ({self.state_bits}-bit state, adaptive threshold and refractory state)"
+
+
+def check_atrlif(name: str, n: FxATRLIF, t: Target) -> None:
+    """The design rule: the widths equal the target's, every parameter inside its range."""
+    s: ATRLIFSpec = t.spec(ATR_KIND, node=name)
+    for key in ("state_bits", "decay_bits", "theta_shift", "act_shift"):
+        if getattr(n, key) != getattr(s, key):
+            raise GraphError(f"{key} is {getattr(n, key)}; target '{t.name}' has {getattr(s, key)}", node=name)
+    for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "bias_mant", "bias_exp"):
+        a, (lo, hi) = np.asarray(getattr(n, key)), getattr(s, key)
+        if a.size and (a.min() < lo or a.max() > hi):
+            raise GraphError(f"{key} in [{a.min()}, {a.max()}] exceeds target '{t.name}' range [{lo}, {hi}]",
+                             node=name)
+
+
+ATRLIF = register(Primitive(ATR_KIND, FxATRLIF, ATRLIFSpec, check_atrlif, bounds=atrlif_bounds,
+                            params=ATRLIFParams.of, step=atrlif_step,
+                            missing_hint="calibrate for a target with an [atrlif] section (loihi2-lif)"))
+
+
+class ATRLIFOnnx(onnx_build.NeuronLowering):
+    """The ONNX step of ``FxATRLIF``: the contract (``atrlif_step``) operator by operator, every
+    wrap, correction and saturation written out (int64 tensors; Div truncates toward zero)."""
+
+    node: FxATRLIF
+
+    def prepare(self, b: onnx_build.Builder, a: str, bound: int) -> tuple[str, int]:
+        """``x = wrap32(a << act_shift)``."""
+        x = b.op("Mul", [a, b.const(1 << self.node.act_shift)], "act")
+        return b.wrap(x, 32), contract.INPUT_BOUND
+
+    def step(self, b: onnx_build.Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
+        n = self.node
+        p = ATRLIFParams.of(n)
+        D, half = p.decay_bits, 1 << (p.state_bits - 1)
+
+        def decay(s: str, k: int, hint: str) -> str:  # trunc0(s * k / 2**D)
+            return b.rshift(b.op("Mul", [s, b.const(k)], f"{hint}_k"), D, "trunc")
+
+        i = b.wrap(b.op("Add", [decay(st["i"], p.ki, "i"), x], "i_in"), 32)
+        two = b.const(2 * half)
+        hi = b.op("Where", [b.op("Greater", [i, b.const(half)], "i_hi"), b.op("Sub", [i, two]), i], "corr")
+        i = b.op("Where", [b.op("LessOrEqual", [i, b.const(-half)], "i_lo"), b.op("Add", [i, two]), hi], "i")
+        v = b.op("Add", [decay(st["v"], p.kv, "v"), i], "v_in")
+        v = b.sat(b.wrap(b.op("Add", [v, b.const(p.bias)], "v_bias"), 32), p.state_bits)
+        th0 = b.const(p.th0)
+        dev = b.wrap(b.op("Sub", [st["theta"], th0], "theta_dev"), 32)
+        theta = b.wrap(b.op("Add", [decay(dev, p.kth, "theta"), th0], "theta_relaxed"), 32)
+        r = b.wrap(decay(st["r"], p.kr, "r"), 32)
+        s = b.op("GreaterOrEqual", [b.wrap(b.op("Sub", [v, r], "v_r"), 32), theta], "spike")
+        r_up = b.wrap(b.op("Add", [r, b.wrap(b.op("Mul", [theta, b.const(2)], "theta2"), 32)], "r_up"), 32)
+        th_up = b.wrap(b.op("Add", [theta, b.const(p.tstep)], "theta_up"), 32)
+        return s, {"i": i, "v": v, "theta": b.op("Where", [s, th_up, theta], "theta"),
+                   "r": b.op("Where", [s, r_up, r], "r")}
+
+
+onnx_build.register_neuron_lowering(ATR_KIND, ATRLIFOnnx)
+
+
+# ------------------------------------------------------------ calibration lowering onto ATRLIF
+
+
+def _layer_value(what: str, a: Array, approx: list[str]) -> float:
+    """The one value per layer Lava's ATRLIF holds: ``a``'s, or its mean (listed) when it varies."""
+    flat = np.asarray(a, dtype=np.float64).reshape(-1)
+    if flat.size and not np.all(flat == flat[0]):
+        approx.append(f"per-neuron {what} replaced by their mean (Lava's ATRLIF has one per layer)")
+    return float(flat.mean()) if flat.size else 0.0
+
+
+def atrlif_exact(node: Any) -> bool:
+    """Whether Lava's ATRLIF is exactly this layer (no fit, no approximation but rounding):
+    degree <= 1 with a non-growing uniform leak, refractoriness, and one ``theta_0``, ``d_theta``,
+    ``theta_step >= 0`` (nonzero only with ``d_theta > 0``), refractory and synaptic decay per
+    layer."""
+    n = _node(node)
+
+    def uniform(a: Array | None) -> bool:
+        return a is None or bool(np.all(a == np.asarray(a).reshape(-1)[0]))
+
+    slope = n.poly[min(1, n.degree)]
+    return bool(n.refractory and n.degree <= 1 and uniform(slope) and (n.degree == 0 or np.all(slope <= 1.0))
+                and uniform(n.v_th) and uniform(n.theta_decay) and uniform(n.theta_step)
+                and np.all(n.theta_step >= 0) and (np.all(n.theta_step == 0) or np.all(n.theta_decay > 0))
+                and uniform(n.refractory_decay) and uniform(n.syn_decay))
+
+
+def _atr_layer(node: AdaptiveNeuron, slope: float, approx: list[str]) -> dict[str, float]:
+    """The per-layer real threshold parameters of the ATRLIF a layer maps to, its approximations
+    appended to ``approx``: ``d_theta``, ``step``, the jump *before* Lava's decay ``step_atr =
+    theta_step / d_theta`` and the refractory decay ``d_r`` (the membrane's ``slope`` where the
+    node has no refractoriness)."""
+    d_theta = _layer_value("theta_decay", node.theta_decay, approx)
+    step = _layer_value("theta_step", node.theta_step, approx)
+    step_atr = step / d_theta if d_theta > 0 else 0.0
+    if d_theta <= 0 and step != 0:
+        approx.append("theta_step with theta_decay 0: ATRLIF decays the jump before its first use, so the "
+                      "threshold stays at theta_0")
+    if node.refractory_decay is not None:
+        d_r = _layer_value("refractory_decay", node.refractory_decay, approx)
+    else:
+        d_r = min(1.0, slope)
+        approx.append(f"reset '{node.reset}' replaced by ATRLIF's refractory state (r += 2 theta at a spike, "
+                      f"decaying as the membrane, by {d_r:.4g} per step)")
+    return {"d_theta": d_theta, "step": step, "step_atr": step_atr, "d_r": d_r}
+
+
+def select_atrlif(layer: MappedLayer, rng: NeuronRange, target: Target, margin: float,
+                  rounding: Rounding) -> Selection:
+    """Pass 2 onto Lava's ATRLIF: the line ``coef[0] + coef[1] v`` (the polynomial itself at
+    degree <= 1, else the weighted least-squares LIF fit, its rms residual in ``fit``), the
+    per-layer threshold parameters, and the smallest state scale that keeps the membrane, the
+    current, the threshold's range, the refractory state and the 12-bit ``theta_0``/``theta_step``
+    inside Lava's registers. ``UnsupportedError`` for a negative ``theta_0`` or ``theta_step``."""
+    from lnm_deploy.calibrate.passes import Selection
+
+    n, node = layer.name, _node(layer.node)
+    spec: ATRLIFSpec = target.spec(ATR_KIND, node=n)
+    approx: list[str] = []
+    has_syn = node.syn_decay is not None
+    bias_v = layer.scaled_bias
+    if has_syn and np.any(bias_v != 0):
+        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
+                      "b/(1-alpha) (the first steps' transient is lost)")
+        assert node.syn_decay is not None
+        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
+    theta = node.poly.reshape(node.poly.shape[0], -1)
+    theta0 = theta[0] + np.asarray(bias_v).reshape(-1)
+    fit: dict[str, Any] = {}
+    if node.degree >= 2:
+        a, b, resid = lif_fit(theta, rng.v_values, rng.v_weights)
+        approx.append(f"degree-{node.degree} polynomial fitted by a LIF (rms residual {resid:.3g} per step "
+                      "over the calibrated membrane distribution)")
+        fit = {"a": a, "b": b, "rms_residual": resid, "degree": node.degree,
+               "samples": int(np.asarray(rng.v_weights).sum())}
+        lin = np.stack([theta0 - theta[0] + a, np.full_like(theta0, b)])
+    else:
+        slope = theta[1] if node.degree >= 1 else np.zeros_like(theta0)
+        b = _layer_value("leak slopes", slope, approx)
+        lin = np.stack([theta0, np.full_like(theta0, b)])
+    v_th = np.asarray(node.v_th, dtype=np.float64).reshape(-1)
+    if np.any(v_th < 0) or np.any(node.theta_step < 0):
+        raise UnsupportedError("Lava's ATRLIF holds theta_0 >= 0 and theta_step >= 0 (12-bit unsigned); this "
+                               f"layer has theta_0 down to {v_th.min():.4g} and theta_step down to "
+                               f"{node.theta_step.min():.4g}: retrain with a non-negative step or use the "
+                               "loihi2 target (adaptive_poly)", node=n)
+    th0 = _layer_value("thresholds theta_0", v_th, approx)
+    if has_syn:
+        _layer_value("synaptic decays", np.asarray(node.syn_decay), approx)
+    p = _atr_layer(node, float(np.mean(lin[1])), approx)
+    if b > 1.0:
+        approx.append(f"decay factor {b:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
+    # ranges (real): membrane (never reset with refractoriness), threshold, refractory state
+    th_max = th0 + (p["step"] / (1.0 - p["d_theta"]) if p["d_theta"] < 1.0 else p["step"])
+    r_max = 2.0 * th_max / (1.0 - p["d_r"]) if p["d_r"] < 1.0 else 0.0
+    v_abs = max(abs(rng.v_min), abs(rng.v_max), abs(rng.v_pre_min), abs(rng.v_pre_max), th_max) * margin
+    g_in = float(np.max(np.abs(node.in_gain)))
+    g_syn = float(np.max(np.abs(node.syn_gain))) if node.syn_gain is not None else 1.0
+    c_abs = g_in * max(rng.c_absmax, g_syn * rng.input_absmax if has_syn else rng.input_absmax) * margin
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    grid = 2.0 ** spec.theta_shift
+    bias_lim = max(abs(spec.bias_mant[0]), spec.bias_mant[1]) * 2.0 ** spec.bias_exp[1]
+    q_min = max(v_abs / s_max, c_abs / s_max, th_max * margin / s_max, r_max * margin / 2.0**31,
+                th0 / (spec.theta_0[1] * grid), p["step_atr"] / (spec.theta_step[1] * grid),
+                float(np.max(np.abs(lin[0]))) / bias_lim, 1e-300)
+    return Selection(n, node, ATR_KIND, layer.scaled_synapses, lin, v_th, v_abs, c_abs, q_min, rounding,
+                     fit=fit, approximations=tuple(approx))
+
+
+def plan_atrlif(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
+    """Pass 3: ``q`` and the synapses' integers (exponent ``weight_exp + act_shift``), as the LIF's."""
+    from lnm_deploy.calibrate.passes import ScalePlan, plan_synapses
+
+    spec: ATRLIFSpec = target.spec(ATR_KIND, node=sel.name)
+    q, in_shift, plans = plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, spec.act_shift,
+                                       weight_clip, (0, 0))
+    return ScalePlan(sel.name, q, in_shift, tuple(plans))
+
+
+def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
+    """Pass 4: the ``FxATRLIF`` integers (``dv = rint((1 - b) 2**D)``, ``di`` from the synaptic
+    decay as the LIF's ``du``, ``dtheta``/``dr`` from ``1 - d``, ``theta_0``/``theta_step`` on the
+    ``2**theta_shift`` grid, the bias as mantissa and one exponent per layer) and the dequantized
+    ``AdaptiveNeuron`` with refractoriness (the integers times their scales). ``NumericError``
+    where ``theta_0``, ``theta_step`` or the bias do not fit."""
+    from lnm_deploy.calibrate.passes import EncodedLayer, LayerRecord
+
+    spec: ATRLIFSpec = target.spec(ATR_KIND, node=sel.name)
+    n, node, lin, q = sel.name, _node(sel.node), sel.coef, scales.q
+    p = _atr_layer(node, float(np.mean(lin[1])), [])  # select_atrlif listed the approximations
+    unity, grid = 2**spec.decay_bits, 2.0**spec.theta_shift
+
+    def frac(d: float, r: tuple[int, int]) -> int:  # the integer of a decay factor d per step
+        return int(np.clip(np.rint((1.0 - d) * unity), r[0], r[1]))
+
+    dv = frac(min(float(np.mean(lin[1])), 1.0), spec.dv)
+    if node.syn_decay is not None:
+        di = int(np.clip(unity - 1 - np.rint(float(np.mean(node.syn_decay)) * unity), spec.di[0], spec.di[1]))
+    else:
+        di = unity - 1  # i = x: no current state
+    dtheta, dr = frac(p["d_theta"], spec.dtheta), frac(p["d_r"], spec.dr)
+    th0 = int(np.rint(float(np.mean(sel.v_th)) / (q * grid)))
+    tstep = int(np.rint(p["step_atr"] / (q * grid)))
+    for what, val, r in (("theta_0", th0, spec.theta_0), ("theta_step", tstep, spec.theta_step)):
+        if not r[0] <= val <= r[1]:
+            raise NumericError(f"{what} needs {val} (units of 2^{spec.theta_shift} LSBs); target "
+                               f"'{target.name}' holds {list(r)}", node=n)
+    bias_mant, bias_exp = encode_bias(n, lin[0], q, spec.bias_mant, spec.bias_exp, "ATRLIF")
+    shape = node.shape
+    fx = FxATRLIF(shape=shape, di=di, dv=dv, dtheta=dtheta, dr=dr, theta_0=th0, theta_step=tstep,
+                  bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp, state_bits=spec.state_bits,
+                  decay_bits=spec.decay_bits, theta_shift=spec.theta_shift, act_shift=spec.act_shift)
+    bias_real = bias_mant * 2.0**bias_exp * q
+    k_theta = 1.0 - dtheta / unity
+    ir = AdaptiveNeuron(shape=shape, poly=np.stack([bias_real, np.full_like(bias_real, 1.0 - dv / unity)]).reshape(2, *shape),
+                        v_th=np.full(shape, th0 * grid * q), v_reset=np.zeros(shape), reset="subtract",
+                        syn_decay=None if node.syn_decay is None else np.full(shape, (unity - di - 1) / unity),
+                        dt=node.dt, theta_decay=np.full(shape, k_theta),
+                        theta_step=np.full(shape, tstep * grid * q * k_theta),
+                        refractory_decay=np.full(shape, 1.0 - dr / unity))
+    s_max = 2.0 ** (spec.state_bits - 1) - 1
+    lo_t, hi_t, _ = theta_range(ir)
+    plans = scales.synapses
+    rec = LayerRecord(
+        name=n, primitive=ATR_KIND, q=q, exponents={pl.synapse.name: pl.weight_exp for pl in plans}, in_shift=0,
+        weight_scale={pl.synapse.name: pl.real_per_lsb for pl in plans},
+        weight_clipped={pl.synapse.name: pl.clipped for pl in plans},
+        proof={"membrane_bound_real": sel.v_abs, "membrane_bound_int": sel.v_abs / q, "state_limit": s_max,
+               "current_bound_int": sel.c_abs / q, "theta_bound_int": max(abs(lo_t), abs(hi_t)) / q,
+               "theta_0": th0, "theta_step": tstep, "di": di, "dv": dv, "dtheta": dtheta, "dr": dr,
+               "bias_exp": bias_exp,
+               "holds": bool(sel.v_abs / q <= s_max and sel.c_abs / q <= s_max
+                             and max(abs(lo_t), abs(hi_t)) / q <= s_max)},
+        fit=dict(sel.fit), approximations=list(sel.approximations))
+    for a in sel.approximations:
+        warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
+    return EncodedLayer(fx, ir, rec, scales)
+
+
+def _applies_atrlif(layer: MappedLayer, target: Target) -> bool:
+    return target.offers(ATR_KIND)
+
+
+# Tried after ADAPTIVE_LOWERING (same preference, registered later), which takes every layer but
+# the refractory ones on a target with [adaptive_poly]: so ATRLIF gets the refractory layers (the
+# exact ones, ``atrlif_exact``, are refractory) and, on a target without [adaptive_poly], all.
+ATRLIF_LOWERING = register_lowering(Lowering(
+    FLOAT_KIND, ATR_KIND, applies=_applies_atrlif, select=select_atrlif, plan=plan_atrlif,
+    encode=encode_atrlif, input_gain=neuron_input_gain, preference=10,
+    description="Lava's ATRLIF: exact for a degree-1 refractory layer, else the LIF fit (where the target has "
+                "no adaptive_poly)"))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fx_nets import adaptive, chain, dense, lif, poly, spikes
+from fx_nets import adaptive, atrlif, chain, dense, lif, poly, spikes
 from fx_oracle import as_arrays, oracle
 
 from lnm_deploy.backends import Backend, integer_backends
@@ -103,6 +103,7 @@ def _li_readout(rng: np.random.Generator, shape: Shape) -> FxNode:
 
 
 register_example("li_readout", _neuron(_li_readout))
+register_example("atrlif", _neuron(atrlif))
 _BUILTIN = frozenset(EXAMPLES)
 
 

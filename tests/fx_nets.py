@@ -116,6 +116,32 @@ def adaptive(rng: np.random.Generator, shape: tuple[int, ...], *, small: bool = 
                           theta_step=step.reshape(shape), theta_init=init)
 
 
+def atrlif(rng: np.random.Generator, shape: tuple[int, ...], *, edges: bool = True) -> Any:
+    """A random ``FxATRLIF`` (Lava's ATRLIF): decays at 0 and 4095, thresholds and jumps over
+    their 12 bits, sometimes states at the wrap and saturation limits."""
+    from lnm_deploy.adaptive import FxATRLIF
+
+    n = int(np.prod(shape))
+    inits: dict[str, Any] = {}
+    if edges and rng.random() < 0.4:
+        inits = {"i_init": rng.choice([H23, -H23 + 1, H23 - 5, 0, 1000], n).reshape(shape),
+                 "v_init": rng.choice([H23 - 1, -H23 + 1, 0, -5000], n).reshape(shape),
+                 "theta_init": rng.integers(0, 2**20, n).reshape(shape),
+                 "r_init": rng.choice([0, 2**24, -(2**20), 77], n).reshape(shape)}
+    return FxATRLIF(
+        shape=shape,
+        di=pick(rng, [0, 1, 4094, 4095], 0, 4095),
+        dv=pick(rng, [0, 1, 4095], 0, 4095),
+        dtheta=pick(rng, [0, 1, 4095], 0, 4095),
+        dr=pick(rng, [0, 1, 4095], 0, 4095),
+        theta_0=pick(rng, [0, 1, 4095], 0, 2000, 0.3),
+        theta_step=pick(rng, [0, 4095], 0, 2000, 0.3),
+        bias_mant=rng.integers(-4096, 4096, n).reshape(shape) * (rng.random() < 0.6),
+        bias_exp=rng.integers(0, 8, n).reshape(shape),
+        **inits,
+    )
+
+
 def chain(nodes: list[tuple[str, fx.FxNode]], input_shape: tuple[int, ...],
           recurrent: dict[str, fx.FxDense] | None = None) -> fx.FxGraph:
     """input -> nodes -> output, plus self-recurrent Dense loops ``layer -> rec -> layer``."""

@@ -219,6 +219,41 @@ class OAdaptive(OPoly):
         return {**super().states(), "theta": list(self.theta)}
 
 
+class OATRLIF:
+    """Lava's ATRLIF (docs/fixed-point.md, "ATRLIF"), from the document (Python ints)."""
+
+    def __init__(self, node: Any) -> None:
+        self.n = node
+        self.i = node.i_init.reshape(-1).tolist()
+        self.v = node.v_init.reshape(-1).tolist()
+        self.theta = node.theta_init.reshape(-1).tolist()
+        self.r = node.r_init.reshape(-1).tolist()
+        self.bias = [o_shexp(m, e) for m, e in zip(node.bias_mant.reshape(-1).tolist(),
+                                                   node.bias_exp.reshape(-1).tolist(), strict=True)]
+
+    def step(self, a: list[int]) -> list[int]:
+        n = self.n
+        one, D = 2**n.decay_bits, n.decay_bits
+        th0, tstep = n.theta_0 * 2**n.theta_shift, n.theta_step * 2**n.theta_shift
+        s_out = []
+        for k, ak in enumerate(a):
+            x = o_wrap(ak * 2**n.act_shift, 32)
+            self.i[k] = o_corr24(o_wrap(o_rnd(self.i[k] * (one - n.di - 1), D, "trunc") + x, 32))
+            self.v[k] = o_sat(o_wrap(o_rnd(self.v[k] * (one - n.dv), D, "trunc") + self.i[k] + self.bias[k], 32), 24)
+            dev = o_wrap(self.theta[k] - th0, 32)
+            self.theta[k] = o_wrap(o_rnd(dev * (one - n.dtheta), D, "trunc") + th0, 32)
+            self.r[k] = o_wrap(o_rnd(self.r[k] * (one - n.dr), D, "trunc"), 32)
+            s = 1 if o_wrap(self.v[k] - self.r[k], 32) >= self.theta[k] else 0
+            if s:
+                self.r[k] = o_wrap(self.r[k] + o_wrap(2 * self.theta[k], 32), 32)
+                self.theta[k] = o_wrap(self.theta[k] + tstep, 32)
+            s_out.append(s)
+        return s_out
+
+    def states(self) -> dict[str, list[int]]:
+        return {"i": list(self.i), "v": list(self.v), "theta": list(self.theta), "r": list(self.r)}
+
+
 class OLIReadout:
     """The non-spiking readout (docs/fixed-point.md section 5a, ``li_readout``): steps 1-5 of the
     stock LIF (section 4.2) with widths N, D and act_shift from the node, no spike test, no reset;
@@ -258,6 +293,7 @@ SYNAPSES: dict[str, Callable[..., list[int]]] = {
 #: The oracle of each neuron kind: a class built from the node, with ``step(a) -> spikes`` and
 #: ``states() -> {name: values}`` on flat lists.
 NEURONS: dict[str, Callable[[Any], Any]] = {"lif": OLIF, "poly": OPoly, "adaptive_poly": OAdaptive,
+                                            "atrlif": OATRLIF,
                                             "li_readout": OLIReadout}
 
 

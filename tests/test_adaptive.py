@@ -167,18 +167,23 @@ def test_calibrated_for_loihi2_uses_the_threshold_register(calibrated: object) -
         check_graph(q.fx, load_target("loihi2-lif"))
 
 
+@pytest.mark.parametrize(("net", "kind", "seed", "steps"), [("calibrated", "adaptive_poly", 6, 25),
+                                                       ("calibrated_lif", "atrlif", 11, 30)])
 @pytest.mark.parametrize(("name", "config"), backend_configs(), ids=lambda v: str(v))
-def test_calibrated_network_is_bit_exact_on_every_backend(calibrated: object, name: str, config: str) -> None:
-    """fxsim (numpy, numba), ONNX and Lava against the big-integer oracle, spikes and states."""
+def test_calibrated_network_is_bit_exact_on_every_backend(request: pytest.FixtureRequest, net: str, kind: str,
+                                                          seed: int, steps: int, name: str, config: str) -> None:
+    """fxsim (numpy, numba), ONNX and Lava against the big-integer oracle, spikes and states: the
+    degree-2 adaptive network on loihi2 (``adaptive_poly``) and the degree-1 one on loihi2-lif
+    (Lava's own ATRLIF, ``fx_oracle.OATRLIF``)."""
     b = backend(name)
     try:
         kinds = b.kinds() if b.kinds is not None else frozenset()
     except DependencyError as e:
         pytest.skip(str(e))
-    assert "adaptive_poly" in kinds
-    fx = calibrated.quantized.fx  # type: ignore[attr-defined]
-    x = _spikes(6, batch=3 if name == "lava" else 16, steps=25).astype(np.uint8)
-    check_backend(b, config, fx, x, label="calibrated adaptive net")
+    assert kind in kinds
+    fx = request.getfixturevalue(net).quantized.fx
+    x = _spikes(seed, batch=3 if name == "lava" else 16, steps=steps).astype(np.uint8)
+    check_backend(b, config, fx, x, label=f"calibrated {kind} net")
 
 
 def test_float_and_fixed_point_agree(calibrated: object) -> None:
@@ -196,3 +201,211 @@ def test_float_and_fixed_point_agree(calibrated: object) -> None:
         corr = float(np.corrcoef(ca, cb)[0, 1])
         print(f"{layer}: spike agreement {agree:.4f}, count correlation {corr:.4f}, rates {a.mean():.3f}/{b.mean():.3f}")
         assert a.any() and agree >= 0.95 and corr >= 0.9, (layer, agree, corr)
+
+
+# ---------------------------------------------- refractoriness and Lava's ATRLIF (loihi2-lif)
+
+
+def _atr_graph(seed: int = 0, n_in: int = 10, n_hidden: int = 12, n_out: int = 4) -> object:
+    """A degree-1 adaptive network with refractoriness: exactly Lava's ATRLIF, layer by layer."""
+    rng = np.random.default_rng(seed)
+    return sequential([
+        ("fc1", Affine(weight=rng.normal(0.25, 0.4, (n_hidden, n_in)))),
+        ("a1", AdaptiveNeuron(shape=(n_hidden,), poly=[0.0, 0.9], v_th=1.0, syn_decay=0.6, theta_decay=0.8,
+                              theta_step=0.3, refractory_decay=0.9)),
+        ("fc2", Affine(weight=rng.normal(0.3, 0.4, (n_out, n_hidden)))),
+        ("a2", AdaptiveNeuron(shape=(n_out,), poly=[0.0, 0.85], v_th=0.8, theta_decay=0.7, theta_step=0.4,
+                              refractory_decay=0.85)),
+    ], (n_in,))
+
+
+def test_refractory_state_follows_the_documented_recursion() -> None:
+    """Neurons by hand, theta fixed at 1 and d_r 0.5. P(v) = v, input 1.5 each step: v' = 1.5, 3,
+    4.5, ... (never reset); r decays by half, then jumps by 2 theta at a spike: 0 -> 2, 1 -> 3,
+    1.5 -> 3.5, ...; v' - r > 1 every step. P(v) = v / 2, input 1.2: v' = 1.2 (r 0: spike, r 2),
+    1.8 (r 1: 0.8, silent), 2.1 (r 0.5: 1.6, spike)."""
+    node = AdaptiveNeuron(shape=(1,), poly=[0.0, 1.0], v_th=1.0, theta_decay=0.0, theta_step=0.0,
+                          refractory_decay=0.5)
+    assert node.state_names[-1] == "r"
+    step = node.float_step("a", 1, np.float64)
+    spikes, rs, vs = [], [], []
+    for _ in range(5):
+        spikes.append(int(step(np.array([[1.5]]))[0, 0]))
+        rs.append(float(step.state("r")[0, 0]))
+        vs.append(float(step.state("v")[0, 0]))
+    assert vs == [1.5, 3.0, 4.5, 6.0, 7.5]  # never reset
+    assert rs == [2.0, 3.0, 3.5, 3.75, 3.875]
+    assert spikes == [1, 1, 1, 1, 1]
+    weak = AdaptiveNeuron(shape=(1,), poly=[0.0, 0.5], v_th=1.0, refractory_decay=0.5).float_step("b", 1, np.float64)
+    assert [int(weak(np.array([[1.2]]))[0, 0]) for _ in range(3)] == [1, 0, 1]
+
+
+def test_refractory_validation_and_nir_round_trip() -> None:
+    from lnm_deploy.nir_io import from_nir, to_nir
+
+    with pytest.raises(GraphError, match="refractory_decay must lie in"):
+        AdaptiveNeuron(shape=(2,), poly=[0.0, 0.9], v_th=1.0, refractory_decay=1.5).validate("a")
+    g = _atr_graph()
+    back = from_nir(to_nir(g))  # type: ignore[arg-type]
+    for name in ("a1", "a2"):
+        assert np.array_equal(back.nodes[name].refractory_decay, g.nodes[name].refractory_decay)  # type: ignore[attr-defined]
+    assert back.nodes["a1"].state_names[-1] == "r"
+    plain = from_nir(to_nir(_graph()))  # type: ignore[arg-type]
+    assert plain.nodes["a1"].refractory_decay is None
+
+
+def test_torch_refractory_layer_matches_the_float_op() -> None:
+    import torch
+    from torch import nn
+
+    from lnm_deploy.model import LNMSequential, model_to_ir
+    from lnm_deploy.model.adaptive import AdaptiveLNM
+
+    torch.manual_seed(1)
+    lnm = AdaptiveLNM(6, 1, refractory_decay=0.8, dtype=torch.float64)
+    seq = LNMSequential(nn.Linear(10, 6).double(), lnm)
+    with torch.no_grad():
+        lnm.set_poly([0.0, 0.9])
+    assert AdaptiveLNM.from_config(lnm.config()).refractory_decay == 0.8
+    x = _spikes(8, batch=6)
+    g = model_to_ir(seq, (10,))
+    name = next(n for n, nd in g.nodes.items() if nd.kind == "adaptive_neuron")
+    res = run_float(g, x, record=True)
+    with torch.no_grad():
+        s, rec = lnm(next(iter(seq.layers.values()))(torch.from_numpy(x)), record=True)
+    assert np.array_equal(res.spikes[name], s.numpy()) and s.numpy().any()
+    assert np.array_equal(res.states[name]["r"], rec["r"].numpy())
+    with pytest.raises(Exception, match="refractory_decay must lie in"):
+        AdaptiveLNM(3, 1, refractory_decay=2.0)
+
+
+@pytest.fixture(scope="module")
+def calibrated_lif() -> object:
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+
+    return calibrate_network(_atr_graph(), _spikes(5, batch=32), load_target("loihi2-lif"),  # type: ignore[arg-type]
+                             load_recipe("default"), progress=False)
+
+
+def test_degree1_refractory_network_maps_exactly_onto_atrlif(calibrated_lif: object) -> None:
+    from lnm_deploy.adaptive import FxATRLIF
+    from lnm_deploy.fxsim import run_fx
+
+    q = calibrated_lif.quantized  # type: ignore[attr-defined]
+    for n in ("a1", "a2"):
+        rec = q.layers[n]
+        assert rec.primitive == "atrlif" and rec.proof["holds"] and rec.approximations == [] and rec.fit == {}
+        assert isinstance(q.fx.nodes[n], FxATRLIF) and q.fx.nodes[n].theta_step > 0 and q.fx.nodes[n].dr > 0
+    # the dequantized float graph is the integer network (same spikes), the float one is close
+    x = _spikes(9, batch=16)
+    fi = run_fx(q.fx, x.astype(np.uint8), kernels="numpy")
+    dq, fl = run_float(q.graph, x), run_float(_atr_graph(), x)  # type: ignore[arg-type]
+    for n in ("a1", "a2"):
+        assert fi.spikes[n].any() and np.array_equal(dq.spikes[n], fi.spikes[n]), n
+        agree = float(np.mean(fl.spikes[n] == fi.spikes[n]))
+        print(f"{n}: float/fixed spike agreement {agree:.4f}")
+        assert agree >= 0.9, (n, agree)
+
+
+def test_atrlif_network_runs_on_lavas_atrlif_bit_exact(calibrated_lif: object) -> None:
+    """The calibrated network on Lava's own ATRLIF process (lava.proc.atrlif, fixed_pt) against
+    fxsim: spikes and every state (i, v, theta, r) np.array_equal, and fxsim against the oracle."""
+    pytest.importorskip("lava")
+    from lnm_deploy.fxsim import run_fx
+    from lnm_deploy.lava_backend import run_lava, supported_kinds
+    from lnm_deploy.lava_backend.runner import LAVA_KINDS
+
+    assert "atrlif" in supported_kinds() and "atrlif" in LAVA_KINDS  # a process of its own: Lava's ATRLIF
+    fx = calibrated_lif.quantized.fx  # type: ignore[attr-defined]
+    x = _spikes(10, batch=4, steps=40).astype(np.uint8)
+    lv, fs = run_lava(fx, x, record=True), run_fx(fx, x, record=True)
+    for n in ("a1", "a2"):
+        assert fs.spikes[n].any() and np.array_equal(lv.spikes[n], fs.spikes[n]), n
+        assert set(lv.states[n]) == {"i", "v", "theta", "r"}
+        for k in ("i", "v", "theta", "r"):
+            assert np.array_equal(lv.states[n][k], fs.states[n][k]), (n, k)
+    check_backend(backend("fxsim"), "numpy", fx, x, label="calibrated ATRLIF net")
+
+
+def test_polynomial_adaptive_network_is_fitted_onto_atrlif_with_its_cost() -> None:
+    """A degree-2 adaptive network (reset, no refractoriness) on loihi2-lif: the LIF fit of each
+    polynomial (rms residual reported in the record), the reset replaced by ATRLIF's refractory
+    state, both listed and warned about; the integer network still spikes."""
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.fxsim import run_fx
+
+    with pytest.warns(LNMDeployWarning, match="fitted by a LIF"):
+        c = calibrate_network(_graph(seed=2), _spikes(5, batch=32), load_target("loihi2-lif"),  # type: ignore[arg-type]
+                              load_recipe("default"), progress=False)
+    q = c.quantized
+    for n in ("a1", "a2"):
+        rec = q.layers[n]
+        assert rec.primitive == "atrlif" and rec.fit["degree"] == 2 and rec.fit["rms_residual"] > 0
+        assert any("rms residual" in a for a in rec.approximations)
+        assert any("refractory state" in a for a in rec.approximations)
+    assert run_fx(q.fx, _spikes(6, batch=4).astype(np.uint8)).spikes["a1"].any()
+
+
+def test_atrlif_node_rules() -> None:
+    from lnm_deploy.adaptive import FxATRLIF
+    from lnm_deploy.targets import check_graph
+
+    with pytest.raises(GraphError, match="'dtheta' must lie in"):
+        FxATRLIF(shape=(2,), dtheta=5000).validate("f")
+    with pytest.raises(GraphError, match="must be an integer"):
+        FxATRLIF(shape=(2,), theta_0=1.5)
+    node = FxATRLIF(shape=(3,), theta_0=4095, theta_step=10)
+    assert node.theta_init.tolist() == [4095 << 6] * 3 and node.state_names() == ("i", "v", "theta", "r")
+    from lnm_deploy.fixedpoint import FxDense, FxGraph, FxInput, FxOutput
+
+    g = FxGraph(nodes={"input": FxInput(shape=(2,)), "fc": FxDense(weight=np.full((3, 2), 2, np.int64)),
+                       "n": FxATRLIF(shape=(3,), theta_0=5000), "output": FxOutput()},
+                edges=[("input", "fc"), ("fc", "n"), ("n", "output")])
+    with pytest.raises(GraphError, match=r"theta_0 in \[5000, 5000\] exceeds target 'loihi2-lif' range \[0, 4095\]"):
+        check_graph(g, load_target("loihi2-lif"))
+    with pytest.raises(UnsupportedError, match=r"'atrlif'.*loihi2-lif"):
+        check_graph(g, load_target("loihi2"))
+    neg = _atr_graph()
+    neg.nodes["a2"].theta_step[...] = -0.1  # type: ignore[attr-defined]
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+
+    with pytest.raises(UnsupportedError, match="theta_step >= 0"):
+        calibrate_network(neg, _spikes(5, batch=8), load_target("loihi2-lif"), load_recipe("default"),  # type: ignore[arg-type]
+                          progress=False)
+
+
+def test_atrlif_artifact_round_trip(calibrated_lif: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from lnm_deploy.adaptive import FxATRLIF
+    from lnm_deploy.artifact import read_artifact, write_artifact
+    from lnm_deploy.fxsim import run_fx
+
+    path = Path(str(tmp_path)) / "atr.nir"
+    art = calibrated_lif.artifact  # type: ignore[attr-defined]
+    write_artifact(art, path)
+    back = read_artifact(path)
+    assert isinstance(back.fx.nodes["a1"], FxATRLIF)
+    x = _spikes(12, batch=4).astype(np.uint8)
+    r1, r2 = run_fx(art.fx, x, record=True), run_fx(back.fx, x, record=True)
+    assert all(np.array_equal(r1.spikes[k], r2.spikes[k]) for k in r1.spikes)
+
+
+def test_threshold_regulariser_keeps_the_threshold_positive() -> None:
+    """0 while the threshold cannot reach 0 under any spike train; else the squared reach below 0
+    (worked by hand: theta_0 1, jump -0.5, d 0.9: low = 1 - 0.5 / 0.1 = -4, penalty 16), with a
+    gradient that raises the jump and shortens the threshold's memory."""
+    torch = pytest.importorskip("torch")
+    from lnm_deploy.model.adaptive import AdaptiveLNM
+
+    m = AdaptiveLNM(4, 2, theta_decay=0.9, theta_step=0.2)
+    base = float(m.regularization())
+    assert base == float(super(AdaptiveLNM, m).regularization()) == 0.0
+    with torch.no_grad():
+        m.theta_step.fill_(-0.5)
+    low, high = m.threshold_range()
+    assert float(low) == pytest.approx(-4.0) and float(high) == pytest.approx(1.0)
+    r = m.regularization()
+    assert float(r) == pytest.approx(16.0)
+    r.backward()
+    assert float(m.theta_step.grad) < 0 and float(m.theta_decay.grad) > 0  # descent: jump up, decay down

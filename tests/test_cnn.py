@@ -319,3 +319,21 @@ def test_an_input_gain_that_varies_within_a_channel_is_refused() -> None:
         fold(g)
     g.nodes["n"].in_gain[1] = 0.5  # per channel: fine
     fold(g)
+
+
+def test_classifier_head_is_composed_from_its_weight_as_the_basis_run_would() -> None:
+    """Flatten -> Affine on a feature map: the matrix read from the weight equals, bit for bit,
+    what running the chain on every basis vector gives (no n_in x n_in basis is built for it)."""
+    from lnm_deploy.calibrate import passes
+
+    rng = np.random.default_rng(3)
+    for bias in (None, rng.normal(0, 0.3, 7)):
+        g = ir.sequential([("flat", ir.Flatten(start_dim=0, end_dim=-1)),
+                           ("fc", ir.Affine(weight=rng.normal(0, 0.5, (7, 4 * 3 * 5)), bias=bias)),
+                           ("n", ir.Neuron(shape=(7,), poly=[0.0, 0.9], v_th=1.0))], (4, 3, 5))
+        fast = passes._compose_dense(g, ["flat", "fc"], (4, 3, 5))
+        n_in = 4 * 3 * 5
+        y = np.concatenate([np.zeros((1, n_in)), np.eye(n_in)]).reshape(n_in + 1, 4, 3, 5)
+        for name in ("flat", "fc"):
+            y = stateless_step(name, g.nodes[name], np.float64)(y)
+        assert np.array_equal(fast[0], (y[1:] - y[0]).T) and np.array_equal(fast[1], y[0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 snn = pytest.importorskip("snntorch")
 from snntorch.export_nir import export_to_nir  # noqa: E402
+from test_frameworks import _seed, heaviside, snn_forward  # noqa: E402, F401  (seed + warnings filter, snnTorch's forward)
 from torch import nn  # noqa: E402
 
 from lnm_deploy import ir  # noqa: E402
@@ -32,19 +32,6 @@ from lnm_deploy.targets import load_target  # noqa: E402
 B, T = 6, 30
 IN_SHAPE = (2, 8, 8)
 ZERO = {"reset_mechanism": "zero", "reset_delay": False}
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> Iterator[None]:
-    torch.manual_seed(7)
-    with warnings.catch_warnings():  # nirtorch's own deprecation noise, not ours
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        yield
-
-
-def heaviside(x: torch.Tensor) -> torch.Tensor:
-    return (x > 0).to(x.dtype)  # keeps float64 (snnTorch's exporter ignores the surrogate)
 
 
 def leaky(shape: tuple[int, ...]) -> snn.Leaky:
@@ -77,23 +64,6 @@ def pool_on_currents() -> tuple[nn.Sequential, dict[str, int]]:
 
 
 NETS = {"conv-lif-avgpool-conv": pool_on_spikes, "conv-avgpool-lif": pool_on_currents}
-
-
-def snn_forward(net: nn.Sequential, x: torch.Tensor, spiking: dict[str, int]) -> dict[str, np.ndarray]:
-    """snnTorch's own forward, step by step (``init_hidden=True``), recording the given layers."""
-    for m in net:
-        if isinstance(m, snn.SpikingNeuron):
-            m.reset_mem()
-    rec: dict[str, list[np.ndarray]] = {k: [] for k in spiking}
-    with torch.no_grad():
-        for t in range(x.shape[1]):
-            h = x[:, t]
-            for i, m in enumerate(net):
-                h = m(h)
-                for k, j in spiking.items():
-                    if i == j:
-                        rec[k].append(h.numpy().copy())
-    return {k: np.stack(v, axis=1) for k, v in rec.items()}
 
 
 def _import(name: str) -> tuple[nn.Sequential, dict[str, int], ir.Graph, np.ndarray]:

@@ -245,9 +245,10 @@ def test_sections_are_keyed_by_primitive_and_the_accessors_read_them() -> None:
     assert t.dense is t.spec("dense") and t.conv is t.spec("conv2d") and t.lif is t.spec("lif")
     assert t.poly is t.spec("poly") and t.neurons() == ["lif", "poly", "adaptive_poly", "li_readout"]
     lif_only = load_target("loihi2-lif")
-    assert lif_only.poly is None and lif_only.neurons() == ["lif", "li_readout"]
+    assert lif_only.poly is None and lif_only.neurons() == ["lif", "atrlif", "li_readout"]
     with pytest.raises(UnsupportedError, match=r"node 'p': target 'loihi2-lif' does not offer the 'poly' primitive "
-                                               r"\(it offers \['input', 'output', 'flatten', 'dense', 'conv2d', 'lif', 'li_readout'\]\)"):
+                                               r"\(it offers \['input', 'output', 'flatten', 'dense', 'conv2d', 'lif', 'atrlif', "
+                                               r"'li_readout'\]\)"):
         lif_only.spec("poly", node="p")
     # one section replaced (or dropped) by kind, as dataclasses.replace does
     four = dataclasses.replace(t, dense=dataclasses.replace(t.dense, num_weight_bits=(1, 4)))

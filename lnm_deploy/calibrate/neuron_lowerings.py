@@ -313,6 +313,25 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
     return EncodedLayer(fx, ir, rec, scales)
 
 
+def encode_bias(name: str, bias: Array, q: float, mant: tuple[int, int], exp: tuple[int, int],
+                what: str) -> tuple[Array, int]:
+    """A stock neuron's constant input ``bias`` (real, per neuron) as ``bias_mant << bias_exp``
+    state LSBs of ``q``: the smallest layer exponent (``exp`` range) that holds every mantissa in
+    ``mant``, the mantissas rounded to nearest there; ``NumericError`` naming the layer when no
+    exponent in range does, and a warning naming the neurons whose bias rounds to 0
+    (``warn_lost_bias``). ``what``: the neuron's name for the message."""
+    bias_int = np.rint(bias / q).astype(np.int64)
+    bias_exp = 0
+    lo, hi = mant
+    while np.any((bias_int >> bias_exp) > hi) or np.any((bias_int >> bias_exp) < lo):
+        bias_exp += 1
+    if bias_exp > exp[1]:
+        raise NumericError(f"the bias does not fit the {what}'s bias mantissa and exponent", node=name)
+    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), lo, hi).astype(np.int64)
+    warn_lost_bias(name, bias, bias_mant, bias_exp, q)
+    return bias_mant, bias_exp
+
+
 def warn_lost_bias(name: str, bias: Array, bias_mant: Array, bias_exp: int, q: float) -> list[int]:
     """Warn (``LNMDeployWarning``) naming the neurons whose constant input (``bias``, real, flat)
     is non-zero but whose integer mantissa is 0: the stock LIF has one ``bias_exp`` per layer, set
@@ -348,15 +367,7 @@ def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLaye
     else:
         du = unity - 1  # u = x: no current state
     vth = int(np.rint(float(np.mean(sel.v_th)) / (q * 2.0**spec.vth_shift)))
-    bias_int = np.rint(lin[0] / q).astype(np.int64)
-    bias_exp = 0
-    mant_lo, mant_hi = spec.bias_mant
-    while np.any((bias_int >> bias_exp) > mant_hi) or np.any((bias_int >> bias_exp) < mant_lo):
-        bias_exp += 1
-    if bias_exp > spec.bias_exp[1]:
-        raise NumericError("the bias does not fit the LIF's bias mantissa and exponent", node=n)
-    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), mant_lo, mant_hi).astype(np.int64)
-    warn_lost_bias(n, lin[0], bias_mant, bias_exp, q)
+    bias_mant, bias_exp = encode_bias(n, lin[0], q, spec.bias_mant, spec.bias_exp, "LIF")
     shape = node.shape
     fx = FxLIF(shape=shape, du=du, dv=dv, vth=vth, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
                state_bits=spec.state_bits, decay_bits=spec.decay_bits, vth_shift=spec.vth_shift,

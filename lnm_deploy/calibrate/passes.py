@@ -423,7 +423,20 @@ def compose_conv_chain(graph: Graph, chain: list[str], in_shape: tuple[int, ...]
 
 
 def _compose_dense(graph: Graph, chain: list[str], in_shape: tuple[int, ...]) -> tuple[Array, Array]:
-    """Exact matrix and constant of a linear chain on flattened spikes of ``in_shape``."""
+    """Exact matrix and constant of a linear chain on flattened spikes of ``in_shape``: the chain
+    run on the zero input (the constant) and on every basis vector (column ``i`` = output on
+    ``e_i`` minus the constant). A chain of Flattens ending in one Affine (a classifier head on a
+    feature map) is read from the Affine's own weight with the same arithmetic (``(w[:, i] + b) -
+    b``, what the basis run computes: ``e_i @ w.T`` is ``w[:, i]`` exactly), without a basis of
+    ``n_in`` x ``n_in`` values."""
+    nodes = [graph.nodes[n] for n in chain]
+    if isinstance(nodes[-1], Affine) and all(isinstance(n, Flatten) for n in nodes[:-1]):
+        w = np.asarray(nodes[-1].weight, dtype=np.float64)
+        if w.shape[1] == int(np.prod(in_shape)):
+            if nodes[-1].bias is None:
+                return w.copy(), np.zeros(w.shape[0])
+            b = np.asarray(nodes[-1].bias, dtype=np.float64)
+            return (w + b[:, None]) - b[:, None], b.copy()
     n_in = int(np.prod(in_shape))
     basis = np.concatenate([np.zeros((1, n_in)), np.eye(n_in)]).reshape(n_in + 1, *in_shape)
     y = basis

@@ -432,10 +432,8 @@ class TensorStats:
         s.update(x, channel_axis)
         return s
 
-    def update(self, x: np.ndarray, channel_axis: int | None, *, scratch: np.ndarray | None = None) -> None:
-        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels.
-        ``scratch``: a 1-d float64 buffer the squares may use where it holds ``x.size`` values
-        (reused across calls, it spares a fresh allocation per tensor; no result depends on it)."""
+    def update(self, x: np.ndarray, channel_axis: int | None) -> None:
+        """Add the values of ``x``; ``channel_axis`` is the axis of ``x`` that holds channels."""
         x = np.asarray(x, dtype=np.float64)
         per_channel = channel_axis is not None and x.ndim > channel_axis and x.size > 0
         total = float(x.sum())  # a finite sum also screens out NaN and inf for the compiled path
@@ -457,11 +455,8 @@ class TensorStats:
         else:
             self.hist.add(x)  # NumericError for NaN / inf
         self.total += total
-        if scratch is not None and scratch.size >= x.size:
-            sq = np.square(x, out=scratch[: x.size].reshape(x.shape))
-        else:
-            sq = np.square(x)
-        self.total_sq += float(sq.sum())
+        flat = x.reshape(-1)
+        self.total_sq += float(np.einsum("i,i->", flat, flat))  # one pass, no squared copy; single-threaded
         if per_channel:
             if kern is not None:
                 lo, hi = lo_c, hi_c
@@ -861,7 +856,6 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
     from lnm_deploy.progress import progress as progress_bar
 
     bar = progress_bar(total=n, desc="calibrate", unit="sample", enabled=progress)
-    scratch = np.empty(0, dtype=np.float64)
     try:
         for start in range(0, n, batch_size):
             xb = x[index[start : start + batch_size]]
@@ -871,24 +865,19 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
             if on_batch is not None:
                 on_batch(index[start : start + batch_size], res)
             ch = 2  # channel axis of (B, T, C, ...)
-            # One buffer for the squares of every tensor of the batch (no fresh pages per tensor).
-            big = max((a.size for a in (*res.values.values(), *res.inputs.values(),
-                                         *(r for st in res.states.values() for r in st.values()))), default=0)
-            if scratch.size < big:
-                scratch = np.empty(big, dtype=np.float64)
-            stats.input.update(xb, ch if xb.ndim > 2 else None, scratch=scratch)
+            stats.input.update(xb, ch if xb.ndim > 2 else None)
             for name, st in stats.synapses.items():
-                st.output.update(res.values[name], ch, scratch=scratch)
+                st.output.update(res.values[name], ch)
             for name, nst in stats.neurons.items():
                 rec = res.states[name]
                 if name in same_as:
                     nst.input.assign(stats.synapses[same_as[name]].output)
                 else:
-                    nst.input.update(res.inputs[name], ch, scratch=scratch)
+                    nst.input.update(res.inputs[name], ch)
                 if nst.c is not None:
-                    nst.c.update(rec["c"], ch, scratch=scratch)
-                nst.v.update(rec["v"], ch, scratch=scratch)
-                nst.v_pre.update(rec["v_pre"], ch, scratch=scratch)
+                    nst.c.update(rec["c"], ch)
+                nst.v.update(rec["v"], ch)
+                nst.v_pre.update(rec["v_pre"], ch)
             for name, sp in stats.spikes.items():
                 sp.update(res.spikes[name])
             stats.samples += xb.shape[0]

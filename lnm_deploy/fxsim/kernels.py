@@ -121,24 +121,6 @@ def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g
     ytab = _taps(h_in, kh, stride_h, pad_h, dil_h, h_out)
     xtab = _taps(w_in, kw, stride_w, pad_w, dil_w, w_out)
     for r in prange(rows):
-        if cout_g == 1:  # one output channel per input channel (depthwise, sum pooling): in place
-            o_r = out[r]
-            o_r[:] = 0
-            for c in range(cin):
-                o = c // cin_g
-                for y in range(h_in):
-                    for x in range(w_in):
-                        if s[r, c, y, x] == 0:
-                            continue
-                        for i in range(kh):
-                            oy = ytab[y, i]
-                            if oy < 0:
-                                continue
-                            for j in range(kw):
-                                ox = xtab[x, j]
-                                if ox >= 0:
-                                    o_r[o, oy, ox] += w[c, i, j, 0]
-            continue
         acc = np.zeros((h_out, w_out, cout), np.int32)  # output channels innermost: one vector add per tap
         for c in range(cin):
             o0 = (c // cin_g) * cout_g

@@ -74,6 +74,10 @@ CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
 # Above this fraction of inputs spiking, a BLAS product beats the event-driven Dense kernel (below
 # it BLAS is not faster, and its spinning threads slow the parallel kernels that follow).
 EVENTS_MAX_DENSITY = 0.5
+# A Conv2d's event kernel runs where its estimated operations, times this, are fewer than the dense
+# product's (``_Conv._events_pay``): on this project's 2-core machine numpy's float32 convolution
+# does about 5 times more multiply-adds per second than the kernel does weight additions.
+CONV_EVENTS_COST = 5
 
 
 def _scratch(buf: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -192,11 +196,28 @@ class _Conv(_Synapse):
                 .astype(np.int32))
         self._out32: Array | None = None
 
+    def _events_pay(self, s: Array, out_shape: tuple[int, ...]) -> bool:
+        """Whether the event kernel beats the dense product on ``s`` (a cost estimate measured on
+        the benchmarks' networks; it never changes a result): every spike adds ``C_out/groups``
+        weights per tap it reaches (about ``kh kw / (sh sw)``), with a fixed cost per tap, against
+        a dense product of every output with every input of its window, which numpy does about
+        ``CONV_EVENTS_COST`` times faster per operation. Depthwise (pooling) always: numpy's
+        product there runs one group at a time."""
+        cout, cin_g, kh, kw = self.w.shape
+        cout_g = cout // self.node.groups
+        if cout_g == 1:
+            return True
+        taps = kh * kw / (self.node.stride[0] * self.node.stride[1])
+        events = np.count_nonzero(s) * taps * (cout_g + 8)
+        dense = s.shape[0] * cout * out_shape[1] * out_shape[2] * cin_g * kh * kw
+        return CONV_EVENTS_COST * events <= dense
+
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         n = self.node
-        if self.kern is not None and np.count_nonzero(s) <= EVENTS_MAX_DENSITY * s.size:
+        out_shape = n.output_shape("", s.shape[1:])
+        if self.kern is not None and self._events_pay(s, out_shape):
             assert self.w_events is not None
-            shape = (s.shape[0], *n.output_shape("", s.shape[1:]))
+            shape = (s.shape[0], *out_shape)
             if reuse:
                 self._out32 = _scratch(self._out32, shape, np.int32)
                 acc = self._out32[: s.shape[0]]

@@ -31,6 +31,7 @@ from lnm_deploy.lava_backend._mp import lava_import_guard
 with lava_import_guard():
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.atrlif.process import ATRLIF
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer as Source
@@ -257,6 +258,13 @@ def _check_lif(name: str, node: FxLIF) -> None:
                                f"{node.vth_shift}, {node.act_shift})", node=name)
 
 
+def _check_atrlif(name: str, node: Any) -> None:
+    if (node.state_bits, node.decay_bits, node.theta_shift, node.act_shift) != (24, 12, 6, 6):
+        raise UnsupportedError("Lava's ATRLIF has fixed widths (state 24, decay 12, theta_shift 6, act_shift 6), "
+                               f"this layer has ({node.state_bits}, {node.decay_bits}, {node.theta_shift}, "
+                               f"{node.act_shift})", node=name)
+
+
 def _check_contract(name: str, node: FxNode) -> None:
     """A ``ContractNeuron`` layer: at most ``MAX_STATES`` states, and its contract step must run
     on the host (one step from the initial states on a zero input): a process model that raises
@@ -288,7 +296,7 @@ def _check_contract(name: str, node: FxNode) -> None:
 #: ``ContractNeuron`` (``lava_kinds``).
 LAVA_KINDS: dict[str, Any] = {"input": None, "output": None, "flatten": None, "dense": None,
                               "conv2d": _check_conv, "lif": _check_lif,
-                              "poly": None}
+                              "poly": None, "atrlif": _check_atrlif}
 
 
 def _contract_kinds() -> set[str]:
@@ -308,10 +316,11 @@ SYNAPSE_BUFFERS: dict[str, str] = {"dense": "a_buff", "conv2d": "a_buf"}
 #: Neuron kinds whose process runs before its start step (the stock ``LIF``, its bias on), so a
 #: self-loop synapse holds its spikes of that step: cleared at the start (``PolyNeuron`` and
 #: ``ContractNeuron`` are inert before it and send zeros).
-RUNS_BEFORE_START = frozenset({"lif"})
+RUNS_BEFORE_START = frozenset({"lif", "atrlif"})
 #: The scale of a neuron kind's states in Lava's ``floating_pt`` model, in LSBs of the
 #: fixed-point state (the float LIF counts in units of ``2**vth_shift``); 1 when absent.
-FLOAT_STATE_SCALE: dict[str, Any] = {"lif": lambda node: 2.0**node.vth_shift}
+FLOAT_STATE_SCALE: dict[str, Any] = {"lif": lambda node: 2.0**node.vth_shift,
+                                     "atrlif": lambda node: 2.0**node.theta_shift}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,7 +410,8 @@ class _Network:
 
     #: The method that builds the Lava process of each primitive kind with a process of its own;
     #: any other neuron kind ``plan`` accepts is a ``ContractNeuron`` (``_contract``).
-    BUILDERS: ClassVar[dict[str, str]] = {"dense": "_dense", "conv2d": "_conv", "lif": "_lif", "poly": "_poly"}
+    BUILDERS: ClassVar[dict[str, str]] = {"dense": "_dense", "conv2d": "_conv", "lif": "_lif", "poly": "_poly",
+                                          "atrlif": "_atrlif"}
 
     def _dense(self, name: str, node: FxDense, sched: Any, fixed: bool) -> Dense:
         origin, flat = self.plan.spike_src[name]
@@ -446,6 +456,31 @@ class _Network:
         # Zero u, v at the start of Lava step b * total + d: time_step (1-based) = d + 1 mod total.
         return LIFReset(shape=shp, u=np.zeros(shp), v=np.zeros(shp), reset_interval=self.total,
                         reset_offset=(d + 1) % self.total, name=name, **par)
+
+    def _atrlif(self, name: str, node: Any, sched: Any, fixed: bool) -> ATRLIF:
+        """Lava's own ATRLIF (``lnm_deploy.adaptive.FxATRLIF``). Its decays are Lava's fractions
+        ``delta = d / 4096`` (exact in float64: the fixed_pt model multiplies them back by 4096);
+        its states are set to the node's initial ones before the layer's start step of every
+        sample (Lava's model has no periodic reset; it resets theta to theta_0 itself only once)."""
+        shp = lava_shape(node.shape)
+        unity = 2**node.decay_bits
+        keys = ("i", "v", "theta", "r")
+        if fixed:
+            par: dict[str, Any] = {"delta_i": node.di / unity, "delta_v": node.dv / unity,
+                                   "delta_theta": node.dtheta / unity, "delta_r": node.dr / unity,
+                                   "theta_0": node.theta_0, "theta_step": node.theta_step,
+                                   "bias_mant": to_lava(node.bias_mant), "bias_exp": to_lava(node.bias_exp)}
+            inits = {k: to_lava(getattr(node, f"{k}_init")).astype(np.float64) for k in keys}
+        else:  # Lava's float ATRLIF in units of 2^theta_shift LSBs (it ignores bias_exp)
+            sc = 2.0**node.theta_shift
+            par = {"delta_i": (node.di + 1) / unity, "delta_v": node.dv / unity,
+                   "delta_theta": node.dtheta / unity, "delta_r": node.dr / unity,
+                   "theta_0": float(node.theta_0), "theta_step": float(node.theta_step),
+                   "bias_mant": to_lava(node.bias).astype(np.float64) / sc, "bias_exp": np.zeros(shp)}
+            inits = {k: to_lava(getattr(node, f"{k}_init")) / sc for k in keys}
+        proc = ATRLIF(shape=shp, name=name, **{k: inits[k] for k in keys}, **par)
+        self.events.setdefault(self.plan.depth[name], []).extend((getattr(proc, k), inits[k]) for k in keys)
+        return proc
 
     def _poly(self, name: str, node: FxPoly, sched: Any, fixed: bool) -> PolyNeuron:
         shp = lava_shape(node.shape)

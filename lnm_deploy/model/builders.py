@@ -71,36 +71,13 @@ class LNMGraph(LNMSequential):
         """The layers (or ``"input"``) whose outputs are summed into layer ``name``."""
         return list(self.inputs[name])
 
-    def forward(self, x: Tensor, record: bool = False) -> Tensor | tuple[Tensor, dict[str, dict[str, Tensor]]]:
-        """As ``LNMSequential.forward``; a layer's input is the sum of its sources' outputs."""
-        if x.dim() < 3:
-            raise UserInputError(f"input must be (B, T, *input_shape), got {tuple(x.shape)}")
-        x = x.to(self.dtype)
-        b, t = x.shape[:2]
-        outs: dict[str, Tensor] = {"input": x}
-        rec: dict[str, dict[str, Tensor]] = {}
-        h = x
-        for name, layer in self.layers.items():
-            srcs = self.inputs[name]
-            h = outs[srcs[0]]
-            for s in srcs[1:]:
-                h = h + outs[s]
-            if isinstance(layer, LNM):
-                if record:
-                    h, r = layer(h, record=True)
-                    r_rec = r.pop("rec", None)
-                    rec[name] = r
-                    if r_rec is not None:
-                        rec[f"{name}_rec"] = {"out": r_rec}
-                else:
-                    h = layer(h)
-            else:
-                y = layer(h.reshape(b * t, *h.shape[2:]))
-                h = y.reshape(b, t, *y.shape[1:])
-                if record:
-                    rec[name] = {"out": h}
-            outs[name] = h
-        return (h, rec) if record else h
+    def _input_of(self, name: str, previous: Tensor, outs: dict[str, Tensor]) -> Tensor:
+        """The sum of the outputs of ``self.inputs[name]`` (``LNMSequential.forward`` runs the rest)."""
+        srcs = self.inputs[name]
+        h = outs[srcs[0]]
+        for s in srcs[1:]:
+            h = h + outs[s]
+        return h
 
 
 def _lnm(shape: tuple[int, ...], degree: int, threshold: float, dtype: torch.dtype | None) -> LNM:

@@ -867,7 +867,9 @@ class LNMSequential(nn.Module):
         b, t = x.shape[:2]
         h = x
         rec: dict[str, dict[str, Tensor]] = {}
+        outs: dict[str, Tensor] = {"input": x}  # every layer's output, for layers that read others
         for name, layer in self.layers.items():
+            h = self._input_of(name, h, outs)
             if isinstance(layer, LNM):
                 if record:
                     h, r = layer(h, record=True)
@@ -882,7 +884,13 @@ class LNMSequential(nn.Module):
                 h = y.reshape(b, t, *y.shape[1:])
                 if record:
                     rec[name] = {"out": h}
+            outs[name] = h
         return (h, rec) if record else h
+
+    def _input_of(self, name: str, previous: Tensor, outs: dict[str, Tensor]) -> Tensor:
+        """The input of layer ``name``: the output of the layer before it (``previous``);
+        ``outs`` holds every earlier layer's output and ``"input"`` (``LNMGraph`` sums several)."""
+        return previous
 
     def regularization(self) -> Tensor:
         """Sum of every LNM layer's :meth:`LNM.regularization`."""

@@ -1,0 +1,97 @@
+"""``lnm-deploy demo --task poisson`` (``lnm_deploy.demo``): the generated Poisson spike-train
+classes, and the whole pipeline on a small configuration (train adaptive-threshold LNM neurons,
+export, calibrate for loihi2 with labels, Lava bit-exact with fxsim, verify with the spike-count
+and the LZC readouts). The full-size demo (under two minutes, float and fixed point within one
+point) is the slow test at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lnm_deploy.demo import (
+    MANIFEST,
+    POISSON_CLASSES,
+    REPORT_JSON,
+    PoissonConfig,
+    poisson_dataset,
+    read_manifest_task,
+    run_demo,
+)
+from lnm_deploy.errors import UserInputError
+
+SMALL = PoissonConfig(hidden=12, steps=24, train_per_class=24, test_per_class=6, calib_per_class=6, epochs=3,
+                      max_accuracy_drop=1.0, lava_samples=2)
+
+
+def test_poisson_classes_differ_in_rate_and_temporal_structure() -> None:
+    x, y = poisson_dataset(200, steps=60, n_in=16, rate=0.25, low_rate=0.08, seed=3)
+    assert x.shape == (800, 60, 16) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
+    assert np.bincount(y).tolist() == [200] * 4 and len(POISSON_CLASSES) == 4
+    rate = [float(x[y == c].mean()) for c in range(4)]
+    assert abs(rate[0] - 0.08) < 0.01 and all(abs(r - 0.25) < 0.02 for r in rate[1:]), rate
+    # bursty: the population count per step varies far more than Poisson's (shared on/off state)
+    pop = [x[y == c].sum(axis=2) for c in range(4)]
+    assert pop[2].var(axis=1).mean() > 3 * pop[1].var(axis=1).mean()
+    # regular: each channel spikes at most once in any 4 consecutive steps, at a fixed phase
+    reg = x[y == 3].astype(int)
+    assert (reg[:, :-3] + reg[:, 1:-2] + reg[:, 2:-1] + reg[:, 3:]).max() == 1
+    # the same seed, the same data; another seed, other data
+    a, b = poisson_dataset(5, seed=1), poisson_dataset(5, seed=1)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], poisson_dataset(5, seed=2)[0])
+    with pytest.raises(UserInputError, match="poisson_dataset"):
+        poisson_dataset(0)
+
+
+def test_small_poisson_demo_runs_every_stage(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("lava")
+    lines: list[str] = []
+    out = tmp_path / "poisson"
+    res = run_demo(out, task="poisson", poisson=SMALL, progress=False, log=lines.append)
+    assert res.task == "poisson" and res.trained and res.torch_accuracy is not None
+    assert res.samples == 4 * SMALL.test_per_class and res.timesteps == SMALL.steps
+    assert read_manifest_task(out) == "poisson"
+    assert json.loads((out / MANIFEST).read_text())["task"] == "poisson"
+    # the network is adaptive-threshold neurons, calibrated onto the adaptive primitive
+    art = json.loads((out / REPORT_JSON).read_text())
+    ver = res.verification
+    assert ver is not None and ver == art
+    assert ver["backends"]["lava"]["bit_exact"] and ver["backends"]["lava"]["samples"] == SMALL.lava_samples
+    # the spike-count readout's verdict, with the LZC readout's accuracies and drift reported
+    assert ver["lzc"]["readout"] and ver["lzc"]["float_accuracy"] is not None
+    assert len(ver["lzc"]["drift"]["mean_abs_diff"]) == len(POISSON_CLASSES)
+    # and the LZC readout's own verdict
+    lz = res.lzc_verification
+    assert lz is not None and lz["criteria"]["readout"] == "lzc" and ver["lzc_readout_verification"] == lz
+    assert res.passed == (ver["passed"] and lz["passed"])
+    text = "\n".join(lines)
+    assert "adaptive-threshold LNM neurons" in text and "LZC drift" in text and "lava: bit-exact" in text
+    from lnm_deploy.artifact import read_artifact
+
+    fx = read_artifact(out / "model.loihi2.nir").fx
+    assert {fx.nodes[n].kind for n in fx.neuron_names()} == {"adaptive_poly"}
+    # a rerun of the same task reuses its model; the digits task would not
+    again = run_demo(out, task="poisson", poisson=SMALL, progress=False, log=lines.append,
+                     calibrate_targets=(), verify_backends=())
+    assert not again.trained
+
+
+def test_demo_task_is_checked() -> None:
+    with pytest.raises(UserInputError, match="unknown demo task 'mnist'"):
+        run_demo("unused", task="mnist")
+
+
+@pytest.mark.slow
+def test_full_poisson_demo_keeps_fixed_point_within_one_point(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("lava")
+    res = run_demo(tmp_path / "full", task="poisson", progress=False, log=print)
+    fixed = res.fixed_accuracy["loihi2"]
+    print(f"float {res.float_accuracy:.4f}, fixed {fixed:.4f}, LZC {res.lzc_verification['lzc']}")  # type: ignore[index]
+    assert res.float_accuracy >= 0.9 and abs(res.float_accuracy - fixed) <= 0.01
+    assert res.passed

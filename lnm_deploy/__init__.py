@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from lnm_deploy import adaptive as _adaptive  # noqa: F401  (registers the adaptive-threshold neuron)
+from lnm_deploy import li_readout as _li_readout  # noqa: F401  (registers the non-spiking readout)
 from lnm_deploy._version import __version__
 from lnm_deploy.execute import RunResult, run_float
 

@@ -234,6 +234,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         drift = lzc.drift
         print(f"  LZC drift per output neuron (mean |float - fixed|): max {drift.max:.4f}, "
               f"mean {float(np.mean(drift.mean_abs_diff)):.4f} over {drift.mean_abs_diff.size} neurons")
+    mem = result.membrane  # a non-spiking readout layer: its membrane is the output
+    if mem is not None:
+        exact = ", ".join(f"{b} {'bit-exact' if c['bit_exact'] else str(c['mismatches']) + ' values differ'}"
+                          for b, c in mem.backends.items())
+        print(f"  readout '{mem.layer}' membrane ({mem.rule}): float vs fixed rms error {mem.rms_error:.4g}, "
+              f"max abs error {mem.max_abs_error:.4g} (float range {mem.float_range:.4g}; q {mem.q:.4g})"
+              + (f"; vs fxsim: {exact}" if exact else ""))
     for layer in result.layers:
         print(f"  {layer.name:<12} spike agreement {layer.spike_agreement:.4f}  "
               f"rate {layer.rate_float:.4f} -> {layer.rate_fixed:.4f}")
@@ -448,10 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=_fraction, default=0.95,
                    help="without labels: smallest accepted fraction of samples where fixed point predicts "
                         "the float model's class (default 0.95)")
-    p.add_argument("--readout", choices=["count", "lzc"], default="count",
+    from lnm_deploy.readout import MEMBRANE_READOUTS
+
+    p.add_argument("--readout", choices=["count", "lzc", *MEMBRANE_READOUTS], default="count",
                    help="the readout the accuracy criterion uses: 'count' (arg-max of the output spike "
                         "counts, default) or 'lzc' (the Lempel-Ziv complexity readout calibrate fitted with "
-                        "labels; the LZC accuracies and drift are reported either way)")
+                        "labels; the LZC accuracies and drift are reported either way); for a non-spiking "
+                        "readout layer (LI / CubaLI) the arg-max of its membrane's maximum over time "
+                        "('membrane-max'), last step ('membrane-last') or sum over time ('membrane-sum')")
     p.add_argument("--compare", default=None, metavar="OTHER_ARTIFACT",
                    help="another artifact of the same network (e.g. calibrated for loihi2-lif): its accuracy and "
                         "cost per inference are shown beside this one's")

@@ -35,6 +35,7 @@ from lnm_deploy.core import RunResult
 from lnm_deploy.errors import UserInputError
 from lnm_deploy.fixedpoint import FxGraph
 from lnm_deploy.fixedpoint.nodes import FxNeuron
+from lnm_deploy.fixedpoint.primitives import output_state
 from lnm_deploy.resources import ResourceMap, connectivity, projections
 from lnm_deploy.targets.spec import EnergySpec, Target
 
@@ -180,11 +181,14 @@ def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: R
         raise UserInputError(f"input spikes of shape {x.shape} do not match the network's input {in_shape}")
     samples, steps = int(x.shape[0]), int(x.shape[1])
     projs = projections(fx)
-    missing = [n for n in projs if n not in run.spikes]
+    # A non-spiking readout (Primitive.output_state; lnm_deploy.li_readout) emits no spikes: 0.
+    silent = {n for n in projs if output_state(fx.nodes[n], n) is not None}
+    missing = [n for n in projs if n not in run.spikes and n not in silent]
     if missing:
         raise UserInputError(f"the {run_name} run has no spikes for layers {missing}")
     spikes: dict[str, Array] = {sched.input_node: x}
-    spikes.update({n: np.asarray(run.spikes[n]) for n in projs})
+    spikes.update({n: np.asarray(run.spikes[n]) if n not in silent else
+                   np.zeros((samples, steps, *sched.shapes[n]), dtype=np.uint8) for n in projs})
     for n in projs:
         if spikes[n].shape[:2] != (samples, steps):
             raise UserInputError(f"the {run_name} run's spikes of '{n}' are {spikes[n].shape}, expected "

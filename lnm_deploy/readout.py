@@ -7,13 +7,17 @@ spike trains rather than by their spike counts (numpy only; definition in docs/r
   (``NearestCentroid.fit(features, labels)``, ``.predict(features)``), its state plain JSON-able
   data (``to_dict`` / ``from_dict``; never pickle).
 - ``LZCReadout``: the two together, fitted on spikes and labels (e.g. the calibration set).
+- ``MEMBRANE_READOUTS``: the classification rules of a membrane output (a non-spiking readout
+  layer, ``lnm_deploy.li_readout``): ``membrane-max``, ``membrane-last``, ``membrane-sum``; and
+  ``membrane_check`` / ``MembraneCheck``, the float-vs-fixed comparison of that membrane.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,8 @@ LZC_READOUT_KIND = "lzc_readout"
 
 #: Where an artifact's record keeps the readouts ``calibrate`` fitted: ``record[READOUTS_KEY]["lzc"]``.
 READOUTS_KEY = "readouts"
+
+Array = np.ndarray
 
 
 def lzc_features(spikes: Any, axis: int = 1, normalize: bool = True) -> np.ndarray:
@@ -231,3 +237,101 @@ class LZCReadout:
             timesteps = validate.positive_int(timesteps, f"{what}: 'timesteps'")
         return cls(classifier=NearestCentroid.from_dict(_field(d, "classifier", what)),
                    normalize=normalize, timesteps=timesteps)
+
+
+# ------------------------------------------------- the membrane of a non-spiking readout (li_readout)
+
+
+def _flat(output: Array) -> Array:
+    a = np.asarray(output)
+    if a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise UserInputError(f"a membrane output must be shaped (samples, timesteps >= 1, ...), got {a.shape}")
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def membrane_max(output: Array) -> Array:
+    """Class per sample: the arg-max over neurons of the membrane's maximum over time; (samples,)."""
+    return np.argmax(_flat(output).max(axis=1), axis=1)
+
+
+def membrane_last(output: Array) -> Array:
+    """Class per sample: the arg-max over neurons of the membrane at the last step; (samples,)."""
+    return np.argmax(_flat(output)[:, -1], axis=1)
+
+
+def membrane_sum(output: Array) -> Array:
+    """Class per sample: the arg-max over neurons of the membrane summed over time (the ``count``
+    readout's rule, ``metrics.predictions``); (samples,)."""
+    return np.argmax(_flat(output).sum(axis=1), axis=1)
+
+
+#: The classification rules of a membrane output (``verify(readout=...)``, CLI ``--readout``):
+#: rule name -> ``(samples, timesteps, *shape) -> (samples,)`` class indices (ties: lowest index).
+#: The rules are invariant under a positive scale, so integer (LSB) and real membranes classify alike.
+MEMBRANE_READOUTS: dict[str, Callable[[Array], Array]] = {
+    "membrane-max": membrane_max, "membrane-last": membrane_last, "membrane-sum": membrane_sum}
+
+
+@dataclass
+class MembraneCheck:
+    """The readout part of ``verify`` when the Output reads a non-spiking readout layer.
+
+    ``layer``: the readout layer; ``q``: its scale (real membrane per LSB). ``rule``: the
+    classification rule (``MEMBRANE_READOUTS``). ``rms_error`` / ``max_abs_error``: the
+    dequantized fixed-point membrane (``q * v``) against the float membrane, over every (sample,
+    step, neuron), in the membrane's real units; ``float_range``: max |float membrane|.
+    ``prediction_agreement``: fraction of samples that ``rule`` gives float and fixed the same class;
+    ``float_accuracy`` / ``fixed_accuracy``: with labels. ``backends``: per backend, whether its
+    integer membrane equals fxsim's exactly (``np.array_equal``) on its samples, and
+    ``mismatches`` (entries that differ)."""
+
+    layer: str
+    q: float
+    rule: str
+    rms_error: float
+    max_abs_error: float
+    float_range: float
+    prediction_agreement: float
+    float_accuracy: float | None = None
+    fixed_accuracy: float | None = None
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "q": self.q, "rule": self.rule, "rms_error": self.rms_error,
+                "max_abs_error": self.max_abs_error, "float_range": self.float_range,
+                "prediction_agreement": self.prediction_agreement, "float_accuracy": self.float_accuracy,
+                "fixed_accuracy": self.fixed_accuracy, "backends": {k: dict(v) for k, v in self.backends.items()}}
+
+
+def membrane_check(layer: str, q: float, rule: str, float_out: Array, fixed_out: Array,
+                   backends: dict[str, Array], y: Array | None = None) -> MembraneCheck:
+    """The ``MembraneCheck`` of a readout ``layer`` with scale ``q``: ``float_out`` (samples,
+    timesteps, *shape) real, ``fixed_out`` the same shape int64 (fxsim), ``backends`` each
+    backend's int64 output (its first samples), ``y`` optional labels (samples,).
+
+    Raises:
+        UserInputError: ``rule`` is not in ``MEMBRANE_READOUTS``; the outputs are not shaped alike.
+    """
+    if rule not in MEMBRANE_READOUTS:
+        raise UserInputError(f"readout rule must be one of {sorted(MEMBRANE_READOUTS)}, got {rule!r}")
+    fixed = np.asarray(fixed_out)
+    ref = np.asarray(float_out, dtype=np.float64).reshape(fixed.shape)
+    err = ref - fixed.astype(np.float64) * q
+    classify = MEMBRANE_READOUTS[rule]
+    f_pred, q_pred = classify(ref), classify(fixed)
+    out = MembraneCheck(layer=layer, q=float(q), rule=rule,
+                        rms_error=float(math.sqrt(float(np.mean(err * err)))) if err.size else 0.0,
+                        max_abs_error=float(np.max(np.abs(err))) if err.size else 0.0,
+                        float_range=float(np.max(np.abs(ref))) if ref.size else 0.0,
+                        prediction_agreement=float(np.mean(f_pred == q_pred)))
+    if y is not None:
+        out.float_accuracy = float(np.mean(f_pred == y))
+        out.fixed_accuracy = float(np.mean(q_pred == y))
+    for name, got in backends.items():
+        g = np.asarray(got)
+        want = fixed[: g.shape[0]]
+        same = g.shape == want.shape and g.shape[0] > 0
+        out.backends[name] = {"bit_exact": bool(same and np.array_equal(g, want)),
+                              "mismatches": int(np.sum(g != want)) if same else None,
+                              "compared": int(want.size) if same else 0}
+    return out

@@ -30,6 +30,14 @@ fitted on the float model's outputs and stored in the artifact (``record["readou
 without labels the class agreement then uses that readout's classes. Whatever the criterion, the
 result reports the LZC readout's accuracies when the artifact carries one, and the per-output-neuron
 LZC drift between float and fixed point always (``LZCCheck``; docs/readouts.md).
+
+When the Output reads a non-spiking readout layer (``lnm_deploy.li_readout``: NIR LI / CubaLI),
+the output is that layer's membrane: every backend's integer membrane must equal fxsim's
+(``np.array_equal``), the float membrane is compared with the dequantized one (rms and max abs
+error in the membrane's units, ``MembraneCheck``), and classes come from ``--readout
+membrane-max`` / ``membrane-last`` / ``membrane-sum`` (``count`` is ``membrane-sum``). The
+output-bin criterion then counts the (sample, step) bins whose arg-max neuron agrees, and is
+reported only (float and integer membranes are never equal bin for bin).
 """
 
 from __future__ import annotations
@@ -55,7 +63,13 @@ from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.ir.ops import conv2d
 from lnm_deploy.metrics import LZCDrift, lzc_drift
-from lnm_deploy.readout import READOUTS_KEY, LZCReadout
+from lnm_deploy.readout import (
+    MEMBRANE_READOUTS,
+    READOUTS_KEY,
+    LZCReadout,
+    MembraneCheck,
+    membrane_check,
+)
 
 if TYPE_CHECKING:
     from lnm_deploy.calibrate.passes import MappedGraph
@@ -67,8 +81,11 @@ Array = np.ndarray
 MIN_AGREEMENT = 0.95
 
 #: The readouts the accuracy criterion can use (``verify(readout=...)``, CLI ``--readout``): the
-#: spike count (arg-max over output neurons, the default) or the artifact's LZC readout.
-READOUTS: tuple[str, ...] = ("count", "lzc")
+#: spike count (arg-max over output neurons, the default) or the artifact's LZC readout; for an
+#: artifact whose Output reads a non-spiking readout (``lnm_deploy.li_readout``), the rules of its
+#: membrane (``lnm_deploy.readout.MEMBRANE_READOUTS``: arg-max of the maximum over time, of the
+#: last step, of the sum over time).
+READOUTS: tuple[str, ...] = ("count", "lzc", *MEMBRANE_READOUTS)
 
 #: The artifact record's key for its readouts (written by ``calibrate`` with labels).
 
@@ -146,6 +163,9 @@ class VerifyResult:
     labels: bool = False
     readout: str = "count"  # which readout the accuracy / class-agreement criterion used (READOUTS)
     lzc: LZCCheck = field(default_factory=LZCCheck)
+    #: The Output reads a non-spiking readout: its membrane compared (backends bit-exact against
+    #: fxsim, float against the dequantized fixed point in real units); None for a spike output.
+    membrane: MembraneCheck | None = None
     #: mapping and cost (``lnm_deploy.cost.resources_report``), with ``comparison`` rows when verify
     #: was given another artifact to compare with (``compare``)
     resources: dict[str, Any] | None = None
@@ -169,6 +189,7 @@ class VerifyResult:
             "passed": self.passed,
             "reasons": self.reasons,
             "lzc": self.lzc.to_dict(),
+            **({"membrane": self.membrane.to_dict()} if self.membrane is not None else {}),
             "resources": self.resources,
         }
 
@@ -562,6 +583,11 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         readout: which readout the accuracy criterion (with labels) and the class agreement
             (without) use: ``"count"`` (spike counts, the default) or ``"lzc"`` (the artifact's LZC
             readout, ``artifact_lzc_readout``). The LZC accuracies and drift are reported either way.
+            For an Output reading a non-spiking readout layer (its membrane, ``lnm_deploy.li_readout``)
+            also ``"membrane-max"``, ``"membrane-last"``, ``"membrane-sum"``
+            (``lnm_deploy.readout.MEMBRANE_READOUTS``); such a membrane is held bit-exact against
+            fxsim on every backend and compared with the float membrane in real units
+            (``VerifyResult.membrane``; ``count`` classifies it as ``membrane-sum``).
         compare: another artifact of the same network (for example calibrated for ``loihi2-lif``)
             whose fxsim accuracy and cost on ``x`` are set beside this one's
             (``VerifyResult.resources["comparison"]``, ``lnm_deploy.cost``); it decides nothing.
@@ -589,6 +615,10 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     if not isinstance(readout, str) or readout not in READOUTS:
         raise UserInputError(f"readout (--readout) must be one of {list(READOUTS)}, got {readout!r}")
     lzc_readout, fitted_on = artifact_lzc_readout(art)
+    graded = _readout_layer(art)
+    if readout in MEMBRANE_READOUTS and graded is None:
+        raise UserInputError(f"--readout {readout}: the artifact's Output reads spikes, not the membrane of a "
+                             "non-spiking readout layer: use --readout count or lzc")
     if readout == "lzc" and lzc_readout is None:
         raise UserInputError("--readout lzc: the artifact carries no LZC readout (it was calibrated without "
                              "labels, or by an lnm-deploy without readouts): recalibrate it with labels (a "
@@ -627,33 +657,52 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
                                  seconds=time.perf_counter() - t0, samples=int(nb))
         if m is not None:
             reasons.append(f"{b} differs from fxsim: {m}")
+        if graded is not None:  # the readout's membrane, integer, bit for bit
+            same = res.output.shape == fixed.output[:nb].shape and np.array_equal(res.output, fixed.output[:nb])
+            checks[b].bit_exact = checks[b].bit_exact and bool(same)
+            if not same:
+                reasons.append(f"{b} differs from fxsim on the membrane of readout layer '{graded}'")
 
     comps = compare_spikes(ref.spikes, fixed.spikes, order)
     layers = [LayerCheck(n, comps[n].agreement, comps[n].rate_reference, comps[n].rate_test) for n in order]
     div = first_divergence(ref.spikes, fixed.spikes, order)
     divergence = None if div is None else explain_divergence(graph, art, div, ref, x)
     pred_agreement = float(np.mean(predictions(ref.output) == predictions(fixed.output)))
-    out_agreement = float(np.mean(ref.output.reshape(fixed.output.shape) == fixed.output))
+    membrane = None
+    if graded is not None:
+        # The membrane: float against q * integer; per step, the same arg-max neuron (the output
+        # bins of a spike output), and the rule's classes.
+        membrane = membrane_check(graded, float(art.record["calibration"]["layers"][graded]["q"]),
+                                  readout if readout in MEMBRANE_READOUTS else "membrane-sum", ref.output,
+                                  fixed.output, {b: runs[b].output for b in backends}, y)
+        flat = fixed.output.reshape(*fixed.output.shape[:2], -1)
+        out_agreement = float(np.mean(np.argmax(ref.output.reshape(flat.shape), axis=2) == np.argmax(flat, axis=2)))
+        if readout in MEMBRANE_READOUTS:
+            pred_agreement = membrane.prediction_agreement
+    else:
+        out_agreement = float(np.mean(ref.output.reshape(fixed.output.shape) == fixed.output))
     if not np.any(ref.output):
         reasons.append(f"the float model's output never spikes on these {x.shape[0]} samples: float and fixed "
                        "point cannot be compared meaningfully (check how the graph was read: --producer, --dt)")
     lzc = lzc_check(lzc_readout, fitted_on, runs, y, required=readout == "lzc")
     f_acc = q_acc = None
-    which = "" if readout == "count" else "LZC readout "
+    which = {"count": "", "lzc": "LZC readout "}.get(readout, f"{readout} readout ")
     if y is not None:
         f_acc, q_acc = accuracy(ref.output, y), accuracy(fixed.output, y)
-        f_crit, q_crit = (f_acc, q_acc) if readout == "count" else (lzc.float_accuracy, lzc.fixed_accuracy)
+        if membrane is not None and readout in MEMBRANE_READOUTS:
+            f_acc, q_acc = membrane.float_accuracy, membrane.fixed_accuracy
+        f_crit, q_crit = (f_acc, q_acc) if readout != "lzc" else (lzc.float_accuracy, lzc.fixed_accuracy)
         assert f_crit is not None and q_crit is not None  # lzc_check(required=True) raised otherwise
         if f_crit - q_crit > max_accuracy_drop:
             reasons.append(f"fixed-point {which}accuracy {q_crit:.4f} is more than {max_accuracy_drop * 100:.2g} "
                            f"points below float {f_crit:.4f}")
     else:
-        agree = pred_agreement if readout == "count" else lzc.prediction_agreement
+        agree = pred_agreement if readout != "lzc" else lzc.prediction_agreement
         assert agree is not None
         if agree < min_agreement:
             reasons.append(f"fixed point predicts the float model's {which}class on {agree:.4f} of the "
                            f"samples, below the floor {min_agreement:.4g} (no labels given; --min-agreement)")
-        if out_agreement < min_agreement:
+        if out_agreement < min_agreement and graded is None:  # a membrane: float and q * integer differ
             reasons.append(f"the output spikes of fixed point and float agree on {out_agreement:.4f} of the "
                            f"(sample, step, neuron) bins, below the floor {min_agreement:.4g} (no labels given; "
                            "--min-agreement)")
@@ -664,8 +713,19 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         passed=not reasons, reasons=reasons, float_source=model.source, max_accuracy_drop=max_accuracy_drop,
         runs=runs, float_graph=graph, float_model=model.to_dict(), prediction_agreement=pred_agreement,
         output_agreement=out_agreement, min_agreement=min_agreement,
-        labels=y is not None, readout=readout, lzc=lzc, resources=resources,
+        labels=y is not None, readout=readout, lzc=lzc, membrane=membrane, resources=resources,
     )
+
+
+def _readout_layer(art: Artifact) -> str | None:
+    """The layer the artifact's Output reads when it is a non-spiking readout
+    (``Primitive.output_state``), else None."""
+    from lnm_deploy.fixedpoint.primitives import output_state
+
+    sched = art.fx.schedule()
+    src = sched.inputs[sched.output_node][0][0]
+    node = art.fx.nodes[src]
+    return src if node.role == "neuron" and output_state(node, src) is not None else None
 
 
 def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, fixed: RunResult,

@@ -254,6 +254,35 @@ class OATRLIF:
         return {"i": list(self.i), "v": list(self.v), "theta": list(self.theta), "r": list(self.r)}
 
 
+class OLIReadout:
+    """The non-spiking readout (docs/fixed-point.md section 5a, ``li_readout``): steps 1-5 of the
+    stock LIF (section 4.2) with widths N, D and act_shift from the node, no spike test, no reset;
+    its spikes are all 0 and its output is ``v`` (Python ints)."""
+
+    def __init__(self, node: Any) -> None:
+        self.n = node
+        self.u = node.u_init.reshape(-1).tolist()
+        self.v = node.v_init.reshape(-1).tolist()
+        self.bias = [o_shexp(m, e) for m, e in zip(node.bias_mant.reshape(-1).tolist(),
+                                                   node.bias_exp.reshape(-1).tolist(), strict=True)]
+
+    def step(self, a: list[int]) -> list[int]:
+        n = self.n
+        one, N = 2**n.decay_bits, n.state_bits
+        half = 2 ** (N - 1)
+        for i, ai in enumerate(a):
+            ud = o_rnd(self.u[i] * (one - n.du - 1), n.decay_bits, "trunc")  # 1
+            x = o_wrap(ai * 2**n.act_shift, 32)  # 2
+            p = o_wrap(ud + x, 32)  # 3: corr_N, one correction
+            self.u[i] = p - 2 * half if p > half else (p + 2 * half if p <= -half else p)
+            vd = o_rnd(self.v[i] * (one - n.dv), n.decay_bits, "trunc")  # 4
+            self.v[i] = o_sat(o_wrap(vd + self.u[i] + self.bias[i], 32), N)  # 5
+        return [0] * len(a)
+
+    def states(self) -> dict[str, list[int]]:
+        return {"u": list(self.u), "v": list(self.v)}
+
+
 #: The oracle of each synapse or reshape kind: ``(node, spikes, in_shape, out_shape) -> values``
 #: on flat lists of one sample and one step.
 SYNAPSES: dict[str, Callable[..., list[int]]] = {
@@ -264,7 +293,8 @@ SYNAPSES: dict[str, Callable[..., list[int]]] = {
 #: The oracle of each neuron kind: a class built from the node, with ``step(a) -> spikes`` and
 #: ``states() -> {name: values}`` on flat lists.
 NEURONS: dict[str, Callable[[Any], Any]] = {"lif": OLIF, "poly": OPoly, "adaptive_poly": OAdaptive,
-                                            "atrlif": OATRLIF}
+                                            "atrlif": OATRLIF,
+                                            "li_readout": OLIReadout}
 
 
 def register_oracle(kind: str, impl: Callable[..., Any], *, neuron: bool) -> None:

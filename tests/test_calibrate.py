@@ -287,8 +287,9 @@ def test_bad_calibration_data() -> None:
 def test_networks_the_target_cannot_hold() -> None:
     recipe = load_recipe("default")
     x = (np.random.default_rng(0).random((8, 10, 6)) < 0.5).astype(np.uint8)
-    # a non-spiking readout has no fixed-point primitive
-    g = sequential([("fc", Affine(weight=np.ones((4, 6)))), ("n", Neuron(shape=(4,), poly=[0, 0.9], v_th=None))], (6,))
+    # a non-spiking layer has a fixed-point primitive only as the readout (tests/test_li_readout.py)
+    g = sequential([("fc", Affine(weight=np.ones((4, 6)))), ("n", Neuron(shape=(4,), poly=[0, 0.9], v_th=None)),
+                    ("fc2", Affine(weight=np.ones((2, 4)))), ("m", Neuron(shape=(2,), poly=[0, 0.9], v_th=1.0))], (6,))
     with pytest.raises(UnsupportedError, match=r"'n'.*non-spiking"):
         calibrate_network(g, x, LOIHI2, recipe, progress=False)
     # a padded pooling straight after a convolution: no single convolution equals the chain

@@ -29,9 +29,10 @@ def _spikes(n_in: int = 12, seed: int = 0) -> np.ndarray:
 
 
 def test_builtin_lowerings_in_preference_order() -> None:
-    assert [(lw.float_kind, lw.primitive) for lw in lowerings("neuron")] == [("neuron", "lif"), ("neuron", "poly")]
+    assert [(lw.float_kind, lw.primitive) for lw in lowerings("neuron")] == [("neuron", "li_readout"), ("neuron", "lif"),
+                                                                          ("neuron", "poly")]
     assert lowerings("floor_if") == ()
-    with pytest.raises(UnsupportedError, match=r"'floor_if'.*'lif'.*known lowerings: neuron->lif, neuron->poly"):
+    with pytest.raises(UnsupportedError, match=r"'floor_if'.*'lif'.*known lowerings: neuron->li_readout, neuron->lif, neuron->poly"):
         lowering_of("floor_if", "lif")
 
 
@@ -78,7 +79,7 @@ def test_lowerings_of_one_kind_must_agree_on_the_input_gain() -> None:
     odd = dataclasses.replace(poly, input_gain=lambda node: 2.0 * poly.input_gain(node))
     register_lowering(odd, replace=True)
     try:
-        with pytest.raises(UnsupportedError, match=r"'n'.*neuron->lif.*neuron->poly.*different input gains"):
+        with pytest.raises(UnsupportedError, match=r"'n'.*neuron->li_readout.*neuron->poly.*different input gains"):
             fold(g)
     finally:
         register_lowering(poly, replace=True)

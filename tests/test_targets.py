@@ -234,19 +234,21 @@ def test_decode_rejects_foreign_dicts() -> None:
 
 def test_sections_are_keyed_by_primitive_and_the_accessors_read_them() -> None:
     t = load_target("loihi2")
-    assert list(t.sections) == ["flatten", "dense", "conv2d", "lif", "poly", "adaptive_poly"]
-    assert t.offered() == ["input", "output", "flatten", "dense", "conv2d", "lif", "poly", "adaptive_poly"]
+    assert list(t.sections) == ["flatten", "dense", "conv2d", "lif", "poly", "adaptive_poly", "li_readout"]
+    assert t.offered() == ["input", "output", "flatten", "dense", "conv2d", "lif", "poly", "adaptive_poly",
+                         "li_readout"]
     assert t.offers("input") and t.offers("lif") and not t.offers("sumpool2d") and not t.offers("nonsense")
     for kind, spec in t.sections.items():
         p = primitives()[kind]
         assert (spec is None) == (p.spec is None) and (spec is None or isinstance(spec, p.spec)), kind
         assert spec_keys(kind) == ([f.name for f in dataclasses.fields(p.spec)] if p.spec else [])
     assert t.dense is t.spec("dense") and t.conv is t.spec("conv2d") and t.lif is t.spec("lif")
-    assert t.poly is t.spec("poly") and t.neurons() == ["lif", "poly", "adaptive_poly"]
+    assert t.poly is t.spec("poly") and t.neurons() == ["lif", "poly", "adaptive_poly", "li_readout"]
     lif_only = load_target("loihi2-lif")
-    assert lif_only.poly is None and lif_only.neurons() == ["lif", "atrlif"]
+    assert lif_only.poly is None and lif_only.neurons() == ["lif", "atrlif", "li_readout"]
     with pytest.raises(UnsupportedError, match=r"node 'p': target 'loihi2-lif' does not offer the 'poly' primitive "
-                                               r"\(it offers \['input', 'output', 'flatten', 'dense', 'conv2d', 'lif', 'atrlif'\]\)"):
+                                               r"\(it offers \['input', 'output', 'flatten', 'dense', 'conv2d', 'lif', 'atrlif', "
+                                               r"'li_readout'\]\)"):
         lif_only.spec("poly", node="p")
     # one section replaced (or dropped) by kind, as dataclasses.replace does
     four = dataclasses.replace(t, dense=dataclasses.replace(t.dense, num_weight_bits=(1, 4)))
@@ -303,7 +305,8 @@ def test_check_graph_refuses_a_primitive_without_a_rule(tmp_path: Path) -> None:
         p = tmp_path / "toychip.toml"
         p.write_text(LOIHI2.replace('name = "loihi2"', 'name = "toychip"') + "\n[toy]\n")
         t = load_target(p)
-        assert t.offers("toy") and t.spec("toy") is None and t.neurons() == ["lif", "poly", "adaptive_poly", "toy"]
+        assert t.offers("toy") and t.spec("toy") is None and t.neurons() == ["lif", "poly", "adaptive_poly", "li_readout",
+                                                                                          "toy"]
         g = fx_sequential([("fc", FxDense(weight=[[2, 4]])), ("odd", _FxToy(shape=(1,)))], (2,))
         with pytest.raises(UnsupportedError, match=r"node 'odd': no design rule for 'toy' nodes"):
             check_graph(g, t)
@@ -319,7 +322,7 @@ def test_check_graph_refuses_a_primitive_without_a_rule(tmp_path: Path) -> None:
 
 def test_the_old_format_is_converted_to_the_same_target(tmp_path: Path) -> None:
     new = load_target("loihi2")
-    new = Target(new.info, new.sections, new.path, adaptive_poly=None)  # a section the old format predates
+    new = Target(new.info, new.sections, new.path, adaptive_poly=None, li_readout=None)  # sections the old format predates
     assert is_old_format(tomllib.loads(OLD_LOIHI2)) and not is_old_format(tomllib.loads(LOIHI2))
     embedded = target_from_toml(OLD_LOIHI2, "artifact.nir (embedded target 'loihi2')")
     assert embedded.info == new.info and embedded.sections == new.sections

@@ -175,7 +175,8 @@ class MappedGraph:
     """A float graph folded onto synapses and neuron layers (pass 1 of the quantizer).
 
     ``graph``: the float graph it was folded from; ``input`` / ``input_shape``: its Input node;
-    ``output`` / ``readout``: its Output node and the spiking layer that Output reads; ``layers``:
+    ``output`` / ``readout``: its Output node and the neuron layer that Output reads (spiking, or a
+    non-spiking readout whose membrane is the output); ``layers``:
     every neuron layer in execution order."""
 
     graph: Graph
@@ -538,26 +539,33 @@ def _map_layer(graph: Graph, name: str, sched: Any) -> MappedLayer:
 def fold(graph: Graph) -> MappedGraph:
     """Pass 1: fold ``graph``'s synapse chains onto its neuron layers (see the module docstring).
 
-    The neuron layers are the stateful nodes (``Node.stateful``); each must emit spikes and have a
+    The neuron layers are the stateful nodes (``Node.stateful``); each must emit spikes (but the
+    readout: the layer the Output reads may be non-spiking, its membrane the output) and have a
     registered lowering of its kind (``lnm_deploy.calibrate.lowering``), which gives its input gain.
 
-    ``UnsupportedError`` (node named) for a non-spiking layer, a layer kind with no lowering, an
-    Output that does not read one spiking layer, a non-linear node or a fan-in between spiking
+    ``UnsupportedError`` (node named) for a non-spiking layer other than the readout (the layer
+    the Output reads, feeding nothing else), a layer kind with no lowering, an Output that does
+    not read one neuron layer, a non-linear node or a fan-in between spiking
     layers, spikes feeding a layer with no weights between, or a chain into a spatial layer that is
     not one exact convolution (``compose_conv_chain``)."""
     sched = graph.schedule()
     neurons = [n for n in sched.order if graph.nodes[n].stateful]
-    for n in neurons:
-        if not graph.nodes[n].emits_spikes:
-            raise UnsupportedError("non-spiking (integrator) layers have no fixed-point primitive; read out "
-                                   "spikes instead", node=n)
     out_src = sched.inputs[sched.output_node]
-    if len(out_src) != 1 or out_src[0][0] not in neurons:
-        raise UnsupportedError("the Output must read one spiking neuron layer on a fixed-point target",
-                               node=sched.output_node)
+    readout = out_src[0][0] if len(out_src) == 1 else None
+    for n in neurons:
+        # A non-spiking (integrator) layer is the network's readout only (its membrane is the
+        # output; lnm_deploy.li_readout): read by the Output and by nothing else.
+        if not graph.nodes[n].emits_spikes and (n != readout or any(s == n and d != sched.output_node
+                                                                    for s, d in graph.edges)):
+            raise UnsupportedError("a non-spiking (integrator) layer has a fixed-point primitive only as the "
+                                   "network's readout (the layer the Output reads, feeding nothing else); "
+                                   "read out spikes here instead", node=n)
+    if readout is None or readout not in neurons:
+        raise UnsupportedError("the Output must read one neuron layer (spiking, or a non-spiking readout) on a "
+                               "fixed-point target", node=sched.output_node)
     layers = {n: _map_layer(graph, n, sched) for n in neurons}
     return MappedGraph(graph, sched.input_node, tuple(sched.shapes[sched.input_node]), sched.output_node,
-                       out_src[0][0], layers)
+                       readout, layers)
 
 
 def fold_layer(graph: Graph, name: str) -> MappedLayer:

@@ -231,7 +231,9 @@ def _search(build: Any, ref: RunResult, x: Array, recipe: Recipe, log: list[dict
     xs = x[:n]
     refs = {k: v[:n] for k, v in ref.spikes.items()}
     objective = OBJECTIVES[sr.objective]
-    synapses = [syn for layer in build({}).layers.values() for syn in layer.exponents]
+    # The synapses of the layers the objective compares (spikes): a non-spiking readout's keep
+    # their calibrated clip (no spike changes with them, every factor would score the same).
+    synapses = [syn for name, layer in build({}).layers.items() if name in refs for syn in layer.exponents]
     groups = [[s] for s in synapses] if sr.per_layer else [synapses]
     factors: dict[str, float] = {}
     bar = progress_bar(total=sr.rounds * len(groups) * len(sr.scale_factors), desc="search", unit="candidate",

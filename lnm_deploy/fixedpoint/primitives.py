@@ -16,7 +16,9 @@ A ``Primitive`` ties together what the toolchain knows about one kind of integer
 * ``bounds``: the static bound analysis (``lnm_deploy.fixedpoint.contract``): for a synapse
   ``bounds(node) -> SynapseBounds``; for a neuron ``bounds(node, input_bound)``;
 * ``params``/``step``: for a neuron, the contract step (``contract.lif_step``/``poly_step``)
-  and the constructor of its parameters from a node.
+  and the constructor of its parameters from a node;
+* ``output_state``: for a non-spiking neuron (a readout, ``lnm_deploy.li_readout``), the state
+  its layer outputs instead of spikes.
 
 Backends register their own implementations per kind (fxsim's runners, the ONNX lowerings, the
 Lava builders) and look kinds up here; ``primitive(kind)`` raises ``UnsupportedError`` listing the
@@ -70,6 +72,10 @@ class Primitive:
     implicit: bool = False
     #: What to do when a target does not offer the primitive (appended to the refusal).
     missing_hint: str = ""
+    #: A non-spiking neuron (a readout): the state its layer outputs in place of spikes (its
+    #: contract step's spikes are all 0, and backends leave it out of ``RunResult.spikes``); an
+    #: Output reading it repeats that state (int64). None for a spiking neuron and other roles.
+    output_state: str | None = None
 
     @property
     def role(self) -> str:
@@ -389,3 +395,9 @@ def synapse_bounds(node: FxNode, name: str | None = None) -> contract.SynapseBou
         raise UnsupportedError(f"a {p.kind} node is not a synapse", node=name)
     out: contract.SynapseBounds = p.bounds(node)
     return out
+
+
+def output_state(node: FxNode, name: str | None = None) -> str | None:
+    """The state a non-spiking neuron layer outputs in place of spikes (``Primitive.output_state``),
+    None for a spiking neuron or any other role (``UnsupportedError`` for an unknown kind)."""
+    return primitive_of(node, name).output_state

@@ -58,7 +58,13 @@ from lnm_deploy.fixedpoint.nodes import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, primitives, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import (
+    lookup,
+    output_state,
+    primitive_of,
+    primitives,
+    synapse_bounds,
+)
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
@@ -592,7 +598,8 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
 
     Same time base as ``lnm_deploy.execute.run_float``: step t of every output answers step t of
     the input (zero latency along feed-forward edges, one step along back edges). Returns a
-    ``RunResult`` with ``output`` and ``spikes`` (per neuron layer) as uint8 and, with
+    ``RunResult`` with ``output`` and ``spikes`` (per spiking neuron layer) as uint8 (an Output
+    reading a non-spiking readout, ``Primitive.output_state``: that state, int64) and, with
     ``record``, ``states`` as int64 (``u``, ``v`` for LIF; ``v`` and, with a synapse, ``c`` for the
     polynomial neuron), each (samples, timesteps, *shape), states after the reset.
     ``engine``: "auto" (layer-at-a-time when the graph has no back edge), "layer" or "step".
@@ -622,19 +629,23 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
     neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
     spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=bool) for n in neurons}
+    out_src = sched.inputs[sched.output_node][0][0]
+    # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
+    graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None
     states_bt: dict[str, dict[str, Array]] = {}
     states: dict[str, dict[str, Array]] | None = None
-    if record:  # recorded in the result's (batch, timesteps) layout, written through (timesteps, batch) views
+    if record or graded is not None:  # recorded in the result's (batch, timesteps) layout, written through (timesteps, batch) views
         states_bt = {n: {k: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
-                     for n, run in neurons.items()}
+                     for n, run in neurons.items() if record or n == out_src}
         states = {n: {k: np.swapaxes(a, 0, 1) for k, a in d.items()} for n, d in states_bt.items()}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
 
-    out_src = sched.inputs[sched.output_node][0][0]
-    spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()}
-    return RunResult(output=spikes_bt[out_src], spikes=spikes_bt, states=states_bt)
+    spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()
+                 if output_state(graph.nodes[n], n) is None}
+    output = spikes_bt[out_src] if graded is None else states_bt[out_src][graded]
+    return RunResult(output=output, spikes=spikes_bt, states=states_bt if record else {})
 
 
 def _apply_flatten(node: FxFlatten, a: Array, lead: int) -> Array:
@@ -683,7 +694,7 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                     a = prev[s] if delayed else vals[s]
                     assert isinstance(a, _Val)
                     ins.append(a)
-                rec = None if states is None else {k: a[t0:t1] for k, a in states[name].items()}
+                rec = None if states is None or name not in states else {k: a[t0:t1] for k, a in states[name].items()}
                 neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec)
                 vals[name] = spikes[name][t0:t1]
         prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}

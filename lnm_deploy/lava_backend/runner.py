@@ -49,7 +49,7 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, primitive_of, primitives
+from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives
 from lnm_deploy.lava_backend.procs.process import MAX_STATES, ContractNeuron, PolyNeuron, Recorder
 from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 
@@ -387,7 +387,9 @@ class _Network:
         for name in layers:
             neuron = cast(FxNeuron, graph.nodes[name])  # plan(): layers are neurons
             shp = lava_shape(sched.shapes[name])
-            states = list(neuron.state_names()) if record else []
+            # A non-spiking readout's output is a state (Primitive.output_state): probed always.
+            graded = output_state(neuron, name)
+            states = list(neuron.state_names()) if record else ([graded] if graded is not None else [])
             files = [("spikes", os.path.join(workdir, f"{len(self.files)}.s"))]
             files += [(v, os.path.join(workdir, f"{len(self.files)}.{v}")) for v in states]
             for i, (_, path) in enumerate(files):
@@ -660,6 +662,9 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
         for n in layers:
             states[n] = {v: np.zeros((batch, steps, *sched.shapes[n]), dtype=sdt)
                          for v in graph.nodes[n].state_names()}  # type: ignore[attr-defined]
+    graded = output_state(graph.nodes[out_src], out_src)
+    if graded is not None and not record:
+        states[out_src] = {graded: np.zeros((batch, steps, *sched.shapes[out_src]), dtype=sdt)}
     timings = LavaTimings(samples=batch)
     if batch and steps:
         total = steps + p.max_depth
@@ -704,14 +709,18 @@ def run(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
             finally:
                 if bar is not None:
                     bar.close()
-    return RunResult(output=spikes[out_src], spikes=spikes, states=states), timings
+    if graded is None:
+        return RunResult(output=spikes[out_src], spikes=spikes, states=states), timings
+    output = states[out_src][graded]
+    spikes = {n: a for n, a in spikes.items() if output_state(graph.nodes[n], n) is None}
+    return RunResult(output=output, spikes=spikes, states=states if record else {}), timings
 
 
 def run_lava(graph: FxGraph, x: Any, *, record: bool = False, progress: bool = False) -> RunResult:
     """Run ``graph`` on Lava's bit-accurate models (``Loihi2SimCfg(select_tag='fixed_pt')``).
 
-    Same signature, time base and result as ``lnm_deploy.fxsim.run_fx``: spikes of every neuron
-    layer (uint8) and, with ``record``, states as int64 (``u``, ``v`` for LIF; ``v`` and, with a
+    Same signature, time base and result as ``lnm_deploy.fxsim.run_fx``: spikes of every spiking
+    neuron layer (uint8; the output of a non-spiking readout is its probed membrane, int64) and, with ``record``, states as int64 (``u``, ``v`` for LIF; ``v`` and, with a
     synapse, ``c`` for the polynomial neuron), each (samples, timesteps, *shape), after the reset.
     """
     return run(graph, x, record=record, progress=progress)[0]

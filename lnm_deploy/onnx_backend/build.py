@@ -4,7 +4,9 @@ Layout of the model (documented for users in ``docs/onnx.md``):
 
 * input: the FxInput's name, ``uint8`` binary spikes shaped (batch, time, *input_shape);
 * outputs: one ``uint8`` spike tensor per neuron layer, named after the layer, shaped
-  (batch, time, *shape); the FxOutput's name repeats the spikes of the layer it reads; with
+  (batch, time, *shape); the FxOutput's name repeats the spikes of the layer it reads (of a
+  non-spiking readout, ``Primitive.output_state``: its state, ``int64``, and the layer's entry in
+  ``layers`` names it as ``output_state``; its spike tensor is all 0); with
   ``states=True`` also ``"<layer>.<state>"`` (``int64``: ``u``, ``v`` for LIF, ``v`` and ``c`` for
   the polynomial neuron), the states after the reset of every step.
 * time: output step t answers input step t (the fixed-point contract's time base).
@@ -56,7 +58,13 @@ from lnm_deploy.fixedpoint.contract import (
     poly_bounds,
 )
 from lnm_deploy.fixedpoint.graph import FxGraph
-from lnm_deploy.fixedpoint.primitives import lookup, primitive, primitive_of, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import (
+    lookup,
+    output_state,
+    primitive,
+    primitive_of,
+    synapse_bounds,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -704,6 +712,11 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
     # Public tensor names: the input, one spike output per layer, its states, the output node.
     in_name, out_name = sched.input_node, sched.output_node
     state_out = {n: {k: f"{n}.{k}" for k in neurons[n].recorded()} for n in neurons} if states else {}
+    out_src = sched.inputs[out_name][0][0]
+    # A non-spiking readout (Primitive.output_state): the output repeats that state (int64).
+    graded = output_state(fx.nodes[out_src], out_src) if out_src in neurons else None
+    if graded is not None:
+        state_out.setdefault(out_src, {})[graded] = f"{out_src}.{graded}"
     public = [in_name, out_name, *neurons, *(v for d in state_out.values() for v in d.values())]
     if len(set(public)) != len(public):
         dup = sorted({p for p in public if public.count(p) > 1})
@@ -741,8 +754,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
             _scan(main, plan, members, vals, batch, state_out)
         done.update(members)
 
-    out_src = sched.inputs[out_name][0][0]
-    main.op("Identity", [vals[out_src].name], out=out_name)
+    main.op("Identity", [vals[out_src].name if graded is None else state_out[out_src][graded]], out=out_name)
 
     def vi(name: str, elem: str, shape: tuple[int, ...]) -> Any:
         return helper.make_tensor_value_info(name, _dtype(elem), ["batch", "time", *shape])
@@ -752,7 +764,7 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
         graph_outputs.append(vi(n, "uint8", plan.shapes[n]))
         for path in state_out.get(n, {}).values():
             graph_outputs.append(vi(path, "int64", plan.shapes[n]))
-    graph_outputs.append(vi(out_name, "uint8", plan.shapes[out_src]))
+    graph_outputs.append(vi(out_name, "uint8" if graded is None else "int64", plan.shapes[out_src]))
     graph = helper.make_graph(main.nodes, "lnm_deploy_fx", [vi(in_name, "uint8", plan.shapes[in_name])],
                               graph_outputs, initializer=consts.tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -761,7 +773,8 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
                                          "layout: docs/onnx.md")
     model.ir_version = IR_VERSION
     layers = [{"name": n, "kind": fx.nodes[n].kind, "shape": list(plan.shapes[n]),
-               "states": list(state_out.get(n, {}))} for n in neurons]
+               "states": list(state_out.get(n, {})),
+               **({"output_state": g} if (g := output_state(fx.nodes[n], n)) is not None else {})} for n in neurons]
     meta = {
         "target": fx.target,
         "lnm_deploy_version": __version__,

@@ -92,7 +92,8 @@ def run_onnx_model(model: Any, x: Any, *, record: bool = False, progress: bool =
     parts = [sess.run(names, {in_name: xs[i : i + step]}) for i in starts]
     got = {k: (np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j])
            for j, k in enumerate(names)}
-    spikes = {ly["name"]: got[ly["name"]] for ly in lay["layers"]}
+    # A non-spiking readout's (all-0) spike tensor is not a spike output (``output_state``).
+    spikes = {ly["name"]: got[ly["name"]] for ly in lay["layers"] if not ly.get("output_state")}
     states: dict[str, dict[str, np.ndarray]] = {}
     if record:
         states = {ly["name"]: {k: got[f"{ly['name']}.{k}"] for k in ly["states"]} for ly in lay["layers"]}

@@ -66,6 +66,7 @@ from lnm_deploy.calibrate.neuron_lowerings import (
     encode_bias,
     encode_poly,
     lif_fit,
+    membrane_constant,
     neuron_input_gain,
     plan_poly,
     select_poly,
@@ -800,14 +801,7 @@ def select_atrlif(layer: MappedLayer, rng: NeuronRange, target: Target, margin: 
     spec: ATRLIFSpec = target.spec(ATR_KIND, node=n)
     approx: list[str] = []
     has_syn = node.syn_decay is not None
-    bias_v = layer.scaled_bias
-    if has_syn and np.any(bias_v != 0):
-        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
-                      "b/(1-alpha) (the first steps' transient is lost)")
-        assert node.syn_decay is not None
-        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
-    theta = node.poly.reshape(node.poly.shape[0], -1)
-    theta0 = theta[0] + np.asarray(bias_v).reshape(-1)
+    theta, theta0 = membrane_constant(layer, node, approx)
     fit: dict[str, Any] = {}
     if node.degree >= 2:
         a, b, resid = lif_fit(theta, rng.v_values, rng.v_weights)

@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from lnm_deploy.calibrate.lowering import Lowering, register_lowering
-from lnm_deploy.calibrate.neuron_lowerings import lif_fit, neuron_input_gain, warn_lost_bias
+from lnm_deploy.calibrate.neuron_lowerings import (
+    encode_bias,
+    lif_decays,
+    lif_fit,
+    membrane_constant,
+    neuron_input_gain,
+)
 from lnm_deploy.calibrate.passes import (
     EncodedLayer,
     LayerRecord,
@@ -51,7 +57,7 @@ from lnm_deploy.calibrate.passes import (
     WeightClip,
     plan_synapses,
 )
-from lnm_deploy.errors import GraphError, LNMDeployWarning, NumericError, UnsupportedError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.fixedpoint import contract
 from lnm_deploy.fixedpoint.nodes import FxLIF, FxNeuron, Range
 from lnm_deploy.fixedpoint.primitives import Primitive, SpecCheck, register
@@ -279,14 +285,7 @@ def select_readout(layer: MappedLayer, rng: NeuronRange, target: Target, margin:
     spec: LIReadoutSpec = target.spec(KIND, node=n)
     approx: list[str] = []
     has_syn = node.syn_decay is not None
-    bias_v = layer.scaled_bias
-    if has_syn and np.any(bias_v != 0):
-        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
-                      "b/(1-alpha) (the first steps' transient is lost)")
-        assert node.syn_decay is not None
-        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
-    theta = node.poly.reshape(node.poly.shape[0], -1)
-    theta0 = theta[0] + bias_v.reshape(-1)
+    theta, theta0 = membrane_constant(layer, node, approx)
     fit: dict[str, Any] = {}
     exact = (node.degree <= 1 and (node.degree == 0 or (_uniform(theta[1]) and np.all(theta[1] <= 1.0)))
              and (not has_syn or _uniform(node.syn_decay)))
@@ -330,24 +329,8 @@ def encode_readout(sel: Selection, scales: ScalePlan, target: Target) -> Encoded
     approx = list(sel.approximations)
     unity = 2**spec.decay_bits
     s_max = 2.0 ** (spec.state_bits - 1) - 1
-    b_mean = float(np.mean(lin[1]))
-    if b_mean > 1.0:
-        approx.append(f"decay factor {b_mean:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
-    dv = int(np.clip(np.rint((1.0 - b_mean) * unity), spec.dv[0], spec.dv[1]))
-    if node.syn_decay is not None:
-        alpha = float(np.mean(node.syn_decay))
-        du = int(np.clip(unity - 1 - np.rint(alpha * unity), spec.du[0], spec.du[1]))
-    else:
-        du = unity - 1
-    bias_int = np.rint(lin[0] / q).astype(np.int64)
-    bias_exp = 0
-    mant_lo, mant_hi = spec.bias_mant
-    while np.any((bias_int >> bias_exp) > mant_hi) or np.any((bias_int >> bias_exp) < mant_lo):
-        bias_exp += 1
-    if bias_exp > spec.bias_exp[1]:
-        raise NumericError("the bias does not fit the readout's bias mantissa and exponent", node=n)
-    bias_mant = np.clip(np.rint(bias_int / 2.0**bias_exp), mant_lo, mant_hi).astype(np.int64)
-    warn_lost_bias(n, lin[0], bias_mant, bias_exp, q)
+    dv, du = lif_decays(lin, node, spec.dv, spec.du, unity, approx)
+    bias_mant, bias_exp = encode_bias(n, lin[0], q, spec.bias_mant, spec.bias_exp, "readout")
     shape = node.shape
     fx = FxLIReadout(shape=shape, du=du, dv=dv, bias_mant=bias_mant.reshape(shape), bias_exp=bias_exp,
                      state_bits=spec.state_bits, decay_bits=spec.decay_bits, act_shift=spec.act_shift)

@@ -149,23 +149,45 @@ def lif_exact(node: Node) -> bool:
                  and (not has_syn or _uniform(node.syn_decay)))
 
 
+def membrane_constant(layer: MappedLayer, node: Neuron, approx: list[str]) -> tuple[Array, Array]:
+    """``(theta, theta0)``: the layer's polynomial coefficients (d+1, N) and its constant term with
+    the layer's constant input (``layer.scaled_bias``) added. A constant input into a synaptic
+    current (``c = a c + W s + b``) reaches ``b / (1 - a)`` after a transient, while a stock
+    neuron's bias adds to ``v``: it is folded at that steady state, and ``approx`` says so."""
+    bias_v = layer.scaled_bias  # constant current into v (no synapse) or into c
+    if node.syn_decay is not None and np.any(bias_v != 0):
+        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
+                      "b/(1-alpha) (the first steps' transient is lost)")
+        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
+    theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
+    return theta, theta[0] + np.asarray(bias_v).reshape(-1)
+
+
+def lif_decays(lin: Array, node: Neuron, dv_range: tuple[int, int], du_range: tuple[int, int], unity: int,
+               approx: list[str]) -> tuple[int, int]:
+    """A stock LIF's ``(dv, du)`` (``unity = 2**decay_bits``) for a linear leak with coefficients
+    ``lin`` (2, N) and the node's synaptic decay: ``dv = rint((1 - mean coef[1]) unity)`` (a
+    growing membrane, ``coef[1] > 1``, clipped to ``dv = 0`` and noted in ``approx``), ``du = unity
+    - 1 - rint(mean syn_decay unity)`` (no synapse: ``unity - 1``, ``u`` is the input), each
+    clipped into its range."""
+    b_mean = float(np.mean(lin[1]))
+    if b_mean > 1.0:
+        approx.append(f"decay factor {b_mean:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
+    dv = int(np.clip(np.rint((1.0 - b_mean) * unity), dv_range[0], dv_range[1]))
+    if node.syn_decay is None:
+        return dv, unity - 1  # u = x: no current state
+    alpha = float(np.mean(node.syn_decay))
+    return dv, int(np.clip(unity - 1 - np.rint(alpha * unity), du_range[0], du_range[1]))
+
+
 def _prelude(layer: MappedLayer, rng: NeuronRange, margin: float) -> tuple[
         str, Neuron, tuple[Any, ...], list[str], bool, Array, Array, Array, float, float]:
     """What both neuron lowerings' pass 2 start from: the constant input folded into theta0, the
     thresholds, the membrane and current bounds times the margin, the approximations so far."""
     n, node, syns = layer.name, _neuron(layer.node), layer.scaled_synapses
-    bias_v = layer.scaled_bias  # constant current into v (no synapse) or into c
     approx: list[str] = []
     has_syn = node.syn_decay is not None
-    if has_syn and np.any(bias_v != 0):
-        # c = a c + W s + b: a constant input into the current reaches b / (1 - a) after a
-        # transient; the chip's bias adds to v. Folded at its steady state.
-        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
-                      "b/(1-alpha) (the first steps' transient is lost)")
-        assert node.syn_decay is not None
-        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
-    theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
-    theta0 = theta[0] + bias_v.reshape(-1)
+    theta, theta0 = membrane_constant(layer, node, approx)
     v_th = node.v_th.reshape(-1)  # type: ignore[union-attr]
     if np.any(v_th < 0):
         raise UnsupportedError("negative thresholds cannot be mapped (the chip's threshold is >= 0)", node=n)
@@ -357,15 +379,7 @@ def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLaye
     approx = list(sel.approximations)
     s_max = 2.0 ** (spec.state_bits - 1) - 1
     unity = 2**spec.decay_bits
-    b_mean = float(np.mean(lin[1]))
-    if b_mean > 1.0:
-        approx.append(f"decay factor {b_mean:.4g} > 1 (a growing membrane) clipped to 1 (dv = 0)")
-    dv = int(np.clip(np.rint((1.0 - b_mean) * unity), spec.dv[0], spec.dv[1]))
-    if node.syn_decay is not None:
-        alpha = float(np.mean(node.syn_decay))
-        du = int(np.clip(unity - 1 - np.rint(alpha * unity), spec.du[0], spec.du[1]))
-    else:
-        du = unity - 1  # u = x: no current state
+    dv, du = lif_decays(lin, node, spec.dv, spec.du, unity, approx)
     vth = int(np.rint(float(np.mean(sel.v_th)) / (q * 2.0**spec.vth_shift)))
     bias_mant, bias_exp = encode_bias(n, lin[0], q, spec.bias_mant, spec.bias_exp, "LIF")
     shape = node.shape

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from lnm_deploy.calibrate import passes
 from lnm_deploy.calibrate.lowering import Lowering, register_lowering
 from lnm_deploy.calibrate.neuron_lowerings import (
     encode_bias,
@@ -47,20 +48,10 @@ from lnm_deploy.calibrate.neuron_lowerings import (
     membrane_constant,
     neuron_input_gain,
 )
-from lnm_deploy.calibrate.passes import (
-    EncodedLayer,
-    LayerRecord,
-    MappedLayer,
-    NeuronRange,
-    ScalePlan,
-    Selection,
-    WeightClip,
-    plan_synapses,
-)
 from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.fixedpoint import contract
 from lnm_deploy.fixedpoint.nodes import FxLIF, FxNeuron, Range
-from lnm_deploy.fixedpoint.primitives import Primitive, SpecCheck, register
+from lnm_deploy.fixedpoint.primitives import Primitive, SpecCheck, check_lif_rules, register
 from lnm_deploy.ir import Neuron, Node
 from lnm_deploy.onnx_backend import build as onnx_build
 from lnm_deploy.targets import Target
@@ -193,9 +184,7 @@ class LIReadoutSpec:
             c.width(key, getattr(self, key), lim[key])
         for key in ("du", "dv", "bias_mant", "bias_exp"):
             c.within(key, getattr(self, key), lim[key])
-        c.member("u_overflow", self.u_overflow, (FxLIF.U_OVERFLOW,))
-        c.member("v_overflow", self.v_overflow, (FxLIF.V_OVERFLOW,))
-        c.member("decay_rounding", self.decay_rounding, (FxLIF.DECAY_ROUNDING,))
+        check_lif_rules(c, self)
 
     def summary(self) -> str:
         return f"non-spiking LI readout ({self.state_bits}-bit membrane output)"
@@ -261,14 +250,14 @@ def _uniform(a: Array | None) -> bool:
     return a is None or bool(np.all(a == a.reshape(-1)[0]))
 
 
-def _applies(layer: MappedLayer, target: Target) -> bool:
+def _applies(layer: passes.MappedLayer, target: Target) -> bool:
     """Every non-spiking ``Neuron`` (``select`` refuses a target without ``[li_readout]``, so that
     the refusal names the section instead of a spiking lowering failing on a missing threshold)."""
     return isinstance(layer.node, Neuron) and not layer.node.spiking
 
 
-def select_readout(layer: MappedLayer, rng: NeuronRange, target: Target, margin: float,
-                   rounding: Rounding) -> Selection:
+def select_readout(layer: passes.MappedLayer, rng: passes.NeuronRange, target: Target, margin: float,
+                   rounding: Rounding) -> passes.Selection:
     """Pass 2: the line ``coef[0] + coef[1] v`` (exact for an LI / CubaLI: degree <= 1, one decay
     and, with a synapse, one synaptic decay per layer, not growing; else the weighted least-squares
     fit of the polynomial, listed in the approximations), the membrane and current bounds times
@@ -307,20 +296,20 @@ def select_readout(layer: MappedLayer, rng: NeuronRange, target: Target, margin:
     s_max = 2.0 ** (spec.state_bits - 1) - 1
     bias_lim = max(abs(spec.bias_mant[0]), spec.bias_mant[1]) * 2.0 ** spec.bias_exp[1]
     q_min = max(v_abs / s_max, c_abs / s_max, float(np.max(np.abs(lin[0]))) / bias_lim, 1e-300)
-    return Selection(n, node, KIND, layer.scaled_synapses, lin, np.zeros(0), v_abs, c_abs, q_min, rounding,
+    return passes.Selection(n, node, KIND, layer.scaled_synapses, lin, np.zeros(0), v_abs, c_abs, q_min, rounding,
                      fit=fit, approximations=tuple(approx))
 
 
-def plan_readout(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
+def plan_readout(sel: passes.Selection, target: Target, weight_clip: passes.WeightClip) -> passes.ScalePlan:
     """Pass 3: ``q`` and the synapses' integers (exponent ``weight_exp + act_shift``), as the
     stock LIF's."""
     spec: LIReadoutSpec = target.spec(KIND, node=sel.name)
-    q, in_shift, plans = plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, spec.act_shift,
+    q, in_shift, plans = passes.plan_synapses(sel.name, list(sel.synapses), target, sel.q_min, spec.act_shift,
                                        weight_clip, (0, 0))
-    return ScalePlan(sel.name, q, in_shift, tuple(plans))
+    return passes.ScalePlan(sel.name, q, in_shift, tuple(plans))
 
 
-def encode_readout(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
+def encode_readout(sel: passes.Selection, scales: passes.ScalePlan, target: Target) -> passes.EncodedLayer:
     """Pass 4: ``dv = rint((1 - coef[1]) 2**D)``, ``du = 2**D - 1 - rint(syn_decay 2**D)`` (no
     synapse: ``2**D - 1``), the bias on the LIF's mantissa and exponent; the dequantized node is
     the non-spiking ``Neuron`` of those integers."""
@@ -340,7 +329,7 @@ def encode_readout(sel: Selection, scales: ScalePlan, target: Target) -> Encoded
                 dt=node.dt, metadata={k: v for k, v in node.metadata.items() if k == "nir_type"})
     plans = scales.synapses
     v_abs, c_abs = sel.v_abs, sel.c_abs
-    rec = LayerRecord(
+    rec = passes.LayerRecord(
         name=n, primitive=KIND, q=q, exponents={p.synapse.name: p.weight_exp for p in plans}, in_shift=0,
         weight_scale={p.synapse.name: p.real_per_lsb for p in plans},
         weight_clipped={p.synapse.name: p.clipped for p in plans},
@@ -351,7 +340,7 @@ def encode_readout(sel: Selection, scales: ScalePlan, target: Target) -> Encoded
         fit=dict(sel.fit), approximations=approx)
     for a in approx:
         warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
-    return EncodedLayer(fx, ir, rec, scales)
+    return passes.EncodedLayer(fx, ir, rec, scales)
 
 
 LI_READOUT_LOWERING = register_lowering(Lowering(

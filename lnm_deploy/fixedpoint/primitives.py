@@ -245,13 +245,18 @@ class LIFSpec:
             c.width(key, getattr(self, key), lim[key])
         for key in ("du", "dv", "vth", "bias_mant", "bias_exp"):
             c.within(key, getattr(self, key), lim[key])
-        # fxsim, ONNX and Lava implement exactly these rules (docs/fixed-point.md 4.2).
-        c.member("u_overflow", self.u_overflow, (FxLIF.U_OVERFLOW,))
-        c.member("v_overflow", self.v_overflow, (FxLIF.V_OVERFLOW,))
-        c.member("decay_rounding", self.decay_rounding, (FxLIF.DECAY_ROUNDING,))
+        check_lif_rules(c, self)
 
     def summary(self) -> str:
         return f"LIF ({self.state_bits}-bit state, {self.decay_bits}-bit decays)"
+
+
+def check_lif_rules(c: SpecCheck, spec: Any) -> None:
+    """The stock LIF's fixed rules, which a section holding them (``[lif]``, ``[li_readout]``) must
+    state as they are: fxsim, ONNX and Lava implement exactly these (docs/fixed-point.md 4.2)."""
+    c.member("u_overflow", spec.u_overflow, (FxLIF.U_OVERFLOW,))
+    c.member("v_overflow", spec.v_overflow, (FxLIF.V_OVERFLOW,))
+    c.member("decay_rounding", spec.decay_rounding, (FxLIF.DECAY_ROUNDING,))
 
 
 @dataclass(frozen=True)

@@ -895,20 +895,33 @@ def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedL
                         theta_step=np.full(shape, tstep * grid * q * k_theta),
                         refractory_decay=np.full(shape, 1.0 - dr / unity))
     s_max = 2.0 ** (spec.state_bits - 1) - 1
-    lo_t, hi_t, _ = theta_range(ir)
+    lo_t, hi_t, bounded = theta_range(ir)
+    approx = list(sel.approximations)
+    # theta and r are int32 registers in Lava's model. A spike needs v - r >= theta with v <= s_max
+    # (saturated) and r >= 0 (it starts at 0 and only jumps up by 2 theta >= 0), so every spike
+    # happens below s_max and theta ends at most one jump above it; without spikes it decays
+    # toward theta_0. That holds whether or not the geometric bound exists (dtheta = 0).
+    theta_int = max(abs(lo_t), abs(hi_t)) / q
+    if not bounded:
+        approx.append("theta_decay rounds to 1 (dtheta = 0) with a nonzero theta_step: the threshold does not "
+                      "relax and grows by one jump per spike until the neuron can no longer reach it")
+        theta_int = max(theta_int, s_max + tstep * grid)
+    r_int = s_max + 2 * max(theta_int, s_max)  # r < v - theta + 2 theta at a spike; it decays otherwise
+    reg_max = 2.0**31 - 1
     plans = scales.synapses
     rec = LayerRecord(
         name=n, primitive=ATR_KIND, q=q, exponents={pl.synapse.name: pl.weight_exp for pl in plans}, in_shift=0,
         weight_scale={pl.synapse.name: pl.real_per_lsb for pl in plans},
         weight_clipped={pl.synapse.name: pl.clipped for pl in plans},
         proof={"membrane_bound_real": sel.v_abs, "membrane_bound_int": sel.v_abs / q, "state_limit": s_max,
-               "current_bound_int": sel.c_abs / q, "theta_bound_int": max(abs(lo_t), abs(hi_t)) / q,
+               "current_bound_int": sel.c_abs / q, "theta_bound_int": theta_int, "refractory_bound_int": r_int,
+               "register_limit": reg_max, "theta_bounded_geometrically": bounded,
                "theta_0": th0, "theta_step": tstep, "di": di, "dv": dv, "dtheta": dtheta, "dr": dr,
                "bias_exp": bias_exp,
                "holds": bool(sel.v_abs / q <= s_max and sel.c_abs / q <= s_max
-                             and max(abs(lo_t), abs(hi_t)) / q <= s_max)},
-        fit=dict(sel.fit), approximations=list(sel.approximations))
-    for a in sel.approximations:
+                             and theta_int <= reg_max and r_int <= reg_max)},
+        fit=dict(sel.fit), approximations=approx)
+    for a in approx:
         warnings.warn(f"layer '{n}': {a}", LNMDeployWarning, stacklevel=3)
     return EncodedLayer(fx, ir, rec, scales)
 

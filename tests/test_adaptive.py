@@ -5,6 +5,7 @@ random examples (``conformance.register_example("adaptive_poly", ...)``)."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -409,3 +410,37 @@ def test_threshold_regulariser_keeps_the_threshold_positive() -> None:
     assert float(r) == pytest.approx(16.0)
     r.backward()
     assert float(m.theta_step.grad) < 0 and float(m.theta_decay.grad) > 0  # descent: jump up, decay down
+
+
+@pytest.mark.lava
+@pytest.mark.skipif(sys.version_info[:2] != (3, 10), reason="lava-nc 0.10 installs on Python 3.10 only")
+def test_a_threshold_that_never_relaxes_is_noted_and_its_bound_is_the_spiking_limit() -> None:
+    """theta_decay 1 (dtheta 0) with a jump: the threshold grows by one jump per spike, so the
+    geometric bound does not exist. The layer record says so, the overflow proof bounds theta by
+    the membrane's limit plus one jump (a spike needs v - r >= theta, v saturated) inside Lava's
+    int32 registers, and Lava's ATRLIF stays bit-exact with fxsim on a long run."""
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.fxsim import run_fx
+    from lnm_deploy.lava_backend import run_lava
+
+    rng = np.random.default_rng(2)
+    g = sequential([
+        ("fc1", Affine(weight=rng.normal(0.5, 0.3, (6, 10)))),
+        ("a1", AdaptiveNeuron(shape=(6,), poly=[0.0, 0.9], v_th=1.0, theta_decay=1.0, theta_step=0.3,
+                              refractory_decay=0.9)),
+    ], (10,))
+    x = _spikes(3, batch=8, steps=60)
+    with pytest.warns(LNMDeployWarning, match="theta_decay rounds to 1"):
+        res = calibrate_network(g, x, load_target("loihi2-lif"), load_recipe("default"), progress=False)
+    rec = res.quantized.layers["a1"]
+    assert any("does not relax" in a for a in rec.approximations)
+    p = rec.proof
+    assert not p["theta_bounded_geometrically"] and p["holds"]
+    assert p["theta_bound_int"] >= p["state_limit"] + p["theta_step"] * 64
+    assert p["theta_bound_int"] <= p["register_limit"] and p["refractory_bound_int"] <= p["register_limit"]
+    fx = res.artifact.fx
+    ref, got = run_fx(fx, x[:2], record=True), run_lava(fx, x[:2], record=True)
+    assert ref.spikes["a1"].sum() > 0
+    for k in ref.states["a1"]:
+        assert np.array_equal(got.states["a1"][k], ref.states["a1"][k]), k
+    assert np.array_equal(got.spikes["a1"], ref.spikes["a1"])

@@ -271,6 +271,8 @@ def test_warn_lost_bias_names_the_neurons() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_lost_bias("n", bias[1:3], mant[1:3], 3, 1e-3) == []
+        # rounding residue of a fit (1e-16 against an LSB of 1e-3) is not a bias
+        assert warn_lost_bias("n", np.array([6.6e-16, -1e-15]), np.array([0, 0]), 0, 1e-3) == []
 
 
 def test_small_bias_lost_on_stock_lif_is_warned() -> None:

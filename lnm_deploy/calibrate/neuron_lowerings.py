@@ -354,13 +354,18 @@ def encode_bias(name: str, bias: Array, q: float, mant: tuple[int, int], exp: tu
     return bias_mant, bias_exp
 
 
+#: Constant inputs below this many state LSBs per step are not warned about as lost (``warn_lost_bias``).
+BIAS_NOISE = 1e-9
+
+
 def warn_lost_bias(name: str, bias: Array, bias_mant: Array, bias_exp: int, q: float) -> list[int]:
     """Warn (``LNMDeployWarning``) naming the neurons whose constant input (``bias``, real, flat)
     is non-zero but whose integer mantissa is 0: the stock LIF has one ``bias_exp`` per layer, set
-    by the layer's largest bias, so a bias below ``2^bias_exp q / 2`` is lost. Returns their flat
-    indices."""
+    by the layer's largest bias, so a bias below ``2^bias_exp q / 2`` is lost. A bias below
+    ``BIAS_NOISE`` state LSBs counts as zero (rounding residue of a fit, not a bias: it would take
+    a billion steps to move the membrane by one LSB). Returns their flat indices."""
     b = np.asarray(bias, dtype=np.float64).reshape(-1)
-    lost = np.flatnonzero((b != 0) & (np.asarray(bias_mant).reshape(-1) == 0))
+    lost = np.flatnonzero((np.abs(b) > BIAS_NOISE * q) & (np.asarray(bias_mant).reshape(-1) == 0))
     if lost.size:
         shown = ", ".join(str(int(i)) for i in lost[:10]) + (", ..." if lost.size > 10 else "")
         warnings.warn(

@@ -490,10 +490,15 @@ def _applies(layer: MappedLayer, target: Target) -> bool:
     return target.offers(KIND) and not _node(layer.node).refractory
 
 
+def _why_not(layer: MappedLayer, target: Target) -> str:
+    return ("the layer is refractory (refractory_decay set) and the programmable neuron has no refractory "
+            f"state; deploy it on a target offering '{ATR_KIND}' (loihi2-lif) or train without refractory_decay")
+
+
 ADAPTIVE_LOWERING = register_lowering(Lowering(
     FLOAT_KIND, KIND, applies=_applies, select=select_adaptive, plan=plan_adaptive, encode=encode_adaptive,
     input_gain=neuron_input_gain, preference=10,
-    description="programmable polynomial neuron with a threshold register"))
+    description="programmable polynomial neuron with a threshold register", why_not=_why_not))
 
 
 # ==================================================================================================

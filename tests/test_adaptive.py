@@ -444,3 +444,13 @@ def test_a_threshold_that_never_relaxes_is_noted_and_its_bound_is_the_spiking_li
     for k in ref.states["a1"]:
         assert np.array_equal(got.states["a1"][k], ref.states["a1"][k]), k
     assert np.array_equal(got.spikes["a1"], ref.spikes["a1"])
+
+
+def test_a_refractory_layer_on_loihi2_is_refused_saying_why() -> None:
+    """loihi2 offers adaptive_poly, which has no refractory state: the refusal says so and where
+    the layer can go, rather than listing adaptive_poly as both possible and offered."""
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+
+    with pytest.raises(UnsupportedError, match=r"node 'a1'.*adaptive_poly: the layer is refractory.*atrlif"):
+        calibrate_network(_atr_graph(), _spikes(5, batch=8), load_target("loihi2"),  # type: ignore[arg-type]
+                          load_recipe("default"), progress=False)

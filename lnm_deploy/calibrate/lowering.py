@@ -63,6 +63,9 @@ class Lowering:
     input_gain: Callable[[Node], Array]
     preference: int = 0
     description: str = ""
+    #: why the lowering does not apply to a layer on a target that offers its primitive (for the
+    #: error when no lowering applies), or None: "it does not apply to this layer"
+    why_not: Callable[[MappedLayer, Target], str] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -155,7 +158,11 @@ def choose_lowering(layer: MappedLayer, target: Target) -> Lowering:
         if lw.applies(layer, target):
             return lw
     mine = ", ".join(lw.primitive for lw in lowerings(layer.node.kind)) or "none"
+    # a lowering whose primitive the target offers and which still does not apply: say why
+    refused = [f"{lw.primitive}: {lw.why_not(layer, target) if lw.why_not else 'does not apply to this layer'}"
+               for lw in lowerings(layer.node.kind) if target.offers(lw.primitive)]
+    why = f" ({'; '.join(refused)})" if refused else ""
     raise UnsupportedError(
-        f"target '{target.name}' offers no neuron for this layer (float kind {layer.node.kind!r}, lowerable "
-        f"onto: {mine}; the target offers: {', '.join(target.offered())}; known lowerings: {_known()})",
-        node=layer.name)
+        f"target '{target.name}' offers no neuron for this layer{why} (float kind {layer.node.kind!r}, "
+        f"lowerable onto: {mine}; the target offers: {', '.join(target.offered())}; known lowerings: "
+        f"{_known()})", node=layer.name)

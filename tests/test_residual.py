@@ -452,3 +452,27 @@ def test_a_scale_that_varies_across_positions_is_refused_naming_it() -> None:
     g, *_ = _bn_graph(scale)
     with pytest.raises(UnsupportedError, match=r"node 'bn_bias'.*Scale 'bn'.*varies across positions"):
         fold(g)
+
+
+def test_a_skip_of_another_shape_read_from_nir_names_the_skip() -> None:
+    """A NIR graph summing a (32,) skip into a (16,) layer: the error names the layer, the input
+    whose shape does not fit, every summed input and the fix (not only the layer's main input)."""
+    import nir
+
+    from lnm_deploy.errors import GraphError
+    from lnm_deploy.nir_io import from_nir
+
+    rng = np.random.default_rng(0)
+
+    def lif(n: int) -> nir.LIF:
+        tau = np.full(n, 1e-3)
+        return nir.LIF(tau=tau, r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.ones(n), v_reset=np.zeros(n))
+
+    nodes = {"input": nir.Input(input_type={"input": np.array([16])}),
+             "a1": nir.Affine(weight=rng.normal(0, 0.5, (32, 16)), bias=np.zeros(32)), "l1": lif(32),
+             "a2": nir.Affine(weight=rng.normal(0, 0.5, (16, 32)), bias=np.zeros(16)), "l2": lif(16),
+             "output": nir.Output(output_type={"output": np.array([16])})}
+    edges = [("input", "a1"), ("a1", "l1"), ("l1", "a2"), ("a2", "l2"), ("l2", "output"), ("l1", "l2")]
+    g = nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+    with pytest.raises(GraphError, match=r"node 'l2': .*\(32,\) from 'l1'; it sums the outputs of 'a2', 'l1'.*1x1 Conv2d"):
+        from_nir(g, dt=1e-3)

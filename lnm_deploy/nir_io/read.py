@@ -941,6 +941,7 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
         inp: reader("Input").convert(NodeRead(inp, in_node, {}, dict(in_node.metadata or {}), {}, exact, shape, ctx))
     }
     in_shapes: dict[str, Shape] = {}
+    in_from: dict[str, str] = {}  # the predecessor a node's input shape was taken from
     out_shapes: dict[str, Shape] = {inp: shape}
     queue = deque([inp])
     while queue:  # breadth first: a node's first-reached predecessor is a feed-forward one
@@ -951,6 +952,15 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
             try:
                 out_shapes[n] = ir.output_shape(n, in_shapes.get(n))
             except GraphError as e:
+                preds = sorted({s for s, d in edges if d == n})
+                if len(preds) > 1 and (input_shape is None or n not in succ[inp]):
+                    # several inputs summed (a skip): say which one has the shape that does not fit
+                    raise GraphError(
+                        f"{str(e).split(';')[0].removeprefix(f'node {n!r}: ')} from '{in_from[n]}'; it sums the "
+                        "outputs of "
+                        f"{', '.join(repr(p) for p in preds)}, and every input summed into a layer must have "
+                        "the layer's shape: project a skip with a 1x1 Conv2d (with a stride for a smaller map) "
+                        "or an Affine", node=n) from e
                 if input_shape is None or n not in succ[inp]:
                     raise
                 raise UserInputError(f"input_shape {tuple(input_shape)} (CLI --input-shape) does not fit "
@@ -959,6 +969,7 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
         for m in succ[n]:
             if m not in in_shapes and m != inp:
                 in_shapes[m] = out_shapes[n]
+                in_from[m] = n
                 queue.append(m)
     for n, node in nodes.items():  # unreachable nodes: converted for their errors, then rejected
         if n not in ir_nodes:

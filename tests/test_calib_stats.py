@@ -420,3 +420,16 @@ def test_a_zero_min_or_max_is_positive_zero(monkeypatch, compiled):
     assert len(zeros) == 4 and all(math.copysign(1.0, v) == 1.0 for v in zeros)
     assert list(t.channel_min) == [0.0, 0.0, -0.25] and list(t.channel_max) == [0.5, 0.0, 0.0]
     assert math.copysign(1.0, TensorStats.from_array(np.array([-0.0, 1.0]), channel_axis=None).minimum) == 1.0
+
+
+def test_statistics_do_not_depend_on_the_update_threads(monkeypatch):
+    """Each tensor is updated by one thread in the same order as alone: one or two threads give
+    the same statistics, bit for bit."""
+    from lnm_deploy.calibrate import stats as st
+
+    g, x = _ff_graph(), _spike_input(n=24)
+    monkeypatch.setattr(st, "STATS_THREADS", 1)
+    one = collect_stats(g, x, batch_size=5, progress=False, seed=3).to_dict()
+    monkeypatch.setattr(st, "STATS_THREADS", 2)
+    two = collect_stats(g, x, batch_size=5, progress=False, seed=3).to_dict()
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)

@@ -35,7 +35,9 @@ a range is the largest relative change of that statistic over the last half of t
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -856,6 +858,7 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
     from lnm_deploy.progress import progress as progress_bar
 
     bar = progress_bar(total=n, desc="calibrate", unit="sample", enabled=progress)
+    pool = _UpdatePool()
     try:
         for start in range(0, n, batch_size):
             xb = x[index[start : start + batch_size]]
@@ -865,19 +868,19 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
             if on_batch is not None:
                 on_batch(index[start : start + batch_size], res)
             ch = 2  # channel axis of (B, T, C, ...)
-            stats.input.update(xb, ch if xb.ndim > 2 else None)
-            for name, st in stats.synapses.items():
-                st.output.update(res.values[name], ch)
+            jobs: list[tuple[TensorStats, np.ndarray, int | None]] = [(stats.input, xb, ch if xb.ndim > 2 else None)]
+            jobs += [(st.output, res.values[name], ch) for name, st in stats.synapses.items()]
             for name, nst in stats.neurons.items():
                 rec = res.states[name]
+                if name not in same_as:
+                    jobs.append((nst.input, res.inputs[name], ch))
+                if nst.c is not None:
+                    jobs.append((nst.c, rec["c"], ch))
+                jobs += [(nst.v, rec["v"], ch), (nst.v_pre, rec["v_pre"], ch)]
+            pool.update(jobs)
+            for name, nst in stats.neurons.items():
                 if name in same_as:
                     nst.input.assign(stats.synapses[same_as[name]].output)
-                else:
-                    nst.input.update(res.inputs[name], ch)
-                if nst.c is not None:
-                    nst.c.update(rec["c"], ch)
-                nst.v.update(rec["v"], ch)
-                nst.v_pre.update(rec["v_pre"], ch)
             for name, sp in stats.spikes.items():
                 sp.update(res.spikes[name])
             stats.samples += xb.shape[0]
@@ -888,5 +891,35 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
                     t.stats.trace.record(stats.samples, t.stats.hist)
             bar.update(xb.shape[0])
     finally:
+        pool.close()
         bar.close()
     return stats
+
+
+#: Threads that update the statistics of one batch's tensors at once (each tensor by one thread,
+#: in the same order as alone: the results do not depend on it). numpy's reductions and the
+#: compiled kernels release the GIL.
+STATS_THREADS = min(2, os.cpu_count() or 1)
+
+
+class _UpdatePool:
+    """``TensorStats.update`` for a batch's tensors on ``STATS_THREADS`` threads (largest first)."""
+
+    def __init__(self) -> None:
+        self._ex: ThreadPoolExecutor | None = None
+
+    def update(self, jobs: list[tuple[TensorStats, np.ndarray, int | None]]) -> None:
+        if STATS_THREADS < 2 or len(jobs) < 2:
+            for st, a, axis in jobs:
+                st.update(a, axis)
+            return
+        if self._ex is None:
+            self._ex = ThreadPoolExecutor(max_workers=STATS_THREADS, thread_name_prefix="lnm-stats")
+        jobs = sorted(jobs, key=lambda j: -j[1].size)
+        for f in [self._ex.submit(st.update, a, axis) for st, a, axis in jobs]:
+            f.result()  # re-raises a job's error (NumericError for NaN / inf)
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None

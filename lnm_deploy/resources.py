@@ -22,7 +22,9 @@ What the mapper ignores (``IGNORED``; ``docs/resources.md``): sharing one core b
 (each layer starts a new core, so small networks over-count cores), convolution weight sharing
 (weights are counted per output neuron, an over-estimate), neuron state, routing tables and axon
 limits (not published for Loihi 2), and the placement of cores on the mesh (messages are counted
-between cores, not hops).
+between cores, not hops); for a graph whose paths into a layer differ in length, the relay neurons
+Lava inserts (``RELAYS_IGNORED``, added to the mapping's ``ignored``). A network that does not fit
+is limited by ``SYSTEM_CORES`` (the system's chips x cores_per_chip).
 
 The per-kind connectivity lives in one table (``CONNECTIVITY``: ``Connectivity.into`` and
 ``Connectivity.weight_bits`` for each synapse primitive); an unknown synapse kind is an

@@ -94,6 +94,12 @@ _dt = _checked(_dt_check)
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lnm_deploy.summary import summarize
 
+    if not args.resources:
+        given = [o for o, v in (("--data", args.data), ("--target", args.target)) if v is not None]
+        if given:
+            raise UserInputError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --resources "
+                                 f"(inspect ARTIFACT --resources {' '.join(f'{o} ...' for o in given)}); "
+                                 "without it inspect shows the graph only")
     graph, artifact = _load(args)
     if args.resources:
         return _inspect_resources(args, artifact)
@@ -120,7 +126,18 @@ def _inspect_resources(args: argparse.Namespace, artifact: Any) -> int:
 
     if artifact is None:
         raise UserInputError(f"--resources: {args.graph} is not a calibrated artifact; run 'lnm-deploy calibrate' first")
-    target = load_target(args.target) if args.target else artifact_target(artifact.fx, artifact.record, args.graph)
+    if args.target:
+        from lnm_deploy.targets import check_graph
+
+        target = load_target(args.target)
+        try:  # the artifact's own target was checked when it was read; another one is checked here
+            check_graph(artifact.fx, target)
+        except LNMDeployError as e:
+            raise type(e)(f"--target {args.target}: {args.graph} cannot run on target '{target.name}' "
+                          f"(calibrated for '{artifact.target}'): {e}; calibrate the float graph for "
+                          f"'{target.name}' instead") from e
+    else:
+        target = artifact_target(artifact.fx, artifact.record, args.graph)
     x = None if args.data is None else validate.spikes(read_dataset(args.data)[0], artifact.graph, "--data")
     runs = {} if x is None else {"fxsim": run_fx(artifact.fx, x)}
     if args.json:
@@ -173,6 +190,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_file(path: str) -> Path:
+    """``verify --compare OTHER``: an existing file, else ``UserInputError`` naming the option."""
+    from lnm_deploy.fileio import existing_file
+
+    try:
+        return existing_file(path, "the artifact")
+    except UserInputError as e:
+        raise UserInputError(f"--compare: {e}") from e
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from lnm_deploy.artifact import read_artifact
     from lnm_deploy.fileio import existing_file, read_dataset
@@ -191,7 +218,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
                         min_agreement=args.min_agreement, producer=args.producer, dt=args.dt,
                         input_shape=args.input_shape, progress=not args.quiet, readout=args.readout,
-                        compare=None if args.compare is None else existing_file(args.compare, "--compare artifact"),
+                        compare=None if args.compare is None else _compare_file(args.compare),
+                        artifact_path=args.artifact,
                         **_scale(args))
         if args.json:
             outs.write_text(args.json, json.dumps(result.to_dict(), indent=2, default=json_default))
@@ -406,9 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", action="store_true",
                    help="an artifact's mapping onto its target's cores and, with --data, the cost of one inference "
                         "(synaptic operations, neuron updates, messages, energy and latency estimates)")
-    p.add_argument("--data", default=None, help="with --resources: .npz with spikes x to count the cost on (fxsim)")
+    p.add_argument("--data", default=None,
+                   help="with --resources (refused without it): .npz with spikes x to count the cost on (fxsim)")
     p.add_argument("--target", default=None,
-                   help="with --resources: map onto this target (name or .toml) instead of the artifact's own")
+                   help="with --resources (refused without it): map onto this target (name or .toml) instead of the "
+                        "artifact's own, after checking the artifact against its design rules")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run a graph on spike data with a backend")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.core import RunResult
-from lnm_deploy.errors import UserInputError
+from lnm_deploy.errors import UnsupportedError, UserInputError
 from lnm_deploy.fixedpoint import FxGraph
 from lnm_deploy.fixedpoint.nodes import FxNeuron
 from lnm_deploy.fixedpoint.primitives import output_state
@@ -151,6 +151,19 @@ class Cost:
         return "\n".join(lines)
 
 
+def offered_or_refuse(target: Target, node: FxNeuron, layer: str) -> None:
+    """``UnsupportedError`` naming ``layer`` when ``target`` does not offer its neuron primitive at
+    all (then no ``[energy.neuron_ops]`` line could price it: the network cannot run there)."""
+    from lnm_deploy.fixedpoint.primitives import primitive_of, primitives
+
+    kind = primitive_of(node, layer).kind
+    if kind not in target.sections:
+        offered = sorted(k for k in target.sections if k in primitives() and primitives()[k].role == "neuron")
+        raise UnsupportedError(f"target '{target.name}' does not offer neuron kind {kind!r} (it offers {offered}), "
+                               "so nothing can price its updates: the network cannot run on this target; "
+                               "calibrate for a target that offers it", node=layer)
+
+
 def _counts(a: Array, shape: tuple[int, ...]) -> Array:
     """Spike counts over samples and timesteps (int64), reshaped to ``shape`` (C order)."""
     return np.asarray(a).astype(np.int64, copy=False).sum(axis=(0, 1)).reshape(shape)
@@ -171,8 +184,9 @@ def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: R
 
     Raises:
         UserInputError: ``run`` lacks a layer's spikes, or shapes differ from ``x``'s.
-        UnsupportedError: a neuron kind ``[energy.neuron_ops]`` does not price, or a synapse kind
-            without connectivity.
+        UnsupportedError: a neuron kind the target does not offer at all (``offered_or_refuse``), one
+            it offers but ``[energy.neuron_ops]`` does not price, or a synapse kind without
+            connectivity.
     """
     sched = fx.schedule()
     x = np.asarray(x)
@@ -232,6 +246,7 @@ def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: R
         e = None
         msgs = messages_of(layer)
         if energy is not None:
+            offered_or_refuse(target, node, layer)
             ops = energy.ops_of(node.kind, layer).ops(len(node.state_names()), int(getattr(node, "degree", 0)))
             assert per_op_pj is not None
             e = {"synaptic": synops * energy.synop_pj, "neuron": updates * ops * per_op_pj,
@@ -329,7 +344,7 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
         energy = "-" if row["energy_pj"] is None else f"{row['energy_pj'] / 1e3:.2f} nJ"
         ops = "-" if row["neuron_update_ops"] is None else f"{row['neuron_update_ops']:.0f}"
         synops = "-" if row["synops"] is None else f"{row['synops']:.0f}"
-        out.append(f"  {row['target']:<12} accuracy {acc}, synops {synops}, neuron-update ops {ops}, "
+        out.append(f"  {row['label']} (target {row['target']}): accuracy {acc}, synops {synops}, neuron-update ops {ops}, "
                    f"energy {energy} (estimate)")
     out.extend(f"note: {n}" for n in section.get("notes", []))
     return out

@@ -22,7 +22,9 @@ What the mapper ignores (``IGNORED``; ``docs/resources.md``): sharing one core b
 (each layer starts a new core, so small networks over-count cores), convolution weight sharing
 (weights are counted per output neuron, an over-estimate), neuron state, routing tables and axon
 limits (not published for Loihi 2), and the placement of cores on the mesh (messages are counted
-between cores, not hops).
+between cores, not hops); for a graph whose paths into a layer differ in length, the relay neurons
+Lava inserts (``RELAYS_IGNORED``, added to the mapping's ``ignored``). A network that does not fit
+is limited by ``SYSTEM_CORES`` (the system's chips x cores_per_chip).
 
 The per-kind connectivity lives in one table (``CONNECTIVITY``: ``Connectivity.into`` and
 ``Connectivity.weight_bits`` for each synapse primitive); an unknown synapse kind is an
@@ -56,6 +58,12 @@ IGNORED: tuple[str, ...] = (
 
 #: The per-core resources a slice of a layer can run out of.
 NEURONS, MEMORY = "neurons per core", "synaptic memory per core"
+#: The system-wide resource a network that does not fit runs out of (chips x cores_per_chip).
+SYSTEM_CORES = "cores of the system"
+
+#: Added to ``IGNORED`` for a graph whose paths into a layer differ in length (``FxGraph.path_lengths``).
+RELAYS_IGNORED = ("relay neurons the Lava backend inserts to delay the shorter paths into {layers} "
+                  "(lnm_deploy.lava_backend.runner.align_paths; Lava only) are not counted")
 
 
 # ----------------------------------------------------------------------- connectivity by kind
@@ -231,8 +239,11 @@ class ResourceMap:
 
     @property
     def limiting_resource(self) -> str:
-        """The per-core resource that ended the most slices (``NEURONS`` or ``MEMORY``), or "none"
-        when every layer fits one core."""
+        """The resource that bounds the mapping: ``SYSTEM_CORES`` when the network does not fit
+        (the system's chips x cores_per_chip ran out), else the per-core resource that ended the
+        most slices (``NEURONS`` or ``MEMORY``), or "none" when every layer fits one core."""
+        if not self.fits:
+            return SYSTEM_CORES
         bound = [c.limit for c in self.cores if c.limit in (NEURONS, MEMORY)]
         if not bound:
             return "none"
@@ -279,8 +290,11 @@ class ResourceMap:
         r, pc = d["system"], d["per_core"]
         lines = [f"resources on target '{self.target}' ({r['chips']} chip(s) x {r['cores_per_chip']} cores, "
                  f"{r['neurons_per_core']} neurons and {r['synaptic_memory_bits']} bits of synaptic memory per core)",
-                 f"  {'fits' if self.fits else 'DOES NOT FIT'}: {self.cores_used} cores on {self.chips_used} chip(s); "
-                 f"limiting resource: {self.limiting_resource}",
+                 f"  fits: {self.cores_used} cores on {self.chips_used} chip(s); "
+                 f"limiting resource: {self.limiting_resource}" if self.fits else
+                 f"  DOES NOT FIT: needs {self.cores_used} cores on {self.chips_used} chip(s), the system has "
+                 f"{r['chips']} x {r['cores_per_chip']} = {self.resources.cores}; limiting resource: "
+                 f"{self.limiting_resource} ([resources] chips, cores_per_chip)",
                  f"  per core: up to {pc['neurons_max']} neurons, up to {pc['synaptic_bits_max']} bits of synapses "
                  f"({pc['synaptic_memory_use_max']:.1%} of a core's memory)"]
         for m in d["layers"]:
@@ -351,7 +365,9 @@ def map_network(fx: FxGraph, target: Target) -> ResourceMap:
         layers[layer] = LayerMap(layer, fx.nodes[layer].kind, n, int(syn.sum()), int(bits.sum()),
                                  tuple(range(first, len(cores))),
                                  MEMORY if MEMORY in limits else NEURONS if limits else "none")
-    return ResourceMap(target.name, r, layers, cores)
+    uneven = [layer for layer, lengths in fx.path_lengths().items() if len(set(lengths.values())) > 1]
+    ignored = IGNORED + ((RELAYS_IGNORED.format(layers=", ".join(f"'{n}'" for n in uneven)),) if uneven else ())
+    return ResourceMap(target.name, r, layers, cores, ignored)
 
 
 def check_fits(fx: FxGraph, target: Target) -> ResourceMap | None:
@@ -371,13 +387,14 @@ def check_fits(fx: FxGraph, target: Target) -> ResourceMap | None:
     r = m.resources
     over = next(c for c in m.cores if c.core >= r.cores)
     lm = m.layers[over.layer]
+    split = (f", split by {lm.limit} ({r.neurons_per_core} neurons, {r.synaptic_memory_bits} bits of synaptic "
+             "memory per core)" if len(lm.cores) > 1 else "")
     raise GraphError(
         f"does not fit target '{target.name}': the network needs {m.cores_used} cores "
         f"({m.chips_used} chips), the system has {r.chips} chip(s) x {r.cores_per_chip} cores = {r.cores} "
-        f"([resources] chips, cores_per_chip); this layer's {lm.neurons} neurons take {len(lm.cores)} core(s), "
-        f"split by {lm.limit if lm.limit != 'none' else NEURONS} ({r.neurons_per_core} neurons, "
-        f"{r.synaptic_memory_bits} bits of synaptic memory per core) and the system runs out at core {over.core}: "
-        "use a system with more chips, or fewer neurons and synapses", node=over.layer)
+        f"([resources] chips, cores_per_chip); the {SYSTEM_CORES} run out at core {over.core}, in this layer "
+        f"({lm.neurons} neurons in {len(lm.cores)} core(s){split}): use a system with more chips or cores, "
+        "or fewer neurons and synapses", node=over.layer)
 
 
 __all__ = [
@@ -385,6 +402,8 @@ __all__ = [
     "IGNORED",
     "MEMORY",
     "NEURONS",
+    "RELAYS_IGNORED",
+    "SYSTEM_CORES",
     "Connectivity",
     "CoreUse",
     "LayerMap",

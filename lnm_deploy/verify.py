@@ -560,7 +560,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
            min_agreement: float = MIN_AGREEMENT, producer: str | None = None, dt: float | None = None,
            input_shape: tuple[int, ...] | None = None, progress: bool = True, workers: int | None = 1,
            ray_address: str | None = None, engine: str = "auto", readout: str = "count",
-           compare: Artifact | str | os.PathLike[str] | None = None) -> VerifyResult:
+           compare: Artifact | str | os.PathLike[str] | None = None,
+           artifact_path: str | os.PathLike[str] | None = None) -> VerifyResult:
     """Run float, fxsim and ``backends`` on ``x`` and compare (see the module docstring).
 
     Args:
@@ -590,10 +591,14 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
             (``VerifyResult.membrane``; ``count`` classifies it as ``membrane-sum``).
         compare: another artifact of the same network (for example calibrated for ``loihi2-lif``)
             whose fxsim accuracy and cost on ``x`` are set beside this one's
-            (``VerifyResult.resources["comparison"]``, ``lnm_deploy.cost``); it decides nothing.
+            (``VerifyResult.resources["comparison"]``, rows labelled by file name, ``lnm_deploy.cost``);
+            it decides nothing, but must be the same network (``compared_artifact``).
+        artifact_path: the file ``artifact`` was read from when it is given as an ``Artifact`` (names
+            it in ``compare``'s messages and row label); default its path when given as one.
 
     Raises:
-        UserInputError: bad arguments, labels or data; the float model cannot be reloaded as calibrated;
+        UserInputError: bad arguments, labels or data; ``compare`` is not a calibrated artifact of
+            the same network (another input or output shape, other neuron layers); the float model cannot be reloaded as calibrated;
             ``readout="lzc"`` on an artifact without an LZC readout (recalibrate with labels) or on
             runs it does not apply to (another number of timesteps, non-spike outputs).
         GraphError: the artifact's integers violate its target; its LZC readout record is malformed.
@@ -623,6 +628,9 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         raise UserInputError("--readout lzc: the artifact carries no LZC readout (it was calibrated without "
                              "labels, or by an lnm-deploy without readouts): recalibrate it with labels (a "
                              "calibration .npz with y) to fit one, or use --readout count")
+    if artifact_path is None and not isinstance(artifact, Artifact):
+        artifact_path = artifact
+    other = None if compare is None else compared_artifact(art, artifact_path, compare)
     x = validate.spikes(x, art.graph, "verification data")
     if y is not None:
         y = validate.labels(y, x.shape[0], validate.n_outputs(art.fx), "verification labels")
@@ -706,7 +714,8 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
             reasons.append(f"the output spikes of fixed point and float agree on {out_agreement:.4f} of the "
                            f"(sample, step, neuron) bins, below the floor {min_agreement:.4g} (no labels given; "
                            "--min-agreement)")
-    resources = resources_section(art, x, y, ref, fixed, compare)
+    resources = resources_section(art, x, y, ref, fixed, other, this_label=(
+        "this artifact" if artifact_path is None else Path(artifact_path).name))
     return VerifyResult(
         target=art.target, samples=int(x.shape[0]), timesteps=int(x.shape[1]), float_accuracy=f_acc,
         fixed_accuracy=q_acc, layers=layers, backends=checks, first_divergence=divergence,
@@ -728,11 +737,60 @@ def _readout_layer(art: Artifact) -> str | None:
     return src if node.role == "neuron" and output_state(node, src) is not None else None
 
 
+def _label(source: Artifact | str | os.PathLike[str], default: str) -> str:
+    """A comparison row's label: the artifact's file name, ``default`` for an in-memory one."""
+    return default if isinstance(source, Artifact) else Path(source).name
+
+
+def network_signature(fx: Any) -> dict[str, Any]:
+    """What makes two artifacts the same network deployed differently: the ``input`` and
+    ``output`` shapes and the neuron ``layers`` (name -> shape, execution order) of the integer
+    graph. An LNM and a LIF artifact calibrated from one float model share it."""
+    sched = fx.schedule()
+    out_src = sched.inputs[sched.output_node][0][0]
+    return {"input": tuple(sched.shapes[sched.input_node]), "output": tuple(sched.shapes[out_src]),
+            "layers": {n: tuple(sched.shapes[n]) for n in sched.order if fx.nodes[n].role == "neuron"}}
+
+
+def compared_artifact(art: Artifact, source: str | os.PathLike[str] | None,
+                      compare: Artifact | str | os.PathLike[str]) -> tuple[Artifact, str, str | None]:
+    """The other artifact of ``verify(..., compare=)``, its label (file name) and its path (None
+    for an in-memory one), read and held
+    against ``art`` (read from the file ``source``; None: in memory): ``UserInputError`` naming ``--compare``, both files and
+    what differs when it is not a calibrated artifact or not the same network
+    (``network_signature``: input shape, output shape, neuron layer names and shapes)."""
+    this = "the artifact" if source is None else str(source)
+    that = "the compared artifact" if isinstance(compare, Artifact) else str(compare)
+    if isinstance(compare, Artifact):
+        other = compare
+    else:
+        try:
+            other = read_artifact(compare)
+        except UserInputError as e:
+            raise UserInputError(f"--compare: {e}") from e
+    a, b = network_signature(art.fx), network_signature(other.fx)
+
+    def fmt(layers: dict[str, tuple[int, ...]]) -> str:
+        return "[" + ", ".join(f"{n} {s}" for n, s in layers.items()) + "]"
+
+    what = next(((k, str(a[key]) if key != "layers" else fmt(a[key]), str(b[key]) if key != "layers" else fmt(b[key]))
+                 for key, k in (("input", "input shape"), ("output", "output shape"), ("layers", "neuron layers"))
+                 if a[key] != b[key]), None)
+    if what is not None:
+        raise UserInputError(f"--compare: {that} is not the same network as {this} deployed differently "
+                             f"({what[0]}: {what[1]} in {this}, {what[2]} in {that}): compare artifacts "
+                             "calibrated from the same float model")
+    return other, _label(compare, "compared artifact"), None if isinstance(compare, Artifact) else str(compare)
+
+
 def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, fixed: RunResult,
-                      compare: Artifact | str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                      compare: Artifact | str | os.PathLike[str] | tuple[Artifact, str, str | None] | None = None, *,
+                      this_label: str = "this artifact") -> dict[str, Any]:
     """The report's resources and cost section: ``lnm_deploy.cost.resources_report`` of the
-    artifact on its own target (fxsim's and the float model's spikes) and, with ``compare``,
-    ``comparison``: accuracy against cost rows for this artifact and the other one (fxsim)."""
+    artifact on its own target (fxsim's and the float model's spikes) and, with ``compare`` (an
+    artifact or its path, held against ``art`` by ``compared_artifact``; or what that returned),
+    ``comparison``: accuracy against cost rows for this artifact and the other one (fxsim), each
+    labelled with its file name (``this_label`` for ``art``), and the other's ``path``."""
     from lnm_deploy.artifact import artifact_target
     from lnm_deploy.cost import comparison_row, resources_report
     from lnm_deploy.fxsim import run_fx
@@ -742,17 +800,16 @@ def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, 
                            {"fxsim": fixed, "float": ref})
     if compare is None:
         return rep
-    other = compare if isinstance(compare, Artifact) else read_artifact(compare)
-    if tuple(other.fx.schedule().shapes[other.fx.schedule().input_node]) != tuple(x.shape[2:]):
-        raise UserInputError(f"--compare: the other artifact (target '{other.target}') reads inputs of another shape")
+    other, label, path = compare if isinstance(compare, tuple) else compared_artifact(art, None, compare)
     run = run_fx(other.fx, x)
     orep = resources_report(other.fx, artifact_target(other.fx, other.record, "the compared artifact"), x,
                             {"fxsim": run})
     acc = None if y is None else accuracy(fixed.output, y)
     oacc = None if y is None else accuracy(run.output, y)
     rep["comparison"] = {
-        "rows": [comparison_row("this artifact", art.target, acc, rep["cost"].get("fxsim")),
-                 comparison_row("compared with", other.target, oacc, orep["cost"].get("fxsim"))],
-        "other": {"target": other.target, "mapping": orep["mapping"], "notes": orep["notes"]},
+        "rows": [comparison_row(this_label, art.target, acc, rep["cost"].get("fxsim")),
+                 comparison_row(label, other.target, oacc, orep["cost"].get("fxsim"))],
+        "other": {"path": path, "label": label, "target": other.target, "mapping": orep["mapping"],
+                  "notes": orep["notes"]},
         "note": "fxsim accuracy and cost of the same inputs; energy and latency are estimates (see the sources)"}
     return rep

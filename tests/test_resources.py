@@ -304,7 +304,8 @@ def test_update_cost_is_per_primitive_and_grows_with_degree_and_threshold() -> N
     assert hi.degree >= 1
     lo = fx.FxPoly(shape=(6,), coef=hi.coef[:1], shifts=(), vth=hi.vth, syn_decay=hi.syn_decay)
     assert price("poly").ops(len(lo.state_names()), lo.degree) < price("poly").ops(len(hi.state_names()), hi.degree)
-    with pytest.raises(UnsupportedError, match=r"no update cost for neuron kind 'poly'; it prices \[.*'lif'.*\]"):
+    # a kind the target does not offer at all: no price could be added (the network cannot run there)
+    with pytest.raises(UnsupportedError, match=r"does not offer neuron kind 'poly' \(it offers \[.*'lif'.*\]\)"):
         count_cost(nets["poly"], x, run_fx(nets["poly"], x), LIF_ONLY)
 
 
@@ -488,3 +489,188 @@ def test_an_unknown_synapse_kind_is_named_and_calibrate_only_warns(monkeypatch: 
         map_network(g, LOIHI2)
     with pytest.warns(LNMDeployWarning, match="resources not checked"):
         assert check_fits(g, LOIHI2) is None
+
+
+# ------------------------------------------------- refusals and wording (tester's findings)
+
+
+def _calibrated(tmp_path: Path, g: object, x: np.ndarray, target: Target, name: str) -> Path:
+    from lnm_deploy.artifact import write_artifact
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        res = calibrate_network(g, x, target, load_recipe("default"), progress=False)  # type: ignore[arg-type]
+    return Path(write_artifact(res.artifact, tmp_path / name))
+
+
+def _net(n_in: int, hidden: list[tuple[str, int]], n_out: int, seed: int = 2) -> object:
+    rng = np.random.default_rng(seed)
+    nodes, prev = [], n_in
+    for i, (name, n) in enumerate([*hidden, (f"lnm{len(hidden)}", n_out)]):
+        nodes += [(f"fc{i}", Affine(weight=rng.normal(0.3, 0.3, (n, prev)))),
+                  (name, Neuron(shape=(n,), poly=[0.0, 0.85, 0.05], v_th=1.0))]
+        prev = n
+    return sequential(nodes, (n_in,))
+
+
+@pytest.mark.parametrize(("n_in", "hidden", "n_out", "what"), [
+    (12, [("lnm0", 24)], 6, r"output shape: \(4,\) in \S+m.loihi2.nir, \(6,\) in \S+other.nir"),
+    (12, [("lnm0", 20)], 4, r"neuron layers: \[lnm0 \(24,\), lnm1 \(4,\)\] in \S+, \[lnm0 \(20,\), lnm1 \(4,\)\] in"),
+    (12, [("hid", 24)], 4, r"neuron layers: \[lnm0 \(24,\), lnm1 \(4,\)\] in \S+, \[hid \(24,\), lnm1 \(4,\)\] in"),
+    (10, [("lnm0", 24)], 4, r"input shape: \(12,\) in \S+, \(10,\) in"),
+])
+def test_verify_compare_refuses_another_network_naming_both_files(
+        two_artifacts: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        n_in: int, hidden: list[tuple[str, int]], n_out: int, what: str) -> None:
+    from lnm_deploy.cli import main
+    from lnm_deploy.verify import verify
+
+    rng = np.random.default_rng(4)
+    other = _calibrated(tmp_path, _net(n_in, hidden, n_out), (rng.random((8, 6, n_in)) < 0.4).astype(np.uint8),
+                        LIF_ONLY, "other.nir")
+    art = str(two_artifacts["paths"]["loihi2"])
+    code = main(["verify", art, "--data", str(two_artifacts["data"]), "--backend", "onnx", "--quiet",
+                 "--compare", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--compare" in err and str(other) in err and art in err and re.search(what, err), err
+    with pytest.raises(UserInputError, match=what):
+        verify(art, two_artifacts["x"], two_artifacts["y"], backends=("onnx",), progress=False, compare=other)
+
+
+def test_verify_compare_labels_rows_by_file_and_keeps_the_other_path(two_artifacts: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from lnm_deploy.cost import summary_lines
+    from lnm_deploy.verify import verify
+
+    paths, x, y = two_artifacts["paths"], two_artifacts["x"], two_artifacts["y"]
+    twin = tmp_path / "twin.loihi2.nir"  # the same target twice: only the file names tell the rows apart
+    shutil.copy(paths["loihi2"], twin)
+    res = verify(paths["loihi2"], x, y, backends=("onnx",), float_graph=two_artifacts["graph"], progress=False,
+                 compare=twin)
+    comp = res.to_dict()["resources"]["comparison"]
+    assert [(r["label"], r["target"]) for r in comp["rows"]] == [("m.loihi2.nir", "loihi2"),
+                                                                 ("twin.loihi2.nir", "loihi2")]
+    assert comp["other"]["path"] == str(twin)
+    lines = summary_lines(res.resources)
+    assert any(line.strip().startswith("m.loihi2.nir (target loihi2)") for line in lines), lines
+    assert any(line.strip().startswith("twin.loihi2.nir (target loihi2)") for line in lines), lines
+
+
+def test_compare_messages_name_the_option(two_artifacts: dict, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from lnm_deploy.cli import main
+    from lnm_deploy.nir_io import write_nir
+
+    plain = tmp_path / "model.nir"
+    write_nir(two_artifacts["graph"], plain)
+    art = str(two_artifacts["paths"]["loihi2"])
+    for other, what in ((plain, "is a float graph, not a calibrated artifact"), (tmp_path, "is not a file"),
+                        (tmp_path / "missing.nir", "does not exist")):
+        code = main(["verify", art, "--data", str(two_artifacts["data"]), "--backend", "onnx", "--quiet",
+                     "--compare", str(other)])
+        err = capsys.readouterr().err
+        assert code == 2 and "--compare" in err and str(other) in err and what in err, err
+
+
+def _equal_paths_target(tmp_path: Path) -> Target:
+    text = (shipped_targets_dir() / "loihi2.toml").read_text(encoding="utf-8")
+    assert 'path_delays = "relay"' in text
+    path = tmp_path / "eqpaths.toml"
+    path.write_text(text.replace('name = "loihi2"', 'name = "eqpaths"')
+                    .replace('path_delays = "relay"', 'path_delays = "equal"'), encoding="utf-8")
+    return parse_target(path)
+
+
+def _mlp_skip() -> object:
+    rng = np.random.default_rng(5)
+    n = lambda: Neuron(shape=(8,), poly=[0.0, 0.9], v_th=0.5)  # noqa: E731
+    from lnm_deploy import ir
+
+    nodes = {"input": ir.Input(shape=(6,)), "a0": Affine(weight=rng.normal(0.3, 0.6, (8, 6))), "l0": n(),
+             "a1": Affine(weight=rng.normal(0.2, 0.6, (8, 8))), "l1": n(),
+             "a2": Affine(weight=rng.normal(0.0, 0.5, (8, 8))), "l2": n(), "output": ir.Output()}
+    edges = [("input", "a0"), ("a0", "l0"), ("l0", "a1"), ("a1", "l1"), ("l1", "a2"), ("a2", "l2"), ("l0", "l2"),
+             ("l2", "output")]
+    return ir.Graph(nodes=nodes, edges=edges)
+
+
+def test_inspect_resources_on_another_target_runs_its_design_rules_first(
+        two_artifacts: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lnm_deploy.cli import main
+
+    art = str(two_artifacts["paths"]["loihi2"])  # polynomial neurons, 8-bit weights
+    assert main(["inspect", art, "--resources", "--target", "loihi2-lif"]) == 4
+    err = capsys.readouterr().err
+    assert "--target loihi2-lif" in err and "node 'lnm0'" in err and "loihi2-lif" in err, err
+    assert "fits" not in err and "add a line" not in err
+    four = tmp_path / "four"
+    four.mkdir()
+    t4 = target_with(four, weight_bits=4, num_weight_bits="[1, 4]")
+    code = main(["inspect", art, "--resources", "--target", str(t4.path)])
+    err = capsys.readouterr().err
+    assert code == 3 and "node 'fc0'" in err and "--target" in err, err
+    # a residual network calibrated where Lava delays the shorter path, inspected on a target that cannot
+    x = (np.random.default_rng(1).random((6, 5, 6)) < 0.4).astype(np.uint8)
+    res_art = str(_calibrated(tmp_path, _mlp_skip(), x, LOIHI2, "skip.nir"))
+    eq = _equal_paths_target(tmp_path)
+    assert main(["inspect", res_art, "--resources", "--target", str(eq.path)]) == 4
+    err = capsys.readouterr().err
+    assert "node 'l2'" in err and "path_delays" in err, err
+    # the artifact's own target and a compatible one still map
+    assert main(["inspect", art, "--resources", "--target", "loihi2"]) == 0
+    assert "fits: 2 cores" in capsys.readouterr().out
+
+
+def test_relay_neurons_of_unequal_paths_are_listed_as_ignored() -> None:
+    x = (np.random.default_rng(1).random((6, 5, 6)) < 0.4).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        fxg = calibrate_network(_mlp_skip(), x, LOIHI2, load_recipe("default"), progress=False).artifact.fx
+    m = map_network(fxg, LOIHI2)
+    relay = [i for i in m.ignored if "relay neurons" in i]
+    assert len(relay) == 1 and "'l2'" in relay[0] and "Lava" in relay[0]
+    assert relay[0] in m.to_dict()["ignored"] and relay[0] in m.to_text()
+    assert not any("relay" in i for i in map_network(two_layer(), LOIHI2).ignored)  # equal paths: nothing to add
+
+
+def test_inspect_data_and_target_need_resources(two_artifacts: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from lnm_deploy.cli import main
+
+    art = str(two_artifacts["paths"]["loihi2"])
+    assert main(["inspect", art, "--data", "/nonexistent/d.npz"]) == 2
+    err = capsys.readouterr().err
+    assert "--data needs --resources" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["inspect", art, "--data", str(two_artifacts["data"]), "--target", "loihi2", "--json"]) == 2
+    assert "--data and --target need --resources" in capsys.readouterr().err
+    assert main(["inspect", art, "--json"]) == 0  # --json alone is inspect's own option
+
+
+def test_cores_running_out_is_named_and_splitting_only_when_split(tmp_path: Path) -> None:
+    from lnm_deploy.resources import SYSTEM_CORES
+
+    t = target_with(tmp_path, chips=1, cores_per_chip=1)  # n0 (40 neurons) takes the only core; n1 (10) none
+    m = map_network(two_layer(), t)
+    assert not m.fits and m.limiting_resource == SYSTEM_CORES == "cores of the system"
+    text = m.to_text()
+    assert "DOES NOT FIT: needs 2 cores" in text and "the system has 1 x 1 = 1" in text
+    assert "limiting resource: cores of the system" in text and "limiting resource: none" not in text
+    with pytest.raises(GraphError, match=r"node 'n1'.*cores of the system run out at core 1") as e:
+        check_fits(two_layer(), t)
+    assert "split" not in str(e.value) and "10 neurons in 1 core(s)" in str(e.value)
+    split = target_with(tmp_path, chips=1, cores_per_chip=2, neurons_per_core=16)
+    with pytest.raises(GraphError, match=r"node 'n0'.*3 core\(s\), split by neurons per core"):
+        check_fits(two_layer(), split)
+
+
+def test_a_neuron_kind_the_target_does_not_offer_is_not_told_to_add_a_price() -> None:
+    rng = np.random.default_rng(0)
+    g = chain([("syn0", dense(rng, 8, 6, wild=False, sign_modes=False)), ("p0", poly(rng, (8,)))], (6,))
+    x = spikes(np.random.default_rng(1), 2, 4, (6,))
+    with pytest.raises(UnsupportedError, match=r"node 'p0'.*does not offer neuron kind 'poly'") as e:
+        count_cost(g, x, run_fx(g, x), LIF_ONLY)
+    assert "add a line" not in str(e.value)
+    rep = resources_report(g, LIF_ONLY, x, {"fxsim": run_fx(g, x)})
+    assert any("does not offer neuron kind 'poly'" in n for n in rep["notes"])
+    assert not any("add a line" in n for n in rep["notes"])

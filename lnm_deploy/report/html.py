@@ -210,9 +210,9 @@ def _resources_section(r: dict[str, Any] | None) -> str:
     if comp:
         parts.append("<h3>Accuracy against cost</h3>")
         parts.append(_table(
-            "<tr><th>target</th><th>accuracy</th><th>synops</th><th>neuron-update ops</th>"
+            "<tr><th>artifact (target)</th><th>accuracy</th><th>synops</th><th>neuron-update ops</th>"
             "<th>neuron nJ (est.)</th><th>total nJ (est.)</th></tr>",
-            [f"<tr><td>{_fmt(row['target'])}</td><td>{_fmt(row['accuracy'])}</td>"
+            [f"<tr><td>{_fmt(row['label'] + ' (' + row['target'] + ')')}</td><td>{_fmt(row['accuracy'])}</td>"
              f"<td>{_num(row['synops'], 1)}</td><td>{_num(row['neuron_update_ops'])}</td>"
              f"<td>{_num(row['neuron_energy_pj'], 2, 1e3)}</td><td>{_num(row['energy_pj'], 2, 1e3)}</td></tr>"
              for row in comp["rows"]]))

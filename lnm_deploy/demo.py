@@ -205,7 +205,10 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False,
     ``force`` (a non-empty directory without a manifest too). Other files are never touched.
 
     ``task``: ``"digits"`` or ``"poisson"`` (``run_poisson_demo``; ``poisson`` its configuration);
-    a model is reused only by a run of the same task (the manifest records it).
+    a model is reused only by a run of the same task (the manifest records it). A directory holding
+    the other task's demo is refused unless ``force``; then that demo's own files (listed, unchanged)
+    that this run does not rewrite are removed with the commit (put back if it fails), so the
+    manifest lists exactly what this run wrote; a changed one is kept, unlisted.
     ``calibrate_targets``: default ``("loihi2", "loihi2-lif")`` for the digits (the verify page
     compares the LNM with its LIF fit) and ``("loihi2",)`` for the Poisson task.
     """

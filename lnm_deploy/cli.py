@@ -253,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if lzc.readout:
         crit = " (the criterion: --readout lzc)" if result.readout == "lzc" else ""
         if lzc.float_accuracy is not None:
-            backs = "".join(f", {b} {a:.4f}" for b, a in lzc.backend_accuracy.items())
+            backs = "".join(f", {b} {a:.4f}{lzc.samples_note(b)}" for b, a in lzc.backend_accuracy.items())
             print(f"  LZC readout accuracy: float {lzc.float_accuracy:.4f}, fixed {lzc.fixed_accuracy:.4f}{backs}{crit}")
         else:
             print(f"  LZC readout: fixed point gives the float model's class on {lzc.prediction_agreement:.4f} "

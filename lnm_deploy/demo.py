@@ -105,6 +105,8 @@ class _Plan:
         if out.exists() and not out.is_dir():
             raise UserInputError(f"{out} exists and is not a directory; choose another --out")
         manifest = read_manifest(out) if out.is_dir() else {}
+        #: the task of the demo whose manifest is in ``out`` (None: no manifest)
+        self.task: str | None = read_manifest_task(out) if manifest else None
         if manifest is None:
             if any(out.iterdir()) and not force:
                 raise UserInputError(f"{out} is not empty and was not written by the demo (it has no "
@@ -119,6 +121,24 @@ class _Plan:
         if not (p.exists() or p.is_symlink()):
             return True
         return p.is_file() and rel in self.manifest and _sha256(p) == self.manifest[rel]
+
+    def other_task(self, task: str) -> bool:
+        """``out`` holds the demo of another task than ``task``: refused unless ``force``, and then
+        its files this run does not rewrite are removed (``stale``), so the two never mix."""
+        if self.task is None or self.task == task:
+            return False
+        if not self.force:
+            raise UserInputError(f"{self.out} holds the {self.task} demo (its {MANIFEST}), not the {task} "
+                                 f"demo's: choose another --out, or pass --force to replace it (the {self.task} "
+                                 "demo's own unchanged files are removed, other files kept)")
+        return True
+
+    def stale(self, written: set[str]) -> list[str]:
+        """The files of the manifest that this run does not write (``written``) and that are still
+        as the demo wrote them (same SHA-256): the earlier demo's own, to remove. A changed file is
+        not the demo's any more: it is kept (and left out of the new manifest)."""
+        return [rel for rel in sorted(self.manifest) if rel not in written and rel != MANIFEST
+                and (self.out / rel).is_file() and not (self.out / rel).is_symlink() and self.ours(rel)]
 
     def claim(self, rel: str) -> None:
         """Refuse (unless ``force``) to replace ``rel`` if the demo did not write it as it is now."""
@@ -185,7 +205,10 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False,
     ``force`` (a non-empty directory without a manifest too). Other files are never touched.
 
     ``task``: ``"digits"`` or ``"poisson"`` (``run_poisson_demo``; ``poisson`` its configuration);
-    a model is reused only by a run of the same task (the manifest records it).
+    a model is reused only by a run of the same task (the manifest records it). A directory holding
+    the other task's demo is refused unless ``force``; then that demo's own files (listed, unchanged)
+    that this run does not rewrite are removed with the commit (put back if it fails), so the
+    manifest lists exactly what this run wrote; a changed one is kept, unlisted.
     ``calibrate_targets``: default ``("loihi2", "loihi2-lif")`` for the digits (the verify page
     compares the LNM with its LIF fit) and ``("loihi2",)`` for the Poisson task.
     """
@@ -195,6 +218,7 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False,
         calibrate_targets = ("loihi2", "loihi2-lif") if task == "digits" else ("loihi2",)
     out = Path(out_dir)
     plan = _Plan(out, force)
+    replace_other = plan.other_task(task)  # another task's demo: refused unless force
     model_path, test_path, calib_path = out / MODEL_FILE, out / TEST_FILE, out / CALIB_FILE
     reuse = not retrain and read_manifest_task(out) == task and all(
         p.is_file() and plan.ours(p.name) for p in (model_path, test_path, calib_path))
@@ -212,22 +236,89 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False,
         plan.claim_dir(rel)
 
     # The plan made sure that whatever exists and is replaced is the demo's own (or --force).
-    with Outputs(force=True) as outs:
-        outs.directory(out, option="--out")
-        for rel in report_dirs:
-            outs.directory(out / rel, option="--out")
-        result = _demo(out, outs, trained, degree, seed, progress, log, calibrate_targets, recipe,
-                       verify_backends, lava_samples, task, poisson or PoissonConfig(degree=degree))
-        entries = {rel: h for rel, h in plan.manifest.items() if (out / rel).is_file() and plan.ours(rel)}
-        base = Path(os.path.abspath(out))
-        for target, tmp in outs.staged_files().items():
-            entries[target.relative_to(base).as_posix()] = _sha256(tmp)
-        entries.pop(MANIFEST, None)
-        outs.write_text(out / MANIFEST, json.dumps(
-            {"format": MANIFEST_FORMAT, "version": 1, "task": task,
-             "note": "files lnm-deploy demo wrote here (SHA-256); it replaces only these",
-             "files": dict(sorted(entries.items()))}, indent=2) + "\n")
+    aside = _SetAside()
+    try:
+        with Outputs(force=True) as outs:
+            outs.directory(out, option="--out")
+            for rel in report_dirs:
+                outs.directory(out / rel, option="--out")
+            result = _demo(out, outs, trained, degree, seed, progress, log, calibrate_targets, recipe,
+                           verify_backends, lava_samples, task, poisson or PoissonConfig(degree=degree))
+            base = Path(os.path.abspath(out))
+            staged = {target.relative_to(base).as_posix(): tmp for target, tmp in outs.staged_files().items()}
+            # Another task's demo: only what this run writes is listed; its own unchanged files go.
+            entries = {} if replace_other else {
+                rel: h for rel, h in plan.manifest.items() if (out / rel).is_file() and plan.ours(rel)}
+            entries.update({rel: _sha256(tmp) for rel, tmp in staged.items()})
+            entries.pop(MANIFEST, None)
+            outs.write_text(out / MANIFEST, json.dumps(
+                {"format": MANIFEST_FORMAT, "version": 1, "task": task,
+                 "note": "files lnm-deploy demo wrote here (SHA-256); it replaces only these",
+                 "files": dict(sorted(entries.items()))}, indent=2) + "\n")
+            if replace_other:  # last, just before the commit: put back if it fails
+                aside.move(out, plan.stale(set(staged)))
+    except BaseException:
+        aside.restore()
+        raise
+    removed = aside.drop()
+    if removed:
+        log(f"removed the {plan.task} demo's files this run does not write: {', '.join(removed)}")
     return result
+
+
+class _SetAside:
+    """Files of an earlier demo that a run removes, committed with its outputs: renamed to hidden
+    names beside them just before the commit (``move``), put back if the commit fails
+    (``restore``), deleted once it succeeded (``drop``, which also removes the directories they
+    leave empty)."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+        self.moved: list[tuple[str, Path, Path]] = []  # (relative path, file, hidden name)
+
+    def move(self, out: Path, rels: list[str]) -> None:
+        import tempfile
+
+        self.out = out
+        for rel in rels:
+            p = out / rel
+            fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".removed", dir=p.parent)
+            os.close(fd)
+            try:
+                os.replace(p, name)
+            except OSError as e:
+                Path(name).unlink(missing_ok=True)
+                raise UserInputError(f"cannot remove {p} ({e.strerror or type(e).__name__}); nothing "
+                                     "of this run was kept") from None
+            self.moved.append((rel, p, Path(name)))
+
+    def restore(self) -> None:
+        for _, p, hidden in reversed(self.moved):
+            try:
+                os.replace(hidden, p)
+            except OSError:
+                pass
+        self.moved = []
+
+    def drop(self) -> list[str]:
+        import contextlib
+
+        for _, _, hidden in self.moved:
+            with contextlib.suppress(OSError):
+                hidden.unlink()
+        if self.out is not None:  # directories the removed files leave empty (never ``out`` itself)
+            top = Path(os.path.abspath(self.out))
+            for d in sorted({Path(os.path.abspath(p.parent)) for _, p, _ in self.moved},
+                            key=lambda d: -len(d.parts)):
+                while d != top and top in d.parents:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+                    d = d.parent
+        removed = [rel for rel, _, _ in self.moved]
+        self.moved = []
+        return removed
 
 
 def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progress: bool, log: Any,
@@ -317,7 +408,8 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
                 f"({chk.compared_spikes} spikes, {chk.seconds:.1f} s)")
         log(f"verification {'PASSED' if ver.passed else 'FAILED: ' + '; '.join(ver.reasons)}")
         if poisson_task:
-            result.lzc_verification = _verify_lzc(art, x, y, current(model_path), drop, progress, log)
+            result.lzc_verification = _verify_lzc(art, x, y, current(model_path), model_path, drop, progress,
+                                                  log)
             result.verification["lzc_readout_verification"] = result.lzc_verification
             outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))
     return result
@@ -331,6 +423,10 @@ def _cmd(args: argparse.Namespace) -> int:
     if res.lzc_verification is not None:
         lz = res.lzc_verification["lzc"]
         lzc = f"; LZC readout float {lz['float_accuracy']:.4f}, fixed point {lz['fixed_accuracy']:.4f}"
+        counted = (res.verification or {}).get("lzc") or {}  # the backends ran in the first verify
+        for b, a in (counted.get("backend_accuracy") or {}).items():
+            n = (counted.get("backend_samples") or {}).get(b)
+            lzc += f", {b} {a:.4f}" + (f" ({n} of {res.samples} samples)" if n is not None else "")
     print(f"demo {'passed' if res.passed else 'FAILED'}: float accuracy {res.float_accuracy:.4f}, fixed point "
           f"{fixed}{lzc}; wrote {res.out_dir}/ (see {res.out_dir / REPORT_HTML})")
     return 0 if res.passed else 1
@@ -476,14 +572,17 @@ def _train_poisson(out: Path, outs: Outputs, cfg: PoissonConfig, seed: int, prog
     return acc, hist.seconds, x_te, preds
 
 
-def _verify_lzc(art: Any, x: np.ndarray, y: np.ndarray, float_graph: Path, drop: float, progress: bool,
-                log: Any) -> dict[str, Any]:
+def _verify_lzc(art: Any, x: np.ndarray, y: np.ndarray, float_graph: Path, source: Path, drop: float,
+                progress: bool, log: Any) -> dict[str, Any]:
     """Verify again with the LZC readout as the accuracy criterion (float and fxsim; the backends
-    were held bit-exact by the first verify); log its accuracies and the per-neuron LZC drift."""
+    were held bit-exact by the first verify); log its accuracies and the per-neuron LZC drift.
+    ``float_graph``: the float model read (the staged file until the commit); ``source``: where it
+    is committed, which the report names."""
     from lnm_deploy.verify import verify
 
     ver = verify(art, x, y, backends=(), float_graph=float_graph, progress=progress, readout="lzc",
                  max_accuracy_drop=drop)
+    ver.float_source = str(source)
     doc = ver.to_dict()
     lz = ver.lzc
     log(f"LZC readout (nearest centroid on per-neuron LZC, fitted on {lz.fitted_on}): accuracy float "

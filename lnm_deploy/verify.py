@@ -115,8 +115,10 @@ class LZCCheck:
     ``readout``: the artifact carries an LZC readout (fitted at calibration) and it applied to these
     runs; ``fitted_on``: its record (``{"run": "float", "samples", "timesteps"}``).
     ``float_accuracy`` / ``fixed_accuracy``: that readout's accuracy (fraction in [0, 1]) on the float
-    and fxsim outputs, with labels; ``backend_accuracy``: on each backend's outputs (its
-    ``BackendCheck.samples`` first samples). ``prediction_agreement``: fraction of samples where it
+    and fxsim outputs, with labels, on ``samples`` samples; ``backend_accuracy``: on each backend's
+    outputs, over its first ``backend_samples[name]`` samples (``BackendCheck.samples``: fewer than
+    ``samples`` when the backend ran a subset, so the accuracies differ in sample, not in spikes).
+    ``prediction_agreement``: fraction of samples where it
     gives float and fxsim the same class. ``drift``: per output neuron, mean over samples of
     |LZC(float) - LZC(fxsim)| (normalised LZC, ``metrics.lzc_drift``), None where LZC does not
     apply (``notes`` say why: an output that is not 0/1 spikes, fewer than 2 timesteps).
@@ -127,13 +129,24 @@ class LZCCheck:
     float_accuracy: float | None = None
     fixed_accuracy: float | None = None
     backend_accuracy: dict[str, float] = field(default_factory=dict)
+    backend_samples: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
     prediction_agreement: float | None = None
     drift: LZCDrift | None = None
     notes: list[str] = field(default_factory=list)
 
+    def samples_note(self, backend: str) -> str:
+        """`` (48 of 400 samples)``: the samples ``backend``'s accuracy covers, of ``samples``
+        (empty when that backend has no LZC accuracy)."""
+        n = self.backend_samples.get(backend)
+        if n is None:
+            return ""
+        return f" ({n} of {self.samples} samples)" if self.samples else f" ({n} samples)"
+
     def to_dict(self) -> dict[str, Any]:
         return {"readout": self.readout, "fitted_on": self.fitted_on, "float_accuracy": self.float_accuracy,
                 "fixed_accuracy": self.fixed_accuracy, "backend_accuracy": dict(self.backend_accuracy),
+                "backend_samples": dict(self.backend_samples), "samples": self.samples,
                 "prediction_agreement": self.prediction_agreement,
                 "drift": None if self.drift is None else self.drift.to_dict(), "notes": list(self.notes)}
 
@@ -380,7 +393,7 @@ def lzc_check(readout: LZCReadout | None, fitted_on: dict[str, Any] | None, runs
     """
     fixed = runs["fxsim"].output
     ref = runs["float"].output.reshape(fixed.shape)
-    out = LZCCheck(fitted_on=fitted_on)
+    out = LZCCheck(fitted_on=fitted_on, samples=int(fixed.shape[0]))
     why = None
     if fixed.shape[1] < 2:
         why = f"{fixed.shape[1]} timestep: LZC needs at least 2"
@@ -414,6 +427,7 @@ def lzc_check(readout: LZCReadout | None, fitted_on: dict[str, Any] | None, runs
             if o.ndim == fixed.ndim and o.shape[1:] == fixed.shape[1:] and 0 < o.shape[0] <= fixed.shape[0] \
                     and _is_spikes(o):
                 out.backend_accuracy[name] = float(np.mean(readout.predict(o) == y[: o.shape[0]]))
+                out.backend_samples[name] = int(o.shape[0])
             else:
                 out.notes.append(f"{name}: outputs shaped {o.shape} are not fxsim's: no LZC accuracy")
     return out

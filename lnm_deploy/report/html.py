@@ -250,7 +250,8 @@ def _lzc_section(result: Any) -> str:
                      f"outputs ({_fmt(fit.get('samples'))} samples x {_fmt(fit.get('timesteps'))} timesteps).</p>")
         rows = [f"<tr><td>float</td><td>{_fmt(lzc.float_accuracy)}</td></tr>",
                 f"<tr><td>fixed point (fxsim)</td><td>{_fmt(lzc.fixed_accuracy)}</td></tr>"]
-        rows += [f"<tr><td>{_fmt(b)}</td><td>{_fmt(a)}</td></tr>" for b, a in lzc.backend_accuracy.items()]
+        rows += [f"<tr><td>{_fmt(b)}</td><td>{_fmt(a)}{_fmt(lzc.samples_note(b))}</td></tr>"
+                 for b, a in lzc.backend_accuracy.items()]
         rows.append(f"<tr><td>same class as float</td><td>{_fmt(lzc.prediction_agreement)}</td></tr>")
         parts.append(_table("<tr><th>model</th><th>LZC readout accuracy</th></tr>", rows))
     if lzc.notes:

@@ -19,12 +19,10 @@ nodes outside cycles run once on the whole (batch, time, ...) tensor, like fxsim
 
 Arithmetic (all exact):
 
-* Synapse accumulators: binary ``uint8`` spikes times integer weights with ``MatMulInteger``
-  (``uint8 x int8`` or ``uint8 x uint8`` -> ``int32``). The weights' common power of two is
-  factored out first (Loihi's LSB-truncated Dense weights then fit 8 bits); wider weights are
-  split into balanced base-256 ``int8`` digits, one MatMulInteger each, recombined in ``int64``.
-  Convolutions and sum-pooling gather their windows with ``Gather`` (im2col) first. Exact while
-  ``fan_in * 255 < 2**31``; beyond that ``int64`` MatMul.
+* Synapse accumulators: binary spikes times integer weights with a float32 ``MatMul`` where
+  ``max_o sum_i |w[i, o]| < 2**24`` (every partial sum is then an integer float32 holds exactly,
+  in any order), float64 below ``2**53``, else ``int64``; cast to ``int64`` (``_int_matmul``).
+  Convolutions and sum-pooling gather their windows with ``Gather`` (im2col) first.
 * Everything after the accumulator is ``int64``: ``x * 2**e`` is ``Mul``; ``trunc0(x / 2**s)`` is
   ``Div`` (integer Div truncates toward zero); ``floor(x / 2**s)`` is
   ``Div(x + 2**62, 2**s) - 2**(62-s)`` where a static bound keeps the dividend non-negative, else
@@ -72,7 +70,6 @@ if TYPE_CHECKING:
 OPSET = 18  # the oldest opset with BitwiseAnd (onnxruntime 1.23 accepts <= 23)
 IR_VERSION = 8  # the IR version of opset 18 (onnxruntime 1.23 accepts <= 11)
 META_FORMAT = "lnm-deploy.onnx/1"
-_U8_MAX_FAN_IN = (2**31 - 1) // 255  # MatMulInteger accumulates in int32
 ENGINES = ("auto", "step")
 
 
@@ -262,42 +259,30 @@ def _uniform(a: np.ndarray | int) -> np.ndarray:
 # ----------------------------------------------------------------------------------- synapses
 
 
-def _int_matmul(b: Builder, a: str, w: np.ndarray) -> tuple[str, int]:
-    """Exact ``a @ w`` for ``uint8`` spikes ``a`` (..., K) and integer ``w`` (..., K, M).
+#: Largest ``max_o sum_i |w[i, o]|`` whose products with 0/1 spikes are exact in float32 / float64
+#: (every partial sum is then an integer the format represents exactly, in any summation order).
+F32_EXACT, F64_EXACT = 2**24, 2**53
 
-    Returns ``(acc, k)`` with ``a @ w == acc * 2**k`` and ``acc`` int64.
+
+def _int_matmul(b: Builder, a: str, w: np.ndarray) -> tuple[str, int]:
+    """Exact ``a @ w`` for ``uint8`` 0/1 spikes ``a`` (..., K) and integer ``w`` (..., K, M).
+
+    Returns ``(acc, k)`` with ``a @ w == acc * 2**k`` and ``acc`` int64 (``k`` is 0). The product
+    is a float32 ``MatMul`` where ``max_o sum_i |w[i, o]| < 2**24`` (every partial sum of spikes
+    times integer weights is an integer float32 holds exactly, whatever the summation order), a
+    float64 one below ``2**53``, else ``int64`` ``MatMul``; the result is cast to ``int64``.
+    Not ``MatMulInteger``: onnxruntime 1.23.2's ``uint8`` GEMM returns wrong sums for 17 to 31
+    output columns on this project's CPU (measured, ``tests/test_onnx_backend.py``).
     """
     w = np.asarray(w, dtype=np.int64)
-    fan_in = w.shape[-2]
-    if fan_in > _U8_MAX_FAN_IN:
-        a64 = b.op("Cast", [a], "spk64", to=_dtype("int64"))
-        return b.op("MatMul", [a64, b.const(w)], "acc64"), 0
-    nz = np.abs(w[w != 0])
-    k = int(np.log2(np.min(nz & -nz))) if nz.size else 0
-    wk = w >> k
-
-    def mmi(digit: np.ndarray, dtype: Any) -> str:
-        acc32 = b.op("MatMulInteger", [a, b.const(digit, dtype)], "acc32")
-        return b.op("Cast", [acc32], "acc", to=_dtype("int64"))
-
-    if wk.size == 0 or (wk.min() >= -128 and wk.max() <= 127):
-        return mmi(wk, np.int8), k
-    if wk.min() >= 0 and wk.max() <= 255:
-        return mmi(wk, np.uint8), k
-    if wk.max() <= 0 and wk.min() >= -255:
-        return b.op("Neg", [mmi(-wk, np.uint8)], "acc"), k
-    total: str | None = None  # balanced base-256 digits in [-128, 127]
-    rem, j = wk, 0
-    while rem.any():
-        d = ((rem + 128) & 255) - 128
-        term = mmi(d, np.int8)
-        if j:
-            term = b.op("Mul", [term, b.const(1 << (8 * j))], "digit")
-        total = term if total is None else b.op("Add", [total, term], "acc")
-        rem = (rem - d) >> 8
-        j += 1
-    assert total is not None
-    return total, k
+    bound = int(np.abs(w).sum(axis=-2).max()) if w.size else 0
+    if bound < F64_EXACT:
+        ftype = np.float32 if bound < F32_EXACT else np.float64
+        af = b.op("Cast", [a], "spk_f", to=_dtype(np.dtype(ftype).name))
+        acc = b.op("MatMul", [af, b.const(w, ftype)], "acc_f")
+        return b.op("Cast", [acc], "acc", to=_dtype("int64")), 0
+    a64 = b.op("Cast", [a], "spk64", to=_dtype("int64"))
+    return b.op("MatMul", [a64, b.const(w)], "acc64"), 0
 
 
 def _finish(b: Builder, acc: str, k: int, sb: SynapseBounds, weight_exp: int, out_bits: int) -> tuple[str, int]:
@@ -337,14 +322,14 @@ def _gather_windows(b: Builder, s: str, lead: int, idx: np.ndarray, padded: bool
 
 def _dense(b: Builder, name: str, node: fxn.FxDense, s: str, lead: int, in_shape: tuple[int, ...],
            out_shape: tuple[int, ...]) -> tuple[str, int]:
-    """Section 3.1 on ``uint8`` spikes (lead..., fan_in): ``MatMulInteger`` on the effective weights."""
+    """Section 3.1 on ``uint8`` spikes (lead..., fan_in): an exact product with the effective weights."""
     acc, k = _int_matmul(b, s, node.effective_weight().T)
     return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
 def _conv(b: Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
           out_shape: tuple[int, ...]) -> tuple[str, int]:
-    """Section 3.2: im2col windows (``Gather``), then one ``MatMulInteger`` per group."""
+    """Section 3.2: im2col windows (``Gather``), then one exact product per group (``_int_matmul``)."""
     w = node.weight
     cout, cg, kh, kw = w.shape
     idx, padded = _windows(in_shape, out_shape, (kh, kw), node.stride, node.padding,
@@ -603,7 +588,7 @@ def _dtype(name: str) -> int:
     from onnx import TensorProto
 
     return int({"uint8": TensorProto.UINT8, "int32": TensorProto.INT32, "int64": TensorProto.INT64,
-                "bool": TensorProto.BOOL}[name])
+                "bool": TensorProto.BOOL, "float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[name])
 
 
 @dataclass

@@ -397,7 +397,8 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
         other = next((a for t, a in artifacts.items() if t != name), None)  # LNM against its LIF fit: cost
         drop = cfg.max_accuracy_drop if poisson_task else 0.005
         ver = verify(art, x, y, backends=verify_backends, float_graph=current(model_path),
-                     backend_samples=lava_samples, progress=progress, compare=other, max_accuracy_drop=drop)
+                     backend_samples=lava_samples, progress=progress, compare=other, max_accuracy_drop=drop,
+                     artifact_path=out / f"model.{name}.nir")
         ver.float_source = str(model_path)
         result.verification = ver.to_dict()
         outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))

@@ -254,17 +254,10 @@ class OATRLIF:
         return {"i": list(self.i), "v": list(self.v), "theta": list(self.theta), "r": list(self.r)}
 
 
-class OLIReadout:
+class OLIReadout(OLIF):
     """The non-spiking readout (docs/fixed-point.md section 5a, ``li_readout``): steps 1-5 of the
     stock LIF (section 4.2) with widths N, D and act_shift from the node, no spike test, no reset;
-    its spikes are all 0 and its output is ``v`` (Python ints)."""
-
-    def __init__(self, node: Any) -> None:
-        self.n = node
-        self.u = node.u_init.reshape(-1).tolist()
-        self.v = node.v_init.reshape(-1).tolist()
-        self.bias = [o_shexp(m, e) for m, e in zip(node.bias_mant.reshape(-1).tolist(),
-                                                   node.bias_exp.reshape(-1).tolist(), strict=True)]
+    its spikes are all 0 and its output is ``v`` (Python ints). The states and bias as ``OLIF``'s."""
 
     def step(self, a: list[int]) -> list[int]:
         n = self.n

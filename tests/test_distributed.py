@@ -18,36 +18,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from artifact_files import calibrated_files
 from test_verify import _net  # input(12) -> fc1 -> lnm1 (recurrent) -> fc2 -> lnm2
 
 from lnm_deploy import distributed as dist
-from lnm_deploy.artifact import read_artifact, write_artifact
-from lnm_deploy.calibrate import calibrate_network, collect_stats, load_recipe
+from lnm_deploy.artifact import read_artifact
+from lnm_deploy.calibrate import collect_stats
 from lnm_deploy.cli import main
 from lnm_deploy.errors import DependencyError, LNMDeployError, UserInputError
 from lnm_deploy.execute import RunResult
 from lnm_deploy.fixedpoint import encode_fxgraph
-from lnm_deploy.nir_io import write_nir
-from lnm_deploy.targets import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("dist")
-    g = _net()
-    write_nir(g, d / "float.nir")
-    rng = np.random.default_rng(1)
-    x = (rng.random((45, 24, 12)) < 0.35).astype(np.uint8)
-    y = rng.integers(0, 4, 45)
-    np.savez(d / "calib.npz", x=x)
-    np.savez(d / "test.npz", x=x[:7], y=y[:7])
-    res = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), source=d / "float.nir",
-                            progress=False)
-    write_artifact(res.artifact, d / "art.nir")
-    return {"dir": d, "graph": g, "x": x, "fx": res.artifact.fx, "float": d / "float.nir",
-            "art": d / "art.nir", "test": d / "test.npz", "calib": d / "calib.npz"}
+    return calibrated_files(tmp_path_factory.mktemp("dist"), _net(), samples=45, test=7)
 
 
 @pytest.fixture

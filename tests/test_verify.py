@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from artifact_files import calibrated_files
 
 from lnm_deploy.artifact import read_artifact, write_artifact
-from lnm_deploy.calibrate import calibrate_network, load_recipe
 from lnm_deploy.cli import main
 from lnm_deploy.ir import Affine, Graph, Input, Neuron, Output
 from lnm_deploy.nir_io import write_nir
-from lnm_deploy.targets import load_target
 from lnm_deploy.verify import verify
 
 
@@ -38,19 +38,8 @@ def _net(seed: int = 0) -> Graph:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("verify")
-    g = _net()
-    write_nir(g, d / "float.nir")
-    rng = np.random.default_rng(1)
-    x = (rng.random((40, 24, 12)) < 0.35).astype(np.uint8)
-    y = rng.integers(0, 4, 40)
-    np.savez(d / "calib.npz", x=x)
-    np.savez(d / "test.npz", x=x[:6], y=y[:6])
-    res = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), source=d / "float.nir",
-                            progress=False)
-    write_artifact(res.artifact, d / "art.nir")
-    return {"dir": d, "float": d / "float.nir", "art": d / "art.nir", "test": d / "test.npz", "calib": d / "calib.npz"}
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return calibrated_files(tmp_path_factory.mktemp("verify"), _net(), samples=40, test=6)
 
 
 @pytest.mark.lava

@@ -7,7 +7,9 @@ index, so what is trained on is what is deployed (spikes).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,13 +201,8 @@ def train_digits(
     x_tr = encode(data.x_train, steps, encoding, max_rate=max_rate, seed=seed)
     x_te = encode(data.x_test, steps, encoding, max_rate=max_rate, seed=seed + 1)
     model = build_digits_model(degree, hidden, synapse=synapse, recurrent=recurrent, seed=seed)
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         hist = train(model, x_tr, data.y_train, epochs, lr, batch_size, reg_weight, seed, progress)
-    finally:
-        torch.set_num_threads(old_threads)
     return DigitsResult(
         model=model,
         history=hist,
@@ -217,20 +214,21 @@ def train_digits(
     )
 
 
-def train_digits_cnn(
-    arch: str = "vgg",
-    channels: tuple[int, ...] = (8, 16),
-    degree: int = 1,
-    steps: int = 8,
-    max_rate: float = 1.0,
-    epochs: int = 10,
-    lr: float = 1e-2,
-    batch_size: int = 64,
-    reg_weight: float = 1e-2,
-    seed: int = 0,
-    progress: bool = True,
-    num_threads: int | None = 1,
-) -> DigitsResult:
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(num_threads)`` for the block (None: leave it), restored after."""
+    old = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def train_digits_cnn(arch: str = "vgg", channels: tuple[int, ...] = (8, 16), degree: int = 1, steps: int = 8, *,
+                     seed: int = 0, max_rate: float = 1.0, epochs: int = 10, lr: float = 1e-2, batch_size: int = 64,
+                     reg_weight: float = 1e-2, progress: bool = True, num_threads: int | None = 1) -> DigitsResult:
     """Train a convolutional LNM network on the 8x8 digits as ``1x8x8`` images (no download).
 
     The digits (``load_digits_split(seed=seed)``, stratified 80/20) are rate-encoded
@@ -255,17 +253,12 @@ def train_digits_cnn(
     data = load_digits_split(seed=seed)
     x_tr = encode(data.x_train, steps, "rate", max_rate=max_rate, seed=seed).reshape(-1, steps, 1, 8, 8)
     x_te = encode(data.x_test, steps, "rate", max_rate=max_rate, seed=seed + 1).reshape(-1, steps, 1, 8, 8)
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = builders[arch](input_shape=(1, 8, 8), channels=channels, classes=10, degree=degree)
         init_batchnorm(model, torch.as_tensor(x_tr))
         hist = train(model, x_tr, data.y_train, epochs, lr, batch_size, reg_weight, seed, progress)
         train_acc, test_acc = evaluate(model, x_tr, data.y_train), evaluate(model, x_te, data.y_test)
-    finally:
-        torch.set_num_threads(old_threads)
     return DigitsResult(model=model, history=hist, train_accuracy=train_acc, test_accuracy=test_acc,
                         seconds=hist.seconds, data=data, x_test=x_te)

@@ -766,8 +766,8 @@ def atrlif_exact(node: Any) -> bool:
     def uniform(a: Array | None) -> bool:
         return a is None or bool(np.all(a == np.asarray(a).reshape(-1)[0]))
 
-    slope = n.poly[min(1, n.degree)]
-    return bool(n.refractory and n.degree <= 1 and uniform(slope) and (n.degree == 0 or np.all(slope <= 1.0))
+    slope = n.poly[1] if n.degree >= 1 else None  # degree 0: no leak term (poly[0] is the bias)
+    return bool(n.refractory and n.degree <= 1 and uniform(slope) and (slope is None or np.all(slope <= 1.0))
                 and uniform(n.v_th) and uniform(n.theta_decay) and uniform(n.theta_step)
                 and np.all(n.theta_step >= 0) and (np.all(n.theta_step == 0) or np.all(n.theta_decay > 0))
                 and uniform(n.refractory_decay) and uniform(n.syn_decay))
@@ -906,11 +906,13 @@ def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedL
     # (saturated) and r >= 0 (it starts at 0 and only jumps up by 2 theta >= 0), so every spike
     # happens below s_max and theta ends at most one jump above it; without spikes it decays
     # toward theta_0. That holds whether or not the geometric bound exists (dtheta = 0).
-    theta_int = max(abs(lo_t), abs(hi_t)) / q
+    # Starting at theta_0 (the encoded layer's theta_init), theta only exceeds theta_0 through a jump
+    # right after a spike, which needs theta <= s_max: so theta <= max(theta_0, s_max + one jump)
+    # in state LSBs, with or without a geometric bound.
+    theta_int = max(th0 * grid, s_max + tstep * grid)
     if not bounded:
         approx.append("theta_decay rounds to 1 (dtheta = 0) with a nonzero theta_step: the threshold does not "
                       "relax and grows by one jump per spike until the neuron can no longer reach it")
-        theta_int = max(theta_int, s_max + tstep * grid)
     r_int = s_max + 2 * max(theta_int, s_max)  # r < v - theta + 2 theta at a spike; it decays otherwise
     reg_max = 2.0**31 - 1
     plans = scales.synapses

@@ -20,7 +20,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,18 @@ def read_manifest(out: Path) -> dict[str, str] | None:
     files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         return None
-    return {str(k): v for k, v in files.items()}
+    # Only plain relative paths inside ``out`` (a manifest is a file anyone can edit: an absolute
+    # path, a ``..`` or a path through a link never names a file of the demo's).
+    return {str(k): v for k, v in files.items() if _inside(out, str(k))}
+
+
+def _inside(out: Path, rel: str) -> bool:
+    """``rel`` is a relative POSIX path without ``..`` that resolves inside ``out`` (no link)."""
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
+        return False
+    root = os.path.realpath(out)
+    return os.path.commonpath([root, os.path.realpath(out / rel)]) == root
 
 
 class _Plan:
@@ -138,7 +149,8 @@ class _Plan:
         as the demo wrote them (same SHA-256): the earlier demo's own, to remove. A changed file is
         not the demo's any more: it is kept (and left out of the new manifest)."""
         return [rel for rel in sorted(self.manifest) if rel not in written and rel != MANIFEST
-                and (self.out / rel).is_file() and not (self.out / rel).is_symlink() and self.ours(rel)]
+                and _inside(self.out, rel) and (self.out / rel).is_file() and not (self.out / rel).is_symlink()
+                and self.ours(rel)]
 
     def claim(self, rel: str) -> None:
         """Refuse (unless ``force``) to replace ``rel`` if the demo did not write it as it is now."""
@@ -444,7 +456,8 @@ def add_demo_parser(sub: Any) -> None:  # sub: argparse._SubParsersAction
     p.add_argument("--retrain", action="store_true", help="train again even if DIR has a model")
     p.add_argument("--force", action="store_true",
                    help="write into DIR even where files are not the demo's own (listed in "
-                        f"{MANIFEST}); files the demo does not write are never touched")
+                        f"{MANIFEST}); files the demo does not write are never touched, except that "
+                        "over the other --task's demo its own unchanged files are removed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd)
 

@@ -292,9 +292,13 @@ def test_degree1_refractory_network_maps_exactly_onto_atrlif(calibrated_lif: obj
     from lnm_deploy.adaptive import FxATRLIF
     from lnm_deploy.fxsim import run_fx
 
+    from lnm_deploy.adaptive import atrlif_exact
+
     q = calibrated_lif.quantized  # type: ignore[attr-defined]
+    g = _atr_graph()
     for n in ("a1", "a2"):
         rec = q.layers[n]
+        assert atrlif_exact(g.nodes[n])  # type: ignore[attr-defined]
         assert rec.primitive == "atrlif" and rec.proof["holds"] and rec.approximations == [] and rec.fit == {}
         assert isinstance(q.fx.nodes[n], FxATRLIF) and q.fx.nodes[n].theta_step > 0 and q.fx.nodes[n].dr > 0
     # the dequantized float graph is the integer network (same spikes), the float one is close
@@ -390,6 +394,19 @@ def test_atrlif_artifact_round_trip(calibrated_lif: object, tmp_path: object) ->
     x = _spikes(12, batch=4).astype(np.uint8)
     r1, r2 = run_fx(art.fx, x, record=True), run_fx(back.fx, x, record=True)
     assert all(np.array_equal(r1.spikes[k], r2.spikes[k]) for k in r1.spikes)
+
+
+def test_atrlif_exact_is_false_where_the_mapping_approximates() -> None:
+    """A degree-2 leak, per-neuron thresholds, no refractoriness or a negative jump: not exact."""
+    from lnm_deploy.adaptive import atrlif_exact
+
+    base = {"shape": (3,), "poly": [0.0, 0.9], "v_th": 1.0, "theta_decay": 0.8, "theta_step": 0.3,
+            "refractory_decay": 0.9}
+    assert atrlif_exact(AdaptiveNeuron(**base))
+    assert atrlif_exact(AdaptiveNeuron(**{**base, "poly": [0.2]}))  # degree 0: no leak term to check
+    for change in ({"poly": [0.0, 0.9, 0.05]}, {"v_th": [1.0, 1.1, 1.2]}, {"refractory_decay": None},
+                   {"theta_step": -0.1}):
+        assert not atrlif_exact(AdaptiveNeuron(**{**base, **change})), change
 
 
 def test_threshold_regulariser_keeps_the_threshold_positive() -> None:

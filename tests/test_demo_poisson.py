@@ -179,3 +179,24 @@ def test_full_poisson_demo_keeps_fixed_point_within_one_point(tmp_path: Path) ->
     print(f"float {res.float_accuracy:.4f}, fixed {fixed:.4f}, LZC {res.lzc_verification['lzc']}")  # type: ignore[index]
     assert res.float_accuracy >= 0.9 and abs(res.float_accuracy - fixed) <= 0.01
     assert res.passed
+
+
+def test_a_manifest_never_names_a_file_outside_the_demo_directory(tmp_path) -> None:
+    """The manifest is a file anyone can edit: absolute paths, ``..`` and paths through a link
+    out of the directory are dropped, so ``--force`` can never remove a file outside ``--out``."""
+    import hashlib
+    import json
+    import os
+
+    from lnm_deploy.demo import MANIFEST, MANIFEST_FORMAT, read_manifest
+
+    out, outside = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    outside.write_text("keep me")
+    (out / "sub").mkdir()
+    (out / "sub" / "ok.txt").write_text("x")
+    os.symlink(tmp_path, out / "link")
+    digest = hashlib.sha256(b"keep me").hexdigest()
+    files = {str(outside): digest, "../victim.txt": digest, "link/victim.txt": digest, "sub/ok.txt": "0" * 64}
+    (out / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "task": "digits", "files": files}))
+    assert read_manifest(out) == {"sub/ok.txt": "0" * 64}

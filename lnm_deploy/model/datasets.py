@@ -292,7 +292,7 @@ def nmnist_frames(samples: EventSamples, steps: int, duration_us: int = 300_000,
 
 
 def write_spike_npz(path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray | None = None, *,
-                    force: bool = True) -> Path:
+                    force: bool = False) -> Path:
     """Write ``x`` (samples, timesteps, *input_shape) and optional labels ``y`` (samples,) as the
     ``.npz`` that ``lnm-deploy calibrate/verify/run --data`` read (atomically, no pickle); returns
     the path. ``x`` must hold binary spikes (0/1; stored as uint8).

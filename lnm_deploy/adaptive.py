@@ -900,7 +900,7 @@ def encode_atrlif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedL
                         theta_step=np.full(shape, tstep * grid * q * k_theta),
                         refractory_decay=np.full(shape, 1.0 - dr / unity))
     s_max = 2.0 ** (spec.state_bits - 1) - 1
-    lo_t, hi_t, bounded = theta_range(ir)
+    _, _, bounded = theta_range(ir)
     approx = list(sel.approximations)
     # theta and r are int32 registers in Lava's model. A spike needs v - r >= theta with v <= s_max
     # (saturated) and r >= 0 (it starts at 0 and only jumps up by 2 theta >= 0), so every spike

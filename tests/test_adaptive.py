@@ -289,10 +289,8 @@ def calibrated_lif() -> object:
 
 
 def test_degree1_refractory_network_maps_exactly_onto_atrlif(calibrated_lif: object) -> None:
-    from lnm_deploy.adaptive import FxATRLIF
+    from lnm_deploy.adaptive import FxATRLIF, atrlif_exact
     from lnm_deploy.fxsim import run_fx
-
-    from lnm_deploy.adaptive import atrlif_exact
 
     q = calibrated_lif.quantized  # type: ignore[attr-defined]
     g = _atr_graph()

@@ -370,11 +370,41 @@ def map_network(fx: FxGraph, target: Target) -> ResourceMap:
     return ResourceMap(target.name, r, layers, cores, ignored)
 
 
+def lower_bound(fx: FxGraph, target: Target) -> tuple[int, list[tuple[str, int, int]]]:
+    """The fewest cores any mapping needs, whatever the greedy mapper's conservative choices: neurons
+    packed into full cores across layers, and every stored weight held once (a convolution's kernel
+    once, as with weight sharing; a Dense matrix whole). Returns ``(cores, steps)``: ``steps`` per
+    neuron layer in execution order ``(layer, cumulative neurons, cumulative weight bits)``."""
+    r = target.resources
+    assert r is not None
+    shapes = fx.schedule().shapes
+    per_neuron = neuron_memory(fx, target)
+    steps, neurons, bits = [], 0, 0
+    for layer, projs in projections(fx).items():
+        neurons += int(np.prod(shapes[layer]))
+        if all(getattr(fx.nodes[p.synapse], "weight", None) is not None for p in projs):
+            for p in projs:
+                node = fx.nodes[p.synapse]
+                conn = connectivity(node, p.synapse)
+                bits += int(np.asarray(getattr(node, "weight", None)).size) * conn.weight_bits(node, target)
+        else:  # a synapse kind without a weight array: its per-neuron storage, as the mapper counts it
+            bits += int(per_neuron[layer][1].sum())
+        steps.append((layer, neurons, bits))
+    cores = max(-(-neurons // r.neurons_per_core), -(-bits // r.synaptic_memory_bits)) if steps else 0
+    return cores, steps
+
+
 def check_fits(fx: FxGraph, target: Target) -> ResourceMap | None:
-    """``map_network``, refusing a network that does not fit the declared system with
-    ``GraphError`` naming the first layer past the system's cores and the resource that split it.
-    None (nothing checked) for a target without ``[resources]``, and, with an ``LNMDeployWarning``
-    saying so, for a network with a synapse kind that has no ``Connectivity`` yet."""
+    """``map_network``, and the design rule of the declared system.
+
+    ``GraphError`` naming the layer and the resource when no mapping can fit: the ``lower_bound``
+    (neurons packed across layers, every weight stored once) already needs more cores than the
+    system has; the layer named is the one where that bound passes the system's cores. Where only
+    the greedy mapping does not fit (it starts every layer on a core of its own and stores a
+    convolution's weights per neuron), an ``LNMDeployWarning`` says the network may not fit, and
+    the mapping is returned. None (nothing checked) for a target without ``[resources]``, and,
+    with an ``LNMDeployWarning`` saying so, for a network with a synapse kind that has no
+    ``Connectivity`` yet."""
     if target.resources is None:
         return None
     try:
@@ -385,16 +415,26 @@ def check_fits(fx: FxGraph, target: Target) -> ResourceMap | None:
     if m.fits:
         return m
     r = m.resources
+    least, steps = lower_bound(fx, target)
+    if least > r.cores:
+        for layer, neurons, bits in steps:
+            by_neurons, by_memory = -(-neurons // r.neurons_per_core), -(-bits // r.synaptic_memory_bits)
+            if max(by_neurons, by_memory) > r.cores:
+                what = (f"neurons per core ({r.neurons_per_core})" if by_neurons >= by_memory
+                        else f"synaptic memory per core ({r.synaptic_memory_bits} bits)")
+                raise GraphError(
+                    f"does not fit target '{target.name}': the network needs at least {least} cores even with "
+                    f"layers sharing cores and every weight stored once, the system has {r.chips} chip(s) x "
+                    f"{r.cores_per_chip} cores = {r.cores} ([resources] chips, cores_per_chip); up to this layer "
+                    f"{neurons} neurons and {bits} bits of weights already need {max(by_neurons, by_memory)}, "
+                    f"limited by {what}: use a system with more chips or cores, or fewer neurons and synapses",
+                    node=layer)
     over = next(c for c in m.cores if c.core >= r.cores)
-    lm = m.layers[over.layer]
-    split = (f", split by {lm.limit} ({r.neurons_per_core} neurons, {r.synaptic_memory_bits} bits of synaptic "
-             "memory per core)" if len(lm.cores) > 1 else "")
-    raise GraphError(
-        f"does not fit target '{target.name}': the network needs {m.cores_used} cores "
-        f"({m.chips_used} chips), the system has {r.chips} chip(s) x {r.cores_per_chip} cores = {r.cores} "
-        f"([resources] chips, cores_per_chip); the {SYSTEM_CORES} run out at core {over.core}, in this layer "
-        f"({lm.neurons} neurons in {len(lm.cores)} core(s){split}): use a system with more chips or cores, "
-        "or fewer neurons and synapses", node=over.layer)
+    warnings.warn(f"layer '{over.layer}': the conservative mapping (a core of its own per layer, convolution "
+                  f"weights stored per neuron) needs {m.cores_used} cores, the system has {r.cores}; the least any "
+                  f"mapping needs is {least}: the network may not fit target '{target.name}'", LNMDeployWarning,
+                  stacklevel=2)
+    return m
 
 
 __all__ = [
@@ -411,6 +451,7 @@ __all__ = [
     "ResourceMap",
     "check_fits",
     "connectivity",
+    "lower_bound",
     "map_network",
     "neuron_memory",
     "projections",

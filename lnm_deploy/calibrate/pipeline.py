@@ -304,7 +304,7 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
         warnings.warn(w.message, LNMDeployWarning, stacklevel=2)
     from lnm_deploy.resources import check_fits
 
-    fit = check_fits(qz.fx, target)  # GraphError naming the layer and the resource when it does not fit
+    fit = check_fits(qz.fx, target)  # GraphError (layer, resource) when no mapping can fit; warns when it may not
     fixed = run_fx(qz.fx, x_eval, record=True)
     comparison = compare_runs_float_fixed(graph, qz, ref, fixed)
 

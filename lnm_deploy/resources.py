@@ -378,7 +378,7 @@ def lower_bound(fx: FxGraph, target: Target) -> tuple[int, list[tuple[str, int, 
     r = target.resources
     assert r is not None
     shapes = fx.schedule().shapes
-    per_neuron = neuron_memory(fx, target)
+    per_neuron: dict[str, tuple[Array, Array]] | None = None
     steps, neurons, bits = [], 0, 0
     for layer, projs in projections(fx).items():
         neurons += int(np.prod(shapes[layer]))
@@ -388,6 +388,7 @@ def lower_bound(fx: FxGraph, target: Target) -> tuple[int, list[tuple[str, int, 
                 conn = connectivity(node, p.synapse)
                 bits += int(np.asarray(getattr(node, "weight", None)).size) * conn.weight_bits(node, target)
         else:  # a synapse kind without a weight array: its per-neuron storage, as the mapper counts it
+            per_neuron = per_neuron if per_neuron is not None else neuron_memory(fx, target)
             bits += int(per_neuron[layer][1].sum())
         steps.append((layer, neurons, bits))
     cores = max(-(-neurons // r.neurons_per_core), -(-bits // r.synaptic_memory_bits)) if steps else 0

@@ -19,6 +19,21 @@ OVERFLOWS: tuple[str, ...] = ("saturate", "wrap")
 IntLike = TypeVar("IntLike", int, np.ndarray)
 
 
+#: Integer sums stay exact in float32 / float64 while every partial sum is below these (any order).
+F32_EXACT, F64_EXACT = 2**24, 2**53
+
+
+def exact_float(bound: int, f32: int = F32_EXACT, f64: int = F64_EXACT) -> type | None:
+    """The smallest float type in which sums of integers with every partial sum below ``bound``
+    in magnitude are exact whatever the summation order (float32 below ``f32``, float64 below
+    ``f64``), or None (only an integer type is)."""
+    if bound < f32:
+        return np.float32
+    if bound < f64:
+        return np.float64
+    return None
+
+
 def wrap(x: IntLike, bits: int) -> IntLike:
     """Two's-complement wrap into ``[-2**(bits-1), 2**(bits-1) - 1]``."""
     half = 1 << (bits - 1)

@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from lnm_deploy.errors import DependencyError, UnsupportedError, UserInputError
 from lnm_deploy.execute import RunResult
-from lnm_deploy.fixedpoint.arith import shift_exp, wrap
+from lnm_deploy.fixedpoint.arith import F32_EXACT, F64_EXACT, exact_float, shift_exp, wrap
 from lnm_deploy.fixedpoint.contract import (
     LIFParams,
     PolyParams,
@@ -68,8 +68,6 @@ from lnm_deploy.fixedpoint.primitives import (
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
-F32_EXACT = 2**24
-F64_EXACT = 2**53
 CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
 # Above this fraction of inputs spiking, a BLAS product beats the event-driven Dense kernel (below
 # it BLAS is not faster, and its spinning threads slow the parallel kernels that follow).
@@ -97,14 +95,6 @@ class _Val:
 
     def as_int(self) -> Array:
         return self.a if self.a.dtype == np.int64 else self.a.astype(np.int64)
-
-
-def _float_for(bound: int) -> type | None:
-    if bound < F32_EXACT:
-        return np.float32
-    if bound < F64_EXACT:
-        return np.float64
-    return None
 
 
 def _finish_synapse(acc: _Val, weight_exp: int, out_bits: int, sb: SynapseBounds) -> _Val:
@@ -140,7 +130,7 @@ class _Dense(_Synapse):
         self.node = node
         self.bounds = synapse_bounds(node)
         self.bound = self.bounds.acc
-        dt = _float_for(self.bound)
+        dt = exact_float(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
         self.wt: Array = np.ascontiguousarray(w.T.astype(self.dtype))
         # Event-driven accumulation in int32 is exact while every partial sum stays below 2**31.
@@ -182,7 +172,7 @@ class _Conv(_Synapse):
         w = node.weight
         self.bounds = synapse_bounds(node)
         self.bound = self.bounds.acc
-        dt = _float_for(self.bound)
+        dt = exact_float(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
         self.w: Array = w.astype(self.dtype)
         # Event-driven accumulation in int32 is exact while every partial sum stays below 2**31.
@@ -262,7 +252,7 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
     if len(vals) == 1 and bound < 2**31:
         return vals[0]
     if bound < 2**31 and all(v.a.dtype.kind == "f" for v in vals):
-        dt = _float_for(bound) or np.float64
+        dt = exact_float(bound) or np.float64
         total: Array = vals[0].a.astype(dt)
         for v in vals[1:]:
             total = total + v.a

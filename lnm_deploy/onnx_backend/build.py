@@ -46,6 +46,7 @@ import numpy as np
 
 from lnm_deploy.errors import DependencyError, GraphError, UnsupportedError, UserInputError
 from lnm_deploy.fixedpoint import nodes as fxn
+from lnm_deploy.fixedpoint.arith import F32_EXACT, F64_EXACT, exact_float
 from lnm_deploy.fixedpoint.contract import (
     INPUT_BOUND,
     LIFParams,
@@ -259,15 +260,10 @@ def _uniform(a: np.ndarray | int) -> np.ndarray:
 # ----------------------------------------------------------------------------------- synapses
 
 
-#: Largest ``max_o sum_i |w[i, o]|`` whose products with 0/1 spikes are exact in float32 / float64
-#: (every partial sum is then an integer the format represents exactly, in any summation order).
-F32_EXACT, F64_EXACT = 2**24, 2**53
-
-
-def _int_matmul(b: Builder, a: str, w: np.ndarray) -> tuple[str, int]:
+def _int_matmul(b: Builder, a: str, w: np.ndarray) -> str:
     """Exact ``a @ w`` for ``uint8`` 0/1 spikes ``a`` (..., K) and integer ``w`` (..., K, M).
 
-    Returns ``(acc, k)`` with ``a @ w == acc * 2**k`` and ``acc`` int64 (``k`` is 0). The product
+    Returns ``acc`` (int64) ``== a @ w``. The product
     is a float32 ``MatMul`` where ``max_o sum_i |w[i, o]| < 2**24`` (every partial sum of spikes
     times integer weights is an integer float32 holds exactly, whatever the summation order), a
     float64 one below ``2**53``, else ``int64`` ``MatMul``; the result is cast to ``int64``.
@@ -276,19 +272,19 @@ def _int_matmul(b: Builder, a: str, w: np.ndarray) -> tuple[str, int]:
     """
     w = np.asarray(w, dtype=np.int64)
     bound = int(np.abs(w).sum(axis=-2).max()) if w.size else 0
-    if bound < F64_EXACT:
-        ftype = np.float32 if bound < F32_EXACT else np.float64
+    ftype = exact_float(bound, F32_EXACT, F64_EXACT)
+    if ftype is not None:
         af = b.op("Cast", [a], "spk_f", to=_dtype(np.dtype(ftype).name))
         acc = b.op("MatMul", [af, b.const(w, ftype)], "acc_f")
-        return b.op("Cast", [acc], "acc", to=_dtype("int64")), 0
+        return b.op("Cast", [acc], "acc", to=_dtype("int64"))
     a64 = b.op("Cast", [a], "spk64", to=_dtype("int64"))
-    return b.op("MatMul", [a64, b.const(w)], "acc64"), 0
+    return b.op("MatMul", [a64, b.const(w)], "acc64")
 
 
-def _finish(b: Builder, acc: str, k: int, sb: SynapseBounds, weight_exp: int, out_bits: int) -> tuple[str, int]:
-    """``wrap_out(shexp(acc * 2**k, weight_exp))`` with the synapse's registered bounds ``sb``
-    (``sb.acc`` bounds ``|acc * 2**k|``; the wrap is left out where ``sb`` proves it the identity)."""
-    y = _shexp(b, acc, k + weight_exp, sb.acc >> k)
+def _finish(b: Builder, acc: str, sb: SynapseBounds, weight_exp: int, out_bits: int) -> tuple[str, int]:
+    """``wrap_out(shexp(acc, weight_exp))`` with the synapse's registered bounds ``sb`` (``sb.acc``
+    bounds ``|acc|``; the wrap is left out where ``sb`` proves it the identity)."""
+    y = _shexp(b, acc, weight_exp, sb.acc)
     if sb.wraps:
         y = _wrap(b, y, out_bits)
     return y, sb.out
@@ -323,8 +319,8 @@ def _gather_windows(b: Builder, s: str, lead: int, idx: np.ndarray, padded: bool
 def _dense(b: Builder, name: str, node: fxn.FxDense, s: str, lead: int, in_shape: tuple[int, ...],
            out_shape: tuple[int, ...]) -> tuple[str, int]:
     """Section 3.1 on ``uint8`` spikes (lead..., fan_in): an exact product with the effective weights."""
-    acc, k = _int_matmul(b, s, node.effective_weight().T)
-    return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
+    acc = _int_matmul(b, s, node.effective_weight().T)
+    return _finish(b, acc, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
 def _conv(b: Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
@@ -336,11 +332,11 @@ def _conv(b: Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape
                            node.dilation, node.groups)
     win = _gather_windows(b, s, lead, idx, padded)  # (lead..., G, P, Cg*kh*kw)
     wg = w.reshape(node.groups, cout // node.groups, cg * kh * kw).transpose(0, 2, 1)
-    acc, k = _int_matmul(b, win, wg)  # (lead..., G, P, Cout/G)
+    acc = _int_matmul(b, win, wg)  # (lead..., G, P, Cout/G)
     perm = [*range(lead), lead, lead + 2, lead + 1]
     acc = b.op("Transpose", [acc], "acc", perm=perm)
     acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "conv")
-    return _finish(b, acc, k, synapse_bounds(node, name), node.weight_exp, node.out_bits)
+    return _finish(b, acc, synapse_bounds(node, name), node.weight_exp, node.out_bits)
 
 
 def _flatten(b: Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],

@@ -253,7 +253,7 @@ def _uniform(a: Array | None) -> bool:
 def _applies(layer: passes.MappedLayer, target: Target) -> bool:
     """Every non-spiking ``Neuron`` (``select`` refuses a target without ``[li_readout]``, so that
     the refusal names the section instead of a spiking lowering failing on a missing threshold)."""
-    return isinstance(layer.node, Neuron) and not layer.node.spiking
+    return isinstance(layer.node, Neuron) and not layer.node.spiking and layer.node.v_floor is None
 
 
 def select_readout(layer: passes.MappedLayer, rng: passes.NeuronRange, target: Target, margin: float,

@@ -15,9 +15,13 @@ from typing import Literal
 #: the threshold ("subtract").
 ResetMode = Literal["value", "subtract"]
 RESET_MODES: tuple[str, ...] = ("value", "subtract")
+#: The neuron's spike test: ``v' > v_th`` (lnm-deploy's default, snnTorch, Norse) or ``v' >= v_th``
+#: (Sinabs, Rockpool).
+ThresholdTest = Literal[">", ">="]
+THRESHOLD_TESTS: tuple[str, ...] = (">", ">=")
 
 #: The polynomial degrees a neuron may have, inclusive (``P(v) = sum_k theta_k v^k``, Horner).
 POLY_DEGREES: tuple[int, int] = (0, 3)
 MAX_POLY_DEGREE: int = POLY_DEGREES[1]
 
-__all__ = ["MAX_POLY_DEGREE", "POLY_DEGREES", "RESET_MODES", "ResetMode"]
+__all__ = ["MAX_POLY_DEGREE", "POLY_DEGREES", "RESET_MODES", "THRESHOLD_TESTS", "ResetMode", "ThresholdTest"]

@@ -413,18 +413,37 @@ def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLaye
     return EncodedLayer(fx, ir, rec, scales)
 
 
+def spike_rule_unsupported(node: Node) -> str:
+    """Why the integer neurons of this module cannot run ``node``'s spike rule exactly ("" when they
+    can): they test ``v > v_th``, emit one spike per step and have no membrane floor."""
+    why = []
+    test = getattr(node, "threshold", ">")
+    if test != ">":
+        why.append(f"the spike test v {test} v_th (the integer neuron tests v > v_th)")
+    if getattr(node, "graded", False):
+        why.append("graded spikes (max_spikes != 1; the integer neuron emits one spike per step)")
+    if getattr(node, "v_floor", None) is not None:
+        why.append("a membrane floor (v_floor)")
+    return "; ".join(why)
+
+
 def _applies_lif(layer: MappedLayer, target: Target) -> bool:
-    return target.offers("lif") and (lif_exact(layer.node) or not target.offers("poly"))
+    return (target.offers("lif") and not spike_rule_unsupported(layer.node)
+            and (lif_exact(layer.node) or not target.offers("poly")))
 
 
 def _applies_poly(layer: MappedLayer, target: Target) -> bool:
-    return target.offers("poly")
+    return target.offers("poly") and not spike_rule_unsupported(layer.node)
+
+
+def _why_not(layer: MappedLayer, target: Target) -> str:
+    return spike_rule_unsupported(layer.node) or "does not apply to this layer"
 
 
 LIF_LOWERING = register_lowering(Lowering(
     "neuron", "lif", applies=_applies_lif, select=select_lif, plan=plan_lif, encode=encode_lif,
-    input_gain=neuron_input_gain, preference=0,
+    input_gain=neuron_input_gain, preference=0, why_not=_why_not,
     description="stock LIF: where exact, or fitted where the target has no polynomial neuron"))
 POLY_LOWERING = register_lowering(Lowering(
     "neuron", "poly", applies=_applies_poly, select=select_poly, plan=plan_poly, encode=encode_poly,
-    input_gain=neuron_input_gain, preference=10, description="programmable polynomial neuron"))
+    input_gain=neuron_input_gain, preference=10, why_not=_why_not, description="programmable polynomial neuron"))

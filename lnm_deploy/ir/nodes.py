@@ -8,10 +8,16 @@ Neuron semantics (one step, elementwise over ``shape``; see ``docs/ir.md``)::
 
     c[t]  = syn_decay * c[t-1] + syn_gain * x[t]     if the node has a synapse, else c[t] = x[t]
     v'[t] = P(v[t-1]) + in_gain * c[t]              P(v) = sum_k poly[k] * v**k (Horner)
-    s[t]  = v'[t] > v_th                            strict; no spike test when v_th is None
-    v[t]  = v_reset          where s[t]   (reset "value")
-            v'[t] - v_th     where s[t]   (reset "subtract")
+    f[t]  = v'[t] > v_th   (threshold ">", the default)   or   v'[t] >= v_th   (threshold ">=")
+    s[t]  = f[t]                                    max_spikes == 1 (binary spikes, the default)
+            f[t] * clip(floor(v'[t] / v_th), 1, max_spikes)
+                                                    max_spikes > 1 or None (unbounded): graded,
+                                                    several spikes per step (Sinabs MultiSpike,
+                                                    Rockpool); needs v_th > 0
+    v[t]  = v_reset          where f[t]   (reset "value")
+            v'[t] - s[t] v_th where f[t]  (reset "subtract": one v_th per spike)
             v'[t]            elsewhere
+    v[t]  = max(v[t], v_floor)                      only with a v_floor (Sinabs min_v_mem), after reset
     out   = s[t] if v_th is not None else v'[t]     (a non-spiking integrator outputs its membrane)
 
 Horner order is part of the contract: ``P(v) = (...(poly[d] * v + poly[d-1]) * v + ...) + poly[0]``,
@@ -35,7 +41,7 @@ from numpy.typing import DTypeLike
 from lnm_deploy.errors import GraphError, NumericError, UnsupportedError
 from lnm_deploy.ir import ops
 from lnm_deploy.ir.ops import FloatStep, NeuronStep, StatelessStep
-from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, ResetMode
+from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, THRESHOLD_TESTS, ResetMode, ThresholdTest
 
 Shape = tuple[int, ...]
 
@@ -453,6 +459,13 @@ class Neuron(Node):
     syn_decay: np.ndarray | None = None
     syn_gain: np.ndarray | None = None
     dt: float = 1.0
+    #: the spike test, ``">"`` (strict, the default) or ``">="`` (Sinabs, Rockpool).
+    threshold: ThresholdTest = ">"
+    #: spikes per step at most: 1 (binary, the default), an integer > 1 or None (unbounded) for
+    #: graded (multi-)spikes ``floor(v'/v_th)``.
+    max_spikes: int | None = 1
+    #: lower bound of the membrane after reset (full-shape), or None (no floor).
+    v_floor: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -479,6 +492,9 @@ class Neuron(Node):
         elif self.syn_gain is not None:
             raise GraphError("syn_gain given without syn_decay")
         self.dt = float(self.dt)
+        self.v_floor = full(self.v_floor, None)
+        if self.max_spikes is not None and not isinstance(self.max_spikes, bool):
+            self.max_spikes = int(self.max_spikes)
 
     @property
     def degree(self) -> int:
@@ -491,6 +507,14 @@ class Neuron(Node):
     def validate(self, name: str) -> None:
         if self.reset not in RESET_MODES:
             raise GraphError(f"reset must be one of {RESET_MODES}, got {self.reset!r}", node=name)
+        if self.threshold not in THRESHOLD_TESTS:
+            raise GraphError(f"threshold must be one of {THRESHOLD_TESTS}, got {self.threshold!r}", node=name)
+        if self.max_spikes is not None and (isinstance(self.max_spikes, bool) or self.max_spikes < 1):
+            raise GraphError(f"max_spikes must be a positive integer or None (unbounded), got {self.max_spikes!r}",
+                             node=name)
+        if self.graded and self.v_th is not None and not np.all(self.v_th > 0):
+            raise GraphError("graded spikes (max_spikes != 1) count floor(v / v_th) and need v_th > 0 everywhere; "
+                             f"the smallest v_th is {float(np.min(self.v_th))}", node=name)
         if not POLY_DEGREES[0] <= self.degree <= POLY_DEGREES[1]:
             raise GraphError(f"polynomial degree must be {POLY_DEGREES[0]}..{POLY_DEGREES[1]}, got {self.degree}",
                              node=name)
@@ -504,7 +528,13 @@ class Neuron(Node):
             in_gain=self.in_gain,
             syn_decay=self.syn_decay,
             syn_gain=self.syn_gain,
+            v_floor=self.v_floor,
         )
+
+    @property
+    def graded(self) -> bool:
+        """Whether a step can emit more than one spike per neuron (``max_spikes`` != 1)."""
+        return self.max_spikes != 1
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         if input_shape != self.shape:
@@ -531,7 +561,8 @@ class Neuron(Node):
 
     def float_step(self, name: str, batch: int, dtype: DTypeLike) -> NeuronStep:
         return NeuronStep(self.shape, self.poly, self.v_th, self.v_reset, self.reset, self.in_gain,
-                          self.syn_decay, self.syn_gain, batch, dtype)
+                          self.syn_decay, self.syn_gain, batch, dtype, threshold=self.threshold,
+                          max_spikes=self.max_spikes, v_floor=self.v_floor)
 
     def describe(self) -> dict[str, Any]:
         poly = self.poly.reshape(self.poly.shape[0], -1)
@@ -543,6 +574,11 @@ class Neuron(Node):
             "synapse": self.syn_decay is not None,
             "dt": self.dt,
         }}
+        if self.spiking and (self.threshold != ">" or self.graded or self.v_floor is not None):
+            p["dynamics"]["spike_test"] = f"v {self.threshold} v_th"
+            p["dynamics"]["max_spikes"] = "unbounded" if self.max_spikes is None else self.max_spikes
+            if self.v_floor is not None:
+                p["v_floor"] = stats(self.v_floor)
         if self.v_th is not None:
             p["v_th"] = stats(self.v_th)
         if self.syn_decay is not None:

@@ -109,11 +109,15 @@ class NeuronStep(FloatStep):
     ``(batch, *shape)`` and starting at 0.
 
     Parameters are full-shape arrays (``poly`` (d+1, *shape)), cast to ``dtype``; ``v_th`` None
-    makes a non-spiking integrator (its output is ``v_pre``), ``syn_decay`` None no synapse."""
+    makes a non-spiking integrator (its output is ``v_pre``), ``syn_decay`` None no synapse.
+    ``threshold`` ``">"`` or ``">="``; ``max_spikes`` 1 (binary), > 1 or None (graded: the output
+    is the spike count ``clip(floor(v_pre / v_th), 1, max_spikes)`` where the test passes);
+    ``v_floor`` (full-shape) or None: the membrane after reset is clipped from below."""
 
     def __init__(self, shape: tuple[int, ...], poly: Array, v_th: Array | None, v_reset: Array, reset: str,
                  in_gain: Array, syn_decay: Array | None, syn_gain: Array | None, batch: int,
-                 dtype: DTypeLike) -> None:
+                 dtype: DTypeLike, *, threshold: str = ">", max_spikes: int | None = 1,
+                 v_floor: Array | None = None) -> None:
         def cast(a: Array | None) -> Array | None:
             return None if a is None else a.astype(dtype)
 
@@ -125,6 +129,9 @@ class NeuronStep(FloatStep):
         self.in_gain = in_gain.astype(dtype)
         self.syn_decay, self.syn_gain = cast(syn_decay), cast(syn_gain)
         self.subtract = reset == "subtract"
+        self.ge = threshold == ">="
+        self.max_spikes = max_spikes
+        self.v_floor = cast(v_floor)
         self.state_names = ("v", "v_pre", "c") if syn_decay is not None else ("v", "v_pre")
 
     def __call__(self, x: Array) -> Array:
@@ -138,12 +145,19 @@ class NeuronStep(FloatStep):
         if self.v_th is None:
             self.v = v_pre
             return v_pre
-        s = v_pre > self.v_th
+        fired = v_pre >= self.v_th if self.ge else v_pre > self.v_th
+        if self.max_spikes == 1:
+            s = fired.astype(v_pre.dtype)
+        else:  # graded: floor(v'/v_th) spikes (v_th > 0, checked by Neuron.validate), at least 1 where fired
+            hi = np.inf if self.max_spikes is None else self.max_spikes
+            s = np.where(fired, np.clip(np.floor(v_pre / self.v_th), 1, hi), 0).astype(v_pre.dtype)
         if self.subtract:
-            self.v = np.where(s, v_pre - self.v_th, v_pre)
+            self.v = v_pre - s * self.v_th if self.max_spikes != 1 else np.where(fired, v_pre - self.v_th, v_pre)
         else:
-            self.v = np.where(s, self.v_reset, v_pre)
-        return s.astype(v_pre.dtype)
+            self.v = np.where(fired, self.v_reset, v_pre)
+        if self.v_floor is not None:
+            self.v = np.maximum(self.v, self.v_floor)
+        return s
 
     def state(self, name: str) -> Array:
         if name == "v":

@@ -1,0 +1,72 @@
+"""The neuron's spike rules beyond lnm-deploy's default (``Neuron.threshold``, ``max_spikes``,
+``v_floor``; ``docs/ir.md``): the float step against a step written out by hand, and the integer
+lowerings that cannot run a rule refusing it by name instead of calibrating something else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lnm_deploy.calibrate import calibrate_network, load_recipe
+from lnm_deploy.errors import GraphError, UnsupportedError
+from lnm_deploy.execute import run_float
+from lnm_deploy.ir import Affine, Neuron, sequential
+from lnm_deploy.targets import load_target
+
+
+def _by_hand(x: np.ndarray, v_th: float, ge: bool, max_spikes: int | None, subtract: bool,
+             floor: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """An integrate-and-fire neuron (P(v) = v, in_gain 1), one neuron, step by step in Python floats."""
+    v, out, vs = 0.0, [], []
+    for xt in x:
+        vp = v + float(xt)
+        fired = vp >= v_th if ge else vp > v_th
+        n = 0
+        if fired:
+            n = 1 if max_spikes == 1 else max(1, int(np.floor(vp / v_th)))
+            if max_spikes is not None:
+                n = min(n, max_spikes)
+        v = (vp - n * v_th if subtract else 0.0) if fired else vp
+        if floor is not None:
+            v = max(v, floor)
+        out.append(n)
+        vs.append(v)
+    return np.array(out, dtype=np.float64), np.array(vs)
+
+
+@pytest.mark.parametrize("ge", [False, True], ids=[">", ">="])
+@pytest.mark.parametrize("max_spikes", [1, 3, None])
+@pytest.mark.parametrize("subtract", [False, True], ids=["value", "subtract"])
+@pytest.mark.parametrize("floor", [None, -0.5])
+def test_float_step_matches_a_hand_written_step(ge: bool, max_spikes: int | None, subtract: bool,
+                                                floor: float | None) -> None:
+    # inputs on a quarter grid hit v == v_th and v == k v_th exactly, so the tie rules are exercised
+    x = np.array([0.25, 0.75, 1.0, 2.5, -3.0, 4.0, 1.0, 0.0, 3.25, -0.25, 1.75, 5.0, 0.5]).reshape(-1, 1)
+    g = sequential([("n", Neuron(shape=(1,), poly=[0.0, 1.0], v_th=1.0, reset="subtract" if subtract else "value",
+                                 threshold=">=" if ge else ">", max_spikes=max_spikes,
+                                 v_floor=None if floor is None else np.full(1, floor)))], (1,))
+    res = run_float(g, x[None], record=True)
+    spikes, v = _by_hand(x[:, 0], 1.0, ge, max_spikes, subtract, floor)
+    assert np.array_equal(res.output[0, :, 0], spikes)
+    assert np.array_equal(res.states["n"]["v"][0, :, 0], v)
+    assert spikes.max() > 1 or max_spikes == 1  # the input reaches several spikes per step
+
+
+def test_graded_spikes_need_a_positive_threshold() -> None:
+    g = sequential([("n", Neuron(shape=(2,), poly=[0.0, 1.0], v_th=np.array([1.0, 0.0]), max_spikes=None))], (2,))
+    with pytest.raises(GraphError, match="v_th > 0"):
+        g.schedule()
+    with pytest.raises(GraphError, match="max_spikes"):
+        sequential([("n", Neuron(shape=(2,), poly=[0.0, 1.0], v_th=1.0, max_spikes=0))], (2,)).schedule()
+
+
+@pytest.mark.parametrize("rule", [{"threshold": ">="}, {"max_spikes": None}, {"v_floor": np.zeros(4)}],
+                         ids=["ge", "graded", "floor"])
+@pytest.mark.parametrize("target", ["loihi2", "loihi2-lif"])
+def test_calibrate_refuses_a_rule_no_integer_neuron_runs(rule: dict, target: str) -> None:
+    rng = np.random.default_rng(0)
+    g = sequential([("fc", Affine(weight=rng.normal(0.3, 0.3, (4, 5)))),
+                    ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=1.0, **rule))], (5,))
+    x = (rng.random((4, 8, 5)) < 0.5).astype(np.uint8)
+    with pytest.raises(UnsupportedError, match=r"'n'.*(v >= v_th|graded|floor)|(v >= v_th|graded|floor).*'n'"):
+        calibrate_network(g, x, load_target(target), load_recipe("default"), progress=False)

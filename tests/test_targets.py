@@ -116,6 +116,15 @@ def test_registry_scans_the_shipped_directory() -> None:
     assert load_target("loihi2-lif").poly is None
 
 
+def test_summary_shows_the_declared_system_and_energy_figures() -> None:
+    t = load_target("loihi2")
+    assert t.resources is not None and t.energy is not None
+    line = t.summary()
+    assert f"{t.resources.chips} chip(s) x {t.resources.cores_per_chip} cores" in line
+    assert f"{t.resources.synaptic_memory_bits / 8192:g} KiB synaptic memory per core" in line
+    assert f"{t.energy.synop_pj:g} pJ/synop" in line and "unverified" in line
+
+
 def test_user_file_by_path(tmp_path: Path) -> None:
     p = tmp_path / "mychip.toml"
     p.write_text(LOIHI2.replace('name = "loihi2"', 'name = "mychip"'))

@@ -98,6 +98,11 @@ class ResourceSpec:
         """Cores in the declared system (``chips * cores_per_chip``)."""
         return self.chips * self.cores_per_chip
 
+    def summary(self) -> str:
+        kib = self.synaptic_memory_bits / 8 / 1024
+        return (f"resources: {self.chips} chip(s) x {self.cores_per_chip} cores, {self.neurons_per_core} "
+                f"neurons and {kib:g} KiB synaptic memory per core ({self.weight_storage} weights)")
+
 
 @dataclass(frozen=True)
 class NeuronOps:
@@ -138,6 +143,10 @@ class EnergySpec:
     def __hash__(self) -> int:
         return hash((self.synop_pj, self.neuron_update_pj, self.message_pj, self.reference_ops,
                      tuple(sorted(self.neuron_ops.items()))))
+
+    def summary(self) -> str:
+        return (f"energy estimates: {self.synop_pj:g} pJ/synop, {self.neuron_update_pj:g} pJ per reference "
+                f"neuron update, {self.message_pj:g} pJ/message (estimates; sources, and which figures are unverified, in the target file)")
 
     def ops_of(self, kind: str, node: str | None = None) -> NeuronOps:
         """The ``NeuronOps`` of neuron primitive ``kind``; ``UnsupportedError`` naming ``node`` and
@@ -244,6 +253,7 @@ class Target:
     def summary(self) -> str:
         """One line with the key limits (for ``lnm-deploy targets``)."""
         parts = [s.summary() for s in self.sections.values() if s is not None and hasattr(s, "summary")]
+        parts += [s.summary() for s in (self.resources, self.energy) if s is not None]
         return f"{self.name}: " + "; ".join(parts)
 
 

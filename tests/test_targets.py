@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -413,3 +414,17 @@ def _rewrite(tmp_path: Path, src: Path, *pairs: str) -> Path:
     out = tmp_path / f"{src.stem}-edited.toml"
     out.write_text(text.replace(f'name = "{src.stem}"', f'name = "{out.stem}"'))
     return out
+
+
+def test_a_file_that_takes_a_shipped_name_but_differs_is_warned(tmp_path: Path) -> None:
+    shipped = available_targets()["loihi2"]
+    same, mine = tmp_path / "same.toml", tmp_path / "mine.toml"
+    same.write_text(shipped.read_text())
+    text = shipped.read_text()
+    assert "\nchips = 8 " in text
+    mine.write_text(text.replace("\nchips = 8 ", "\nchips = 2 "))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_target(same).name == "loihi2"  # an identical copy is the shipped target
+    with pytest.warns(LNMDeployWarning, match=r"calls itself 'loihi2'.*differs from it \(\[resources\]\)"):
+        assert load_target(mine).resources.chips == 2

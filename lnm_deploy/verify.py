@@ -729,7 +729,7 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
                            f"(sample, step, neuron) bins, below the floor {min_agreement:.4g} (no labels given; "
                            "--min-agreement)")
     resources = resources_section(art, x, y, ref, fixed, other, this_label=(
-        "this artifact" if artifact_path is None else Path(artifact_path).name))
+        "this artifact" if artifact_path is None else Path(artifact_path).name), readout=readout)
     return VerifyResult(
         target=art.target, samples=int(x.shape[0]), timesteps=int(x.shape[1]), float_accuracy=f_acc,
         fixed_accuracy=q_acc, layers=layers, backends=checks, first_divergence=divergence,
@@ -797,18 +797,41 @@ def compared_artifact(art: Artifact, source: str | os.PathLike[str] | None,
     return other, _label(compare, "compared artifact"), None if isinstance(compare, Artifact) else str(compare)
 
 
+def readout_accuracy(art: Artifact, output: Array, y: Array, readout: str = "count") -> tuple[float | None, str]:
+    """The accuracy of ``art``'s ``output`` (samples, timesteps, ...) on labels ``y`` by ``readout``
+    (``READOUTS``: the spike count, the artifact's own LZC readout, or a membrane rule of a
+    non-spiking readout output), and a note (empty when it applied). None where the readout does not
+    apply to this artifact (it carries no LZC readout, or its output is not a membrane), with the
+    note saying why."""
+    from lnm_deploy.metrics import accuracy
+
+    if readout == "count":
+        return accuracy(output, y), ""
+    if readout == "lzc":
+        lzc, _ = artifact_lzc_readout(art)
+        if lzc is None:
+            return None, "it carries no LZC readout (calibrate with labels to fit one)"
+        return float(lzc.accuracy(output, y)), ""
+    if readout in MEMBRANE_READOUTS:
+        if _readout_layer(art) is None:
+            return None, f"its output is spikes, not a membrane, so --readout {readout} does not apply"
+        return float(np.mean(MEMBRANE_READOUTS[readout](output) == np.asarray(y))), ""
+    raise UserInputError(f"unknown readout {readout!r}; known: {', '.join(READOUTS)}")
+
+
 def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, fixed: RunResult,
                       compare: Artifact | str | os.PathLike[str] | tuple[Artifact, str, str | None] | None = None, *,
-                      this_label: str = "this artifact") -> dict[str, Any]:
+                      this_label: str = "this artifact", readout: str = "count") -> dict[str, Any]:
     """The report's resources and cost section: ``lnm_deploy.cost.resources_report`` of the
     artifact on its own target (fxsim's and the float model's spikes) and, with ``compare`` (an
     artifact or its path, held against ``art`` by ``compared_artifact``; or what that returned),
     ``comparison``: accuracy against cost rows for this artifact and the other one (fxsim), each
-    labelled with its file name (``this_label`` for ``art``), and the other's ``path``."""
+    labelled with its file name (``this_label`` for ``art``), and the other's ``path``. The rows'
+    accuracy is ``readout``'s (``readout_accuracy``: each artifact's own LZC readout for "lzc");
+    None, with a note, where that readout does not apply to an artifact."""
     from lnm_deploy.artifact import artifact_target
     from lnm_deploy.cost import comparison_row, resources_report
     from lnm_deploy.fxsim import run_fx
-    from lnm_deploy.metrics import accuracy
 
     rep = resources_report(art.fx, artifact_target(art.fx, art.record, "the artifact"), x,
                            {"fxsim": fixed, "float": ref})
@@ -818,12 +841,20 @@ def resources_section(art: Artifact, x: Array, y: Array | None, ref: RunResult, 
     run = run_fx(other.fx, x)
     orep = resources_report(other.fx, artifact_target(other.fx, other.record, "the compared artifact"), x,
                             {"fxsim": run})
-    acc = None if y is None else accuracy(fixed.output, y)
-    oacc = None if y is None else accuracy(run.output, y)
+    acc = oacc = None
+    notes = []
+    if y is not None:
+        acc, why = readout_accuracy(art, fixed.output, y, readout)
+        notes += [f"{this_label}: {why}"] if why else []
+        oacc, why = readout_accuracy(other, run.output, y, readout)
+        notes += [f"{label}: {why}"] if why else []
+    which = {"count": "spike-count", "lzc": "LZC"}.get(readout, readout)
     rep["comparison"] = {
         "rows": [comparison_row(this_label, art.target, acc, rep["cost"].get("fxsim")),
                  comparison_row(label, other.target, oacc, orep["cost"].get("fxsim"))],
         "other": {"path": path, "label": label, "target": other.target, "mapping": orep["mapping"],
                   "notes": orep["notes"]},
-        "note": "fxsim accuracy and cost of the same inputs; energy and latency are estimates (see the sources)"}
+        "readout": readout,
+        "note": (f"fxsim accuracy ({which} readout) and cost of the same inputs; energy and latency are estimates "
+                 "(see the sources)" + "".join(f"; {n}" for n in notes))}
     return rep

@@ -424,7 +424,7 @@ def two_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     for t in (LOIHI2, LIF_ONLY):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LNMDeployWarning)
-            res = calibrate_network(g, x, t, load_recipe("default"), progress=False)
+            res = calibrate_network(g, x, t, load_recipe("default"), y=y, progress=False)  # labels: an LZC readout
         paths[t.name] = write_artifact(res.artifact, d / f"m.{t.name}.nir")
     np.savez(d / "data.npz", x=x, y=y)
     return {"graph": g, "x": x, "y": y, "paths": paths, "data": d / "data.npz", "dir": d}
@@ -536,6 +536,26 @@ def test_verify_compare_refuses_another_network_naming_both_files(
     assert "--compare" in err and str(other) in err and art in err and re.search(what, err), err
     with pytest.raises(UserInputError, match=what):
         verify(art, two_artifacts["x"], two_artifacts["y"], backends=("onnx",), progress=False, compare=other)
+
+
+def test_verify_compare_rows_use_the_readout_verify_was_given(two_artifacts: dict) -> None:
+    from lnm_deploy.artifact import read_artifact
+    from lnm_deploy.fxsim import run_fx
+    from lnm_deploy.verify import artifact_lzc_readout, readout_accuracy, verify
+
+    paths, x, y = two_artifacts["paths"], two_artifacts["x"], two_artifacts["y"]
+    res = verify(paths["loihi2"], x, y, backends=("onnx",), float_graph=two_artifacts["graph"], progress=False,
+                 compare=paths["loihi2-lif"], readout="lzc")
+    comp = res.to_dict()["resources"]["comparison"]
+    assert comp["readout"] == "lzc" and "LZC readout" in comp["note"]
+    assert res.lzc.fixed_accuracy is not None and comp["rows"][0]["accuracy"] == res.lzc.fixed_accuracy
+    other = read_artifact(paths["loihi2-lif"])
+    lzc, _ = artifact_lzc_readout(other)  # the other artifact's own readout, fitted at its calibration
+    assert lzc is not None
+    assert comp["rows"][1]["accuracy"] == lzc.accuracy(run_fx(other.fx, x).output, y)
+    # a spiking output has no membrane rule: no accuracy, and the row's note says why
+    acc, why = readout_accuracy(other, run_fx(other.fx, x).output, y, "membrane-max")
+    assert acc is None and "not a membrane" in why
 
 
 def test_verify_compare_labels_rows_by_file_and_keeps_the_other_path(two_artifacts: dict, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,26 @@ def test_a_skip_with_larger_weights_coarsens_the_layer_scale_instead_of_failing(
     # the error names the synapse that is lost.
     with pytest.raises(NumericError, match="node 'main': every weight rounds to zero"):
         plan_synapses("l", [_syn("main", small), _syn("skip", big * 1e4)], target, 1e-6, 6, clip, (0, 0))
+
+
+def test_a_coarsened_plan_warns_once_about_weights_lost_at_the_scale_it_keeps() -> None:
+    """Most of the first synapse's weights round to zero at the first scale tried and at the
+    coarser one the skip forces: one warning, with the kept plan's share, not one per scale tried."""
+    target = load_target("loihi2")
+    rng = np.random.default_rng(3)
+    main = np.where(rng.random((6, 6)) < 0.8, 1e-7, 1e-3) * rng.choice([-1, 1], (6, 6))
+    big = rng.uniform(-10, 10, (6, 6))
+
+    def clip(_: str, w: np.ndarray, bits: int) -> float:
+        return float(np.max(np.abs(w)))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q, _, plans = plan_synapses("l", [_syn("main", main), _syn("skip", big)], target, 1e-9, 6, clip, (0, 0))
+    lost = [str(w.message) for w in caught if "round to zero" in str(w.message)]
+    assert q > 1e-9 and len(lost) == 1 and lost[0].startswith("synapse 'main'")
+    share = np.mean(plans[0].weight_int[main != 0] == 0)
+    assert f"{share:.0%} of its non-zero weights" in lost[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -634,10 +634,16 @@ def plan_synapses(name: str, syns: list[Synapse], target: Target, q_min: float, 
     # scale, the state scale is coarsened until they fit (one scale plan for every synapse into
     # the layer, whatever synapse comes first).
     for _ in range(64):
+        lossy: list[str] = []  # warnings of the plan that is kept only: a discarded scale's are not the user's
         try:
-            return _plan_at(name, syns, target, q_min, e_fixed, weight_clip, e_range_extra, weight_grid, grid_bits)
+            planned = _plan_at(name, syns, target, q_min, e_fixed, weight_clip, e_range_extra, weight_grid, grid_bits,
+                               lossy)
         except _NeedsCoarserScale as e:
             q_min = e.q_min
+            continue
+        for msg in lossy:
+            warnings.warn(msg, LNMDeployWarning, stacklevel=4)
+        return planned
     raise NumericError("no state scale holds every synapse's weights with the target's exponents", node=name)
 
 
@@ -648,7 +654,9 @@ class _NeedsCoarserScale(Exception):
 
 def _plan_at(name: str, syns: list[Synapse], target: Target, q_min: float, e_fixed: int, weight_clip: WeightClip,
              e_range_extra: tuple[int, int], weight_grid: Callable[[Synapse], tuple[int, int, int, tuple[int, int]]],
-             grid_bits: Callable[[int, int, int], int]) -> tuple[float, int, list[SynapsePlan]]:
+             grid_bits: Callable[[int, int, int], int], lossy: list[str]) -> tuple[float, int, list[SynapsePlan]]:
+    """One plan at state scale ``q_min`` or coarser; ``_NeedsCoarserScale`` when a later synapse
+    does not fit; warnings for the user are appended to ``lossy``."""
     first = syns[0]
     step, lo, hi, (we_lo, we_hi) = weight_grid(first)
     clip = float(weight_clip(first.name, first.weight, grid_bits(step, lo, hi)))
@@ -696,8 +704,8 @@ def _plan_at(name: str, syns: list[Synapse], target: Target, q_min: float, e_fix
                 f"and input range) is too coarse for weights of at most {amax:.3g} with the target's exponents "
                 f"{we_lo}..{we_hi}", node=s.name)
         if lost > 0.5:
-            warnings.warn(f"synapse '{s.name}': {lost:.0%} of its non-zero weights round to zero at the layer's "
-                          "state scale", LNMDeployWarning, stacklevel=5)
+            lossy.append(f"synapse '{s.name}': {lost:.0%} of its non-zero weights round to zero at the layer's "
+                         "state scale")
         plans.append(SynapsePlan(s, w_int, int(we), real_per_lsb, clipped))
     return q, int(extra), plans
 

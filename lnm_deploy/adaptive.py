@@ -167,6 +167,10 @@ class AdaptiveNeuron(Neuron):
         super().validate(name)
         if self.v_th is None:
             raise GraphError("an adaptive-threshold neuron needs v_th (theta_0)", node=name)
+        if self.threshold != ">" or self.graded or self.v_floor is not None:
+            raise UnsupportedError("an adaptive-threshold neuron tests v' > theta and emits one spike per step, "
+                                   "with no membrane floor: threshold='>=', max_spikes != 1 and v_floor are not "
+                                   "defined for it", node=name)
         if not (np.all(np.isfinite(self.theta_decay)) and np.all(np.isfinite(self.theta_step))):
             raise NumericError("theta_decay and theta_step must be finite", node=name)
         if np.any(self.theta_decay < 0) or np.any(self.theta_decay > 1):

@@ -445,7 +445,8 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
     (samples, timesteps, *shape), the input included), with the quantity groups in ``swap``
     (``REPLAY_GROUPS``) taken from the dequantized graph ``deq``: ``weights`` (synaptic weights,
     biases, input gains and the constant term of P, which carries the folded biases), ``dynamics``
-    (P's other coefficients, the synaptic decay), ``threshold`` (threshold, reset value and mode).
+    (P's other coefficients, the synaptic decay), ``threshold`` (threshold, reset value and mode,
+    the spike test, the spikes per step and the membrane floor).
 
     The neuron is stepped by the Neuron's own float step (``Neuron.float_step``, sliced to one
     neuron), so with ``swap`` empty the trace is the float executor's. Returns ``{"s": spikes,
@@ -503,7 +504,8 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
     neuron = Neuron(shape=(1,), poly=poly, v_th=one(thr.v_th), v_reset=one(thr.v_reset), reset=thr.reset,
                     in_gain=one(wts.in_gain) if with_syn else one(wts.in_gain) * syn_gain,
                     syn_decay=one(dyn.syn_decay) if dyn.syn_decay is not None else None,
-                    syn_gain=syn_gain if with_syn else None, dt=dyn.dt)
+                    syn_gain=syn_gain if with_syn else None, dt=dyn.dt, threshold=thr.threshold,
+                    max_spikes=thr.max_spikes, v_floor=None if thr.v_floor is None else one(thr.v_floor))
     step = neuron.float_step(layer, 1, np.float64)
     out = {k: np.zeros(t_end + 1) for k in ("s", "v", "v_pre")}
     for t in range(t_end + 1):

@@ -70,3 +70,30 @@ def test_calibrate_refuses_a_rule_no_integer_neuron_runs(rule: dict, target: str
     x = (rng.random((4, 8, 5)) < 0.5).astype(np.uint8)
     with pytest.raises(UnsupportedError, match=r"'n'.*(v >= v_th|graded|floor)|(v >= v_th|graded|floor).*'n'"):
         calibrate_network(g, x, load_target(target), load_recipe("default"), progress=False)
+
+
+def test_divergence_replay_steps_the_same_rules() -> None:
+    """verify's replay of one neuron (with nothing swapped) is the float executor's trace, rules included."""
+    from lnm_deploy.verify import replay_neuron
+
+    rng = np.random.default_rng(4)
+    g = sequential([("fc", Affine(weight=rng.normal(0.8, 0.6, (3, 5)))),
+                    ("n", Neuron(shape=(3,), poly=[0.0, 0.9], v_th=0.5, reset="subtract", threshold=">=",
+                                 max_spikes=4, v_floor=np.full(3, -0.3)))], (5,))
+    x = (rng.random((2, 12, 5)) < 0.6).astype(np.uint8)
+    res = run_float(g, x, record=True)
+    assert res.output.max() > 1  # graded
+    for flat in range(3):
+        tr = replay_neuron(g, g, "n", flat, 1, 11, {**res.spikes, g.input_name: x})
+        assert np.array_equal(tr["s"], res.output[1, :, flat])
+        # float64 both, summed in another order (one neuron's dot product against the batched matmul)
+        np.testing.assert_allclose(tr["v"], res.states["n"]["v"][1, :, flat], rtol=1e-12, atol=1e-12)
+
+
+def test_an_adaptive_neuron_refuses_rules_it_does_not_define() -> None:
+    from lnm_deploy.adaptive import AdaptiveNeuron
+
+    for rule in ({"threshold": ">="}, {"max_spikes": 2}, {"v_floor": np.zeros(2)}):
+        g = sequential([("a", AdaptiveNeuron(shape=(2,), poly=[0.0, 0.9], v_th=1.0, **rule))], (2,))
+        with pytest.raises(UnsupportedError, match="adaptive-threshold neuron"):
+            g.schedule()

@@ -42,6 +42,7 @@ reported only (float and integer membranes are never equal bin for bin).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -467,11 +468,11 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
     def current(g: Graph, mg: MappedGraph) -> tuple[Array, Neuron]:
         """The neuron's input per step as the executor sums it (synapse outputs plus biases)."""
         node = g.nodes[layer]
-        # The replay swaps the parameter groups of the LNM Neuron itself: a kind derived from it
-        # (with more state, e.g. an adaptive threshold) is not replayed as if it were one.
-        if node.kind != Neuron.kind or not isinstance(node, Neuron) or not node.spiking:
-            raise UnsupportedError(f"the divergence replay needs a spiking '{Neuron.kind}' node, not "
-                                   f"'{node.kind}'", node=layer)
+        # A kind derived from the LNM Neuron (an adaptive threshold) is replayed with its own float
+        # step: its extra parameters are part of the threshold group (``_one_neuron``).
+        if not isinstance(node, Neuron) or not node.spiking:
+            raise UnsupportedError(f"the divergence replay needs a spiking '{Neuron.kind}' node or a kind derived "
+                                   f"from it, not '{node.kind}'", node=layer)
         ml = mg.layers[layer]
         syns, bias = ml.synapses, ml.bias
         x = np.zeros(t_end + 1)
@@ -490,6 +491,9 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
 
     x_f, nf = current(graph, mapped[0])
     x_q, nq = current(deq, mapped[1])
+    if type(nf) is not type(nq):
+        raise UnsupportedError(f"the float layer is a '{nf.kind}' and the dequantized one a '{nq.kind}': the replay "
+                               "swaps parameters between nodes of one kind", node=layer)
     wts, x = (nq, x_q) if "weights" in swap else (nf, x_f)
     dyn = nq if "dynamics" in swap else nf
     thr = nq if "threshold" in swap else nf
@@ -501,7 +505,12 @@ def replay_neuron(graph: Graph, deq: Graph, layer: str, flat: int, sample: int, 
     syn_gain = one(wts.syn_gain) if wts.syn_gain is not None else np.ones(1)
     with_syn = dyn.syn_decay is not None
     assert thr.v_th is not None
-    neuron = Neuron(shape=(1,), poly=poly, v_th=one(thr.v_th), v_reset=one(thr.v_reset), reset=thr.reset,
+    # parameters a derived kind adds (an adaptive threshold's decay and jump, a refractory decay) go
+    # with the threshold group
+    base_fields = {f.name for f in dataclasses.fields(Neuron)}
+    extra: dict[str, Any] = {f.name: (None if getattr(thr, f.name) is None else one(getattr(thr, f.name)))
+                             for f in dataclasses.fields(type(thr)) if f.init and f.name not in base_fields}
+    neuron = type(thr)(**extra, shape=(1,), poly=poly, v_th=one(thr.v_th), v_reset=one(thr.v_reset), reset=thr.reset,
                     in_gain=one(wts.in_gain) if with_syn else one(wts.in_gain) * syn_gain,
                     syn_decay=one(dyn.syn_decay) if dyn.syn_decay is not None else None,
                     syn_gain=syn_gain if with_syn else None, dt=dyn.dt, threshold=thr.threshold,
@@ -533,8 +542,9 @@ def explain_divergence(graph: Graph, artifact: Artifact, div: Any, ref: RunResul
     if node is None or layer not in artifact.graph.nodes:
         out["cause"] = "undetermined (the layer has no float counterpart)"
         return out
-    if node.kind != Neuron.kind:
-        out["cause"] = f"undetermined (the divergence replay covers '{Neuron.kind}' layers, not '{node.kind}')"
+    if not isinstance(node, Neuron):
+        out["cause"] = (f"undetermined (the divergence replay covers '{Neuron.kind}' layers and kinds derived from it, "
+                        f"not '{node.kind}')")
         return out
     try:
         from lnm_deploy.calibrate.passes import fold

@@ -469,3 +469,24 @@ def test_a_refractory_layer_on_loihi2_is_refused_saying_why() -> None:
     with pytest.raises(UnsupportedError, match=r"node 'a1'.*adaptive_poly: the layer is refractory.*atrlif"):
         calibrate_network(_atr_graph(), _spikes(5, batch=8), load_target("loihi2"),  # type: ignore[arg-type]
                           load_recipe("default"), progress=False)
+
+
+def test_divergence_replay_covers_adaptive_layers(calibrated: object) -> None:
+    """verify's divergence replay steps an adaptive layer with its own float step: with nothing
+    swapped it is the float executor's trace, and a real divergence gets a cause."""
+    from lnm_deploy.core import first_divergence
+    from lnm_deploy.fxsim import run_fx
+    from lnm_deploy.verify import explain_divergence, replay_neuron
+
+    art = calibrated.artifact  # type: ignore[attr-defined]
+    g = _graph(seed=2, synapse=True)
+    x = _spikes(7, batch=16).astype(np.uint8)
+    fl, fi = run_float(g, x, record=True), run_fx(art.fx, x)  # type: ignore[arg-type]
+    spikes = {**fl.spikes, g.input_name: x}  # type: ignore[attr-defined]
+    for flat in range(3):
+        tr = replay_neuron(g, g, "a1", flat, 2, x.shape[1] - 1, spikes)  # type: ignore[arg-type]
+        assert np.array_equal(tr["s"], fl.spikes["a1"][2, :, flat])
+    div = first_divergence(fl.spikes, fi.spikes, ["a1", "a2"])
+    assert div is not None  # fitted and rounded: some spike differs on 16 samples
+    d = explain_divergence(g, art, div, fl, x)  # type: ignore[arg-type]
+    assert not d["cause"].startswith("undetermined"), d

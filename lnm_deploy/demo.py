@@ -269,10 +269,12 @@ def run_demo(out_dir: str | Path, *, retrain: bool = False, force: bool = False,
                  "files": dict(sorted(entries.items()))}, indent=2) + "\n")
             if replace_other:  # last, just before the commit: put back if it fails
                 aside.move(out, plan.stale(set(staged)))
+            removed: list[str] = []
+            # deleted with the commit's signals held: a Ctrl-C cannot leave the hidden files behind
+            outs.after_commit(lambda: removed.extend(aside.drop()))
     except BaseException:
         aside.restore()
         raise
-    removed = aside.drop()
     if removed:
         log(f"removed the {plan.task} demo's files this run does not write: {', '.join(removed)}")
     return result

@@ -28,7 +28,7 @@ import errno
 import os
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -157,6 +157,13 @@ class Outputs:
         self._files: dict[Path, _File] = {}
         self._dirs: dict[Path, _Dir] = {}
         self._done = False
+        self._after: list[Callable[[], None]] = []
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` right after a successful commit, with the same signals held, so that a
+        Ctrl-C or SIGTERM cannot fall between the outputs appearing and ``fn``'s clean-up (for
+        example removing files the new outputs replace). ``fn`` must not raise."""
+        self._after.append(fn)
 
     # ---------------------------------------------------------------------------- declaring
 
@@ -279,7 +286,10 @@ class Outputs:
         if self._done:
             raise ValueError("outputs already committed or aborted")
         with _signals_held():
-            return self._commit()
+            written = self._commit()
+            for fn in self._after:
+                fn()
+            return written
 
     def _commit(self) -> list[Path]:
         mask = _umask()

@@ -382,3 +382,24 @@ def test_demo_replaces_only_its_own_files(work: Path, capsys: pytest.CaptureFixt
     assert main(["demo", "--out", str(other), "--quiet"]) == 2
     _one_line(capsys.readouterr().err, "not written by the demo", "--force")
     assert _files(other) == ["notes.txt"]
+
+
+def test_after_commit_runs_once_committed_with_signals_held_and_never_on_abort(tmp_path: Path) -> None:
+    import signal
+
+    seen: list[tuple[bool, bool]] = []
+
+    def check() -> None:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the current mask, unchanged
+        seen.append(((tmp_path / "a.txt").exists(), signal.SIGINT in blocked))
+
+    with Outputs() as outs:
+        outs.write_text(outs.file(tmp_path / "a.txt"), "x")
+        outs.after_commit(check)
+        assert not seen
+    assert seen == [(True, True)]  # after the file appeared, with Ctrl-C held
+    with pytest.raises(RuntimeError), Outputs() as outs:
+        outs.write_text(outs.file(tmp_path / "b.txt"), "y")
+        outs.after_commit(check)
+        raise RuntimeError("the work failed")
+    assert seen == [(True, True)] and not (tmp_path / "b.txt").exists()

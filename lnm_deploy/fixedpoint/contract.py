@@ -43,9 +43,10 @@ INPUT_BOUND = 1 << (INPUT_BITS - 1)
 
 @dataclass(frozen=True)
 class SynapseBounds:
-    """Static bounds of a synapse on binary spikes (``docs/fixed-point.md`` section 3).
+    """Static bounds of a synapse (``docs/fixed-point.md`` section 3) on input spikes ``0 <= s <=
+    payload`` (1: binary; a graded source's ``max_payload``, section 5.1).
 
-    ``acc``: ``max_o sum_i |w[o, i]|``, a bound on the exact accumulator ``|acc[o]|``;
+    ``acc``: ``payload * max_o sum_i |w[o, i]|``, a bound on the exact accumulator ``|acc[o]|``;
     ``out``: a bound on ``|y| = |wrap_out(shexp(acc, weight_exp))|``; ``wraps``: whether the wrap
     to ``out_bits`` can change a value (otherwise it is the identity and may be left out).
     """
@@ -62,18 +63,19 @@ def synapse_bounds(acc: int, weight_exp: int, out_bits: int) -> SynapseBounds:
     return SynapseBounds(acc=acc, out=min(b, half), wraps=b >= half)
 
 
-def dense_bounds(node: FxDense) -> SynapseBounds:
-    """Bounds of an ``FxDense`` (section 3.1), on its effective weights."""
+def dense_bounds(node: FxDense, payload: int = 1) -> SynapseBounds:
+    """Bounds of an ``FxDense`` (section 3.1), on its effective weights, for inputs ``<= payload``."""
     w = node.effective_weight()
     acc = int(np.abs(w).sum(axis=1).max()) if w.size else 0
-    return synapse_bounds(acc, node.weight_exp, node.out_bits)
+    return synapse_bounds(acc * int(payload), node.weight_exp, node.out_bits)
 
 
-def conv_bounds(node: FxConv2d) -> SynapseBounds:
-    """Bounds of an ``FxConv2d`` (section 3.2): the largest ``sum |w|`` of one output channel."""
+def conv_bounds(node: FxConv2d, payload: int = 1) -> SynapseBounds:
+    """Bounds of an ``FxConv2d`` (section 3.2): the largest ``sum |w|`` of one output channel,
+    times the input ``payload``."""
     w = node.weight
     acc = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0
-    return synapse_bounds(acc, node.weight_exp, node.out_bits)
+    return synapse_bounds(acc * int(payload), node.weight_exp, node.out_bits)
 
 
 def neuron_input_bound(synapse_outs: list[int]) -> int:
@@ -178,7 +180,9 @@ def lif_bounds(node: FxLIF, input_bound: int) -> LIFBounds:
 class PolyParams:
     """The parameters of one ``FxPoly`` step (section 5): ``coef`` (d+1, ...) ascending,
     ``shifts`` (d,), ``vth``/``v_reset`` per neuron, ``kc = 2**D - syn_decay`` per neuron or
-    ``None`` without a current state; widths S (state), R (Horner register), D (decay)."""
+    ``None`` without a current state; widths S (state), R (Horner register), D (decay); the spike
+    rules of section 5.1: ``threshold`` (">" or ">="), ``max_payload`` (1: binary) and
+    ``v_floor`` (per neuron, or None)."""
 
     coef: Array
     shifts: tuple[int, ...]
@@ -192,6 +196,9 @@ class PolyParams:
     state_bits: int
     acc_bits: int
     decay_bits: int
+    threshold: str = ">"
+    max_payload: int = 1
+    v_floor: Array | None = None
 
     @classmethod
     def of(cls, node: FxPoly) -> PolyParams:
@@ -200,7 +207,8 @@ class PolyParams:
                    vth=np.asarray(node.vth, dtype=np.int64), v_reset=np.asarray(node.v_reset, dtype=np.int64),
                    reset=node.reset, in_shift=node.in_shift, kc=kc, rounding=node.rounding,
                    overflow=node.overflow, state_bits=node.state_bits, acc_bits=node.acc_bits,
-                   decay_bits=node.decay_bits)
+                   decay_bits=node.decay_bits, threshold=node.threshold, max_payload=node.max_payload,
+                   v_floor=None if node.v_floor is None else np.asarray(node.v_floor, dtype=np.int64))
 
 
 def poly_input(p: PolyParams, a: Array) -> Array:
@@ -209,9 +217,10 @@ def poly_input(p: PolyParams, a: Array) -> Array:
 
 
 def poly_update(p: PolyParams, state: State, x: Array) -> tuple[State, Array]:
-    """Steps 2-6 of section 5 on the states ``{"v", "c"}`` (int64, not modified; without a
+    """Steps 2-7 of section 5 on the states ``{"v", "c"}`` (int64, not modified; without a
     current state ``c`` is ``ovf_S(x)``) and ``x = poly_input(p, a)``. Returns the new states and
-    the spikes (bool)."""
+    the spikes: bool, or for a graded neuron (``max_payload > 1``) the counts, int64 in
+    ``0..max_payload`` (section 5.1)."""
     S, R, rnd, ovf = p.state_bits, p.acc_bits, p.rounding, p.overflow
     if p.kc is not None:
         c = overflow(rshift(state["c"] * p.kc, p.decay_bits, rnd) + x, S, ovf)
@@ -223,11 +232,30 @@ def poly_update(p: PolyParams, state: State, x: Array) -> tuple[State, Array]:
     for k in range(d - 1, -1, -1):
         h = overflow(rshift(h * v, p.shifts[k], rnd) + p.coef[k], R, ovf)
     vp = overflow(h + c, S, ovf)
+    if p.threshold == ">=" or p.max_payload > 1 or p.v_floor is not None:
+        return _poly_spike_rules(p, vp, c)
     s = vp > p.vth
     if p.reset == "value":
         v_new = np.where(s, p.v_reset, vp)
     else:
         v_new = np.where(s, overflow(vp - p.vth, S, ovf), vp)
+    return {"v": v_new, "c": c}, s
+
+
+def _poly_spike_rules(p: PolyParams, vp: Array, c: Array) -> tuple[State, Array]:
+    """Steps 5-7 of section 5 with the rules of section 5.1 (``>=``, graded counts, the floor)."""
+    fired = vp >= p.vth if p.threshold == ">=" else vp > p.vth
+    if p.max_payload > 1:  # vth >= 1 (FxPoly.validate): the count is at least 1 where fired
+        s: Array = np.where(fired, np.clip(vp // np.maximum(p.vth, 1), 1, p.max_payload), 0).astype(np.int64)
+        sub = s * p.vth
+    else:
+        s, sub = fired, p.vth
+    if p.reset == "value":
+        v_new = np.where(fired, p.v_reset, vp)
+    else:
+        v_new = np.where(fired, overflow(vp - sub, p.state_bits, p.overflow), vp)
+    if p.v_floor is not None:
+        v_new = np.maximum(v_new, p.v_floor)
     return {"v": v_new, "c": c}, s
 
 

@@ -7,7 +7,10 @@ The dict holds only str, int, numpy int64 arrays and nested dicts (never None, b
      "nodes": {name: {"kind": str, <field>: value, ...}, ...},
      "edges": {"e00000": {"src": str, "dst": str}, ...}}      # keys keep the edge order
 
-A field whose value is None (``FxPoly.syn_decay`` without a synapse) is left out. Node
+A field whose value is None (``FxPoly.syn_decay`` without a synapse) is left out, and so is a field
+marked ``omit_default`` in its dataclass metadata (``nodes.OMIT_DEFAULT``: fields added after
+version 1, such as ``FxPoly.threshold``) while it holds its default: networks that do not use
+such a field encode byte for byte as before, and decoding fills the default back in. Node
 ``metadata`` is provenance and is not encoded. ``nir.read`` gives numpy scalars and arrays back;
 ``decode_fxgraph`` accepts those as well as the Python values ``encode_fxgraph`` writes.
 """
@@ -52,6 +55,8 @@ def encode_fxgraph(graph: FxGraph) -> dict[str, Any]:
                 continue
             v = getattr(node, f.name)
             if v is None:
+                continue
+            if f.metadata.get("omit_default") and v == f.default:
                 continue
             try:
                 d[f.name] = _enc(v)

@@ -19,7 +19,7 @@ import numpy as np
 from lnm_deploy.errors import GraphError
 from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS, Overflow, Rounding
 from lnm_deploy.ir.nodes import conv_output_shape, pair
-from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, ResetMode
+from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, THRESHOLD_TESTS, ResetMode
 
 Shape = tuple[int, ...]
 SignMode = Literal["mixed", "excitatory", "inhibitory"]
@@ -34,6 +34,14 @@ OUT_BITS: Range = (2, 48)
 FAN_IN: Range = (1, 2**24)
 #: The width Lava's Dense clips its weights to (plus the sign): ``num_weight_bits`` is at most this.
 DENSE_WEIGHT_BITS = 8
+#: The largest spike payload (graded spike count) of any integer node: spike arrays are uint8 on
+#: every backend (fxsim, ONNX, Lava's recorder). A target declares its own cap inside it
+#: (``[poly] max_spike_payload``).
+MAX_PAYLOAD = 255
+#: Dataclass field metadata of a field added after version 1 of the encoding: written to an
+#: artifact only where it differs from its default (``fixedpoint.encode``), so networks that do
+#: not use it encode byte for byte as before.
+OMIT_DEFAULT: dict[str, Any] = {"omit_default": True}
 
 
 def _iarr(node: str, name: str, x: Any) -> np.ndarray:
@@ -260,6 +268,11 @@ class FxNeuron(FxNode):
     def state_names(self) -> tuple[str, ...]:
         raise NotImplementedError
 
+    def spike_payload(self) -> int:
+        """The largest value one element of this layer's spike output carries per step: 1 for
+        binary spikes (every neuron kind but a graded ``FxPoly``)."""
+        return 1
+
 
 @dataclass(eq=False)
 class FxLIF(FxNeuron):
@@ -339,13 +352,20 @@ class FxPoly(FxNeuron):
         c  = ovf_S(rnd(c * (2**D - syn_decay), D) + x)      if has_synapse, else c = ovf_S(x)
         H  = coef[d];  for k = d-1 .. 0:  H = ovf_R(rnd(H * v, shifts[k]) + coef[k])
         v' = ovf_S(H + c)
-        s  = v' > vth;   v = v_reset where s (reset "value") or ovf_S(v' - vth) (reset "subtract")
+        f  = v' > vth  (threshold ">")  or  v' >= vth  (threshold ">=")
+        s  = f                                                 max_payload == 1 (binary)
+             f * min(max(v' // vth, 1), max_payload)          max_payload > 1 (graded count)
+        v  = v_reset where f (reset "value") or ovf_S(v' - s * vth) (reset "subtract"), else v'
+        v  = max(v, v_floor)                                   with a v_floor only
 
     ``coef`` is (degree+1, *shape), ascending: ``coef[k]`` is theta_k on the grid of Horner
     register k, whose fraction bits are ``f_k = shifts[0] + ... + shifts[k-1]`` (``f_0 = 0``: the
     state grid), so a calibrator picks one scale per term. ``shifts`` has ``degree`` entries. S =
     ``state_bits``, R = ``acc_bits`` (Horner register), D = ``decay_bits``; ``rnd`` is
     ``rounding``, ``ovf`` is ``overflow``. ``syn_decay`` is None for no current state.
+    ``threshold``, ``max_payload`` (1..``MAX_PAYLOAD``; graded needs ``vth >= 1``) and ``v_floor``
+    (per neuron, None: no floor) were added after the first version (section 5.1); at their
+    defaults the neuron is the binary one above and encodes as before.
     """
 
     kind: ClassVar[str] = "poly"
@@ -365,9 +385,13 @@ class FxPoly(FxNeuron):
     decay_bits: int = 12
     v_init: np.ndarray | int = 0
     c_init: np.ndarray | int = 0
+    threshold: str = field(default=">", metadata=OMIT_DEFAULT)
+    max_payload: int = field(default=1, metadata=OMIT_DEFAULT)
+    v_floor: np.ndarray | int | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
+        self.max_payload = int(self.max_payload)
         coef = _iarr("poly", "coef", self.coef)
         if coef.ndim == 0:
             coef = coef.reshape(1)
@@ -381,6 +405,7 @@ class FxPoly(FxNeuron):
         for name in ("in_shift", "state_bits", "acc_bits", "coef_bits", "decay_bits"):
             setattr(self, name, int(getattr(self, name)))
         names = ["vth", "v_reset", "v_init", "c_init"] + ([] if self.syn_decay is None else ["syn_decay"])
+        names += [] if self.v_floor is None else ["v_floor"]
         for name in names:
             a = _iarr("poly", name, getattr(self, name))
             try:
@@ -398,6 +423,14 @@ class FxPoly(FxNeuron):
 
     def state_names(self) -> tuple[str, ...]:
         return ("v", "c") if self.has_synapse else ("v",)
+
+    @property
+    def graded(self) -> bool:
+        """Whether a step sends spike counts (``max_payload > 1``) rather than binary spikes."""
+        return self.max_payload > 1
+
+    def spike_payload(self) -> int:
+        return self.max_payload
 
     @staticmethod
     def limits(state_bits: int, acc_bits: int) -> dict[str, Range]:
@@ -433,6 +466,14 @@ class FxPoly(FxNeuron):
         _check_range(name, "c_init", self.c_init, -sm, sm)
         if self.syn_decay is not None:
             _check_range(name, "syn_decay", self.syn_decay, 0, 1 << self.decay_bits)
+        if self.threshold not in THRESHOLD_TESTS:
+            raise GraphError(f"threshold must be one of {THRESHOLD_TESTS}, got {self.threshold!r}", node=name)
+        _check_range(name, "max_payload", self.max_payload, 1, MAX_PAYLOAD)
+        if self.graded and np.asarray(self.vth).size and np.asarray(self.vth).min() < 1:
+            raise GraphError(f"graded spikes (max_payload {self.max_payload}) count v' // vth and need "
+                             f"vth >= 1 everywhere, got min {np.asarray(self.vth).min()}", node=name)
+        if self.v_floor is not None:
+            _check_range(name, "v_floor", self.v_floor, -sm, sm)
 
 
 def fx_node_types() -> dict[str, type[FxNode]]:

@@ -28,7 +28,7 @@ known kinds, so a new kind without a definition fails loudly everywhere instead 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from lnm_deploy.fixedpoint import contract
 from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS
 from lnm_deploy.fixedpoint.nodes import (
     FAN_IN,
+    MAX_PAYLOAD,
     SIGN_MODES,
     FxConv2d,
     FxDense,
@@ -261,7 +262,11 @@ def check_lif_rules(c: SpecCheck, spec: Any) -> None:
 
 @dataclass(frozen=True)
 class PolySpec:
-    """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5)."""
+    """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5).
+
+    ``max_spike_payload``: the largest graded spike count a layer may send (section 5.1), 1..255
+    (``MAX_PAYLOAD``: spike arrays are uint8 everywhere); 1 = binary spikes only. Optional in a
+    file (default 1: the files and artifacts written before it existed)."""
 
     max_degree: int
     state_bits: int
@@ -274,8 +279,10 @@ class PolySpec:
     overflow: tuple[str, ...]
     reset: tuple[str, ...]
     synapse: bool
+    max_spike_payload: int = field(default=1, kw_only=True, metadata={"optional": True})
 
     def check(self, c: SpecCheck) -> None:
+        c.width("max_spike_payload", self.max_spike_payload, (1, MAX_PAYLOAD))
         lim = FxPoly.limits(self.state_bits, self.acc_bits)
         c.width("max_degree", self.max_degree, lim["degree"])
         for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
@@ -377,6 +384,9 @@ def check_poly(name: str, n: FxPoly, t: Target) -> None:
     _member(name, "reset", n.reset, s.reset, t.name)
     if n.has_synapse and not s.synapse:
         raise UnsupportedError(f"target '{t.name}' has no current (synapse) state", node=name)
+    if n.max_payload > s.max_spike_payload:
+        raise GraphError(f"max_payload {n.max_payload} exceeds target '{t.name}' max_spike_payload "
+                         f"{s.max_spike_payload}", node=name)
 
 
 # ------------------------------------------------------------------------------- the registry
@@ -393,12 +403,35 @@ POLY = register(Primitive("poly", FxPoly, PolySpec, check_poly, bounds=contract.
                           missing_hint="fit the polynomial to its LIF (calibrate for this target does)"))
 
 
-def synapse_bounds(node: FxNode, name: str | None = None) -> contract.SynapseBounds:
-    """The registered ``SynapseBounds`` of a synapse node (``UnsupportedError`` for other roles)."""
+def synapse_bounds(node: FxNode, name: str | None = None, payload: int = 1) -> contract.SynapseBounds:
+    """The registered ``SynapseBounds`` of a synapse node (``UnsupportedError`` for other roles)
+    on input spikes ``0 <= s <= payload`` (1: binary; a graded source: ``input_payloads``)."""
     p = primitive_of(node, name)
     if p.role != "synapse" or p.bounds is None:
         raise UnsupportedError(f"a {p.kind} node is not a synapse", node=name)
-    out: contract.SynapseBounds = p.bounds(node)
+    out: contract.SynapseBounds = p.bounds(node) if payload == 1 else p.bounds(node, payload)
+    return out
+
+
+def input_payloads(graph: Any) -> dict[str, int]:
+    """For every synapse of ``graph`` (an ``FxGraph``), the largest value its input spikes carry
+    (``docs/fixed-point.md`` 5.1): 1 where it reads the input or a binary layer, the source's
+    ``spike_payload()`` (a graded ``FxPoly``'s ``max_payload``) where it reads a graded layer,
+    through any reshape. What every bound on the synapse's accumulator multiplies by."""
+    sched = graph.schedule()
+    carried: dict[str, int] = {}
+    out: dict[str, int] = {}
+    for name in sched.order:
+        node = graph.nodes[name]
+        ins = sched.inputs[name]
+        if node.role == "neuron":
+            carried[name] = int(node.spike_payload())
+        elif node.role == "reshape":
+            carried[name] = carried[ins[0][0]]
+        elif node.role == "synapse":
+            out[name] = carried.get(ins[0][0], 1)
+        else:
+            carried[name] = 1
     return out
 
 

@@ -168,3 +168,63 @@ def random_case(kind: str, seed: int) -> tuple[FxGraph, np.ndarray]:
     rng = np.random.default_rng([seed, *kind.encode()])
     g = network(kind, rng)
     return g, spikes(rng, int(rng.integers(1, 3)), int(rng.integers(1, 8)), g.input_shape)
+
+
+# ------------------------------------------------------------- graded spikes (fixed-point.md 5.1)
+
+
+def graded_poly(rng: np.random.Generator, shape: Shape, *, graded: bool = True) -> FxNode:
+    """A random polynomial neuron with the rules of section 5.1: a random spike test, a payload
+    cap in {2, 3, 7, 255} (graded; 1 with ``graded=False``), a small threshold (``vth >= 1``, so
+    that counts above 1 are common) and, one time in two, a membrane floor."""
+    import dataclasses
+
+    from lnm_deploy.fixedpoint import FxPoly
+
+    p = poly(rng, shape)
+    n = int(np.prod(shape))
+    sm = 2 ** (p.state_bits - 1) - 1
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(FxPoly) if f.name != "metadata"}
+    fields.update(threshold=str(rng.choice([">", ">="])),
+                  max_payload=int(rng.choice([2, 3, 7, 255])) if graded else 1,
+                  vth=rng.integers(1, 400, n).reshape(shape),
+                  v_floor=None if rng.random() < 0.5 else rng.integers(-min(sm, 3000), 200, n).reshape(shape))
+    return FxPoly(**fields)
+
+
+def graded_network(rng: np.random.Generator, *, conv: bool) -> FxGraph:
+    """input -> synapse -> graded polynomial layer -> synapse fed by it -> a spiking layer (a
+    graded polynomial neuron or a stock LIF): Dense layers (``conv=False``; one time in two a
+    recurrent self-loop on the graded layer) or Conv2d layers with a Flatten and a Dense after."""
+    from fx_nets import weights
+
+    rec: dict[str, FxDense] = {}
+    if not conv:
+        n_in, n1, n2 = (int(rng.integers(1, 9)) for _ in range(3))
+        nodes: list[tuple[str, FxNode]] = [
+            ("fc1", FxDense(weight=weights(rng, (n1, n_in), wild=False), weight_exp=int(rng.integers(0, 8)))),
+            ("g1", graded_poly(rng, (n1,))),
+            ("fc2", dense(rng, n2, n1)),
+            ("out", graded_poly(rng, (n2,), graded=rng.random() < 0.5) if rng.random() < 0.7 else lif(rng, (n2,))),
+        ]
+        if rng.random() < 0.5:
+            rec["g1"] = dense(rng, n1, n1, wild=False)
+        return chain(nodes, (n_in,), rec)
+    shape = _image(rng)
+    c1 = int(rng.integers(1, 4))
+    conv1 = FxConv2d(weight=rng.integers(-256, 256, (c1, shape[0], 2, 2)), padding=(1, 1))
+    s1 = conv1.output_shape("conv1", shape)
+    conv2 = FxConv2d(weight=rng.integers(-256, 256, (2, c1, 2, 2)), stride=(1, 2))
+    s2 = conv2.output_shape("conv2", s1)
+    n_out = int(rng.integers(1, 5))
+    nodes = [("conv1", conv1), ("g1", graded_poly(rng, s1)), ("conv2", conv2), ("g2", graded_poly(rng, s2)),
+             ("flat", FxFlatten()), ("fc", dense(rng, n_out, int(np.prod(s2)), wild=False)),
+             ("out", lif(rng, (n_out,), edges=False))]
+    return chain(nodes, shape, rec)
+
+
+def graded_case(seed: int, *, conv: bool) -> tuple[FxGraph, np.ndarray]:
+    """The graded network and spikes of case ``seed`` (stable across runs and machines)."""
+    rng = np.random.default_rng([seed, 16, int(conv)])
+    g = graded_network(rng, conv=conv)
+    return g, spikes(rng, int(rng.integers(1, 3)), int(rng.integers(2, 9)), g.input_shape)

@@ -147,6 +147,11 @@ class OPoly:
         self.vth = node.vth.reshape(-1).tolist()
         self.v_reset = node.v_reset.reshape(-1).tolist()
         self.dc = None if node.syn_decay is None else node.syn_decay.reshape(-1).tolist()
+        # section 5.1 (absent on nodes written before it: the binary neuron)
+        self.ge = getattr(node, "threshold", ">") == ">="
+        self.cap = int(getattr(node, "max_payload", 1))
+        floor = getattr(node, "v_floor", None)
+        self.floor = None if floor is None else np.broadcast_to(floor, node.shape).reshape(-1).tolist()
 
     def step(self, a: list[int]) -> list[int]:
         n = self.n
@@ -163,11 +168,17 @@ class OPoly:
             for k in range(d - 1, -1, -1):
                 h = o_ovf(o_rnd(h * self.v[i], n.shifts[k], rnd) + self.coef[k][i], R, ovf)
             vp = o_ovf(h + self.c[i], S, ovf)  # 4
-            s = 1 if vp > self.vth[i] else 0  # 5
-            if s:  # 6
-                self.v[i] = self.v_reset[i] if n.reset == "value" else o_ovf(vp - self.vth[i], S, ovf)
+            th = self.vth[i]
+            fired = vp >= th if self.ge else vp > th  # 5 (5.1: the spike test)
+            s = 0
+            if fired:  # 5.1: graded count min(floor(v' / vth), P), at least 1
+                s = 1 if self.cap == 1 else max(1, min(vp // th, self.cap))
+            if fired:  # 6 (5.1: subtract the count times vth)
+                self.v[i] = self.v_reset[i] if n.reset == "value" else o_ovf(vp - s * th, S, ovf)
             else:
                 self.v[i] = vp
+            if self.floor is not None:  # 7 (5.1: the membrane floor)
+                self.v[i] = max(self.v[i], self.floor[i])
             s_out.append(s)
         return s_out
 

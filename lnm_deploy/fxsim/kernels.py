@@ -176,13 +176,17 @@ def lif_steps(a, u, v, spikes, rec_u, rec_v, record, ku, kv, decay_bits, act_shi
 
 @_jit
 def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks, in_shift,
-               has_syn, kc, decay_bits, dadd, dtmask, vth, reset_value, v_reset, half_s, half_r, sat):
+               has_syn, kc, decay_bits, dadd, dtmask, vth, reset_value, v_reset, half_s, half_r, sat,
+               ge, max_payload, v_floor):
     """Section 5 for ``a`` (C, B, N), states ``v``, ``c`` (B, N) int64 in place. ``coef`` (4, N)
     is padded with zero leading coefficients to degree 3, ``shifts`` (3,) accordingly: a zero
     register stays zero through ``rnd`` and takes the next coefficient exactly, so every degree
     runs the same three Horner steps. ``adds``/``tmasks``/``dadd``/``dtmask``: ``round_consts``
     of each shift and of the decay; ``half_s``/``half_r``: ``2**(S-1)``, ``2**(R-1)``; ``sat``:
-    saturate (else wrap); per-neuron ``kc = 2**D - syn_decay``, ``vth``, ``v_reset`` (N,)."""
+    saturate (else wrap); per-neuron ``kc = 2**D - syn_decay``, ``vth``, ``v_reset`` (N,).
+    Section 5.1: ``ge`` (test ``v' >= vth``), ``max_payload`` (1: binary; else the count
+    ``min(v' // vth, max_payload)``), ``v_floor`` (N,) (``-2**(S-1)`` where there is none: then
+    the identity). ``spikes`` is uint8 (a bool array is passed as its uint8 view)."""
     steps, batch, n_neurons = a.shape
     s0, s1, s2 = shifts[0], shifts[1], shifts[2]
     a0, a1, a2 = adds[0], adds[1], adds[2]
@@ -201,10 +205,14 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks
                 h = ovf(rnd(h * vo, s1, a1, m1) + coef[1, n], half_r, sat)
                 h = ovf(rnd(h * vo, s0, a0, m0) + coef[0, n], half_r, sat)
                 vp = ovf(h + cn, half_s, sat)
-                s = vp > vth[n]
-                spikes[t, b, n] = s
-                reset = v_reset[n] if reset_value else ovf(vp - vth[n], half_s, sat)
-                v[b, n] = reset if s else vp
+                th = vth[n]
+                s = vp >= th if ge else vp > th
+                cnt = np.int64(0)
+                if s:
+                    cnt = min(vp // th, max_payload) if max_payload > 1 else np.int64(1)
+                spikes[t, b, n] = cnt
+                reset = v_reset[n] if reset_value else ovf(vp - cnt * th, half_s, sat)
+                v[b, n] = max(reset if s else vp, v_floor[n])
             if record:
                 rec_v[t, b, :] = v[b]
                 if has_syn:  # rec_c is a 1-element placeholder otherwise

@@ -59,6 +59,7 @@ from lnm_deploy.fixedpoint.nodes import (
     FxPoly,
 )
 from lnm_deploy.fixedpoint.primitives import (
+    input_payloads,
     lookup,
     output_state,
     primitive_of,
@@ -125,10 +126,10 @@ class _Synapse:
 
 
 class _Dense(_Synapse):
-    def __init__(self, node: FxDense, kern: Any = None) -> None:
+    def __init__(self, node: FxDense, kern: Any = None, payload: int = 1) -> None:
         w = node.effective_weight()
         self.node = node
-        self.bounds = synapse_bounds(node)
+        self.bounds = synapse_bounds(node, payload=payload)
         self.bound = self.bounds.acc
         dt = exact_float(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
@@ -167,10 +168,10 @@ class _Dense(_Synapse):
 
 
 class _Conv(_Synapse):
-    def __init__(self, node: FxConv2d, kern: Any = None) -> None:
+    def __init__(self, node: FxConv2d, kern: Any = None, payload: int = 1) -> None:
         self.node = node
         w = node.weight
-        self.bounds = synapse_bounds(node)
+        self.bounds = synapse_bounds(node, payload=payload)
         self.bound = self.bounds.acc
         dt = exact_float(self.bound)
         self.dtype: Any = dt if dt is not None else np.int64
@@ -240,9 +241,12 @@ class _Conv(_Synapse):
 SYNAPSES: dict[str, type[_Synapse]] = {"dense": _Dense, "conv2d": _Conv}
 
 
-def _make_synapse(name: str, node: FxNode, kern: Any) -> _Synapse:
+def _make_synapse(name: str, node: FxNode, kern: Any, payload: int = 1) -> _Synapse:
+    """The synapse engine of ``node``; ``payload``: the largest input spike value (graded source,
+    ``docs/fixed-point.md`` 5.1), which its bounds include. The event kernels read binary spikes
+    only: a synapse fed by a graded layer runs the exact product path (no kernel)."""
     cls = lookup(SYNAPSES, primitive_of(node, name).kind, "fxsim's synapse engine", name)
-    out: _Synapse = cls(node, kern)
+    out: _Synapse = cls(node, kern) if payload == 1 else cls(node, None, payload=payload)
     return out
 
 
@@ -295,7 +299,7 @@ class _NeuronRun:
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
         """Step through the timesteps of ``a`` (C, batch, *shape): spikes into ``out`` (same
-        shape, bool) and, with ``rec``, every state after every step into ``rec[name][t]``."""
+        shape, bool; uint8 counts for a graded layer, ``spike_payload() > 1``) and, with ``rec``, every state after every step into ``rec[name][t]``."""
         x, fast = self.prepare(a)
         for t in range(x.shape[0]):
             self.step(x[t], fast, out[t])
@@ -454,6 +458,10 @@ class _PolyRun(_NeuronRun):
                           *kern.round_consts(node.decay_bits, node.rounding), per_neuron(self.vth),
                           node.reset == "value", per_neuron(node.v_reset), 1 << (self.S - 1), 1 << (self.R - 1),
                           node.overflow == "saturate")
+            # docs/fixed-point.md 5.1: the spike test, the payload cap and the floor (-2**(S-1), the
+            # lowest ovf_S value, where there is none: max() is then the identity)
+            self.kargs += (node.threshold == ">=", node.max_payload,
+                           per_neuron(-(1 << (self.S - 1)) if node.v_floor is None else node.v_floor))
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
         if self.kern is None:
@@ -466,7 +474,8 @@ class _PolyRun(_NeuronRun):
             rc = _reshaped(rec["c"], flat) if "c" in rec else _NO_REC
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
-                                 self.c.reshape(flat[1:]), out.reshape(flat), rv, rc, rec is not None, *self.kargs)
+                                 self.c.reshape(flat[1:]), out.reshape(flat).view(np.uint8), rv, rc, rec is not None,
+                                 *self.kargs)
         return None
 
     def prepare(self, a: _Val) -> tuple[Array, bool]:
@@ -615,10 +624,13 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
 
     kern = load_kernels(kernels)
 
-    synapses = {n: _make_synapse(n, graph.nodes[n], kern) for n in sched.order if graph.nodes[n].role == "synapse"}
+    payloads = input_payloads(graph)
+    synapses = {n: _make_synapse(n, graph.nodes[n], kern, payloads[n]) for n in sched.order
+                if graph.nodes[n].role == "synapse"}
     in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
     neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
-    spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=bool) for n in neurons}
+    spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.uint8 if run.node.spike_payload() > 1 else bool)
+              for n, run in neurons.items()}
     out_src = sched.inputs[sched.output_node][0][0]
     # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
     graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None

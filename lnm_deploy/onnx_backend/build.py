@@ -58,6 +58,7 @@ from lnm_deploy.fixedpoint.contract import (
 )
 from lnm_deploy.fixedpoint.graph import FxGraph
 from lnm_deploy.fixedpoint.primitives import (
+    input_payloads,
     lookup,
     output_state,
     primitive,
@@ -260,18 +261,19 @@ def _uniform(a: np.ndarray | int) -> np.ndarray:
 # ----------------------------------------------------------------------------------- synapses
 
 
-def _int_matmul(b: Builder, a: str, w: np.ndarray) -> str:
-    """Exact ``a @ w`` for ``uint8`` 0/1 spikes ``a`` (..., K) and integer ``w`` (..., K, M).
+def _int_matmul(b: Builder, a: str, w: np.ndarray, payload: int = 1) -> str:
+    """Exact ``a @ w`` for ``uint8`` spikes ``a`` (..., K) in ``0..payload`` (0/1, or a graded
+    layer's counts, ``docs/fixed-point.md`` 5.1) and integer ``w`` (..., K, M).
 
     Returns ``acc`` (int64) ``== a @ w``. The product
-    is a float32 ``MatMul`` where ``max_o sum_i |w[i, o]| < 2**24`` (every partial sum of spikes
+    is a float32 ``MatMul`` where ``payload * max_o sum_i |w[i, o]| < 2**24`` (every partial sum of spikes
     times integer weights is an integer float32 holds exactly, whatever the summation order), a
     float64 one below ``2**53``, else ``int64`` ``MatMul``; the result is cast to ``int64``.
     Not ``MatMulInteger``: onnxruntime 1.23.2's ``uint8`` GEMM returns wrong sums for 17 to 31
     output columns on this project's CPU (measured, ``tests/test_onnx_backend.py``).
     """
     w = np.asarray(w, dtype=np.int64)
-    bound = int(np.abs(w).sum(axis=-2).max()) if w.size else 0
+    bound = int(np.abs(w).sum(axis=-2).max()) * int(payload) if w.size else 0
     ftype = exact_float(bound, F32_EXACT, F64_EXACT)
     if ftype is not None:
         af = b.op("Cast", [a], "spk_f", to=_dtype(np.dtype(ftype).name))
@@ -317,14 +319,15 @@ def _gather_windows(b: Builder, s: str, lead: int, idx: np.ndarray, padded: bool
 
 
 def _dense(b: Builder, name: str, node: fxn.FxDense, s: str, lead: int, in_shape: tuple[int, ...],
-           out_shape: tuple[int, ...]) -> tuple[str, int]:
-    """Section 3.1 on ``uint8`` spikes (lead..., fan_in): an exact product with the effective weights."""
-    acc = _int_matmul(b, s, node.effective_weight().T)
-    return _finish(b, acc, synapse_bounds(node, name), node.weight_exp, node.out_bits)
+           out_shape: tuple[int, ...], payload: int = 1) -> tuple[str, int]:
+    """Section 3.1 on ``uint8`` spikes (lead..., fan_in) in ``0..payload``: an exact product with
+    the effective weights."""
+    acc = _int_matmul(b, s, node.effective_weight().T, payload)
+    return _finish(b, acc, synapse_bounds(node, name, payload), node.weight_exp, node.out_bits)
 
 
 def _conv(b: Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape: tuple[int, ...],
-          out_shape: tuple[int, ...]) -> tuple[str, int]:
+          out_shape: tuple[int, ...], payload: int = 1) -> tuple[str, int]:
     """Section 3.2: im2col windows (``Gather``), then one exact product per group (``_int_matmul``)."""
     w = node.weight
     cout, cg, kh, kw = w.shape
@@ -332,11 +335,11 @@ def _conv(b: Builder, name: str, node: fxn.FxConv2d, s: str, lead: int, in_shape
                            node.dilation, node.groups)
     win = _gather_windows(b, s, lead, idx, padded)  # (lead..., G, P, Cg*kh*kw)
     wg = w.reshape(node.groups, cout // node.groups, cg * kh * kw).transpose(0, 2, 1)
-    acc = _int_matmul(b, win, wg)  # (lead..., G, P, Cout/G)
+    acc = _int_matmul(b, win, wg, payload)  # (lead..., G, P, Cout/G)
     perm = [*range(lead), lead, lead + 2, lead + 1]
     acc = b.op("Transpose", [acc], "acc", perm=perm)
     acc = b.op("Reshape", [acc, b.const([0] * lead + list(out_shape))], "conv")
-    return _finish(b, acc, synapse_bounds(node, name), node.weight_exp, node.out_bits)
+    return _finish(b, acc, synapse_bounds(node, name, payload), node.weight_exp, node.out_bits)
 
 
 def _flatten(b: Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_shape: tuple[int, ...],
@@ -347,14 +350,24 @@ def _flatten(b: Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_s
 
 #: The ONNX lowering of every non-neuron compute kind: ``(builder, name, node, input, lead,
 #: in_shape, out_shape) -> (output, bound)``, on (lead..., *shape) tensors; a synapse returns int64
-#: values, a reshape ``uint8`` spikes.
+#: values, a reshape ``uint8`` spikes. A synapse fed by a graded layer (section 5.1) is called
+#: with the keyword ``payload`` (its input's largest count) as well.
 LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "flatten": _flatten}
 
 
 def _lower(b: Builder, name: str, node: fxn.FxNode, s: str, lead: int, in_shape: tuple[int, ...],
-           out_shape: tuple[int, ...]) -> tuple[str, int]:
+           out_shape: tuple[int, ...], payload: int = 1) -> tuple[str, int]:
     fn = lookup(LOWERINGS, primitive_of(node, name).kind, "the ONNX backend", name)
-    out: tuple[str, int] = fn(b, name, node, s, lead, in_shape, out_shape)
+    if payload == 1 or node.role != "synapse":
+        out: tuple[str, int] = fn(b, name, node, s, lead, in_shape, out_shape)
+        return out
+    import inspect
+
+    if "payload" not in inspect.signature(fn).parameters:
+        raise UnsupportedError(f"the ONNX lowering of {node.kind!r} reads binary spikes only, and this synapse "
+                               f"is fed graded spikes (counts up to {payload}); give the lowering a 'payload' "
+                               "keyword (register_lowering) or feed it a binary layer", node=name)
+    out = fn(b, name, node, s, lead, in_shape, out_shape, payload=payload)
     return out
 
 
@@ -376,7 +389,8 @@ class NeuronLowering:
     * ``prepare(b, a, bound) -> (x, x_bound)``: an elementwise transform of the input done once per
       sequence (default: none, ``(a, bound)``); ``x`` is what ``step`` receives.
     * ``step(b, x, states) -> (spikes, new_states)``: one timestep; ``states`` maps each state name
-      to its tensor of the previous step; returns the spikes as a ``bool`` tensor and every new
+      to its tensor of the previous step; returns the spikes as a ``bool`` tensor (a graded
+      layer, ``node.spike_payload() > 1``: its counts as ``int64``, ``0..payload``) and every new
       state (after the reset) as ``int64``.
     """
 
@@ -509,12 +523,37 @@ class _Poly(NeuronLowering):
         # 4-6
         vp = _ovf(b, b.op("Add", [c, h], "v_in"), S, ovf)
         vth = b.const(_uniform(n.vth))
+        if n.threshold != ">" or n.graded or n.v_floor is not None:
+            return self._spike_rules(b, vp, vth, new)
         s = b.op("Greater", [vp, vth], "spike")
         if n.reset == "value":
             after = b.const(_uniform(n.v_reset))
         else:
             after = _ovf(b, b.op("Sub", [vp, vth], "v_sub"), S, ovf)
         new["v"] = b.op("Where", [s, after, vp], "v")
+        return s, new
+
+    def _spike_rules(self, b: Builder, vp: str, vth: str, new: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """Steps 5-7 with section 5.1: the spike test, graded counts ``min(v' // vth, P)`` (int64;
+        ``v' >= vth >= 1`` where it fires, so ``Div``, which truncates, is the floor there), the
+        reset by ``count * vth`` and the floor."""
+        n = self.node
+        fired = b.op("GreaterOrEqual" if n.threshold == ">=" else "Greater", [vp, vth], "fired")
+        if n.graded:
+            safe = b.op("Where", [fired, vp, vth], "v_fired")  # >= vth >= 1 everywhere: Div floors
+            count = b.op("Min", [b.op("Div", [safe, vth], "count"), b.const(n.max_payload)], "count_cap")
+            s = b.op("Where", [fired, count, b.const(0)], "spikes")
+            sub = b.op("Mul", [s, vth], "sub")  # <= v' < 2**(S-1)
+        else:
+            s, sub = fired, vth
+        if n.reset == "value":
+            after = b.const(_uniform(n.v_reset))
+        else:
+            after = _ovf(b, b.op("Sub", [vp, sub], "v_sub"), n.state_bits, n.overflow)
+        v = b.op("Where", [fired, after, vp], "v")
+        if n.v_floor is not None:
+            v = b.op("Max", [v, b.const(_uniform(n.v_floor))], "v_floor")
+        new["v"] = v
         return s, new
 
 
@@ -648,6 +687,8 @@ class _Plan:
     output_node: str
     neurons: dict[str, NeuronLowering]
     syn_bounds: dict[str, int]
+    #: synapse -> the largest value its input spikes carry (1: binary; graded source: section 5.1)
+    payloads: dict[str, int] = field(default_factory=dict)
 
 
 def _sum(b: Builder, terms: list[str]) -> str:
@@ -681,14 +722,15 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
         raise UserInputError(f"engine must be one of {ENGINES}, got {engine!r}")
     sched = fx.schedule()
     order = list(sched.order)
-    syn_bounds = {n: synapse_bounds(fx.nodes[n], n).out for n in order if fx.nodes[n].role == "synapse"}
+    payloads = input_payloads(fx)
+    syn_bounds = {n: synapse_bounds(fx.nodes[n], n, payloads[n]).out for n in order if fx.nodes[n].role == "synapse"}
     neurons: dict[str, NeuronLowering] = {}
     for n in order:
         if fx.nodes[n].role == "neuron":
             ib = neuron_input_bound([syn_bounds[s] for s, _ in sched.inputs[n]])
             neurons[n] = _make_neuron(n, fx.nodes[n], ib)
     plan = _Plan(fx, sched.order, dict(sched.inputs), dict(sched.shapes), sched.input_node,
-                 sched.output_node, neurons, syn_bounds)
+                 sched.output_node, neurons, syn_bounds, payloads)
 
     # Public tensor names: the input, one spike output per layer, its states, the output node.
     in_name, out_name = sched.input_node, sched.output_node
@@ -780,7 +822,7 @@ def _outside(b: Builder, plan: _Plan, name: str, vals: dict[str, _Val]) -> None:
     node = plan.fx.nodes[name]
     src = plan.inputs[name][0][0]
     v = vals[src]
-    y, bound = _lower(b, name, node, v.name, 2, plan.shapes[src], plan.shapes[name])
+    y, bound = _lower(b, name, node, v.name, 2, plan.shapes[src], plan.shapes[name], plan.payloads.get(name, 1))
     vals[name] = _Val(y, bound, node.role != "synapse")
 
 
@@ -849,7 +891,7 @@ def _scan(main: Builder, plan: _Plan, members: list[str], vals: dict[str, _Val],
                 s_in = cur[src][0]
             else:
                 s_in = add_scan_input(vals[src], plan.shapes[src], f"{src}_t")
-            cur[m] = _lower(body, m, node, s_in, 1, plan.shapes[src], plan.shapes[m])
+            cur[m] = _lower(body, m, node, s_in, 1, plan.shapes[src], plan.shapes[m], plan.payloads.get(m, 1))
     for s in delayed_src:
         state_new[f"delay:{s}"] = cur[s][0]
 

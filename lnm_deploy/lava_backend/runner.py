@@ -49,7 +49,7 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives
+from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives, synapse_bounds
 from lnm_deploy.lava_backend.procs.process import MAX_STATES, ContractNeuron, PolyNeuron, Recorder
 from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 
@@ -126,6 +126,8 @@ class _Plan:
     depth: dict[str, int] = field(default_factory=dict)
     spike_src: dict[str, tuple[str, bool]] = field(default_factory=dict)  # synapse -> (origin, flattened)
     recurrent: dict[str, list[str]] = field(default_factory=dict)  # neuron -> its self-loop synapses
+    #: synapse -> the largest value its input spikes carry (> 1: a graded source, fixed-point.md 5.1)
+    payload: dict[str, int] = field(default_factory=dict)
 
     @property
     def max_depth(self) -> int:
@@ -156,6 +158,10 @@ def plan(graph: FxGraph) -> _Plan:
                                        "step) is not a self-loop through one synapse", node=name)
             p.depth[name] = p.depth[src] + 1
             p.spike_src[name] = (origin, flat)
+            src_node = graph.nodes[origin]
+            p.payload[name] = int(src_node.spike_payload()) if isinstance(src_node, FxNeuron) else 1
+            if p.payload[name] > 1:
+                lookup(GRADED_CHECKS, kind, "the Lava backend's graded spikes", name)(name, node, p.payload[name])
         else:
             fresh = {p.depth[s] for s, d in ins if not d}
             if len(fresh) != 1:
@@ -218,6 +224,12 @@ def align_paths(graph: FxGraph) -> tuple[FxGraph, list[str]]:
                 continue
             (src, _), = sched.inputs[syn]
             origin, flat = (sched.inputs[src][0][0], src) if graph.nodes[src].kind == "flatten" else (src, None)
+            src_node = graph.nodes[origin]
+            if isinstance(src_node, FxNeuron) and src_node.spike_payload() > 1:
+                raise UnsupportedError(f"its path is {longest - length} synapse(s) shorter than the layer's longest, "
+                                       f"and Lava's relays (stock LIFs) carry binary spikes only, while '{origin}' "
+                                       "sends graded spikes; make the paths into the layer equally long",
+                                       node=syn)
             prev = origin
             for k in range(1, longest - length + 1):
                 relay = RELAY_NAME.format(synapse=syn, k=k)
@@ -249,6 +261,35 @@ def _check_conv(name: str, node: FxConv2d) -> None:
         raise UnsupportedError(f"sum |w| * 2^weight_exp = {int(fan) << node.weight_exp} per output "
                                f"reaches 2^24: Lava's Conv computes in float32 and would round",
                                node=name)
+
+
+def _check_graded_dense(name: str, node: FxDense, payload: int) -> None:
+    """Lava's Dense with ``num_message_bits > 0`` multiplies ``weights @ s`` in int32: exact under
+    the contract's ``wrap_32`` when ``weight_exp >= 0`` (the wrap commutes with the left shift),
+    otherwise only while ``payload * sum |w| < 2^31`` (fixed-point.md 5.1)."""
+    acc = synapse_bounds(node, name, payload).acc
+    if node.weight_exp < 0 and acc >= 2**31:
+        raise UnsupportedError(f"fed graded spikes (counts up to {payload}), its accumulator reaches {acc} >= 2^31 "
+                               f"before the weight_exp {node.weight_exp} shift, and Lava's Dense accumulates "
+                               "graded spikes in int32; lower the source's max_payload or the weights",
+                               node=name)
+
+
+def _check_graded_conv(name: str, node: FxConv2d, payload: int) -> None:
+    """Lava's Conv on graded spikes: exact while ``payload * sum |w| * 2^weight_exp < 2^24``, as
+    for binary spikes (section 7)."""
+    acc = synapse_bounds(node, name, payload).acc << max(node.weight_exp, 0)
+    if acc >= CONV_EXACT:
+        raise UnsupportedError(f"fed graded spikes (counts up to {payload}), sum |w| * count reaches {acc} >= 2^24 "
+                               "per output: Lava's Conv computes in float32 and would round; lower the "
+                               "source's max_payload or the weights", node=name)
+
+
+#: The check of each synapse kind fed by a graded layer on Lava (``num_message_bits > 0``).
+GRADED_CHECKS: dict[str, Any] = {"dense": _check_graded_dense, "conv2d": _check_graded_conv}
+#: ``num_message_bits`` of a Dense/Conv fed by a graded layer (Lava only tests ``> 0``): the
+#: payload's width, 8 bits for ``MAX_PAYLOAD`` = 255.
+GRADED_MESSAGE_BITS = 8
 
 
 def _check_lif(name: str, node: FxLIF) -> None:
@@ -416,12 +457,14 @@ class _Network:
     def _dense(self, name: str, node: FxDense, sched: Any, fixed: bool) -> Dense:
         origin, flat = self.plan.spike_src[name]
         perm = _flatten_perm(sched.shapes[origin]) if flat and len(sched.shapes[origin]) == 3 else None
+        graded = {"num_message_bits": GRADED_MESSAGE_BITS} if self.plan.payload.get(name, 1) > 1 else {}
         if fixed:
             w = node.weight if perm is None else node.weight[:, perm]
             return Dense(weights=w.astype(np.int32), weight_exp=node.weight_exp,
-                         num_weight_bits=node.num_weight_bits, sign_mode=_SIGN[node.sign_mode], name=name)
+                         num_weight_bits=node.num_weight_bits, sign_mode=_SIGN[node.sign_mode], name=name,
+                         **graded)
         w = node.effective_weight().astype(np.float64) * 2.0**node.weight_exp
-        return Dense(weights=w if perm is None else w[:, perm], name=name)
+        return Dense(weights=w if perm is None else w[:, perm], name=name, **graded)
 
     def _conv(self, name: str, node: FxConv2d, sched: Any, fixed: bool) -> Conv:
         w = (node.weight << node.weight_exp).transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]
@@ -432,6 +475,8 @@ class _Network:
     def _lava_conv(self, name: str, w: np.ndarray, kw: dict[str, Any], sched: Any, fixed: bool) -> Conv:
         in_shape = sched.shapes[sched.inputs[name][0][0]]
         w = np.ascontiguousarray(w).astype(np.int32 if fixed else np.float64)
+        if self.plan.payload.get(name, 1) > 1:
+            kw = {**kw, "num_message_bits": GRADED_MESSAGE_BITS}
         return Conv(weight=w, input_shape=lava_shape(in_shape), name=name, **kw)
 
     def _lif(self, name: str, node: FxLIF, sched: Any, fixed: bool) -> LIF:
@@ -491,7 +536,9 @@ class _Network:
             syn_decay=None if node.syn_decay is None else to_lava(node.syn_decay),
             reset=node.reset, rounding=node.rounding, overflow=node.overflow,
             in_shift=node.in_shift, state_bits=node.state_bits, acc_bits=node.acc_bits,
-            decay_bits=node.decay_bits, start=self.plan.depth[name], period=self.total, name=name)
+            decay_bits=node.decay_bits, start=self.plan.depth[name], period=self.total, name=name,
+            threshold=node.threshold, max_payload=node.max_payload,
+            v_floor=None if node.v_floor is None else to_lava(node.v_floor))
 
     def _contract(self, name: str, node: FxNeuron, sched: Any, fixed: bool) -> ContractNeuron:
         if not fixed:

@@ -96,11 +96,12 @@ class PyPolyNeuronModelFixed(_PolyBase):
         params = PolyParams(coef=self.coef, shifts=tuple(p["shifts"]), vth=self.vth, v_reset=self.v_reset,
                             reset=p["reset"], in_shift=p["in_shift"], kc=kc, rounding=p["rounding"],
                             overflow=p["overflow"], state_bits=p["state_bits"], acc_bits=p["acc_bits"],
-                            decay_bits=p["decay_bits"])
+                            decay_bits=p["decay_bits"], threshold=p.get("threshold", ">"),
+                            max_payload=p.get("max_payload", 1), v_floor=p.get("v_floor"))
         new, s = poly_step(params, {"v": self.v, "c": self.c}, a)  # the contract, written once
         self.c[:] = new["c"]
         self.v[:] = new["v"]
-        self.s_out.send(s.astype(np.int32))
+        self.s_out.send(s.astype(np.int32))  # a graded layer's counts (section 5.1), else 0/1
 
 
 @implements(proc=PolyNeuron, protocol=LoihiProtocol)
@@ -127,12 +128,16 @@ class PyPolyNeuronModelFloat(_PolyBase):
         for k in range(len(shifts) - 1, -1, -1):
             h = h * self.v * 2.0 ** -shifts[k] + self.coef[k]
         vp = h + self.c
-        s = vp > self.vth
+        s = vp >= self.vth if p.get("threshold", ">") == ">=" else vp > self.vth
+        cap = p.get("max_payload", 1)
+        n = np.where(s, np.clip(np.floor(vp / np.maximum(self.vth, 1)), 1, cap), 0.0) if cap > 1 else s
         if p["reset"] == "value":
             self.v[:] = np.where(s, self.v_reset, vp)
         else:
-            self.v[:] = np.where(s, vp - self.vth, vp)
-        self.s_out.send(s.astype(np.float64))
+            self.v[:] = np.where(s, vp - n * self.vth, vp)
+        if p.get("v_floor") is not None:
+            self.v[:] = np.maximum(self.v, p["v_floor"])
+        self.s_out.send(np.asarray(n, dtype=np.float64))
 
 
 def _node_layout(a: np.ndarray, ndim: int) -> np.ndarray:
@@ -206,7 +211,8 @@ class _RecorderBase(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         s = self.s_in.recv()
-        self._open()[0][self._row()] = s != 0
+        # integers as they come (a graded layer's counts, 0..255: docs/fixed-point.md 5.1), else 0/1
+        self._open()[0][self._row()] = s if s.dtype.kind in "iu" else np.clip(np.rint(np.abs(s)), 0, 255)
 
     def post_guard(self) -> bool:
         return self.proc_params["n_refs"] > 0

@@ -7,7 +7,9 @@ Only process and process-model modules live in this package: Lava's model discov
 
 ``PolyNeuron`` semantics: ``docs/fixed-point.md`` section 5 (``lnm_deploy.fixedpoint.FxPoly``).
 All per-neuron parameters are arrays of the process shape; ``shifts`` has one entry per Horner
-step. Two process models implement it (``models.py``): ``fixed_pt`` (bit-accurate, int64) and
+step. The spike rules of section 5.1 (``threshold``, ``max_payload``, ``v_floor``) are process
+parameters; a graded layer (``max_payload > 1``) sends its counts through ``s_out`` (int32), which
+the Dense/Conv it feeds reads with ``num_message_bits > 0``. Two process models implement it (``models.py``): ``fixed_pt`` (bit-accurate, int64) and
 ``floating_pt`` (float64, a different model; see there).
 
 Time base: with ``period = 0`` the local step is the Lava step ``k = time_step - 1``; with
@@ -32,14 +34,19 @@ class PolyNeuron(AbstractProcess):
                  vth: np.ndarray, v_reset: np.ndarray, v_init: np.ndarray, c_init: np.ndarray,
                  syn_decay: np.ndarray | None, reset: str, rounding: str, overflow: str,
                  in_shift: int, state_bits: int, acc_bits: int, decay_bits: int, start: int = 0,
-                 period: int = 0, name: str | None = None) -> None:
+                 period: int = 0, name: str | None = None, threshold: str = ">", max_payload: int = 1,
+                 v_floor: np.ndarray | None = None) -> None:
         v_init = np.broadcast_to(np.asarray(v_init), shape).copy()
         c_init = np.broadcast_to(np.asarray(c_init), shape).copy()
+        rules: dict[str, ty.Any] = {}  # docs/fixed-point.md 5.1, only where they differ from the binary neuron
+        if threshold != ">" or max_payload != 1 or v_floor is not None:
+            rules = {"threshold": str(threshold), "max_payload": int(max_payload),
+                     "v_floor": None if v_floor is None else np.broadcast_to(np.asarray(v_floor, np.int64), shape).copy()}
         super().__init__(shape=shape, shifts=tuple(int(s) for s in shifts), reset=reset,
                          rounding=rounding, overflow=overflow, in_shift=int(in_shift),
                          state_bits=int(state_bits), acc_bits=int(acc_bits),
                          decay_bits=int(decay_bits), start=int(start), period=int(period),
-                         has_synapse=syn_decay is not None, v_init=v_init, c_init=c_init, name=name)
+                         has_synapse=syn_decay is not None, v_init=v_init, c_init=c_init, name=name, **rules)
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.coef = Var(shape=coef.shape, init=coef)

@@ -259,8 +259,41 @@ def select_poly(layer: MappedLayer, rng: NeuronRange, target: Target, margin: fl
     p_max *= 1.01  # the grid may miss the true maximum between points
     q_min = max(v_abs / s_max, (p_max + c_abs) / s_max, c_abs / s_max,
                 float(np.max(np.abs(theta_full[0]))) / coef_lim, 1e-300)
+    if node.graded:
+        cap_note = payload_cap_note(n, node, rng, spec.max_spike_payload)
+        if cap_note:
+            approx.append(cap_note)
+            warnings.warn(f"layer '{n}': {cap_note}", LNMDeployWarning, stacklevel=3)
     return Selection(n, node, "poly", syns, theta_full, v_th, v_abs, c_abs, q_min, rounding,
                      poly_max=p_max, distinct=distinct, approximations=tuple(approx))
+
+
+def payload_cap(node: Neuron, cap: int) -> int:
+    """The integer neuron's ``max_payload`` for a float layer's ``max_spikes`` on a target whose
+    ``[poly] max_spike_payload`` is ``cap``: 1 for binary spikes, else ``max_spikes`` capped at
+    ``cap`` (None, unbounded: ``cap``)."""
+    if not node.graded:
+        return 1
+    return cap if node.max_spikes is None else min(int(node.max_spikes), cap)
+
+
+def payload_cap_note(name: str, node: Neuron, rng: NeuronRange, cap: int) -> str:
+    """The approximation of lowering a graded layer's ``max_spikes`` (None or above ``cap``) with the
+    target's cap, when the calibration data reached it: the float model's largest count there is
+    ``floor(v_pre_max / min v_th)`` (capped by ``max_spikes``); "" when it stays within ``cap``
+    (then the cap changes nothing on that data)."""
+    v_th = float(np.min(node.v_th)) if node.v_th is not None else 0.0
+    if v_th <= 0 or rng.v_pre_max < v_th:
+        return ""
+    reached = int(math.floor(rng.v_pre_max / v_th))
+    if node.max_spikes is not None:
+        reached = min(reached, int(node.max_spikes))
+    if reached <= cap:
+        return ""
+    limit = "unbounded" if node.max_spikes is None else str(node.max_spikes)
+    return (f"graded spikes capped at {cap} per step (the target's [poly] max_spike_payload; max_spikes "
+            f"{limit}): the calibration data reaches {reached} (v_pre up to {rng.v_pre_max:.4g}, v_th "
+            f"{v_th:.4g}), so larger counts are sent as {cap} and the subtractive reset removes only {cap} v_th")
 
 
 def plan_lif(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:
@@ -305,17 +338,34 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
     if node.syn_decay is not None:
         syn_decay = np.rint((1.0 - node.syn_decay.reshape(-1)) * 2**spec.decay_bits).astype(np.int64)
         syn_decay = np.clip(syn_decay, 0, 2**spec.decay_bits)
+    # Section 5.1: the spike test as is; the payload cap (payload_cap); the floor rounded to the
+    # nearest state LSB like v_reset and vth (it is a value the membrane is set to, error <= q/2),
+    # clipped into the state range (exact: a saturated membrane never goes below -s_max anyway).
+    cap = payload_cap(node, spec.max_spike_payload)
+    if cap > 1 and np.any(vth_int < 1):
+        raise NumericError(f"graded spikes count v // vth and need vth >= 1 LSB, but v_th {float(np.min(sel.v_th)):.4g} "
+                           f"rounds to {int(np.min(vth_int))} at the state scale {q:.4g}; raise v_th or lower the "
+                           "membrane range (a smaller margin)", node=n)
+    v_floor_int = None
+    if node.v_floor is not None:
+        v_floor_int = np.clip(np.rint(node.v_floor.reshape(-1) / q), -s_max, s_max).astype(np.int64)
+    rules: dict[str, Any] = {}
+    if node.threshold != ">" or cap != 1 or v_floor_int is not None:
+        rules = {"threshold": node.threshold, "max_payload": cap,
+                 "v_floor": None if v_floor_int is None else v_floor_int.reshape(shape)}
     fx = FxPoly(shape=shape, coef=coef.reshape(d + 1, *shape), shifts=tuple(int(s) for s in shifts),
                 vth=vth_int.reshape(shape), v_reset=v_reset_int.reshape(shape), reset=node.reset,
                 in_shift=scales.in_shift, syn_decay=None if syn_decay is None else syn_decay.reshape(shape),
                 rounding=sel.rounding, overflow="saturate", state_bits=spec.state_bits, acc_bits=spec.acc_bits,
-                coef_bits=spec.coef_bits, decay_bits=spec.decay_bits)
+                coef_bits=spec.coef_bits, decay_bits=spec.decay_bits, **rules)
     # Dequantized float neuron: the integers times their scales.
     theta_q = np.stack([coef[k] / (q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)])
     ir = Neuron(shape=shape, poly=theta_q.reshape(d + 1, *shape), v_th=(vth_int * q).reshape(shape),
                 v_reset=(v_reset_int * q).reshape(shape), reset=node.reset,
                 syn_decay=None if syn_decay is None else (1.0 - syn_decay / 2**spec.decay_bits).reshape(shape),
-                dt=node.dt)
+                dt=node.dt, **({} if not rules else {
+                    "threshold": node.threshold, "max_spikes": cap,
+                    "v_floor": None if v_floor_int is None else (v_floor_int * q).reshape(shape)}))
     plans = scales.synapses
     rec = LayerRecord(
         name=n, primitive="poly", q=q, exponents={p.synapse.name: p.weight_exp for p in plans},
@@ -414,8 +464,11 @@ def encode_lif(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLaye
 
 
 def spike_rule_unsupported(node: Node) -> str:
-    """Why the integer neurons of this module cannot run ``node``'s spike rule exactly ("" when they
-    can): they test ``v > v_th``, emit one spike per step and have no membrane floor."""
+    """Why the stock LIF cannot run ``node``'s spike rule exactly ("" when it can): it tests
+    ``v > vth * 2^6``, emits one spike per step and has no membrane floor. ``>=`` is refused, not
+    approximated: ``v >= vth * 2^6`` is ``v > vth * 2^6 - 1``, which is not a multiple of 2^6, and
+    the integer membrane lands exactly on the threshold whenever the float one does (weights and
+    threshold share the state grid), so every such tie would spike one step late or not at all."""
     why = []
     test = getattr(node, "threshold", ">")
     if test != ">":
@@ -427,17 +480,38 @@ def spike_rule_unsupported(node: Node) -> str:
     return "; ".join(why)
 
 
+def poly_rule_unsupported(node: Node, target: Target) -> str:
+    """Why the target's polynomial neuron cannot run ``node``'s spike rule ("" when it can): it
+    runs ``>=``, the floor and graded spikes (``docs/fixed-point.md`` 5.1), the last only where the
+    target's ``[poly] max_spike_payload`` exceeds 1."""
+    spec = target.poly
+    if getattr(node, "graded", False) and (spec is None or spec.max_spike_payload <= 1):
+        return (f"graded spikes (max_spikes != 1), and target '{target.name}' declares no graded spike payload "
+                "([poly] max_spike_payload = 1)")
+    return ""
+
+
 def _applies_lif(layer: MappedLayer, target: Target) -> bool:
     return (target.offers("lif") and not spike_rule_unsupported(layer.node)
             and (lif_exact(layer.node) or not target.offers("poly")))
 
 
 def _applies_poly(layer: MappedLayer, target: Target) -> bool:
-    return target.offers("poly") and not spike_rule_unsupported(layer.node)
+    return target.offers("poly") and not poly_rule_unsupported(layer.node, target)
 
 
 def _why_not(layer: MappedLayer, target: Target) -> str:
-    return spike_rule_unsupported(layer.node) or "does not apply to this layer"
+    why = spike_rule_unsupported(layer.node)
+    if why:
+        return (f"{why}: the stock LIF tests v > vth * 2^6 (v >= would be v > vth * 2^6 - 1, not expressible), "
+                "sends one spike per step and has no floor; deploy on a target with the programmable "
+                "neuron (--target loihi2), which runs them exactly")
+    return "does not apply to this layer"
+
+
+def _why_not_poly(layer: MappedLayer, target: Target) -> str:
+    why = poly_rule_unsupported(layer.node, target)
+    return f"{why}; deploy on --target loihi2" if why else "does not apply to this layer"
 
 
 LIF_LOWERING = register_lowering(Lowering(
@@ -446,4 +520,4 @@ LIF_LOWERING = register_lowering(Lowering(
     description="stock LIF: where exact, or fitted where the target has no polynomial neuron"))
 POLY_LOWERING = register_lowering(Lowering(
     "neuron", "poly", applies=_applies_poly, select=select_poly, plan=plan_poly, encode=encode_poly,
-    input_gain=neuron_input_gain, preference=10, why_not=_why_not, description="programmable polynomial neuron"))
+    input_gain=neuron_input_gain, preference=10, why_not=_why_not_poly, description="programmable polynomial neuron"))

@@ -751,6 +751,14 @@ def encode(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLayer:
 # Assembly and the whole quantizer
 
 
+def _source_payload(source: str, fx_nodes: dict[str, FxNode], layers: dict[str, EncodedLayer]) -> int:
+    """The largest value a synapse reading ``source`` receives: 1 (the input, a binary layer), or a
+    graded layer's ``spike_payload()`` (a recurrent source may not be assembled yet: its encoding)."""
+    node = layers[source].fx if source in layers else fx_nodes[source]
+    spike_payload = getattr(node, "spike_payload", None)
+    return int(spike_payload()) if spike_payload is not None else 1
+
+
 def assemble(mapped: MappedGraph, layers: dict[str, EncodedLayer], target: Target) -> Quantized:
     """The integer network and the dequantized float graph from every layer's encoding (in
     ``mapped``'s layer order), the static bounds in each record, checked against ``target``'s
@@ -793,9 +801,11 @@ def assemble(mapped: MappedGraph, layers: dict[str, EncodedLayer], target: Targe
                 delays.add((s.name, n))
         fx_nodes[n] = enc.fx
         ir_nodes[n] = enc.ir
-        # The static bounds fxsim and the ONNX builder use (fixedpoint.contract), for any binary
-        # input: which wraps, corrections and saturations can act at all (docs/fixed-point.md 4.3).
-        in_bound = neuron_input_bound([synapse_bounds(fx_nodes[p.synapse.name], p.synapse.name).out
+        # The static bounds fxsim and the ONNX builder use (fixedpoint.contract), for any input
+        # (binary, or a graded source's counts up to its payload: docs/fixed-point.md 5.1): which
+        # wraps, corrections and saturations can act at all (docs/fixed-point.md 4.3).
+        in_bound = neuron_input_bound([synapse_bounds(fx_nodes[p.synapse.name], p.synapse.name,
+                                                      _source_payload(p.synapse.source, fx_nodes, layers)).out
                                        for p in plans])
         neuron_bounds = primitive_of(enc.fx, n).bounds
         assert neuron_bounds is not None

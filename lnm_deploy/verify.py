@@ -399,7 +399,7 @@ def lzc_check(readout: LZCReadout | None, fitted_on: dict[str, Any] | None, runs
     if fixed.shape[1] < 2:
         why = f"{fixed.shape[1]} timestep: LZC needs at least 2"
     elif not (_is_spikes(ref) and _is_spikes(fixed)):
-        why = "the output is not 0/1 spikes (a non-spiking output layer): LZC does not apply"
+        why = "the output is not 0/1 spikes (a non-spiking output layer, or graded spike counts): LZC does not apply"
     if why is None:
         out.drift = lzc_drift(ref, fixed)
     else:

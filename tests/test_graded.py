@@ -173,12 +173,17 @@ def test_sinabs_iaf_calibrates_for_loihi2_and_verifies_bit_exact(net: str, floor
                and (v.v_floor is not None) == floor for v in neurons.values())
     f_run, q_run = run_float(g, x), run_fx(fx, x)  # type: ignore[arg-type]
     assert max(int(q_run.spikes[n].max()) for n in neurons) > 1  # counts, not binary spikes
+    # The integers run exactly the dequantized float model (the rules included): every count equal.
+    deq = run_float(res.artifact.graph, x)
+    assert all(np.array_equal(deq.spikes[n], q_run.spikes[n]) for n in neurons)
+    # Float against fixed point, on exact counts: the weights' rounding accumulates in an IAF (no
+    # leak) layer after layer (measured: first layer 0.96-0.99, last 0.67-0.90).
     agreement = {n: float(np.mean(f_run.spikes[n] == q_run.spikes[n])) for n in neurons}
-    assert min(agreement.values()) > 0.7, agreement  # float-vs-fixed agreement on the counts
+    assert agreement["iaf1"] > 0.9 and min(agreement.values()) > 0.6, agreement
     v = verify(res.artifact, x, backends=("lava", "onnx"), float_graph=g, backend_samples=2,  # type: ignore[arg-type]
                progress=False, min_agreement=0.0)
-    assert all(c.bit_exact for c in v.backends.values()), v.backends
-    assert {c.layer: c.spike_agreement for c in v.layers} == pytest.approx(agreement)
+    assert set(v.backends) == {"lava", "onnx"} and all(c.bit_exact for c in v.backends.values()), v.backends
+    assert {c.name: c.spike_agreement for c in v.layers} == pytest.approx(agreement)
     assert v.passed, v.reasons
 
 

@@ -1,6 +1,7 @@
 """The neuron's spike rules beyond lnm-deploy's default (``Neuron.threshold``, ``max_spikes``,
-``v_floor``; ``docs/ir.md``): the float step against a step written out by hand, and the integer
-lowerings that cannot run a rule refusing it by name instead of calibrating something else."""
+``v_floor``; ``docs/ir.md``): the float step against a step written out by hand, the stock LIF
+refusing a rule by name instead of calibrating something else, and loihi2's programmable neuron
+running it."""
 
 from __future__ import annotations
 
@@ -62,14 +63,20 @@ def test_graded_spikes_need_a_positive_threshold() -> None:
 
 @pytest.mark.parametrize("rule", [{"threshold": ">="}, {"max_spikes": None}, {"v_floor": np.zeros(4)}],
                          ids=["ge", "graded", "floor"])
-@pytest.mark.parametrize("target", ["loihi2", "loihi2-lif"])
-def test_calibrate_refuses_a_rule_no_integer_neuron_runs(rule: dict, target: str) -> None:
+def test_the_stock_lif_refuses_a_rule_it_does_not_run(rule: dict) -> None:
+    """loihi2-lif (stock LIF only) refuses each rule by name; loihi2's programmable neuron runs them
+    (``docs/fixed-point.md`` 5.1; ``tests/test_graded.py``)."""
     rng = np.random.default_rng(0)
     g = sequential([("fc", Affine(weight=rng.normal(0.3, 0.3, (4, 5)))),
                     ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=1.0, **rule))], (5,))
     x = (rng.random((4, 8, 5)) < 0.5).astype(np.uint8)
     with pytest.raises(UnsupportedError, match=r"'n'.*(v >= v_th|graded|floor)|(v >= v_th|graded|floor).*'n'"):
-        calibrate_network(g, x, load_target(target), load_recipe("default"), progress=False)
+        calibrate_network(g, x, load_target("loihi2-lif"), load_recipe("default"), progress=False)
+    fx = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), progress=False).artifact.fx
+    node = fx.nodes["n"]
+    assert node.kind == "poly"
+    assert (node.threshold, node.max_payload > 1, node.v_floor is not None) == (  # type: ignore[attr-defined]
+        rule.get("threshold", ">"), "max_spikes" in rule, "v_floor" in rule)
 
 
 def test_divergence_replay_steps_the_same_rules() -> None:

@@ -285,7 +285,7 @@ def payload_cap_note(name: str, node: Neuron, rng: NeuronRange, cap: int) -> str
     v_th = float(np.min(node.v_th)) if node.v_th is not None else 0.0
     if v_th <= 0 or rng.v_pre_max < v_th:
         return ""
-    reached = int(math.floor(rng.v_pre_max / v_th))
+    reached = math.floor(rng.v_pre_max / v_th)
     if node.max_spikes is not None:
         reached = min(reached, int(node.max_spikes))
     if reached <= cap:
@@ -353,6 +353,9 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
     if node.threshold != ">" or cap != 1 or v_floor_int is not None:
         rules = {"threshold": node.threshold, "max_payload": cap,
                  "v_floor": None if v_floor_int is None else v_floor_int.reshape(shape)}
+    deq_rules: dict[str, Any] = {} if not rules else {
+        "threshold": node.threshold, "max_spikes": cap,
+        "v_floor": None if v_floor_int is None else (v_floor_int * q).reshape(shape)}
     fx = FxPoly(shape=shape, coef=coef.reshape(d + 1, *shape), shifts=tuple(int(s) for s in shifts),
                 vth=vth_int.reshape(shape), v_reset=v_reset_int.reshape(shape), reset=node.reset,
                 in_shift=scales.in_shift, syn_decay=None if syn_decay is None else syn_decay.reshape(shape),
@@ -363,9 +366,7 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
     ir = Neuron(shape=shape, poly=theta_q.reshape(d + 1, *shape), v_th=(vth_int * q).reshape(shape),
                 v_reset=(v_reset_int * q).reshape(shape), reset=node.reset,
                 syn_decay=None if syn_decay is None else (1.0 - syn_decay / 2**spec.decay_bits).reshape(shape),
-                dt=node.dt, **({} if not rules else {
-                    "threshold": node.threshold, "max_spikes": cap,
-                    "v_floor": None if v_floor_int is None else (v_floor_int * q).reshape(shape)}))
+                dt=node.dt, **deq_rules)
     plans = scales.synapses
     rec = LayerRecord(
         name=n, primitive="poly", q=q, exponents={p.synapse.name: p.weight_exp for p in plans},

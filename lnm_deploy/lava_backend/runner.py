@@ -49,7 +49,13 @@ from lnm_deploy.fixedpoint import (
     FxNode,
     FxPoly,
 )
-from lnm_deploy.fixedpoint.primitives import lookup, output_state, primitive_of, primitives, synapse_bounds
+from lnm_deploy.fixedpoint.primitives import (
+    lookup,
+    output_state,
+    primitive_of,
+    primitives,
+    synapse_bounds,
+)
 from lnm_deploy.lava_backend.procs.process import MAX_STATES, ContractNeuron, PolyNeuron, Recorder
 from lnm_deploy.signals import SIGNALS, Terminated, deferred_termination
 

@@ -165,8 +165,9 @@ def offered_or_refuse(target: Target, node: FxNeuron, layer: str) -> None:
 
 
 def _counts(a: Array, shape: tuple[int, ...]) -> Array:
-    """Spike counts over samples and timesteps (int64), reshaped to ``shape`` (C order)."""
-    return np.asarray(a).astype(np.int64, copy=False).sum(axis=(0, 1)).reshape(shape)
+    """Spike events over samples and timesteps (int64), reshaped to ``shape`` (C order): nonzero bins,
+    since a graded spike (a count, docs/fixed-point.md 5.1) is one message carrying its payload."""
+    return (np.asarray(a) != 0).sum(axis=(0, 1), dtype=np.int64).reshape(shape)
 
 
 def count_cost(fx: FxGraph, x: Array, run: RunResult, target: Target, mapping: ResourceMap | None = None, *,

@@ -299,7 +299,8 @@ class _NeuronRun:
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
         """Step through the timesteps of ``a`` (C, batch, *shape): spikes into ``out`` (same
-        shape, bool; uint8 counts for a graded layer, ``spike_payload() > 1``) and, with ``rec``, every state after every step into ``rec[name][t]``."""
+        shape, bool; uint8 counts for a graded layer, ``spike_payload() > 1``) and, with ``rec``,
+        every state after every step into ``rec[name][t]``."""
         x, fast = self.prepare(a)
         for t in range(x.shape[0]):
             self.step(x[t], fast, out[t])

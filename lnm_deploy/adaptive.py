@@ -482,10 +482,8 @@ def encode_adaptive(sel: Selection, scales: ScalePlan, target: Target) -> Encode
         raise NumericError(f"theta_step needs [{step_int.min()}, {step_int.max()}] LSBs; target "
                            f"'{target.name}' holds {list(spec.theta_step)}", node=sel.name)
     fields = {f.name: getattr(enc.fx, f.name) for f in dataclasses.fields(FxPoly)}
-    fields.update(threshold=">", max_payload=1, v_floor=None)  # the adaptive step has none of 5.1's rules
     fx = FxAdaptivePoly(**fields, theta_decay=decay_int, theta_step=step_int)
     ir_fields = {f.name: getattr(enc.ir, f.name) for f in dataclasses.fields(Neuron)}
-    ir_fields.update(threshold=">", max_spikes=1, v_floor=None)
     ir = AdaptiveNeuron(**ir_fields, theta_decay=1.0 - decay_int / 2**D, theta_step=step_int * q)
     lo, hi, _ = theta_range(ir)
     s_max = 2.0 ** (spec.state_bits - 1) - 1

@@ -265,3 +265,35 @@ def test_lava_refuses_what_its_processes_cannot_carry() -> None:
              ("d", "out"), ("out", "output")]
     with pytest.raises(UnsupportedError, match=r"'d'.*relays.*graded"):
         align_paths(FxGraph(nodes=nodes, edges=edges))
+
+
+def test_lava_dense_accumulates_graded_spikes_in_int32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the refusal above exists: Lava's Dense multiplies graded spikes in int32, so a sum
+    beyond 2^31 wraps before the weight exponent. With ``weight_exp >= 0`` that is the contract's
+    ``wrap_32`` exactly (accepted, bit-exact); with a right shift it is not (refused by ``plan``;
+    forced through here, Lava differs from the contract)."""
+    pytest.importorskip("lava")
+    import lnm_deploy.lava_backend.runner as runner
+    from lnm_deploy.lava_backend import run_lava
+
+    n = 40000  # 254 * 255 * 40000 > 2^31
+
+    def net(weight_exp: int) -> FxGraph:
+        return chain([("fc", FxDense(weight=np.full((n, 2), 254), sign_mode="excitatory")),
+                      ("g1", FxPoly(shape=(n,), coef=np.array([0, 0]), shifts=(0,), vth=1, max_payload=255)),
+                      ("wide", FxDense(weight=np.full((2, n), 254), weight_exp=weight_exp, sign_mode="excitatory")),
+                      ("out", FxPoly(shape=(2,), coef=np.array([0, 0]), shifts=(0,), vth=2**31 - 2, state_bits=32,
+                                     acc_bits=32))], (2,))
+
+    x = np.ones((1, 2, 2), np.uint8)
+    g = net(0)
+    want, got = run_fx(g, x, record=True), run_lava(g, x, record=True)
+    assert int(want.states["out"]["v"][0, -1, 0]) == ((254 * 255 * n + 2**31) % 2**32) - 2**31  # wrapped
+    assert np.array_equal(want.states["out"]["v"], got.states["out"]["v"])
+    g = net(-8)
+    with pytest.raises(UnsupportedError, match=r"'wide'.*int32"):
+        runner.plan(g)
+    monkeypatch.setitem(runner.GRADED_CHECKS, "dense", lambda *a: None)
+    want, got = run_fx(g, x, record=True), run_lava(g, x, record=True)
+    assert int(want.states["out"]["v"][0, -1, 0]) == (254 * 255 * n) >> 8
+    assert int(got.states["out"]["v"][0, -1, 0]) == (((254 * 255 * n + 2**31) % 2**32) - 2**31) >> 8

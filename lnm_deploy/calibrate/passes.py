@@ -56,6 +56,7 @@ from lnm_deploy.fixedpoint import (
     FxFlatten,
     FxGraph,
     FxInput,
+    FxNeuron,
     FxNode,
     FxOutput,
     Rounding,
@@ -755,8 +756,7 @@ def _source_payload(source: str, fx_nodes: dict[str, FxNode], layers: dict[str, 
     """The largest value a synapse reading ``source`` receives: 1 (the input, a binary layer), or a
     graded layer's ``spike_payload()`` (a recurrent source may not be assembled yet: its encoding)."""
     node = layers[source].fx if source in layers else fx_nodes[source]
-    spike_payload = getattr(node, "spike_payload", None)
-    return int(spike_payload()) if spike_payload is not None else 1
+    return int(node.spike_payload()) if isinstance(node, FxNeuron) else 1
 
 
 def assemble(mapped: MappedGraph, layers: dict[str, EncodedLayer], target: Target) -> Quantized:

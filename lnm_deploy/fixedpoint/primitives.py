@@ -46,6 +46,7 @@ from lnm_deploy.fixedpoint.nodes import (
     FxFlatten,
     FxInput,
     FxLIF,
+    FxNeuron,
     FxNode,
     FxOutput,
     FxPoly,
@@ -54,6 +55,7 @@ from lnm_deploy.fixedpoint.nodes import (
 )
 
 if TYPE_CHECKING:
+    from lnm_deploy.fixedpoint.graph import FxGraph
     from lnm_deploy.targets.spec import Target
 
 DesignRule = Callable[[str, Any, "Target"], None]
@@ -413,7 +415,7 @@ def synapse_bounds(node: FxNode, name: str | None = None, payload: int = 1) -> c
     return out
 
 
-def input_payloads(graph: Any) -> dict[str, int]:
+def input_payloads(graph: FxGraph) -> dict[str, int]:
     """For every synapse of ``graph`` (an ``FxGraph``), the largest value its input spikes carry
     (``docs/fixed-point.md`` 5.1): 1 where it reads the input or a binary layer, the source's
     ``spike_payload()`` (a graded ``FxPoly``'s ``max_payload``) where it reads a graded layer,
@@ -424,7 +426,7 @@ def input_payloads(graph: Any) -> dict[str, int]:
     for name in sched.order:
         node = graph.nodes[name]
         ins = sched.inputs[name]
-        if node.role == "neuron":
+        if isinstance(node, FxNeuron):  # role "neuron"
             carried[name] = int(node.spike_payload())
         elif node.role == "reshape":
             carried[name] = carried[ins[0][0]]

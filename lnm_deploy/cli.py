@@ -111,7 +111,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             doc["artifact"] = {"target": artifact.target, "record": artifact.record}
         print(json.dumps(doc, indent=2, default=json_default))
     else:
+        from lnm_deploy.nir_io import READ_OPTIONS_KEY, reading_summary
+
         print(f"{args.graph}" + (f"  (calibrated artifact for target '{artifact.target}')" if artifact else ""))
+        read = reading_summary(graph.metadata.get(READ_OPTIONS_KEY))
+        if read:
+            print(f"read as: {read}")
+        if artifact is not None:  # how the float graph it was calibrated from was read
+            prov = artifact.record.get("provenance")
+            src = prov.get("source_graph") if isinstance(prov, dict) else None
+            calib = reading_summary(src.get("read_options") if isinstance(src, dict) else None)
+            if calib:
+                print(f"calibrated from a graph read as: {calib}")
         print(s.to_text())
     return 0
 

@@ -905,6 +905,32 @@ def from_nir(
         raise GraphError(f"the NIR graph is malformed ({type(e).__name__}: {e})") from e
 
 
+def reading_summary(read_options: Any) -> str | None:
+    """One line saying how a graph was read, from its ``read_options`` (``from_nir``'s record): the
+    producer convention assumed and why, the spike rules it gives, and the options the user stated;
+    None when ``read_options`` is not such a record. Used by ``lnm-deploy inspect``."""
+    if not isinstance(read_options, dict) or not isinstance(read_options.get("resolved"), dict):
+        return None
+    resolved, conv = read_options["resolved"], read_options.get("convention")
+    prod = str(resolved.get("producer"))
+    why = read_options.get("producer_from", "not recorded")
+    if prod == "lnm-deploy" or not isinstance(conv, dict):
+        line = f"producer {prod} ({why}): neurons restored exactly from lnm-deploy's metadata"
+    else:
+        name = CONVENTIONS[prod].framework if prod in CONVENTIONS else prod
+        cap = conv.get("max_spikes", 1)
+        count = ("one spike" if cap == 1 else "floor(v/v_th) spikes, unbounded" if cap is None
+                 else f"floor(v/v_th) spikes, at most {cap}")
+        floor = conv.get("v_floor")
+        line = (f"producer {prod} ({why}): {name}'s convention, dt {resolved.get('dt')} s; spiking neurons: "
+                f"{conv.get('reset')} reset, spike where v {conv.get('threshold')} v_th, {count} per step, "
+                + ("no membrane floor" if floor is None else f"membrane floor {floor}"))
+    stated = {k: v for k, v in (read_options.get("requested") or {}).items() if v is not None}
+    if stated:
+        line += "; options given: " + ", ".join(f"{k}={v}" for k, v in stated.items())
+    return line
+
+
 def _readout_option(readout_nodes: Sequence[str] | None) -> tuple[str, ...]:
     """``readout_nodes`` checked: a list of node names (a single string is one name), in order, once each."""
     if readout_nodes is None:

@@ -387,7 +387,12 @@ def _reading(check: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
-    from lnm_deploy.nir_io.conventions import RESET_MODES_READ, THRESHOLD_TESTS, spikes_option, v_floor_option
+    from lnm_deploy.nir_io.conventions import (
+        RESET_MODES_READ,
+        THRESHOLD_TESTS,
+        spikes_option,
+        v_floor_option,
+    )
 
     p.add_argument("graph", help="a NIR graph file (.nir)")
     _read_args(p)

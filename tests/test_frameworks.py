@@ -569,7 +569,7 @@ def test_cnn_sinabs_file_as_sinabs_from_nir_runs_it() -> None:
     with torch.no_grad():
         net(x.reshape(b * t, 2, 34, 34))
     ref = {k: v.reshape(b, t, *v.shape[1:]) for k, v in rec.items()}
-    ir, msgs = _read_quietly(path, producer="sinabs", v_floor="-v_th")
+    ir, _ = _read_quietly(path, producer="sinabs", v_floor="-v_th")
     assert ir.metadata["read_options"]["requested"]["v_floor"] == "-v_th"
     assert np.array_equal(ir.nodes["12"].v_floor, -ir.nodes["12"].v_th)  # type: ignore[attr-defined]
     assert_same_spikes(ref, ir, x.double())

@@ -1120,7 +1120,7 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
 
 def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None:
     foreign = [n for n, v in ir_nodes.items() if v.metadata.get("nir_type") in _NEURON_FIELDS]
-    spiking = [n for n in foreign if isinstance(ir_nodes[n], Neuron) and ir_nodes[n].spiking]  # type: ignore[union-attr]
+    spiking = [n for n in foreign if ir_nodes[n].emits_spikes]
     if prod == "snntorch" and spiking:
         _warn(
             f"snnTorch's export_to_nir writes every neuron as reset-to-zero without reset delay; a "

@@ -586,7 +586,7 @@ class FxATRLIF(FxNeuron):
     def limits(decay_bits: int) -> dict[str, tuple[int, int]]:
         """The range (inclusive) of every width and parameter; a target's ``[atrlif]`` section
         lies inside them (checked on load)."""
-        unity = 1 << decay_bits
+        unity = 1 << min(max(int(decay_bits), 1), 16)  # an out-of-range decay_bits is refused by its own range
         return {"state_bits": (2, 30), "decay_bits": (1, 16), "theta_shift": (0, 16), "act_shift": (0, 16),
                 "di": (0, unity - 1), "dv": (0, unity - 1), "dtheta": (0, unity - 1), "dr": (0, unity - 1),
                 "theta_0": (0, 2**16 - 1), "theta_step": (0, 2**16 - 1),

@@ -428,3 +428,20 @@ def test_a_file_that_takes_a_shipped_name_but_differs_is_warned(tmp_path: Path) 
         assert load_target(same).name == "loihi2"  # an identical copy is the shipped target
     with pytest.warns(LNMDeployWarning, match=r"calls itself 'loihi2'.*differs from it \(\[resources\]\)"):
         assert load_target(mine).resources.chips == 2
+
+
+@pytest.mark.parametrize("name", ["loihi2", "loihi2-lif"])
+@pytest.mark.parametrize("value", [-1, -99, 99])
+def test_a_negative_or_huge_width_is_refused_as_out_of_range(name: str, value: int) -> None:
+    """A width that other limits are derived from (decay_bits: the decays' unity; vth_shift: the
+    threshold's range) is refused by its own range, not by a shift error in the derivation."""
+    import re
+
+    text = available_targets()[name].read_text()
+    keys = re.findall(r"(?m)^(decay_bits|vth_shift|theta_shift)\s*=", text)
+    assert keys
+    matches = list(re.finditer(r"(?m)^(decay_bits|vth_shift|theta_shift)\s*=\s*-?\d+", text))
+    for m in matches:  # each occurrence (one per section) in turn
+        bad = text[: m.start()] + f"{m.group(1)} = {value}" + text[m.end():]
+        with pytest.raises(UserInputError, match="out of range"):
+            target_from_toml(bad, f"{name} with a bad width")

@@ -317,9 +317,9 @@ class FxLIF(FxNeuron):
     def limits(decay_bits: int, vth_shift: int) -> dict[str, Range]:
         """The range (inclusive) of every width and parameter, for the given ``decay_bits`` and
         ``vth_shift``; a target's ``[neurons.lif]`` section lies inside them (checked on load)."""
-        unity = 1 << decay_bits
+        unity = 1 << min(max(int(decay_bits), 1), 16)  # an out-of-range decay_bits is refused by its own range
         return {"state_bits": (2, 30), "decay_bits": (1, 16), "vth_shift": (0, 16), "act_shift": (0, 16),
-                "du": (0, unity - 1), "dv": (0, unity - 1), "vth": (0, INT32_MAX >> vth_shift),
+                "du": (0, unity - 1), "dv": (0, unity - 1), "vth": (0, INT32_MAX >> min(max(int(vth_shift), 0), 16)),
                 "bias_mant": (-(2**15), 2**15 - 1), "bias_exp": (-15, 15)}
 
     def validate(self, name: str) -> None:

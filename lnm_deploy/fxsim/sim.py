@@ -435,6 +435,8 @@ class _PolyRun(_NeuronRun):
         self.kc = self.params.kc
         self.coef = self.params.coef
         self.vth = self.params.vth
+        # The current-bias register (docs/fixed-point.md 5, step 1): the kernel reads a + c_bias.
+        self.c_bias = self.params.c_bias
         if kern is not None:
             n = int(np.prod(node.shape))
 
@@ -464,8 +466,9 @@ class _PolyRun(_NeuronRun):
         if rec is not None:
             rv = _reshaped(rec["v"], flat)
             rc = _reshaped(rec["c"], flat) if "c" in rec else _NO_REC
+        a_in = a.a if self.c_bias is None else a.as_int() + self.c_bias
         with self.kern.LOCK:
-            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
+            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a_in).reshape(flat), self.v.reshape(flat[1:]),
                                  self.c.reshape(flat[1:]), out.reshape(flat), rv, rc, rec is not None, *self.kargs)
         return None
 

@@ -6,7 +6,7 @@
 * ``PyPolyNeuronModelFloat`` (``floating_pt``): a *different* model of the same process, as
   Lava's float LIF is of its LIF. Same ports and Vars, float64 arithmetic, no rounding and no
   saturation: with the state on the integer grid (one LSB of ``v`` = ``q``),
-  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift``, which is
+  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + (a + c_bias) 2^in_shift``, which is
   the dequantized neuron of the artifact's float graph divided by ``q``. It answers "what does
   the float model of this network do", never "what does the chip do": do not compare it with
   ``fixed_pt`` expecting equality.
@@ -35,6 +35,7 @@ from lnm_deploy.lava_backend.procs.process import ContractNeuron, PolyNeuron, Re
 #: The Vars of ``PolyNeuron`` and their precision (bits) in the ``fixed_pt`` model; ``_poly_vars``
 #: declares them on both models (int64 or float64).
 POLY_VARS = {"coef": 32, "vth": 32, "v_reset": 32, "syn_decay": 17, "v": 32, "c": 32}
+POLY_VARS["c_bias"] = 32  # the current-bias register
 
 
 def _poly_vars(fixed: bool) -> Any:
@@ -59,6 +60,7 @@ class _PolyBase(PyLoihiProcessModel):
     syn_decay: np.ndarray
     v: np.ndarray
     c: np.ndarray
+    c_bias: np.ndarray
 
     def _local_step(self) -> int:
         period = self.proc_params["period"]
@@ -89,6 +91,7 @@ class PyPolyNeuronModelFixed(_PolyBase):
 
     def run_spk(self) -> None:
         a = self.a_in.recv().astype(np.int64)  # int32 sum of the synapses (wrap_32)
+        a = a + self.c_bias  # the current-bias register (section 5, step 1; zeros: none)
         if not self._begin():
             return
         p = self.proc_params
@@ -114,6 +117,7 @@ class PyPolyNeuronModelFloat(_PolyBase):
 
     def run_spk(self) -> None:
         a = np.asarray(self.a_in.recv(), dtype=np.float64)
+        a = a + self.c_bias  # the current-bias register
         if not self._begin():
             return
         p = self.proc_params

@@ -155,7 +155,7 @@ class OPoly:
         S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
         s_out = []
         for i, ai in enumerate(a):
-            x = (ai + self.cb[i]) * 2**n.in_shift  # 1
+            x = ai * 2**n.in_shift + self.cb[i]  # 1
             if self.dc is not None:  # 2
                 self.c[i] = o_ovf(o_rnd(self.c[i] * (2**n.decay_bits - self.dc[i]), n.decay_bits, rnd) + x, S, ovf)
             else:
@@ -196,7 +196,7 @@ class OAdaptive(OPoly):
         S, R, D, rnd, ovf = n.state_bits, n.acc_bits, n.decay_bits, n.rounding, n.overflow
         s_out = []
         for i, ai in enumerate(a):
-            x = (ai + self.cb[i]) * 2**n.in_shift
+            x = ai * 2**n.in_shift + self.cb[i]
             if self.dc is not None:
                 self.c[i] = o_ovf(o_rnd(self.c[i] * (2**D - self.dc[i]), D, rnd) + x, S, ovf)
             else:

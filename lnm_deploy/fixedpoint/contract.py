@@ -180,7 +180,7 @@ class PolyParams:
     """The parameters of one ``FxPoly`` step (section 5): ``coef`` (d+1, ...) ascending,
     ``shifts`` (d,), ``vth``/``v_reset`` per neuron, ``kc = 2**D - syn_decay`` per neuron or
     ``None`` without a current state; widths S (state), R (Horner register), D (decay).
-    ``c_bias``: the current-bias register per neuron (added to ``a`` in step 1), None for none."""
+    ``c_bias``: the current-bias register per neuron (added to ``x`` in step 1), None for none."""
 
     coef: Array
     shifts: tuple[int, ...]
@@ -210,10 +210,10 @@ class PolyParams:
 
 
 def poly_input(p: PolyParams, a: Array) -> Array:
-    """Step 1 of section 5: ``x = (a + c_bias) * 2**in_shift`` for int64 ``a`` (``x = a *
+    """Step 1 of section 5: ``x = a * 2**in_shift + c_bias`` for int64 ``a`` (``x = a *
     2**in_shift`` without a current-bias register)."""
     if p.c_bias is not None:
-        a = a + p.c_bias
+        return (a << p.in_shift) + p.c_bias
     return a << p.in_shift
 
 
@@ -258,9 +258,8 @@ class PolyBounds:
 
 def poly_bounds(node: FxPoly, input_bound: int) -> PolyBounds:
     """``PolyBounds`` of ``node`` for neuron inputs ``|a| <= input_bound`` (``|x|`` includes the
-    current-bias register: ``(input_bound + max |c_bias|) << in_shift``)."""
+    current-bias register: ``(input_bound << in_shift) + max |c_bias|``)."""
     S, R = node.state_bits, node.acc_bits
-    if node.c_bias is not None:
-        input_bound += int(np.abs(np.asarray(node.c_bias)).max(initial=0))
-    return PolyBounds(x=input_bound << node.in_shift, decay_product=1 << (S - 1 + node.decay_bits),
+    c_bias = 0 if node.c_bias is None else int(np.abs(np.asarray(node.c_bias)).max(initial=0))
+    return PolyBounds(x=(input_bound << node.in_shift) + c_bias, decay_product=1 << (S - 1 + node.decay_bits),
                       horner_product=1 << (R + S - 2))

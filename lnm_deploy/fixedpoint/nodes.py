@@ -348,8 +348,8 @@ class FxPoly(FxNeuron):
     ``rounding``, ``ovf`` is ``overflow``. ``syn_decay`` is None for no current state.
 
     ``c_bias`` (per neuron, or None: none) is the current-bias register (section 5, step 1): a
-    constant added to the input at the synapse output's scale every step, ``x = (a + c_bias) <<
-    in_shift``, before the current update; ``|c_bias| <= 2**(S-1) - 1``.
+    constant added to the shifted input every step, on the current's (state) grid, ``x = (a <<
+    in_shift) + c_bias``, before the current update; ``|c_bias| <= 2**(S-1) - 1``.
     """
 
     kind: ClassVar[str] = "poly"

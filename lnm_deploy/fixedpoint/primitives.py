@@ -263,7 +263,7 @@ def check_lif_rules(c: SpecCheck, spec: Any) -> None:
 class PolySpec:
     """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5).
 
-    ``c_bias``: the range of the current-bias register (``FxPoly.c_bias``, synapse-output LSBs);
+    ``c_bias``: the range of the current-bias register (``FxPoly.c_bias``, state LSBs);
     optional in a target file, ``(0, 0)`` (the default) for a neuron without one."""
 
     max_degree: int

@@ -6,7 +6,7 @@
 * ``PyPolyNeuronModelFloat`` (``floating_pt``): a *different* model of the same process, as
   Lava's float LIF is of its LIF. Same ports and Vars, float64 arithmetic, no rounding and no
   saturation: with the state on the integer grid (one LSB of ``v`` = ``q``),
-  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + (a + c_bias) 2^in_shift``, which is
+  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift + c_bias``, which is
   the dequantized neuron of the artifact's float graph divided by ``q``. It answers "what does
   the float model of this network do", never "what does the chip do": do not compare it with
   ``fixed_pt`` expecting equality.
@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,6 @@ class PyPolyNeuronModelFixed(_PolyBase):
 
     def run_spk(self) -> None:
         a = self.a_in.recv().astype(np.int64)  # int32 sum of the synapses (wrap_32)
-        a = a + self.c_bias  # the current-bias register (section 5, step 1; zeros: none)
         if not self._begin():
             return
         p = self.proc_params
@@ -100,6 +100,7 @@ class PyPolyNeuronModelFixed(_PolyBase):
                             reset=p["reset"], in_shift=p["in_shift"], kc=kc, rounding=p["rounding"],
                             overflow=p["overflow"], state_bits=p["state_bits"], acc_bits=p["acc_bits"],
                             decay_bits=p["decay_bits"])
+        params = dataclasses.replace(params, c_bias=self.c_bias)  # the current-bias register (zeros: none)
         new, s = poly_step(params, {"v": self.v, "c": self.c}, a)  # the contract, written once
         self.c[:] = new["c"]
         self.v[:] = new["v"]
@@ -117,11 +118,10 @@ class PyPolyNeuronModelFloat(_PolyBase):
 
     def run_spk(self) -> None:
         a = np.asarray(self.a_in.recv(), dtype=np.float64)
-        a = a + self.c_bias  # the current-bias register
         if not self._begin():
             return
         p = self.proc_params
-        x = a * 2.0 ** p["in_shift"]
+        x = a * 2.0 ** p["in_shift"] + self.c_bias  # with the current-bias register
         if p["has_synapse"]:
             self.c[:] = self.c * (1.0 - self.syn_decay / 2.0 ** p["decay_bits"]) + x
         else:

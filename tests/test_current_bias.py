@@ -270,3 +270,31 @@ def test_contract_at_the_range_edges(rounding: str) -> None:
         assert np.array_equal(r.spikes["p"], spk["p"]) and np.array_equal(r.states["p"]["c"], sts["p"]["c"])
         assert np.array_equal(r.states["p"]["v"], sts["p"]["v"])
     assert np.any(sts["p"]["c"] == sm) and np.any(sts["p"]["c"] == -sm)  # both edges reached
+
+
+def test_adaptive_neuron_uses_the_register() -> None:
+    """The adaptive-threshold neuron's membrane is the programmable neuron's: a bias into its
+    synaptic current goes into the same register, and its backends run it bit-exact."""
+    from lnm_deploy.adaptive import AdaptiveNeuron, FxAdaptivePoly
+    from lnm_deploy.ir import sequential
+
+    rng = np.random.default_rng(2)
+    g = sequential([("fc", Affine(weight=rng.normal(0, 0.4, (6, 5)), bias=rng.uniform(-0.02, 0.05, 6))),
+                    ("a", AdaptiveNeuron(shape=(6,), poly=[0.0, 0.9], v_th=1.0, syn_decay=0.9,
+                                         theta_decay=0.9, theta_step=0.3))], (5,))
+    x = (rng.random((16, 40, 5)) < 0.3).astype(np.uint8)
+    res = calibrate_network(g, x, LOIHI2, load_recipe("default"), progress=False)
+    node = res.artifact.fx.nodes["a"]
+    assert isinstance(node, FxAdaptivePoly) and node.c_bias is not None and np.any(node.c_bias != 0)
+    assert not res.quantized.layers["a"].approximations
+    # the dequantized graph (the rounded bias on 'fc') runs like the integers (random weights: the
+    # float graph itself differs by their rounding)
+    deq, fixed = run_float(res.artifact.graph, x), run_fx(res.artifact.fx, x, record=True)
+    assert res.artifact.graph.nodes["fc"].bias is not None
+    assert 0 < deq.spikes["a"].mean() < 0.7 and np.mean(deq.spikes["a"] == fixed.spikes["a"]) >= 0.999
+    pytest.importorskip("onnxruntime")
+    from lnm_deploy.onnx_backend import run_onnx
+
+    got = run_onnx(res.artifact.fx, x, record=True)
+    assert np.array_equal(got.spikes["a"], fixed.spikes["a"])
+    assert all(np.array_equal(got.states["a"][k], fixed.states["a"][k]) for k in fixed.states["a"])

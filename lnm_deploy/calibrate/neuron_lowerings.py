@@ -323,8 +323,8 @@ def select_poly(layer: MappedLayer, rng: NeuronRange, target: Target, margin: fl
 def uses_current_bias(layer: MappedLayer, c_bias: tuple[int, int]) -> bool:
     """Whether the polynomial lowering puts ``layer``'s constant input into the current-bias
     register (``FxPoly.c_bias``, range ``c_bias``): a non-zero bias into a synaptic current, on a
-    target whose register exists (a range other than (0, 0)). Without a synapse the bias adds to
-    ``v`` exactly through ``coef[0]``, as before."""
+    target whose register exists and holds both signs (``c_bias[0] < 0 < c_bias[1]``; absent:
+    (0, 0)). Without a synapse the bias adds to ``v`` exactly through ``coef[0]``, as before."""
     node = _neuron(layer.node)
     return bool(node.syn_decay is not None and np.any(layer.scaled_bias != 0) and c_bias[0] < 0 < c_bias[1])
 

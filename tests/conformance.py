@@ -13,6 +13,7 @@ backend that implements it (``tests/test_extension.py`` does).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -85,12 +86,29 @@ def _neuron(make: Callable[[np.random.Generator, Shape], FxNode]) -> Callable[[n
     return gen
 
 
+def _with_c_bias(gen: Callable[[np.random.Generator], Example]) -> Callable[[np.random.Generator], Example]:
+    """One example in two of a programmable neuron carries a current-bias register (``c_bias``):
+    small values mostly, its range edges ``+-(2**(S-1) - 1)`` on some neurons."""
+
+    def wrapped(rng: np.random.Generator) -> Example:
+        node, shape = gen(rng)
+        if rng.random() < 0.5:
+            return node, shape
+        sm = 2 ** (node.state_bits - 1) - 1  # type: ignore[attr-defined]
+        cb = rng.integers(-min(3000, sm), min(3000, sm) + 1, node.shape)  # type: ignore[attr-defined]
+        edge = rng.random(cb.shape) < 0.25
+        cb[edge] = sm * rng.choice([-1, 1], cb.shape)[edge]
+        return dataclasses.replace(node, c_bias=cb), shape
+
+    return wrapped
+
+
 register_example("dense", _dense)
 register_example("conv2d", _conv)
 register_example("flatten", lambda rng: (FxFlatten(), _image(rng)))
 register_example("lif", _neuron(lif))
-register_example("poly", _neuron(poly))
-register_example("adaptive_poly", _neuron(adaptive))
+register_example("poly", _with_c_bias(_neuron(poly)))
+register_example("adaptive_poly", _with_c_bias(_neuron(adaptive)))
 
 
 def _li_readout(rng: np.random.Generator, shape: Shape) -> FxNode:

@@ -147,13 +147,15 @@ class OPoly:
         self.vth = node.vth.reshape(-1).tolist()
         self.v_reset = node.v_reset.reshape(-1).tolist()
         self.dc = None if node.syn_decay is None else node.syn_decay.reshape(-1).tolist()
+        # the current-bias register (section 5, step 1): zeros without one
+        self.cb = [0] * len(self.v) if getattr(node, "c_bias", None) is None else node.c_bias.reshape(-1).tolist()
 
     def step(self, a: list[int]) -> list[int]:
         n = self.n
         S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
         s_out = []
         for i, ai in enumerate(a):
-            x = ai * 2**n.in_shift  # 1
+            x = ai * 2**n.in_shift + self.cb[i]  # 1
             if self.dc is not None:  # 2
                 self.c[i] = o_ovf(o_rnd(self.c[i] * (2**n.decay_bits - self.dc[i]), n.decay_bits, rnd) + x, S, ovf)
             else:
@@ -194,7 +196,7 @@ class OAdaptive(OPoly):
         S, R, D, rnd, ovf = n.state_bits, n.acc_bits, n.decay_bits, n.rounding, n.overflow
         s_out = []
         for i, ai in enumerate(a):
-            x = ai * 2**n.in_shift
+            x = ai * 2**n.in_shift + self.cb[i]
             if self.dc is not None:
                 self.c[i] = o_ovf(o_rnd(self.c[i] * (2**D - self.dc[i]), D, rnd) + x, S, ovf)
             else:

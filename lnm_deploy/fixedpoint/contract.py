@@ -14,6 +14,7 @@ quantizer's records share: each is a proven bound on an absolute value, in integ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -178,7 +179,8 @@ def lif_bounds(node: FxLIF, input_bound: int) -> LIFBounds:
 class PolyParams:
     """The parameters of one ``FxPoly`` step (section 5): ``coef`` (d+1, ...) ascending,
     ``shifts`` (d,), ``vth``/``v_reset`` per neuron, ``kc = 2**D - syn_decay`` per neuron or
-    ``None`` without a current state; widths S (state), R (Horner register), D (decay)."""
+    ``None`` without a current state; widths S (state), R (Horner register), D (decay).
+    ``c_bias``: the current-bias register per neuron (added to ``x`` in step 1), None for none."""
 
     coef: Array
     shifts: tuple[int, ...]
@@ -192,19 +194,26 @@ class PolyParams:
     state_bits: int
     acc_bits: int
     decay_bits: int
+    c_bias: Array | None = None
 
     @classmethod
     def of(cls, node: FxPoly) -> PolyParams:
         kc = None if node.syn_decay is None else (1 << node.decay_bits) - np.asarray(node.syn_decay, np.int64)
-        return cls(coef=node.coef.astype(np.int64), shifts=tuple(node.shifts),
+        params = cls(coef=node.coef.astype(np.int64), shifts=tuple(node.shifts),
                    vth=np.asarray(node.vth, dtype=np.int64), v_reset=np.asarray(node.v_reset, dtype=np.int64),
                    reset=node.reset, in_shift=node.in_shift, kc=kc, rounding=node.rounding,
                    overflow=node.overflow, state_bits=node.state_bits, acc_bits=node.acc_bits,
                    decay_bits=node.decay_bits)
+        if node.c_bias is None:
+            return params
+        return dataclasses.replace(params, c_bias=np.asarray(node.c_bias, dtype=np.int64))
 
 
 def poly_input(p: PolyParams, a: Array) -> Array:
-    """Step 1 of section 5: ``x = a * 2**in_shift`` for int64 ``a``."""
+    """Step 1 of section 5: ``x = a * 2**in_shift + c_bias`` for int64 ``a`` (``x = a *
+    2**in_shift`` without a current-bias register)."""
+    if p.c_bias is not None:
+        return (a << p.in_shift) + p.c_bias
     return a << p.in_shift
 
 
@@ -248,7 +257,9 @@ class PolyBounds:
 
 
 def poly_bounds(node: FxPoly, input_bound: int) -> PolyBounds:
-    """``PolyBounds`` of ``node`` for neuron inputs ``|a| <= input_bound``."""
+    """``PolyBounds`` of ``node`` for neuron inputs ``|a| <= input_bound`` (``|x|`` includes the
+    current-bias register: ``(input_bound << in_shift) + max |c_bias|``)."""
     S, R = node.state_bits, node.acc_bits
-    return PolyBounds(x=input_bound << node.in_shift, decay_product=1 << (S - 1 + node.decay_bits),
+    c_bias = 0 if node.c_bias is None else int(np.abs(np.asarray(node.c_bias)).max(initial=0))
+    return PolyBounds(x=(input_bound << node.in_shift) + c_bias, decay_product=1 << (S - 1 + node.decay_bits),
                       horner_product=1 << (R + S - 2))

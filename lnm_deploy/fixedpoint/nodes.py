@@ -346,6 +346,10 @@ class FxPoly(FxNeuron):
     state grid), so a calibrator picks one scale per term. ``shifts`` has ``degree`` entries. S =
     ``state_bits``, R = ``acc_bits`` (Horner register), D = ``decay_bits``; ``rnd`` is
     ``rounding``, ``ovf`` is ``overflow``. ``syn_decay`` is None for no current state.
+
+    ``c_bias`` (per neuron, or None: none) is the current-bias register (section 5, step 1): a
+    constant added to the shifted input every step, on the current's (state) grid, ``x = (a <<
+    in_shift) + c_bias``, before the current update; ``|c_bias| <= 2**(S-1) - 1``.
     """
 
     kind: ClassVar[str] = "poly"
@@ -365,6 +369,7 @@ class FxPoly(FxNeuron):
     decay_bits: int = 12
     v_init: np.ndarray | int = 0
     c_init: np.ndarray | int = 0
+    c_bias: np.ndarray | int | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -387,6 +392,12 @@ class FxPoly(FxNeuron):
                 setattr(self, name, np.broadcast_to(a, self.shape).copy())
             except ValueError as e:
                 raise GraphError(f"'{name}' of shape {a.shape} does not fit {self.shape}", node="poly") from e
+        if self.c_bias is not None:  # the current-bias register: per neuron
+            cb = _iarr("poly", "c_bias", self.c_bias)
+            try:
+                self.c_bias = np.broadcast_to(cb, self.shape).copy()
+            except ValueError as e:
+                raise GraphError(f"'c_bias' of shape {cb.shape} does not fit {self.shape}", node="poly") from e
 
     @property
     def degree(self) -> int:
@@ -404,7 +415,8 @@ class FxPoly(FxNeuron):
         """The range (inclusive) of every width and shift, for the given state and register widths;
         a target's ``[neurons.poly]`` section lies inside them (checked on load)."""
         return {"degree": POLY_DEGREES, "state_bits": (2, 32), "acc_bits": (2, 64 - state_bits),
-                "coef_bits": (2, acc_bits), "decay_bits": (1, 16), "in_shift": (0, 31), "shifts": (0, 62)}
+                "coef_bits": (2, acc_bits), "decay_bits": (1, 16), "in_shift": (0, 31), "shifts": (0, 62),
+                "c_bias": (-(2 ** (state_bits - 1) - 1), 2 ** (state_bits - 1) - 1)}
 
     def validate(self, name: str) -> None:
         if self.reset not in self.RESETS:
@@ -433,6 +445,8 @@ class FxPoly(FxNeuron):
         _check_range(name, "c_init", self.c_init, -sm, sm)
         if self.syn_decay is not None:
             _check_range(name, "syn_decay", self.syn_decay, 0, 1 << self.decay_bits)
+        if self.c_bias is not None:
+            _check_range(name, "c_bias", self.c_bias, *lim["c_bias"])
 
 
 def fx_node_types() -> dict[str, type[FxNode]]:

@@ -28,7 +28,7 @@ known kinds, so a new kind without a definition fails loudly everywhere instead 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -261,7 +261,10 @@ def check_lif_rules(c: SpecCheck, spec: Any) -> None:
 
 @dataclass(frozen=True)
 class PolySpec:
-    """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5)."""
+    """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5).
+
+    ``c_bias``: the range of the current-bias register (``FxPoly.c_bias``, state LSBs);
+    optional in a target file, ``(0, 0)`` (the default) for a neuron without one."""
 
     max_degree: int
     state_bits: int
@@ -274,9 +277,11 @@ class PolySpec:
     overflow: tuple[str, ...]
     reset: tuple[str, ...]
     synapse: bool
+    c_bias: Range = field(default=(0, 0), kw_only=True)
 
     def check(self, c: SpecCheck) -> None:
         lim = FxPoly.limits(self.state_bits, self.acc_bits)
+        c.within("c_bias", self.c_bias, lim["c_bias"])
         c.width("max_degree", self.max_degree, lim["degree"])
         for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
             c.width(key, getattr(self, key), lim[key])
@@ -377,6 +382,11 @@ def check_poly(name: str, n: FxPoly, t: Target) -> None:
     _member(name, "reset", n.reset, s.reset, t.name)
     if n.has_synapse and not s.synapse:
         raise UnsupportedError(f"target '{t.name}' has no current (synapse) state", node=name)
+    if n.c_bias is not None and np.any(n.c_bias != 0) and tuple(s.c_bias) == (0, 0):
+        raise UnsupportedError(f"target '{t.name}' has no current-bias register (its c_bias range is [0, 0]); "
+                               "fold the bias into coef[0] at its steady state (calibrate does)", node=name)
+    if n.c_bias is not None:
+        _in(name, "c_bias", n.c_bias, s.c_bias, t.name)
 
 
 # ------------------------------------------------------------------------------- the registry

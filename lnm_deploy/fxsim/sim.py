@@ -435,6 +435,9 @@ class _PolyRun(_NeuronRun):
         self.kc = self.params.kc
         self.coef = self.params.coef
         self.vth = self.params.vth
+        # The current-bias register (docs/fixed-point.md 5, step 1): the kernel then reads
+        # x = (a << in_shift) + c_bias, computed here, with its own in_shift set to 0.
+        self.c_bias = self.params.c_bias
         if kern is not None:
             n = int(np.prod(node.shape))
 
@@ -454,6 +457,8 @@ class _PolyRun(_NeuronRun):
                           *kern.round_consts(node.decay_bits, node.rounding), per_neuron(self.vth),
                           node.reset == "value", per_neuron(node.v_reset), 1 << (self.S - 1), 1 << (self.R - 1),
                           node.overflow == "saturate")
+            if self.c_bias is not None:
+                self.kargs = (*self.kargs[:4], 0, *self.kargs[5:])  # in_shift (argument 4): applied in run()
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
         if self.kern is None:
@@ -464,8 +469,9 @@ class _PolyRun(_NeuronRun):
         if rec is not None:
             rv = _reshaped(rec["v"], flat)
             rc = _reshaped(rec["c"], flat) if "c" in rec else _NO_REC
+        a_in = a.a if self.c_bias is None else poly_input(self.params, a.as_int())
         with self.kern.LOCK:
-            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
+            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a_in).reshape(flat), self.v.reshape(flat[1:]),
                                  self.c.reshape(flat[1:]), out.reshape(flat), rv, rc, rec is not None, *self.kargs)
         return None
 

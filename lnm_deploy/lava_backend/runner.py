@@ -488,6 +488,7 @@ class _Network:
             shape=shp, coef=np.stack([to_lava(c) for c in node.coef]), shifts=node.shifts,
             vth=to_lava(node.vth), v_reset=to_lava(node.v_reset), v_init=to_lava(node.v_init),
             c_init=to_lava(node.c_init),
+            c_bias=None if node.c_bias is None else to_lava(node.c_bias),
             syn_decay=None if node.syn_decay is None else to_lava(node.syn_decay),
             reset=node.reset, rounding=node.rounding, overflow=node.overflow,
             in_shift=node.in_shift, state_bits=node.state_bits, acc_bits=node.acc_bits,

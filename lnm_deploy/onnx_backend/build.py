@@ -482,9 +482,13 @@ class _Poly(NeuronLowering):
         return out
 
     def prepare(self, b: Builder, a: str, bound: int) -> tuple[str, int]:
-        """``x = a * 2**in_shift`` (step 1; ``|a| <= 2**31`` keeps it below 2**62)."""
+        """``x = a * 2**in_shift (+ c_bias)`` (step 1; ``|a| <= 2**31`` and ``|c_bias| < 2**31`` keep
+        it below 2**63)."""
         sh = self.node.in_shift
-        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), poly_bounds(self.node, bound).x
+        x = b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a
+        if self.node.c_bias is not None:  # the current-bias register
+            x = b.op("Add", [x, b.const(_uniform(self.node.c_bias))], "c_bias")
+        return x, poly_bounds(self.node, bound).x
 
     def step(self, b: Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node

@@ -6,7 +6,7 @@
 * ``PyPolyNeuronModelFloat`` (``floating_pt``): a *different* model of the same process, as
   Lava's float LIF is of its LIF. Same ports and Vars, float64 arithmetic, no rounding and no
   saturation: with the state on the integer grid (one LSB of ``v`` = ``q``),
-  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift``, which is
+  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift + c_bias``, which is
   the dequantized neuron of the artifact's float graph divided by ``q``. It answers "what does
   the float model of this network do", never "what does the chip do": do not compare it with
   ``fixed_pt`` expecting equality.
@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from lnm_deploy.lava_backend.procs.process import ContractNeuron, PolyNeuron, Re
 #: The Vars of ``PolyNeuron`` and their precision (bits) in the ``fixed_pt`` model; ``_poly_vars``
 #: declares them on both models (int64 or float64).
 POLY_VARS = {"coef": 32, "vth": 32, "v_reset": 32, "syn_decay": 17, "v": 32, "c": 32}
+POLY_VARS["c_bias"] = 32  # the current-bias register
 
 
 def _poly_vars(fixed: bool) -> Any:
@@ -59,6 +61,7 @@ class _PolyBase(PyLoihiProcessModel):
     syn_decay: np.ndarray
     v: np.ndarray
     c: np.ndarray
+    c_bias: np.ndarray
 
     def _local_step(self) -> int:
         period = self.proc_params["period"]
@@ -97,6 +100,7 @@ class PyPolyNeuronModelFixed(_PolyBase):
                             reset=p["reset"], in_shift=p["in_shift"], kc=kc, rounding=p["rounding"],
                             overflow=p["overflow"], state_bits=p["state_bits"], acc_bits=p["acc_bits"],
                             decay_bits=p["decay_bits"])
+        params = dataclasses.replace(params, c_bias=self.c_bias)  # the current-bias register (zeros: none)
         new, s = poly_step(params, {"v": self.v, "c": self.c}, a)  # the contract, written once
         self.c[:] = new["c"]
         self.v[:] = new["v"]
@@ -117,7 +121,7 @@ class PyPolyNeuronModelFloat(_PolyBase):
         if not self._begin():
             return
         p = self.proc_params
-        x = a * 2.0 ** p["in_shift"]
+        x = a * 2.0 ** p["in_shift"] + self.c_bias  # with the current-bias register
         if p["has_synapse"]:
             self.c[:] = self.c * (1.0 - self.syn_decay / 2.0 ** p["decay_bits"]) + x
         else:

@@ -7,7 +7,7 @@ Only process and process-model modules live in this package: Lava's model discov
 
 ``PolyNeuron`` semantics: ``docs/fixed-point.md`` section 5 (``lnm_deploy.fixedpoint.FxPoly``).
 All per-neuron parameters are arrays of the process shape; ``shifts`` has one entry per Horner
-step. Two process models implement it (``models.py``): ``fixed_pt`` (bit-accurate, int64) and
+step; ``c_bias`` (None: zeros) is the current-bias register, added to ``a_in << in_shift`` every step. Two process models implement it (``models.py``): ``fixed_pt`` (bit-accurate, int64) and
 ``floating_pt`` (float64, a different model; see there).
 
 Time base: with ``period = 0`` the local step is the Lava step ``k = time_step - 1``; with
@@ -32,7 +32,7 @@ class PolyNeuron(AbstractProcess):
                  vth: np.ndarray, v_reset: np.ndarray, v_init: np.ndarray, c_init: np.ndarray,
                  syn_decay: np.ndarray | None, reset: str, rounding: str, overflow: str,
                  in_shift: int, state_bits: int, acc_bits: int, decay_bits: int, start: int = 0,
-                 period: int = 0, name: str | None = None) -> None:
+                 period: int = 0, name: str | None = None, c_bias: np.ndarray | None = None) -> None:
         v_init = np.broadcast_to(np.asarray(v_init), shape).copy()
         c_init = np.broadcast_to(np.asarray(c_init), shape).copy()
         super().__init__(shape=shape, shifts=tuple(int(s) for s in shifts), reset=reset,
@@ -48,6 +48,9 @@ class PolyNeuron(AbstractProcess):
         self.syn_decay = Var(shape=shape, init=np.zeros(shape, np.int64) if syn_decay is None else syn_decay)
         self.v = Var(shape=shape, init=v_init)
         self.c = Var(shape=shape, init=c_init)
+        # the current-bias register (docs/fixed-point.md 5, step 1), added to a_in << in_shift; zeros: none
+        self.c_bias = Var(shape=shape, init=np.zeros(shape, np.int64) if c_bias is None
+                          else np.broadcast_to(np.asarray(c_bias, np.int64), shape).copy())
 
 
 #: The most states a ``ContractNeuron`` (and a ``Recorder``) holds: its Vars ``s0`` .. ``s3``.

@@ -115,5 +115,5 @@ def test_graded_spike_records_hold_their_counts(max_spikes: int | None, dtype: t
     from lnm_deploy.errors import NumericError
 
     if max_spikes is None:
-        with pytest.raises(NumericError, match="'n'.*spikes in one step"):
+        with pytest.raises(NumericError, match=r"'n'.*spikes in one step"):
             run_float(g, np.array([[[5e9]]]))

@@ -271,7 +271,7 @@ class FxAdaptivePoly(FxPoly):
         super().validate(name)
         if self.threshold != ">" or self.max_payload != 1 or self.v_floor is not None:
             raise GraphError("the adaptive neuron's step tests v' > theta, sends binary spikes and has no "
-                             "membrane floor: threshold, max_payload and v_floor (docs/fixed-point.md 5.1) "
+                             "membrane floor: threshold, max_payload and v_floor (docs/fixed-point.md 5.2) "
                              "must keep their defaults", node=name)
         sm = (1 << (self.state_bits - 1)) - 1
         for key, lo, hi in (("theta_decay", 0, 1 << self.decay_bits), ("theta_step", -sm, sm),
@@ -590,7 +590,7 @@ class FxATRLIF(FxNeuron):
     def limits(decay_bits: int) -> dict[str, tuple[int, int]]:
         """The range (inclusive) of every width and parameter; a target's ``[atrlif]`` section
         lies inside them (checked on load)."""
-        unity = 1 << decay_bits
+        unity = 1 << min(max(int(decay_bits), 1), 16)  # an out-of-range decay_bits is refused by its own range
         return {"state_bits": (2, 30), "decay_bits": (1, 16), "theta_shift": (0, 16), "act_shift": (0, 16),
                 "di": (0, unity - 1), "dv": (0, unity - 1), "dtheta": (0, unity - 1), "dr": (0, unity - 1),
                 "theta_0": (0, 2**16 - 1), "theta_step": (0, 2**16 - 1),

@@ -32,7 +32,8 @@ def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
 
     return read_graph_or_artifact(existing_file(args.graph, "graph file"), dt=args.dt,
                                   producer=args.producer, input_shape=args.input_shape, reset=args.reset,
-                                  threshold=args.threshold, spikes=args.spikes)
+                                  threshold=args.threshold, spikes=args.spikes, v_floor=args.v_floor,
+                                  readout_nodes=args.readout_node)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -110,7 +111,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             doc["artifact"] = {"target": artifact.target, "record": artifact.record}
         print(json.dumps(doc, indent=2, default=json_default))
     else:
+        from lnm_deploy.nir_io import READ_OPTIONS_KEY, reading_summary
+
         print(f"{args.graph}" + (f"  (calibrated artifact for target '{artifact.target}')" if artifact else ""))
+        read = reading_summary(graph.metadata.get(READ_OPTIONS_KEY))
+        if read:
+            print(f"read as: {read}")
+        if artifact is not None:  # how the float graph it was calibrated from was read
+            prov = artifact.record.get("provenance")
+            src = prov.get("source_graph") if isinstance(prov, dict) else None
+            calib = reading_summary(src.get("read_options") if isinstance(src, dict) else None)
+            if calib:
+                print(f"calibrated from a graph read as: {calib}")
         print(s.to_text())
     return 0
 
@@ -364,8 +376,23 @@ def _run(args: argparse.Namespace, outs) -> str:  # outs: lnm_deploy.outputs.Out
     return msg
 
 
+def _reading(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a reading-option check that raises ``ValueError``."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as e:  # argparse prints it with the usage and exits 2
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
 def _graph_args(p: argparse.ArgumentParser) -> None:
-    from lnm_deploy.nir_io.conventions import RESET_MODES_READ, SPIKE_MULTIPLICITY, THRESHOLD_TESTS
+    from lnm_deploy.nir_io.conventions import (
+        RESET_MODES_READ,
+        THRESHOLD_TESTS,
+        spikes_option,
+        v_floor_option,
+    )
 
     p.add_argument("graph", help="a NIR graph file (.nir)")
     _read_args(p)
@@ -374,8 +401,15 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
                    help="the neurons' reset, where the producer's exporter does not write it")
     p.add_argument("--threshold", choices=THRESHOLD_TESTS, default=None,
                    help="the spike test (v > v_th or v >= v_th), where the file does not say")
-    p.add_argument("--spikes", choices=SPIKE_MULTIPLICITY, default=None,
-                   help="one spike per step, or several (graded), where the file does not say")
+    p.add_argument("--spikes", type=_reading(spikes_option), default=None, metavar="{single,multi,N}",
+                   help="spikes per step where the file does not say: one, floor(v/v_th) (graded; "
+                        "Sinabs MultiSpike: unbounded, Rockpool: at most 2**16) or at most N")
+    p.add_argument("--v-floor", type=_reading(v_floor_option), default=None, metavar="{FLOAT,-v_th}",
+                   help="the membrane's lower bound after reset (Sinabs min_v_mem; no exporter writes it; "
+                        "write --v-floor=-v_th for minus each neuron's threshold)")
+    p.add_argument("--readout-node", action="append", default=None, metavar="NAME",
+                   help="read this neuron as a non-spiking readout (membrane output, no threshold or reset), "
+                        "e.g. an snnTorch Leaky used as the readout; repeatable")
 
 
 def _read_args(p: argparse.ArgumentParser) -> None:

@@ -87,8 +87,7 @@ def convert(where: str, hint: Any, value: Any) -> Any:
 def fields_of(file: Path | str, section: str, data: dict[str, Any], cls: type[T], *,
               require_all: bool) -> dict[str, Any]:
     """The checked keyword arguments for dataclass ``cls`` from TOML table ``data``: unknown keys
-    are rejected; with ``require_all`` every field must be given (else defaults apply), except a
-    field whose metadata says ``optional`` (a key added later, with a default)."""
+    are rejected; with ``require_all`` every field must be given (else defaults apply)."""
     if not isinstance(data, dict):
         raise UserInputError(f"{file}: [{section}] must be a table")
     hints = typing.get_type_hints(cls)
@@ -98,8 +97,7 @@ def fields_of(file: Path | str, section: str, data: dict[str, Any], cls: type[T]
         raise UserInputError(f"{file}: unknown key(s) {[f'{section}.{k}' for k in unknown]} in [{section}]; "
                              f"allowed: {fields}")
     if require_all:
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data  # type: ignore[arg-type]
-                   and not f.metadata.get("optional")]
+        missing = [f for f in fields if f not in data]
         if missing:
             raise UserInputError(f"{file}: missing key(s) {missing} in [{section}]")
     return {k: convert(f"{file}: key '{section}.{k}'", hints[k], v) for k, v in data.items()}

@@ -166,7 +166,7 @@ def offered_or_refuse(target: Target, node: FxNeuron, layer: str) -> None:
 
 def _counts(a: Array, shape: tuple[int, ...]) -> Array:
     """Spike events over samples and timesteps (int64), reshaped to ``shape`` (C order): nonzero bins,
-    since a graded spike (a count, docs/fixed-point.md 5.1) is one message carrying its payload."""
+    since a graded spike (a count, docs/fixed-point.md 5.2) is one message carrying its payload."""
     return (np.asarray(a) != 0).sum(axis=(0, 1), dtype=np.int64).reshape(shape)
 
 

@@ -238,7 +238,7 @@ class FloatModel:
 #: The options of ``nir_io.read_nir`` a float graph is read with, as recorded at calibration
 #: (``read_options["requested"]``): all of them are replayed, so that verify reads the graph as it
 #: was calibrated (a producer's reset, threshold and spike reading included).
-READING_OPTIONS = ("producer", "dt", "input_shape", "reset", "threshold", "spikes")
+READING_OPTIONS = ("producer", "dt", "input_shape", "reset", "threshold", "spikes", "v_floor", "readout_nodes")
 
 
 def _same_option(key: str, a: Any, b: Any) -> bool:
@@ -330,7 +330,8 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     graph = read_nir(path, producer=requested.get("producer"), dt=requested.get("dt"),
                      input_shape=None if shape is None else tuple(int(s) for s in shape),
                      reset=requested.get("reset"), threshold=requested.get("threshold"),
-                     spikes=requested.get("spikes"))
+                     spikes=requested.get("spikes"), v_floor=requested.get("v_floor"),
+                     readout_nodes=requested.get("readout_nodes"))
     now = graph.metadata.get(READ_OPTIONS_KEY, {}).get("resolved")
     if recorded is None:
         if now is not None and now.get("producer") != "lnm-deploy" and not any(v is not None for v in given.values()):

@@ -13,6 +13,7 @@ backend that implements it (``tests/test_extension.py`` does).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -85,12 +86,29 @@ def _neuron(make: Callable[[np.random.Generator, Shape], FxNode]) -> Callable[[n
     return gen
 
 
+def _with_c_bias(gen: Callable[[np.random.Generator], Example]) -> Callable[[np.random.Generator], Example]:
+    """One example in two of a programmable neuron carries a current-bias register (``c_bias``):
+    small values mostly, its range edges ``+-(2**(S-1) - 1)`` on some neurons."""
+
+    def wrapped(rng: np.random.Generator) -> Example:
+        node, shape = gen(rng)
+        if rng.random() < 0.5:
+            return node, shape
+        sm = 2 ** (node.state_bits - 1) - 1  # type: ignore[attr-defined]
+        cb = rng.integers(-min(3000, sm), min(3000, sm) + 1, node.shape)  # type: ignore[attr-defined]
+        edge = rng.random(cb.shape) < 0.25
+        cb[edge] = sm * rng.choice([-1, 1], cb.shape)[edge]
+        return dataclasses.replace(node, c_bias=cb), shape
+
+    return wrapped
+
+
 register_example("dense", _dense)
 register_example("conv2d", _conv)
 register_example("flatten", lambda rng: (FxFlatten(), _image(rng)))
 register_example("lif", _neuron(lif))
-register_example("poly", _neuron(poly))
-register_example("adaptive_poly", _neuron(adaptive))
+register_example("poly", _with_c_bias(_neuron(poly)))
+register_example("adaptive_poly", _with_c_bias(_neuron(adaptive)))
 
 
 def _li_readout(rng: np.random.Generator, shape: Shape) -> FxNode:
@@ -170,11 +188,11 @@ def random_case(kind: str, seed: int) -> tuple[FxGraph, np.ndarray]:
     return g, spikes(rng, int(rng.integers(1, 3)), int(rng.integers(1, 8)), g.input_shape)
 
 
-# ------------------------------------------------------------- graded spikes (fixed-point.md 5.1)
+# ------------------------------------------------------------- graded spikes (fixed-point.md 5.2)
 
 
 def graded_poly(rng: np.random.Generator, shape: Shape, *, graded: bool = True) -> FxNode:
-    """A random polynomial neuron with the rules of section 5.1: a random spike test, a payload
+    """A random polynomial neuron with the rules of section 5.2: a random spike test, a payload
     cap in {2, 3, 7, 255} (graded; 1 with ``graded=False``), a small threshold (``vth >= 1``, so
     that counts above 1 are common) and, one time in two, a membrane floor."""
     import dataclasses

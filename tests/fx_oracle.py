@@ -147,7 +147,9 @@ class OPoly:
         self.vth = node.vth.reshape(-1).tolist()
         self.v_reset = node.v_reset.reshape(-1).tolist()
         self.dc = None if node.syn_decay is None else node.syn_decay.reshape(-1).tolist()
-        # section 5.1 (absent on nodes written before it: the binary neuron)
+        # the current-bias register (section 5, step 1): zeros without one
+        self.cb = [0] * len(self.v) if getattr(node, "c_bias", None) is None else node.c_bias.reshape(-1).tolist()
+        # section 5.2 (absent on nodes written before it: the binary neuron)
         self.ge = getattr(node, "threshold", ">") == ">="
         self.cap = int(getattr(node, "max_payload", 1))
         floor = getattr(node, "v_floor", None)
@@ -158,7 +160,7 @@ class OPoly:
         S, R, rnd, ovf = n.state_bits, n.acc_bits, n.rounding, n.overflow
         s_out = []
         for i, ai in enumerate(a):
-            x = ai * 2**n.in_shift  # 1
+            x = ai * 2**n.in_shift + self.cb[i]  # 1
             if self.dc is not None:  # 2
                 self.c[i] = o_ovf(o_rnd(self.c[i] * (2**n.decay_bits - self.dc[i]), n.decay_bits, rnd) + x, S, ovf)
             else:
@@ -169,15 +171,15 @@ class OPoly:
                 h = o_ovf(o_rnd(h * self.v[i], n.shifts[k], rnd) + self.coef[k][i], R, ovf)
             vp = o_ovf(h + self.c[i], S, ovf)  # 4
             th = self.vth[i]
-            fired = vp >= th if self.ge else vp > th  # 5 (5.1: the spike test)
+            fired = vp >= th if self.ge else vp > th  # 5 (5.2: the spike test)
             s = 0
-            if fired:  # 5.1: graded count min(floor(v' / vth), P), at least 1
+            if fired:  # 5.2: graded count min(floor(v' / vth), P), at least 1
                 s = 1 if self.cap == 1 else max(1, min(vp // th, self.cap))
-            if fired:  # 6 (5.1: subtract the count times vth)
+            if fired:  # 6 (5.2: subtract the count times vth)
                 self.v[i] = self.v_reset[i] if n.reset == "value" else o_ovf(vp - s * th, S, ovf)
             else:
                 self.v[i] = vp
-            if self.floor is not None:  # 7 (5.1: the membrane floor)
+            if self.floor is not None:  # 7 (5.2: the membrane floor)
                 self.v[i] = max(self.v[i], self.floor[i])
             s_out.append(s)
         return s_out
@@ -205,7 +207,7 @@ class OAdaptive(OPoly):
         S, R, D, rnd, ovf = n.state_bits, n.acc_bits, n.decay_bits, n.rounding, n.overflow
         s_out = []
         for i, ai in enumerate(a):
-            x = ai * 2**n.in_shift
+            x = ai * 2**n.in_shift + self.cb[i]
             if self.dc is not None:
                 self.c[i] = o_ovf(o_rnd(self.c[i] * (2**D - self.dc[i]), D, rnd) + x, S, ovf)
             else:

@@ -252,8 +252,8 @@ def test_nmnist_frames_calibrate_and_run_the_paper_cnn_through_the_cli(tmp_path:
     data = datasets.write_spike_npz(tmp_path / "calib.npz", x, y)
     net = Path(__file__).parent / "data" / "cnn_sinabs.nir"
     art, out = tmp_path / "cnn.nir", tmp_path / "out.npz"
-    assert main(["calibrate", str(net), "--producer", "sinabs", "--data", str(data), "--target", "loihi2",
-                 "--out", str(art), "--quiet"]) == 0
+    assert main(["calibrate", str(net), "--producer", "sinabs", "--threshold", ">", "--spikes", "single",
+                 "--data", str(data), "--target", "loihi2", "--out", str(art), "--quiet"]) == 0
     assert main(["run", str(art), "--data", str(data), "--backend", "fxsim", "--out", str(out), "--quiet"]) == 0
     with np.load(out, allow_pickle=False) as z:
         assert z["output"].shape[:2] == (6, 12)

@@ -1,5 +1,5 @@
 """Graded spikes, the ``>=`` spike test and the membrane floor on the programmable neuron
-(``docs/fixed-point.md`` 5.1): the contract's fields and bounds, every integer backend against the
+(``docs/fixed-point.md`` 5.2): the contract's fields and bounds, every integer backend against the
 big-integer oracle, Sinabs-IAF-like networks calibrated for ``loihi2`` and verified on Lava and
 ONNX, and the refusals where a target or a backend cannot run them."""
 

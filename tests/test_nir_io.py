@@ -294,6 +294,77 @@ def test_neuron_round_trip_property(degree: int, synapse: bool, spiking: bool, r
     assert_graphs_identical(g, from_nir(quiet(lambda: to_nir(g))))
 
 
+@given(
+    threshold=st.sampled_from([">", ">="]),
+    max_spikes=st.sampled_from([1, 2, 7, None]),
+    floor=st.booleans(),
+    synapse=st.booleans(),
+    reset=st.sampled_from(["value", "subtract"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_spike_rules_round_trip_property(threshold: str, max_spikes: int | None, floor: bool, synapse: bool,
+                                         reset: str, seed: int) -> None:
+    """The spike test, graded spikes and the membrane floor come back exactly from lnm-deploy's file."""
+    rng = np.random.default_rng(seed)
+    shape = (3,)
+    n = Neuron(shape=shape, poly=rng.normal(size=(2, *shape)), v_th=rng.uniform(0.2, 2.0, size=shape),
+               v_reset=rng.normal(size=shape), reset=reset, in_gain=rng.normal(size=shape),  # type: ignore[arg-type]
+               syn_decay=rng.uniform(size=shape) if synapse else None, syn_gain=rng.normal(size=shape) if synapse else None,
+               threshold=threshold, max_spikes=max_spikes,  # type: ignore[arg-type]
+               v_floor=rng.normal(size=shape) if floor else None, dt=1e-3)
+    g = sequential([("n", n)], shape)
+    assert_graphs_identical(g, from_nir(quiet(lambda: to_nir(g))))
+
+
+def test_spike_rules_in_a_file_and_its_format(tmp_path: Path) -> None:
+    """Through a file: the rules are node metadata (lnm_threshold, lnm_max_spikes 'unbounded' or an
+    integer, lnm_v_floor) and make the file lnm_format 2, so that a reader of format 1 refuses it; a
+    graph without them stays format 1. The float runs agree bit for bit."""
+    def graph(**rules: Any) -> Graph:
+        n = Neuron(shape=(4,), poly=[0.0, 0.9], v_th=np.full(4, 0.5), reset="subtract", **rules)
+        return sequential([("fc", Affine(weight=rnd(4, 3, scale=2.0))), ("n", n)], (3,))
+
+    plain = quiet(lambda: to_nir(graph()))
+    assert int(plain.metadata["lnm_format"]) == 1 and "lnm_threshold" not in plain.nodes["n"].metadata
+    g = graph(threshold=">=", max_spikes=None, v_floor=np.full(4, -0.3))
+    write_nir(g, tmp_path / "g.nir")
+    with h5py.File(tmp_path / "g.nir") as f:
+        assert int(f["node/metadata/lnm_format"][()]) == 2
+        meta = f["node/nodes/n/metadata"]
+        assert meta["lnm_threshold"][()] in (b">=", ">=") and meta["lnm_max_spikes"][()] in (b"unbounded", "unbounded")
+    back = read_nir(tmp_path / "g.nir")
+    assert_graphs_identical(g, back)
+    x = (RNG.random((4, 30, 3)) < 0.5).astype(np.float64)
+    a, b = run_float(g, x, record=True), run_float(back, x, record=True)
+    assert a.spikes["n"].max() >= 2 and np.array_equal(a.spikes["n"], b.spikes["n"])
+    capped = quiet(lambda: from_nir(to_nir(graph(max_spikes=3))))
+    assert capped.nodes["n"].max_spikes == 3  # type: ignore[attr-defined]
+    bad = to_nir(graph(max_spikes=3))
+    bad.nodes["n"].metadata["lnm_max_spikes"] = "many"
+    with pytest.raises(GraphError, match="lnm_max_spikes"):
+        quiet(lambda: from_nir(bad))
+    newer = to_nir(g)
+    newer.metadata["lnm_format"] = 3
+    with pytest.raises(UnsupportedError, match="format 3"):
+        from_nir(newer)
+
+
+def test_reading_options_are_checked() -> None:
+    g = quiet(lambda: to_nir(sequential([("n", neuron((3,)))], (3,))))
+    plain = strip_lnm(g)
+    for kw, why in (({"spikes": 0}, "positive integer"), ({"spikes": "some"}, "positive integer"),
+                    ({"v_floor": "low"}, "-v_th"), ({"v_floor": float("nan")}, "finite"),
+                    ({"threshold": "<"}, "choose one of")):
+        with pytest.raises(UserInputError, match=why):
+            from_nir(plain, dt=1e-3, **kw)  # type: ignore[arg-type]
+    read = quiet(lambda: from_nir(plain, dt=1e-3, spikes="4", v_floor="-1.5", threshold=">="))
+    n = read.nodes["n"]
+    assert isinstance(n, Neuron) and (n.max_spikes, n.threshold) == (4, ">=")
+    assert np.array_equal(n.v_floor, np.full(3, -1.5))  # type: ignore[arg-type]
+    assert read.metadata["read_options"]["requested"]["spikes"] == 4
+    assert read.metadata["read_options"]["convention"]["max_spikes"] == 4
+
+
 # ------------------------------------------------------------------------------------------------
 # The NIR nodes other readers see
 

@@ -65,7 +65,7 @@ def test_graded_spikes_need_a_positive_threshold() -> None:
                          ids=["ge", "graded", "floor"])
 def test_the_stock_lif_refuses_a_rule_it_does_not_run(rule: dict) -> None:
     """loihi2-lif (stock LIF only) refuses each rule by name; loihi2's programmable neuron runs them
-    (``docs/fixed-point.md`` 5.1; ``tests/test_graded.py``)."""
+    (``docs/fixed-point.md`` 5.2; ``tests/test_graded.py``)."""
     rng = np.random.default_rng(0)
     g = sequential([("fc", Affine(weight=rng.normal(0.3, 0.3, (4, 5)))),
                     ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=1.0, **rule))], (5,))
@@ -104,3 +104,23 @@ def test_an_adaptive_neuron_refuses_rules_it_does_not_define() -> None:
         g = sequential([("a", AdaptiveNeuron(shape=(2,), poly=[0.0, 0.9], v_th=1.0, **rule))], (2,))
         with pytest.raises(UnsupportedError, match="adaptive-threshold neuron"):
             g.schedule()
+
+
+@pytest.mark.parametrize("max_spikes, dtype", [(1, np.uint8), (255, np.uint8), (256, np.uint16), (2**16, np.uint32),
+                                               (None, np.uint32)])
+def test_graded_spike_records_hold_their_counts(max_spikes: int | None, dtype: type) -> None:
+    """A record never wraps: counts above 255 get a wider record, an unbounded count that outgrows
+    even that is an error naming the layer."""
+    g = sequential([("n", Neuron(shape=(1,), poly=[0.0, 1.0], v_th=1.0, reset="subtract", max_spikes=max_spikes))],
+                   (1,))
+    x = np.array([[[300.0], [0.5], [70000.0]]])
+    res = run_float(g, x)
+    assert res.spikes["n"].dtype == dtype
+    cap = np.inf if max_spikes is None else max_spikes
+    assert res.spikes["n"][0, 0, 0] == min(300, cap)
+    assert np.array_equal(res.spikes["n"], res.output)  # the record is the output, exactly
+    from lnm_deploy.errors import NumericError
+
+    if max_spikes is None:
+        with pytest.raises(NumericError, match=r"'n'.*spikes in one step"):
+            run_float(g, np.array([[[5e9]]]))

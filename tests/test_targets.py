@@ -333,7 +333,7 @@ def test_check_graph_refuses_a_primitive_without_a_rule(tmp_path: Path) -> None:
 def test_the_old_format_is_converted_to_the_same_target(tmp_path: Path) -> None:
     new = load_target("loihi2")
     new = Target(new.info, new.sections, new.path, adaptive_poly=None, li_readout=None,  # sections the old format predates
-                 poly=dataclasses.replace(new.spec("poly"), max_spike_payload=1))  # and graded spikes (default 1)
+                 poly=dataclasses.replace(new.poly, c_bias=(0, 0), max_spike_payload=1))  # the register and graded spikes
     assert is_old_format(tomllib.loads(OLD_LOIHI2)) and not is_old_format(tomllib.loads(LOIHI2))
     embedded = target_from_toml(OLD_LOIHI2, "artifact.nir (embedded target 'loihi2')")
     assert embedded.info == new.info and embedded.sections == new.sections
@@ -429,3 +429,20 @@ def test_a_file_that_takes_a_shipped_name_but_differs_is_warned(tmp_path: Path) 
         assert load_target(same).name == "loihi2"  # an identical copy is the shipped target
     with pytest.warns(LNMDeployWarning, match=r"calls itself 'loihi2'.*differs from it \(\[resources\]\)"):
         assert load_target(mine).resources.chips == 2
+
+
+@pytest.mark.parametrize("name", ["loihi2", "loihi2-lif"])
+@pytest.mark.parametrize("value", [-1, -99, 99])
+def test_a_negative_or_huge_width_is_refused_as_out_of_range(name: str, value: int) -> None:
+    """A width that other limits are derived from (decay_bits: the decays' unity; vth_shift: the
+    threshold's range) is refused by its own range, not by a shift error in the derivation."""
+    import re
+
+    text = available_targets()[name].read_text()
+    keys = re.findall(r"(?m)^(decay_bits|vth_shift|theta_shift)\s*=", text)
+    assert keys
+    matches = list(re.finditer(r"(?m)^(decay_bits|vth_shift|theta_shift)\s*=\s*-?\d+", text))
+    for m in matches:  # each occurrence (one per section) in turn
+        bad = text[: m.start()] + f"{m.group(1)} = {value}" + text[m.end():]
+        with pytest.raises(UserInputError, match="out of range"):
+            target_from_toml(bad, f"{name} with a bad width")

@@ -259,7 +259,7 @@ def test_verify_replays_every_reading_option_of_the_calibration(tmp_path: Path) 
 
     src, art = tmp_path / "g.nir", tmp_path / "art.nir"
     _if_graph(src)
-    read_kw = {"producer": "sinabs", "reset": "value", "spikes": "single"}
+    read_kw = {"producer": "sinabs", "reset": "value", "spikes": "single", "threshold": ">"}
     x = _spikes(24, 30, 8, 0.3, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LNMDeployWarning)
@@ -286,13 +286,14 @@ def test_cli_reading_options_are_recorded_and_replayed(tmp_path: Path, capsys: p
     x = _spikes(24, 30, 8, 0.3, 1)
     np.savez(tmp_path / "calib.npz", x=x)
     np.savez(tmp_path / "test.npz", x=x[:8])
-    _calibrate(src, tmp_path / "calib.npz", art, "--producer", "sinabs", "--reset", "value", "--spikes", "single")
+    _calibrate(src, tmp_path / "calib.npz", art, "--producer", "sinabs", "--reset", "value", "--spikes", "single",
+               "--threshold", ">")
     rec = read_artifact(art).record["provenance"]["source_graph"]["read_options"]["requested"]
-    assert (rec["producer"], rec["reset"], rec["spikes"]) == ("sinabs", "value", "single")
+    assert (rec["producer"], rec["reset"], rec["spikes"], rec["threshold"]) == ("sinabs", "value", "single", ">")
     main(["verify", str(art), "--data", str(tmp_path / "test.npz"), "--backend", "fxsim", "--json", str(js),
           "--min-agreement", "0", "--quiet"])
     doc = json.loads(js.read_text())
     assert doc["float"]["as_calibrated"] is True
-    hand = _by_hand(src, art, x[:8], producer="sinabs", reset="value", spikes="single")
+    hand = _by_hand(src, art, x[:8], producer="sinabs", reset="value", spikes="single", threshold=">")
     assert {layer["name"]: layer["spike_agreement"] for layer in doc["layers"]} == hand
     capsys.readouterr()

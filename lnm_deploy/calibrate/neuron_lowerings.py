@@ -11,6 +11,7 @@ and docs/calibration.md.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -149,18 +150,68 @@ def lif_exact(node: Node) -> bool:
                  and (not has_syn or _uniform(node.syn_decay)))
 
 
-def membrane_constant(layer: MappedLayer, node: Neuron, approx: list[str]) -> tuple[Array, Array]:
+def membrane_constant(layer: MappedLayer, node: Neuron, approx: list[str],
+                      current_register: bool = False) -> tuple[Array, Array]:
     """``(theta, theta0)``: the layer's polynomial coefficients (d+1, N) and its constant term with
     the layer's constant input (``layer.scaled_bias``) added. A constant input into a synaptic
     current (``c = a c + W s + b``) reaches ``b / (1 - a)`` after a transient, while a stock
-    neuron's bias adds to ``v``: it is folded at that steady state, and ``approx`` says so."""
+    neuron's bias adds to ``v``: it is folded at that steady state, and ``approx`` says so with a
+    bound on the transient's error (``transient_bound``). ``current_register``: the neuron has a
+    current-bias register that takes such a bias (``FxPoly.c_bias``): not folded, ``theta0`` is
+    ``theta[0]``."""
     bias_v = layer.scaled_bias  # constant current into v (no synapse) or into c
-    if node.syn_decay is not None and np.any(bias_v != 0):
-        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
-                      "b/(1-alpha) (the first steps' transient is lost)")
-        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
     theta = node.poly.reshape(node.poly.shape[0], -1)  # (d+1, N)
+    if node.syn_decay is not None and np.any(bias_v != 0):
+        if current_register:
+            return theta, theta[0].copy()
+        approx.append("bias entering the synaptic current folded into the membrane at its steady state "
+                      f"b/(1-alpha) (the first steps' transient is lost: {transient_bound(node, bias_v)})")
+        bias_v = bias_v / np.maximum(1.0 - node.syn_decay, 1e-12)
     return theta, theta[0] + np.asarray(bias_v).reshape(-1)
+
+
+def transient_bound(node: Neuron, bias: Array) -> str:
+    """The cost of folding a constant input ``bias`` (real current into v per step, node-shaped)
+    into the synaptic current of ``node`` at its steady state, in words: below threshold, the
+    folded membrane receives ``b / (1 - alpha)`` from step 0 where the true one receives
+    ``b (1 - alpha^(t+1)) / (1 - alpha)``, a difference ``e_t = |b| alpha^(t+1) / (1 - alpha)``;
+    leaked by ``beta`` (the polynomial's slope at 0, clipped into [0, 1)) the membranes differ by
+    ``E_t = |b| alpha / (1 - alpha) * sum_k beta^(t-k) alpha^k`` (``transient_peak``: its largest
+    value over t). Reported for the neuron where it is largest against its threshold, with the
+    steps until ``e_t`` falls below 1 % of ``e_0`` (the slowest synapse)."""
+    assert node.syn_decay is not None
+    b = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    alpha = np.clip(node.syn_decay.reshape(-1), 0.0, 1.0 - 1e-9)
+    beta = np.clip(node.poly[1].reshape(-1), 0.0, 1.0 - 1e-9) if node.degree >= 1 else np.full_like(alpha, 1 - 1e-9)
+    bound = b * alpha / (1.0 - alpha) * transient_peak(alpha, beta)
+    vth = np.abs(node.v_th.reshape(-1)) if node.v_th is not None else np.ones_like(b)
+    rel = bound / np.maximum(vth, 1e-300)
+    i = int(np.argmax(rel))
+    a_max = float(np.max(alpha[b > 0])) if np.any(b > 0) else 0.0
+    steps = math.ceil(math.log(0.01) / math.log(a_max)) if 0.0 < a_max < 1.0 else 0
+    return (f"below threshold the membrane differs by at most {float(bound[i]):.3g} ({float(rel[i]):.0%} of the "
+            f"threshold, neuron {i}) in the first steps, the difference in its input decaying as alpha^t "
+            f"(below 1 % after {steps} steps)")
+
+
+def transient_peak(alpha: Array, beta: Array) -> Array:
+    """``max_t sum_{k=0..t} beta^(t-k) alpha^k`` elementwise, for ``alpha``, ``beta`` in [0, 1):
+    ``(alpha^u - beta^u) / (alpha - beta)`` at ``u = t + 1`` (``u alpha^(u-1)`` where they are
+    equal), whose maximum over real ``u`` is where ``alpha^u ln alpha = beta^u ln beta``; evaluated
+    at the integers around it (and at t = 0)."""
+    a, bt = np.maximum(alpha, 1e-12), np.maximum(beta, 1e-12)
+    la, lb = np.log(a), np.log(bt)
+    same = np.abs(a - bt) < 1e-9
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u_star = np.where(same, -1.0 / la, np.log(lb / la) / (la - lb))
+    u_star = np.clip(np.nan_to_num(u_star, nan=1.0), 1.0, 1e7)
+
+    def s(u: Array) -> Array:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(same, u * a ** (u - 1), (a**u - bt**u) / np.where(same, 1.0, a - bt))
+
+    cands = [s(np.ones_like(a)), s(np.floor(u_star)), s(np.ceil(u_star))]
+    return np.asarray(np.max(np.stack(cands), axis=0))
 
 
 def lif_decays(lin: Array, node: Neuron, dv_range: tuple[int, int], du_range: tuple[int, int], unity: int,
@@ -180,14 +231,15 @@ def lif_decays(lin: Array, node: Neuron, dv_range: tuple[int, int], du_range: tu
     return dv, int(np.clip(unity - 1 - np.rint(alpha * unity), du_range[0], du_range[1]))
 
 
-def _prelude(layer: MappedLayer, rng: NeuronRange, margin: float) -> tuple[
+def _prelude(layer: MappedLayer, rng: NeuronRange, margin: float, current_register: bool = False) -> tuple[
         str, Neuron, tuple[Any, ...], list[str], bool, Array, Array, Array, float, float]:
-    """What both neuron lowerings' pass 2 start from: the constant input folded into theta0, the
-    thresholds, the membrane and current bounds times the margin, the approximations so far."""
+    """What both neuron lowerings' pass 2 start from: the constant input folded into theta0 (not
+    a bias into the current where ``current_register``), the thresholds, the membrane and current
+    bounds times the margin, the approximations so far."""
     n, node, syns = layer.name, _neuron(layer.node), layer.scaled_synapses
     approx: list[str] = []
     has_syn = node.syn_decay is not None
-    theta, theta0 = membrane_constant(layer, node, approx)
+    theta, theta0 = membrane_constant(layer, node, approx, current_register)
     v_th = node.v_th.reshape(-1)  # type: ignore[union-attr]
     if np.any(v_th < 0):
         raise UnsupportedError("negative thresholds cannot be mapped (the chip's threshold is >= 0)", node=n)
@@ -240,9 +292,10 @@ def select_poly(layer: MappedLayer, rng: NeuronRange, target: Target, margin: fl
     """Pass 2 onto the polynomial neuron: its coefficients with the constant input folded in, and
     the largest |P(v) + c| over the membrane bound (``UnsupportedError`` for a rounding the target
     does not offer)."""
-    n, node, syns, approx, _, theta, theta0, v_th, v_abs, c_abs = _prelude(layer, rng, margin)
     spec = target.poly
     assert spec is not None
+    register = uses_current_bias(layer, spec.c_bias)
+    n, node, syns, approx, _, theta, theta0, v_th, v_abs, c_abs = _prelude(layer, rng, margin, register)
     if rounding not in spec.rounding:
         raise UnsupportedError(f"rounding '{rounding}' not offered by target '{target.name}' "
                                f"({spec.rounding})", node=n)
@@ -264,8 +317,21 @@ def select_poly(layer: MappedLayer, rng: NeuronRange, target: Target, margin: fl
         if cap_note:
             approx.append(cap_note)
             warnings.warn(f"layer '{n}': {cap_note}", LNMDeployWarning, stacklevel=3)
+    current_bias = None
+    if register:  # the register holds rint(b / q) (state LSBs)
+        current_bias = np.asarray(layer.scaled_bias, np.float64).reshape(-1)
+        q_min = max(q_min, float(np.max(np.abs(current_bias))) / min(-spec.c_bias[0], spec.c_bias[1]))
     return Selection(n, node, "poly", syns, theta_full, v_th, v_abs, c_abs, q_min, rounding,
-                     poly_max=p_max, distinct=distinct, approximations=tuple(approx))
+                     poly_max=p_max, distinct=distinct, approximations=tuple(approx), current_bias=current_bias)
+
+
+def uses_current_bias(layer: MappedLayer, c_bias: tuple[int, int]) -> bool:
+    """Whether the polynomial lowering puts ``layer``'s constant input into the current-bias
+    register (``FxPoly.c_bias``, range ``c_bias``): a non-zero bias into a synaptic current, on a
+    target whose register exists and holds both signs (``c_bias[0] < 0 < c_bias[1]``; absent:
+    (0, 0)). Without a synapse the bias adds to ``v`` exactly through ``coef[0]``, as before."""
+    node = _neuron(layer.node)
+    return bool(node.syn_decay is not None and np.any(layer.scaled_bias != 0) and c_bias[0] < 0 < c_bias[1])
 
 
 def payload_cap(node: Neuron, cap: int) -> int:
@@ -338,7 +404,7 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
     if node.syn_decay is not None:
         syn_decay = np.rint((1.0 - node.syn_decay.reshape(-1)) * 2**spec.decay_bits).astype(np.int64)
         syn_decay = np.clip(syn_decay, 0, 2**spec.decay_bits)
-    # Section 5.1: the spike test as is; the payload cap (payload_cap); the floor rounded to the
+    # Section 5.2: the spike test as is; the payload cap (payload_cap); the floor rounded to the
     # nearest state LSB like v_reset and vth (it is a value the membrane is set to, error <= q/2),
     # clipped into the state range (exact: a saturated membrane never goes below -s_max anyway).
     cap = payload_cap(node, spec.max_spike_payload)
@@ -361,6 +427,11 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
                 in_shift=scales.in_shift, syn_decay=None if syn_decay is None else syn_decay.reshape(shape),
                 rounding=sel.rounding, overflow="saturate", state_bits=spec.state_bits, acc_bits=spec.acc_bits,
                 coef_bits=spec.coef_bits, decay_bits=spec.decay_bits, **rules)
+    current_bias = synapse_bias = None
+    if sel.current_bias is not None:  # the current-bias register
+        c_bias, current_bias = encode_current_bias(n, sel.current_bias, q, spec.c_bias, node.syn_decay)
+        fx = dataclasses.replace(fx, c_bias=c_bias.reshape(shape))
+        synapse_bias = (c_bias * q).reshape(shape)
     # Dequantized float neuron: the integers times their scales.
     theta_q = np.stack([coef[k] / (q ** (k - 1) * 2.0 ** f[k]) for k in range(d + 1)])
     ir = Neuron(shape=shape, poly=theta_q.reshape(d + 1, *shape), v_th=(vth_int * q).reshape(shape),
@@ -383,7 +454,40 @@ def encode_poly(sel: Selection, scales: ScalePlan, target: Target) -> EncodedLay
         },
         approximations=list(sel.approximations),
     )
-    return EncodedLayer(fx, ir, rec, scales)
+    if current_bias is not None:
+        rec.proof["current_bias"] = current_bias
+    return EncodedLayer(fx, ir, rec, scales, synapse_bias=synapse_bias)
+
+
+def encode_current_bias(name: str, bias: Array, q: float, c_range: tuple[int, int],
+                        syn_decay: Array | None) -> tuple[Array, dict[str, Any]]:
+    """The current-bias register of a layer: ``c_bias = rint(b / q)`` (int64, flat), ``b`` the
+    constant input per step (real current into v, flat), rounded to nearest (half to even) on the
+    current's grid, the state scale ``q`` (real per LSB); and what the layer record says of it:
+    the scale, the rounding, the largest integer, the largest error per step and at the steady
+    state (``/ (1 - alpha)``), the neurons whose non-zero bias rounds to 0 (also warned,
+    ``LNMDeployWarning``). ``NumericError`` when it exceeds the register's range ``c_range``."""
+    scale = q
+    b = np.asarray(bias, np.float64).reshape(-1)
+    c_bias = np.rint(b / scale).astype(np.int64)
+    if c_bias.size and (c_bias.min() < c_range[0] or c_bias.max() > c_range[1]):
+        raise NumericError(f"the current bias needs [{c_bias.min()}, {c_bias.max()}] state LSBs "
+                           f"({scale:.3g} per LSB); the register holds {list(c_range)}", node=name)
+    err = np.abs(c_bias * scale - b)
+    alpha = np.zeros_like(b) if syn_decay is None else np.asarray(syn_decay, np.float64).reshape(-1)
+    lost = np.flatnonzero((b != 0) & (c_bias == 0))
+    if lost.size:
+        warnings.warn(f"layer '{name}': the current bias of {lost.size} neuron(s) rounds to 0 at the state "
+                      f"scale {scale:.3g} (largest lost |bias| {float(np.max(np.abs(b[lost]))):.3g} per step)",
+                      LNMDeployWarning, stacklevel=4)
+    return c_bias, {
+        "register": "c_bias", "scale_real_per_lsb": scale,
+        "rounding": "nearest (half to even) on the current's grid, the state scale q",
+        "max_abs_int": int(np.max(np.abs(c_bias))) if c_bias.size else 0,
+        "max_abs_error_real_per_step": float(err.max()) if err.size else 0.0,
+        "max_abs_error_real_steady_state": float(np.max(err / np.maximum(1.0 - alpha, 1e-12))) if err.size else 0.0,
+        "rounded_to_zero": [int(i) for i in lost],
+    }
 
 
 def encode_bias(name: str, bias: Array, q: float, mant: tuple[int, int], exp: tuple[int, int],
@@ -483,7 +587,7 @@ def spike_rule_unsupported(node: Node) -> str:
 
 def poly_rule_unsupported(node: Node, target: Target) -> str:
     """Why the target's polynomial neuron cannot run ``node``'s spike rule ("" when it can): it
-    runs ``>=``, the floor and graded spikes (``docs/fixed-point.md`` 5.1), the last only where the
+    runs ``>=``, the floor and graded spikes (``docs/fixed-point.md`` 5.2), the last only where the
     target's ``[poly] max_spike_payload`` exceeds 1."""
     spec = target.poly
     if getattr(node, "graded", False) and (spec is None or spec.max_spike_payload <= 1):

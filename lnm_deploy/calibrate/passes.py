@@ -216,6 +216,10 @@ class Selection:
     distinct: Array | None = None
     fit: dict[str, Any] = field(default_factory=dict)
     approximations: tuple[str, ...] = ()
+    #: (poly with a synapse, on a target with a current-bias register) the layer's constant input
+    #: per step into the synaptic current (real current into v, flat (N,)): kept out of ``coef[0]``
+    #: and encoded in the register (``FxPoly.c_bias``); None where it is folded into ``coef[0]``.
+    current_bias: Array | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,9 @@ class EncodedLayer:
     ir: Node
     record: LayerRecord
     plan: ScalePlan
+    #: The constant the layer's synapses add per step in the dequantized graph (real, neuron-shaped:
+    #: the current-bias register times its scale), on the bias of its first same-step synapse; None.
+    synapse_bias: Array | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -799,10 +806,12 @@ def assemble(mapped: MappedGraph, layers: dict[str, EncodedLayer], target: Targe
             ir_edges += [(src_fx, s.name), (s.name, n)]
             if s.delayed:  # a recurrent synapse delivers the previous step's spikes
                 delays.add((s.name, n))
+        if enc.synapse_bias is not None:  # the current-bias register, in the dequantized graph
+            _put_synapse_bias(n, ir_nodes, plans, enc.synapse_bias)
         fx_nodes[n] = enc.fx
         ir_nodes[n] = enc.ir
         # The static bounds fxsim and the ONNX builder use (fixedpoint.contract), for any input
-        # (binary, or a graded source's counts up to its payload: docs/fixed-point.md 5.1): which
+        # (binary, or a graded source's counts up to its payload: docs/fixed-point.md 5.2): which
         # wraps, corrections and saturations can act at all (docs/fixed-point.md 4.3).
         in_bound = neuron_input_bound([synapse_bounds(fx_nodes[p.synapse.name], p.synapse.name,
                                                       _source_payload(p.synapse.source, fx_nodes, layers)).out
@@ -824,6 +833,22 @@ def assemble(mapped: MappedGraph, layers: dict[str, EncodedLayer], target: Targe
                 delays=frozenset(delays))
     deq.schedule()
     return Quantized(fx=fx, graph=deq, layers=records)
+
+
+def _put_synapse_bias(name: str, ir_nodes: dict[str, Node], plans: tuple[SynapsePlan, ...], bias: Array) -> None:
+    """Give the dequantized Affine / Conv2d of the layer's first same-step synapse (a delayed one
+    delivers nothing at step 0) the bias ``bias`` (real, neuron-shaped; per channel for a conv)."""
+    s = next((p.synapse for p in plans if not p.synapse.delayed), plans[0].synapse)
+    node = ir_nodes[s.name]
+    if isinstance(node, Affine):
+        ir_nodes[s.name] = dataclasses.replace(node, bias=np.asarray(bias, np.float64).reshape(-1))
+        return
+    assert isinstance(node, Conv2d)
+    per_channel = np.asarray(bias, np.float64).reshape(node.weight.shape[0], -1)
+    if not np.all(per_channel == per_channel[:, :1]):
+        raise UnsupportedError("the current bias differs within a channel and a convolution carries one bias per "
+                               "channel", node=name)
+    ir_nodes[s.name] = dataclasses.replace(node, bias=per_channel[:, 0].copy())
 
 
 def quantize_mapped(mapped: MappedGraph, ranges: dict[str, NeuronRange], target: Target, *,

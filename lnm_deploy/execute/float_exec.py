@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from lnm_deploy.core.results import RunResult
-from lnm_deploy.errors import UnsupportedError
+from lnm_deploy.errors import NumericError, UnsupportedError
 from lnm_deploy.ir import FloatStep, Graph, Node, Schedule
 from lnm_deploy.ir.ops import conv2d, horner, pool2d
 from lnm_deploy.progress import progress as progress_bar
@@ -59,6 +59,18 @@ def initial_values(graph: Graph, sched: Schedule, steps_fn: Mapping[str, Step], 
     return vals
 
 
+def spike_dtype(max_count: int | None) -> np.dtype:
+    """The record dtype of a layer's spikes: uint8 for binary spikes and counts up to 255, uint16 /
+    uint32 for larger counts; an unbounded count (None) is recorded in uint32 (``run_float`` raises
+    ``NumericError`` for a step beyond it rather than wrap)."""
+    if max_count is None:
+        return np.dtype(np.uint32)
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if max_count <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint32)
+
+
 def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike = np.float64,
               progress: bool = False, keep_outputs: Collection[str] = (),
               keep_inputs: Collection[str] = ()) -> RunResult:
@@ -87,7 +99,11 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
     stateful = {n: st for n, st in steps_fn.items() if st.state_names}
     spiking = [n for n in sched.order if graph.nodes[n].emits_spikes]
     # Every row of the records is written by the loop below: no zero-filling.
-    spikes = {n: np.empty((batch, steps, *sched.shapes[n]), dtype=np.uint8) for n in spiking}
+    spikes = {n: np.empty((batch, steps, *sched.shapes[n]), dtype=spike_dtype(graph.nodes[n].max_spike_count))
+              for n in spiking}
+    # graded layers whose counts could outgrow their record: checked every step, never wrapped
+    unbounded = {n: int(np.iinfo(spikes[n].dtype).max) for n in spiking}
+    unbounded = {n: hi for n, hi in unbounded.items() if (graph.nodes[n].max_spike_count or hi + 1) > hi}
     states: dict[str, dict[str, Array]] = {}
     if record:
         states = {n: {k: np.empty((batch, steps, *st.state(k).shape[1:]), dtype=dtype) for k in st.state_names}
@@ -124,6 +140,10 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
                 values[n] = np.empty((batch, steps, *cur[n].shape[1:]), dtype=cur[n].dtype)
             values[n][:, t] = cur[n]
         for n in spiking:
+            if n in unbounded and cur[n].size and float(cur[n].max()) > unbounded[n]:
+                raise NumericError(f"{float(cur[n].max()):.0f} spikes in one step at step {t}: more than the "
+                                   f"{unbounded[n]} a spike record holds (the membrane is far above the "
+                                   "threshold; give the layer max_spikes or check the input scale)", node=n)
             spikes[n][:, t] = cur[n]
         if record:
             for n, st in stateful.items():

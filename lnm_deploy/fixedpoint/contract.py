@@ -14,6 +14,7 @@ quantizer's records share: each is a proven bound on an absolute value, in integ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ INPUT_BOUND = 1 << (INPUT_BITS - 1)
 @dataclass(frozen=True)
 class SynapseBounds:
     """Static bounds of a synapse (``docs/fixed-point.md`` section 3) on input spikes ``0 <= s <=
-    payload`` (1: binary; a graded source's ``max_payload``, section 5.1).
+    payload`` (1: binary; a graded source's ``max_payload``, section 5.2).
 
     ``acc``: ``payload * max_o sum_i |w[o, i]|``, a bound on the exact accumulator ``|acc[o]|``;
     ``out``: a bound on ``|y| = |wrap_out(shexp(acc, weight_exp))|``; ``wraps``: whether the wrap
@@ -180,8 +181,9 @@ def lif_bounds(node: FxLIF, input_bound: int) -> LIFBounds:
 class PolyParams:
     """The parameters of one ``FxPoly`` step (section 5): ``coef`` (d+1, ...) ascending,
     ``shifts`` (d,), ``vth``/``v_reset`` per neuron, ``kc = 2**D - syn_decay`` per neuron or
-    ``None`` without a current state; widths S (state), R (Horner register), D (decay); the spike
-    rules of section 5.1: ``threshold`` (">" or ">="), ``max_payload`` (1: binary) and
+    ``None`` without a current state; widths S (state), R (Horner register), D (decay).
+    ``c_bias``: the current-bias register per neuron (added to ``x`` in step 1), None for none.
+    The spike rules of section 5.2: ``threshold`` (">" or ">="), ``max_payload`` (1: binary) and
     ``v_floor`` (per neuron, or None)."""
 
     coef: Array
@@ -196,6 +198,7 @@ class PolyParams:
     state_bits: int
     acc_bits: int
     decay_bits: int
+    c_bias: Array | None = None
     threshold: str = ">"
     max_payload: int = 1
     v_floor: Array | None = None
@@ -203,16 +206,22 @@ class PolyParams:
     @classmethod
     def of(cls, node: FxPoly) -> PolyParams:
         kc = None if node.syn_decay is None else (1 << node.decay_bits) - np.asarray(node.syn_decay, np.int64)
-        return cls(coef=node.coef.astype(np.int64), shifts=tuple(node.shifts),
+        params = cls(coef=node.coef.astype(np.int64), shifts=tuple(node.shifts),
                    vth=np.asarray(node.vth, dtype=np.int64), v_reset=np.asarray(node.v_reset, dtype=np.int64),
                    reset=node.reset, in_shift=node.in_shift, kc=kc, rounding=node.rounding,
                    overflow=node.overflow, state_bits=node.state_bits, acc_bits=node.acc_bits,
                    decay_bits=node.decay_bits, threshold=node.threshold, max_payload=node.max_payload,
-                   v_floor=None if node.v_floor is None else np.asarray(node.v_floor, dtype=np.int64))
+                     v_floor=None if node.v_floor is None else np.asarray(node.v_floor, dtype=np.int64))
+        if node.c_bias is None:
+            return params
+        return dataclasses.replace(params, c_bias=np.asarray(node.c_bias, dtype=np.int64))
 
 
 def poly_input(p: PolyParams, a: Array) -> Array:
-    """Step 1 of section 5: ``x = a * 2**in_shift`` for int64 ``a``."""
+    """Step 1 of section 5: ``x = a * 2**in_shift + c_bias`` for int64 ``a`` (``x = a *
+    2**in_shift`` without a current-bias register)."""
+    if p.c_bias is not None:
+        return (a << p.in_shift) + p.c_bias
     return a << p.in_shift
 
 
@@ -220,7 +229,7 @@ def poly_update(p: PolyParams, state: State, x: Array) -> tuple[State, Array]:
     """Steps 2-7 of section 5 on the states ``{"v", "c"}`` (int64, not modified; without a
     current state ``c`` is ``ovf_S(x)``) and ``x = poly_input(p, a)``. Returns the new states and
     the spikes: bool, or for a graded neuron (``max_payload > 1``) the counts, int64 in
-    ``0..max_payload`` (section 5.1)."""
+    ``0..max_payload`` (section 5.2)."""
     S, R, rnd, ovf = p.state_bits, p.acc_bits, p.rounding, p.overflow
     if p.kc is not None:
         c = overflow(rshift(state["c"] * p.kc, p.decay_bits, rnd) + x, S, ovf)
@@ -243,7 +252,7 @@ def poly_update(p: PolyParams, state: State, x: Array) -> tuple[State, Array]:
 
 
 def _poly_spike_rules(p: PolyParams, vp: Array, c: Array) -> tuple[State, Array]:
-    """Steps 5-7 of section 5 with the rules of section 5.1 (``>=``, graded counts, the floor)."""
+    """Steps 5-7 of section 5 with the rules of section 5.2 (``>=``, graded counts, the floor)."""
     fired = vp >= p.vth if p.threshold == ">=" else vp > p.vth
     if p.max_payload > 1:  # vth >= 1 (FxPoly.validate): the count is at least 1 where fired
         s: Array = np.where(fired, np.clip(vp // np.maximum(p.vth, 1), 1, p.max_payload), 0).astype(np.int64)
@@ -276,7 +285,9 @@ class PolyBounds:
 
 
 def poly_bounds(node: FxPoly, input_bound: int) -> PolyBounds:
-    """``PolyBounds`` of ``node`` for neuron inputs ``|a| <= input_bound``."""
+    """``PolyBounds`` of ``node`` for neuron inputs ``|a| <= input_bound`` (``|x|`` includes the
+    current-bias register: ``(input_bound << in_shift) + max |c_bias|``)."""
     S, R = node.state_bits, node.acc_bits
-    return PolyBounds(x=input_bound << node.in_shift, decay_product=1 << (S - 1 + node.decay_bits),
+    c_bias = 0 if node.c_bias is None else int(np.abs(np.asarray(node.c_bias)).max(initial=0))
+    return PolyBounds(x=(input_bound << node.in_shift) + c_bias, decay_product=1 << (S - 1 + node.decay_bits),
                       horner_product=1 << (R + S - 2))

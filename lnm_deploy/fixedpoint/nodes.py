@@ -330,9 +330,9 @@ class FxLIF(FxNeuron):
     def limits(decay_bits: int, vth_shift: int) -> dict[str, Range]:
         """The range (inclusive) of every width and parameter, for the given ``decay_bits`` and
         ``vth_shift``; a target's ``[neurons.lif]`` section lies inside them (checked on load)."""
-        unity = 1 << decay_bits
+        unity = 1 << min(max(int(decay_bits), 1), 16)  # an out-of-range decay_bits is refused by its own range
         return {"state_bits": (2, 30), "decay_bits": (1, 16), "vth_shift": (0, 16), "act_shift": (0, 16),
-                "du": (0, unity - 1), "dv": (0, unity - 1), "vth": (0, INT32_MAX >> vth_shift),
+                "du": (0, unity - 1), "dv": (0, unity - 1), "vth": (0, INT32_MAX >> min(max(int(vth_shift), 0), 16)),
                 "bias_mant": (-(2**15), 2**15 - 1), "bias_exp": (-15, 15)}
 
     def validate(self, name: str) -> None:
@@ -363,8 +363,13 @@ class FxPoly(FxNeuron):
     state grid), so a calibrator picks one scale per term. ``shifts`` has ``degree`` entries. S =
     ``state_bits``, R = ``acc_bits`` (Horner register), D = ``decay_bits``; ``rnd`` is
     ``rounding``, ``ovf`` is ``overflow``. ``syn_decay`` is None for no current state.
+
+    ``c_bias`` (per neuron, or None: none) is the current-bias register (section 5, step 1): a
+    constant added to the shifted input every step, on the current's (state) grid, ``x = (a <<
+    in_shift) + c_bias``, before the current update; ``|c_bias| <= 2**(S-1) - 1``.
+
     ``threshold``, ``max_payload`` (1..``MAX_PAYLOAD``; graded needs ``vth >= 1``) and ``v_floor``
-    (per neuron, None: no floor) were added after the first version (section 5.1); at their
+    (per neuron, None: no floor) were added after the first version (section 5.2); at their
     defaults the neuron is the binary one above and encodes as before.
     """
 
@@ -388,6 +393,7 @@ class FxPoly(FxNeuron):
     threshold: str = field(default=">", metadata=OMIT_DEFAULT)
     max_payload: int = field(default=1, metadata=OMIT_DEFAULT)
     v_floor: np.ndarray | int | None = None
+    c_bias: np.ndarray | int | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -412,6 +418,12 @@ class FxPoly(FxNeuron):
                 setattr(self, name, np.broadcast_to(a, self.shape).copy())
             except ValueError as e:
                 raise GraphError(f"'{name}' of shape {a.shape} does not fit {self.shape}", node="poly") from e
+        if self.c_bias is not None:  # the current-bias register: per neuron
+            cb = _iarr("poly", "c_bias", self.c_bias)
+            try:
+                self.c_bias = np.broadcast_to(cb, self.shape).copy()
+            except ValueError as e:
+                raise GraphError(f"'c_bias' of shape {cb.shape} does not fit {self.shape}", node="poly") from e
 
     @property
     def degree(self) -> int:
@@ -437,7 +449,8 @@ class FxPoly(FxNeuron):
         """The range (inclusive) of every width and shift, for the given state and register widths;
         a target's ``[neurons.poly]`` section lies inside them (checked on load)."""
         return {"degree": POLY_DEGREES, "state_bits": (2, 32), "acc_bits": (2, 64 - state_bits),
-                "coef_bits": (2, acc_bits), "decay_bits": (1, 16), "in_shift": (0, 31), "shifts": (0, 62)}
+                "coef_bits": (2, acc_bits), "decay_bits": (1, 16), "in_shift": (0, 31), "shifts": (0, 62),
+                "c_bias": (-(2 ** (state_bits - 1) - 1), 2 ** (state_bits - 1) - 1)}
 
     def validate(self, name: str) -> None:
         if self.reset not in self.RESETS:
@@ -474,6 +487,8 @@ class FxPoly(FxNeuron):
                              f"vth >= 1 everywhere, got min {np.asarray(self.vth).min()}", node=name)
         if self.v_floor is not None:
             _check_range(name, "v_floor", self.v_floor, -sm, sm)
+        if self.c_bias is not None:
+            _check_range(name, "c_bias", self.c_bias, *lim["c_bias"])
 
 
 def fx_node_types() -> dict[str, type[FxNode]]:

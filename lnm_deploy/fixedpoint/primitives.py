@@ -266,7 +266,9 @@ def check_lif_rules(c: SpecCheck, spec: Any) -> None:
 class PolySpec:
     """``[poly]``: the programmable polynomial neuron (``FxPoly``, section 5).
 
-    ``max_spike_payload``: the largest graded spike count a layer may send (section 5.1), 1..255
+    ``c_bias``: the range of the current-bias register (``FxPoly.c_bias``, state LSBs);
+    optional in a target file, ``(0, 0)`` (the default) for a neuron without one.
+    ``max_spike_payload``: the largest graded spike count a layer may send (section 5.2), 1..255
     (``MAX_PAYLOAD``: spike arrays are uint8 everywhere); 1 = binary spikes only. Optional in a
     file (default 1: the files and artifacts written before it existed)."""
 
@@ -281,11 +283,13 @@ class PolySpec:
     overflow: tuple[str, ...]
     reset: tuple[str, ...]
     synapse: bool
-    max_spike_payload: int = field(default=1, kw_only=True, metadata={"optional": True})
+    c_bias: Range = field(default=(0, 0), kw_only=True)
+    max_spike_payload: int = field(default=1, kw_only=True)
 
     def check(self, c: SpecCheck) -> None:
         c.width("max_spike_payload", self.max_spike_payload, (1, MAX_PAYLOAD))
         lim = FxPoly.limits(self.state_bits, self.acc_bits)
+        c.within("c_bias", self.c_bias, lim["c_bias"])
         c.width("max_degree", self.max_degree, lim["degree"])
         for key in ("state_bits", "acc_bits", "coef_bits", "decay_bits"):
             c.width(key, getattr(self, key), lim[key])
@@ -386,6 +390,11 @@ def check_poly(name: str, n: FxPoly, t: Target) -> None:
     _member(name, "reset", n.reset, s.reset, t.name)
     if n.has_synapse and not s.synapse:
         raise UnsupportedError(f"target '{t.name}' has no current (synapse) state", node=name)
+    if n.c_bias is not None and np.any(n.c_bias != 0) and tuple(s.c_bias) == (0, 0):
+        raise UnsupportedError(f"target '{t.name}' has no current-bias register (its c_bias range is [0, 0]); "
+                               "fold the bias into coef[0] at its steady state (calibrate does)", node=name)
+    if n.c_bias is not None:
+        _in(name, "c_bias", n.c_bias, s.c_bias, t.name)
     if n.max_payload > s.max_spike_payload:
         raise GraphError(f"max_payload {n.max_payload} exceeds target '{t.name}' max_spike_payload "
                          f"{s.max_spike_payload}", node=name)
@@ -417,7 +426,7 @@ def synapse_bounds(node: FxNode, name: str | None = None, payload: int = 1) -> c
 
 def input_payloads(graph: FxGraph) -> dict[str, int]:
     """For every synapse of ``graph`` (an ``FxGraph``), the largest value its input spikes carry
-    (``docs/fixed-point.md`` 5.1): 1 where it reads the input or a binary layer, the source's
+    (``docs/fixed-point.md`` 5.2): 1 where it reads the input or a binary layer, the source's
     ``spike_payload()`` (a graded ``FxPoly``'s ``max_payload``) where it reads a graded layer,
     through any reshape. What every bound on the synapse's accumulator multiplies by."""
     sched = graph.schedule()

@@ -184,7 +184,7 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks
     runs the same three Horner steps. ``adds``/``tmasks``/``dadd``/``dtmask``: ``round_consts``
     of each shift and of the decay; ``half_s``/``half_r``: ``2**(S-1)``, ``2**(R-1)``; ``sat``:
     saturate (else wrap); per-neuron ``kc = 2**D - syn_decay``, ``vth``, ``v_reset`` (N,).
-    Section 5.1: ``ge`` (test ``v' >= vth``), ``max_payload`` (1: binary; else the count
+    Section 5.2: ``ge`` (test ``v' >= vth``), ``max_payload`` (1: binary; else the count
     ``min(v' // vth, max_payload)``), ``v_floor`` (N,) (``-2**(S-1)`` where there is none: then
     the identity). ``spikes`` is uint8 (a bool array is passed as its uint8 view)."""
     steps, batch, n_neurons = a.shape

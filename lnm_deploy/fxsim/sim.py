@@ -243,7 +243,7 @@ SYNAPSES: dict[str, type[_Synapse]] = {"dense": _Dense, "conv2d": _Conv}
 
 def _make_synapse(name: str, node: FxNode, kern: Any, payload: int = 1) -> _Synapse:
     """The synapse engine of ``node``; ``payload``: the largest input spike value (graded source,
-    ``docs/fixed-point.md`` 5.1), which its bounds include. The event kernels read binary spikes
+    ``docs/fixed-point.md`` 5.2), which its bounds include. The event kernels read binary spikes
     only: a synapse fed by a graded layer runs the exact product path (no kernel)."""
     cls = lookup(SYNAPSES, primitive_of(node, name).kind, "fxsim's synapse engine", name)
     out: _Synapse = cls(node, kern) if payload == 1 else cls(node, None, payload=payload)
@@ -440,6 +440,9 @@ class _PolyRun(_NeuronRun):
         self.kc = self.params.kc
         self.coef = self.params.coef
         self.vth = self.params.vth
+        # The current-bias register (docs/fixed-point.md 5, step 1): the kernel then reads
+        # x = (a << in_shift) + c_bias, computed here, with its own in_shift set to 0.
+        self.c_bias = self.params.c_bias
         if kern is not None:
             n = int(np.prod(node.shape))
 
@@ -459,10 +462,12 @@ class _PolyRun(_NeuronRun):
                           *kern.round_consts(node.decay_bits, node.rounding), per_neuron(self.vth),
                           node.reset == "value", per_neuron(node.v_reset), 1 << (self.S - 1), 1 << (self.R - 1),
                           node.overflow == "saturate")
-            # docs/fixed-point.md 5.1: the spike test, the payload cap and the floor (-2**(S-1), the
+            # docs/fixed-point.md 5.2: the spike test, the payload cap and the floor (-2**(S-1), the
             # lowest ovf_S value, where there is none: max() is then the identity)
             self.kargs += (node.threshold == ">=", node.max_payload,
                            per_neuron(-(1 << (self.S - 1)) if node.v_floor is None else node.v_floor))
+            if self.c_bias is not None:
+                self.kargs = (*self.kargs[:4], 0, *self.kargs[5:])  # in_shift (argument 4): applied in run()
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
         if self.kern is None:
@@ -473,8 +478,9 @@ class _PolyRun(_NeuronRun):
         if rec is not None:
             rv = _reshaped(rec["v"], flat)
             rc = _reshaped(rec["c"], flat) if "c" in rec else _NO_REC
+        a_in = a.a if self.c_bias is None else poly_input(self.params, a.as_int())
         with self.kern.LOCK:
-            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a.a).reshape(flat), self.v.reshape(flat[1:]),
+            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a_in).reshape(flat), self.v.reshape(flat[1:]),
                                  self.c.reshape(flat[1:]), out.reshape(flat).view(np.uint8), rv, rc, rec is not None,
                                  *self.kargs)
         return None

@@ -157,8 +157,15 @@ class Node:
 
     @property
     def emits_spikes(self) -> bool:
-        """True when its output is 0/1 spikes (recorded in ``RunResult.spikes``)."""
+        """True when its output is spikes (recorded in ``RunResult.spikes``): 0/1, or counts up to
+        ``max_spike_count`` per step."""
         return False
+
+    @property
+    def max_spike_count(self) -> int | None:
+        """The most spikes per step and neuron its output holds: 1 (binary spikes), a larger count
+        (graded spikes) or None (unbounded). Read only where ``emits_spikes``."""
+        return 1
 
     @property
     def spike_source(self) -> bool:
@@ -550,6 +557,10 @@ class Neuron(Node):
     @property
     def emits_spikes(self) -> bool:
         return self.spiking
+
+    @property
+    def max_spike_count(self) -> int | None:
+        return self.max_spikes
 
     @property
     def time_step(self) -> float | None:

@@ -132,7 +132,7 @@ class _Plan:
     depth: dict[str, int] = field(default_factory=dict)
     spike_src: dict[str, tuple[str, bool]] = field(default_factory=dict)  # synapse -> (origin, flattened)
     recurrent: dict[str, list[str]] = field(default_factory=dict)  # neuron -> its self-loop synapses
-    #: synapse -> the largest value its input spikes carry (> 1: a graded source, fixed-point.md 5.1)
+    #: synapse -> the largest value its input spikes carry (> 1: a graded source, fixed-point.md 5.2)
     payload: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -272,7 +272,7 @@ def _check_conv(name: str, node: FxConv2d) -> None:
 def _check_graded_dense(name: str, node: FxDense, payload: int) -> None:
     """Lava's Dense with ``num_message_bits > 0`` multiplies ``weights @ s`` in int32: exact under
     the contract's ``wrap_32`` when ``weight_exp >= 0`` (the wrap commutes with the left shift),
-    otherwise only while ``payload * sum |w| < 2^31`` (fixed-point.md 5.1)."""
+    otherwise only while ``payload * sum |w| < 2^31`` (fixed-point.md 5.2)."""
     acc = synapse_bounds(node, name, payload).acc
     if node.weight_exp < 0 and acc >= 2**31:
         raise UnsupportedError(f"fed graded spikes (counts up to {payload}), its accumulator reaches {acc} >= 2^31 "
@@ -539,6 +539,7 @@ class _Network:
             shape=shp, coef=np.stack([to_lava(c) for c in node.coef]), shifts=node.shifts,
             vth=to_lava(node.vth), v_reset=to_lava(node.v_reset), v_init=to_lava(node.v_init),
             c_init=to_lava(node.c_init),
+            c_bias=None if node.c_bias is None else to_lava(node.c_bias),
             syn_decay=None if node.syn_decay is None else to_lava(node.syn_decay),
             reset=node.reset, rounding=node.rounding, overflow=node.overflow,
             in_shift=node.in_shift, state_bits=node.state_bits, acc_bits=node.acc_bits,

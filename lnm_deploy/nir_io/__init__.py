@@ -14,7 +14,8 @@ from lnm_deploy.nir_io.read import (
     from_nir,
     read_nir,
     read_nir_graph,
+    reading_summary,
 )
 from lnm_deploy.nir_io.write import to_nir, write_nir
 
-__all__ = ["DEFAULT_DT", "PRODUCERS", "READ_OPTIONS_KEY", "flatten_graph", "from_nir", "read_nir", "read_nir_graph", "to_nir", "write_nir"]
+__all__ = ["DEFAULT_DT", "PRODUCERS", "READ_OPTIONS_KEY", "flatten_graph", "from_nir", "read_nir", "read_nir_graph", "reading_summary", "to_nir", "write_nir"]

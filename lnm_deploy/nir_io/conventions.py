@@ -48,14 +48,19 @@ from typing import Any
 
 import numpy as np
 
-LNM_FORMAT = 1  # version of the metadata layout below; bump on incompatible changes
+LNM_FORMAT = 2  # the newest version of the metadata layout below this reader reads
+#: Format 2 added the spike rules of a neuron (``lnm_threshold``, ``lnm_max_spikes``, ``lnm_v_floor``);
+#: a file is written as format 1 when no neuron uses them, so older readers still read it.
+LNM_FORMAT_PLAIN = 1
 
 DISCRETISATION = "forward-euler"
-THRESHOLD_TEST = "v > v_th"
+THRESHOLD_TEST = "v > v_th (v >= v_th where a neuron's lnm_threshold is '>=')"
 TIMING = (
     "per step t: c[t] = syn_decay*c[t-1] + syn_gain*x[t] (no synapse: c[t] = x[t]); "
-    "v'[t] = P(v[t-1]) + in_gain*c[t], P by Horner; s[t] = v'[t] > v_th; v[t] = v_reset "
-    "(reset 'value') or v'[t] - v_th (reset 'subtract') where s[t], else v'[t]; states start at 0; "
+    "v'[t] = P(v[t-1]) + in_gain*c[t], P by Horner; f[t] = v'[t] > v_th (or >=, lnm_threshold); "
+    "s[t] = f[t], or f[t]*clip(floor(v'[t]/v_th), 1, lnm_max_spikes) where lnm_max_spikes is written; "
+    "v[t] = v_reset (reset 'value') or v'[t] - s[t]*v_th (reset 'subtract') where f[t], else v'[t], "
+    "then max(v[t], lnm_v_floor) where written; states start at 0; "
     "input x[t] acts in the same step; recurrent (back) edges deliver the previous step's value"
 )
 FIT_DESCRIPTION = (
@@ -89,7 +94,7 @@ SYNAPSE_RULES = ("euler", "jump", "exp-after-input")
 INTEGRATOR_RULES = ("dt*r", "r")
 RESET_MODES_READ = ("value", "subtract")
 THRESHOLD_TESTS = (">", ">=")
-SPIKE_MULTIPLICITY = ("single", "multi")
+SPIKE_MULTIPLICITY = ("single", "multi")  # or a positive integer N: at most N spikes per step
 INPUT_LAYOUTS = ("features", "time-first")
 
 
@@ -110,8 +115,15 @@ class Convention:
       Norse) or ``"exp-after-input"`` (``i = exp(-dt/tau_syn) (i + w_in x)``, Rockpool).
     - ``integrator`` (IF / I): ``"dt*r"`` (forward Euler of ``dv/dt = r I``) or ``"r"`` (``v += r x``).
     - ``reset``: ``"value"`` (to ``v_reset``) or ``"subtract"`` (``v - v_th``).
-    - ``threshold``: the spike test, ``">"`` or ``">="``. lnm-deploy's neurons test ``v > v_th``.
-    - ``spikes``: ``"single"`` (at most one per step) or ``"multi"`` (``floor(v / v_th)`` per step).
+    - ``threshold``: the spike test, ``">"`` or ``">="`` (read into ``Neuron.threshold``).
+    - ``spikes``: ``"single"`` (at most one per step), ``"multi"`` (``floor(v / v_th)`` per step, at
+      most ``multi_cap``) or a positive integer N (``floor(v / v_th)`` per step, at most N: Sinabs
+      ``MaxSpike(N)``, Rockpool ``max_spikes_per_dt=N``); read into ``Neuron.max_spikes``.
+    - ``multi_cap``: the bound of ``"multi"``: None (unbounded: Sinabs ``MultiSpike``) or an
+      integer (Rockpool's ``max_spikes_per_dt`` default 2**16).
+    - ``v_floor``: the membrane's lower bound after reset (``Neuron.v_floor``): None (none), a
+      number, or ``"-v_th"`` (minus each neuron's threshold, what Sinabs' own ``from_nir`` gives its
+      IAF); never in a file, only stated by the user (``--v-floor``).
     - ``input_layout``: ``"features"`` (the Input's shape is one step's) or ``"time-first"`` (the
       exporter traced a ``(batch, time, features)`` sample, so an MLP's Input shape is ``(T, N)``).
     - ``membrane_floor``: the framework can clip the membrane from below (Sinabs ``min_v_mem``).
@@ -129,28 +141,78 @@ class Convention:
     integrator: str = "dt*r"
     reset: str = "value"
     threshold: str = ">"
-    spikes: str = "single"
+    spikes: str | int = "single"
     input_layout: str = "features"
     membrane_floor: bool = False
     drops: str = ""
     detect: str = ""
+    multi_cap: int | None = None
+    v_floor: float | str | None = None
 
-    def with_options(self, **options: str | None) -> Convention:
-        """This convention with the fields a user stated (``reset``, ``threshold``, ``spikes``);
-        ``ValueError`` naming the allowed values for a bad one."""
-        allowed = {"reset": RESET_MODES_READ, "threshold": THRESHOLD_TESTS, "spikes": SPIKE_MULTIPLICITY}
+    def with_options(self, **options: Any) -> Convention:
+        """This convention with the fields a user stated (``reset``, ``threshold``, ``spikes``,
+        ``v_floor``); ``ValueError`` naming the allowed values for a bad one."""
+        allowed = {"reset": RESET_MODES_READ, "threshold": THRESHOLD_TESTS, "spikes": SPIKE_MULTIPLICITY,
+                   "v_floor": ()}
         given: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
         for k, v in given.items():
             if k not in allowed:
                 raise ValueError(f"unknown reading option {k!r}; options: {', '.join(allowed)}")
-            if v not in allowed[k]:
+            if k == "spikes":
+                given[k] = spikes_option(v)
+            elif k == "v_floor":
+                given[k] = v_floor_option(v)
+            elif v not in allowed[k]:
                 raise ValueError(f"{k}={v!r}: choose one of {', '.join(allowed[k])}")
         return replace(self, **given) if given else self
 
+    @property
+    def max_spikes(self) -> int | None:
+        """``Neuron.max_spikes`` of this convention's spiking neurons: 1 (``"single"``), N, or
+        ``multi_cap`` (``"multi"``: None is unbounded)."""
+        if self.spikes == "single":
+            return 1
+        if self.spikes == "multi":
+            return self.multi_cap
+        return int(self.spikes)
+
     def describe(self) -> dict[str, Any]:
         """The declarative fields as plain data (recorded in the graph's ``read_options``)."""
-        return {k: getattr(self, k) for k in ("dt", "leak", "leak_gain", "synapse", "integrator", "reset",
-                                              "threshold", "spikes", "input_layout", "membrane_floor")}
+        out = {k: getattr(self, k) for k in ("dt", "leak", "leak_gain", "synapse", "integrator", "reset",
+                                             "threshold", "spikes", "input_layout", "membrane_floor")}
+        out["max_spikes"] = self.max_spikes
+        out["v_floor"] = self.v_floor
+        return out
+
+
+def spikes_option(v: Any) -> str | int:
+    """A ``spikes`` reading option checked: ``"single"``, ``"multi"`` or a positive integer N (an
+    int or its decimal text); ``ValueError`` saying what is allowed."""
+    if isinstance(v, str) and v in SPIKE_MULTIPLICITY:
+        return v
+    try:
+        n = int(v)
+        ok = not isinstance(v, bool) and n >= 1 and (not isinstance(v, float) or n == v)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"spikes={v!r}: choose one of {', '.join(SPIKE_MULTIPLICITY)}, or a positive integer N "
+                         "(at most N spikes per step)")
+    return "single" if n == 1 else n
+
+
+def v_floor_option(v: Any) -> float | str:
+    """A ``v_floor`` reading option checked: a finite number or ``"-v_th"``; ``ValueError``."""
+    if isinstance(v, str) and v.strip() == "-v_th":
+        return "-v_th"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(v, bool) or not np.isfinite(f):
+        raise ValueError(f"v_floor={v!r}: give a finite number (the membrane's lower bound after reset) or "
+                         "'-v_th' (minus each neuron's threshold, as Sinabs' from_nir reads IF)")
+    return f
 
 
 CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
@@ -160,16 +222,17 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
     Convention("norse", "Norse 1.1.0", 1e-3, leak="norse", synapse="jump", integrator="r", detect="hint",
                drops="tau is written as dt/tau_inv; v_reset is not written"),
     # Sinabs 2.0 (sinabs.nir.to_nir): time constants in steps (dt = 1), alpha = exp(-1/tau),
-    # norm_input=True, MultiSpike + MembraneSubtract (the defaults), spikes where v >= v_th.
+    # norm_input=True, MultiSpike + MembraneSubtract (the defaults): (v > 0) * trunc(v / v_th)
+    # spikes (so spikes where v >= v_th, unbounded), then v -= spikes * v_th.
     Convention("sinabs", "Sinabs 2.0", 1.0, leak="exp", leak_gain="norm", integrator="r", reset="subtract",
                threshold=">=", spikes="multi", input_layout="time-first", membrane_floor=True, detect="hint",
                drops="spike_fn, reset_fn, min_v_mem and norm_input"),
     # Rockpool 3.1 (rockpool.nn.modules.torch.nir.to_nir): exponential decays exp(-dt/tau), r written
     # as tau exp(-dt/tau)/dt (so dt comes back), input added to the current before its decay,
-    # multi-spike floor(v/v_th) where v >= v_th, subtractive reset.
+    # (v >= v_th) * floor(v / v_th) spikes capped at max_spikes_per_dt (default 2**16), subtractive reset.
     Convention("rockpool", "Rockpool 3.1", None, leak="exp", leak_gain="one", synapse="exp-after-input",
                integrator="r", reset="subtract", threshold=">=", spikes="multi", detect="names",
-               drops="the bias (v_leak is written as 0) and the recurrent weights w_rec"),
+               drops="the bias (v_leak is written as 0) and the recurrent weights w_rec", multi_cap=2**16),
 )}
 
 #: Every ``producer`` name ``from_nir`` accepts: lnm-deploy's own files and the conventions above.
@@ -212,11 +275,15 @@ def exp_leak(tau: np.ndarray, r: np.ndarray, v_leak: np.ndarray, dt: float, gain
 
 
 def exp_synapse_after_input(tau_syn: np.ndarray, w_in: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rockpool's current ``i = exp(-dt/tau_syn) (i + w_in x)``: ``syn_decay = syn_gain / w_in``."""
+    """Rockpool's current ``i[t] = beta (i[t-1] + w_in x[t])``, ``beta = exp(-dt/tau_syn)``, returned
+    as ``(syn_decay, syn_gain) = (beta, w_in)`` of the *undecayed* sum ``u[t] = i[t-1] + w_in x[t] =
+    beta u[t-1] + w_in x[t]``; the membrane then takes ``i[t] = beta u[t]`` (the reader multiplies
+    the neuron's ``in_gain`` by ``beta``). Every floating-point operation is then Rockpool's own, in
+    its order: ``fl(fl(beta u) + x)`` and ``fl(beta u)`` (``w_in = 1``, what Rockpool writes)."""
     t = np.asarray(tau_syn)
     dtype = t.dtype if np.issubdtype(t.dtype, np.floating) else np.dtype(np.float64)
     decay = _f64(np.exp(-dt / _f64(t)).astype(dtype))
-    return decay, decay * _f64(w_in)
+    return decay, _f64(w_in)
 
 
 def as_array(x: Any) -> np.ndarray:

@@ -22,7 +22,8 @@ import json
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,9 @@ def read_nir(
     input_shape: tuple[int, ...] | None = None,
     reset: str | None = None,
     threshold: str | None = None,
-    spikes: str | None = None,
+    spikes: str | int | None = None,
+    v_floor: float | str | None = None,
+    readout_nodes: Sequence[str] | None = None,
 ) -> Graph:
     """Read a ``.nir`` file into a validated IR graph; see ``from_nir``.
 
@@ -185,7 +188,8 @@ def read_nir(
         UnsupportedError, NumericError: see ``from_nir``.
     """
     return from_nir(read_nir_graph(path), dt=dt, producer=producer, input_shape=input_shape,
-                    reset=reset, threshold=threshold, spikes=spikes, _source=str(path))
+                    reset=reset, threshold=threshold, spikes=spikes, v_floor=v_floor,
+                    readout_nodes=readout_nodes, _source=str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,6 +433,9 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
             ctx.unstable.append(name)
     if np.any(step.decay < 0) or np.any(step.decay > 1):
         ctx.unstable.append(name)
+    in_gain = step.in_gain
+    if syn_decay is not None and conv.synapse == "exp-after-input":
+        in_gain = in_gain * syn_decay  # the membrane takes beta * (undecayed sum): see exp_synapse_after_input
     full = lambda a: np.broadcast_to(np.asarray(a, dtype=np.float64), shape)  # noqa: E731
     spiking = t in ("LIF", "CubaLIF", "IF")
     v_th = full(p["v_threshold"]) if spiking else None
@@ -436,16 +443,22 @@ def _foreign_neuron(name: str, node: nir.NIRNode, params: dict[str, np.ndarray],
     meta: dict[str, Any] = {"nir_type": t}
     if node.metadata:
         meta["nir_metadata"] = _plain(node.metadata)
+    v_floor = None
+    if spiking and conv.v_floor is not None:
+        v_floor = -full(p["v_threshold"]) if conv.v_floor == "-v_th" else full(float(conv.v_floor))
     return Neuron(
         shape=shape,
         poly=np.stack([full(step.offset), full(step.decay)]),
         v_th=v_th,
         v_reset=v_reset,
         reset=conv.reset if spiking else "value",  # type: ignore[arg-type]
-        in_gain=full(step.in_gain),
+        in_gain=full(in_gain),
         syn_decay=None if syn_decay is None else full(syn_decay),
         syn_gain=None if syn_gain is None else full(syn_gain),
         dt=dt,
+        threshold=conv.threshold if spiking else ">",  # type: ignore[arg-type]
+        max_spikes=conv.max_spikes if spiking else 1,
+        v_floor=v_floor,
         metadata=meta,
     )
 
@@ -491,7 +504,25 @@ def exact_neuron_fields(name: str, meta: dict[str, Any]) -> dict[str, Any]:
         "syn_decay": _arr(meta["lnm_syn_decay"]) if syn else None,
         "syn_gain": _arr(_meta_get(name, meta, "lnm_syn_gain")) if syn else None,
         "dt": float(_meta_get(name, meta, "lnm_dt")),
+        # written only where they differ from the defaults (lnm_format 2): '>', 1, no floor
+        "threshold": str(meta.get("lnm_threshold", ">")),
+        "max_spikes": _max_spikes_meta(name, meta.get("lnm_max_spikes", 1)),
+        "v_floor": _arr(meta["lnm_v_floor"]) if "lnm_v_floor" in meta else None,
     }
+
+
+def _max_spikes_meta(name: str, raw: Any) -> int | None:
+    """``lnm_max_spikes`` as written by ``write.neuron_to_nir``: a positive integer or ``"unbounded"``."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf8", "replace")
+    if isinstance(raw, str):
+        if raw == "unbounded":
+            return None
+        raise GraphError(f"lnm-deploy metadata 'lnm_max_spikes' is {raw!r}, not an integer or 'unbounded'", node=name)
+    value = np.asarray(raw)
+    if value.ndim != 0 or not np.issubdtype(value.dtype, np.integer):
+        raise GraphError(f"lnm-deploy metadata 'lnm_max_spikes' is {raw!r}, not an integer or 'unbounded'", node=name)
+    return int(value)
 
 
 def warn_if_edited(name: str, node: nir.NIRNode, neuron: Neuron) -> None:
@@ -797,7 +828,9 @@ def from_nir(
     input_shape: tuple[int, ...] | None = None,
     reset: str | None = None,
     threshold: str | None = None,
-    spikes: str | None = None,
+    spikes: str | int | None = None,
+    v_floor: float | str | None = None,
+    readout_nodes: Sequence[str] | None = None,
     _source: str | None = None,
 ) -> Graph:
     """Convert a NIR graph (object or file path) into a validated IR graph.
@@ -814,23 +847,31 @@ def from_nir(
             by its node names (warned); anything else is read as generic NIR.
         input_shape: the Input's shape (no batch, no time), when the graph does not record it or
             records it wrongly.
-        reset, threshold, spikes: what the file cannot say about the source neurons, overriding the
-            producer's convention (``conventions.CONVENTIONS``): ``reset`` ``"value"`` or
-            ``"subtract"`` (applied exactly), ``threshold`` ``">"`` or ``">="``, ``spikes``
-            ``"single"`` or ``"multi"``; lnm-deploy's neurons test ``v > v_th`` and emit at most one
-            spike per step, so ``">="`` and ``"multi"`` are read as that with an ``LNMDeployWarning``
-            naming the nodes (see docs/nir.md for the measured effect).
+        reset, threshold, spikes, v_floor: what the file cannot say about the source's spiking
+            neurons, overriding the producer's convention (``conventions.CONVENTIONS``), each applied
+            exactly (``Neuron.reset`` / ``threshold`` / ``max_spikes`` / ``v_floor``): ``reset``
+            ``"value"`` or ``"subtract"``; ``threshold`` ``">"`` or ``">="``; ``spikes``
+            ``"single"`` (one per step), ``"multi"`` (``floor(v / v_th)`` per step: unbounded for
+            Sinabs' MultiSpike, at most 2**16 for Rockpool) or a positive integer N (at most N);
+            ``v_floor`` a number or ``"-v_th"``: the membrane's lower bound after reset (Sinabs'
+            ``min_v_mem``, which no exporter writes; Sinabs' own ``from_nir`` reads IF with
+            ``-v_th``). Ignored for lnm-deploy's own graphs, which carry them per neuron.
+        readout_nodes: names (after flattening: ``outer.inner``) of neurons to read as non-spiking
+            readouts, whatever the file says: the membrane is the output, no threshold, no reset
+            (snnTorch's exporter writes a ``Leaky`` used as a readout as a spiking LIF).
 
     Returns:
         An IR graph; ``metadata`` holds ``imported_from`` (producer), ``dt`` and the NIR graph
         metadata (``nir_metadata``), or, for lnm-deploy's graphs, the exact IR metadata; and always
-        ``read_options``: ``{"requested": {producer, dt, input_shape, reset, threshold, spikes},
+        ``read_options``: ``{"requested": {producer, dt, input_shape[, reset, threshold, spikes,
+        v_floor, readout_nodes where given]},
         "resolved": {...}, "convention": {...}, "producer_from": why}``, the options as given (None
         where not given), as the reader resolved them, the convention's fields applied and how the
         producer was chosen (``"graph metadata"``, ``"argument"``, ``"detected: ..."``, ``"default"``).
 
     Raises:
-        UserInputError: unknown producer, bad dt, or (via ``read_nir``) an unreadable file.
+        UserInputError: unknown producer, bad dt or reading option, a ``readout_nodes`` name that is
+            not a neuron of the graph, or (via ``read_nir``) an unreadable file.
         GraphError: malformed graph (dangling edges, missing Input shape, shape mismatches).
         UnsupportedError: node types the IR cannot express (Conv1d, Delay, unknown), asymmetric
             'same' padding, several Inputs or Outputs.
@@ -838,7 +879,7 @@ def from_nir(
     """
     if isinstance(graph_or_path, (str, os.PathLike)):
         return read_nir(graph_or_path, dt=dt, producer=producer, input_shape=input_shape, reset=reset,
-                        threshold=threshold, spikes=spikes)
+                        threshold=threshold, spikes=spikes, v_floor=v_floor, readout_nodes=readout_nodes)
     if not isinstance(graph_or_path, nir.NIRGraph):
         raise UserInputError(f"from_nir expects a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
     if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
@@ -847,13 +888,15 @@ def from_nir(
         from lnm_deploy.validate import shape_option
 
         input_shape = shape_option(input_shape, "input_shape (CLI --input-shape)")
-    stated = {"reset": reset, "threshold": threshold, "spikes": spikes}
+    stated: dict[str, Any] = {"reset": reset, "threshold": threshold, "spikes": spikes, "v_floor": v_floor}
     try:
-        CONVENTIONS["generic"].with_options(**stated)
+        checked = CONVENTIONS["generic"].with_options(**stated)
     except ValueError as e:
         raise UserInputError(str(e)) from e
+    stated = {k: (getattr(checked, k) if v is not None else None) for k, v in stated.items()}
+    readouts = _readout_option(readout_nodes)
     try:
-        return _from_nir_graph(graph_or_path, dt, producer, input_shape, _source, stated)
+        return _from_nir_graph(graph_or_path, dt, producer, input_shape, _source, stated, readouts)
     except LNMDeployError:
         raise
     except RecursionError as e:
@@ -862,8 +905,61 @@ def from_nir(
         raise GraphError(f"the NIR graph is malformed ({type(e).__name__}: {e})") from e
 
 
+def reading_summary(read_options: Any) -> str | None:
+    """One line saying how a graph was read, from its ``read_options`` (``from_nir``'s record): the
+    producer convention assumed and why, the spike rules it gives, and the options the user stated;
+    None when ``read_options`` is not such a record. Used by ``lnm-deploy inspect``."""
+    if not isinstance(read_options, dict) or not isinstance(read_options.get("resolved"), dict):
+        return None
+    resolved, conv = read_options["resolved"], read_options.get("convention")
+    prod = str(resolved.get("producer"))
+    why = read_options.get("producer_from", "not recorded")
+    if prod == "lnm-deploy" or not isinstance(conv, dict):
+        line = f"producer {prod} ({why}): neurons restored exactly from lnm-deploy's metadata"
+    else:
+        name = CONVENTIONS[prod].framework if prod in CONVENTIONS else prod
+        cap = conv.get("max_spikes", 1)
+        count = ("one spike" if cap == 1 else "floor(v/v_th) spikes, unbounded" if cap is None
+                 else f"floor(v/v_th) spikes, at most {cap}")
+        floor = conv.get("v_floor")
+        line = (f"producer {prod} ({why}): {name}'s convention, dt {resolved.get('dt')} s; spiking neurons: "
+                f"{conv.get('reset')} reset, spike where v {conv.get('threshold')} v_th, {count} per step, "
+                + ("no membrane floor" if floor is None else f"membrane floor {floor}"))
+    stated = {k: v for k, v in (read_options.get("requested") or {}).items() if v is not None}
+    if stated:
+        line += "; options given: " + ", ".join(f"{k}={v}" for k, v in stated.items())
+    return line
+
+
+def _readout_option(readout_nodes: Sequence[str] | None) -> tuple[str, ...]:
+    """``readout_nodes`` checked: a list of node names (a single string is one name), in order, once each."""
+    if readout_nodes is None:
+        return ()
+    names = [readout_nodes] if isinstance(readout_nodes, str) else list(readout_nodes)
+    if not all(isinstance(n, str) and n for n in names):
+        raise UserInputError(f"readout_nodes (CLI --readout-node) must be node names, got {readout_nodes!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def _as_readouts(ir_nodes: dict[str, Node], names: tuple[str, ...]) -> None:
+    """Make each named neuron a non-spiking readout (in place): its membrane is the output, no
+    threshold, no reset; ``UserInputError`` naming a node that does not exist or is not a neuron."""
+    neurons = sorted(n for n, v in ir_nodes.items() if type(v) is Neuron)
+    for name in names:
+        node = ir_nodes.get(name)
+        if node is None or type(node) is not Neuron:
+            what = "does not exist" if node is None else f"is a {node.kind}, not a neuron"
+            raise UserInputError(f"readout node '{name}' (readout_nodes, CLI --readout-node) {what}; the graph's "
+                                 f"neurons: {', '.join(neurons) or 'none'}")
+        meta = dict(node.metadata)
+        meta["read_as_readout"] = True
+        ir_nodes[name] = replace(node, v_th=None, reset="value", threshold=">", max_spikes=1, v_floor=None,
+                                 v_reset=np.zeros(node.shape), metadata=meta)
+
+
 def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, input_shape: Shape | None,
-                    _source: str | None, stated: dict[str, str | None] | None = None) -> Graph:
+                    _source: str | None, stated: dict[str, Any] | None = None,
+                    readouts: tuple[str, ...] = ()) -> Graph:
     stated = stated or {}
     gmeta = dict(g.metadata or {})
     nodes, edges = flatten_graph(g)
@@ -1005,6 +1101,9 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
     }
     if any(v is not None for v in stated.values()):
         graph_meta[READ_OPTIONS_KEY]["requested"].update(stated)
+    if readouts:
+        graph_meta[READ_OPTIONS_KEY]["requested"]["readout_nodes"] = list(readouts)
+        _as_readouts(ir_nodes, readouts)
     if conv is not None:
         graph_meta[READ_OPTIONS_KEY]["convention"] = conv.describe()
     graph_meta[READ_OPTIONS_KEY]["producer_from"] = prod_from
@@ -1021,11 +1120,12 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
 
 def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None:
     foreign = [n for n, v in ir_nodes.items() if v.metadata.get("nir_type") in _NEURON_FIELDS]
-    if prod == "snntorch" and foreign:
+    spiking = [n for n in foreign if ir_nodes[n].emits_spikes]
+    if prod == "snntorch" and spiking:
         _warn(
             f"snnTorch's export_to_nir writes every neuron as reset-to-zero without reset delay; a "
             "source layer with reset_mechanism='subtract' (snnTorch's default) or reset_delay=True "
-            f"(the default) behaves differently after import. Check neurons {foreign}"
+            f"(the default) behaves differently after import. Check neurons {spiking}"
         )
     if prod == "norse" and foreign:
         leaky = [n for n in foreign if ir_nodes[n].metadata.get("nir_type") not in ("IF", "I")]
@@ -1037,28 +1137,20 @@ def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None
             f"at 0; IF/I integrate r per step (Norse's IAF). Neurons: {foreign}"
         )
     conv = ctx.convention
-    spiking = [n for n in foreign if ir_nodes[n].metadata.get("nir_type") in ("IF", "LIF", "CubaLIF")]
-    if conv is not None and prod in ("sinabs", "rockpool") and foreign:
+    if conv is not None and prod in ("sinabs", "rockpool") and spiking:
         how = ("the framework's defaults" if conv == CONVENTIONS[prod]
-               else "as stated with reset=/threshold=/spikes= (CLI --reset/--threshold/--spikes)")
+               else "as stated with reset=/threshold=/spikes=/v_floor= (CLI --reset/--threshold/--spikes/--v-floor)")
+        cap = conv.max_spikes
+        count = ("one spike" if cap == 1 else "floor(v / v_th) spikes (unbounded)" if cap is None
+                 else f"floor(v / v_th) spikes (at most {cap})")
+        floor = ("no membrane floor" if conv.v_floor is None
+                 else f"the membrane floor {conv.v_floor}")
         _warn(f"{conv.framework}'s exporter does not write {conv.drops}; read with {conv.reset} reset, "
-              f"spikes where v {conv.threshold} v_th and {conv.spikes} spikes per step ({how}). "
-              f"Neurons: {foreign}")
-    if conv is not None and spiking:
-        differs = []
-        if conv.threshold == ">=":
-            differs.append("the source spikes where v >= v_th, lnm-deploy where v > v_th (they differ only "
-                           "when v equals v_th exactly)")
-        if conv.spikes == "multi":
-            differs.append("the source emits floor(v / v_th) spikes in one step, lnm-deploy at most one (the "
-                           "rest of the membrane spikes in later steps); pass spikes='single' if the source "
-                           "layers emit one (Sinabs SingleSpike, Rockpool max_spikes_per_dt=1)")
-        if conv.membrane_floor:
-            differs.append("a membrane floor (Sinabs min_v_mem, off by default) is not in the file: none is "
-                           "applied; a network trained with one runs differently")
-        if differs:
-            _warn(f"neurons {spiking} are read approximately: " + "; ".join(differs)
-                  + ". See docs/nir.md for the measured agreement")
+              f"{count} per step where v {conv.threshold} v_th and {floor} ({how}). Neurons: {spiking}")
+    if conv is not None and conv.membrane_floor and conv.v_floor is None and spiking and prod != "generic":
+        _warn(f"neurons {spiking}: {conv.framework} can clip the membrane from below (Sinabs min_v_mem, off by "
+              "default; Sinabs' own from_nir reads IF with min_v_mem = -v_th) and no file says so: none is "
+              "applied; pass v_floor= (CLI --v-floor) if the source network has one")
     if ctx.unstable:
         _warn(
             f"neurons {sorted(set(ctx.unstable))}: dt / tau is outside [0, 1] with dt = {ctx.dt} s, so "

@@ -15,7 +15,9 @@ with a synapse             ``CubaLIF``          ``CubaLI``
 with the parameters of the least-squares linear fit of P (exact for degree <= 1, see
 ``conventions.linear_fit`` and ``conventions.FIT_DESCRIPTION``), discretised by forward Euler with
 the node's ``dt``. The *exact* semantics ride along in node metadata (keys ``lnm_*``): the full
-polynomial, every per-step array, dt, the reset mode, the threshold test and the timing convention;
+polynomial, every per-step array, dt, the reset mode, the timing convention and, where they are not
+the defaults, the spike rules (``lnm_threshold`` ``">="``, ``lnm_max_spikes`` an integer or
+``"unbounded"``, ``lnm_v_floor``; such files are ``lnm_format`` 2, others 1);
 ``lnm_deploy.nir_io.read`` restores the IR bit-exactly from them. Graph metadata carries
 ``producer = "lnm-deploy"``, ``producer_version``, ``dt`` (when all neurons share one), the exact
 IR metadata (JSON) and the node order.
@@ -57,6 +59,7 @@ from lnm_deploy.nir_io.conventions import (
     DISCRETISATION,
     FIT_DESCRIPTION,
     LNM_FORMAT,
+    LNM_FORMAT_PLAIN,
     MIN_LEAK,
     THRESHOLD_TEST,
     TIMING,
@@ -128,6 +131,14 @@ def neuron_to_nir(name: str, node: Neuron) -> nir.NIRNode:
         meta["lnm_syn_gain"] = _meta_array(node.syn_gain)
     if node.metadata:
         meta["lnm_metadata"] = metadata_json(node.metadata)
+    # The spike rules, only where they differ from the defaults (">", one spike, no floor): such a
+    # file is lnm_format 2 (see ``_uses_spike_rules``).
+    if node.threshold != ">":
+        meta["lnm_threshold"] = str(node.threshold)
+    if node.max_spikes != 1:
+        meta["lnm_max_spikes"] = "unbounded" if node.max_spikes is None else int(node.max_spikes)
+    if node.v_floor is not None:
+        meta["lnm_v_floor"] = _meta_array(node.v_floor)
 
     v_th = node.v_th
     if node.syn_decay is None and _is_exact_integrator(node):
@@ -275,6 +286,13 @@ def _write_threshold(name: str, node: Threshold, in_shape: Shape | None, out_sha
     return nir.Threshold(threshold=np.broadcast_to(node.v_th, in_shape).copy(), metadata=meta)
 
 
+def _uses_spike_rules(graph: Graph) -> bool:
+    """True when a neuron has a spike rule a format-1 reader would ignore (``>=``, graded spikes, a
+    membrane floor): the file is then written as ``LNM_FORMAT`` so that such a reader refuses it."""
+    return any(isinstance(n, Neuron) and (n.threshold != ">" or n.max_spikes != 1 or n.v_floor is not None)
+               for n in graph.nodes.values())
+
+
 def to_nir(graph: Graph) -> nir.NIRGraph:
     """Convert a validated IR graph to a flat ``nir.NIRGraph`` (see the module docstring).
 
@@ -305,7 +323,7 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
     meta: dict[str, Any] = {
         "producer": "lnm-deploy",
         "producer_version": __version__,
-        "lnm_format": LNM_FORMAT,
+        "lnm_format": LNM_FORMAT if _uses_spike_rules(graph) else LNM_FORMAT_PLAIN,
         "discretisation": DISCRETISATION,
         "threshold_test": THRESHOLD_TEST,
         "timing": TIMING,

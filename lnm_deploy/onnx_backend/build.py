@@ -263,7 +263,7 @@ def _uniform(a: np.ndarray | int) -> np.ndarray:
 
 def _int_matmul(b: Builder, a: str, w: np.ndarray, payload: int = 1) -> str:
     """Exact ``a @ w`` for ``uint8`` spikes ``a`` (..., K) in ``0..payload`` (0/1, or a graded
-    layer's counts, ``docs/fixed-point.md`` 5.1) and integer ``w`` (..., K, M).
+    layer's counts, ``docs/fixed-point.md`` 5.2) and integer ``w`` (..., K, M).
 
     Returns ``acc`` (int64) ``== a @ w``. The product
     is a float32 ``MatMul`` where ``payload * max_o sum_i |w[i, o]| < 2**24`` (every partial sum of spikes
@@ -350,7 +350,7 @@ def _flatten(b: Builder, name: str, node: fxn.FxFlatten, s: str, lead: int, in_s
 
 #: The ONNX lowering of every non-neuron compute kind: ``(builder, name, node, input, lead,
 #: in_shape, out_shape) -> (output, bound)``, on (lead..., *shape) tensors; a synapse returns int64
-#: values, a reshape ``uint8`` spikes. A synapse fed by a graded layer (section 5.1) is called
+#: values, a reshape ``uint8`` spikes. A synapse fed by a graded layer (section 5.2) is called
 #: with the keyword ``payload`` (its input's largest count) as well.
 LOWERINGS: dict[str, Any] = {"dense": _dense, "conv2d": _conv, "flatten": _flatten}
 
@@ -496,9 +496,13 @@ class _Poly(NeuronLowering):
         return out
 
     def prepare(self, b: Builder, a: str, bound: int) -> tuple[str, int]:
-        """``x = a * 2**in_shift`` (step 1; ``|a| <= 2**31`` keeps it below 2**62)."""
+        """``x = a * 2**in_shift (+ c_bias)`` (step 1; ``|a| <= 2**31`` and ``|c_bias| < 2**31`` keep
+        it below 2**63)."""
         sh = self.node.in_shift
-        return (b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a), poly_bounds(self.node, bound).x
+        x = b.op("Mul", [a, b.const(1 << sh)], "in_shift") if sh else a
+        if self.node.c_bias is not None:  # the current-bias register
+            x = b.op("Add", [x, b.const(_uniform(self.node.c_bias))], "c_bias")
+        return x, poly_bounds(self.node, bound).x
 
     def step(self, b: Builder, x: str, st: dict[str, str]) -> tuple[str, dict[str, str]]:
         n = self.node
@@ -534,7 +538,7 @@ class _Poly(NeuronLowering):
         return s, new
 
     def _spike_rules(self, b: Builder, vp: str, vth: str, new: dict[str, str]) -> tuple[str, dict[str, str]]:
-        """Steps 5-7 with section 5.1: the spike test, graded counts ``min(v' // vth, P)`` (int64;
+        """Steps 5-7 with section 5.2: the spike test, graded counts ``min(v' // vth, P)`` (int64;
         ``v' >= vth >= 1`` where it fires, so ``Div``, which truncates, is the floor there), the
         reset by ``count * vth`` and the floor."""
         n = self.node
@@ -687,7 +691,7 @@ class _Plan:
     output_node: str
     neurons: dict[str, NeuronLowering]
     syn_bounds: dict[str, int]
-    #: synapse -> the largest value its input spikes carry (1: binary; graded source: section 5.1)
+    #: synapse -> the largest value its input spikes carry (1: binary; graded source: section 5.2)
     payloads: dict[str, int] = field(default_factory=dict)
 
 

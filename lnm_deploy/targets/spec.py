@@ -23,7 +23,7 @@ the resource mapper and the cost model then say that it declares none.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +366,9 @@ def _target_from_data(file: Path, data: dict[str, Any]) -> Target:
                                      f"parameters), got {sorted(table) if isinstance(table, dict) else table!r}")
             sections[kind] = None
             continue
+        if isinstance(table, dict):  # keys with a default (added later) are optional: older files and artifacts
+            table = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                     for f in fields(p.spec) if f.default is not MISSING} | table
         spec = p.spec(**fields_of(file, kind, table, p.spec, require_all=True))
         spec.check(SpecCheck(file, kind))
         sections[kind] = spec

@@ -6,7 +6,7 @@
 * ``PyPolyNeuronModelFloat`` (``floating_pt``): a *different* model of the same process, as
   Lava's float LIF is of its LIF. Same ports and Vars, float64 arithmetic, no rounding and no
   saturation: with the state on the integer grid (one LSB of ``v`` = ``q``),
-  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift``, which is
+  ``v' = sum_k coef[k] 2^-f_k v^k + c``, ``c = c (1 - syn_decay / 2^D) + a 2^in_shift + c_bias``, which is
   the dequantized neuron of the artifact's float graph divided by ``q``. It answers "what does
   the float model of this network do", never "what does the chip do": do not compare it with
   ``fixed_pt`` expecting equality.
@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from lnm_deploy.lava_backend.procs.process import ContractNeuron, PolyNeuron, Re
 #: The Vars of ``PolyNeuron`` and their precision (bits) in the ``fixed_pt`` model; ``_poly_vars``
 #: declares them on both models (int64 or float64).
 POLY_VARS = {"coef": 32, "vth": 32, "v_reset": 32, "syn_decay": 17, "v": 32, "c": 32}
+POLY_VARS["c_bias"] = 32  # the current-bias register
 
 
 def _poly_vars(fixed: bool) -> Any:
@@ -59,6 +61,7 @@ class _PolyBase(PyLoihiProcessModel):
     syn_decay: np.ndarray
     v: np.ndarray
     c: np.ndarray
+    c_bias: np.ndarray
 
     def _local_step(self) -> int:
         period = self.proc_params["period"]
@@ -98,10 +101,11 @@ class PyPolyNeuronModelFixed(_PolyBase):
                             overflow=p["overflow"], state_bits=p["state_bits"], acc_bits=p["acc_bits"],
                             decay_bits=p["decay_bits"], threshold=p.get("threshold", ">"),
                             max_payload=p.get("max_payload", 1), v_floor=p.get("v_floor"))
+        params = dataclasses.replace(params, c_bias=self.c_bias)  # the current-bias register (zeros: none)
         new, s = poly_step(params, {"v": self.v, "c": self.c}, a)  # the contract, written once
         self.c[:] = new["c"]
         self.v[:] = new["v"]
-        self.s_out.send(s.astype(np.int32))  # a graded layer's counts (section 5.1), else 0/1
+        self.s_out.send(s.astype(np.int32))  # a graded layer's counts (section 5.2), else 0/1
 
 
 @implements(proc=PolyNeuron, protocol=LoihiProtocol)
@@ -118,7 +122,7 @@ class PyPolyNeuronModelFloat(_PolyBase):
         if not self._begin():
             return
         p = self.proc_params
-        x = a * 2.0 ** p["in_shift"]
+        x = a * 2.0 ** p["in_shift"] + self.c_bias  # with the current-bias register
         if p["has_synapse"]:
             self.c[:] = self.c * (1.0 - self.syn_decay / 2.0 ** p["decay_bits"]) + x
         else:
@@ -211,7 +215,7 @@ class _RecorderBase(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         s = self.s_in.recv()
-        # integers as they come (a graded layer's counts, 0..255: docs/fixed-point.md 5.1), else 0/1
+        # integers as they come (a graded layer's counts, 0..255: docs/fixed-point.md 5.2), else 0/1
         self._open()[0][self._row()] = s if s.dtype.kind in "iu" else np.clip(np.rint(np.abs(s)), 0, 255)
 
     def post_guard(self) -> bool:

@@ -7,7 +7,8 @@ Only process and process-model modules live in this package: Lava's model discov
 
 ``PolyNeuron`` semantics: ``docs/fixed-point.md`` section 5 (``lnm_deploy.fixedpoint.FxPoly``).
 All per-neuron parameters are arrays of the process shape; ``shifts`` has one entry per Horner
-step. The spike rules of section 5.1 (``threshold``, ``max_payload``, ``v_floor``) are process
+step; ``c_bias`` (None: zeros) is the current-bias register, added to ``a_in << in_shift`` every step.
+The spike rules of section 5.2 (``threshold``, ``max_payload``, ``v_floor``) are process
 parameters; a graded layer (``max_payload > 1``) sends its counts through ``s_out`` (int32), which
 the Dense/Conv it feeds reads with ``num_message_bits > 0``. Two process models implement it (``models.py``): ``fixed_pt`` (bit-accurate, int64) and
 ``floating_pt`` (float64, a different model; see there).
@@ -34,11 +35,11 @@ class PolyNeuron(AbstractProcess):
                  vth: np.ndarray, v_reset: np.ndarray, v_init: np.ndarray, c_init: np.ndarray,
                  syn_decay: np.ndarray | None, reset: str, rounding: str, overflow: str,
                  in_shift: int, state_bits: int, acc_bits: int, decay_bits: int, start: int = 0,
-                 period: int = 0, name: str | None = None, threshold: str = ">", max_payload: int = 1,
-                 v_floor: np.ndarray | None = None) -> None:
+                 period: int = 0, name: str | None = None, c_bias: np.ndarray | None = None,
+                 threshold: str = ">", max_payload: int = 1, v_floor: np.ndarray | None = None) -> None:
         v_init = np.broadcast_to(np.asarray(v_init), shape).copy()
         c_init = np.broadcast_to(np.asarray(c_init), shape).copy()
-        rules: dict[str, ty.Any] = {}  # docs/fixed-point.md 5.1, only where they differ from the binary neuron
+        rules: dict[str, ty.Any] = {}  # docs/fixed-point.md 5.2, only where they differ from the binary neuron
         if threshold != ">" or max_payload != 1 or v_floor is not None:
             rules = {"threshold": str(threshold), "max_payload": int(max_payload),
                      "v_floor": None if v_floor is None else np.broadcast_to(np.asarray(v_floor, np.int64), shape).copy()}
@@ -55,6 +56,9 @@ class PolyNeuron(AbstractProcess):
         self.syn_decay = Var(shape=shape, init=np.zeros(shape, np.int64) if syn_decay is None else syn_decay)
         self.v = Var(shape=shape, init=v_init)
         self.c = Var(shape=shape, init=c_init)
+        # the current-bias register (docs/fixed-point.md 5, step 1), added to a_in << in_shift; zeros: none
+        self.c_bias = Var(shape=shape, init=np.zeros(shape, np.int64) if c_bias is None
+                          else np.broadcast_to(np.asarray(c_bias, np.int64), shape).copy())
 
 
 #: The most states a ``ContractNeuron`` (and a ``Recorder``) holds: its Vars ``s0`` .. ``s3``.

@@ -74,8 +74,9 @@ CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
 EVENTS_MAX_DENSITY = 0.5
 # A Conv2d's event kernel runs where its estimated operations, times this, are fewer than the dense
 # product's (``_Conv._events_pay``): on this project's 2-core machine numpy's float32 convolution
-# does about 5 times more multiply-adds per second than the kernel does weight additions.
-CONV_EVENTS_COST = 5
+# does about 1.5 times more multiply-adds per second than the kernel does weight additions
+# (measured per layer shape of the benchmarks' networks, densities 0.1 to 0.8).
+CONV_EVENTS_COST = 1.5
 
 
 def _scratch(buf: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -213,10 +214,11 @@ class _Conv(_Synapse):
                 acc = self._out32[: s.shape[0]]
             else:
                 acc = np.empty(shape, np.int32)
-            with self.kern.LOCK:
+            s = np.ascontiguousarray(s)
+            with self.kern.LOCK:  # uint8: numba's loops on bool arrays do not vectorise
                 getattr(self.kern, ACCELERATIONS["conv2d"])(
-                    np.ascontiguousarray(s), self.w_events, acc, *n.stride, *n.padding, *n.dilation,
-                    self.w.shape[1])
+                    s.view(np.uint8) if s.dtype == np.bool_ else s, self.w_events, acc, *n.stride, *n.padding,
+                    *n.dilation, self.w.shape[1])
             return _finish_synapse(_Val(acc, self.bound), n.weight_exp, n.out_bits, self.bounds)
         x: Array = s.astype(self.dtype, copy=False)
         ph, pw = n.padding
@@ -256,6 +258,14 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
         total: Array = vals[0].a.astype(dt)
         for v in vals[1:]:
             total = total + v.a
+        return _Val(total, bound)
+    if bound < 2**31:  # every partial sum fits int32 (floats here hold integers below 2**31: exact)
+        total = vals[0].a.astype(np.int32)
+        for v in vals[1:]:
+            if v.a.dtype == np.int32:
+                np.add(total, v.a, out=total)
+            else:
+                np.add(total, v.a.astype(np.int32), out=total)
         return _Val(total, bound)
     total = vals[0].as_int()
     for v in vals[1:]:

@@ -175,3 +175,53 @@ def test_conv_kernels_stay_in_bounds(tmp_path: Path) -> None:
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.split()[-2:] == ["ok", "42"]
+
+
+def test_synapses_into_one_neuron_add_in_place_exactly() -> None:
+    """A neuron fed by several Conv2d synapses (residual blocks): the later synapses add their
+    products into the first one's int32 output (``_Synapse.add_into``) where the summed bounds stay
+    below ``2**31``, else the outputs are summed (and wrapped) as before; numba against numpy,
+    every chunking, recorded states included."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fx_nets
+
+    from lnm_deploy.fixedpoint import nodes as fx
+    from lnm_deploy.fixedpoint.graph import FxGraph
+    from lnm_deploy.fxsim import compare_runs, run_fx, sim
+
+    added = []
+    orig = sim._Conv.add_into
+
+    def counting(self, s, into):  # type: ignore[no-untyped-def]
+        got = orig(self, s, into)
+        added.append(got is not None)
+        return got
+
+    sim._Conv.add_into = counting  # type: ignore[method-assign]
+    try:
+        for seed in range(12):
+            rng = np.random.default_rng(seed)
+            c, h, w = int(rng.integers(1, 4)), int(rng.integers(3, 9)), int(rng.integers(3, 9))
+            c2 = int(rng.integers(1, 5))
+            big = 2**31 // (9 * max(c, c2)) if seed % 3 == 0 else 300  # some sums reach past int32
+
+            def conv(cin: int, cout: int, k: int, limit: int, rng: np.random.Generator = rng) -> fx.FxConv2d:
+                return fx.FxConv2d(weight=rng.integers(-limit, limit + 1, (cout, cin, k, k)), padding=(k // 2, k // 2))
+
+            def neuron(shape: tuple[int, ...], rng: np.random.Generator = rng) -> fx.FxNode:
+                return fx_nets.poly(rng, shape) if rng.random() < 0.5 else fx_nets.lif(rng, shape, edges=False)
+
+            nodes = {"input": fx.FxInput(shape=(c, h, w)), "ca": conv(c, c2, 3, 300), "n1": neuron((c2, h, w)),
+                     "cb": conv(c2, c2, 3, big), "skip": conv(c, c2, 1 + 2 * int(rng.integers(0, 2)), big),
+                     "skip2": conv(c2, c2, 1, 300), "n2": neuron((c2, h, w)), "output": fx.FxOutput()}
+            edges = [("input", "ca"), ("ca", "n1"), ("n1", "cb"), ("cb", "n2"), ("input", "skip"), ("skip", "n2"),
+                     ("n1", "skip2"), ("skip2", "n2"), ("n2", "output")]
+            g = FxGraph(nodes=nodes, edges=edges)
+            x = fx_nets.spikes(rng, int(rng.integers(1, 4)), int(rng.integers(1, 7)), (c, h, w))
+            ref = run_fx(g, x, record=True, kernels="numpy")
+            for chunk in (None, 1, 2):
+                m = compare_runs(ref, run_fx(g, x, record=True, chunk=chunk, kernels="numba"), order=g.neuron_names())
+                assert m is None, f"seed {seed}, chunk {chunk}: {m}"
+    finally:
+        sim._Conv.add_into = orig  # type: ignore[method-assign]
+    assert any(added) and not all(added)  # both the in-place and the separate sum ran

@@ -119,7 +119,7 @@ def _tap_lists(n_in, k, stride, pad, dil, n_out):
 
 
 @_jit
-def _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+def _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, add):
     """``conv_events`` for one input and one output channel per group (sum pooling, depthwise
     1x1 skips), in the output's own layout: per channel and tap, the shifted (strided) input rows
     times the tap's weight are added to the output rows (vectorised over each output row)."""
@@ -133,7 +133,8 @@ def _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
         c = rc - r * cin
         sc = s[r, c].reshape(n_in)
         oc = out[r, c].reshape(n_out)
-        oc[:] = 0
+        if not add:
+            oc[:] = 0
         for i in range(kh):
             for j in range(kw):
                 wv = np.int32(w[c, i, j, 0])
@@ -152,7 +153,7 @@ def _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
 
 
 @_jit
-def _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h):
+def _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, add):
     """``conv_events`` for one group and no dilation along x: a spike at (c, y, x) reaches the
     outputs of a kernel row through the taps ``j = ph, ph + sw, ...`` (``ph = (x + pad_w) % sw``),
     that is a contiguous run of output columns, so per spike and kernel row it adds one
@@ -234,12 +235,16 @@ def _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h):
             for o in range(cout):
                 src = np.uint64((oy * wt - lo) * cout + o)
                 dst = np.uint64((o * h_out + oy) * w_out)
-                for ox in range(np.uint64(w_out)):
-                    outr[dst + ox] = acc[src + ox * ucout]
+                if add:
+                    for ox in range(np.uint64(w_out)):
+                        outr[dst + ox] += acc[src + ox * ucout]
+                else:
+                    for ox in range(np.uint64(w_out)):
+                        outr[dst + ox] = acc[src + ox * ucout]
 
 
 @_jit
-def _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g):
+def _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g, add):
     """``conv_events`` in general: per row, the spikes of each input channel are listed
     (branch-free), each adds its ``C_out/groups`` weights of every tap that reaches an output
     into a channels-last accumulator (one contiguous add per tap, no bounds tests: the tap lists
@@ -281,12 +286,16 @@ def _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin
         outr = out[r].reshape(cout * n_out)
         for o in range(cout):
             dst = np.uint64(o * n_out)
-            for p in range(np.uint64(n_out)):
-                outr[dst + p] = acc[p * ucout + np.uint64(o)]
+            if add:
+                for p in range(np.uint64(n_out)):
+                    outr[dst + p] += acc[p * ucout + np.uint64(o)]
+            else:
+                for p in range(np.uint64(n_out)):
+                    outr[dst + p] = acc[p * ucout + np.uint64(o)]
 
 
 @njit(cache=True)
-def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g):
+def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g, add=False):
     """``out[r, o, y, x] = sum_{c, i, j} weight[o, c, i, j] * s_pad[r, c, y*sh + i*dh, x*sw + j*dw]``
     (section 3.2 before the exponent; ``s_pad``: ``s`` zero-padded by ``pad_h``, ``pad_w``) for 0/1
     spikes ``s`` (rows, C_in, H, W) C-contiguous (uint8 is fastest), the weight rearranged as
@@ -295,14 +304,15 @@ def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g
     H_out, W_out) C-contiguous: a spike at (c, y, x) reaches output row ``(y + pad - i * dil) /
     stride`` where that is an integer in range. Three loops, one result: one input and one output
     channel per group (pooling) gathers (``_conv_depthwise``); one group without dilation along
-    x scatters runs of taps (``_conv_rows``); else ``_conv_scatter``."""
+    x scatters runs of taps (``_conv_rows``); else ``_conv_scatter``. ``add``: add the products
+    to ``out``'s values instead (the caller proves that no sum leaves int32)."""
     cout_g = w.shape[3]
     if cin_g == 1 and cout_g == 1:
-        _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+        _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, add)
     elif cin_g == s.shape[1] and dil_w == 1:
-        _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h)
+        _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, add)
     else:
-        _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g)
+        _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g, add)
 
 
 @_jit

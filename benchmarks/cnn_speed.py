@@ -18,7 +18,13 @@ is kept):
 * Lava: ``run_lava_timed`` on ``--lava-samples`` samples (Lava cannot batch; build, compile, every
   step, read-back and stop, divided by samples * T), checked bit-exact against fxsim first.
 
-Usage: python benchmarks/cnn_speed.py [--repeats 5] [--lava-samples 1] [--no-lava]
+Fairness: fxsim's compiled kernels and torch run on the same number of threads (``--threads``,
+default torch's own default), printed with the machine's load average before and after: the
+times are wall-clock bests of alternating rounds, and on a loaded machine (a load average above
+the core count) they mostly measure the scheduler. (CPU time is no fairer here: torch and numba
+both run OpenMP pools whose threads spin after a parallel region, counted to whatever runs next.)
+
+Usage: python benchmarks/cnn_speed.py [--repeats 5] [--lava-samples 1] [--no-lava] [--threads N]
 The last line per network and T is ``<net> T=<T> ratio_torch_vs_fxsim=<torch / fxsim>
 ratio_lava_vs_fxsim=<Lava / fxsim> ratio_calibrate_vs_float=<calibration / one float pass>``
 (issue #14: fxsim at least as fast as torch, at least 1000x faster than Lava, calibration at most 3x).
@@ -27,6 +33,7 @@ ratio_lava_vs_fxsim=<Lava / fxsim> ratio_calibrate_vs_float=<calibration / one f
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 
 import numpy as np
@@ -53,6 +60,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--lava-samples", type=int, default=1)
     ap.add_argument("--no-lava", action="store_true", help="skip the Lava timing (slow: minutes)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both torch and fxsim's kernels (default: torch's default)")
     args = ap.parse_args()
 
     import torch
@@ -65,9 +74,18 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     kernels = "numba" if load_kernels("auto") is not None else "numpy"
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    fx_threads = "-"
+    if kernels == "numba":
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        fx_threads = str(numba.get_num_threads())
     target, recipe = load_target("loihi2"), load_recipe("default")
-    print(f"input {SHAPE}, {SAMPLES} samples; fxsim kernels: {kernels}; torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads")
+    print(f"input {SHAPE}, {SAMPLES} samples; fxsim kernels: {kernels} with {fx_threads} threads; torch "
+          f"{torch.__version__} with {threads} threads; load average {os.getloadavg()[0]:.2f}")
 
     def calibrate(graph, x):  # type: ignore[no-untyped-def]
         with warnings.catch_warnings():
@@ -115,3 +133,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"load average {os.getloadavg()[0]:.2f}")

@@ -8,8 +8,13 @@ falls back to numpy when it is missing.
 * ``dense_events``: a Dense synapse on binary spikes, event-driven: for each row, the weight rows
   of the inputs that spiked are added up. Exact whenever ``max_o sum_i |w[o, i]| < 2**31``, which
   the caller checks (no partial sum in the int32 accumulator can then overflow).
-* ``conv_events``: a Conv2d synapse on binary spikes, event-driven: each input spike adds its
-  weight taps to the outputs whose window holds it. Exact under the same int32 condition.
+* ``conv_events``: a Conv2d synapse on binary spikes. Each input spike adds its weight taps to
+  the outputs whose window holds it (event-driven, into a channels-last int32 tile that is then
+  transposed; with one group the taps of a kernel row that land on consecutive outputs are one
+  contiguous add), or, with one input and one output channel per group (sum pooling, depthwise
+  skips), each output gathers its window. Exact under the same int32 condition. Indices in the
+  inner loops are unsigned and the added stretches are array views: numba's negative-index
+  handling and LLVM's alias checks otherwise keep those loops scalar (2-5x slower, measured).
 * ``lif_steps``: the stock LIF (section 4.2) over a chunk of timesteps, literally, in int64.
 * ``poly_steps``: the polynomial neuron (section 5) over a chunk of timesteps, in int64.
 
@@ -96,54 +101,218 @@ def dense_events(s, w, out):
 
 
 @njit(cache=True)
-def _taps(n_in, k, stride, pad, dil, n_out):
-    """``tab[y, i]``: the output row that input row ``y`` reaches through kernel row ``i``, or -1."""
-    tab = np.full((n_in, k), -1, np.int64)
+def _tap_lists(n_in, k, stride, pad, dil, n_out):
+    """For each input coordinate ``y``: the ``cnt[y]`` kernel taps ``tap[y, :cnt[y]]`` through
+    which it reaches an output, and those outputs ``dst[y, :cnt[y]]`` (``(y + pad - i * dil) /
+    stride`` where that is an integer in ``[0, n_out)``), so the scatter loops test nothing."""
+    cnt = np.zeros(n_in, np.int64)
+    tap = np.zeros((n_in, k), np.int64)
+    dst = np.zeros((n_in, k), np.int64)
     for y in range(n_in):
         for i in range(k):
             p = y + pad - i * dil
             if p >= 0 and p % stride == 0 and p // stride < n_out:
-                tab[y, i] = p // stride
-    return tab
+                tap[y, cnt[y]] = i
+                dst[y, cnt[y]] = p // stride
+                cnt[y] += 1
+    return cnt, tap, dst
 
 
 @_jit
-def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g):
-    """``out[r, o, y, x] = sum_{c, i, j} weight[o, c, i, j] * s_pad[r, c, y*sh + i*dh, x*sw + j*dw]``
-    (section 3.2 before the exponent; ``s_pad``: ``s`` zero-padded by ``pad_h``, ``pad_w``) for 0/1
-    spikes ``s`` (rows, C_in, H, W), the weight rearranged as ``w`` (C_in, kh, kw, C_out / groups)
-    int32 (``w[c, i, j, k] = weight[g * C_out/groups + k, c - g * cin_g, i, j]``, ``g = c // cin_g``)
-    and int32 ``out`` (rows, C_out, H_out, W_out): a spike at (c, y, x) reaches output row
-    ``(y + pad - i * dil) / stride`` where that is an integer in range."""
+def _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, add):
+    """``conv_events`` for one input and one output channel per group (sum pooling, depthwise
+    1x1 skips), in the output's own layout: per channel and tap, the shifted (strided) input rows
+    times the tap's weight are added to the output rows (vectorised over each output row)."""
+    rows, cin, h_in, w_in = s.shape
+    kh, kw = w.shape[1], w.shape[2]
+    h_out, w_out = out.shape[2], out.shape[3]
+    n_in, n_out = h_in * w_in, h_out * w_out
+    ust = np.uint64(stride_w)
+    for rc in prange(rows * cin):
+        r = rc // cin
+        c = rc - r * cin
+        sc = s[r, c].reshape(n_in)
+        oc = out[r, c].reshape(n_out)
+        if not add:
+            oc[:] = 0
+        for i in range(kh):
+            for j in range(kw):
+                wv = np.int32(w[c, i, j, 0])
+                x0 = j * dil_w - pad_w  # output ox reads input x = ox * stride_w + x0
+                lo = max(0, (-x0 + stride_w - 1) // stride_w)
+                hi = min(w_out, (w_in - x0 + stride_w - 1) // stride_w)
+                for oy in range(h_out):
+                    y = oy * stride_h - pad_h + i * dil_h
+                    if y < 0 or y >= h_in or lo >= hi:
+                        continue
+                    ob = np.uint64(oy * w_out)
+                    sb = np.uint64(y * w_in + x0)  # + ox * stride_w >= 0 for ox >= lo
+                    # unsigned indices: no negative-index wraparound code (it blocks vectorising)
+                    for ox in range(np.uint64(lo), np.uint64(hi)):
+                        oc[ob + ox] += wv * np.int32(sc[sb + ox * ust])
+
+
+@_jit
+def _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, add):
+    """``conv_events`` for one group and no dilation along x: a spike at (c, y, x) reaches the
+    outputs of a kernel row through the taps ``j = ph, ph + sw, ...`` (``ph = (x + pad_w) % sw``),
+    that is a contiguous run of output columns, so per spike and kernel row it adds one
+    contiguous stretch of weights (``nj * C_out`` values, laid out per phase in reverse tap order)
+    to a channels-last accumulator whose columns are padded so that no run needs a bounds test;
+    kernel rows come from the tap lists. The accumulator is then written out transposed."""
+    rows, cin, h_in, w_in = s.shape
+    kh, kw, cout = w.shape[1], w.shape[2], w.shape[3]
+    h_out, w_out = out.shape[2], out.shape[3]
+    ycnt, ytap, ydst = _tap_lists(h_in, kh, stride_h, pad_h, dil_h, h_out)
+    njmax = (kw + stride_w - 1) // stride_w
+    nj = np.zeros(stride_w, np.int64)  # taps per phase
+    for ph in range(min(stride_w, kw)):
+        nj[ph] = (kw - ph + stride_w - 1) // stride_w
+    # wx[c, i, ph, t, k] = w[c, i, ph + (nj[ph] - 1 - t) * stride_w, k]: increasing output columns
+    wx = np.zeros((cin, kh, stride_w, njmax, cout), np.int32)
+    for ph in range(stride_w):
+        for t in range(nj[ph]):
+            wx[:, :, ph, t, :] = w[:, :, ph + (nj[ph] - 1 - t) * stride_w, :]
+    wf = wx.reshape(cin * kh * stride_w * njmax * cout)
+    # spike column x: phase, first output column of its run (may be < 0 or run past W_out: padding)
+    xph = np.zeros(w_in, np.int64)
+    xstart = np.zeros(w_in, np.int64)
+    lo, hi = 0, w_out
+    for x in range(w_in):
+        ph = (x + pad_w) % stride_w
+        xph[x] = ph
+        xstart[x] = (x + pad_w - ph) // stride_w - nj[ph] + 1
+        if nj[ph] > 0:
+            lo = min(lo, xstart[x])
+            hi = max(hi, xstart[x] + nj[ph])
+    wt = hi - lo  # tile columns; output column ox is tile column ox - lo
+    # offsets into the accumulator and the weights, precomputed: per spike column, per kernel row
+    xcol = np.empty(w_in, np.uint64)
+    xlen = np.empty(w_in, np.uint64)
+    xwof = np.empty(w_in, np.uint64)
+    for x in range(w_in):
+        xcol[x] = (xstart[x] - lo) * cout
+        xlen[x] = nj[xph[x]] * cout
+        xwof[x] = xph[x] * njmax * cout
+    yacc = np.empty((h_in, kh), np.uint64)
+    ywof = np.empty((h_in, kh), np.uint64)
+    for y in range(h_in):
+        for a in range(ycnt[y]):
+            yacc[y, a] = ydst[y, a] * wt * cout
+            ywof[y, a] = ytap[y, a] * stride_w * njmax * cout
+    ucout = np.uint64(cout)
+    n_out = h_out * w_out
+    for r in prange(rows):
+        acc = np.zeros(h_out * wt * cout, np.int32)
+        idx = np.empty(w_in + 1, np.int64)
+        for c in range(cin):
+            wc = np.uint64(c * kh * stride_w * njmax * cout)
+            for y in range(h_in):
+                na = ycnt[y]
+                if na == 0:
+                    continue
+                srow = s[r, c, y]
+                m = 0
+                for x in range(w_in):  # branch-free list of the spikes of the row
+                    idx[m] = x
+                    m += srow[x] != 0
+                for e in range(m):
+                    x = idx[e]
+                    n = xlen[x]
+                    col = xcol[x]
+                    wx0 = wc + xwof[x]
+                    for a in range(na):
+                        a0 = yacc[y, a] + col
+                        w0 = ywof[y, a] + wx0
+                        # views of the stretch: LLVM vectorises this loop (with indices into
+                        # the whole arrays, nested here, it does not; measured 2-3x slower)
+                        av = acc[a0 : a0 + n]
+                        wv = wf[w0 : w0 + n]
+                        for t in range(n):
+                            av[t] += wv[t]
+        outr = out[r].reshape(cout * n_out)
+        for oy in range(h_out):
+            for o in range(cout):
+                src = np.uint64((oy * wt - lo) * cout + o)
+                dst = np.uint64((o * h_out + oy) * w_out)
+                if add:
+                    for ox in range(np.uint64(w_out)):
+                        outr[dst + ox] += acc[src + ox * ucout]
+                else:
+                    for ox in range(np.uint64(w_out)):
+                        outr[dst + ox] = acc[src + ox * ucout]
+
+
+@_jit
+def _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g, add):
+    """``conv_events`` in general: per row, the spikes of each input channel are listed
+    (branch-free), each adds its ``C_out/groups`` weights of every tap that reaches an output
+    into a channels-last accumulator (one contiguous add per tap, no bounds tests: the tap lists
+    hold only taps that land), which is then written out transposed."""
     rows, cin, h_in, w_in = s.shape
     kh, kw, cout_g = w.shape[1], w.shape[2], w.shape[3]
     cout, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
-    ytab = _taps(h_in, kh, stride_h, pad_h, dil_h, h_out)
-    xtab = _taps(w_in, kw, stride_w, pad_w, dil_w, w_out)
+    ycnt, ytap, ydst = _tap_lists(h_in, kh, stride_h, pad_h, dil_h, h_out)
+    xcnt, xtap, xdst = _tap_lists(w_in, kw, stride_w, pad_w, dil_w, w_out)
+    n_in, n_out = h_in * w_in, h_out * w_out
+    wf = w.reshape(cin * kh * kw * cout_g)
+    ucout_g = np.uint64(cout_g)
+    ucout = np.uint64(cout)
     for r in prange(rows):
-        acc = np.zeros((h_out, w_out, cout), np.int32)  # output channels innermost: one vector add per tap
+        acc = np.zeros(n_out * cout, np.int32)  # (H_out, W_out, C_out)
+        idx = np.empty(n_in + 1, np.int64)
+        sr = s[r].reshape(cin * n_in)
         for c in range(cin):
             o0 = (c // cin_g) * cout_g
-            for y in range(h_in):
-                for x in range(w_in):
-                    if s[r, c, y, x] == 0:
-                        continue
-                    for i in range(kh):
-                        oy = ytab[y, i]
-                        if oy < 0:
-                            continue
-                        for j in range(kw):
-                            ox = xtab[x, j]
-                            if ox < 0:
-                                continue
-                            a = acc[oy, ox]
-                            wk = w[c, i, j]
-                            for k in range(cout_g):
-                                a[o0 + k] += wk[k]
+            m = 0
+            base = c * n_in
+            for q in range(n_in):  # branch-free list of the spiking inputs of channel c
+                idx[m] = q
+                m += sr[base + q] != 0
+            for e in range(m):
+                q = idx[e]
+                y = q // w_in
+                x = q - y * w_in
+                for a in range(ycnt[y]):
+                    wy = (c * kh + ytap[y, a]) * kw
+                    ay = ydst[y, a] * w_out
+                    for b in range(xcnt[x]):
+                        a0 = np.uint64((ay + xdst[x, b]) * cout + o0)
+                        w0 = np.uint64((wy + xtap[x, b]) * cout_g)
+                        av = acc[a0 : a0 + ucout_g]  # views: see _conv_rows
+                        wv = wf[w0 : w0 + ucout_g]
+                        for k in range(ucout_g):
+                            av[k] += wv[k]
+        outr = out[r].reshape(cout * n_out)
         for o in range(cout):
-            for y in range(h_out):
-                for x in range(w_out):
-                    out[r, o, y, x] = acc[y, x, o]
+            dst = np.uint64(o * n_out)
+            if add:
+                for p in range(np.uint64(n_out)):
+                    outr[dst + p] += acc[p * ucout + np.uint64(o)]
+            else:
+                for p in range(np.uint64(n_out)):
+                    outr[dst + p] = acc[p * ucout + np.uint64(o)]
+
+
+@njit(cache=True)
+def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g, add=False):
+    """``out[r, o, y, x] = sum_{c, i, j} weight[o, c, i, j] * s_pad[r, c, y*sh + i*dh, x*sw + j*dw]``
+    (section 3.2 before the exponent; ``s_pad``: ``s`` zero-padded by ``pad_h``, ``pad_w``) for 0/1
+    spikes ``s`` (rows, C_in, H, W) C-contiguous (uint8 is fastest), the weight rearranged as
+    ``w`` (C_in, kh, kw, C_out / groups) int32 C-contiguous (``w[c, i, j, k] = weight[g *
+    C_out/groups + k, c - g * cin_g, i, j]``, ``g = c // cin_g``) and int32 ``out`` (rows, C_out,
+    H_out, W_out) C-contiguous: a spike at (c, y, x) reaches output row ``(y + pad - i * dil) /
+    stride`` where that is an integer in range. Three loops, one result: one input and one output
+    channel per group (pooling) gathers (``_conv_depthwise``); one group without dilation along
+    x scatters runs of taps (``_conv_rows``); else ``_conv_scatter``. ``add``: add the products
+    to ``out``'s values instead (the caller proves that no sum leaves int32)."""
+    cout_g = w.shape[3]
+    if cin_g == 1 and cout_g == 1:
+        _conv_depthwise(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, add)
+    elif cin_g == s.shape[1] and dil_w == 1:
+        _conv_rows(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, add)
+    else:
+        _conv_scatter(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g, add)
 
 
 @_jit

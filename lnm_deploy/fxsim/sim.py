@@ -75,8 +75,9 @@ CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
 EVENTS_MAX_DENSITY = 0.5
 # A Conv2d's event kernel runs where its estimated operations, times this, are fewer than the dense
 # product's (``_Conv._events_pay``): on this project's 2-core machine numpy's float32 convolution
-# does about 5 times more multiply-adds per second than the kernel does weight additions.
-CONV_EVENTS_COST = 5
+# does about 1.5 times more multiply-adds per second than the kernel does weight additions
+# (measured per layer shape of the benchmarks' networks, densities 0.1 to 0.8).
+CONV_EVENTS_COST = 1.5
 
 
 def _scratch(buf: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -123,6 +124,12 @@ class _Synapse:
         buffer that the next call overwrites (its consumers run before then: same-step ones later
         in the chunk, and a back edge's target earlier in the next step's schedule)."""
         raise NotImplementedError
+
+    def add_into(self, s: Array, into: _Val) -> _Val | None:
+        """``into`` plus this synapse's products for spikes ``s``, computed in ``into``'s buffer
+        (which it overwrites), where that is exact and cheaper than a separate sum; else None
+        (nothing written). ``into``: another synapse's output for the same rows, int32."""
+        return None
 
 
 class _Dense(_Synapse):
@@ -203,6 +210,23 @@ class _Conv(_Synapse):
         dense = s.shape[0] * cout * out_shape[1] * out_shape[2] * cin_g * kh * kw
         return CONV_EVENTS_COST * events <= dense
 
+    def add_into(self, s: Array, into: _Val) -> _Val | None:
+        n = self.node
+        out_shape = n.output_shape("", s.shape[1:])
+        shape = (s.shape[0], *out_shape)
+        a = into.a
+        if (self.kern is None or n.weight_exp != 0 or self.bounds.wraps or into.bound + self.bound >= 2**31
+                or a.dtype != np.int32 or a.size != int(np.prod(shape)) or not a.flags.c_contiguous
+                or not self._events_pay(s, out_shape)):
+            return None
+        assert self.w_events is not None
+        s = np.ascontiguousarray(s)
+        with self.kern.LOCK:  # every partial sum is bounded by into.bound + self.bound < 2**31
+            getattr(self.kern, ACCELERATIONS["conv2d"])(
+                s.view(np.uint8) if s.dtype == np.bool_ else s, self.w_events, a.reshape(shape), *n.stride,
+                *n.padding, *n.dilation, self.w.shape[1], True)
+        return _Val(a, into.bound + self.bound)
+
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         n = self.node
         out_shape = n.output_shape("", s.shape[1:])
@@ -214,10 +238,11 @@ class _Conv(_Synapse):
                 acc = self._out32[: s.shape[0]]
             else:
                 acc = np.empty(shape, np.int32)
-            with self.kern.LOCK:
+            s = np.ascontiguousarray(s)
+            with self.kern.LOCK:  # uint8: numba's loops on bool arrays do not vectorise
                 getattr(self.kern, ACCELERATIONS["conv2d"])(
-                    np.ascontiguousarray(s), self.w_events, acc, *n.stride, *n.padding, *n.dilation,
-                    self.w.shape[1])
+                    s.view(np.uint8) if s.dtype == np.bool_ else s, self.w_events, acc, *n.stride, *n.padding,
+                    *n.dilation, self.w.shape[1])
             return _finish_synapse(_Val(acc, self.bound), n.weight_exp, n.out_bits, self.bounds)
         x: Array = s.astype(self.dtype, copy=False)
         ph, pw = n.padding
@@ -260,6 +285,14 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
         total: Array = vals[0].a.astype(dt)
         for v in vals[1:]:
             total = total + v.a
+        return _Val(total, bound)
+    if bound < 2**31:  # every partial sum fits int32 (floats here hold integers below 2**31: exact)
+        total = vals[0].a.astype(np.int32)
+        for v in vals[1:]:
+            if v.a.dtype == np.int32:
+                np.add(total, v.a, out=total)
+            else:
+                np.add(total, v.a.astype(np.int32), out=total)
         return _Val(total, bound)
     total = vals[0].as_int()
     for v in vals[1:]:
@@ -672,6 +705,18 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
     steps, batch = xt.shape[:2]
     # a back edge's value at t = 0 is 0
     prev: dict[str, _Val] = {n: _Val(np.zeros((1, batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
+    # A neuron's undelayed synapses that nothing else reads: each after the first (in schedule
+    # order) may add its products straight into the first one's output (``_Synapse.add_into``),
+    # which saves the separate sum of ``_sum_inputs`` (residual blocks).
+    readers: dict[str, list[str]] = {}
+    for n in sched.order:
+        for source, _ in sched.inputs.get(n, ()):
+            readers.setdefault(source, []).append(n)
+    host_of: dict[str, str] = {}
+    for n in neurons:
+        own = sorted((a for a, delayed in sched.inputs[n] if not delayed and a in synapses and readers[a] == [n]),
+                     key=sched.order.index)
+        host_of.update({a: own[0] for a in own[1:]})
     starts: Iterable[int] = range(0, steps, chunk)
     if progress:
         from lnm_deploy.progress import progress as progress_bar
@@ -681,6 +726,7 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
         t1 = min(steps, t0 + chunk)
         rows = (t1 - t0) * batch
         vals: dict[str, Array | _Val] = {}
+        added: set[str] = set()  # synapses whose products went into their host's output
         for name in sched.order:
             node = graph.nodes[name]
             role = node.role
@@ -695,11 +741,21 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
             elif name in synapses:
                 src = vals[sched.inputs[name][0][0]]
                 assert isinstance(src, np.ndarray)
-                v = synapses[name](src.reshape(rows, *src.shape[2:]), reuse=True)
+                x = src.reshape(rows, *src.shape[2:])
+                host = vals.get(host_of.get(name, ""))
+                if isinstance(host, _Val):
+                    got = synapses[name].add_into(x, _Val(host.a.reshape(rows, *host.a.shape[2:]), host.bound))
+                    if got is not None:
+                        vals[host_of[name]] = _Val(got.a.reshape(host.a.shape), got.bound)
+                        added.add(name)
+                        continue
+                v = synapses[name](x, reuse=True)
                 vals[name] = _Val(v.a.reshape(t1 - t0, batch, *v.a.shape[1:]), v.bound)
             else:
                 ins: list[_Val] = []
                 for s, delayed in sched.inputs[name]:
+                    if s in added:
+                        continue
                     a = prev[s] if delayed else vals[s]
                     assert isinstance(a, _Val)
                     ins.append(a)

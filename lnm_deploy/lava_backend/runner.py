@@ -603,7 +603,8 @@ def _check_input(x: Any, in_shape: tuple[int, ...]) -> np.ndarray:
 def _workdir() -> str:
     shm = "/dev/shm"
     base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="lnm-lava-", dir=base)
+    # the creating process's id in the name: a leftover (a SIGKILLed run) can be told apart
+    return tempfile.mkdtemp(prefix=f"lnm-lava-{os.getpid()}-", dir=base)
 
 
 @contextlib.contextmanager

@@ -237,3 +237,17 @@ def test_the_nir_papers_sinabs_cnn_as_sinabs_is_refused_on_the_stock_lif() -> No
                           progress=False)
     msg = str(e.value)
     assert all(w in msg for w in ("v >= v_th", "graded spikes", "floor", "--target loihi2")), msg
+
+
+def test_no_lzc_readout_on_graded_outputs_and_the_report_says_why(tmp_path: Path) -> None:
+    """The LZC readout needs 0/1 output spikes: with labels, a graded Sinabs output is calibrated
+    without one, and the report's reason names graded spikes."""
+    g, ref, x = _sinabs_mlp("IAF", torch.float64)
+    assert int(ref["3"].max()) > 1
+    xs = x.numpy().astype(np.uint8)
+    y = np.arange(xs.shape[0]) % 8
+    res = calibrate_network(read_nir(save(g, tmp_path / "g.nir"), producer="sinabs"), xs, load_target("loihi2"),
+                            load_recipe("default"), y=y, progress=False)
+    lzc = res.report["lzc_readout"]
+    assert lzc["fitted"] is False and "graded spikes" in lzc["reason"], lzc
+    assert "readouts" not in res.artifact.record

@@ -87,9 +87,10 @@ def deploy(tmp_path: Path, src: Path, x: np.ndarray, read: dict[str, Any], *, cl
         opts = [f"--{k.replace('_', '-')}={v}" for k, v in read.items()]
         assert main(["calibrate", str(src), "--data", str(tmp_path / "calib.npz"), "--target", "loihi2",
                      "--out", str(art), "--quiet", *opts]) == 0
-        main(["verify", str(art), "--data", str(tmp_path / "test.npz"), "--backend", "lava", "--backend", "onnx",
-              "--backend-samples", str(samples), "--json", str(tmp_path / "v.json"), "--quiet"])
+        code = main(["verify", str(art), "--data", str(tmp_path / "test.npz"), "--backend", "lava", "--backend",
+                     "onnx", "--backend-samples", str(samples), "--json", str(tmp_path / "v.json"), "--quiet"])
         doc = json.loads((tmp_path / "v.json").read_text())
+        assert code == (0 if doc["passed"] else 1)
     else:
         res = calibrate_network(read_nir(src, **read), x, load_target("loihi2"), load_recipe("default"), source=src,
                                 progress=False)
@@ -116,12 +117,13 @@ def deploy(tmp_path: Path, src: Path, x: np.ndarray, read: dict[str, Any], *, cl
 
 def assert_verdict(doc: dict[str, Any]) -> None:
     """verify passes, or fails only on its floor on equal output bins (0.95 without labels) while
-    fixed point predicts the float model's class on every sample. Measured (docs/nir.md): the Sinabs
-    MLPs pass; the Sinabs CNN (output bins 0.79), Rockpool LIFTorch (0.87), LIFNeuronTorch (0.92)
-    and cnn_sinabs.nir (0.88) fail that floor. Why: loihi2's 8-bit weights. The float model run with
-    the artifact's (rounded) weights and exact neurons moves its own spikes as far: it equals the
-    integers count for count on the Rockpool LIFNeuronTorch MLP, and gives 0.86 / 0.87 against the
-    exact float model on LIFTorch (whose remaining 0.05 are its 12-bit current decay). An offset in
+    fixed point predicts the float model's class on at least that fraction of the samples (measured:
+    all). Measured (docs/nir.md): the Sinabs MLPs pass; the Sinabs CNN (output bins 0.79), Rockpool
+    LIFTorch (0.87), LIFNeuronTorch (0.92) and cnn_sinabs.nir (0.88) fail that floor. Why: loihi2's
+    8-bit weights. The float model run with the artifact's (rounded) weights and exact neurons moves
+    its own spikes as far: it equals the integers count for count on the Rockpool LIFNeuronTorch
+    MLP, and gives 0.86 / 0.87 against the exact float model on LIFTorch (the remaining 0.05 against
+    fixed point: its neurons' own rounding, the 12-bit current decay and the threshold). An offset in
     a membrane that leaks slowly (IAF: not at all; Rockpool: tau 20 ms at dt 1 ms) moves later
     spikes by a step, so the running counts stay within a spike or two (graded layers emitting
     tens of spikes per step: a few) and the totals within about 1 %."""

@@ -433,3 +433,22 @@ def test_statistics_do_not_depend_on_the_update_threads(monkeypatch):
     monkeypatch.setattr(st, "STATS_THREADS", 2)
     two = collect_stats(g, x, batch_size=5, progress=False, seed=3).to_dict()
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+@pytest.mark.parametrize("cap", [1, 3, None])
+def test_saturation_is_the_layers_cap_at_every_step(cap):
+    """A neuron is saturated when it sends its layer's ``max_spikes`` at every step (one for a
+    binary layer); an unbounded graded layer has no cap, so none is. The cap survives the record."""
+    from lnm_deploy.calibrate import SpikeStats
+
+    # neuron 0: 1 spike every step, neurons 1 and 2: 3 every step, neuron 3: silent
+    s = SpikeStats("n", np.zeros(4, np.int64), max_spikes=cap)
+    s.update(np.broadcast_to(np.array([1, 3, 3, 0]), (2, 5, 4)))
+    assert s.saturated_fraction == {1: 0.25, 3: 0.5, None: 0.0}[cap]
+    assert s.silent_fraction == 0.25
+    back = SpikeStats.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.max_spikes == cap and back.saturated_fraction == s.saturated_fraction
+    assert ("max_spikes" in s.to_dict()) == (cap != 1)  # a binary layer's record is as before
+    g = sequential([("fc", Affine(weight=np.full((2, 4), 3.0))),
+                    ("n", Neuron(shape=(2,), poly=[0.0, 1.0], v_th=1.0, reset="subtract", max_spikes=cap))], (4,))
+    assert collect_stats(g, _spike_input(n=2, d=4), progress=False).spikes["n"].max_spikes == cap

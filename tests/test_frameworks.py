@@ -550,25 +550,31 @@ def test_sinabs_cnn(dtype: torch.dtype) -> None:
         assert min(_bins(ref, ir, xs).values()) >= 0.99
 
 
-def test_cnn_sinabs_file_as_sinabs_from_nir_runs_it() -> None:
-    """The NIR paper's cnn_sinabs.nir read by Sinabs' own ``from_nir`` (IF as IAFSqueeze: MultiSpike,
-    MembraneSubtract, min_v_mem = -v_threshold) and by lnm-deploy with ``v_floor="-v_th"``: the same
-    spike counts in every layer. Without the floor the deeper layers fire less (docs/nir.md)."""
-    pytest.importorskip("sinabs")
+def sinabs_from_nir_run(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The spike counts of every spiking layer of the NIR paper's CNN ``path`` as Sinabs' own
+    ``from_nir`` runs it (float32), on ``x`` (samples, timesteps, 2, 34, 34)."""
     from sinabs.nir import from_nir as sinabs_from_nir
 
-    path = Path(__file__).parent / "data" / "cnn_sinabs.nir"
-    b, t = 2, 20
+    b, t = x.shape[:2]
     net = sinabs_from_nir(nir.read(path), batch_size=b)
     layers = ("1", "3", "6", "10", "12")
     rec: dict[str, np.ndarray] = {}
     for name, m in net.named_modules():
         if name in layers:
             m.register_forward_hook(lambda mod, i, o, name=name: rec.__setitem__(name, o.detach().double().numpy()))
-    x = (torch.rand(b, t, 2, 34, 34) < 0.1).float()
     with torch.no_grad():
-        net(x.reshape(b * t, 2, 34, 34))
-    ref = {k: v.reshape(b, t, *v.shape[1:]) for k, v in rec.items()}
+        net(torch.from_numpy(np.asarray(x, np.float32)).reshape(b * t, *x.shape[2:]))
+    return {k: v.reshape(b, t, *v.shape[1:]) for k, v in rec.items()}
+
+
+def test_cnn_sinabs_file_as_sinabs_from_nir_runs_it() -> None:
+    """The NIR paper's cnn_sinabs.nir read by Sinabs' own ``from_nir`` (IF as IAFSqueeze: MultiSpike,
+    MembraneSubtract, min_v_mem = -v_threshold) and by lnm-deploy with ``v_floor="-v_th"``: the same
+    spike counts in every layer. Without the floor the deeper layers fire less (docs/nir.md)."""
+    pytest.importorskip("sinabs")
+    path = Path(__file__).parent / "data" / "cnn_sinabs.nir"
+    x = (torch.rand(2, 20, 2, 34, 34) < 0.1).float()
+    ref = sinabs_from_nir_run(path, x.numpy())
     ir, _ = _read_quietly(path, producer="sinabs", v_floor="-v_th")
     assert ir.metadata["read_options"]["requested"]["v_floor"] == "-v_th"
     assert np.array_equal(ir.nodes["12"].v_floor, -ir.nodes["12"].v_th)  # type: ignore[attr-defined]

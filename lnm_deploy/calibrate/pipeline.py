@@ -144,7 +144,7 @@ def fit_lzc_readout(ref: RunResult, fixed: RunResult, y: Array) -> tuple[dict[st
     {"run": "float", "samples", "timesteps"}}`` (plain JSON, never pickle). ``report``: the
     calibration report's ``lzc_readout``: ``fitted`` (bool), ``float_accuracy`` and
     ``fixed_accuracy`` (fxsim, ``fixed``) on these samples (fractions in [0, 1]), or ``reason`` why
-    it was not fitted: the output is not 0/1 spikes (a non-spiking output layer), or fewer than 2
+    it was not fitted: the output is not 0/1 spikes (a non-spiking output layer, or graded spikes), or fewer than 2
     timesteps (normalised LZC needs n >= 2). Never raises for those: calibration goes on without it.
     """
     from lnm_deploy.readout import LZCReadout
@@ -154,7 +154,8 @@ def fit_lzc_readout(ref: RunResult, fixed: RunResult, y: Array) -> tuple[dict[st
     if steps < 2:
         why = f"{steps} timestep: the normalised LZC needs at least 2"
     elif not all(np.all((a == 0) | (a == 1)) for a in (ref.output, fixed.output)):
-        why = "the network's output is not 0/1 spikes (a non-spiking output layer)"
+        why = ("the network's output is not 0/1 spikes (a non-spiking output layer, or graded spikes: several "
+               "per step)")
     if why is not None:
         return None, {"fitted": False, "reason": why}
     readout = LZCReadout.fit(ref.output, y)

@@ -612,11 +612,14 @@ class NeuronStats:
 
 @dataclass(eq=False)
 class SpikeStats:
-    """Spike counts per neuron of a spiking node over ``steps`` = samples x timesteps."""
+    """Spike counts per neuron of a spiking node over ``steps`` = samples x timesteps.
+    ``max_spikes``: the layer's spikes per step at most (``Neuron.max_spikes``: 1 binary, N graded,
+    None unbounded graded)."""
 
     name: str
     counts: np.ndarray  # int64, the node's shape
     steps: int = 0
+    max_spikes: int | None = 1
 
     def update(self, spikes: np.ndarray) -> None:
         self.counts = self.counts + spikes.sum(axis=(0, 1), dtype=np.int64)
@@ -639,19 +642,24 @@ class SpikeStats:
 
     @property
     def saturated_fraction(self) -> float:
-        """Fraction of neurons that spiked at every step."""
-        return float(np.mean(self.counts == self.steps)) if self.counts.size and self.steps else 0.0
+        """Fraction of neurons at the layer's cap at every step: ``max_spikes`` spikes per step (a
+        binary layer: a spike at every step); 0.0 for an unbounded graded layer (no cap to reach)."""
+        if not self.counts.size or not self.steps or self.max_spikes is None:
+            return 0.0
+        return float(np.mean(self.counts == self.max_spikes * self.steps))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.counts.shape), "steps": self.steps,
                 "mean_rate": self.mean_rate, "silent_fraction": self.silent_fraction,
                 "saturated_fraction": self.saturated_fraction,
-                "counts": self.counts.reshape(-1).tolist()}
+                "counts": self.counts.reshape(-1).tolist(),
+                **({} if self.max_spikes == 1 else {"max_spikes": self.max_spikes})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpikeStats:
         counts = np.asarray(d["counts"], dtype=np.int64).reshape(tuple(d["shape"]))
-        return cls(d["name"], counts, int(d["steps"]))
+        cap = d.get("max_spikes", 1)
+        return cls(d["name"], counts, int(d["steps"]), None if cap is None else int(cap))
 
 
 @dataclass(frozen=True)
@@ -845,7 +853,8 @@ def collect_stats(graph: Graph, x: np.ndarray, *, batch_size: int = 32, progress
             stats.neurons[name] = NeuronStats(name, tuple(sched.shapes[name]), traced(), traced(), traced(),
                                               traced() if "c" in node.state_names else None)
         if node.emits_spikes:
-            stats.spikes[name] = SpikeStats(name, np.zeros(sched.shapes[name], dtype=np.int64))
+            stats.spikes[name] = SpikeStats(name, np.zeros(sched.shapes[name], dtype=np.int64),
+                                            max_spikes=getattr(node, "max_spikes", 1))
 
     _check_cycles(graph, sched)
     keep_outputs = list(stats.synapses)

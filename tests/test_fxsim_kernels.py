@@ -263,3 +263,22 @@ def test_poly_kernel_blocks_and_spike_rules_match_numpy(n: int) -> None:
         if rules["max_payload"] != 1:
             assert fired.max() <= rules["max_payload"]
     assert runs == 24
+
+
+@pytest.mark.parametrize("n", [255, 257, 700])
+def test_lif_kernel_blocks_match_numpy(n: int) -> None:
+    """``lif_steps`` runs the same blocks of neurons as ``poly_steps``: layers with a partial last
+    block, recorded, in one chunk and in chunks of two timesteps, against the numpy contract."""
+    import fx_nets
+
+    from lnm_deploy.fxsim import compare_runs, run_fx
+
+    for seed in range(6):
+        rng = np.random.default_rng(2000 * n + seed)
+        n_in = int(rng.integers(1, 30))
+        g = fx_nets.chain([("syn", fx_nets.dense(rng, n, n_in)), ("l", fx_nets.lif(rng, (n,)))], (n_in,))
+        x = fx_nets.spikes(rng, int(rng.integers(1, 4)), int(rng.integers(1, 7)), (n_in,))
+        ref = run_fx(g, x, record=True, kernels="numpy")
+        for chunk in (None, 2):
+            got = run_fx(g, x, record=True, chunk=chunk, kernels="numba")
+            assert compare_runs(ref, got, order=g.neuron_names()) is None, (n, seed, chunk)

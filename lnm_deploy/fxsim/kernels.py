@@ -36,7 +36,8 @@ LOCK = threading.Lock()
 _jit = njit(parallel=True, cache=True, nogil=True)
 _inline = njit(inline="always", cache=True)
 
-# neurons per block of ``poly_steps`` (its states and parameters, 80 bytes a neuron, stay in L1)
+# neurons per block of ``poly_steps`` and ``lif_steps`` (their states and parameters, at most 80
+# bytes a neuron, stay in L1)
 POLY_BLOCK = 256
 
 
@@ -323,27 +324,34 @@ def lif_steps(a, u, v, spikes, rec_u, rec_v, record, ku, kv, decay_bits, act_shi
               bias, vth_eff, half, vmax):
     """Section 4.2 for ``a`` (C, B, N) (any integer-valued dtype), states ``u``, ``v`` (B, N)
     int64 updated in place, ``spikes`` (C, B, N) bool; with ``record``, ``rec_u``/``rec_v``
-    (C, B, N) get the states after each step."""
+    (C, B, N) get the states after each step. Blocks of ``POLY_BLOCK`` neurons of a sample run
+    through all the timesteps; the loop over a block is branch-free and indexed unsigned (it
+    vectorises)."""
     steps, batch, n_neurons = a.shape
-    for b in prange(batch):
+    nblk = (n_neurons + POLY_BLOCK - 1) // POLY_BLOCK
+    for bk in prange(batch * nblk):
+        b = bk // nblk
+        lo = (bk - b * nblk) * POLY_BLOCK
+        hi = min(n_neurons, lo + POLY_BLOCK)
+        ub, vb, biasb = u[b, lo:hi], v[b, lo:hi], bias[lo:hi]
         for t in range(steps):
-            for n in range(n_neurons):
-                ud = trunc_shift(u[b, n] * ku, decay_bits)
-                x = wrap32(np.int64(a[t, b, n]) << act_shift)
+            ab = a[t, b, lo:hi]
+            sb = spikes[t, b, lo:hi]
+            for n in range(np.uint64(ub.size)):
+                ud = trunc_shift(ub[n] * ku, decay_bits)
+                x = wrap32(np.int64(ab[n]) << act_shift)
                 q = wrap32(ud + x)
-                if q > half:  # corr24: (-2^23, 2^23]
-                    q -= 2 * half
-                elif q <= -half:
-                    q += 2 * half
-                u[b, n] = q
-                vd = trunc_shift(v[b, n] * kv, decay_bits)
-                vp = min(max(wrap32(vd + q + bias[n]), -vmax), vmax)
+                # corr24: (-2^23, 2^23]
+                q = q - 2 * half if q > half else (q + 2 * half if q <= -half else q)
+                ub[n] = q
+                vd = trunc_shift(vb[n] * kv, decay_bits)
+                vp = min(max(wrap32(vd + q + biasb[n]), -vmax), vmax)
                 s = vp > vth_eff
-                spikes[t, b, n] = s
-                v[b, n] = 0 if s else vp
+                sb[n] = s
+                vb[n] = 0 if s else vp
             if record:
-                rec_u[t, b, :] = u[b]
-                rec_v[t, b, :] = v[b]
+                rec_u[t, b, lo:hi] = ub
+                rec_v[t, b, lo:hi] = vb
 
 
 @_inline

@@ -458,7 +458,7 @@ class _LIFRun(_NeuronRun):
         ru, rv = (_reshaped(rec["u"], flat), _reshaped(rec["v"], flat)) if rec is not None else (_NO_REC, _NO_REC)
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["lif"])(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
-                                out.reshape(flat), ru, rv, rec is not None, self.ku, self.kv,
+                                out.reshape(flat).view(np.uint8), ru, rv, rec is not None, self.ku, self.kv,
                                 self.node.decay_bits, self.node.act_shift, self.bias_n, self.vth_eff,
                                 self.half, self.vmax)
         return None

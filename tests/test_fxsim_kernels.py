@@ -225,3 +225,60 @@ def test_synapses_into_one_neuron_add_in_place_exactly() -> None:
     finally:
         sim._Conv.add_into = orig  # type: ignore[method-assign]
     assert any(added) and not all(added)  # both the in-place and the separate sum ran
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
+def test_poly_kernel_blocks_and_spike_rules_match_numpy(n: int) -> None:
+    """``poly_steps`` runs blocks of ``POLY_BLOCK`` neurons through all timesteps: layers narrower,
+    as wide as and wider than a block (a partial last block), with every spike rule (``>=``,
+    graded counts, the floor) and the current-bias register, against the numpy contract."""
+    import dataclasses
+
+    import fx_nets
+
+    from lnm_deploy.fxsim import compare_runs, run_fx
+
+    runs = 0
+    for seed in range(12):
+        rng = np.random.default_rng(1000 * n + seed)
+        n_in = int(rng.integers(1, 30))
+        node = fx_nets.poly(rng, (n,))
+        sm = 2 ** (node.state_bits - 1) - 1
+        rules: dict[str, object] = {"threshold": ">=" if seed % 2 else ">", "max_payload": [1, 1, 3, 15][seed % 4]}
+        if rules["max_payload"] != 1:
+            rules["vth"] = np.maximum(node.vth, 1)
+        if seed % 3 == 0:
+            rules["v_floor"] = rng.integers(-sm, 1, n)
+        if seed % 5 < 2:
+            rules["c_bias"] = rng.integers(-min(sm, 3000), min(sm, 3000) + 1, n)
+        node = dataclasses.replace(node, **rules)  # type: ignore[arg-type]
+        g = fx_nets.chain([("syn", fx_nets.dense(rng, n, n_in)), ("p", node)], (n_in,))
+        x = fx_nets.spikes(rng, int(rng.integers(1, 4)), int(rng.integers(1, 7)), (n_in,))
+        ref = run_fx(g, x, record=True, kernels="numpy")
+        for chunk in (None, 2):
+            got = run_fx(g, x, record=True, chunk=chunk, kernels="numba")
+            assert compare_runs(ref, got, order=g.neuron_names()) is None, (n, seed, chunk, rules)
+            runs += 1
+        fired = ref.spikes["p"]
+        if rules["max_payload"] != 1:
+            assert fired.max() <= rules["max_payload"]
+    assert runs == 24
+
+
+@pytest.mark.parametrize("n", [255, 257, 700])
+def test_lif_kernel_blocks_match_numpy(n: int) -> None:
+    """``lif_steps`` runs the same blocks of neurons as ``poly_steps``: layers with a partial last
+    block, recorded, in one chunk and in chunks of two timesteps, against the numpy contract."""
+    import fx_nets
+
+    from lnm_deploy.fxsim import compare_runs, run_fx
+
+    for seed in range(6):
+        rng = np.random.default_rng(2000 * n + seed)
+        n_in = int(rng.integers(1, 30))
+        g = fx_nets.chain([("syn", fx_nets.dense(rng, n, n_in)), ("l", fx_nets.lif(rng, (n,)))], (n_in,))
+        x = fx_nets.spikes(rng, int(rng.integers(1, 4)), int(rng.integers(1, 7)), (n_in,))
+        ref = run_fx(g, x, record=True, kernels="numpy")
+        for chunk in (None, 2):
+            got = run_fx(g, x, record=True, chunk=chunk, kernels="numba")
+            assert compare_runs(ref, got, order=g.neuron_names()) is None, (n, seed, chunk)

@@ -36,6 +36,10 @@ LOCK = threading.Lock()
 _jit = njit(parallel=True, cache=True, nogil=True)
 _inline = njit(inline="always", cache=True)
 
+# neurons per block of ``poly_steps`` and ``lif_steps`` (their states and parameters, at most 80
+# bytes a neuron, stay in L1)
+POLY_BLOCK = 256
+
 
 @_inline
 def wrap32(x):
@@ -320,27 +324,72 @@ def lif_steps(a, u, v, spikes, rec_u, rec_v, record, ku, kv, decay_bits, act_shi
               bias, vth_eff, half, vmax):
     """Section 4.2 for ``a`` (C, B, N) (any integer-valued dtype), states ``u``, ``v`` (B, N)
     int64 updated in place, ``spikes`` (C, B, N) bool; with ``record``, ``rec_u``/``rec_v``
-    (C, B, N) get the states after each step."""
+    (C, B, N) get the states after each step. Blocks of ``POLY_BLOCK`` neurons of a sample run
+    through all the timesteps; the loop over a block is branch-free and indexed unsigned (it
+    vectorises)."""
     steps, batch, n_neurons = a.shape
-    for b in prange(batch):
+    nblk = (n_neurons + POLY_BLOCK - 1) // POLY_BLOCK
+    for bk in prange(batch * nblk):
+        b = bk // nblk
+        lo = (bk - b * nblk) * POLY_BLOCK
+        hi = min(n_neurons, lo + POLY_BLOCK)
+        ub, vb, biasb = u[b, lo:hi], v[b, lo:hi], bias[lo:hi]
         for t in range(steps):
-            for n in range(n_neurons):
-                ud = trunc_shift(u[b, n] * ku, decay_bits)
-                x = wrap32(np.int64(a[t, b, n]) << act_shift)
+            ab = a[t, b, lo:hi]
+            sb = spikes[t, b, lo:hi]
+            for n in range(np.uint64(ub.size)):
+                ud = trunc_shift(ub[n] * ku, decay_bits)
+                x = wrap32(np.int64(ab[n]) << act_shift)
                 q = wrap32(ud + x)
-                if q > half:  # corr24: (-2^23, 2^23]
-                    q -= 2 * half
-                elif q <= -half:
-                    q += 2 * half
-                u[b, n] = q
-                vd = trunc_shift(v[b, n] * kv, decay_bits)
-                vp = min(max(wrap32(vd + q + bias[n]), -vmax), vmax)
+                # corr24: (-2^23, 2^23]
+                q = q - 2 * half if q > half else (q + 2 * half if q <= -half else q)
+                ub[n] = q
+                vd = trunc_shift(vb[n] * kv, decay_bits)
+                vp = min(max(wrap32(vd + q + biasb[n]), -vmax), vmax)
                 s = vp > vth_eff
-                spikes[t, b, n] = s
-                v[b, n] = 0 if s else vp
+                sb[n] = s
+                vb[n] = 0 if s else vp
             if record:
-                rec_u[t, b, :] = u[b]
-                rec_v[t, b, :] = v[b]
+                rec_u[t, b, lo:hi] = ub
+                rec_v[t, b, lo:hi] = vb
+
+
+@_inline
+def _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd, dtmask,
+                rc, reset_value, half_s, half_r, sat, ge, max_payload, graded, syn, cubic):
+    """One timestep of ``poly_steps`` for a block of neurons (views). ``graded``, ``syn``
+    (a current state), ``cubic`` (a nonzero coefficient of degree 3) are constants at each call
+    site, so each call compiles to its own branch-free loop without the steps it does not need:
+    without a current state ``c' = ovf_S(x)`` (``kc`` is 0 there: ``rnd(0) = 0``), below degree
+    3 the first Horner register is ``coef[2]`` (``rnd(0 * v) = 0``), exactly. ``rc``: the Horner
+    steps' shifts and ``round_consts`` (a tuple: CPython passes more than 30 arguments as
+    ``*args``, which numba cannot inline)."""
+    s0, s1, s2, a0, a1, a2, m0, m1, m2 = rc
+    for n in range(np.uint64(vb.size)):
+        x = np.int64(ab[n]) << in_shift
+        vo = vb[n]
+        if syn:
+            cn = ovf(rnd(cb[n] * kcb[n], decay_bits, dadd, dtmask) + x, half_s, sat)
+        else:
+            cn = ovf(x, half_s, sat)
+        cb[n] = cn
+        if cubic:
+            h = ovf(rnd(c3b[n] * vo, s2, a2, m2) + c2b[n], half_r, sat)
+        else:
+            h = c2b[n]
+        h = ovf(rnd(h * vo, s1, a1, m1) + c1b[n], half_r, sat)
+        h = ovf(rnd(h * vo, s0, a0, m0) + c0b[n], half_r, sat)
+        vp = ovf(h + cn, half_s, sat)
+        th = vthb[n]
+        s = vp >= th if ge else vp > th
+        if graded:
+            cnt = min(vp // th, max_payload) if s else np.int64(0)
+            sb[n] = cnt
+            reset = vrb[n] if reset_value else ovf(vp - cnt * th, half_s, sat)
+        else:
+            sb[n] = s
+            reset = vrb[n] if reset_value else ovf(vp - th, half_s, sat)
+        vb[n] = max(reset if s else vp, vfb[n])
 
 
 @_jit
@@ -352,37 +401,53 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks
     register stays zero through ``rnd`` and takes the next coefficient exactly, so every degree
     runs the same three Horner steps. ``adds``/``tmasks``/``dadd``/``dtmask``: ``round_consts``
     of each shift and of the decay; ``half_s``/``half_r``: ``2**(S-1)``, ``2**(R-1)``; ``sat``:
-    saturate (else wrap); per-neuron ``kc = 2**D - syn_decay``, ``vth``, ``v_reset`` (N,).
-    Section 5.2: ``ge`` (test ``v' >= vth``), ``max_payload`` (1: binary; else the count
-    ``min(v' // vth, max_payload)``), ``v_floor`` (N,) (``-2**(S-1)`` where there is none: then
-    the identity). ``spikes`` is uint8 (a bool array is passed as its uint8 view)."""
+    saturate (else wrap); per-neuron ``kc = 2**D - syn_decay`` (0 without a current state:
+    ``has_syn`` False), ``vth``, ``v_reset`` (N,). Section 5.2: ``ge`` (test ``v' >= vth``),
+    ``max_payload`` (1: binary; else the count ``min(v' // vth, max_payload)``), ``v_floor`` (N,)
+    (``-2**(S-1)`` where there is none: then the identity). ``spikes`` is uint8 (a bool array is
+    passed as its uint8 view). The loop over neurons is branch-free (selects) and indexed
+    unsigned, so that it vectorises; the graded count (a division) has its own loop."""
     steps, batch, n_neurons = a.shape
     s0, s1, s2 = shifts[0], shifts[1], shifts[2]
     a0, a1, a2 = adds[0], adds[1], adds[2]
     m0, m1, m2 = tmasks[0], tmasks[1], tmasks[2]
-    for b in prange(batch):
+    c0, c1, c2, c3 = coef[0], coef[1], coef[2], coef[3]
+    cubic = np.any(c3 != 0)
+    rc = (s0, s1, s2, a0, a1, a2, m0, m1, m2)
+    nblk = (n_neurons + POLY_BLOCK - 1) // POLY_BLOCK
+    for bk in prange(batch * nblk):
+        b = bk // nblk
+        lo = (bk - b * nblk) * POLY_BLOCK
+        hi = min(n_neurons, lo + POLY_BLOCK)
+        # a block of neurons through all the timesteps: its states and parameters stay in L1
+        vb, cb = v[b, lo:hi], c[b, lo:hi]
+        kcb, c0b, c1b, c2b, c3b = kc[lo:hi], c0[lo:hi], c1[lo:hi], c2[lo:hi], c3[lo:hi]
+        vthb, vrb, vfb = vth[lo:hi], v_reset[lo:hi], v_floor[lo:hi]
         for t in range(steps):
-            for n in range(n_neurons):
-                x = np.int64(a[t, b, n]) << in_shift
-                if has_syn:
-                    cn = ovf(rnd(c[b, n] * kc[n], decay_bits, dadd, dtmask) + x, half_s, sat)
+            ab = a[t, b, lo:hi]
+            sb = spikes[t, b, lo:hi]
+            if max_payload > 1:
+                _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
+                    dtmask, rc, reset_value, half_s, half_r, sat, ge,
+                    max_payload, True, True, True)
+            elif has_syn:
+                if cubic:
+                    _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
+                        dtmask, rc, reset_value, half_s, half_r, sat, ge,
+                        max_payload, False, True, True)
                 else:
-                    cn = ovf(x, half_s, sat)
-                c[b, n] = cn
-                vo = v[b, n]
-                h = ovf(rnd(coef[3, n] * vo, s2, a2, m2) + coef[2, n], half_r, sat)
-                h = ovf(rnd(h * vo, s1, a1, m1) + coef[1, n], half_r, sat)
-                h = ovf(rnd(h * vo, s0, a0, m0) + coef[0, n], half_r, sat)
-                vp = ovf(h + cn, half_s, sat)
-                th = vth[n]
-                s = vp >= th if ge else vp > th
-                cnt = np.int64(0)
-                if s:
-                    cnt = min(vp // th, max_payload) if max_payload > 1 else np.int64(1)
-                spikes[t, b, n] = cnt
-                reset = v_reset[n] if reset_value else ovf(vp - cnt * th, half_s, sat)
-                v[b, n] = max(reset if s else vp, v_floor[n])
+                    _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
+                        dtmask, rc, reset_value, half_s, half_r, sat, ge,
+                        max_payload, False, True, False)
+            elif cubic:
+                _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
+                    dtmask, rc, reset_value, half_s, half_r, sat, ge,
+                    max_payload, False, False, True)
+            else:
+                _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
+                    dtmask, rc, reset_value, half_s, half_r, sat, ge,
+                    max_payload, False, False, False)
             if record:
-                rec_v[t, b, :] = v[b]
+                rec_v[t, b, lo:hi] = vb
                 if has_syn:  # rec_c is a 1-element placeholder otherwise
-                    rec_c[t, b, :] = c[b]
+                    rec_c[t, b, lo:hi] = cb

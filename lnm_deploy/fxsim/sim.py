@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -325,6 +326,62 @@ def _full(a: Array | int, shape: tuple[int, ...], dtype: Any) -> Array:
     return np.array(np.broadcast_to(a, shape), dtype=dtype, order="C")
 
 
+class _Pool:
+    """Arrays a run of ``run_fx`` uses only inside itself (spikes in the time-major layout, the
+    compiled neuron kernels' states),
+    kept per thread from one run to the next: a fresh multi-megabyte array costs the operating
+    system's page faults on its first write, every run (measured: a tenth of a ResNet run).
+    ``run_fx`` takes the thread's pool for the run (``take``) and hands it back (``give``); a run
+    nested in another on the same thread finds it empty and allocates."""
+
+    _local = threading.local()
+
+    def __init__(self, free: list[Array]) -> None:
+        self.free, self.used = free, []  # type: list[Array], list[Array]
+
+    @classmethod
+    def take(cls) -> _Pool:
+        free = getattr(cls._local, "free", None) or []
+        cls._local.free = []
+        pool = cls(free)
+        cls._local.current = pool
+        return pool
+
+    def give(self) -> None:
+        self._local.free = self.used + self.free
+        self._local.current = None
+
+    @classmethod
+    def current(cls) -> _Pool | None:
+        return getattr(cls._local, "current", None)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """An array of ``shape`` and ``dtype`` (C-contiguous, values left over), this run's own."""
+        for i, a in enumerate(self.free):
+            if a.shape == shape and a.dtype == dtype:
+                self.used.append(self.free.pop(i))
+                return a
+        a = np.empty(shape, dtype=dtype)
+        self.used.append(a)
+        return a
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """``np.zeros(shape, dtype)`` in an array of this run's own."""
+        a = self.empty(shape, dtype)
+        a.fill(0)
+        return a
+
+
+def _state(a: Array | int, shape: tuple[int, ...]) -> Array:
+    """``_full(a, shape, np.int64)`` in an array of the running ``run_fx``'s pool (``_Pool``)."""
+    pool = _Pool.current()
+    if pool is None:
+        return _full(a, shape, np.int64)
+    out = pool.empty(shape, np.int64)
+    np.copyto(out, a)
+    return out
+
+
 class _NeuronRun:
     """State of one neuron layer over a batch, advanced a chunk of timesteps at a time."""
 
@@ -385,6 +442,9 @@ class _LIFRun(_NeuronRun):
             self.kv_f = self.kv / unity
             self.bias_f = self.bias.astype(np.float64) if self.bias.any() else None
             self.keep = np.empty(shape, dtype=bool)
+        elif kern is not None:  # the compiled kernel's states live in the run's pool
+            self.u = _state(node.u_init, shape)
+            self.v = _state(node.v_init, shape)
         else:
             self.u = _full(node.u_init, shape, np.int64)
             self.v = _full(node.v_init, shape, np.int64)
@@ -398,7 +458,7 @@ class _LIFRun(_NeuronRun):
         ru, rv = (_reshaped(rec["u"], flat), _reshaped(rec["v"], flat)) if rec is not None else (_NO_REC, _NO_REC)
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["lif"])(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
-                                out.reshape(flat), ru, rv, rec is not None, self.ku, self.kv,
+                                out.reshape(flat).view(np.uint8), ru, rv, rec is not None, self.ku, self.kv,
                                 self.node.decay_bits, self.node.act_shift, self.bias_n, self.vth_eff,
                                 self.half, self.vmax)
         return None
@@ -466,8 +526,10 @@ class _PolyRun(_NeuronRun):
         self.node = node
         self.kern = kern
         shape = (batch, *node.shape)
-        self.v = _full(node.v_init, shape, np.int64)
-        self.c = _full(node.c_init, shape, np.int64)
+        # the compiled kernel's states live in the run's pool (the numpy path replaces its states
+        # by new arrays each step: no gain there)
+        self.v = _full(node.v_init, shape, np.int64) if kern is None else _state(node.v_init, shape)
+        self.c = _full(node.c_init, shape, np.int64) if kern is None else _state(node.c_init, shape)
         self.params = PolyParams.of(node)
         self.S, self.R = node.state_bits, node.acc_bits
         self.kc = self.params.kc
@@ -668,8 +730,10 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     synapses = {n: _make_synapse(n, graph.nodes[n], kern, payloads[n]) for n in sched.order
                 if graph.nodes[n].role == "synapse"}
     in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
+    pool = _Pool.take()  # handed back after the run (the neurons' states live in it)
     neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
-    spikes = {n: np.zeros((steps, batch, *sched.shapes[n]), dtype=np.uint8 if run.node.spike_payload() > 1 else bool)
+    # (timesteps, batch) layout, copied into the result's (batch, timesteps) arrays at the end
+    spikes = {n: pool.zeros((steps, batch, *sched.shapes[n]), np.uint8 if run.node.spike_payload() > 1 else bool)
               for n, run in neurons.items()}
     out_src = sched.inputs[sched.output_node][0][0]
     # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
@@ -682,10 +746,12 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
         states = {n: {k: np.swapaxes(a, 0, 1) for k, a in d.items()} for n, d in states_bt.items()}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
-    _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
-
-    spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()
-                 if output_state(graph.nodes[n], n) is None}
+    try:
+        _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
+        spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()
+                     if output_state(graph.nodes[n], n) is None}
+    finally:
+        pool.give()
     output = spikes_bt[out_src] if graded is None else states_bt[out_src][graded]
     return RunResult(output=output, spikes=spikes_bt, states=states_bt if record else {})
 

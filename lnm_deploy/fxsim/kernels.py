@@ -359,9 +359,11 @@ def _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shif
                 rc, reset_value, half_s, half_r, sat, ge, max_payload, graded, syn, cubic):
     """One timestep of ``poly_steps`` for a block of neurons (views). ``graded``, ``syn``
     (a current state), ``cubic`` (a nonzero coefficient of degree 3) are constants at each call
-    site, so each call compiles to its own branch-free loop without the steps it does not need:
-    without a current state ``c' = ovf_S(x)`` (``kc`` is 0 there: ``rnd(0) = 0``), below degree
-    3 the first Horner register is ``coef[2]`` (``rnd(0 * v) = 0``), exactly. ``rc``: the Horner
+    site, so each call compiles to its own branch-free loop; leaving a step out is exact: without
+    a current state ``c' = ovf_S(x)`` (``kc`` is 0 there: ``rnd(0) = 0``), below degree 3 the
+    first Horner register is ``coef[2]`` (``rnd(0 * v) = 0``). ``poly_steps`` calls it with two
+    sets only (graded, binary), both with every step: each call site is inlined and compiled
+    once more, which the bounds-checked test build pays for every signature. ``rc``: the Horner
     steps' shifts and ``round_consts`` (a tuple: CPython passes more than 30 arguments as
     ``*args``, which numba cannot inline)."""
     s0, s1, s2, a0, a1, a2, m0, m1, m2 = rc
@@ -412,7 +414,6 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks
     a0, a1, a2 = adds[0], adds[1], adds[2]
     m0, m1, m2 = tmasks[0], tmasks[1], tmasks[2]
     c0, c1, c2, c3 = coef[0], coef[1], coef[2], coef[3]
-    cubic = np.any(c3 != 0)
     rc = (s0, s1, s2, a0, a1, a2, m0, m1, m2)
     nblk = (n_neurons + POLY_BLOCK - 1) // POLY_BLOCK
     for bk in prange(batch * nblk):
@@ -426,27 +427,14 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks
         for t in range(steps):
             ab = a[t, b, lo:hi]
             sb = spikes[t, b, lo:hi]
+            # two compiled copies of the block (compile time: each is inlined): graded, and binary
+            # with every step (a zero kc or degree-3 coefficient is exact: rnd(0) = 0)
             if max_payload > 1:
                 _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
-                    dtmask, rc, reset_value, half_s, half_r, sat, ge,
-                    max_payload, True, True, True)
-            elif has_syn:
-                if cubic:
-                    _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
-                        dtmask, rc, reset_value, half_s, half_r, sat, ge,
-                        max_payload, False, True, True)
-                else:
-                    _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
-                        dtmask, rc, reset_value, half_s, half_r, sat, ge,
-                        max_payload, False, True, False)
-            elif cubic:
-                _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
-                    dtmask, rc, reset_value, half_s, half_r, sat, ge,
-                    max_payload, False, False, True)
+                            dtmask, rc, reset_value, half_s, half_r, sat, ge, max_payload, True, True, True)
             else:
                 _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
-                    dtmask, rc, reset_value, half_s, half_r, sat, ge,
-                    max_payload, False, False, False)
+                            dtmask, rc, reset_value, half_s, half_r, sat, ge, max_payload, False, True, True)
             if record:
                 rec_v[t, b, lo:hi] = vb
                 if has_syn:  # rec_c is a 1-element placeholder otherwise

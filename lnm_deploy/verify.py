@@ -314,6 +314,13 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     notes: list[str] = []
     if recorded is not None:
         requested = dict(recorded.get("requested") or {})
+        conv = recorded.get("convention")
+        if isinstance(conv, dict) and "max_spikes" not in conv:
+            # Recorded by a reader that read every neuron with v > v_th and one spike per step
+            # whatever the producer's convention declared (lnm-deploy before the spike rules):
+            # replay that reading, not today's.
+            requested.setdefault("threshold", ">")
+            requested.setdefault("spikes", "single")
         for key, value in given.items():
             if value is None:
                 continue
@@ -350,7 +357,32 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
     if float_path is not None and src.get("sha256") and sha256_file(path) != src.get("sha256"):
         as_calibrated = False
         notes.append(f"--float {path} is not the file the artifact was calibrated from")
+    differs = spike_rule_differences(graph, artifact.graph)
+    if differs:
+        raise GraphError(f"{path} now reads with other spike rules than the artifact was calibrated with "
+                         f"({'; '.join(differs)}): comparing them would judge another model. Recalibrate from "
+                         "the graph, or pass --float dequantized to compare with the artifact's own "
+                         "dequantized graph")
     return FloatModel(graph, path, {"requested": requested, "resolved": now}, as_calibrated, notes=notes)
+
+
+def spike_rule_differences(graph: Graph, deq: Graph) -> list[str]:
+    """Where a float graph's neurons and an artifact's dequantized graph (``Artifact.graph``)
+    disagree on how a neuron spikes: spiking or a readout, the spike test, graded or binary spikes
+    (the dequantized graph holds the target's cap, so only binary against graded counts), a
+    membrane floor or none. Empty when they agree (nodes in only one graph are not compared)."""
+    out = []
+    for name, node in graph.nodes.items():
+        other = deq.nodes.get(name)
+        if not isinstance(node, Neuron) or not isinstance(other, Neuron):
+            continue
+        for what, a, b in (("spiking", node.spiking, other.spiking),
+                           ("spike test", f"v {node.threshold} v_th", f"v {other.threshold} v_th"),
+                           ("graded spikes", node.graded, other.graded),
+                           ("membrane floor", node.v_floor is not None, other.v_floor is not None)):
+            if a != b:
+                out.append(f"node '{name}': {what} {a} in the float graph, {b} at calibration")
+    return out
 
 
 def artifact_lzc_readout(artifact: Artifact) -> tuple[LZCReadout | None, dict[str, Any] | None]:

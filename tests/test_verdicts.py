@@ -297,3 +297,41 @@ def test_cli_reading_options_are_recorded_and_replayed(tmp_path: Path, capsys: p
     hand = _by_hand(src, art, x[:8], producer="sinabs", reset="value", spikes="single", threshold=">")
     assert {layer["name"]: layer["spike_agreement"] for layer in doc["layers"]} == hand
     capsys.readouterr()
+
+
+def test_verify_never_reads_the_float_model_with_other_spike_rules_than_calibrated(tmp_path: Path) -> None:
+    """An artifact recorded by the reader before the spike rules (a Sinabs graph read with v > v_th
+    and one spike per step whatever its convention declared) is reread that way; and where a
+    reading would give the float model other spike rules than the artifact's neurons, verify
+    refuses instead of judging another model."""
+    import copy
+
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.targets import load_target
+
+    src = tmp_path / "g.nir"
+    _if_graph(src)
+    x = _spikes(24, 30, 8, 0.3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        graph = read_nir(src, producer="sinabs", threshold=">", spikes="single")
+        res = calibrate_network(graph, x, load_target("loihi2"), load_recipe("default"), source=src, progress=False)
+    art = read_artifact(write_artifact(res.artifact, tmp_path / "art.nir"))
+    opts = art.record["provenance"]["source_graph"]["read_options"]
+    # as the reader before this change recorded it: only the producer asked for, no max_spikes
+    old = copy.deepcopy(art)
+    old_opts = old.record["provenance"]["source_graph"]["read_options"]
+    old_opts["requested"] = {k: v for k, v in opts["requested"].items() if k not in ("threshold", "spikes")}
+    del old_opts["convention"]["max_spikes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        ok = verify(old, x[:8], backends=(), min_agreement=0.0, progress=False)
+    assert ok.to_dict()["float"]["as_calibrated"] is True
+    assert ok.to_dict()["float"]["read_options"]["requested"]["threshold"] == ">"
+    # a record whose replay gives other rules (Sinabs' own: v >= v_th, graded): refused, naming them
+    new = copy.deepcopy(art)
+    new.record["provenance"]["source_graph"]["read_options"]["requested"] = {"producer": "sinabs"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        with pytest.raises(GraphError, match=r"other spike rules.*node '.*': spike test v >= v_th in the float graph"):
+            verify(new, x[:8], backends=(), min_agreement=0.0, progress=False)

@@ -610,7 +610,8 @@ def _why_not(layer: MappedLayer, target: Target) -> str:
     if why:
         return (f"{why}: the stock LIF tests v > vth * 2^6 (v >= would be v > vth * 2^6 - 1, not expressible), "
                 "sends one spike per step and has no floor; deploy on a target with the programmable "
-                "neuron (--target loihi2), which runs them exactly")
+                "neuron (--target loihi2), which runs them exactly, or, knowingly approximating the "
+                "framework, read the graph with --threshold '>' --spikes single and no --v-floor")
     return "does not apply to this layer"
 
 

@@ -190,14 +190,14 @@ def test_sinabs_iaf_calibrates_for_loihi2_and_verifies_bit_exact(net: str, floor
 def test_the_floor_is_rounded_to_the_nearest_lsb_and_the_dequantized_graph_says_the_rules() -> None:
     g, x = _mlp(True)
     res = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), progress=False)  # type: ignore[arg-type]
-    q = res.artifact.layers["iaf1"].q if hasattr(res.artifact, "layers") else None
+    q = res.quantized.layers["iaf1"].q  # the layer's state LSB in real units
     node = res.artifact.fx.nodes["iaf1"]
     deq = res.artifact.graph.nodes["iaf1"]
     assert isinstance(node, FxPoly) and isinstance(deq, Neuron)
     assert deq.threshold == ">=" and deq.max_spikes == 255 and deq.v_floor is not None
-    lsb = float(deq.v_th.reshape(-1)[0]) / int(node.vth.reshape(-1)[0])  # type: ignore[union-attr]
-    assert q is None or q == pytest.approx(lsb)
-    assert np.array_equal(node.v_floor, np.rint(-1.0 / lsb).astype(np.int64) * np.ones((12,), np.int64))
+    assert np.array_equal(deq.v_th, np.asarray(node.vth) * q)  # the dequantized threshold is vth LSBs, exactly
+    assert np.array_equal(node.v_floor, np.rint(-1.0 / q).astype(np.int64) * np.ones((12,), np.int64))
+    assert np.array_equal(deq.v_floor, np.asarray(node.v_floor) * q)
 
 
 def test_a_reached_payload_cap_is_warned() -> None:

@@ -345,9 +345,10 @@ def payload_cap(node: Neuron, cap: int) -> int:
 
 def payload_cap_note(name: str, node: Neuron, rng: NeuronRange, cap: int) -> str:
     """The approximation of lowering a graded layer's ``max_spikes`` (None or above ``cap``) with the
-    target's cap, when the calibration data reached it: the float model's largest count there is
-    ``floor(v_pre_max / min v_th)`` (capped by ``max_spikes``); "" when it stays within ``cap``
-    (then the cap changes nothing on that data)."""
+    target's cap, when the calibration data may reach it: ``floor(v_pre_max / min v_th)`` (capped
+    by ``max_spikes``) is the float model's largest count there with one threshold per layer, and
+    a bound on it with per-neuron thresholds (the note then says "may reach"); "" when it stays
+    within ``cap`` (then the cap changes nothing on that data)."""
     v_th = float(np.min(node.v_th)) if node.v_th is not None else 0.0
     if v_th <= 0 or rng.v_pre_max < v_th:
         return ""
@@ -357,9 +358,15 @@ def payload_cap_note(name: str, node: Neuron, rng: NeuronRange, cap: int) -> str
     if reached <= cap:
         return ""
     limit = "unbounded" if node.max_spikes is None else str(node.max_spikes)
+    uniform = node.v_th is not None and bool(np.all(node.v_th == v_th))
+    # one threshold: the neuron with the largest v_pre has the largest count, exactly; per-neuron
+    # thresholds: the layer's largest v_pre over its smallest v_th only bounds it
+    reach = (f"reaches {reached} (v_pre up to {rng.v_pre_max:.4g}, v_th {v_th:.4g})" if uniform else
+             f"may reach up to {reached} (an upper bound: the layer's largest v_pre {rng.v_pre_max:.4g} over its "
+             f"smallest v_th {v_th:.4g})")
     return (f"graded spikes capped at {cap} per step (the target's [poly] max_spike_payload; max_spikes "
-            f"{limit}): the calibration data reaches {reached} (v_pre up to {rng.v_pre_max:.4g}, v_th "
-            f"{v_th:.4g}), so larger counts are sent as {cap} and the subtractive reset removes only {cap} v_th")
+            f"{limit}): the calibration data {reach}, so larger counts are sent as {cap} and the subtractive "
+            f"reset removes only {cap} v_th")
 
 
 def plan_lif(sel: Selection, target: Target, weight_clip: WeightClip) -> ScalePlan:

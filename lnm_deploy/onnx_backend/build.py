@@ -545,6 +545,8 @@ class _Poly(NeuronLowering):
         fired = b.op("GreaterOrEqual" if n.threshold == ">=" else "Greater", [vp, vth], "fired")
         if n.graded:
             safe = b.op("Where", [fired, vp, vth], "v_fired")  # >= vth >= 1 everywhere: Div floors
+            # int64 Min/Max here see only state-range values (|x| < 2**30), where onnxruntime 1.23's
+            # are right (its wrong results need inputs below -2**31)
             count = b.op("Min", [b.op("Div", [safe, vth], "count"), b.const(n.max_payload)], "count_cap")
             s = b.op("Where", [fired, count, b.const(0)], "spikes")
             sub = b.op("Mul", [s, vth], "sub")  # <= v' < 2**(S-1)

@@ -124,3 +124,16 @@ def test_graded_spike_records_hold_their_counts(max_spikes: int | None, dtype: t
     if max_spikes is None:
         with pytest.raises(NumericError, match=r"'n'.*spikes in one step"):
             run_float(g, np.array([[[5e9]]]))
+
+
+@pytest.mark.parametrize("value", [2.7, "3", np.float64(2.5), float("nan"), True])
+def test_a_non_integer_spike_cap_is_refused_never_truncated(value: object) -> None:
+    from lnm_deploy.fixedpoint import FxPoly
+
+    with pytest.raises(GraphError, match="max_spikes"):
+        sequential([("n", Neuron(shape=(1,), poly=[0.0, 1.0], v_th=1.0, max_spikes=value))], (1,)).schedule()
+    if not isinstance(value, bool):
+        with pytest.raises(GraphError, match="max_payload must be an integer"):
+            FxPoly(shape=(1,), coef=[0, 1], shifts=[0], vth=[4], max_payload=value)
+    assert sequential([("n", Neuron(shape=(1,), poly=[0.0, 1.0], v_th=1.0, max_spikes=3.0))],
+                      (1,)).nodes["n"].max_spikes == 3

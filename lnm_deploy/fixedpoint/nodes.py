@@ -54,6 +54,15 @@ def _iarr(node: str, name: str, x: Any) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def _integral(node: str, name: str, x: Any) -> int:
+    """``x`` as a Python int when it is an integer (or an integral float); ``GraphError`` naming
+    ``node`` and ``name`` otherwise (never truncated: 2.7 is not 2)."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer, float, np.floating)) or x != np.floor(x) \
+            or not np.isfinite(x):
+        raise GraphError(f"{name} must be an integer, got {x!r}", node=node)
+    return int(x)
+
+
 def _check_range(node: str, name: str, a: np.ndarray | int, lo: int, hi: int) -> None:
     arr = np.asarray(a)
     if arr.size and (arr.min() < lo or arr.max() > hi):
@@ -397,7 +406,7 @@ class FxPoly(FxNeuron):
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
-        self.max_payload = int(self.max_payload)
+        self.max_payload = _integral("poly", "max_payload", self.max_payload)
         coef = _iarr("poly", "coef", self.coef)
         if coef.ndim == 0:
             coef = coef.reshape(1)

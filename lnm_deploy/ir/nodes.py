@@ -500,8 +500,10 @@ class Neuron(Node):
             raise GraphError("syn_gain given without syn_decay")
         self.dt = float(self.dt)
         self.v_floor = full(self.v_floor, None)
-        if self.max_spikes is not None and not isinstance(self.max_spikes, bool):
-            self.max_spikes = int(self.max_spikes)
+        ms = self.max_spikes
+        if isinstance(ms, (int, np.integer, float, np.floating)) and not isinstance(ms, bool) and np.isfinite(ms) \
+                and ms == np.floor(ms):
+            self.max_spikes = int(ms)  # an integral value; anything else is refused by validate, never truncated
 
     @property
     def degree(self) -> int:
@@ -516,7 +518,8 @@ class Neuron(Node):
             raise GraphError(f"reset must be one of {RESET_MODES}, got {self.reset!r}", node=name)
         if self.threshold not in THRESHOLD_TESTS:
             raise GraphError(f"threshold must be one of {THRESHOLD_TESTS}, got {self.threshold!r}", node=name)
-        if self.max_spikes is not None and (isinstance(self.max_spikes, bool) or self.max_spikes < 1):
+        if self.max_spikes is not None and (isinstance(self.max_spikes, bool) or not isinstance(self.max_spikes, int)
+                                            or self.max_spikes < 1):
             raise GraphError(f"max_spikes must be a positive integer or None (unbounded), got {self.max_spikes!r}",
                              node=name)
         if self.graded and self.v_th is not None and not np.all(self.v_th > 0):

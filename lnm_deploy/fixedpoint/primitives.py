@@ -397,7 +397,8 @@ def check_poly(name: str, n: FxPoly, t: Target) -> None:
         _in(name, "c_bias", n.c_bias, s.c_bias, t.name)
     if n.max_payload > s.max_spike_payload:
         raise GraphError(f"max_payload {n.max_payload} exceeds target '{t.name}' max_spike_payload "
-                         f"{s.max_spike_payload}", node=name)
+                         f"{s.max_spike_payload}: recalibrate for this target (calibrate caps graded spikes at "
+                         "its max_spike_payload) or choose a target with a larger payload", node=name)
 
 
 # ------------------------------------------------------------------------------- the registry

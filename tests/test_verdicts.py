@@ -211,6 +211,14 @@ def test_backend_samples_are_reported_per_backend(art_files: dict[str, Path], tm
     res = verify(art_files["art"], np.load(art_files["test"])["x"], backends="fxsim", backend_samples=100,
                  progress=False, min_agreement=0)
     assert res.backends["fxsim"].samples == 6
+    # fxsim as a backend on fewer samples: held against the full reference run, which stays whole
+    js2, page2 = tmp_path / "f.json", tmp_path / "f.html"
+    assert main(["verify", str(art_files["art"]), "--data", str(art_files["test"]), "--backend", "fxsim",
+                 "--backend", "onnx", "--backend-samples", "2", "--json", str(js2), "--html", str(page2),
+                 "--max-accuracy-drop", "1", "--quiet"]) == 0
+    doc = json.loads(js2.read_text())
+    assert doc["backends"]["fxsim"]["samples"] == 2 and doc["backends"]["fxsim"]["bit_exact"] is True
+    assert doc["samples"] == 6 and doc["backends"]["onnx"]["samples"] == 2
 
 
 def test_silent_float_model_fails(art_files: dict[str, Path], tmp_path: Path) -> None:

@@ -294,7 +294,7 @@ def _figures(result: Any, graph: Graph, artifact: Any) -> str:
         names, {"float vs fxsim": [layer.spike_agreement for layer in result.layers]}
         | {f"{b} vs fxsim": [1.0 - float(np.mean(runs[b].spikes[n] != runs["fxsim"].spikes[n][: len(runs[b].spikes[n])]))
                              for n in names]
-           for b in result.backends if b in runs},
+           for b in result.backends if b in runs and b != "fxsim"},
         "fraction of equal spikes", "per-layer spike agreement"), "agreement")]
     div = result.first_divergence
     sample = int(div["sample"]) if div else 0

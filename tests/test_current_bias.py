@@ -298,3 +298,40 @@ def test_adaptive_neuron_uses_the_register() -> None:
     got = run_onnx(res.artifact.fx, x, record=True)
     assert np.array_equal(got.spikes["a"], fixed.spikes["a"])
     assert all(np.array_equal(got.states["a"][k], fixed.states["a"][k]) for k in fixed.states["a"])
+
+
+def test_a_stock_lif_like_layer_with_a_current_bias_takes_the_register_on_loihi2() -> None:
+    """A Synaptic layer with one alpha, one beta and one threshold per layer is exactly a stock LIF
+    but for the bias into its current, which the stock LIF could only fold at its steady state:
+    on a target whose programmable neuron has the register, it goes there (no fold, no warning);
+    on loihi2-lif it is the stock LIF with the fold, warned."""
+    pytest.importorskip("snntorch")
+    import snntorch as snn
+    import torch
+    from snntorch.export_nir import export_to_nir
+    from torch import nn
+
+    from lnm_deploy.nir_io import from_nir
+
+    torch.manual_seed(0)
+    def syn(n: int) -> nn.Module:  # per-neuron tensors (snnTorch's exporter needs them), all equal
+        return snn.Synaptic(alpha=torch.full((n,), 0.75), beta=torch.full((n,), 0.875), threshold=torch.ones(n),
+                            init_hidden=True, reset_mechanism="zero", reset_delay=False)
+
+    net = nn.Sequential(nn.Linear(12, 10), syn(10), nn.Linear(10, 4), syn(4))
+    with torch.no_grad():
+        net[0].bias.fill_(0.25)
+        net[2].bias.fill_(0.125)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = from_nir(export_to_nir(net, torch.zeros(1, 12), ignore_dims=[0]), producer="snntorch")
+    x = (np.random.default_rng(0).random((16, 30, 12)) < 0.3).astype(np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = calibrate_network(g, x, load_target("loihi2"), load_recipe("default"), progress=False)
+    neurons = [n for n, node in res.artifact.fx.nodes.items() if isinstance(node, FxPoly)]
+    assert len(neurons) == 2 and all(res.artifact.fx.nodes[n].c_bias is not None for n in neurons)
+    assert not [w for w in caught if "steady state" in str(w.message)]
+    with pytest.warns(LNMDeployWarning, match="steady state"):
+        lif = calibrate_network(g, x, load_target("loihi2-lif"), load_recipe("default"), progress=False)
+    assert {r.primitive for r in lif.quantized.layers.values()} == {"lif"}

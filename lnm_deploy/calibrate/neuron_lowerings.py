@@ -604,8 +604,12 @@ def poly_rule_unsupported(node: Node, target: Target) -> str:
 
 
 def _applies_lif(layer: MappedLayer, target: Target) -> bool:
+    # A bias into a synaptic current is folded at its steady state on the stock LIF: not exact,
+    # so a target whose polynomial neuron has the current-bias register takes such a layer there.
+    poly = target.poly if target.offers("poly") else None
+    register = poly is not None and uses_current_bias(layer, poly.c_bias)
     return (target.offers("lif") and not spike_rule_unsupported(layer.node)
-            and (lif_exact(layer.node) or not target.offers("poly")))
+            and ((lif_exact(layer.node) and not register) or not target.offers("poly")))
 
 
 def _applies_poly(layer: MappedLayer, target: Target) -> bool:

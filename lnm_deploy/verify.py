@@ -683,6 +683,10 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
     if readout in MEMBRANE_READOUTS and graded is None:
         raise UserInputError(f"--readout {readout}: the artifact's Output reads spikes, not the membrane of a "
                              "non-spiking readout layer: use --readout count or lzc")
+    if readout == "lzc" and lzc_readout is None and graded is not None:
+        raise UserInputError("--readout lzc: the artifact's Output reads the membrane of a non-spiking readout "
+                             f"layer ('{graded}'), not spikes, so no LZC readout applies: use --readout "
+                             f"{' or '.join(MEMBRANE_READOUTS)}")
     if readout == "lzc" and lzc_readout is None:
         raise UserInputError("--readout lzc: the artifact carries no LZC readout (it was calibrated without "
                              "labels, or by an lnm-deploy without readouts): recalibrate it with labels (a "

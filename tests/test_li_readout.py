@@ -200,6 +200,9 @@ def test_verify_compares_the_readout_membrane() -> None:
     art2 = calibrate_network(spiking, x, load_target("loihi2"), load_recipe("default"), progress=False).artifact
     with pytest.raises(UserInputError, match=r"membrane-last.*reads spikes"):
         verify(art2, x, backends=(), float_graph=spiking, readout="membrane-last", progress=False)
+    # and a membrane output has no LZC readout, which is what the refusal says (not "no labels")
+    with pytest.raises(UserInputError, match=r"--readout lzc: .*membrane of a non-spiking readout layer \('r'\)"):
+        verify(art, x, backends=(), float_graph=g, readout="lzc", progress=False)
 
 
 # ------------------------------------------------------------------ frameworks: Norse, snnTorch

@@ -5,11 +5,13 @@ running it."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from lnm_deploy.calibrate import calibrate_network, load_recipe
-from lnm_deploy.errors import GraphError, UnsupportedError
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Affine, Neuron, sequential
 from lnm_deploy.targets import load_target
@@ -137,3 +139,20 @@ def test_a_non_integer_spike_cap_is_refused_never_truncated(value: object) -> No
             FxPoly(shape=(1,), coef=[0, 1], shifts=[0], vth=[4], max_payload=value)
     assert sequential([("n", Neuron(shape=(1,), poly=[0.0, 1.0], v_th=1.0, max_spikes=3.0))],
                       (1,)).nodes["n"].max_spikes == 3
+
+
+def test_calibrating_a_silent_network_is_warned() -> None:
+    """A float model no layer of which spikes on the calibration data (a graph read with the wrong
+    dt, say) calibrates, but not silently."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((4, 8, 5)) < 0.5).astype(np.uint8)
+    quiet = sequential([("fc", Affine(weight=np.full((4, 5), 1e-3))),
+                        ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=1.0))], (5,))
+    with pytest.warns(LNMDeployWarning, match="no layer of the float model spikes"):
+        calibrate_network(quiet, x, load_target("loihi2"), load_recipe("default"), progress=False)
+    live = sequential([("fc", Affine(weight=np.full((4, 5), 0.6))),
+                       ("n", Neuron(shape=(4,), poly=[0.0, 0.9], v_th=1.0))], (5,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrate_network(live, x, load_target("loihi2"), load_recipe("default"), progress=False)
+    assert not [w for w in caught if "no layer of the float model spikes" in str(w.message)]

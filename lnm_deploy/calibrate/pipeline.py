@@ -284,6 +284,10 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     if ref is None:  # the statistics saw other samples, or ran elsewhere
         ref = run_float(graph, x_eval, record=True)
         ref = RunResult(output=ref.output, spikes=ref.spikes, states=_reference_states(ref.states))
+    if ref.spikes and not any(np.any(a) for a in ref.spikes.values()):
+        warnings.warn(f"no layer of the float model spikes on the {x.shape[0]} calibration samples: the scales "
+                      "are set on silence and nothing checks the network; check how the graph was read "
+                      "(--producer, --dt) and the data's scale", LNMDeployWarning, stacklevel=2)
     selections: dict[str, Selection] = {}  # pass 2, shared by every candidate
     notes: list[str] = []
     factors: dict[str, float] = {}

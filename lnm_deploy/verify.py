@@ -818,13 +818,22 @@ def network_signature(fx: Any) -> dict[str, Any]:
             "layers": {n: tuple(sched.shapes[n]) for n in sched.order if fx.nodes[n].role == "neuron"}}
 
 
+def _source_sha(art: Artifact) -> str | None:
+    """The SHA-256 of the float graph file ``art`` was calibrated from, as recorded (None: none)."""
+    prov = art.record.get("provenance")
+    src = prov.get("source_graph") if isinstance(prov, dict) else None
+    sha = src.get("sha256") if isinstance(src, dict) else None
+    return sha if isinstance(sha, str) and sha else None
+
+
 def compared_artifact(art: Artifact, source: str | os.PathLike[str] | None,
                       compare: Artifact | str | os.PathLike[str]) -> tuple[Artifact, str, str | None]:
     """The other artifact of ``verify(..., compare=)``, its label (file name) and its path (None
     for an in-memory one), read and held
     against ``art`` (read from the file ``source``; None: in memory): ``UserInputError`` naming ``--compare``, both files and
     what differs when it is not a calibrated artifact or not the same network
-    (``network_signature``: input shape, output shape, neuron layer names and shapes)."""
+    (``network_signature``: input shape, output shape, neuron layer names and shapes; and, where
+    both record the float graph file they were calibrated from, its SHA-256)."""
     this = "the artifact" if source is None else str(source)
     that = "the compared artifact" if isinstance(compare, Artifact) else str(compare)
     if isinstance(compare, Artifact):
@@ -842,6 +851,10 @@ def compared_artifact(art: Artifact, source: str | os.PathLike[str] | None,
     what = next(((k, str(a[key]) if key != "layers" else fmt(a[key]), str(b[key]) if key != "layers" else fmt(b[key]))
                  for key, k in (("input", "input shape"), ("output", "output shape"), ("layers", "neuron layers"))
                  if a[key] != b[key]), None)
+    if what is None:  # same structure: where both record the float graph they came from, it must be one
+        sa, sb = _source_sha(art), _source_sha(other)
+        if sa is not None and sb is not None and sa != sb:
+            what = ("float graph (SHA-256)", sa[:12], sb[:12])
     if what is not None:
         raise UserInputError(f"--compare: {that} is not the same network as {this} deployed differently "
                              f"({what[0]}: {what[1]} in {this}, {what[2]} in {that}): compare artifacts "

@@ -718,3 +718,27 @@ def test_a_neuron_kind_the_target_does_not_offer_is_not_told_to_add_a_price() ->
     rep = resources_report(g, LIF_ONLY, x, {"fxsim": run_fx(g, x)})
     assert any("does not offer neuron kind 'poly'" in n for n in rep["notes"])
     assert not any("add a line" in n for n in rep["notes"])
+
+
+def test_verify_compare_refuses_a_same_shaped_network_from_another_float_graph(tmp_path: Path) -> None:
+    """Two float graphs with the same layers but other weights: structure alone cannot tell them
+    apart, the SHA-256 of the recorded source graph does."""
+    from lnm_deploy.artifact import write_artifact
+    from lnm_deploy.nir_io import write_nir
+    from lnm_deploy.verify import compared_artifact
+
+    x = (np.random.default_rng(0).random((8, 6, 12)) < 0.4).astype(np.uint8)
+    arts = []
+    for seed in (2, 3):
+        src = tmp_path / f"g{seed}.nir"
+        write_nir(_net(12, [("lnm0", 24)], 4, seed=seed), src)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LNMDeployWarning)
+            res = calibrate_network(_net(12, [("lnm0", 24)], 4, seed=seed), x, LOIHI2, load_recipe("default"),
+                                    source=src, progress=False)
+        arts.append(Path(write_artifact(res.artifact, tmp_path / f"a{seed}.nir")))
+    from lnm_deploy.artifact import read_artifact
+
+    with pytest.raises(UserInputError, match=r"--compare: .*float graph \(SHA-256\)"):
+        compared_artifact(read_artifact(arts[0]), arts[0], arts[1])
+    assert compared_artifact(read_artifact(arts[0]), arts[0], arts[0])[0] is not None  # itself: the same

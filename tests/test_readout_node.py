@@ -127,31 +127,33 @@ def test_cli_calibrates_and_verify_replays_the_readout(tmp_path: Path, capsys: p
 
 def test_verify_reloads_with_every_recorded_reading_option(tmp_path: Path) -> None:
     """The float model verify compares with is read with the options recorded at calibration, the
-    spike rules (spikes N, v_floor, threshold) and readout nodes included. (Graded / '>=' / floor
-    neurons do not calibrate yet, so the record is edited here to hold them.)"""
+    spike rules (spikes N, v_floor, threshold) and readout nodes included; a record edited to other
+    rules than the artifact's neurons run is refused, not compared."""
     import copy
 
     from lnm_deploy.artifact import read_artifact, write_artifact
     from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.errors import GraphError
     from lnm_deploy.targets import load_target
     from lnm_deploy.verify import resolve_float_graph
 
     src = tmp_path / "net.nir"
     nir.write(src, _export(_snntorch_net()))
-    graph = read_nir(src, producer="snntorch", readout_nodes=["3"])
+    rules = {"spikes": 3, "v_floor": -0.25, "threshold": ">="}
+    graph = read_nir(src, producer="snntorch", readout_nodes=["3"], **rules)  # type: ignore[arg-type]
     x = (np.random.default_rng(1).random((8, 16, 10)) < 0.3).astype(np.uint8)
     res = calibrate_network(graph, x, load_target("loihi2"), load_recipe("default"), source=src, progress=False)
     write_artifact(res.artifact, tmp_path / "art.nir")
     art = read_artifact(tmp_path / "art.nir")
     model = resolve_float_graph(art)
     assert model.as_calibrated and not model.graph.nodes["3"].spiking  # type: ignore[attr-defined]
-    record = copy.deepcopy(art.record)
-    requested = record["provenance"]["source_graph"]["read_options"]["requested"]
-    requested.update({"spikes": 3, "v_floor": -0.25, "threshold": ">="})
-    edited = type(art)(graph=art.graph, fx=art.fx, record=record)
-    model = resolve_float_graph(edited)
     hidden = model.graph.nodes["1"]
     assert isinstance(hidden, Neuron) and (hidden.max_spikes, hidden.threshold) == (3, ">=")
     assert np.array_equal(hidden.v_floor, np.full(12, -0.25))  # type: ignore[arg-type]
-    assert not model.graph.nodes["3"].spiking  # type: ignore[attr-defined]
     assert model.read_options["requested"]["v_floor"] == -0.25  # type: ignore[index]
+    record = copy.deepcopy(art.record)
+    requested = record["provenance"]["source_graph"]["read_options"]["requested"]
+    for key in rules:
+        requested.pop(key)
+    with pytest.raises(GraphError, match="other spike rules"):
+        resolve_float_graph(type(art)(graph=art.graph, fx=art.fx, record=record))

@@ -320,11 +320,11 @@ def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g
 
 
 @_jit
-def lif_steps(a, u, v, spikes, rec_u, rec_v, record, ku, kv, decay_bits, act_shift,
+def lif_steps(a, u, v, spikes, rec_u, rec_v, record, t0, ku, kv, decay_bits, act_shift,
               bias, vth_eff, half, vmax):
     """Section 4.2 for ``a`` (C, B, N) (any integer-valued dtype), states ``u``, ``v`` (B, N)
     int64 updated in place, ``spikes`` (C, B, N) bool; with ``record``, ``rec_u``/``rec_v``
-    (C, B, N) get the states after each step. Blocks of ``POLY_BLOCK`` neurons of a sample run
+    (B, T, N) get the states after each step ``t`` at ``t0 + t``. Blocks of ``POLY_BLOCK`` neurons of a sample run
     through all the timesteps; the loop over a block is branch-free and indexed unsigned (it
     vectorises)."""
     steps, batch, n_neurons = a.shape
@@ -350,8 +350,8 @@ def lif_steps(a, u, v, spikes, rec_u, rec_v, record, ku, kv, decay_bits, act_shi
                 sb[n] = s
                 vb[n] = 0 if s else vp
             if record:
-                rec_u[t, b, lo:hi] = ub
-                rec_v[t, b, lo:hi] = vb
+                rec_u[b, t0 + t, lo:hi] = ub
+                rec_v[b, t0 + t, lo:hi] = vb
 
 
 @_inline
@@ -395,10 +395,11 @@ def _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shif
 
 
 @_jit
-def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks, in_shift,
+def poly_steps(a, v, c, spikes, rec_v, rec_c, record, t0, coef, shifts, adds, tmasks, in_shift,
                has_syn, kc, decay_bits, dadd, dtmask, vth, reset_value, v_reset, half_s, half_r, sat,
                ge, max_payload, v_floor):
-    """Section 5 for ``a`` (C, B, N), states ``v``, ``c`` (B, N) int64 in place. ``coef`` (4, N)
+    """Section 5 for ``a`` (C, B, N), states ``v``, ``c`` (B, N) int64 in place; with ``record``,
+    ``rec_v``/``rec_c`` (B, T, N) get the states after each step ``t`` at ``t0 + t``. ``coef`` (4, N)
     is padded with zero leading coefficients to degree 3, ``shifts`` (3,) accordingly: a zero
     register stays zero through ``rnd`` and takes the next coefficient exactly, so every degree
     runs the same three Horner steps. ``adds``/``tmasks``/``dadd``/``dtmask``: ``round_consts``
@@ -436,6 +437,6 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, coef, shifts, adds, tmasks
                 _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shift, decay_bits, dadd,
                             dtmask, rc, reset_value, half_s, half_r, sat, ge, max_payload, False, True, True)
             if record:
-                rec_v[t, b, lo:hi] = vb
+                rec_v[b, t0 + t, lo:hi] = vb
                 if has_syn:  # rec_c is a 1-element placeholder otherwise
-                    rec_c[t, b, lo:hi] = cb
+                    rec_c[b, t0 + t, lo:hi] = cb

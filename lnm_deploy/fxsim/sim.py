@@ -307,13 +307,16 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
 # --------------------------------------------------------------------------------------- neurons
 
 
-_NO_REC = np.zeros((1, 1, 1), dtype=np.int64)  # the kernels' record arrays when not recording
+# The kernels' record arrays when not recording. Every array a kernel gets is C-contiguous and
+# writable (the records are the result's own (batch, timesteps, neurons) arrays, not time-major
+# views), so numba compiles one specialisation per input dtype, not one per layout or flag
+# (measured: 18 of ``poly_steps`` in the bounds-checked test's build, 3 now).
+_NO_REC = np.zeros((1, 1, 1), dtype=np.int64)
 
 
 def _reshaped(a: Array, shape: tuple[int, ...]) -> Array:
     """``a.reshape(shape)`` as a view (the kernels write through it): the record arrays are
-    (timesteps, batch, *shape) views of (batch, timesteps, *shape) arrays, whose trailing axes
-    merge without a copy."""
+    C-contiguous (batch, timesteps, *shape) arrays, whose trailing axes merge without a copy."""
     r = a.reshape(shape)
     if r.size and not np.may_share_memory(r, a):
         raise AssertionError(f"fxsim: a record array of shape {a.shape} cannot be viewed as {shape}")
@@ -387,16 +390,17 @@ class _NeuronRun:
 
     node: FxNeuron
 
-    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
-        """Step through the timesteps of ``a`` (C, batch, *shape): spikes into ``out`` (same
-        shape, bool; uint8 counts for a graded layer, ``spike_payload() > 1``) and, with ``rec``,
-        every state after every step into ``rec[name][t]``."""
+    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None, t0: int = 0) -> None:
+        """Step through the timesteps of ``a`` (C, batch, *shape), steps ``t0`` to ``t0 + C`` of
+        the run: spikes into ``out`` (same shape, bool; uint8 counts for a graded layer,
+        ``spike_payload() > 1``) and, with ``rec`` (the run's (batch, timesteps, *shape) record
+        arrays by state name), every state after step ``t0 + t`` into ``rec[name][:, t0 + t]``."""
         x, fast = self.prepare(a)
         for t in range(x.shape[0]):
             self.step(x[t], fast, out[t])
             if rec is not None:
                 for k, val in self.states().items():
-                    rec[k][t] = val
+                    rec[k][:, t0 + t] = val
 
     def prepare(self, a: _Val) -> tuple[Array, bool]:
         """The numpy path's transform of a chunk's input, once for all its timesteps (the result
@@ -434,7 +438,7 @@ class _LIFRun(_NeuronRun):
         self.wrap_u, self.sat_low, self.sat_high = lb.wrap_u, lb.sat_low, lb.sat_high
         if kern is not None:  # the compiled kernel follows the contract literally, in int64
             self.fast = False
-            self.bias_n = np.ascontiguousarray(np.broadcast_to(self.bias, node.shape).reshape(-1))
+            self.bias_n = _full(self.bias, node.shape, np.int64).reshape(-1)
         if self.fast:
             self.u = _full(node.u_init, shape, np.float64)
             self.v = _full(node.v_init, shape, np.float64)
@@ -450,15 +454,18 @@ class _LIFRun(_NeuronRun):
             self.v = _full(node.v_init, shape, np.int64)
         self._x: Array | None = None  # the numpy path's input buffer (float64 path)
 
-    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
+    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None, t0: int = 0) -> None:
         if self.kern is None:
-            return super().run(a, out, rec)
+            return super().run(a, out, rec, t0)
         steps, batch = a.a.shape[:2]
         flat = (steps, batch, self.bias_n.size)
-        ru, rv = (_reshaped(rec["u"], flat), _reshaped(rec["v"], flat)) if rec is not None else (_NO_REC, _NO_REC)
+        ru, rv = _NO_REC, _NO_REC
+        if rec is not None:
+            rflat = (batch, rec["u"].shape[1], self.bias_n.size)
+            ru, rv = _reshaped(rec["u"], rflat), _reshaped(rec["v"], rflat)
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["lif"])(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
-                                out.reshape(flat).view(np.uint8), ru, rv, rec is not None, self.ku, self.kv,
+                                out.reshape(flat).view(np.uint8), ru, rv, rec is not None, t0, self.ku, self.kv,
                                 self.node.decay_bits, self.node.act_shift, self.bias_n, self.vth_eff,
                                 self.half, self.vmax)
         return None
@@ -542,7 +549,7 @@ class _PolyRun(_NeuronRun):
             n = int(np.prod(node.shape))
 
             def per_neuron(x: Any) -> Array:
-                return np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.int64), node.shape).reshape(-1))
+                return _full(np.asarray(x, dtype=np.int64), node.shape, np.int64).reshape(-1)
 
             # the kernel's parameters after (a, v, c, spikes, rec_v, rec_c, record); the polynomial
             # is padded to degree 3 with zero leading coefficients (exact, see the kernel)
@@ -564,19 +571,20 @@ class _PolyRun(_NeuronRun):
             if self.c_bias is not None:
                 self.kargs = (*self.kargs[:4], 0, *self.kargs[5:])  # in_shift (argument 4): applied in run()
 
-    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None) -> None:
+    def run(self, a: _Val, out: Array, rec: dict[str, Array] | None, t0: int = 0) -> None:
         if self.kern is None:
-            return super().run(a, out, rec)
+            return super().run(a, out, rec, t0)
         steps, batch = a.a.shape[:2]
         flat = (steps, batch, int(np.prod(self.node.shape)))
         rv, rc = _NO_REC, _NO_REC
         if rec is not None:
-            rv = _reshaped(rec["v"], flat)
-            rc = _reshaped(rec["c"], flat) if "c" in rec else _NO_REC
+            rflat = (batch, rec["v"].shape[1], flat[2])
+            rv = _reshaped(rec["v"], rflat)
+            rc = _reshaped(rec["c"], rflat) if "c" in rec else _NO_REC
         a_in = a.a if self.c_bias is None else poly_input(self.params, a.as_int())
         with self.kern.LOCK:
             getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a_in).reshape(flat), self.v.reshape(flat[1:]),
-                                 self.c.reshape(flat[1:]), out.reshape(flat).view(np.uint8), rv, rc, rec is not None,
+                                 self.c.reshape(flat[1:]), out.reshape(flat).view(np.uint8), rv, rc, rec is not None, t0,
                                  *self.kargs)
         return None
 
@@ -740,10 +748,10 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None
     states_bt: dict[str, dict[str, Array]] = {}
     states: dict[str, dict[str, Array]] | None = None
-    if record or graded is not None:  # recorded in the result's (batch, timesteps) layout, written through (timesteps, batch) views
+    if record or graded is not None:  # recorded straight into the result's (batch, timesteps) arrays
         states_bt = {n: {k: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
                      for n, run in neurons.items() if record or n == out_src}
-        states = {n: {k: np.swapaxes(a, 0, 1) for k, a in d.items()} for n, d in states_bt.items()}
+        states = states_bt
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     try:
@@ -825,7 +833,7 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                     a = prev[s] if delayed else vals[s]
                     assert isinstance(a, _Val)
                     ins.append(a)
-                rec = None if states is None or name not in states else {k: a[t0:t1] for k, a in states[name].items()}
-                neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec)
+                rec = None if states is None else states.get(name)
+                neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec, t0)
                 vals[name] = spikes[name][t0:t1]
         prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}

@@ -130,11 +130,17 @@ def _contract_run(node: FxNode, a: np.ndarray) -> tuple[np.ndarray, dict[str, np
 
 
 def _accelerated_run(node: FxNode, a: np.ndarray, input_bound: int, kern: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``run`` over ``a`` (T, B, *shape) in two chunks (the second starts at step T // 2: the
+    records of a chunk go to steps ``t0`` on of the (B, T, *shape) record arrays); spikes and
+    states returned time-major like ``_contract_run``'s."""
     run = NEURONS[node.kind](node, a.shape[1], input_bound, kern)  # type: ignore[call-arg]
     out = np.zeros(a.shape, dtype=bool)
-    rec = {k: np.zeros(a.shape, dtype=np.int64) for k in run.states()}
-    run.run(_Val(a, input_bound), out, rec)
-    return out, rec
+    rec = {k: np.zeros((a.shape[1], a.shape[0], *a.shape[2:]), dtype=np.int64) for k in run.states()}
+    half = a.shape[0] // 2
+    for t0, t1 in ((0, half), (half, a.shape[0])):
+        if t1 > t0:
+            run.run(_Val(np.ascontiguousarray(a[t0:t1]), input_bound), out[t0:t1], rec, t0)
+    return out, {k: np.swapaxes(r, 0, 1) for k, r in rec.items()}
 
 
 def _inputs(rng: np.random.Generator, shape: tuple[int, ...], bound: int) -> np.ndarray:

@@ -56,6 +56,7 @@ from lnm_deploy.fixedpoint.nodes import (
 
 if TYPE_CHECKING:
     from lnm_deploy.fixedpoint.graph import FxGraph
+    from lnm_deploy.ir import Schedule
     from lnm_deploy.targets.spec import Target
 
 DesignRule = Callable[[str, Any, "Target"], None]
@@ -425,12 +426,14 @@ def synapse_bounds(node: FxNode, name: str | None = None, payload: int = 1) -> c
     return out
 
 
-def input_payloads(graph: FxGraph) -> dict[str, int]:
+def input_payloads(graph: FxGraph, sched: Schedule | None = None) -> dict[str, int]:
     """For every synapse of ``graph`` (an ``FxGraph``), the largest value its input spikes carry
     (``docs/fixed-point.md`` 5.2): 1 where it reads the input or a binary layer, the source's
     ``spike_payload()`` (a graded ``FxPoly``'s ``max_payload``) where it reads a graded layer,
-    through any reshape. What every bound on the synapse's accumulator multiplies by."""
-    sched = graph.schedule()
+    through any reshape. What every bound on the synapse's accumulator multiplies by.
+    ``sched``: ``graph.schedule()`` when the caller has it already (it validates every node)."""
+    if sched is None:
+        sched = graph.schedule()
     carried: dict[str, int] = {}
     out: dict[str, int] = {}
     for name in sched.order:

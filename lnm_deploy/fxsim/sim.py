@@ -533,11 +533,19 @@ class _PolyRun(_NeuronRun):
         self.node = node
         self.kern = kern
         shape = (batch, *node.shape)
+        self.params = PolyParams.of(node)
         # the compiled kernel's states live in the run's pool (the numpy path replaces its states
         # by new arrays each step: no gain there)
         self.v = _full(node.v_init, shape, np.int64) if kern is None else _state(node.v_init, shape)
-        self.c = _full(node.c_init, shape, np.int64) if kern is None else _state(node.c_init, shape)
-        self.params = PolyParams.of(node)
+        if kern is None:
+            self.c = _full(node.c_init, shape, np.int64)
+        elif self.params.kc is None:
+            # without a current state the kernel writes c' = ovf_S(x) before it is read (its
+            # decay term multiplies the old c by kc = 0): no initial value to copy in
+            pool = _Pool.current()
+            self.c = pool.empty(shape, np.int64) if pool is not None else np.zeros(shape, np.int64)
+        else:
+            self.c = _state(node.c_init, shape)
         self.S, self.R = node.state_bits, node.acc_bits
         self.kc = self.params.kc
         self.coef = self.params.coef
@@ -734,7 +742,7 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
 
     kern = load_kernels(kernels)
 
-    payloads = input_payloads(graph)
+    payloads = input_payloads(graph, sched)
     synapses = {n: _make_synapse(n, graph.nodes[n], kern, payloads[n]) for n in sched.order
                 if graph.nodes[n].role == "synapse"}
     in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
@@ -778,7 +786,9 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
     """Both engines: chunks of ``chunk`` timesteps (1 when the graph has back edges)."""
     steps, batch = xt.shape[:2]
     # a back edge's value at t = 0 is 0
-    prev: dict[str, _Val] = {n: _Val(np.zeros((1, batch, *sched.shapes[n]), dtype=np.int64), 0) for n in synapses}
+    back_sources = {s for ins in sched.inputs.values() for s, d in ins if d}
+    prev: dict[str, _Val] = {n: _Val(np.zeros((1, batch, *sched.shapes[n]), dtype=np.int64), 0)
+                             for n in synapses if n in back_sources}
     # A neuron's undelayed synapses that nothing else reads: each after the first (in schedule
     # order) may add its products straight into the first one's output (``_Synapse.add_into``),
     # which saves the separate sum of ``_sum_inputs`` (residual blocks).
@@ -836,4 +846,5 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                 rec = None if states is None else states.get(name)
                 neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec, t0)
                 vals[name] = spikes[name][t0:t1]
-        prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}
+        if back_sources:
+            prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}

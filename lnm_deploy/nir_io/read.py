@@ -873,12 +873,13 @@ def from_nir(
             ``"value"`` or ``"subtract"``; ``threshold`` ``">"`` or ``">="``; ``spikes``
             ``"single"`` (one per step), ``"multi"`` (``floor(v / v_th)`` per step: unbounded for
             Sinabs' MultiSpike, at most 2**16 for Rockpool) or a positive integer N (at most N);
-            ``v_floor`` a number or ``"-v_th"``: the membrane's lower bound after reset (Sinabs'
-            ``min_v_mem``, which no exporter writes; Sinabs' own ``from_nir`` reads IF with
-            ``-v_th``). Ignored for lnm-deploy's own graphs, which carry them per neuron.
+            ``v_floor`` a finite number or ``"-v_th"``, below every spiking neuron's ``v_th``: the
+            membrane's lower bound after reset (Sinabs' ``min_v_mem``, which no exporter writes;
+            Sinabs' own ``from_nir`` reads IF with ``-v_th``). Ignored for lnm-deploy's own graphs, which carry them per neuron.
         readout_nodes: names (after flattening: ``outer.inner``) of neurons to read as non-spiking
             readouts, whatever the file says: the membrane is the output, no threshold, no reset
-            (snnTorch's exporter writes a ``Leaky`` used as a readout as a spiking LIF).
+            (snnTorch's exporter writes a ``Leaky`` used as a readout as a spiking LIF). Only the
+            layer the Output reads, feeding nothing else, can be one; recorded sorted, each once.
 
     Returns:
         An IR graph; ``metadata`` holds ``imported_from`` (producer), ``dt`` and the NIR graph
@@ -891,7 +892,9 @@ def from_nir(
 
     Raises:
         UserInputError: unknown producer, bad dt or reading option, a ``readout_nodes`` name that is
-            not a neuron of the graph, or (via ``read_nir``) an unreadable file.
+            not a neuron of the graph or not the layer the Output reads (feeding nothing else), a
+            ``v_floor`` at or above a spiking neuron's ``v_th`` (per neuron, as read; NaN and
+            infinite floors are bad options), or (via ``read_nir``) an unreadable file.
         GraphError: malformed graph (dangling edges, missing Input shape, shape mismatches).
         UnsupportedError: node types the IR cannot express (Conv1d, Delay, unknown), asymmetric
             'same' padding, several Inputs or Outputs.

@@ -405,8 +405,8 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
                    help="spikes per step where the file does not say: one, floor(v/v_th) (graded; "
                         "Sinabs MultiSpike: unbounded, Rockpool: at most 2**16) or at most N")
     p.add_argument("--v-floor", type=_reading(v_floor_option), default=None, metavar="{FLOAT,-v_th}",
-                   help="the membrane's lower bound after reset (Sinabs min_v_mem; no exporter writes it; "
-                        "write --v-floor=-v_th for minus each neuron's threshold)")
+                   help="the membrane's lower bound after reset (Sinabs min_v_mem; no exporter writes it), "
+                        "below every neuron's threshold; -v_th: minus each neuron's threshold")
     p.add_argument("--readout-node", action="append", default=None, metavar="NAME",
                    help="read this neuron as a non-spiking readout (membrane output, no threshold or reset), "
                         "e.g. an snnTorch Leaky used as the readout; repeatable")
@@ -562,9 +562,51 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"lnm-deploy: warning: {message}{where}", file=sys.stderr if file is None else file)
 
 
+#: Values starting with "-" that an option takes besides numbers (``--v-floor -v_th``).
+_DASH_VALUES: dict[str, tuple[str, ...]] = {"--v-floor": ("-v_th",)}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``OPTION VALUE`` written ``OPTION=VALUE`` where ``OPTION`` (spelled in full) takes
+    one value and ``VALUE`` starts with ``-`` and is a number in any float form (``-1e30``, ``-.5``,
+    ``-inf``) or one of ``_DASH_VALUES``: argparse takes a value starting with ``-`` only in the forms
+    ``-2`` and ``-2.5`` and reads ``--v-floor -1e30`` as an option without its value. No token that
+    is an option is rewritten (no option is named like a number); nothing after ``--`` is."""
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            commands = dict(action.choices)
+    out = list(argv)
+    sub: argparse.ArgumentParser | None = None
+    i = 0
+    while i < len(out):
+        tok = out[i]
+        if tok == "--":
+            break
+        if sub is None:
+            sub = commands.get(tok)
+            i += 1
+            continue
+        one_value = {o for a in sub._actions if a.nargs is None for o in a.option_strings}
+        nxt = out[i + 1] if i + 1 < len(out) else None
+        if tok in one_value and nxt is not None and nxt.startswith("-") and \
+                (_is_number(nxt) or nxt in _DASH_VALUES.get(tok, ())):
+            out[i:i + 2] = [f"{tok}={nxt}"]
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_dash_values(parser, sys.argv[1:] if argv is None else argv))
     func: Command = args.func
     import warnings
 

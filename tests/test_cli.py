@@ -183,3 +183,127 @@ def test_version_is_defined_once_per_file_and_agrees() -> None:
 
     project = tomli.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert lnm_deploy.__version__ == __version__ == project["version"]
+
+
+# --------------------------------------------------------------------- reading options on the CLI
+
+
+@pytest.fixture
+def lif_file(tmp_path: Path) -> Path:
+    """A generic NIR graph (Input 6 -> Affine -> LIF 4 -> Output), thresholds 0.5, 0.3, 1.0 and 0.8:
+    the reading options (``--v-floor`` ...) apply to it, unlike lnm-deploy's own graphs."""
+    rng = np.random.default_rng(2)
+    n = 4
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([6])}),
+        "fc": nir.Affine(weight=rng.normal(0, 1.0, (n, 6)), bias=np.zeros(n)),
+        "lif": nir.LIF(tau=np.full(n, 1e-2), r=np.full(n, 10.0), v_leak=np.zeros(n),
+                       v_threshold=np.array([0.5, 0.3, 1.0, 0.8]), v_reset=np.zeros(n)),
+        "output": nir.Output(output_type={"output": np.array([n])}),
+    }, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    path = tmp_path / "lif.nir"
+    nir.write(path, g)
+    return path
+
+
+def _reading_cmd(command: str, graph: Path, data: Path, out: Path) -> list[str]:
+    tail = ["--target", "loihi2", "--data", str(data), "--out", str(out), "--quiet"] if command == "calibrate" else []
+    return [command, str(graph), "--producer", "generic", "--dt", "1e-3", *tail]
+
+
+@pytest.mark.filterwarnings("ignore::lnm_deploy.errors.LNMDeployWarning")
+@pytest.mark.parametrize("command", ["inspect", "calibrate"])
+@pytest.mark.parametrize("floor", ["0.3", "0.4", "2"])
+def test_a_v_floor_at_or_above_a_threshold_is_refused(command: str, floor: str, lif_file: Path, data_file: Path,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A floor at or above a neuron's v_th would hold it at its threshold after every reset (a spike
+    every step): refused at reading, by inspect exactly as by calibrate, naming the layer, the floor
+    and the smallest threshold; nothing is written."""
+    out = tmp_path / "art.nir"
+    assert main([*_reading_cmd(command, lif_file, data_file, out), "--v-floor", floor]) == 2
+    err = capsys.readouterr().err
+    assert f"lnm-deploy {command}: error: node 'lif': the membrane floor v_floor={float(floor)!r}" in err
+    assert "the smallest v_th is 0.3" in err and "give a floor below 0.3" in err
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::lnm_deploy.errors.LNMDeployWarning")
+def test_a_v_floor_below_every_threshold_is_read(lif_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(lif_file), "--producer", "generic", "--v-floor", "0.29"]) == 0
+    assert "membrane floor 0.29" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::lnm_deploy.errors.LNMDeployWarning")
+def test_v_floor_minus_v_th_is_refused_where_a_threshold_is_not_positive(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([2])}),
+        "fc": nir.Affine(weight=np.eye(2), bias=np.zeros(2)),
+        "lif": nir.LIF(tau=np.full(2, 1e-2), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.array([0.0, 0.5]),
+                       v_reset=np.zeros(2)),
+        "output": nir.Output(output_type={"output": np.array([2])}),
+    }, edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    nir.write(tmp_path / "g.nir", g)
+    assert main(["inspect", str(tmp_path / "g.nir"), "--producer", "generic", "--v-floor", "-v_th"]) == 2
+    err = capsys.readouterr().err
+    assert "node 'lif': the membrane floor v_floor=-v_th" in err and "neuron (0,): floor -0.0, v_th 0.0" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1e400"])
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_non_finite_v_floor_is_a_usage_error(value: str, joined: bool, lif_file: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    given = [f"--v-floor={value}"] if joined else ["--v-floor", value]
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(lif_file), *given])
+    assert e.value.code == 2
+    assert f"argument --v-floor: v_floor={value!r}: give a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::lnm_deploy.errors.LNMDeployWarning")
+@pytest.mark.parametrize(("value", "shown"), [("-1e30", "-1e+30"), ("-2.5", "-2.5"), ("-.5", "-0.5"),
+                                              ("-1E+3", "-1000.0"), ("-v_th", "-v_th")])
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_negative_v_floor_in_any_form(value: str, shown: str, joined: bool, lif_file: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--v-floor -1e30`` as well as ``--v-floor=-1e30``: argparse alone reads -1e30 as an option."""
+    given = [f"--v-floor={value}"] if joined else ["--v-floor", value]
+    assert main(["inspect", str(lif_file), "--producer", "generic", *given]) == 0
+    assert f"membrane floor {shown}; options given: producer=generic, v_floor={shown}" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::lnm_deploy.errors.LNMDeployWarning")
+def test_calibrate_takes_a_negative_v_floor_in_exponent_form(lif_file: Path, data_file: Path, tmp_path: Path) -> None:
+    from lnm_deploy.artifact import read_artifact
+
+    out = tmp_path / "art.nir"
+    assert main([*_reading_cmd("calibrate", lif_file, data_file, out), "--v-floor", "-1e3"]) == 0
+    requested = read_artifact(out).record["provenance"]["source_graph"]["read_options"]["requested"]
+    assert requested["v_floor"] == -1000.0
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--dt", "-1e-3", "argument --dt: dt (seconds per step) must be > 0, got -0.001"),
+    ("--spikes", "-1e3", "argument --spikes: spikes='-1e3': choose one of"),
+    ("--max-accuracy-drop", "-1e-3", "argument --max-accuracy-drop:"),
+    ("--min-agreement", "-inf", "argument --min-agreement:"),
+])
+def test_other_options_read_a_negative_value_and_refuse_it_by_its_rule(option: str, value: str, says: str,
+                                                                       lif_file: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A negative number in any float form reaches the option's own check (its message), not argparse's
+    'expected one argument'."""
+    command = "verify" if option in ("--max-accuracy-drop", "--min-agreement") else "inspect"
+    extra = ["--data", "x.npz"] if command == "verify" else []
+    with pytest.raises(SystemExit) as e:
+        main([command, str(lif_file), *extra, option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "expected one argument" not in err
+
+
+def test_an_option_is_not_taken_for_a_value(lif_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(lif_file), "--v-floor", "--json"])
+    assert e.value.code == 2
+    assert "argument --v-floor: expected one argument" in capsys.readouterr().err

@@ -157,3 +157,40 @@ def test_verify_reloads_with_every_recorded_reading_option(tmp_path: Path) -> No
         requested.pop(key)
     with pytest.raises(GraphError, match="other spike rules"):
         resolve_float_graph(type(art)(graph=art.graph, fx=art.fx, record=record))
+
+
+@pytest.mark.parametrize("command", ["inspect", "calibrate"])
+def test_a_readout_that_is_not_the_outputs_layer_is_refused_by_every_reader(
+        command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--readout-node 1`` (a hidden layer): calibrate cannot run a non-spiking layer the Output
+    does not read, so the reading refuses it, and inspect refuses it the same way (exit 2, the same
+    line) instead of showing a reading that calibrate then refuses."""
+    d = tmp_path
+    nir.write(d / "net.nir", _export(_snntorch_net()))
+    np.savez(d / "data.npz", x=np.zeros((2, 4, 10), np.uint8))
+    tail = ["--target", "loihi2", "--data", str(d / "data.npz"), "--out", str(d / "art.nir"), "--quiet"]
+    argv = [command, str(d / "net.nir"), "--producer", "snntorch", "--readout-node", "1"]
+    assert main(argv + (tail if command == "calibrate" else [])) == 2
+    err = capsys.readouterr().err
+    assert (f"lnm-deploy {command}: error: node '1': readout node '1' (readout_nodes, CLI --readout-node) is not "
+            "the network's readout (the Output reads '3')") in err
+    assert "--readout-node 3" in err and not (d / "art.nir").exists()
+
+
+def test_a_readout_node_given_twice_is_read_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A repeated name is harmless: read once, recorded once (the canonical sorted unique list that
+    verify replays)."""
+    graph = from_nir(_export(_snntorch_net()), producer="snntorch", readout_nodes=["3", "3"])
+    assert graph.metadata["read_options"]["requested"]["readout_nodes"] == ["3"]
+    nir.write(tmp_path / "net.nir", _export(_snntorch_net()))
+    assert main(["inspect", str(tmp_path / "net.nir"), "--producer", "snntorch",
+                 "--readout-node", "3", "--readout-node", "3"]) == 0
+    assert "options given: producer=snntorch, readout_nodes=['3']" in capsys.readouterr().out
+
+
+def test_an_unknown_readout_node_names_the_neurons_and_the_closest(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    nir.write(tmp_path / "net.nir", _export(_snntorch_net()))
+    assert main(["inspect", str(tmp_path / "net.nir"), "--producer", "snntorch", "--readout-node", "33"]) == 2
+    assert ("readout node '33' (readout_nodes, CLI --readout-node) does not exist; the graph's neurons: 1, 3 "
+            "(closest: 3)") in capsys.readouterr().err

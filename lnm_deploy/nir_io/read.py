@@ -18,6 +18,7 @@ recorded in Input shapes).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import warnings
@@ -53,7 +54,7 @@ from lnm_deploy.ir import (
     SumPool2d,
     Threshold,
 )
-from lnm_deploy.ir.graph import infer_delays
+from lnm_deploy.ir.graph import Schedule, infer_delays
 from lnm_deploy.nir_io.conventions import (
     CONVENTIONS,
     DEFAULT_DT,
@@ -820,6 +821,25 @@ def _looks_like(nodes: dict[str, nir.NIRNode]) -> str | None:
     return None
 
 
+def _check_floor(name: str, stated: float | str, v_floor: np.ndarray, v_th: np.ndarray) -> None:
+    """``UserInputError`` (node named) where the stated membrane floor is at or above a neuron's
+    firing threshold: a membrane held at or above ``v_th`` after every reset spikes every step, which
+    no framework's ``min_v_mem`` means; compared per neuron with ``v_th`` as read."""
+    above = v_floor >= v_th
+    if not np.any(above):
+        return
+    where = np.argwhere(above)[0]
+    at = tuple(int(i) for i in where)
+    floor = "-v_th" if stated == "-v_th" else repr(float(stated))
+    fix = ("the floor -v_th is at or above v_th only where v_th <= 0: give a number below the smallest "
+           "threshold, or no --v-floor" if stated == "-v_th"
+           else f"give a floor below {float(np.min(v_th))!r} (e.g. --v-floor=-v_th) or no --v-floor")
+    raise UserInputError(f"the membrane floor v_floor={floor} (CLI --v-floor) is at or above the firing threshold of "
+                         f"{int(np.sum(above))} of {above.size} neurons (neuron {at}: floor {float(v_floor[at])!r}, "
+                         f"v_th {float(v_th[at])!r}; the smallest v_th is {float(np.min(v_th))!r}): a membrane "
+                         f"held at or above its threshold spikes every step; {fix}", node=name)
+
+
 def from_nir(
     graph_or_path: nir.NIRGraph | str | os.PathLike[str],
     *,
@@ -853,12 +873,13 @@ def from_nir(
             ``"value"`` or ``"subtract"``; ``threshold`` ``">"`` or ``">="``; ``spikes``
             ``"single"`` (one per step), ``"multi"`` (``floor(v / v_th)`` per step: unbounded for
             Sinabs' MultiSpike, at most 2**16 for Rockpool) or a positive integer N (at most N);
-            ``v_floor`` a number or ``"-v_th"``: the membrane's lower bound after reset (Sinabs'
-            ``min_v_mem``, which no exporter writes; Sinabs' own ``from_nir`` reads IF with
-            ``-v_th``). Ignored for lnm-deploy's own graphs, which carry them per neuron.
+            ``v_floor`` a finite number or ``"-v_th"``, below every spiking neuron's ``v_th``: the
+            membrane's lower bound after reset (Sinabs' ``min_v_mem``, which no exporter writes;
+            Sinabs' own ``from_nir`` reads IF with ``-v_th``). Ignored for lnm-deploy's own graphs, which carry them per neuron.
         readout_nodes: names (after flattening: ``outer.inner``) of neurons to read as non-spiking
             readouts, whatever the file says: the membrane is the output, no threshold, no reset
-            (snnTorch's exporter writes a ``Leaky`` used as a readout as a spiking LIF).
+            (snnTorch's exporter writes a ``Leaky`` used as a readout as a spiking LIF). Only the
+            layer the Output reads, feeding nothing else, can be one; recorded sorted, each once.
 
     Returns:
         An IR graph; ``metadata`` holds ``imported_from`` (producer), ``dt`` and the NIR graph
@@ -871,7 +892,9 @@ def from_nir(
 
     Raises:
         UserInputError: unknown producer, bad dt or reading option, a ``readout_nodes`` name that is
-            not a neuron of the graph, or (via ``read_nir``) an unreadable file.
+            not a neuron of the graph or not the layer the Output reads (feeding nothing else), a
+            ``v_floor`` at or above a spiking neuron's ``v_th`` (per neuron, as read; NaN and
+            infinite floors are bad options), or (via ``read_nir``) an unreadable file.
         GraphError: malformed graph (dangling edges, missing Input shape, shape mismatches).
         UnsupportedError: node types the IR cannot express (Conv1d, Delay, unknown), asymmetric
             'same' padding, several Inputs or Outputs.
@@ -932,13 +955,15 @@ def reading_summary(read_options: Any) -> str | None:
 
 
 def _readout_option(readout_nodes: Sequence[str] | None) -> tuple[str, ...]:
-    """``readout_nodes`` checked: a list of node names (a single string is one name), in order, once each."""
+    """``readout_nodes`` checked: a list of node names (a single string is one name), canonical:
+    sorted, each once (a name given twice reads the same graph; the recorded list, replayed by
+    ``verify``, does not depend on the order or repetition of ``--readout-node``)."""
     if readout_nodes is None:
         return ()
     names = [readout_nodes] if isinstance(readout_nodes, str) else list(readout_nodes)
     if not all(isinstance(n, str) and n for n in names):
         raise UserInputError(f"readout_nodes (CLI --readout-node) must be node names, got {readout_nodes!r}")
-    return tuple(dict.fromkeys(names))
+    return tuple(sorted(set(names)))
 
 
 def _as_readouts(ir_nodes: dict[str, Node], names: tuple[str, ...]) -> None:
@@ -949,8 +974,10 @@ def _as_readouts(ir_nodes: dict[str, Node], names: tuple[str, ...]) -> None:
         node = ir_nodes.get(name)
         if node is None or type(node) is not Neuron:
             what = "does not exist" if node is None else f"is a {node.kind}, not a neuron"
+            close = difflib.get_close_matches(name, neurons, n=3)
+            hint = f" (closest: {', '.join(close)})" if close else ""
             raise UserInputError(f"readout node '{name}' (readout_nodes, CLI --readout-node) {what}; the graph's "
-                                 f"neurons: {', '.join(neurons) or 'none'}")
+                                 f"neurons: {', '.join(neurons) or 'none'}{hint}")
         meta = dict(node.metadata)
         meta["read_as_readout"] = True
         ir_nodes[name] = replace(node, v_th=None, reset="value", threshold=">", max_spikes=1, v_floor=None,
@@ -1104,6 +1131,10 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
     if readouts:
         graph_meta[READ_OPTIONS_KEY]["requested"]["readout_nodes"] = list(readouts)
         _as_readouts(ir_nodes, readouts)
+    if conv is not None and conv.v_floor is not None:  # the stated floor, on the neurons that still spike
+        for n, node in ir_nodes.items():
+            if type(node) is Neuron and node.v_th is not None and node.v_floor is not None:
+                _check_floor(n, conv.v_floor, node.v_floor, node.v_th)
     if conv is not None:
         graph_meta[READ_OPTIONS_KEY]["convention"] = conv.describe()
     graph_meta[READ_OPTIONS_KEY]["producer_from"] = prod_from
@@ -1114,8 +1145,32 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
     rest = [e for e in edges if e not in explicit]
     delays_all = explicit | infer_delays(ir_nodes, rest, inp)
     graph = Graph(nodes=ir_nodes, edges=list(edges), metadata=graph_meta, delays=delays_all)
-    graph.schedule()
+    sched = graph.schedule()
+    _check_readout_place(graph, sched, readouts)
     return graph
+
+
+def _check_readout_place(graph: Graph, sched: Schedule, readouts: tuple[str, ...]) -> None:
+    """``UserInputError`` for a readout node that is not the network's readout: the one neuron layer
+    the Output reads, feeding nothing else (the only place a non-spiking layer runs in fixed point,
+    ``calibrate.passes.fold``; checked here so that every command reading the graph, ``inspect`` as
+    well as ``calibrate``, refuses the same options the same way)."""
+    out = sched.output_node
+    src = sched.inputs[out]
+    last = src[0][0] if len(src) == 1 else None
+    for name in readouts:
+        feeds = sorted({d for s, d in graph.edges if s == name and d != out})
+        if name == last and not feeds:
+            continue
+        why = (f"feeds {', '.join(repr(d) for d in feeds)}" if name == last
+               else f"the Output reads {last!r}" if last is not None
+               else f"the Output reads {len(src)} nodes, not one neuron layer")
+        fix = (f"name the layer the Output reads (--readout-node {last}) or read out spikes here"
+               if name != last and last is not None and type(graph.nodes[last]) is Neuron
+               else "drop this --readout-node (read out spikes here)")
+        raise UserInputError(f"readout node '{name}' (readout_nodes, CLI --readout-node) is not the network's readout "
+                             f"({why}): a neuron read as a non-spiking readout must be the layer the Output reads, "
+                             f"feeding nothing else; {fix}", node=name)
 
 
 def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None:

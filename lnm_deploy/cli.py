@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage; 3 malformed
 graph; 4 unsupported node or semantics; 5 numeric problem (NaN, overflow); 6 missing optional
-dependency; 130 interrupted (Ctrl-C); 128 + N terminated by signal N (143 SIGTERM, 129 SIGHUP).
+dependency, or a service it needs that does not answer (a Ray cluster at ``--ray-address``); 130
+interrupted (Ctrl-C); 128 + N terminated by signal N (143 SIGTERM, 129 SIGHUP).
 Outputs are declared and checked before any work and written all together at the end, or not at
 all (``lnm_deploy.outputs``).
 """
@@ -431,10 +432,22 @@ def _scale_args(p: argparse.ArgumentParser) -> None:
                    help="split the samples over N worker processes (default 1: this process; with "
                         "--ray-address: every CPU of the cluster)")
     p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None, metavar="ADDR",
-                   help="run the workers on this Ray cluster (default: $RAY_ADDRESS; needs ray)")
+                   type=_checked(_ray_address),
+                   help="run the workers on this Ray cluster: host:port, ray://host:port or auto "
+                        "(default: $RAY_ADDRESS; needs ray); an address where nothing answers within "
+                        "a few seconds is an error (exit 6)")
     p.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
                    help="what runs --workers N > 1 without --ray-address: local (forked processes, one "
                         "CPU each; what auto, the default, chooses) or ray (a local Ray instance)")
+
+
+def _ray_address(text: str) -> str:
+    """A --ray-address (or $RAY_ADDRESS, which argparse parses as the default) checked for its
+    form only: whether a cluster answers there is seen when the work starts."""
+    from lnm_deploy.distributed import check_ray_address
+
+    check_ray_address(text)
+    return text.strip()
 
 
 def _scale(args: argparse.Namespace) -> dict:

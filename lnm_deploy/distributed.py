@@ -16,7 +16,11 @@ Engines, chosen by ``workers``, ``ray_address`` and ``engine`` ("auto", "ray", "
 - ``workers=N > 1`` with ``engine="ray"``: ``ray.init(num_cpus=N, include_dashboard=False)`` on this
   machine, one task per shard; the network and the samples are put into the object store once.
 - ``ray_address``: join that cluster (``ray.init(address=...)``); ``workers=None`` then means one
-  shard per CPU of the cluster. Needs Ray (``DependencyError`` otherwise).
+  shard per CPU of the cluster. Needs Ray (``DependencyError`` otherwise). The address is checked
+  before Ray is asked (``check_ray_address``: ``host:port``, ``ray://host:port`` or ``auto``, else
+  ``UserInputError``; ``probe_ray_address``: something must answer there, as an HTTP/2 (gRPC)
+  server, within ``CONNECT_TIMEOUT_S``, else ``DependencyError``): Ray itself retries a silent
+  address for minutes and cannot be interrupted while it does.
 
 A worker that dies (killed, out of memory, a lost node) has its shard run once more; a second loss
 raises ``LNMDeployError`` naming the shard's samples. An exception raised by the work itself (bad
@@ -33,6 +37,7 @@ import multiprocessing.connection
 import multiprocessing.util
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -44,7 +49,7 @@ import numpy as np
 
 from lnm_deploy.errors import DependencyError, LNMDeployError, LNMDeployWarning, UserInputError
 from lnm_deploy.execute import RunResult
-from lnm_deploy.signals import raise_terminated
+from lnm_deploy.signals import Terminated, raise_terminated
 
 #: What to install for Ray (the ``distributed`` extra).
 RAY_INSTALL = "pip install 'lnm-deploy[distributed]'"
@@ -101,13 +106,135 @@ PIN_ENV = "LNM_DEPLOY_PIN_WORKERS"
 
 def check_engine(engine: Any, ray_address: str | None) -> str:
     """``engine`` for ``workers > 1`` on this machine: "ray" (a local Ray instance), "local" (forked
-    processes), "auto" (Ray if installed, else local). ``UserInputError`` for anything else, and for
-    "local" together with a Ray address."""
+    processes), "auto" (Ray if installed, else local). ``UserInputError`` for anything else, for
+    "local" together with a Ray address, and for a malformed address (``check_ray_address``)."""
     if engine not in ENGINES:
         raise UserInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if ray_address:
+        check_ray_address(ray_address)
     if engine == "local" and ray_address:
         raise UserInputError("--engine local runs on this machine; drop --ray-address (or $RAY_ADDRESS)")
     return str(engine)
+
+
+#: Seconds the address of a Ray cluster gets to accept a TCP connection and to answer as an HTTP/2
+#: (gRPC) server, before Ray is asked to join it (``probe_ray_address``). Ray's own connect
+#: (``ray.init(address=...)``, Ray 2.x) retries a silent address 20 times for about 40 s each (a
+#: 5 s channel connect, a 5 s pubsub connect, a 30 s wait for the cluster id, all in C++, where
+#: Ctrl-C and SIGTERM are only seen when a wait ends): a typo would hang for minutes. A cluster that
+#: runs answers in milliseconds on a LAN; 3 s leave room for a slow link without a long wait.
+CONNECT_TIMEOUT_S = 3.0
+#: Test hook: seconds to use instead of ``CONNECT_TIMEOUT_S`` (a long wait to send a signal into).
+CONNECT_TIMEOUT_ENV = "LNM_DEPLOY_RAY_CONNECT_TIMEOUT_S"
+#: How many times ``ray.init`` tries to reach the cluster's GCS once the address answered
+#: (``RAY_gcs_server_port_wait_time_s``, read by Ray 2.x at each ``ray.init``; its default is 20
+#: tries of about 40 s when the GCS does not answer). The probe already saw a gRPC server there: a
+#: failure now (another service, another cluster id, TLS) does not heal by retrying. A value the
+#: user set in the environment is kept.
+GCS_CONNECT_TRIES = 1
+_GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+#: Ray's word for "find the cluster running on this machine" (``ray start`` records its address).
+RAY_AUTO = "auto"
+_RAY_CLIENT = "ray://"
+#: What to do when nothing answers at a Ray address (the end of the messages).
+_RAY_FIX = ("start the cluster there (`ray start --head`), check the address, or drop --ray-address "
+            "(and $RAY_ADDRESS) to run on this machine")
+
+
+def check_ray_address(address: str) -> tuple[str, int] | None:
+    """``address`` parsed: ``(host, port)`` for ``host:port`` or ``ray://host:port`` (Ray Client;
+    IPv6 hosts in brackets, ``[::1]:6379``), None for ``auto`` (Ray's own lookup of a cluster
+    started on this machine). ``UserInputError`` for anything else: no port, a port that is not a
+    number in 1..65535, an empty host, another ``scheme://``."""
+    text = address.strip()
+    if text == RAY_AUTO:
+        return None
+    forms = "expected host:port, ray://host:port or auto"
+    rest = text[len(_RAY_CLIENT):] if text.startswith(_RAY_CLIENT) else text
+    if "://" in rest or "/" in rest:
+        raise UserInputError(f"--ray-address {address!r} (or $RAY_ADDRESS): {forms}")
+    host, sep, port = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep:
+        raise UserInputError(f"--ray-address {address!r} (or $RAY_ADDRESS) has no port: {forms} "
+                             "(a Ray head listens on 6379 unless told otherwise)")
+    if not host or (":" in host and not rest.startswith("[")):
+        raise UserInputError(f"--ray-address {address!r} (or $RAY_ADDRESS) has no host: {forms} "
+                             "(an IPv6 host in brackets: [::1]:6379)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserInputError(f"--ray-address {address!r} (or $RAY_ADDRESS): the port must be a number "
+                             f"in 1..65535, got {port!r}")
+    return host, int(port)
+
+
+def _connect_timeout() -> float:
+    with contextlib.suppress(ValueError):
+        return max(0.1, float(os.environ.get(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT_S)))
+    return CONNECT_TIMEOUT_S
+
+
+#: The client's HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113 3.4): a gRPC server
+#: (a Ray GCS, a Ray Client server) answers with its own SETTINGS frame (type 0x4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def probe_ray_address(address: str) -> None:
+    """Check that a Ray cluster can answer at ``address`` before Ray is asked to join it: a TCP
+    connection, then (unless Ray uses TLS, ``RAY_USE_TLS``) an HTTP/2 handshake, each within
+    ``CONNECT_TIMEOUT_S``. ``auto`` is resolved as Ray resolves it (the cluster ``ray start``
+    recorded on this machine, else any running GCS); nothing there is Ray's ``ConnectionError``.
+
+    Raises ``UserInputError`` (a malformed address) or ``DependencyError`` naming the address, what
+    did not answer and the fix. Ctrl-C and SIGTERM (with ``raise_terminated`` installed) interrupt
+    the waits at once."""
+    parsed = check_ray_address(address)
+    timeout = _connect_timeout()
+    if parsed is None:  # auto
+        try:
+            from ray._private import services  # Ray's lookup; private, hence guarded
+
+            found = services.canonicalize_bootstrap_address_or_die(RAY_AUTO)
+        except (ImportError, AttributeError):
+            return  # another Ray: ray.init does the lookup, its ConnectionError is translated
+        except ValueError as e:  # $RAY_ADDRESS, which Ray prefers to auto
+            raise UserInputError(f"--ray-address auto: $RAY_ADDRESS: {e}") from None
+        except ConnectionError as e:
+            raise DependencyError(f"--ray-address auto found no Ray cluster running on this machine "
+                                  f"({e}); {_RAY_FIX}") from None
+        parsed = check_ray_address(found)
+        assert parsed is not None
+        address = f"auto ({found})"
+    host, port = parsed
+    where = f"the Ray address {address}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as e:
+        raise DependencyError(f"{where}: unknown host {host!r} ({e.strerror}); {_RAY_FIX}") from None
+    except OSError as e:
+        why = "" if isinstance(e, TimeoutError) else f" ({e.strerror or e})"
+        raise DependencyError(f"{where}: nothing answered within {timeout:g} s{why}; {_RAY_FIX}") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return  # a TLS handshake would be needed first: Ray's own connect checks the rest
+        try:
+            sock.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except TimeoutError:
+            raise DependencyError(f"{where} accepted a connection but nothing answered as a Ray cluster "
+                                  f"(gRPC) within {timeout:g} s; {_RAY_FIX}") from None
+        except OSError as e:
+            raise DependencyError(f"{where} accepted a connection, then dropped it ({e.strerror or e}): "
+                                  f"it is not a Ray cluster; {_RAY_FIX}") from None
+        if len(head) < 9 or head[3] != 0x04:
+            raise DependencyError(f"{where} answered, but not as a Ray cluster (no gRPC handshake: "
+                                  f"{'the connection was closed' if len(head) < 9 else 'another protocol'}"
+                                  f"); {_RAY_FIX}")
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -379,7 +506,8 @@ def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[
     if owned:
         common: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
         if ray_address:
-            ray.init(address=ray_address, **common)
+            probe_ray_address(ray_address)
+            _join(ray, ray_address, common)
         else:
             ray.init(address="local", num_cpus=workers or 1, include_dashboard=False, **common)
     try:
@@ -388,6 +516,43 @@ def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[
     finally:
         if owned:
             ray.shutdown()
+
+
+def _join(ray: Any, address: str, common: dict[str, Any]) -> None:
+    """``ray.init(address=address)`` with its GCS connect tried ``GCS_CONNECT_TRIES`` times, its
+    connection failures as ``DependencyError``, and SIGTERM still an interrupt: ``ray.init``
+    replaces the SIGTERM handler with ``sys.exit(15)`` (a ``SystemExit`` here becomes
+    ``Terminated``), and the handler there was before is put back afterwards, whatever happens
+    (``ray_session``'s caller installs the one for the session). A connect that fails half way is
+    shut down. A SIGINT or SIGTERM that arrives while Ray waits inside its C++ connect is seen when
+    that wait ends (Ray 2.x: up to about 40 s for a gRPC server that is not a Ray GCS; the probe
+    before has ruled out a silent address, which is the usual case)."""
+    env_set = _GCS_WAIT_ENV not in os.environ
+    if env_set:
+        os.environ[_GCS_WAIT_ENV] = str(GCS_CONNECT_TRIES)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.getsignal(signal.SIGTERM) if main_thread else None
+    ok = False
+    try:
+        ray.init(address=address, **common)
+        ok = True
+    except SystemExit as e:  # Ray's SIGTERM handler
+        if e.code != signal.SIGTERM:
+            raise
+        raise Terminated(signal.SIGTERM) from None
+    except (ConnectionError, RuntimeError, TimeoutError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DependencyError(f"could not join the Ray cluster at {address} (the port answers, but Ray "
+                              f"said: {first}); check that it is a Ray head's GCS port and that both "
+                              f"sides run the same Ray version, or {_RAY_FIX}") from None
+    finally:
+        if env_set:
+            os.environ.pop(_GCS_WAIT_ENV, None)
+        if main_thread and old is not None:
+            signal.signal(signal.SIGTERM, old)
+        if not ok:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
 
 
 def _run_ray(ray: Any, fn: Callable[..., Any], payload: Any, shards: list[Shard],

@@ -43,7 +43,8 @@ class NumericError(LNMDeployError):
 
 
 class DependencyError(LNMDeployError):
-    """An optional dependency (torch, lava-nc, onnx) that this operation needs is missing."""
+    """An optional dependency (torch, lava-nc, onnx) that this operation needs is missing, or a
+    service it needs does not answer (a Ray cluster at ``--ray-address``)."""
 
     exit_code = 6
 

@@ -169,6 +169,203 @@ def test_cli_refuses_zero_workers_and_ray_address_without_ray(files: dict[str, A
 
 
 # ------------------------------------------------------------------------------------------------
+# Ray addresses: malformed ones are usage errors, silent or foreign ones a clear error, not a hang
+
+_CLI = "import sys\nfrom lnm_deploy.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(extra)
+    return env
+
+
+def _run_args(files: dict[str, Any], tmp_path: Path) -> list[str]:
+    return ["run", str(files["art"]), "--data", str(files["test"]), "--backend", "fxsim", "--quiet",
+            "--out", str(tmp_path / "o.npz")]
+
+
+def _cli_with_address(files: dict[str, Any], tmp_path: Path, address: str,
+                      **env: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own: Ray's connect to a silent address would hang for
+    minutes; the generous timeout turns such a hang into a failure instead."""
+    return subprocess.run([sys.executable, "-c", _CLI, *_run_args(files, tmp_path), "--ray-address", address],
+                          env=_cli_env(**env), capture_output=True, text=True, timeout=180)
+
+
+@contextlib.contextmanager
+def _server(mode: str) -> Any:
+    """A TCP server on 127.0.0.1 that is no Ray cluster: ``close`` accepts and closes at once,
+    ``silent`` accepts and never answers. Yields ``(port, accepted)``: ``accepted`` is set at the
+    first connection."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    accepted, stop = threading.Event(), threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            accepted.set()
+            if mode == "close":
+                conn.close()
+            else:
+                held.append(conn)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield int(srv.getsockname()[1]), accepted
+    finally:
+        stop.set()
+        t.join(5)
+        for c in held:
+            c.close()
+        srv.close()
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "10.0.0.5:abc", "10.0.0.5:70000", "10.0.0.5:0", ":6379",
+                                 "ftp://10.0.0.5:6379", "ray://10.0.0.5", "::1:6379", "10.0.0.5:6379/x"])
+def test_malformed_ray_address_is_a_usage_error(files: dict[str, Any], tmp_path: Path, bad: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserInputError, match="--ray-address"):
+        dist.check_ray_address(bad)
+    with pytest.raises(UserInputError, match="--ray-address"):  # before any work or any Ray
+        dist.run_sharded("fxsim", files["fx"], files["x"], workers=2, ray_address=bad)
+    with pytest.raises(SystemExit) as e:
+        main([*_run_args(files, tmp_path), "--ray-address", bad])
+    assert e.value.code == 2
+    assert "--ray-address" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", bad)  # the default, parsed as if given
+    with pytest.raises(SystemExit) as e:
+        main(_run_args(files, tmp_path))
+    assert e.value.code == 2
+    assert "$RAY_ADDRESS" in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_ray_address_forms() -> None:
+    assert dist.check_ray_address("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert dist.check_ray_address(" head.example:6380 ") == ("head.example", 6380)
+    assert dist.check_ray_address("ray://10.0.0.5:10001") == ("10.0.0.5", 10001)
+    assert dist.check_ray_address("[::1]:6379") == ("::1", 6379)
+    assert dist.check_ray_address("auto") is None
+
+
+def test_unreachable_ray_address_is_a_clear_error(files: dict[str, Any], tmp_path: Path) -> None:
+    """A port where nothing listens (a typo): exit 6 at once, naming the address and the fix."""
+    pytest.importorskip("ray")
+    for address in (f"127.0.0.1:{_free_port()}", f"ray://127.0.0.1:{_free_port()}"):
+        r = _cli_with_address(files, tmp_path, address)
+        assert r.returncode == 6, r.stderr
+        assert address in r.stderr and "nothing answered within 3 s" in r.stderr, r.stderr
+        assert "ray start --head" in r.stderr and "drop --ray-address" in r.stderr, r.stderr
+        assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize("mode", ["close", "silent"])
+def test_a_server_that_is_not_ray_is_a_clear_error(files: dict[str, Any], tmp_path: Path, mode: str) -> None:
+    """A port that answers but is no Ray cluster: one that drops the connection, one that never
+    answers (Ray's own connect would wait about 40 s per try, 20 tries, uninterruptibly)."""
+    pytest.importorskip("ray")
+    with _server(mode) as (port, accepted):
+        r = _cli_with_address(files, tmp_path, f"127.0.0.1:{port}", **{dist.CONNECT_TIMEOUT_ENV: "1"})
+        assert accepted.is_set()
+    assert r.returncode == 6, r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and "Ray cluster" in r.stderr, r.stderr
+    if mode == "silent":
+        assert "nothing answered as a Ray cluster (gRPC) within 1 s" in r.stderr, r.stderr
+    assert "ray start --head" in r.stderr
+
+
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_stops_a_waiting_connect(files: dict[str, Any], tmp_path: Path, sig: int,
+                                          group: bool) -> None:
+    """Ctrl-C (SIGINT to the group) or SIGTERM while the command waits for an address to answer
+    (here for up to 600 s): the usual interrupt exit, long before the wait would end, and no
+    process left behind."""
+    pytest.importorskip("ray")
+    import psutil
+
+    with _server("silent") as (port, accepted):
+        proc = subprocess.Popen([sys.executable, "-c", _CLI, *_run_args(files, tmp_path), "--ray-address",
+                                 f"127.0.0.1:{port}"], env=_cli_env(**{dist.CONNECT_TIMEOUT_ENV: "600"}),
+                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert accepted.wait(120), "the command never connected"
+            family = psutil.Process(proc.pid).children(recursive=True)
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted" in err, err
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in err, err
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive
+    assert not (tmp_path / "o.npz").exists()
+
+
+class _FakeRay:
+    """``ray.init`` that fails as told, recording the GCS connect tries it was given."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc, self.tries, self.shut = exc, None, False
+
+    def init(self, **_: Any) -> None:
+        self.tries = os.environ.get("RAY_gcs_server_port_wait_time_s")
+        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(s))  # what ray.init installs
+        raise self.exc
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_join_translates_ray_failures_and_restores_the_sigterm_handler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lnm_deploy.signals import Terminated, raise_terminated
+
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    old = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        ray = _FakeRay(ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379"))
+        with pytest.raises(DependencyError, match=r"10\.0\.0\.5:6379.*Failed to connect.*ray start --head"):
+            dist._join(ray, "10.0.0.5:6379", {})
+        assert ray.tries == str(dist.GCS_CONNECT_TRIES) and ray.shut
+        assert "RAY_gcs_server_port_wait_time_s" not in os.environ
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        with pytest.raises(DependencyError, match="same Ray version"):
+            dist._join(_FakeRay(RuntimeError("Version mismatch")), "10.0.0.5:6379", {})
+        with pytest.raises(Terminated):  # Ray's sys.exit(15) on SIGTERM: an interrupt
+            dist._join(_FakeRay(SystemExit(signal.SIGTERM)), "10.0.0.5:6379", {})
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")  # the user's own is kept
+        ray = _FakeRay(ConnectionError("x"))
+        with pytest.raises(DependencyError):
+            dist._join(ray, "10.0.0.5:6379", {})
+        assert ray.tries == "7" and os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# ------------------------------------------------------------------------------------------------
 # Forked processes (no Ray)
 
 
@@ -220,6 +417,10 @@ def test_local_pool_raises_the_work_error_and_leaves_no_workers(files: dict[str,
 
 
 @pytest.mark.slow
+def test_a_running_ray_cluster_passes_the_probe(ray_cluster: str) -> None:
+    dist.probe_ray_address(ray_cluster)  # answers TCP and the HTTP/2 (gRPC) handshake
+
+
 def test_ray_cluster_run_and_calibrate_equal_one_process(files: dict[str, Any], ray_cluster: str,
                                                         tmp_path: Path) -> None:
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"

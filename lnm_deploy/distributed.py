@@ -367,7 +367,8 @@ def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], cra
 def _sigterm_as_interrupt(force: bool = False) -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt here while workers run, so the same clean-up runs as for
     Ctrl-C. Only where nobody else handles SIGTERM (the default action), or with ``force``: inside
-    a Ray session started here, whose ``ray.init`` installed ``sys.exit(15)`` as the handler."""
+    a Ray session started here, whose ``ray.init`` installed ``sys.exit(15)`` as the handler (a
+    local instance; joining a cluster, ``_join`` puts the handler back itself)."""
     old = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or \
             (old not in (signal.SIG_DFL, None) and not force):

@@ -125,6 +125,26 @@ def test_engines_agree_on_larger_network() -> None:
             assert m is None, f"[{engine}, chunk {chunk}, {kernels}] {m}"
 
 
+@pytest.mark.parametrize("batch, steps", [(1, 6), (4, 1), (3, 5)])
+def test_a_result_is_its_own_after_the_next_run(batch: int, steps: int) -> None:
+    """``run_fx`` keeps working arrays per thread from one run to the next: a result must not share
+    memory with them (with batch or timesteps 1 a time-major spike array's transpose is already
+    contiguous, and a view of it was once returned and overwritten by the next run)."""
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        g = random_conv_net(rng) if seed % 3 == 2 else random_dense_net(rng, recurrent=bool(seed % 2))
+        x1, x2 = spikes(rng, batch, steps, g.input_shape), spikes(rng, batch, steps, g.input_shape)
+        for kernels in KERNELS:
+            r1 = run_fx(g, x1, record=True, kernels=kernels)
+            kept = {k: v.copy() for k, v in r1.spikes.items()}
+            out = r1.output.copy()
+            r2 = run_fx(g, x2, record=True, kernels=kernels)
+            for k, v in r1.spikes.items():
+                assert not np.shares_memory(v, r2.spikes[k]), f"seed {seed}, {kernels}: layer {k}"
+                assert np.array_equal(v, kept[k]), f"seed {seed}, {kernels}: layer {k} changed by the next run"
+            assert np.array_equal(r1.output, out), f"seed {seed}, {kernels}: output changed by the next run"
+
+
 def test_dense_spikes_take_blas_and_agree() -> None:
     """Above EVENTS_MAX_DENSITY the compiled path hands Dense to BLAS; results do not change."""
     rng = np.random.default_rng(3)

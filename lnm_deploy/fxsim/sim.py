@@ -759,7 +759,9 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     try:
         _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
-        spikes_bt = {n: np.ascontiguousarray(np.moveaxis(s, 0, 1)).view(np.uint8) for n, s in spikes.items()
+        # always a copy: the time-major arrays go back to the pool (a view, which ascontiguousarray
+        # returns where batch or timesteps is 1, would be overwritten by the thread's next run)
+        spikes_bt = {n: np.array(np.moveaxis(s, 0, 1), order="C").view(np.uint8) for n, s in spikes.items()
                      if output_state(graph.nodes[n], n) is None}
     finally:
         pool.give()

@@ -127,7 +127,8 @@ CONNECT_TIMEOUT_S = 3.0
 #: Test hook: seconds to use instead of ``CONNECT_TIMEOUT_S`` (a long wait to send a signal into).
 CONNECT_TIMEOUT_ENV = "LNM_DEPLOY_RAY_CONNECT_TIMEOUT_S"
 #: How many times ``ray.init`` tries to reach the cluster's GCS once the address answered
-#: (``RAY_gcs_server_port_wait_time_s``, read by Ray 2.x at each ``ray.init``; its default is 20
+#: (``RAY_gcs_server_port_wait_time_s``, read at each ``ray.init`` by Ray 2.60, the pinned version;
+#: older versions that ``ray>=2.9`` admits ignore it and retry as before; its default is 20
 #: tries of about 40 s when the GCS does not answer). The probe already saw a gRPC server there: a
 #: failure now (another service, another cluster id, TLS) does not heal by retrying. A value the
 #: user set in the environment is kept.
@@ -150,6 +151,10 @@ def check_ray_address(address: str) -> tuple[str, int] | None:
     if text == RAY_AUTO:
         return None
     forms = "expected host:port, ray://host:port or auto"
+    if text == "local":  # ray.init(address="local") starts an instance here: that is --engine ray
+        raise UserInputError(f"--ray-address {address!r} (or $RAY_ADDRESS): to start Ray on this machine, "
+                             "drop --ray-address and give --workers N --engine ray; for a cluster, "
+                             f"{forms}")
     rest = text[len(_RAY_CLIENT):] if text.startswith(_RAY_CLIENT) else text
     if "://" in rest or "/" in rest:
         raise UserInputError(f"--ray-address {address!r} (or $RAY_ADDRESS): {forms}")

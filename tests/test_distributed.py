@@ -260,6 +260,8 @@ def test_ray_address_forms() -> None:
     assert dist.check_ray_address("ray://10.0.0.5:10001") == ("10.0.0.5", 10001)
     assert dist.check_ray_address("[::1]:6379") == ("::1", 6379)
     assert dist.check_ray_address("auto") is None
+    with pytest.raises(UserInputError, match="--engine ray"):  # Ray's "local": an instance here
+        dist.check_ray_address("local")
 
 
 def test_unreachable_ray_address_is_a_clear_error(files: dict[str, Any], tmp_path: Path) -> None:

@@ -388,7 +388,8 @@ class _NeuronRun:
         """Step through the timesteps of ``a`` (C, batch, *shape), steps ``t0`` to ``t0 + C`` of
         the run: spikes into ``out`` (same shape, bool; uint8 counts for a graded layer,
         ``spike_payload() > 1``) and, with ``rec`` (the run's (batch, timesteps, *shape) record
-        arrays by state name), every state after step ``t0 + t`` into ``rec[name][:, t0 + t]``."""
+        arrays by state name), every state after step ``t0 + t`` into ``rec[name][:, t0 + t]``.
+        Every entry of ``out`` must be written: it comes uninitialised from the run's pool."""
         x, fast = self.prepare(a)
         for t in range(x.shape[0]):
             self.step(x[t], fast, out[t])

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from lnm_deploy.cli import main
+from lnm_deploy.errors import LNMDeployWarning
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Affine, Neuron, sequential
 from lnm_deploy.nir_io import read_nir, write_nir
@@ -307,3 +309,38 @@ def test_an_option_is_not_taken_for_a_value(lif_file: Path, capsys: pytest.Captu
         main(["inspect", str(lif_file), "--v-floor", "--json"])
     assert e.value.code == 2
     assert "argument --v-floor: expected one argument" in capsys.readouterr().err
+
+
+def test_a_spike_count_option_beyond_32_bits_is_a_usage_error(lif_file: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("18446744073709551616", "2147483648"):
+        with pytest.raises(SystemExit) as e:
+            main(["inspect", str(lif_file), "--producer", "generic", "--spikes", value])
+        assert e.value.code == 2
+        assert "argument --spikes" in capsys.readouterr().err
+    assert main(["inspect", str(lif_file), "--producer", "generic", "--spikes", "2147483647"]) == 0
+
+
+def test_reading_options_on_an_artifact_are_ignored_with_a_warning(lif_file: Path, data_file: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An artifact's float model is read as it was calibrated: a --readout-node (or a spike rule) given
+    with it must not change the float model alone (the integers cannot follow), and says so."""
+    art = tmp_path / "art.nir"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        assert main(_reading_cmd("calibrate", lif_file, data_file, art)) == 0
+    outs = {}
+    for name, extra in (("plain", []), ("given", ["--readout-node", "lif", "--v-floor", "5", "--spikes", "3"])):
+        out = tmp_path / f"{name}.npz"
+        capsys.readouterr()
+        assert main(["run", str(art), "--data", str(data_file), "--backend", "float", "--out", str(out),
+                     "--quiet", *extra]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "ignored" in line]
+        assert bool(said) == bool(extra), said
+        if extra:
+            assert "readout_nodes=['lif']" in said[0] and "v_floor=5.0" in said[0], said
+        with np.load(out) as f:
+            outs[name] = {k: f[k] for k in f.files}
+    assert outs["plain"].keys() == outs["given"].keys()
+    for k in outs["plain"]:
+        assert np.array_equal(outs["plain"][k], outs["given"][k]), k

@@ -185,19 +185,23 @@ class Convention:
         return out
 
 
+#: The largest N of ``spikes=N`` (a count per step; records and integer paths hold it in 32 bits).
+MAX_SPIKES_OPTION = 2**31 - 1
+
+
 def spikes_option(v: Any) -> str | int:
-    """A ``spikes`` reading option checked: ``"single"``, ``"multi"`` or a positive integer N (an
-    int or its decimal text); ``ValueError`` saying what is allowed."""
+    """A ``spikes`` reading option checked: ``"single"``, ``"multi"`` or an integer N in 1 ..
+    ``MAX_SPIKES_OPTION`` (an int or its decimal text); ``ValueError`` saying what is allowed."""
     if isinstance(v, str) and v in SPIKE_MULTIPLICITY:
         return v
     try:
         n = int(v)
-        ok = not isinstance(v, bool) and n >= 1 and (not isinstance(v, float) or n == v)
-    except (TypeError, ValueError):
+        ok = not isinstance(v, bool) and 1 <= n <= MAX_SPIKES_OPTION and (not isinstance(v, float) or n == v)
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ValueError(f"spikes={v!r}: choose one of {', '.join(SPIKE_MULTIPLICITY)}, or a positive integer N "
-                         "(at most N spikes per step)")
+        raise ValueError(f"spikes={v!r}: choose one of {', '.join(SPIKE_MULTIPLICITY)}, or a positive integer N up to "
+                         f"{MAX_SPIKES_OPTION} (at most N spikes per step)")
     return "single" if n == 1 else n
 
 

@@ -998,6 +998,16 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
 
     exact = prod == "lnm-deploy"
     if exact:
+        # lnm-deploy's graphs (and the float model in an artifact, calibrated as it reads) carry
+        # each neuron's spike rules and readouts: the reading options do not apply, and applying
+        # a readout to an artifact's float model alone would make it differ from its integers
+        given = {k: v for k, v in stated.items() if v is not None}
+        if readouts:
+            given["readout_nodes"] = list(readouts)
+        if given:
+            _warn(f"{', '.join(f'{k}={v!r}' for k, v in given.items())} ignored: lnm-deploy graphs carry each "
+                  "neuron's reset, threshold, spike count, floor and readouts (an artifact's as calibrated)")
+        stated, readouts = {}, ()
         fmt = gmeta.get("lnm_format")
         if fmt is not None and int(as_array(fmt)) > LNM_FORMAT:
             raise UnsupportedError(f"the graph uses lnm-deploy metadata format {int(as_array(fmt))}; this "

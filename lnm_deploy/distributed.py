@@ -372,8 +372,8 @@ def _child(fn: Callable[..., Any], payload: Any, part: tuple[int, int, int], cra
 def _sigterm_as_interrupt(force: bool = False) -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt here while workers run, so the same clean-up runs as for
     Ctrl-C. Only where nobody else handles SIGTERM (the default action), or with ``force``: inside
-    a Ray session started here, whose ``ray.init`` installed ``sys.exit(15)`` as the handler (a
-    local instance; joining a cluster, ``_join`` puts the handler back itself)."""
+    a Ray session started here (``ray.init`` installs ``sys.exit(15)`` as the handler;
+    ``_init_guard`` puts the one before back after it)."""
     old = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or \
             (old not in (signal.SIG_DFL, None) and not force):
@@ -515,7 +515,7 @@ def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[
             probe_ray_address(ray_address)
             _join(ray, ray_address, common)
         else:
-            ray.init(address="local", num_cpus=workers or 1, include_dashboard=False, **common)
+            _start_local(ray, workers, common)
     try:
         n = workers if workers is not None else max(1, int(ray.cluster_resources().get("CPU", 1)))
         yield ray, n
@@ -524,41 +524,60 @@ def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[
             ray.shutdown()
 
 
-def _join(ray: Any, address: str, common: dict[str, Any]) -> None:
-    """``ray.init(address=address)`` with its GCS connect tried ``GCS_CONNECT_TRIES`` times, its
-    connection failures as ``DependencyError``, and SIGTERM still an interrupt: ``ray.init``
-    replaces the SIGTERM handler with ``sys.exit(15)`` (a ``SystemExit`` here becomes
-    ``Terminated``), and the handler there was before is put back afterwards, whatever happens
-    (``ray_session``'s caller installs the one for the session). A connect that fails half way is
-    shut down. A SIGINT or SIGTERM that arrives while Ray waits inside its C++ connect is seen when
-    that wait ends (Ray 2.x: up to about 40 s for a gRPC server that is not a Ray GCS; the probe
-    before has ruled out a silent address, which is the usual case)."""
-    env_set = _GCS_WAIT_ENV not in os.environ
-    if env_set:
-        os.environ[_GCS_WAIT_ENV] = str(GCS_CONNECT_TRIES)
+@contextlib.contextmanager
+def _init_guard(ray: Any) -> Iterator[None]:
+    """Around a ``ray.init``: SIGTERM stays an interrupt and nothing half-started is left behind.
+    ``ray.init`` replaces the SIGTERM handler with ``sys.exit(15)`` part way through (a
+    ``SystemExit(15)`` here becomes ``Terminated``); the handler there was before is put back
+    afterwards, whatever happens (``ray_session``'s caller installs the one for the session). An
+    init that does not complete (an error, Ctrl-C, SIGTERM) is shut down, so the processes it
+    started (the GCS, the raylet) do not outlive the command."""
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.getsignal(signal.SIGTERM) if main_thread else None
     ok = False
     try:
-        ray.init(address=address, **common)
+        yield
         ok = True
     except SystemExit as e:  # Ray's SIGTERM handler
         if e.code != signal.SIGTERM:
             raise
         raise Terminated(signal.SIGTERM) from None
-    except (ConnectionError, RuntimeError, TimeoutError) as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise DependencyError(f"could not join the Ray cluster at {address} (the port answers, but Ray "
-                              f"said: {first}); check that it is a Ray head's GCS port and that both "
-                              f"sides run the same Ray version, or {_RAY_FIX}") from None
     finally:
-        if env_set:
-            os.environ.pop(_GCS_WAIT_ENV, None)
         if main_thread and old is not None:
             signal.signal(signal.SIGTERM, old)
         if not ok:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+def _start_local(ray: Any, workers: int | None, common: dict[str, Any]) -> None:
+    """``ray.init(address="local")``: a Ray instance on this machine with ``workers`` CPUs, started
+    under ``_init_guard`` (an interrupt during its few seconds of start-up stops it cleanly)."""
+    with _init_guard(ray):
+        ray.init(address="local", num_cpus=workers or 1, include_dashboard=False, **common)
+
+
+def _join(ray: Any, address: str, common: dict[str, Any]) -> None:
+    """``ray.init(address=address)`` under ``_init_guard``, with its GCS connect tried
+    ``GCS_CONNECT_TRIES`` times and its connection failures as ``DependencyError``. A SIGINT or
+    SIGTERM that arrives while Ray waits inside its C++ connect is seen when that wait ends (Ray
+    2.60: up to about 40 s for a gRPC server that is not a Ray GCS; the probe before has ruled out
+    a silent address, which is the usual case)."""
+    env_set = _GCS_WAIT_ENV not in os.environ
+    if env_set:
+        os.environ[_GCS_WAIT_ENV] = str(GCS_CONNECT_TRIES)
+    try:
+        with _init_guard(ray):
+            try:
+                ray.init(address=address, **common)
+            except (ConnectionError, RuntimeError, TimeoutError) as e:
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise DependencyError(f"could not join the Ray cluster at {address} (the port answers, but "
+                                      f"Ray said: {first}); check that it is a Ray head's GCS port and that "
+                                      f"both sides run the same Ray version, or {_RAY_FIX}") from None
+    finally:
+        if env_set:
+            os.environ.pop(_GCS_WAIT_ENV, None)
 
 
 def _run_ray(ray: Any, fn: Callable[..., Any], payload: Any, shards: list[Shard],

@@ -367,6 +367,27 @@ def test_join_translates_ray_failures_and_restores_the_sigterm_handler(
         signal.signal(signal.SIGTERM, old)
 
 
+def test_an_interrupted_local_ray_start_is_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM during the seconds ``ray.init`` takes to start an instance here: what it
+    started is shut down, SIGTERM (Ray's own ``sys.exit(15)`` by then) is ``Terminated`` (exit 143,
+    not 15), and the SIGTERM handler from before is back."""
+    from lnm_deploy.signals import Terminated, raise_terminated
+
+    old = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        for exc, expected in ((KeyboardInterrupt(), KeyboardInterrupt), (SystemExit(signal.SIGTERM), Terminated),
+                              (RuntimeError("raylet failed to start"), RuntimeError)):
+            ray = _FakeRay(exc)
+            with pytest.raises(expected):
+                dist._start_local(ray, 2, {})
+            assert ray.shut, exc
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        with pytest.raises(SystemExit):  # another exit code is not Ray's SIGTERM: left as it is
+            dist._start_local(_FakeRay(SystemExit(3)), 2, {})
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 # ------------------------------------------------------------------------------------------------
 # Forked processes (no Ray)
 

@@ -516,16 +516,19 @@ def test_sinabs_mlp_time_first_input_shape() -> None:
     assert ir.nodes["input"].shape == (20,)
 
 
-def _sinabs_cnn() -> tuple[nn.Sequential, torch.Tensor]:
+def _sinabs_cnn(b: int = B, t: int = T, channels: int = 2, classes: int = 10) -> tuple[nn.Sequential, torch.Tensor]:
+    """Conv2d -> IAF -> SumPool2d -> Conv2d -> IAF -> Flatten -> Linear -> IAF on ``channels``x8x8,
+    Sinabs defaults, and ``b * t`` rows of Bernoulli(0.3) input (Sinabs' squeezed (b*t, ...) layout),
+    run once through the net (Sinabs infers its state shapes on the first call)."""
     sl = pytest.importorskip("sinabs.layers")
-    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), sl.IAFSqueeze(batch_size=B), sl.SumPool2d(2),
-                        nn.Conv2d(4, 4, 3, padding=1), sl.IAFSqueeze(batch_size=B), nn.Flatten(),
-                        nn.Linear(64, 10), sl.IAFSqueeze(batch_size=B))
+    net = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), sl.IAFSqueeze(batch_size=b), sl.SumPool2d(2),
+                        nn.Conv2d(4, 4, 3, padding=1), sl.IAFSqueeze(batch_size=b), nn.Flatten(),
+                        nn.Linear(64, classes), sl.IAFSqueeze(batch_size=b))
     with torch.no_grad():
         net[0].weight.mul_(3.0)
         net[3].weight.mul_(2.0)
         net[6].weight.mul_(3.0)
-    x = (torch.rand(B * T, 2, 8, 8) < 0.3).float()
+    x = (torch.rand(b * t, channels, 8, 8) < 0.3).float()
     net(x)
     return net, x
 

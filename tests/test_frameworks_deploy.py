@@ -32,7 +32,9 @@ from test_frameworks import (
     assert_same_spikes,
     sinabs_from_nir_run,
 )
-from torch import nn
+from test_frameworks import (
+    _sinabs_cnn as _sinabs_cnn_net,
+)
 
 from lnm_deploy.artifact import read_artifact, write_artifact
 from lnm_deploy.calibrate import calibrate_network, load_recipe
@@ -162,18 +164,9 @@ def test_sinabs_mlp_deploys_and_verifies_as_calibrated(neuron: str, cli: bool, t
 def _sinabs_cnn(b: int, t: int) -> tuple[nir.NIRGraph, dict[str, np.ndarray], torch.Tensor]:
     """Conv2d -> IAF -> SumPool2d -> Conv2d -> IAF -> Flatten -> Linear -> IAF on 1x8x8 (Sinabs
     exports no AvgPool2d: ``NotImplementedError``), Sinabs defaults, run in float64."""
-    sl = pytest.importorskip("sinabs.layers")
+    net, x = _sinabs_cnn_net(b, t, channels=1, classes=5)
     from sinabs.nir import to_nir as sinabs_to_nir
 
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), sl.IAFSqueeze(batch_size=b), sl.SumPool2d(2),
-                        nn.Conv2d(4, 4, 3, padding=1), sl.IAFSqueeze(batch_size=b), nn.Flatten(),
-                        nn.Linear(64, 5), sl.IAFSqueeze(batch_size=b))
-    with torch.no_grad():
-        net[0].weight.mul_(3.0)
-        net[3].weight.mul_(2.0)
-        net[6].weight.mul_(3.0)
-    x = (torch.rand(b * t, 1, 8, 8) < 0.3).float()
-    net(x)
     g = _as_float64(sinabs_to_nir(net, x[:b]))
     ref = _sinabs_run(net.double(), x, (1, 4, 7), torch.float64)
     return g, {k: v.reshape(b, t, *v.shape[1:]) for k, v in ref.items()}, x.reshape(b, t, 1, 8, 8).double()

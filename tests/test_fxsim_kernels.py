@@ -48,14 +48,21 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_kernels_stay_in_bounds(tmp_path: Path) -> None:
+def _run_bounds_checked(script: str, tmp_path: Path) -> list[str]:
+    """``script`` (its ``{tests}`` filled in) in a fresh interpreter with ``NUMBA_BOUNDSCHECK=1`` and
+    an empty numba cache, so that every kernel it calls is compiled with index checks; asserts it
+    succeeded and returns the last two words it printed."""
     tests = str(Path(__file__).parent)
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests)], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", script.format(tests=tests)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.split()[-2:] == ["ok", "160"]
+    return proc.stdout.split()[-2:]
+
+
+@pytest.mark.slow
+def test_kernels_stay_in_bounds(tmp_path: Path) -> None:
+    assert _run_bounds_checked(SCRIPT, tmp_path) == ["ok", "160"]
 
 
 # ------------------------------------------------------------------ Conv2d event kernel, path by path
@@ -169,12 +176,7 @@ CONV_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_conv_kernels_stay_in_bounds(tmp_path: Path) -> None:
     """Every loop of ``conv_events`` compiled with ``NUMBA_BOUNDSCHECK=1`` (see the module docstring)."""
-    tests = str(Path(__file__).parent)
-    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    proc = subprocess.run([sys.executable, "-c", CONV_SCRIPT.format(tests=tests)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.split()[-2:] == ["ok", "42"]
+    assert _run_bounds_checked(CONV_SCRIPT, tmp_path) == ["ok", "42"]
 
 
 def test_synapses_into_one_neuron_add_in_place_exactly() -> None:

@@ -750,16 +750,14 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     out_src = sched.inputs[sched.output_node][0][0]
     # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
     graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None
-    states_bt: dict[str, dict[str, Array]] = {}
-    states: dict[str, dict[str, Array]] | None = None
-    if record or graded is not None:  # recorded straight into the result's (batch, timesteps) arrays
-        states_bt = {n: {k: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
-                     for n, run in neurons.items() if record or n == out_src}
-        states = states_bt
+    # recorded straight into the result's (batch, timesteps) arrays: every layer's with ``record``,
+    # else only a readout's that the output is
+    states_bt = {n: {k: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
+                 for n, run in neurons.items() if record or (graded is not None and n == out_src)}
 
     xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     try:
-        _run(graph, sched, xt, synapses, neurons, spikes, states, progress, chunk if engine == "layer" else 1)
+        _run(graph, sched, xt, synapses, neurons, spikes, states_bt, progress, chunk if engine == "layer" else 1)
         # always a copy: the time-major arrays go back to the pool (a view, which ascontiguousarray
         # returns where batch or timesteps is 1, would be overwritten by the thread's next run)
         spikes_bt = {n: np.array(np.moveaxis(s, 0, 1), order="C").view(np.uint8) for n, s in spikes.items()
@@ -780,7 +778,7 @@ RESHAPES: dict[str, Any] = {"flatten": _apply_flatten}
 
 def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
          neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
-         states: dict[str, dict[str, Array]] | None, progress: bool, chunk: int) -> None:
+         states: dict[str, dict[str, Array]], progress: bool, chunk: int) -> None:
     """Both engines: chunks of ``chunk`` timesteps (1 when the graph has back edges)."""
     steps, batch = xt.shape[:2]
     # a back edge's value at t = 0 is 0
@@ -841,7 +839,7 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                     a = prev[s] if delayed else vals[s]
                     assert isinstance(a, _Val)
                     ins.append(a)
-                rec = None if states is None else states.get(name)
+                rec = states.get(name)  # the layer's record arrays, if it is recorded
                 neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec, t0)
                 vals[name] = spikes[name][t0:t1]
         if back_sources:

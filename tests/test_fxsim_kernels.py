@@ -284,3 +284,44 @@ def test_lif_kernel_blocks_match_numpy(n: int) -> None:
         for chunk in (None, 2):
             got = run_fx(g, x, record=True, chunk=chunk, kernels="numba")
             assert compare_runs(ref, got, order=g.neuron_names()) is None, (n, seed, chunk)
+
+
+@pytest.mark.parametrize("acc_bits", [32, 31, 40])
+def test_poly_kernel_products_at_the_int32_edges_match_numpy(acc_bits: int) -> None:
+    """``poly_steps`` takes its products as int32 x int32 where every factor provably fits int32
+    (``R, S <= 32``: ``narrow``) and leaves out the cubic Horner step below degree 3; both are
+    exact. Driven to the edges: 32-bit states and a 32-bit Horner register with coefficients at
+    ``+-(2**31 - 1)``, saturating and wrapping, with and without a current state, every degree;
+    ``acc_bits`` 40 takes the 64-bit products. Against the numpy contract, recorded states included."""
+    import dataclasses
+
+    import fx_nets
+
+    from lnm_deploy.fixedpoint import nodes as fx
+    from lnm_deploy.fxsim import compare_runs, run_fx, sim
+
+    kern = sim.load_kernels("numba")
+    n, n_in = 300, 12
+    for seed in range(16):
+        rng = np.random.default_rng(3000 + seed)
+        degree = seed % 4
+        S = 32 if acc_bits != 40 else 24
+        cm, sm = 2 ** (min(acc_bits, 32) - 1) - 1, 2 ** (S - 1) - 1
+        coef = rng.choice([cm, -cm, 1, 0, -(2**20), min(2**30, cm)], (degree + 1, n))
+        node = fx.FxPoly(shape=(n,), coef=coef, shifts=tuple(int(s) for s in rng.integers(0, 40, degree)),
+                         vth=rng.choice([sm, 2**20, 1], n), v_reset=rng.integers(-100, 101, n),
+                         reset="subtract" if seed % 2 else "value", in_shift=int(rng.integers(20, 31)),
+                         syn_decay=None if seed % 3 == 0 else rng.integers(0, 4097, n),
+                         rounding=str(rng.choice(["nearest", "floor", "trunc"])),  # type: ignore[arg-type]
+                         overflow="saturate" if seed % 4 < 2 else "wrap", state_bits=S, acc_bits=acc_bits,
+                         coef_bits=min(acc_bits, 32), v_init=rng.choice([sm, -sm, 0], n))
+        if seed % 5 == 0:
+            node = dataclasses.replace(node, c_init=rng.choice([sm, -sm], n))
+        run = sim._PolyRun(node, 1, 2**40, kern)
+        assert run.kargs[-2:] == (acc_bits <= 32, degree == 3 and bool(coef[0].any())), seed
+        g = fx_nets.chain([("syn", fx_nets.dense(rng, n, n_in)), ("p", node)], (n_in,))
+        x = fx_nets.spikes(rng, 2, 6, (n_in,))
+        ref = run_fx(g, x, record=True, kernels="numpy")
+        got = run_fx(g, x, record=True, kernels="numba")
+        assert compare_runs(ref, got, order=g.neuron_names()) is None, (acc_bits, seed)
+        assert np.abs(ref.states["p"]["v"]).max() > 2 ** (S - 3), seed  # the states reached the edges

@@ -323,6 +323,12 @@ def _reshaped(a: Array, shape: tuple[int, ...]) -> Array:
     return r
 
 
+def _fits_int32(a: Array | int) -> bool:
+    """Whether every value of ``a`` is in int32's range."""
+    a = np.asarray(a)
+    return a.size == 0 or bool(-(2**31) <= a.min() and a.max() < 2**31)
+
+
 def _full(a: Array | int, shape: tuple[int, ...], dtype: Any) -> Array:
     """A writable C-contiguous copy of ``a`` broadcast to ``shape`` (in-place ufuncs on strided or
     broadcast states are several times slower)."""
@@ -561,16 +567,22 @@ class _PolyRun(_NeuronRun):
             coef[: d + 1] = self.coef.reshape(d + 1, n)
             shifts = [*node.shifts, *([0] * (3 - d))]
             consts = [kern.round_consts(sh, node.rounding) for sh in shifts]
+            kc, v_reset = per_neuron(0 if self.kc is None else self.kc), per_neuron(node.v_reset)
             self.kargs = (coef, np.array(shifts, dtype=np.int64), np.array([c[0] for c in consts], dtype=np.int64),
                           np.array([c[1] for c in consts], dtype=np.int64), node.in_shift,
-                          self.kc is not None, per_neuron(0 if self.kc is None else self.kc), node.decay_bits,
+                          self.kc is not None, kc, node.decay_bits,
                           *kern.round_consts(node.decay_bits, node.rounding), per_neuron(self.vth),
-                          node.reset == "value", per_neuron(node.v_reset), 1 << (self.S - 1), 1 << (self.R - 1),
+                          node.reset == "value", v_reset, 1 << (self.S - 1), 1 << (self.R - 1),
                           node.overflow == "saturate")
             # docs/fixed-point.md 5.2: the spike test, the payload cap and the floor (-2**(S-1), the
             # lowest ovf_S value, where there is none: max() is then the identity)
-            self.kargs += (node.threshold == ">=", node.max_payload,
-                           per_neuron(-(1 << (self.S - 1)) if node.v_floor is None else node.v_floor))
+            floor = per_neuron(-(1 << (self.S - 1)) if node.v_floor is None else node.v_floor)
+            # The kernel's int32 x int32 products are exact when every factor fits int32: states
+            # (ovf_S, the reset, the floor and the initial values) and the Horner register (ovf_R)
+            # do for S, R <= 32, the coefficients and kc are checked here.
+            factors = (coef, kc, v_reset, floor, node.v_init, node.c_init)
+            narrow = self.S <= 32 and self.R <= 32 and all(_fits_int32(f) for f in factors)
+            self.kargs += (node.threshold == ">=", node.max_payload, floor, narrow, bool(coef[3].any()))
             if self.c_bias is not None:
                 self.kargs = (*self.kargs[:4], 0, *self.kargs[5:])  # in_shift (argument 4): applied in run()
 

@@ -196,3 +196,61 @@ def test_rejects_non_binary_input_and_bad_shapes() -> None:
         fx_sequential([("d", FxDense(weight=np.ones((2, 3), int))), ("l", FxLIF(shape=(2,), du=5000))], (3,)).schedule()
     with pytest.raises(GraphError, match="neurons read synapses"):
         fx_sequential([("l0", FxLIF(shape=(3,)))], (3,)).schedule()
+
+
+def _first(g: FxGraph, role: str) -> str:
+    return next(n for n in g.schedule().order if g.nodes[n].role == role)
+
+
+@pytest.mark.parametrize("edit", ["weight in place", "neuron array in place", "neuron attribute", "new node"])
+def test_a_graph_edited_between_runs_runs_as_edited(edit: str) -> None:
+    """``run_fx`` keeps what it derives from a graph (schedule, converted weights, kernel
+    parameters) for the graph's next run; an edit of any node between runs, in place included,
+    must be run as edited: the same result as a fresh copy of the edited graph."""
+    import copy
+    import dataclasses
+
+    changed = 0
+    for seed in range(8):
+        rng = np.random.default_rng(100 + seed)
+        g = random_conv_net(rng) if seed % 2 else random_dense_net(rng, recurrent=seed % 4 == 0)
+        x = spikes(rng, 2, 6, g.input_shape)
+        for kernels in KERNELS:
+            before = run_fx(g, x, record=True, kernels=kernels)
+            syn, neuron = _first(g, "synapse"), _first(g, "neuron")
+            node = g.nodes[neuron]
+            if edit == "weight in place":
+                g.nodes[syn].weight[...] = -g.nodes[syn].weight  # type: ignore[attr-defined]
+            elif edit == "neuron array in place":
+                arr = node.coef if hasattr(node, "coef") else node.bias_mant  # type: ignore[attr-defined]
+                if np.ndim(arr) == 0:
+                    continue
+                arr[...] = arr // 2 + 1
+            elif edit == "neuron attribute":
+                if hasattr(node, "coef"):
+                    node.in_shift = (node.in_shift + 3) % 9  # type: ignore[attr-defined]
+                else:
+                    node.du = (node.du + 1000) % 4096  # type: ignore[attr-defined]
+            else:
+                g.nodes[syn] = dataclasses.replace(g.nodes[syn], weight=-g.nodes[syn].weight)  # type: ignore[attr-defined]
+            got = run_fx(g, x, record=True, kernels=kernels)
+            ref = run_fx(copy.deepcopy(g), x, record=True, kernels=kernels)
+            assert compare_runs(ref, got, order=g.neuron_names()) is None, (edit, seed, kernels)
+            changed += compare_runs(before, got, order=g.neuron_names()) is not None
+    assert changed >= 4, changed  # the edits changed results: the check above saw them
+
+
+def test_runs_of_one_graph_in_threads_agree() -> None:
+    """Runs of one graph in several threads at once share what was derived from the graph (never
+    written during a run): each gets what it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    g = random_conv_net(rng)
+    xs = [spikes(rng, 3, 5, g.input_shape) for _ in range(8)]
+    for kernels in KERNELS:
+        alone = [run_fx(g, x, record=True, kernels=kernels) for x in xs]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda x: run_fx(g, x, record=True, kernels=kernels), xs * 3))  # noqa: B023
+        for i, got in enumerate(together):
+            assert compare_runs(alone[i % len(xs)], got, order=g.neuron_names()) is None, (kernels, i)

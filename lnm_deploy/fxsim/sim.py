@@ -25,12 +25,14 @@ every configuration.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -70,6 +72,7 @@ from lnm_deploy.fixedpoint.primitives import (
 from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
+PLAN_KEEP_BYTES = 64 << 20  # the most a kept plan's copies of node attributes take (``_Plan``)
 CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
 # Above this fraction of inputs spiking, a BLAS product beats the event-driven Dense kernel (below
 # it BLAS is not faster, and its spinning threads slow the parallel kernels that follow).
@@ -135,20 +138,27 @@ class _Synapse:
 
 class _Dense(_Synapse):
     def __init__(self, node: FxDense, kern: Any = None, payload: int = 1) -> None:
-        w = node.effective_weight()
         self.node = node
-        self.bounds = synapse_bounds(node, payload=payload)
+        self.bounds, self.wt, self.w32 = _static(node, f"dense {payload} {kern is not None}",
+                                                 lambda: self._weights(node, kern is not None, payload))
         self.bound = self.bounds.acc
-        dt = exact_float(self.bound)
-        self.dtype: Any = dt if dt is not None else np.int64
-        self.wt: Array = np.ascontiguousarray(w.T.astype(self.dtype))
+        self.dtype: Any = self.wt.dtype.type
         # Event-driven accumulation in int32 is exact while every partial sum stays below 2**31.
-        self.kern = kern if self.bound < 2**31 else None
+        self.kern = kern if self.w32 is not None else None
         self.accel: Any = None if self.kern is None else getattr(kern, ACCELERATIONS["dense"])
-        self.w32: Array | None = np.ascontiguousarray(w.T.astype(np.int32)) if self.kern is not None else None
         self._in: Array | None = None
         self._out: Array | None = None
         self._out32: Array | None = None
+
+    @staticmethod
+    def _weights(node: FxDense, events: bool, payload: int) -> tuple[SynapseBounds, Array, Array | None]:
+        """The bounds, the transposed weight in the product's exact dtype and, for the event kernel
+        (``events``, where every partial sum stays below ``2**31``: exact in int32), as int32."""
+        w = node.effective_weight()
+        bounds = synapse_bounds(node, payload=payload)
+        dt = exact_float(bounds.acc)
+        wt: Array = np.ascontiguousarray(w.T.astype(dt if dt is not None else np.int64))
+        return bounds, wt, np.ascontiguousarray(w.T.astype(np.int32)) if events and bounds.acc < 2**31 else None
 
     def __call__(self, s: Array, reuse: bool = False) -> _Val:
         x = s.reshape(s.shape[0], -1)
@@ -385,6 +395,129 @@ def _state(a: Array | int, shape: tuple[int, ...]) -> Array:
     return out
 
 
+_UNKNOWN = object()  # a snapshot of a value _snapshot cannot copy: never equal to anything
+
+
+def _snapshot(v: Any) -> Any:
+    """A private copy of ``v`` for ``_equal``: arrays, tuples, lists, dicts and sets copied,
+    scalars as they are, anything else ``_UNKNOWN``."""
+    if isinstance(v, np.ndarray):
+        return v.copy()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_snapshot(e) for e in v)
+    if isinstance(v, dict):
+        return {k: _snapshot(e) for k, e in v.items()}
+    if isinstance(v, (set, frozenset)):  # of edges (``delays``): tuples of names
+        return type(v)(_snapshot(e) for e in v)
+    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
+        return v
+    return _UNKNOWN
+
+
+def _equal(snap: Any, v: Any) -> bool:
+    """Whether ``v`` equals the snapshot ``snap`` (same types, arrays element by element)."""
+    if snap is _UNKNOWN or type(snap) is not type(v):
+        return False
+    if isinstance(snap, np.ndarray):
+        return snap.dtype == v.dtype and snap.shape == v.shape and bool(np.array_equal(snap, v))
+    if isinstance(snap, (tuple, list)):
+        return len(snap) == len(v) and all(_equal(a, b) for a, b in zip(snap, v, strict=True))
+    if isinstance(snap, dict):
+        return snap.keys() == v.keys() and all(_equal(snap[k], v[k]) for k in snap)
+    if isinstance(snap, (set, frozenset)):
+        return _UNKNOWN not in snap and snap == v
+    return bool(snap == v)
+
+
+def _nbytes(snap: Any) -> int:
+    """The bytes of the arrays in a ``_snapshot``."""
+    if isinstance(snap, np.ndarray):
+        return int(snap.nbytes)
+    if isinstance(snap, (tuple, list)):
+        return sum(_nbytes(e) for e in snap)
+    if isinstance(snap, dict):
+        return sum(_nbytes(e) for e in snap.values())
+    return 0
+
+
+class _Plan:
+    """What ``run_fx`` derives from a graph alone, kept from one run of the graph to the next
+    (measured: a fifth of a 16-sample ResNet run went into validating the graph, converting its
+    weights and spreading its per-neuron parameters, every run): the schedule, the synapses'
+    input payloads and each engine's static arrays (``_static``). Valid while the graph's
+    structure and every attribute of every node equal the private copies taken when the plan was
+    made: each run compares them (arrays element by element, a few percent of the saving), so a
+    node edited in place, weights included, is planned anew. Kept per graph object while it
+    lives, where the copies take at most ``PLAN_KEEP_BYTES`` (a larger graph is planned every
+    run: its setup is a smaller part of a run); the static arrays are shared by the runs of all
+    threads and never written."""
+
+    _plans: ClassVar[weakref.WeakKeyDictionary[FxGraph, _Plan]] = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+    _local = threading.local()
+
+    def __init__(self, graph: FxGraph) -> None:
+        self.structure = self._structure(graph)
+        self.types = [type(node) for node in graph.nodes.values()]
+        self.nodes = {name: _snapshot(self._attributes(node)) for name, node in graph.nodes.items()}
+        self.sched = graph.schedule()
+        self.payloads = input_payloads(graph, self.sched)
+        self.static: dict[tuple[int, str], Any] = {}
+
+    @staticmethod
+    def _attributes(node: FxNode) -> Any:
+        """Every attribute of ``node`` but ``metadata`` (provenance, never semantics)."""
+        attrs = getattr(node, "__dict__", None)
+        return _UNKNOWN if attrs is None else {k: v for k, v in attrs.items() if k != "metadata"}
+
+    @staticmethod
+    def _structure(graph: FxGraph) -> Any:
+        return _snapshot(([(name, id(node)) for name, node in graph.nodes.items()],
+                          [tuple(e) for e in graph.edges], graph.delays, graph.target))
+
+    def valid_for(self, graph: FxGraph) -> bool:
+        types = [type(node) for node in graph.nodes.values()]
+        return _equal(self.structure, self._structure(graph)) and len(types) == len(self.types) and all(
+            a is b for a, b in zip(types, self.types, strict=True)) and all(
+            _equal(self.nodes[name], self._attributes(node)) for name, node in graph.nodes.items())
+
+    @classmethod
+    def of(cls, graph: FxGraph) -> _Plan:
+        """The plan of ``graph``: validated and scheduled anew unless a valid one is kept."""
+        with cls._lock:
+            plan = cls._plans.get(graph)
+        if plan is None or not plan.valid_for(graph):
+            plan = cls(graph)
+            if _nbytes(plan.nodes) <= PLAN_KEEP_BYTES:
+                with cls._lock:
+                    cls._plans[graph] = plan
+        return plan
+
+    @classmethod
+    @contextlib.contextmanager
+    def current(cls, plan: _Plan) -> Iterator[_Plan]:
+        """``plan`` as the calling thread's current plan (``_static``) inside the block."""
+        prev = getattr(cls._local, "current", None)
+        cls._local.current = plan
+        try:
+            yield plan
+        finally:
+            cls._local.current = prev
+
+
+def _static(node: FxNode, what: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a value derived from ``node``'s attributes alone, kept in the running
+    ``run_fx``'s plan (``_Plan``) for the next runs of the same graph; outside a run, computed."""
+    plan = getattr(_Plan._local, "current", None)
+    if plan is None:
+        return compute()
+    key = (id(node), what)
+    got = plan.static.get(key)
+    if got is None:
+        got = plan.static[key] = compute()
+    return got
+
+
 class _NeuronRun:
     """State of one neuron layer over a batch, advanced a chunk of timesteps at a time."""
 
@@ -555,36 +688,40 @@ class _PolyRun(_NeuronRun):
         # x = (a << in_shift) + c_bias, computed here, with its own in_shift set to 0.
         self.c_bias = self.params.c_bias
         if kern is not None:
-            n = int(np.prod(node.shape))
+            self.kargs = _static(node, "poly kernel arguments", lambda: self._kernel_args(node, self.params, kern))
 
-            def per_neuron(x: Any) -> Array:
-                return _full(np.asarray(x, dtype=np.int64), node.shape, np.int64).reshape(-1)
+    @staticmethod
+    def _kernel_args(node: FxPoly, params: PolyParams, kern: Any) -> tuple[Any, ...]:
+        """``poly_steps``' arguments after (a, v, c, spikes, rec_v, rec_c, record, t0)."""
+        S, R = node.state_bits, node.acc_bits
+        n = int(np.prod(node.shape))
 
-            # the kernel's parameters after (a, v, c, spikes, rec_v, rec_c, record); the polynomial
-            # is padded to degree 3 with zero leading coefficients (exact, see the kernel)
-            d = node.degree
-            coef = np.zeros((4, n), dtype=np.int64)
-            coef[: d + 1] = self.coef.reshape(d + 1, n)
-            shifts = [*node.shifts, *([0] * (3 - d))]
-            consts = [kern.round_consts(sh, node.rounding) for sh in shifts]
-            kc, v_reset = per_neuron(0 if self.kc is None else self.kc), per_neuron(node.v_reset)
-            self.kargs = (coef, np.array(shifts, dtype=np.int64), np.array([c[0] for c in consts], dtype=np.int64),
-                          np.array([c[1] for c in consts], dtype=np.int64), node.in_shift,
-                          self.kc is not None, kc, node.decay_bits,
-                          *kern.round_consts(node.decay_bits, node.rounding), per_neuron(self.vth),
-                          node.reset == "value", v_reset, 1 << (self.S - 1), 1 << (self.R - 1),
-                          node.overflow == "saturate")
-            # docs/fixed-point.md 5.2: the spike test, the payload cap and the floor (-2**(S-1), the
-            # lowest ovf_S value, where there is none: max() is then the identity)
-            floor = per_neuron(-(1 << (self.S - 1)) if node.v_floor is None else node.v_floor)
-            # The kernel's int32 x int32 products are exact when every factor fits int32: states
-            # (ovf_S, the reset, the floor and the initial values) and the Horner register (ovf_R)
-            # do for S, R <= 32, the coefficients and kc are checked here.
-            factors = (coef, kc, v_reset, floor, node.v_init, node.c_init)
-            narrow = self.S <= 32 and self.R <= 32 and all(_fits_int32(f) for f in factors)
-            self.kargs += (node.threshold == ">=", node.max_payload, floor, narrow, bool(coef[3].any()))
-            if self.c_bias is not None:
-                self.kargs = (*self.kargs[:4], 0, *self.kargs[5:])  # in_shift (argument 4): applied in run()
+        def per_neuron(x: Any) -> Array:
+            return _full(np.asarray(x, dtype=np.int64), node.shape, np.int64).reshape(-1)
+
+        # the polynomial is padded to degree 3 with zero leading coefficients (exact, see the kernel)
+        d = node.degree
+        coef = np.zeros((4, n), dtype=np.int64)
+        coef[: d + 1] = params.coef.reshape(d + 1, n)
+        shifts = [*node.shifts, *([0] * (3 - d))]
+        consts = [kern.round_consts(sh, node.rounding) for sh in shifts]
+        kc, v_reset = per_neuron(0 if params.kc is None else params.kc), per_neuron(node.v_reset)
+        kargs = (coef, np.array(shifts, dtype=np.int64), np.array([c[0] for c in consts], dtype=np.int64),
+                 np.array([c[1] for c in consts], dtype=np.int64), node.in_shift, params.kc is not None, kc,
+                 node.decay_bits, *kern.round_consts(node.decay_bits, node.rounding), per_neuron(params.vth),
+                 node.reset == "value", v_reset, 1 << (S - 1), 1 << (R - 1), node.overflow == "saturate")
+        # docs/fixed-point.md 5.2: the spike test, the payload cap and the floor (-2**(S-1), the
+        # lowest ovf_S value, where there is none: max() is then the identity)
+        floor = per_neuron(-(1 << (S - 1)) if node.v_floor is None else node.v_floor)
+        # The kernel's int32 x int32 products are exact when every factor fits int32: states
+        # (ovf_S, the reset, the floor and the initial values) and the Horner register (ovf_R)
+        # do for S, R <= 32, the coefficients and kc are checked here.
+        factors = (coef, kc, v_reset, floor, node.v_init, node.c_init)
+        narrow = S <= 32 and R <= 32 and all(_fits_int32(f) for f in factors)
+        kargs += (node.threshold == ">=", node.max_payload, floor, narrow, bool(coef[3].any()))
+        if params.c_bias is not None:
+            kargs = (*kargs[:4], 0, *kargs[5:])  # in_shift (argument 4): applied in run()
+        return kargs
 
     def run(self, a: _Val, out: Array, rec: dict[str, Array] | None, t0: int = 0) -> None:
         if self.kern is None:
@@ -731,7 +868,8 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     timesteps * samples). ``kernels``: "auto" (compiled numba kernels for Dense, Conv2d, LIF and the
     polynomial neuron when numba is installed), "numba" or "numpy". Neither changes a result.
     """
-    sched = graph.schedule()
+    plan = _Plan.of(graph)  # validates the graph (or finds it unchanged since it was validated)
+    sched = plan.sched
     in_shape = sched.shapes[sched.input_node]
     xs = _check_input(graph, x, in_shape)
     batch, steps = xs.shape[:2]
@@ -749,12 +887,12 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
 
     kern = load_kernels(kernels)
 
-    payloads = input_payloads(graph, sched)
-    synapses = {n: _make_synapse(n, graph.nodes[n], kern, payloads[n]) for n in sched.order
-                if graph.nodes[n].role == "synapse"}
-    in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
-    pool = _Pool.take()  # handed back after the run (the neurons' states live in it)
-    neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
+    with _Plan.current(plan):  # the engines' static arrays come from the plan
+        synapses = {n: _make_synapse(n, graph.nodes[n], kern, plan.payloads[n]) for n in sched.order
+                    if graph.nodes[n].role == "synapse"}
+        in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
+        pool = _Pool.take()  # handed back after the run (the neurons' states live in it)
+        neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
     # (timesteps, batch) layout, copied into the result's (batch, timesteps) arrays at the end;
     # every neuron engine writes every entry of its chunk (no zero-filling needed)
     spikes = {n: pool.empty((steps, batch, *sched.shapes[n]), np.uint8 if run.node.spike_payload() > 1 else bool)

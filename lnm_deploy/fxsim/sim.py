@@ -439,6 +439,14 @@ def _equal(snap: Any, v: Any) -> bool:
     return bool(snap == v)
 
 
+def _plain(v: Any) -> bool:
+    """Whether ``v`` is made of scalars, strings, tuples and frozensets only (immutable, and
+    compared exactly with ``==``)."""
+    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
+        return True
+    return isinstance(v, (tuple, frozenset)) and all(_plain(e) for e in v)
+
+
 def _nbytes(snap: Any) -> int:
     """The bytes of the arrays in a ``_snapshot``."""
     if isinstance(snap, np.ndarray):
@@ -467,29 +475,60 @@ class _Plan:
     _local = threading.local()
 
     def __init__(self, graph: FxGraph) -> None:
-        self.structure = self._structure(graph)
-        self.types = [type(node) for node in graph.nodes.values()]
-        self.nodes = {name: _snapshot(self._attributes(node)) for name, node in graph.nodes.items()}
+        self.names = list(graph.nodes)
+        self.node_objs = list(graph.nodes.values())  # held: an id is never that of another node
+        self.links = _snapshot(self._links(graph))
+        # per node: its attribute names, then (name, copy) of its arrays, of its plain values
+        # (compared with ==) and of anything else (``_equal``)
+        self.checks: list[tuple[FxNode, set[str], list[tuple[str, Array]], list[tuple[str, Any]],
+                                list[tuple[str, Any]]]] = []
+        for node in self.node_objs:
+            attrs = self._attributes(node)
+            if attrs is None:
+                self.checks.append((node, set(), [], [], [("", _UNKNOWN)]))
+                continue
+            arrays = [(k, v.copy()) for k, v in attrs.items() if type(v) is np.ndarray]
+            plain = [(k, v) for k, v in attrs.items() if type(v) is not np.ndarray and _plain(v)]
+            other = [(k, _snapshot(v)) for k, v in attrs.items() if type(v) is not np.ndarray and not _plain(v)]
+            self.checks.append((node, set(attrs), arrays, plain, other))
+        self.nbytes = sum(a.nbytes for c in self.checks for _, a in c[2]) + sum(
+            _nbytes(v) for c in self.checks for _, v in c[4])
         self.sched = graph.schedule()
         self.payloads = input_payloads(graph, self.sched)
         self.static: dict[tuple[int, str], Any] = {}
 
     @staticmethod
-    def _attributes(node: FxNode) -> Any:
+    def _attributes(node: FxNode) -> dict[str, Any] | None:
         """Every attribute of ``node`` but ``metadata`` (provenance, never semantics)."""
         attrs = getattr(node, "__dict__", None)
-        return _UNKNOWN if attrs is None else {k: v for k, v in attrs.items() if k != "metadata"}
+        return None if attrs is None else {k: v for k, v in attrs.items() if k != "metadata"}
 
     @staticmethod
-    def _structure(graph: FxGraph) -> Any:
-        return _snapshot(([(name, id(node)) for name, node in graph.nodes.items()],
-                          [tuple(e) for e in graph.edges], graph.delays, graph.target))
+    def _links(graph: FxGraph) -> Any:
+        return [tuple(e) for e in graph.edges], graph.delays, graph.target
 
     def valid_for(self, graph: FxGraph) -> bool:
-        types = [type(node) for node in graph.nodes.values()]
-        return _equal(self.structure, self._structure(graph)) and len(types) == len(self.types) and all(
-            a is b for a, b in zip(types, self.types, strict=True)) and all(
-            _equal(self.nodes[name], self._attributes(node)) for name, node in graph.nodes.items())
+        nodes = graph.nodes
+        if list(nodes) != self.names or any(nodes[n] is not o for n, o in zip(self.names, self.node_objs,
+                                                                              strict=True)):
+            return False
+        if not _equal(self.links, self._links(graph)):
+            return False
+        for node, keys, arrays, plain, other in self.checks:
+            attrs = getattr(node, "__dict__", None)
+            if attrs is None or attrs.keys() - {"metadata"} != keys:
+                return False
+            for k, a in arrays:
+                v = attrs[k]
+                if type(v) is not np.ndarray or v.shape != a.shape or v.dtype != a.dtype or not np.array_equal(v, a):
+                    return False
+            for k, p in plain:
+                v = attrs[k]
+                if type(v) is not type(p) or not _plain(v) or v != p:
+                    return False
+            if not all(_equal(snap, attrs.get(k, _UNKNOWN)) for k, snap in other):
+                return False
+        return True
 
     @classmethod
     def of(cls, graph: FxGraph) -> _Plan:
@@ -498,7 +537,7 @@ class _Plan:
             plan = cls._plans.get(graph)
         if plan is None or not plan.valid_for(graph):
             plan = cls(graph)
-            if _nbytes(plan.nodes) <= PLAN_KEEP_BYTES:
+            if plan.nbytes <= PLAN_KEEP_BYTES:
                 with cls._lock:
                     cls._plans[graph] = plan
         return plan

@@ -202,7 +202,15 @@ def _first(g: FxGraph, role: str) -> str:
     return next(n for n in g.schedule().order if g.nodes[n].role == role)
 
 
-@pytest.mark.parametrize("edit", ["weight in place", "neuron array in place", "neuron attribute", "new node"])
+class _NegatedDense(FxDense):
+    """A node class from outside the package whose weights are another method's result."""
+
+    def effective_weight(self) -> np.ndarray:
+        return -super().effective_weight()
+
+
+@pytest.mark.parametrize("edit", ["weight in place", "neuron array in place", "neuron attribute", "new node",
+                                  "node class"])
 def test_a_graph_edited_between_runs_runs_as_edited(edit: str) -> None:
     """``run_fx`` keeps what it derives from a graph (schedule, converted weights, kernel
     parameters) for the graph's next run; an edit of any node between runs, in place included,
@@ -231,6 +239,10 @@ def test_a_graph_edited_between_runs_runs_as_edited(edit: str) -> None:
                     node.in_shift = (node.in_shift + 3) % 9  # type: ignore[attr-defined]
                 else:
                     node.du = (node.du + 1000) % 4096  # type: ignore[attr-defined]
+            elif edit == "node class":
+                if type(g.nodes[syn]) is not FxDense:
+                    continue
+                g.nodes[syn].__class__ = _NegatedDense
             else:
                 g.nodes[syn] = dataclasses.replace(g.nodes[syn], weight=-g.nodes[syn].weight)  # type: ignore[attr-defined]
             got = run_fx(g, x, record=True, kernels=kernels)
@@ -254,3 +266,57 @@ def test_runs_of_one_graph_in_threads_agree() -> None:
             together = list(pool.map(lambda x: run_fx(g, x, record=True, kernels=kernels), xs * 3))  # noqa: B023
         for i, got in enumerate(together):
             assert compare_runs(alone[i % len(xs)], got, order=g.neuron_names()) is None, (kernels, i)
+
+
+def test_a_kept_plan_never_keeps_its_graph_alive() -> None:
+    """What ``run_fx`` keeps for a graph's next run goes with the graph, even where a node refers
+    back to the graph (provenance in ``metadata``)."""
+    import gc
+    import weakref
+
+    from lnm_deploy.fxsim.sim import _Plan
+
+    refs = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        g = random_dense_net(rng, recurrent=False)
+        g.nodes[_first(g, "synapse")].metadata["graph"] = g
+        run_fx(g, spikes(rng, 2, 3, g.input_shape))
+        assert g in _Plan._plans
+        refs.append(weakref.ref(g))
+        del g
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_graphs_and_nodes_of_other_classes_run_as_before() -> None:
+    """A graph subclass (hashable or not) and node classes from outside the package run as a
+    fresh copy does; their plans are not kept (their semantics may live in class attributes)."""
+    import copy
+    import dataclasses
+
+    from lnm_deploy.fxsim.sim import _Plan
+
+    @dataclasses.dataclass  # eq=True: instances are unhashable
+    class MyGraph(FxGraph):
+        pass
+
+    rng = np.random.default_rng(3)
+    g = random_dense_net(rng, recurrent=False)
+    x = spikes(rng, 2, 4, g.input_shape)
+    mine = MyGraph(nodes=g.nodes, edges=g.edges, delays=g.delays, target=g.target)
+    for kernels in KERNELS:
+        assert compare_runs(run_fx(g, x, record=True, kernels=kernels), run_fx(mine, x, record=True, kernels=kernels),
+                            order=g.neuron_names()) is None
+    syn = _first(g, "synapse")
+    assert type(g.nodes[syn]) is FxDense
+    g.nodes[syn].__class__ = _NegatedDense
+    run_fx(g, x)
+    assert g not in _Plan._plans
+    negated = _NegatedDense.effective_weight
+    _NegatedDense.effective_weight = FxDense.effective_weight  # type: ignore[method-assign]
+    try:  # a class attribute edited between runs: run as edited
+        ref = run_fx(copy.deepcopy(g), x, record=True)
+        assert compare_runs(ref, run_fx(g, x, record=True), order=g.neuron_names()) is None
+    finally:
+        _NegatedDense.effective_weight = negated  # type: ignore[method-assign]

@@ -405,70 +405,79 @@ def _state(a: Array | int, shape: tuple[int, ...]) -> Array:
     return out
 
 
-_UNKNOWN = object()  # a snapshot of a value _snapshot cannot copy: never equal to anything
+_OPAQUE = object()  # the key of a value ``_key`` does not compare: equal to nothing
 
 
-def _snapshot(v: Any) -> Any:
-    """A private copy of ``v`` for ``_equal``: arrays, tuples, lists, dicts and sets copied,
-    scalars as they are, anything else ``_UNKNOWN``."""
-    if isinstance(v, np.ndarray):
-        return v.copy()
-    if isinstance(v, (tuple, list)):
-        return type(v)(_snapshot(e) for e in v)
-    if isinstance(v, dict):
-        return {k: _snapshot(e) for k, e in v.items()}
-    if isinstance(v, (set, frozenset)):  # of edges (``delays``): tuples of names
-        return type(v)(_snapshot(e) for e in v)
-    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
-        return v
-    return _UNKNOWN
+def _key(v: Any, depth: int = 0) -> Any:
+    """A comparable copy of a plain value: ``(type, value)`` for None, bools, numbers, strings and
+    numpy scalars, recursively for tuples and frozensets of those (exact types, a few levels deep:
+    shapes, shifts, edges); ``_OPAQUE`` for anything else. Two values with equal keys are the same
+    value of the same types."""
+    t = type(v)
+    if v is None or t in (bool, int, float, str):
+        return t, v
+    if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+        return t, v.item()
+    if t in (tuple, frozenset) and depth < 4:
+        keys = [_key(e, depth + 1) for e in v]
+        if any(k is _OPAQUE for k in keys):
+            return _OPAQUE
+        return t, (tuple(keys) if t is tuple else frozenset(keys))
+    return _OPAQUE
 
 
-def _equal(snap: Any, v: Any) -> bool:
-    """Whether ``v`` equals the snapshot ``snap`` (same types, arrays element by element)."""
-    if snap is _UNKNOWN or type(snap) is not type(v):
-        return False
-    if isinstance(snap, np.ndarray):
-        return snap.dtype == v.dtype and snap.shape == v.shape and bool(np.array_equal(snap, v))
-    if isinstance(snap, (tuple, list)):
-        return len(snap) == len(v) and all(_equal(a, b) for a, b in zip(snap, v, strict=True))
-    if isinstance(snap, dict):
-        return snap.keys() == v.keys() and all(_equal(snap[k], v[k]) for k in snap)
-    if isinstance(snap, (set, frozenset)):
-        return _UNKNOWN not in snap and snap == v
-    return bool(snap == v)
+def _attributes(node: FxNode) -> dict[str, Any] | None:
+    """Every attribute of ``node`` but ``metadata`` (provenance, never semantics), or None for a
+    node a plan cannot check: a class from outside this package (its semantics may live in other
+    state: class attributes, slots) or with slots."""
+    cls = type(node)
+    if not cls.__module__.startswith("lnm_deploy.") or any("__slots__" in vars(c) for c in cls.__mro__[:-1]):
+        return None
+    attrs = getattr(node, "__dict__", None)
+    return None if attrs is None else {k: v for k, v in attrs.items() if k != "metadata"}
 
 
-def _plain(v: Any) -> bool:
-    """Whether ``v`` is made of scalars, strings, tuples and frozensets only (immutable, and
-    compared exactly with ``==``)."""
-    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
-        return True
-    return isinstance(v, (tuple, frozenset)) and all(_plain(e) for e in v)
+class _NodeCheck:
+    """Private copies of one node's attributes: arrays (exact ``np.ndarray``) copied, plain values
+    as ``_key``s; ``ok`` False where an attribute is neither (the node cannot be checked)."""
 
+    def __init__(self, node: FxNode) -> None:
+        attrs = _attributes(node)
+        self.ok = attrs is not None
+        attrs = attrs or {}
+        self.names = set(attrs)
+        self.arrays = [(k, v.copy()) for k, v in attrs.items() if type(v) is np.ndarray]
+        self.plain = [(k, _key(v)) for k, v in attrs.items() if type(v) is not np.ndarray]
+        self.ok = self.ok and all(key is not _OPAQUE for _, key in self.plain)
+        self.nbytes = sum(a.nbytes for _, a in self.arrays)
 
-def _nbytes(snap: Any) -> int:
-    """The bytes of the arrays in a ``_snapshot``."""
-    if isinstance(snap, np.ndarray):
-        return int(snap.nbytes)
-    if isinstance(snap, (tuple, list)):
-        return sum(_nbytes(e) for e in snap)
-    if isinstance(snap, dict):
-        return sum(_nbytes(e) for e in snap.values())
-    return 0
+    def holds(self, node: FxNode) -> bool:
+        """Whether ``node``'s attributes still equal the copies."""
+        attrs = _attributes(node)
+        if not self.ok or attrs is None or attrs.keys() != self.names:
+            return False
+        for k, a in self.arrays:
+            v = attrs[k]
+            if type(v) is not np.ndarray or v.dtype != a.dtype or v.shape != a.shape or not np.array_equal(v, a):
+                return False
+        return all(_key(attrs[k]) == key for k, key in self.plain)
 
 
 class _Plan:
     """What ``run_fx`` derives from a graph alone, kept from one run of the graph to the next
     (measured: a fifth of a 16-sample ResNet run went into validating the graph, converting its
     weights and spreading its per-neuron parameters, every run): the schedule, the synapses'
-    input payloads and each engine's static arrays (``_static``). Valid while the graph's
-    structure and every attribute of every node equal the private copies taken when the plan was
-    made: each run compares them (arrays element by element, a few percent of the saving), so a
-    node edited in place, weights included, is planned anew. Kept per graph object while it
-    lives, where the copies take at most ``PLAN_KEEP_BYTES`` (a larger graph is planned every
-    run: its setup is a smaller part of a run); the static arrays are shared by the runs of all
-    threads and never written."""
+    input payloads and each engine's static arrays (``_static``).
+
+    A plan is kept for a graph (an ``FxGraph``, not a subclass) of this package's node classes
+    while the graph lives, and used again while the graph's node names, node objects and their
+    classes, edges, delays and target are the same and every node attribute (but ``metadata``)
+    equals a private copy taken when the plan was made: each run compares them (arrays element
+    by element, a few percent of the saving), so a node edited in place, weights included, is
+    planned anew. It holds no reference to the graph or its nodes (weak references only). Not
+    kept: graphs whose copies exceed ``PLAN_KEEP_BYTES`` (their setup is a smaller part of a
+    run), other graph or node classes, attributes of other types (planned every run, as before).
+    The static arrays are shared by the runs of all threads and never written."""
 
     _plans: ClassVar[weakref.WeakKeyDictionary[FxGraph, _Plan]] = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
@@ -476,70 +485,52 @@ class _Plan:
 
     def __init__(self, graph: FxGraph) -> None:
         self.names = list(graph.nodes)
-        self.node_objs = list(graph.nodes.values())  # held: an id is never that of another node
-        self.links = _snapshot(self._links(graph))
-        # per node: its attribute names, then (name, copy) of its arrays, of its plain values
-        # (compared with ==) and of anything else (``_equal``)
-        self.checks: list[tuple[FxNode, set[str], list[tuple[str, Array]], list[tuple[str, Any]],
-                                list[tuple[str, Any]]]] = []
-        for node in self.node_objs:
-            attrs = self._attributes(node)
-            if attrs is None:
-                self.checks.append((node, set(), [], [], [("", _UNKNOWN)]))
-                continue
-            arrays = [(k, v.copy()) for k, v in attrs.items() if type(v) is np.ndarray]
-            plain = [(k, v) for k, v in attrs.items() if type(v) is not np.ndarray and _plain(v)]
-            other = [(k, _snapshot(v)) for k, v in attrs.items() if type(v) is not np.ndarray and not _plain(v)]
-            self.checks.append((node, set(attrs), arrays, plain, other))
-        self.nbytes = sum(a.nbytes for c in self.checks for _, a in c[2]) + sum(
-            _nbytes(v) for c in self.checks for _, v in c[4])
+        self.refs = [weakref.ref(node) for node in graph.nodes.values()]
+        self.types = [type(node) for node in graph.nodes.values()]
+        self.links = self._links(graph)
+        self.checks = [_NodeCheck(node) for node in graph.nodes.values()]
+        self.index = {id(node): i for i, node in enumerate(graph.nodes.values())}
+        self.keep = (type(graph) is FxGraph and self.links is not _OPAQUE and all(c.ok for c in self.checks)
+                     and sum(c.nbytes for c in self.checks) <= PLAN_KEEP_BYTES)
         self.sched = graph.schedule()
         self.payloads = input_payloads(graph, self.sched)
         self.static: dict[tuple[int, str], Any] = {}
 
     @staticmethod
-    def _attributes(node: FxNode) -> dict[str, Any] | None:
-        """Every attribute of ``node`` but ``metadata`` (provenance, never semantics)."""
-        attrs = getattr(node, "__dict__", None)
-        return None if attrs is None else {k: v for k, v in attrs.items() if k != "metadata"}
-
-    @staticmethod
     def _links(graph: FxGraph) -> Any:
-        return [tuple(e) for e in graph.edges], graph.delays, graph.target
+        return _key((tuple(tuple(e) for e in graph.edges), graph.delays, graph.target))
 
     def valid_for(self, graph: FxGraph) -> bool:
         nodes = graph.nodes
-        if list(nodes) != self.names or any(nodes[n] is not o for n, o in zip(self.names, self.node_objs,
-                                                                              strict=True)):
+        if list(nodes) != self.names:
             return False
-        if not _equal(self.links, self._links(graph)):
+        for node, ref, cls in zip(nodes.values(), self.refs, self.types, strict=True):
+            if ref() is not node or type(node) is not cls:
+                return False
+        if self._links(graph) != self.links:
             return False
-        for node, keys, arrays, plain, other in self.checks:
-            attrs = getattr(node, "__dict__", None)
-            if attrs is None or attrs.keys() - {"metadata"} != keys:
-                return False
-            for k, a in arrays:
-                v = attrs[k]
-                if type(v) is not np.ndarray or v.shape != a.shape or v.dtype != a.dtype or not np.array_equal(v, a):
-                    return False
-            for k, p in plain:
-                v = attrs[k]
-                if type(v) is not type(p) or not _plain(v) or v != p:
-                    return False
-            if not all(_equal(snap, attrs.get(k, _UNKNOWN)) for k, snap in other):
-                return False
-        return True
+        return all(c.holds(node) for c, node in zip(self.checks, nodes.values(), strict=True))
+
+    def unchanged(self, node: FxNode) -> bool:
+        """Whether ``node`` is one of the plan's and still as when the plan was made."""
+        i = self.index.get(id(node))
+        return i is not None and self.refs[i]() is node and self.checks[i].holds(node)
 
     @classmethod
     def of(cls, graph: FxGraph) -> _Plan:
         """The plan of ``graph``: validated and scheduled anew unless a valid one is kept."""
-        with cls._lock:
-            plan = cls._plans.get(graph)
+        plan = None
+        if type(graph) is FxGraph:
+            with cls._lock:
+                plan = cls._plans.get(graph)
         if plan is None or not plan.valid_for(graph):
             plan = cls(graph)
-            if plan.nbytes <= PLAN_KEEP_BYTES:
+            if type(graph) is FxGraph:
                 with cls._lock:
-                    cls._plans[graph] = plan
+                    if plan.keep:
+                        cls._plans[graph] = plan
+                    else:
+                        cls._plans.pop(graph, None)
         return plan
 
     @classmethod
@@ -556,14 +547,17 @@ class _Plan:
 
 def _static(node: FxNode, what: str, compute: Callable[[], Any]) -> Any:
     """``compute()``, a value derived from ``node``'s attributes alone, kept in the running
-    ``run_fx``'s plan (``_Plan``) for the next runs of the same graph; outside a run, computed."""
+    ``run_fx``'s plan (``_Plan``) for the next runs of the same graph where the node is unchanged
+    since the plan was made (checked when the value is kept); otherwise computed."""
     plan = getattr(_Plan._local, "current", None)
-    if plan is None:
+    if plan is None or not plan.keep:
         return compute()
     key = (id(node), what)
     got = plan.static.get(key)
     if got is None:
-        got = plan.static[key] = compute()
+        got = compute()
+        if plan.unchanged(node):
+            plan.static[key] = got
     return got
 
 

@@ -74,7 +74,7 @@ from lnm_deploy.calibrate.neuron_lowerings import (
 from lnm_deploy.errors import GraphError, LNMDeployWarning, NumericError, UnsupportedError
 from lnm_deploy.fixedpoint import contract
 from lnm_deploy.fixedpoint.arith import correct, overflow, rshift, saturate, trunc_mul_shift, wrap
-from lnm_deploy.fixedpoint.nodes import FxNeuron, FxPoly
+from lnm_deploy.fixedpoint.nodes import FxNeuron, FxPoly, integral
 from lnm_deploy.fixedpoint.primitives import PolySpec, Primitive, SpecCheck, check_poly, register
 from lnm_deploy.ir.nodes import Neuron, stats
 from lnm_deploy.ir.ops import NeuronStep
@@ -559,13 +559,10 @@ class FxATRLIF(FxNeuron):
     act_shift: int = 6
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
+        self.shape = tuple(integral(ATR_KIND, "shape", s) for s in self.shape)
         for key in ("di", "dv", "dtheta", "dr", "theta_0", "theta_step", "state_bits", "decay_bits",
                     "theta_shift", "act_shift"):
-            v = getattr(self, key)
-            if isinstance(v, float) and v != round(v):
-                raise GraphError(f"FxATRLIF: '{key}' must be an integer, got {v}")
-            setattr(self, key, int(v))
+            setattr(self, key, integral(ATR_KIND, key, getattr(self, key)))
         if self.theta_init is None:
             self.theta_init = self.theta_0 << self.theta_shift
         for key in ("bias_mant", "bias_exp", "i_init", "v_init", "theta_init", "r_init"):

@@ -50,7 +50,7 @@ from lnm_deploy.calibrate.neuron_lowerings import (
 )
 from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.fixedpoint import contract
-from lnm_deploy.fixedpoint.nodes import FxLIF, FxNeuron, Range
+from lnm_deploy.fixedpoint.nodes import FxLIF, FxNeuron, Range, integral
 from lnm_deploy.fixedpoint.primitives import Primitive, SpecCheck, check_lif_rules, register
 from lnm_deploy.ir import Neuron, Node
 from lnm_deploy.onnx_backend import build as onnx_build
@@ -100,9 +100,9 @@ class FxLIReadout(FxNeuron):
     act_shift: int = 6
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
+        self.shape = tuple(integral(KIND, "shape", s) for s in self.shape)
         for name in ("du", "dv", "state_bits", "decay_bits", "act_shift"):
-            setattr(self, name, int(getattr(self, name)))
+            setattr(self, name, integral(KIND, name, getattr(self, name)))
         for name in ("bias_mant", "bias_exp", "u_init", "v_init"):
             a = _ints(name, getattr(self, name))
             try:

@@ -8,6 +8,8 @@ and (when numba is installed) compiled kernels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from fx_nets import random_conv_net, random_dense_net, spikes
@@ -20,6 +22,7 @@ from lnm_deploy.fixedpoint import (
     FxDense,
     FxGraph,
     FxLIF,
+    FxPoly,
     fx_sequential,
 )
 from lnm_deploy.fxsim import compare_runs, first_mismatch, run_fx
@@ -320,3 +323,20 @@ def test_graphs_and_nodes_of_other_classes_run_as_before() -> None:
         assert compare_runs(ref, run_fx(g, x, record=True), order=g.neuron_names()) is None
     finally:
         _NegatedDense.effective_weight = negated  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda v: FxLIF(shape=(2,), du=v, dv=1, vth=1), "du"),
+    (lambda v: FxLIF(shape=(v,), du=1, dv=1, vth=1), "shape"),
+    (lambda v: FxDense(weight=np.ones((2, 2), int), weight_exp=v), "weight_exp"),
+    (lambda v: FxPoly(shape=(2,), coef=np.ones((2, 2), int), shifts=(v,), vth=3), "shifts"),
+    (lambda v: FxPoly(shape=(2,), coef=np.ones((2, 2), int), in_shift=v, vth=3), "in_shift"),
+])
+def test_integer_fields_are_never_truncated(make: Any, field: str) -> None:
+    """An integer field of an integer node given a non-integral number is refused by name (it was
+    truncated: shifts=(15.7,) became 15); an integral float is that integer."""
+    with pytest.raises(GraphError, match=f"{field} must be an integer, got 2.5"):
+        make(2.5)
+    node = make(2.0)
+    got = getattr(node, field)
+    assert (got[0] if isinstance(got, tuple) else got) == 2 and type(got[0] if isinstance(got, tuple) else got) is int

@@ -54,7 +54,7 @@ def _iarr(node: str, name: str, x: Any) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _integral(node: str, name: str, x: Any) -> int:
+def integral(node: str, name: str, x: Any) -> int:
     """``x`` as a Python int when it is an integer (or an integral float); ``GraphError`` naming
     ``node`` and ``name`` otherwise (never truncated: 2.7 is not 2)."""
     if isinstance(x, bool) or not isinstance(x, (int, np.integer, float, np.floating)) or x != np.floor(x) \
@@ -97,7 +97,7 @@ class FxInput(FxNode):
     shape: Shape
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
+        self.shape = tuple(integral("input", "shape", s) for s in self.shape)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
         return self.shape
@@ -143,9 +143,8 @@ class FxDense(FxNode):
 
     def __post_init__(self) -> None:
         self.weight = _iarr("dense", "weight", self.weight)
-        self.weight_exp = int(self.weight_exp)
-        self.num_weight_bits = int(self.num_weight_bits)
-        self.out_bits = int(self.out_bits)
+        for name in ("weight_exp", "num_weight_bits", "out_bits"):
+            setattr(self, name, integral("dense", name, getattr(self, name)))
 
     def validate(self, name: str) -> None:
         if self.weight.ndim != 2:
@@ -235,9 +234,8 @@ class FxConv2d(FxNode):
         self.stride = pair("conv2d", "stride", self.stride)
         self.padding = pair("conv2d", "padding", self.padding)
         self.dilation = pair("conv2d", "dilation", self.dilation)
-        self.groups = int(self.groups)
-        self.weight_exp = int(self.weight_exp)
-        self.out_bits = int(self.out_bits)
+        for name in ("groups", "weight_exp", "out_bits"):
+            setattr(self, name, integral("conv2d", name, getattr(self, name)))
 
     def validate(self, name: str) -> None:
         if self.weight.ndim != 4:
@@ -316,9 +314,9 @@ class FxLIF(FxNeuron):
     act_shift: int = 6
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
+        self.shape = tuple(integral("lif", "shape", s) for s in self.shape)
         for name in ("du", "dv", "vth", "state_bits", "decay_bits", "vth_shift", "act_shift"):
-            setattr(self, name, int(getattr(self, name)))
+            setattr(self, name, integral("lif", name, getattr(self, name)))
         for name in ("bias_mant", "bias_exp", "u_init", "v_init"):
             a = _iarr("lif", name, getattr(self, name))
             try:
@@ -405,8 +403,8 @@ class FxPoly(FxNeuron):
     c_bias: np.ndarray | int | None = None
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
-        self.max_payload = _integral("poly", "max_payload", self.max_payload)
+        self.shape = tuple(integral("poly", "shape", s) for s in self.shape)
+        self.max_payload = integral("poly", "max_payload", self.max_payload)
         coef = _iarr("poly", "coef", self.coef)
         if coef.ndim == 0:
             coef = coef.reshape(1)
@@ -416,9 +414,9 @@ class FxPoly(FxNeuron):
             self.coef = np.broadcast_to(coef, (coef.shape[0], *self.shape)).copy()
         except ValueError as e:
             raise GraphError(f"'coef' of shape {coef.shape} does not fit {self.shape}", node="poly") from e
-        self.shifts = tuple(int(s) for s in np.asarray(self.shifts).reshape(-1))
+        self.shifts = tuple(integral("poly", "shifts", s) for s in np.asarray(self.shifts).reshape(-1))
         for name in ("in_shift", "state_bits", "acc_bits", "coef_bits", "decay_bits"):
-            setattr(self, name, int(getattr(self, name)))
+            setattr(self, name, integral("poly", name, getattr(self, name)))
         names = ["vth", "v_reset", "v_init", "c_init"] + ([] if self.syn_decay is None else ["syn_decay"])
         names += [] if self.v_floor is None else ["v_floor"]
         for name in names:

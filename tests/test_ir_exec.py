@@ -178,3 +178,15 @@ def test_registry_is_built_from_the_code():
     assert {"input", "output", "affine", "conv2d", "sumpool2d", "avgpool2d", "flatten", "neuron",
             "threshold", "scale"} <= set(kinds)
     assert all(cls.kind == k for k, cls in kinds.items())
+
+
+@pytest.mark.parametrize("bad", [1.5, (1, 2.5), np.array([2.0, np.nan]), True, "2", (1, 2, 3)])
+def test_geometry_pairs_are_integers_never_truncated(bad: object) -> None:
+    """Stride, padding, dilation and kernel sizes are an integer or a pair of integers: a
+    non-integral value is refused by name (a stride of 1.5 used to become 1), an integral float is
+    that integer."""
+    from lnm_deploy.ir.nodes import pair
+
+    with pytest.raises(GraphError, match="'stride' must be an int or a pair of ints"):
+        pair("conv", "stride", bad)
+    assert pair("conv", "stride", 2.0) == (2, 2) and pair("conv", "stride", np.array([1, 3])) == (1, 3)

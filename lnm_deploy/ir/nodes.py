@@ -113,10 +113,15 @@ def stats(a: np.ndarray) -> dict[str, Any]:
 
 
 def pair(node: str, name: str, v: Any) -> tuple[int, int]:
+    """``v`` (an integer or a pair: stride, padding, dilation, kernel size) as a pair of ints;
+    ``GraphError`` naming ``node`` and ``name`` for anything else, a non-integral number included
+    (never truncated: a stride of 1.5 is not 1)."""
     a = np.asarray(v).reshape(-1)
-    if a.size == 1:
+    integral = a.dtype.kind in "iu" or (a.dtype.kind == "f" and bool(np.all(np.isfinite(a)))
+                                        and bool(np.all(a == np.floor(a))))
+    if integral and a.size == 1:
         return (int(a[0]), int(a[0]))
-    if a.size == 2:
+    if integral and a.size == 2:
         return (int(a[0]), int(a[1]))
     raise GraphError(f"'{name}' must be an int or a pair of ints, got {v!r}", node=node)
 

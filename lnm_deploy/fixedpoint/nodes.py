@@ -18,7 +18,7 @@ import numpy as np
 
 from lnm_deploy.errors import GraphError
 from lnm_deploy.fixedpoint.arith import OVERFLOWS, ROUNDINGS, Overflow, Rounding
-from lnm_deploy.ir.nodes import conv_output_shape, pair
+from lnm_deploy.ir.nodes import conv_output_shape, is_integer, pair
 from lnm_deploy.limits import POLY_DEGREES, RESET_MODES, THRESHOLD_TESTS, ResetMode
 
 Shape = tuple[int, ...]
@@ -57,8 +57,7 @@ def _iarr(node: str, name: str, x: Any) -> np.ndarray:
 def integral(node: str, name: str, x: Any) -> int:
     """``x`` as a Python int when it is an integer (or an integral float); ``GraphError`` naming
     ``node`` and ``name`` otherwise (never truncated: 2.7 is not 2)."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer, float, np.floating)) or x != np.floor(x) \
-            or not np.isfinite(x):
+    if not is_integer(x):
         raise GraphError(f"{name} must be an integer, got {x!r}", node=node)
     return int(x)
 

@@ -112,13 +112,19 @@ def stats(a: np.ndarray) -> dict[str, Any]:
     }
 
 
+def is_integer(x: Any) -> bool:
+    """Whether ``x`` is an integer or an integral finite float (not a bool, never truncated:
+    2.7 is not 2): the test of every integer parameter of a node."""
+    return (not isinstance(x, (bool, np.bool_)) and isinstance(x, (int, np.integer, float, np.floating))
+            and bool(np.isfinite(x)) and x == np.floor(x))
+
+
 def pair(node: str, name: str, v: Any) -> tuple[int, int]:
     """``v`` (an integer or a pair: stride, padding, dilation, kernel size) as a pair of ints;
     ``GraphError`` naming ``node`` and ``name`` for anything else, a non-integral number included
     (never truncated: a stride of 1.5 is not 1)."""
     a = np.asarray(v).reshape(-1)
-    integral = a.dtype.kind in "iu" or (a.dtype.kind == "f" and bool(np.all(np.isfinite(a)))
-                                        and bool(np.all(a == np.floor(a))))
+    integral = all(is_integer(x) for x in a)
     if integral and a.size == 1:
         return (int(a[0]), int(a[0]))
     if integral and a.size == 2:

@@ -148,6 +148,27 @@ def test_a_result_is_its_own_after_the_next_run(batch: int, steps: int) -> None:
             assert np.array_equal(r1.output, out), f"seed {seed}, {kernels}: output changed by the next run"
 
 
+def test_the_kept_working_arrays_stay_under_their_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread keeps its last runs' working arrays (``_Pool``) up to ``POOL_KEEP_BYTES``: runs of
+    many batch sizes once piled up arrays of every shape, none of them taken again. Results do
+    not depend on what was kept."""
+    from lnm_deploy.fxsim import sim
+
+    rng = np.random.default_rng(5)
+    g = random_conv_net(rng)
+    cap = 64 << 10
+    monkeypatch.setattr(sim, "POOL_KEEP_BYTES", cap)
+    for kernels in KERNELS:
+        for batch in range(1, 12):
+            x = spikes(rng, batch, 3, g.input_shape)
+            got = run_fx(g, x, record=True, kernels=kernels)
+            free = sim._Pool._local.free
+            assert sum(a.nbytes for a in free) <= cap, f"batch {batch}: {len(free)} arrays kept"
+            monkeypatch.setattr(sim, "POOL_KEEP_BYTES", 0)  # nothing kept: every array is fresh
+            assert compare_runs(got, run_fx(g, x, record=True, kernels=kernels)) is None
+            monkeypatch.setattr(sim, "POOL_KEEP_BYTES", cap)
+
+
 def test_dense_spikes_take_blas_and_agree() -> None:
     """Above EVENTS_MAX_DENSITY the compiled path hands Dense to BLAS; results do not change."""
     rng = np.random.default_rng(3)

@@ -73,6 +73,7 @@ from lnm_deploy.ir import Schedule
 
 Array = np.ndarray
 PLAN_KEEP_BYTES = 64 << 20  # the most a kept plan's copies of node attributes take (``_Plan``)
+POOL_KEEP_BYTES = 256 << 20  # the most a thread keeps of its last runs' intermediate arrays (``_Pool``)
 CHUNK_ROWS = 1024  # (timesteps * batch) rows per chunk of the layer engine
 # Above this fraction of inputs spiking, a BLAS product beats the event-driven Dense kernel (below
 # it BLAS is not faster, and its spinning threads slow the parallel kernels that follow).
@@ -377,7 +378,14 @@ class _Pool:
         return pool
 
     def give(self) -> None:
-        self._local.free = self.used + self.free
+        """Keep this run's arrays, then those left from earlier runs, up to ``POOL_KEEP_BYTES``
+        (runs of other shapes would otherwise pile up arrays nothing takes)."""
+        keep, total = [], 0
+        for a in self.used + self.free:
+            if total + a.nbytes <= POOL_KEEP_BYTES:
+                keep.append(a)
+                total += a.nbytes
+        self._local.free = keep
         self._local.current = None
 
     @classmethod

@@ -169,6 +169,21 @@ def test_the_kept_working_arrays_stay_under_their_cap(monkeypatch: pytest.Monkey
             monkeypatch.setattr(sim, "POOL_KEEP_BYTES", cap)
 
 
+@pytest.mark.parametrize("batch,steps", [(0, 3), (2, 0), (0, 0)])
+def test_an_empty_input_gives_an_empty_run(batch: int, steps: int) -> None:
+    """No samples or no timesteps: every array of the result has that shape (once, no samples
+    raised a ValueError from a reshape)."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        g = random_conv_net(rng) if seed == 2 else random_dense_net(rng, recurrent=bool(seed))
+        x = np.zeros((batch, steps, *g.input_shape), np.uint8)
+        for kernels in KERNELS:
+            r = run_fx(g, x, record=True, kernels=kernels)
+            assert r.output.shape[:2] == (batch, steps)
+            assert r.spikes and all(v.shape[:2] == (batch, steps) for v in r.spikes.values())
+            assert all(v.shape[:2] == (batch, steps) for st in r.states.values() for v in st.values())
+
+
 def test_dense_spikes_take_blas_and_agree() -> None:
     """Above EVENTS_MAX_DENSITY the compiled path hands Dense to BLAS; results do not change."""
     rng = np.random.default_rng(3)

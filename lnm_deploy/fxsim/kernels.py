@@ -324,23 +324,30 @@ def conv_events(s, w, out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cin_g
 
 
 @_jit
-def lif_steps(a, u, v, spikes, rec_u, rec_v, record, t0, ku, kv, decay_bits, act_shift,
+def lif_steps(a, u, v, spikes, rec_u, rec_v, record, t0, bm, init, u_start, v_start, ku, kv, decay_bits, act_shift,
               bias, vth_eff, half, vmax):
     """Section 4.2 for ``a`` (C, B, N) (any integer-valued dtype), states ``u``, ``v`` (B, N)
-    int64 updated in place, ``spikes`` (C, B, N) bool; with ``record``, ``rec_u``/``rec_v``
+    int64 updated in place (``init``: set to every sample's ``u_start``, ``v_start`` (N,) first), ``spikes``
+    (C, B, N) bool; ``bm`` (batch-major): ``a`` and ``spikes`` are (B, C, N) instead; with
+    ``record``, ``rec_u``/``rec_v``
     (B, T, N) get the states after each step ``t`` at ``t0 + t``. Blocks of ``POLY_BLOCK`` neurons of a sample run
     through all the timesteps; the loop over a block is branch-free and indexed unsigned (it
     vectorises)."""
     steps, batch, n_neurons = a.shape
+    if bm:
+        steps, batch = batch, steps
     nblk = (n_neurons + POLY_BLOCK - 1) // POLY_BLOCK
     for bk in prange(batch * nblk):
         b = bk // nblk
         lo = (bk - b * nblk) * POLY_BLOCK
         hi = min(n_neurons, lo + POLY_BLOCK)
         ub, vb, biasb = u[b, lo:hi], v[b, lo:hi], bias[lo:hi]
+        if init:
+            ub[:] = u_start[lo:hi]
+            vb[:] = v_start[lo:hi]
         for t in range(steps):
-            ab = a[t, b, lo:hi]
-            sb = spikes[t, b, lo:hi]
+            ab = a[b, t, lo:hi] if bm else a[t, b, lo:hi]
+            sb = spikes[b, t, lo:hi] if bm else spikes[t, b, lo:hi]
             for n in range(np.uint64(ub.size)):
                 ud = trunc_shift(ub[n] * ku, decay_bits)
                 x = wrap32(np.int64(ab[n]) << act_shift)
@@ -400,10 +407,12 @@ def _poly_block(ab, vb, cb, sb, kcb, c0b, c1b, c2b, c3b, vthb, vrb, vfb, in_shif
 
 
 @_jit
-def poly_steps(a, v, c, spikes, rec_v, rec_c, record, t0, coef, shifts, adds, tmasks, in_shift,
+def poly_steps(a, v, c, spikes, rec_v, rec_c, record, t0, bm, init, coef, shifts, adds, tmasks, in_shift,
                has_syn, kc, decay_bits, dadd, dtmask, vth, reset_value, v_reset, half_s, half_r, sat,
-               ge, max_payload, v_floor, narrow, cubic):
-    """Section 5 for ``a`` (C, B, N), states ``v``, ``c`` (B, N) int64 in place; with ``record``,
+               ge, max_payload, v_floor, narrow, cubic, v_start, c_start):
+    """Section 5 for ``a`` (C, B, N), states ``v``, ``c`` (B, N) int64 in place (``init``: set to
+    every sample's ``v_start``, ``c_start`` (N,) first; ``bm``, batch-major: ``a`` and ``spikes`` are
+    (B, C, N) instead); with ``record``,
     ``rec_v``/``rec_c`` (B, T, N) get the states after each step ``t`` at ``t0 + t``. ``coef`` (4, N)
     is padded with zero leading coefficients to degree 3, ``shifts`` (3,) accordingly: a zero
     register stays zero through ``rnd`` and takes the next coefficient exactly, so every degree
@@ -422,6 +431,8 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, t0, coef, shifts, adds, tm
     16384 neurons: 1.8x faster; a fourth copy, narrow with the cubic step, would cost every
     first run its compile time)."""
     steps, batch, n_neurons = a.shape
+    if bm:
+        steps, batch = batch, steps
     s0, s1, s2 = shifts[0], shifts[1], shifts[2]
     a0, a1, a2 = adds[0], adds[1], adds[2]
     m0, m1, m2 = tmasks[0], tmasks[1], tmasks[2]
@@ -434,11 +445,14 @@ def poly_steps(a, v, c, spikes, rec_v, rec_c, record, t0, coef, shifts, adds, tm
         hi = min(n_neurons, lo + POLY_BLOCK)
         # a block of neurons through all the timesteps: its states and parameters stay in L1
         vb, cb = v[b, lo:hi], c[b, lo:hi]
+        if init:
+            vb[:] = v_start[lo:hi]
+            cb[:] = c_start[lo:hi]
         kcb, c0b, c1b, c2b, c3b = kc[lo:hi], c0[lo:hi], c1[lo:hi], c2[lo:hi], c3[lo:hi]
         vthb, vrb, vfb = vth[lo:hi], v_reset[lo:hi], v_floor[lo:hi]
         for t in range(steps):
-            ab = a[t, b, lo:hi]
-            sb = spikes[t, b, lo:hi]
+            ab = a[b, t, lo:hi] if bm else a[t, b, lo:hi]
+            sb = spikes[b, t, lo:hi] if bm else spikes[t, b, lo:hi]
             # three compiled copies of the block (compile time: each is inlined); a zero kc or
             # degree-3 coefficient is exact in every step (rnd(0) = 0)
             if max_payload > 1:

@@ -335,6 +335,20 @@ def _sum_inputs(vals: list[_Val]) -> _Val:
 _NO_REC = np.zeros((1, 1, 1), dtype=np.int64)
 
 
+def _kernel_layout(a: Array, out: Array, flat: tuple[int, int, int]) -> tuple[Array, Array, bool]:
+    """A neuron kernel's input ``a`` and spikes ``out`` (both (C, B, *shape)) as its 3-d arrays:
+    (C, B, N) where ``out`` is C-contiguous, else (B, C, N) and ``bm`` True (batch-major: ``out``
+    is the (C, B) view of a C-contiguous (B, C) array, the layer engine's single chunk). ``a`` is
+    copied into that layout where it is not in it already; ``out`` is written through, never
+    copied."""
+    steps, batch, n = flat
+    if out.flags.c_contiguous:
+        return np.ascontiguousarray(a).reshape(flat), out.reshape(flat), False
+    out_bm = out.swapaxes(0, 1)
+    assert out_bm.flags.c_contiguous, "a neuron's spikes are time-major or batch-major"
+    return np.ascontiguousarray(a.swapaxes(0, 1)).reshape(batch, steps, n), out_bm.reshape(batch, steps, n), True
+
+
 def _reshaped(a: Array, shape: tuple[int, ...]) -> Array:
     """``a.reshape(shape)`` as a view (the kernels write through it): the record arrays are
     C-contiguous (batch, timesteps, *shape) arrays, whose trailing axes merge without a copy."""
@@ -403,14 +417,11 @@ class _Pool:
         return a
 
 
-def _state(a: Array | int, shape: tuple[int, ...]) -> Array:
-    """``_full(a, shape, np.int64)`` in an array of the running ``run_fx``'s pool (``_Pool``)."""
+def _state_buffer(shape: tuple[int, ...]) -> Array:
+    """An int64 array of ``shape`` (values left over) from the running ``run_fx``'s pool
+    (``_Pool``), for a compiled neuron kernel's states: its first call sets them."""
     pool = _Pool.current()
-    if pool is None:
-        return _full(a, shape, np.int64)
-    out = pool.empty(shape, np.int64)
-    np.copyto(out, a)
-    return out
+    return np.empty(shape, np.int64) if pool is None else pool.empty(shape, np.int64)
 
 
 _OPAQUE = object()  # the key of a value ``_key`` does not compare: equal to nothing
@@ -631,9 +642,11 @@ class _LIFRun(_NeuronRun):
             self.kv_f = self.kv / unity
             self.bias_f = self.bias.astype(np.float64) if self.bias.any() else None
             self.keep = np.empty(shape, dtype=bool)
-        elif kern is not None:  # the compiled kernel's states live in the run's pool
-            self.u = _state(node.u_init, shape)
-            self.v = _state(node.v_init, shape)
+        elif kern is not None:  # the compiled kernel's states live in the run's pool, set by its first call
+            self.u, self.v = _state_buffer(shape), _state_buffer(shape)
+            self.init = True
+            self.u0, self.v0 = _static(node, "LIF initial states", lambda: (
+                _full(node.u_init, node.shape, np.int64).reshape(-1), _full(node.v_init, node.shape, np.int64).reshape(-1)))
         else:
             self.u = _full(node.u_init, shape, np.int64)
             self.v = _full(node.v_init, shape, np.int64)
@@ -648,9 +661,12 @@ class _LIFRun(_NeuronRun):
         if rec is not None:
             rflat = (batch, rec["u"].shape[1], self.bias_n.size)
             ru, rv = _reshaped(rec["u"], rflat), _reshaped(rec["v"], rflat)
+        a3, out3, bm = _kernel_layout(a.a, out, flat)
+        init, self.init = self.init, False
         with self.kern.LOCK:
-            getattr(self.kern, ACCELERATIONS["lif"])(np.ascontiguousarray(a.a).reshape(flat), self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
-                                out.reshape(flat).view(np.uint8), ru, rv, rec is not None, t0, self.ku, self.kv,
+            getattr(self.kern, ACCELERATIONS["lif"])(a3, self.u.reshape(flat[1:]), self.v.reshape(flat[1:]),
+                                out3.view(np.uint8), ru, rv, rec is not None, t0, bm, init, self.u0, self.v0,
+                                self.ku, self.kv,
                                 self.node.decay_bits, self.node.act_shift, self.bias_n, self.vth_eff,
                                 self.half, self.vmax)
         return None
@@ -719,18 +735,14 @@ class _PolyRun(_NeuronRun):
         self.kern = kern
         shape = (batch, *node.shape)
         self.params = PolyParams.of(node)
-        # the compiled kernel's states live in the run's pool (the numpy path replaces its states
-        # by new arrays each step: no gain there)
-        self.v = _full(node.v_init, shape, np.int64) if kern is None else _state(node.v_init, shape)
+        # the compiled kernel's states live in the run's pool, set to their initial values by its
+        # first call (the numpy path replaces its states by new arrays each step: no gain there)
         if kern is None:
+            self.v = _full(node.v_init, shape, np.int64)
             self.c = _full(node.c_init, shape, np.int64)
-        elif self.params.kc is None:
-            # without a current state the kernel writes c' = ovf_S(x) before it is read (its
-            # decay term multiplies the old c by kc = 0): no initial value to copy in
-            pool = _Pool.current()
-            self.c = pool.empty(shape, np.int64) if pool is not None else np.zeros(shape, np.int64)
         else:
-            self.c = _state(node.c_init, shape)
+            self.v, self.c = _state_buffer(shape), _state_buffer(shape)
+            self.init = True
         self.S, self.R = node.state_bits, node.acc_bits
         self.kc = self.params.kc
         self.coef = self.params.coef
@@ -743,7 +755,7 @@ class _PolyRun(_NeuronRun):
 
     @staticmethod
     def _kernel_args(node: FxPoly, params: PolyParams, kern: Any) -> tuple[Any, ...]:
-        """``poly_steps``' arguments after (a, v, c, spikes, rec_v, rec_c, record, t0)."""
+        """``poly_steps``' arguments after (a, v, c, spikes, rec_v, rec_c, record, t0, bm, init)."""
         S, R = node.state_bits, node.acc_bits
         n = int(np.prod(node.shape))
 
@@ -769,7 +781,8 @@ class _PolyRun(_NeuronRun):
         # do for S, R <= 32, the coefficients and kc are checked here.
         factors = (coef, kc, v_reset, floor, node.v_init, node.c_init)
         narrow = S <= 32 and R <= 32 and all(_fits_int32(f) for f in factors)
-        kargs += (node.threshold == ">=", node.max_payload, floor, narrow, bool(coef[3].any()))
+        kargs += (node.threshold == ">=", node.max_payload, floor, narrow, bool(coef[3].any()),
+                  per_neuron(node.v_init), per_neuron(node.c_init))
         if params.c_bias is not None:
             kargs = (*kargs[:4], 0, *kargs[5:])  # in_shift (argument 4): applied in run()
         return kargs
@@ -785,10 +798,12 @@ class _PolyRun(_NeuronRun):
             rv = _reshaped(rec["v"], rflat)
             rc = _reshaped(rec["c"], rflat) if "c" in rec else _NO_REC
         a_in = a.a if self.c_bias is None else poly_input(self.params, a.as_int())
+        a3, out3, bm = _kernel_layout(a_in, out, flat)
+        init, self.init = self.init, False
         with self.kern.LOCK:
-            getattr(self.kern, ACCELERATIONS["poly"])(np.ascontiguousarray(a_in).reshape(flat), self.v.reshape(flat[1:]),
-                                 self.c.reshape(flat[1:]), out.reshape(flat).view(np.uint8), rv, rc, rec is not None, t0,
-                                 *self.kargs)
+            getattr(self.kern, ACCELERATIONS["poly"])(a3, self.v.reshape(flat[1:]), self.c.reshape(flat[1:]),
+                                                      out3.view(np.uint8), rv, rc, rec is not None, t0, bm, init,
+                                                      *self.kargs)
         return None
 
     def prepare(self, a: _Val) -> tuple[Array, bool]:
@@ -944,10 +959,15 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
         in_bounds = _bounds(graph, sched.order, sched.inputs, synapses)
         pool = _Pool.take()  # handed back after the run (the neurons' states live in it)
         neurons = {n: _make_neuron(n, graph.nodes[n], batch, in_bounds[n], kern) for n in in_bounds}
-    # (timesteps, batch) layout, copied into the result's (batch, timesteps) arrays at the end;
-    # every neuron engine writes every entry of its chunk (no zero-filling needed)
-    spikes = {n: pool.empty((steps, batch, *sched.shapes[n]), np.uint8 if run.node.spike_payload() > 1 else bool)
-              for n, run in neurons.items()}
+    # One chunk (the layer engine, usually): every layer runs in the result's (batch, timesteps)
+    # layout and writes its spikes straight into the result. Else (timesteps, batch), chunk by
+    # chunk, copied into the result's arrays at the end. Every neuron engine writes every entry of
+    # its chunk (no zero-filling needed).
+    batch_major = engine == "layer" and chunk >= steps
+    spikes = {n: (np.empty((batch, steps, *sched.shapes[n]), dtype) if batch_major
+                  else pool.empty((steps, batch, *sched.shapes[n]), dtype))
+              for n, run in neurons.items()
+              for dtype in [np.uint8 if run.node.spike_payload() > 1 else bool]}
     out_src = sched.inputs[sched.output_node][0][0]
     # A non-spiking readout (Primitive.output_state) outputs a state: recorded for the output.
     graded = output_state(graph.nodes[out_src], out_src) if out_src in neurons else None
@@ -956,13 +976,15 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     states_bt = {n: {k: np.zeros((batch, steps, *sched.shapes[n]), dtype=np.int64) for k in run.states()}
                  for n, run in neurons.items() if record or (graded is not None and n == out_src)}
 
-    xt = np.moveaxis(xs, 1, 0)  # (T, B, ...)
     try:
-        _run(graph, sched, xt, synapses, neurons, spikes, states_bt, progress, chunk if engine == "layer" else 1)
-        # always a copy: the time-major arrays go back to the pool (a view, which ascontiguousarray
-        # returns where batch or timesteps is 1, would be overwritten by the thread's next run)
-        spikes_bt = {n: np.array(np.moveaxis(s, 0, 1), order="C").view(np.uint8) for n, s in spikes.items()
-                     if output_state(graph.nodes[n], n) is None}
+        if batch and steps:  # an empty input gives an empty run (validate.spikes(allow_empty=True))
+            _run(graph, sched, xs if batch_major else np.moveaxis(xs, 1, 0), synapses, neurons, spikes, states_bt,
+                 progress, chunk if engine == "layer" else 1, batch_major)
+        # time-major: always a copy, the arrays go back to the pool (a view, which
+        # ascontiguousarray returns where batch or timesteps is 1, would be overwritten by the
+        # thread's next run)
+        spikes_bt = {n: (s if batch_major else np.array(np.moveaxis(s, 0, 1), order="C")).view(np.uint8)
+                     for n, s in spikes.items() if output_state(graph.nodes[n], n) is None}
     finally:
         pool.give()
     output = spikes_bt[out_src] if graded is None else states_bt[out_src][graded]
@@ -979,9 +1001,15 @@ RESHAPES: dict[str, Any] = {"flatten": _apply_flatten}
 
 def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synapse],
          neurons: dict[str, _NeuronRun], spikes: dict[str, Array],
-         states: dict[str, dict[str, Array]], progress: bool, chunk: int) -> None:
-    """Both engines: chunks of ``chunk`` timesteps (1 when the graph has back edges)."""
+         states: dict[str, dict[str, Array]], progress: bool, chunk: int, batch_major: bool = False) -> None:
+    """Both engines: chunks of ``chunk`` timesteps (1 when the graph has back edges) of ``xt``
+    (T, B, ...) and ``spikes`` (T, B, *shape); ``batch_major``: one chunk of every timestep, ``xt``
+    (B, T, ...) and ``spikes`` (B, T, *shape), every value in that layout (the neuron engines
+    get their (T, B) views)."""
     steps, batch = xt.shape[:2]
+    if batch_major:
+        batch, steps = steps, batch
+        assert chunk >= steps and not any(d for ins in sched.inputs.values() for _, d in ins)
     # a back edge's value at t = 0 is 0
     back_sources = {s for ins in sched.inputs.values() for s, d in ins if d}
     prev: dict[str, _Val] = {n: _Val(np.zeros((1, batch, *sched.shapes[n]), dtype=np.int64), 0)
@@ -1006,13 +1034,14 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
     for t0 in starts:
         t1 = min(steps, t0 + chunk)
         rows = (t1 - t0) * batch
+        lead = (batch, steps) if batch_major else (t1 - t0, batch)
         vals: dict[str, Array | _Val] = {}
         added: set[str] = set()  # synapses whose products went into their host's output
         for name in sched.order:
             node = graph.nodes[name]
             role = node.role
             if role == "input":
-                vals[name] = xt[t0:t1]
+                vals[name] = xt if batch_major else xt[t0:t1]
             elif role == "output":
                 continue
             elif role == "reshape":
@@ -1031,7 +1060,7 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                         added.add(name)
                         continue
                 v = synapses[name](x, reuse=True)
-                vals[name] = _Val(v.a.reshape(t1 - t0, batch, *v.a.shape[1:]), v.bound)
+                vals[name] = _Val(v.a.reshape(*lead, *v.a.shape[1:]), v.bound)
             else:
                 ins: list[_Val] = []
                 for s, delayed in sched.inputs[name]:
@@ -1041,7 +1070,12 @@ def _run(graph: FxGraph, sched: Schedule, xt: Array, synapses: dict[str, _Synaps
                     assert isinstance(a, _Val)
                     ins.append(a)
                 rec = states.get(name)  # the layer's record arrays, if it is recorded
-                neurons[name].run(_sum_inputs(ins), spikes[name][t0:t1], rec, t0)
-                vals[name] = spikes[name][t0:t1]
+                a = _sum_inputs(ins)
+                if batch_major:  # the engines' (T, B) views (_kernel_layout)
+                    neurons[name].run(_Val(a.a.swapaxes(0, 1), a.bound), spikes[name].swapaxes(0, 1), rec, t0)
+                    vals[name] = spikes[name]
+                else:
+                    neurons[name].run(a, spikes[name][t0:t1], rec, t0)
+                    vals[name] = spikes[name][t0:t1]
         if back_sources:
             prev = {n: v for n, v in vals.items() if isinstance(v, _Val)}

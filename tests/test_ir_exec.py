@@ -160,6 +160,10 @@ def test_validation_errors_name_the_node():
     with pytest.raises(GraphError, match="does not exist"):
         g.schedule()
     g = sequential(ok, (4,))
+    g.edges.append(g.edges[1])  # once summed twice, silently
+    with pytest.raises(GraphError, match=r"edge \({} -> {}\) appears twice".format(*g.edges[1])):
+        g.schedule()
+    g = sequential(ok, (4,))
     g.nodes["in2"] = Input(shape=(4,))
     with pytest.raises(UnsupportedError, match="exactly one Input"):
         g.schedule()

@@ -166,10 +166,15 @@ class GraphBase(Generic[N]):
         The order is a depth-first post-order from the input over the edges that are not delayed,
         reversed (a topological order: feed-forward chains run in sequence).
         """
+        seen: set[tuple[str, str]] = set()
         for s, d in self.edges:
             for end in (s, d):
                 if end not in self.nodes:
                     raise GraphError(f"edge ({s} -> {d}) names a node that does not exist", node=end)
+            if (s, d) in seen:  # ambiguous: summed twice, or one connection listed twice
+                raise GraphError(f"edge ({s} -> {d}) appears twice: a node reads each source once; remove the "
+                                 "duplicate (or scale the source's weights to sum it twice)", node=d)
+            seen.add((s, d))
         for name, node in self.nodes.items():
             node.validate(name)
         inp, out = self.input_name, self.output_name

@@ -19,7 +19,7 @@ from lnm_deploy import ir  # noqa: E402
 from lnm_deploy.calibrate import calibrate_network, load_recipe  # noqa: E402
 from lnm_deploy.calibrate.neuron_lowerings import warn_lost_bias  # noqa: E402
 from lnm_deploy.calibrate.passes import compose_conv_chain, fold  # noqa: E402
-from lnm_deploy.errors import LNMDeployWarning, UnsupportedError  # noqa: E402
+from lnm_deploy.errors import LNMDeployWarning, NumericError, UnsupportedError  # noqa: E402
 from lnm_deploy.execute import run_float  # noqa: E402
 from lnm_deploy.execute.float_exec import stateless_step  # noqa: E402
 from lnm_deploy.fxsim import run_fx  # noqa: E402
@@ -201,6 +201,22 @@ def test_maxpool_and_batchnorm_refusals() -> None:
     assert e.value.node == "bn1"
     with pytest.raises(UnsupportedError, match="running statistics"):
         model_to_ir(LNMSequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False), LNM(3)), (4,))
+    # a BatchNorm of other dimensions than its layer's (torch itself cannot run those)
+    with pytest.raises(UnsupportedError, match=r"BatchNorm1d follows 'conv1' .*BatchNorm2d into a Conv2d") as e:
+        model_to_ir(LNMSequential(nn.Conv2d(1, 2, 3), nn.BatchNorm1d(2), LNM((2, 4, 4))).eval(), (1, 6, 6))
+    assert e.value.node == "bn1"
+    with pytest.raises(UnsupportedError, match="BatchNorm2d follows 'fc1'"):
+        model_to_ir(LNMSequential(nn.Linear(4, 3), nn.BatchNorm2d(3), LNM(3)).eval(), (4,))
+    # running variances that cannot normalise: named, before any NaN reaches the weights
+    for var in (-1.0, float("nan")):
+        m = LNMSequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), LNM((2, 6, 6))).eval()
+        with torch.no_grad():
+            m["bn1"].running_var[1] = var
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no numpy RuntimeWarning from a square root first
+            with pytest.raises(NumericError, match=r"running_var \+ eps is not positive for channel\(s\) \[1\]") as e:
+                model_to_ir(m, (1, 6, 6))
+        assert e.value.node == "bn1"
 
 
 def test_batchnorm_and_maxpool_save_and_load(tmp_path: Path) -> None:

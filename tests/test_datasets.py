@@ -117,6 +117,11 @@ def test_rate_encode_images() -> None:
     assert np.array_equal(s, datasets.rate_encode_images(img, 200, seed=3))
     with pytest.raises(UserInputError):
         datasets.rate_encode_images(img.astype(np.int64) + 1, 4)
+    for bad in (np.nan, np.inf):  # NaN once passed the range test and gave silence
+        with pytest.raises(UserInputError, match="no NaN"):
+            datasets.rate_encode_images(np.full((1, 1, 2, 2), bad), 3)
+    with pytest.raises(UserInputError, match="pixel_max"):
+        datasets.rate_encode_images(img, 3, pixel_max=0.0)
 
 
 # ------------------------------------------------------------------------------------------------

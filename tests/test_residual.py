@@ -410,6 +410,22 @@ def test_builders_calibrate_for_loihi2_and_run_lava_bit_exact(name: str, digits_
     assert min(agreement.values()) > 0.8, agreement
 
 
+def test_builders_refuse_bad_shapes_by_name() -> None:
+    pytest.importorskip("torch")
+    from lnm_deploy.errors import UserInputError
+    from lnm_deploy.model import resnet, vgg
+
+    for make in (vgg, resnet):
+        for shape in ((8, 8), (1, 8.5, 8), (0, 8, 8), 8):
+            with pytest.raises(UserInputError, match=r"input_shape must be \(C, H, W\)"):
+                make(shape, (4,))
+        with pytest.raises(UserInputError, match="positive integers"):
+            make((1, 8, 8), (4, 0))
+        make(np.array([1, 8, 8]), (4,))  # any sequence of three integers
+    with pytest.raises(UserInputError, match="at least one stage"):
+        resnet((1, 8, 8), ())
+
+
 def test_lnm_graph_refuses_bad_skips() -> None:
     pytest.importorskip("torch")
     from torch import nn
@@ -426,6 +442,52 @@ def test_lnm_graph_refuses_bad_skips() -> None:
         LNMGraph(layers, {"nope": ["l1"]})
     g = LNMGraph(layers, {"l2": ["fc2", "l1"]})
     assert g.sources("l2") == ["fc2", "l1"] and g.sources("fc1") == ["input"]
+    # a skip of another shape: named with the fix, not taken for a wrong input shape
+    from lnm_deploy.model import model_to_ir
+
+    m = LNMGraph({"conv1": nn.Conv2d(1, 2, 3, padding=1), "lnm1": LNM((2, 6, 6)), "pool": nn.AvgPool2d(2),
+                  "conv2": nn.Conv2d(2, 2, 1), "lnm2": LNM((2, 3, 3))}, {"lnm2": ["conv2", "lnm1"]})
+    with pytest.raises(GraphError, match=r"'lnm2' sums \['conv2', 'lnm1'\].*project it with a 1x1 Conv2d") as e:
+        model_to_ir(m, (1, 6, 6))
+    assert e.value.node == "lnm2" and "input_shape" not in str(e.value)
+
+
+@pytest.mark.parametrize("inputs", [
+    {"lnm_a": ["conv"], "bn": ["conv"]},  # the conv read by a layer before the BatchNorm
+    {"bn": ["conv"], "lnm_b": ["bn"], "lnm_a": ["conv"]},  # ... and after it
+    {"bn": ["conv"], "lnm_a": ["bn", "conv"], "lnm_b": ["bn"]},  # a residual sum of BN(conv) + conv
+])
+def test_a_batchnorm_on_a_shared_convolution_leaves_the_convolution_to_its_other_readers(
+        inputs: dict[str, list[str]]) -> None:
+    """A BatchNorm folds into the Conv2d it reads; where other layers read that Conv2d too, they
+    keep its unnormalised output (the BatchNorm becomes a folded copy of it): once, every reader
+    got the folded one, silently."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from lnm_deploy.model import LNM, LNMGraph, model_to_ir
+
+    torch.manual_seed(0)
+    layers = {"conv": nn.Conv2d(1, 2, 3, padding=1), "bn": nn.BatchNorm2d(2),
+              "lnm_a": LNM((2, 6, 6), threshold=0.2), "lnm_b": LNM((2, 6, 6), threshold=0.2)}
+    order = ["conv", *inputs]
+    order += [n for n in layers if n not in order]
+    m = LNMGraph({n: layers[n] for n in order}, inputs).double().eval()
+    with torch.no_grad():
+        m["conv"].weight.fill_(0.3)
+        m["conv"].bias.zero_()
+        m["bn"].running_mean.fill_(1.0)
+        m["bn"].running_var.fill_(0.25)
+        m["bn"].weight.fill_(3.0)
+    x = (np.random.default_rng(0).random((2, 4, 1, 6, 6)) < 0.5).astype(np.float64)
+    g = model_to_ir(m, (1, 6, 6))
+    assert len(g.edges) == len(set(g.edges)), g.edges
+    _, rec = m(torch.from_numpy(x), record=True)
+    got = run_float(g, x)
+    for n in ("lnm_a", "lnm_b"):
+        want = rec[n]["s"].detach().numpy()
+        assert want.sum() > 0 and np.array_equal(got.spikes[n], want), n
+    assert not np.array_equal(got.spikes["lnm_a"], got.spikes["lnm_b"])  # the two readers differ
 
 
 # ------------------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ def conv_output_shape(name: str, weight_shape: tuple[int, ...], groups: int, str
         k = dilation[i] * (weight_shape[2 + i] - 1) + 1
         n = (input_shape[1 + i] + 2 * padding[i] - k) // stride[i] + 1
         if n < 1:
-            raise GraphError(f"input {input_shape} too small for the kernel", node=name)
+            raise GraphError(f"input {input_shape} too small for the kernel {tuple(weight_shape[2:])} (dilation "
+                             f"{dilation}, padding {padding}, stride {stride}): no output position; pad the input "
+                             "or use a smaller kernel", node=name)
         hw.append(n)
     return (weight_shape[0], hw[0], hw[1])
 
@@ -96,7 +98,9 @@ def pool_output_shape(name: str, kernel_size: tuple[int, int], stride: tuple[int
         raise GraphError(f"expects input (C, H, W), gets {input_shape}", node=name)
     hw = [(input_shape[1 + i] + 2 * padding[i] - kernel_size[i]) // stride[i] + 1 for i in range(2)]
     if min(hw) < 1:
-        raise GraphError(f"input {input_shape} too small for the pooling window", node=name)
+        raise GraphError(f"input {input_shape} too small for the pooling window {kernel_size} (padding "
+                         f"{padding}, stride {stride}): no output position; pool a larger map or use a smaller "
+                         "window", node=name)
     return (input_shape[0], hw[0], hw[1])
 
 

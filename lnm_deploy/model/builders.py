@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lnm_deploy.errors import UserInputError
+from lnm_deploy.ir.nodes import is_integer
 from lnm_deploy.model.layers import LNM, LNMSequential
 
 
@@ -90,6 +91,25 @@ def _conv_bn(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype | No
             nn.BatchNorm2d(c_out, dtype=dtype)]
 
 
+def _chw(input_shape: Any, channels: Sequence[int], classes: int, need_channels: bool) -> tuple[int, int, int]:
+    """``input_shape`` as positive (C, H, W); ``UserInputError`` for another shape, channel
+    counts that are not positive, or no stage where one is needed."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = ()
+    ok = len(shape) == 3 and all(is_integer(v) and int(v) >= 1 for v in shape)
+    if not ok:
+        raise UserInputError(f"input_shape must be (C, H, W), three positive integers (e.g. (3, 32, 32)), got "
+                             f"{input_shape!r}")
+    if need_channels and not len(channels):
+        raise UserInputError("channels must name at least one stage (e.g. (16, 32))")
+    if not all(is_integer(v) and int(v) >= 1 for v in (*channels, classes)):
+        raise UserInputError(f"channels and classes must be positive integers, got {tuple(channels)} and {classes!r}")
+    c, h, w = (int(v) for v in shape)
+    return c, h, w
+
+
 def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] = (8, 16), classes: int = 10, *,
         degree: int = 1, threshold: float = 1.0, dtype: torch.dtype | None = None) -> LNMSequential:
     """A VGG-style LNM network: per stage ``conv3x3 -> BatchNorm2d -> LNM -> MaxPool2d(2)``, then
@@ -97,7 +117,7 @@ def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] =
     by ``2 ** len(channels)``. LNM layers: ``degree`` 1 (LIF-like, the stock LIF on loihi2) to 3,
     per-channel polynomials. Layer names are ``LNMSequential``'s auto names (conv1, bn1, lnm1,
     maxpool1, ...)."""
-    c, h, w = (int(v) for v in input_shape)
+    c, h, w = _chw(input_shape, channels, classes, need_channels=False)
     if h % 2 ** len(channels) or w % 2 ** len(channels):
         raise UserInputError(f"input {tuple(input_shape)}: H and W must divide by 2^{len(channels)} (one 2x2 max "
                              "pool per stage)")
@@ -122,7 +142,7 @@ def resnet(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int
     Names: ``stem``, ``stem_bn``, ``stem_lnm``; block k: ``b{k}_conv1``, ``b{k}_bn1``, ``b{k}_lnm1``,
     ``b{k}_conv2``, ``b{k}_bn2``, (``b{k}_proj``, ``b{k}_proj_bn``), ``b{k}_out`` (the LNM that sums);
     ``flatten``, ``fc``, ``fc_bn``, ``out``."""
-    c, h, w = (int(v) for v in input_shape)
+    c, h, w = _chw(input_shape, channels, classes, need_channels=True)
     layers: dict[str, nn.Module] = {}
     inputs: dict[str, list[str]] = {}
     c0 = int(channels[0])

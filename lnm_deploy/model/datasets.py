@@ -139,14 +139,17 @@ def rate_encode_images(images: np.ndarray, steps: int, *, max_rate: float = 1.0,
                        seed: int = 0) -> np.ndarray:
     """Bernoulli spike trains from images: ``(N, *shape)`` -> ``(N, steps, *shape)`` uint8 0/1 with
     ``P(spike) = pixel / pixel_max * max_rate`` per step, from ``numpy.random.default_rng(seed)``.
-    Pixels outside ``[0, pixel_max]`` or ``max_rate`` outside [0, 1] are a ``UserInputError``."""
+    Pixels outside ``[0, pixel_max]`` (NaN included) or ``max_rate`` outside [0, 1] are a ``UserInputError``."""
     x = np.asarray(images, dtype=np.float64)
     if steps < 1:
         raise UserInputError(f"steps must be >= 1, got {steps}")
     if not 0.0 <= max_rate <= 1.0:
         raise UserInputError(f"max_rate is a per-step probability in [0, 1], got {max_rate}")
-    if x.ndim < 2 or (x.size and (x.min() < 0 or x.max() > pixel_max)):
-        raise UserInputError(f"images must be (N, *shape) with pixels in [0, {pixel_max:g}], got shape {x.shape}")
+    if not (np.isfinite(pixel_max) and pixel_max > 0):
+        raise UserInputError(f"pixel_max must be a positive number, got {pixel_max}")
+    if x.ndim < 2 or (x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= pixel_max)):
+        raise UserInputError(f"images must be (N, *shape) with pixels in [0, {pixel_max:g}] (no NaN or inf), got "
+                             f"shape {x.shape}")
     p = x / pixel_max * max_rate
     u = np.random.default_rng(seed).random((x.shape[0], steps, *x.shape[1:]))
     return (u < p[:, None]).astype(np.uint8)

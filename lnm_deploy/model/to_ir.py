@@ -20,7 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from lnm_deploy._version import __version__
-from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError, UserInputError
+from lnm_deploy.errors import (
+    GraphError,
+    LNMDeployWarning,
+    NumericError,
+    UnsupportedError,
+    UserInputError,
+)
 from lnm_deploy.ir import (
     Affine,
     AvgPool2d,
@@ -67,7 +73,10 @@ def _conv_padding(name: str, layer: nn.Conv2d) -> tuple[int, int]:
         # 'same' (stride 1): total padding d*(k-1) per dim, symmetric only when it is even.
         totals = [layer.dilation[i] * (layer.kernel_size[i] - 1) for i in range(2)]
         if any(tp % 2 for tp in totals):
-            raise UnsupportedError("Conv2d padding='same' with asymmetric padding", node=name)
+            raise UnsupportedError(f"Conv2d padding='same' with an odd total padding {totals} (kernel_size "
+                                   f"{tuple(layer.kernel_size)}, dilation {tuple(layer.dilation)}) pads one side more than the "
+                                   "other, which the IR's symmetric padding cannot express: use an odd kernel size, or "
+                                   "pad explicitly (padding=k // 2) and size the layers after it", node=name)
         return (totals[0] // 2, totals[1] // 2)
     return (int(pad[0]), int(pad[1]))
 
@@ -175,7 +184,8 @@ def _sumpool2d(name: str, layer: TorchSumPool2d, dt: float) -> LayerNodes:
 def _avgpool2d(name: str, layer: nn.AvgPool2d, dt: float) -> LayerNodes:
     pad = _p2(layer.padding)
     if layer.ceil_mode:
-        raise UnsupportedError("AvgPool2d(ceil_mode=True)", node=name)
+        raise UnsupportedError("AvgPool2d(ceil_mode=True) pools a partial window at the edge, which the IR's pooling "
+                               "does not: use ceil_mode=False (and an input size the window divides)", node=name)
     if layer.divisor_override is not None:
         raise UnsupportedError("AvgPool2d(divisor_override=...); use SumPool2d for sums", node=name)
     if not layer.count_include_pad and any(pad):
@@ -196,7 +206,8 @@ def _maxpool2d(name: str, layer: nn.MaxPool2d, dt: float) -> LayerNodes:
     step's count; spikes where count > 0.5; reset to 0). Exact on spikes only: ``model_to_ir``
     refuses a MaxPool2d whose input is not a spiking layer or the input spikes."""
     if layer.ceil_mode or layer.return_indices:
-        raise UnsupportedError("MaxPool2d(ceil_mode=True or return_indices=True)", node=name)
+        raise UnsupportedError("MaxPool2d(ceil_mode=True or return_indices=True): the IR pools whole windows and "
+                               "returns no indices; use ceil_mode=False, return_indices=False", node=name)
     if _p2(layer.dilation) != (1, 1):
         raise UnsupportedError("MaxPool2d with dilation", node=name)
     # torch pads a max pool with -inf, the SumPool2d with 0: on spikes (>= 0) the OR is the same.
@@ -236,10 +247,22 @@ def _fold_batchnorm(name: str, bn: nn.modules.batchnorm._BatchNorm, prev_name: s
         warnings.warn(f"layer '{name}': {type(bn).__name__} is in training mode (it normalises with each "
                       "batch's statistics); the export folds its running statistics, as model.eval() "
                       "would use them: call model.eval() before exporting", LNMDeployWarning, stacklevel=4)
+    # the layer each BatchNorm normalises as torch runs it (SyncBatchNorm: any)
+    want = next((w for b, w in ((nn.BatchNorm1d, Affine), (nn.BatchNorm2d, Conv2d),
+                                (nn.SyncBatchNorm, (Affine, Conv2d))) if isinstance(bn, b)), None)
+    if want is None or not isinstance(prev, want):
+        raise UnsupportedError(
+            f"{type(bn).__name__} follows '{prev_name}' ({type(prev).__name__}); a BatchNorm1d folds into a Linear, "
+            "a BatchNorm2d into a Conv2d (as torch runs them): use the BatchNorm of the layer's dimensions", node=name)
     mean, var = _np(bn.running_mean), _np(bn.running_var)
     gamma = _np(bn.weight) if bn.weight is not None else np.ones_like(mean)
     beta = _np(bn.bias) if bn.bias is not None else np.zeros_like(mean)
-    g = gamma / np.sqrt(var + float(bn.eps))
+    var_eps = var + float(bn.eps)
+    if bad := [int(c) for c in np.flatnonzero(~(var_eps > 0))]:  # NaN included
+        raise NumericError(f"{type(bn).__name__}: running_var + eps is not positive for channel(s) {bad[:8]} "
+                           f"(running_var {var[bad[0]]!r}); fix or recompute the running statistics "
+                           "(lnm_deploy.model.init_batchnorm)", node=name)
+    g = gamma / np.sqrt(var_eps)
     w = prev.weight
     if w.shape[0] != g.shape[0]:
         raise UnsupportedError(f"{type(bn).__name__} has {g.shape[0]} features, '{prev_name}' gives "
@@ -317,14 +340,32 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     # a folded layer (BatchNorm) is read through the node it was folded into.
     sources_of = getattr(model, "sources", None)
     folded_into: dict[str, str] = {}
-    for name, layer in model.named_layers():
-        srcs = [folded_into.get(s, s) for s in sources_of(name)] if sources_of is not None else [prev]
+    # How many layers (and the output) read each layer: a layer is folded into a node that only it
+    # reads; where others read that node too, the folded copy becomes a node of its own.
+    names = [n for n, _ in model.named_layers()]
+    readers: dict[str, int] = {}
+    for i, n in enumerate(names):
+        for s in sources_of(n) if sources_of is not None else [names[i - 1] if i else "input"]:
+            readers[s] = readers.get(s, 0) + 1
+    if names:
+        readers[names[-1]] = readers.get(names[-1], 0) + 1
+    for i, (name, layer) in enumerate(model.named_layers()):
+        raw = sources_of(name) if sources_of is not None else [names[i - 1] if i else "input"]
+        srcs = [folded_into.get(s, s) for s in raw]
         if len(srcs) == 1:
             prev = srcs[0]
         folder = next((LAYER_FOLDERS[c] for c in type(layer).__mro__ if c in LAYER_FOLDERS), None)
         if folder is not None:
-            nodes[prev] = folder(name, layer, prev, None if prev == "input" else nodes[prev])
-            folded_into[name] = prev
+            folded = folder(name, layer, prev, None if prev == "input" else nodes[prev])
+            if readers.get(raw[0], 0) > 1:  # others read ``prev`` as it is: a folded copy of it
+                if name in nodes:
+                    raise UserInputError(f"IR node name {name!r} is used twice", node=name)
+                nodes[name] = folded
+                edges += [(s, name) for s, d in edges if d == prev]
+                prev = name
+            else:
+                nodes[prev] = folded
+                folded_into[name] = prev
             continue
         produced = layer_nodes(name, layer, float(dt))
         if isinstance(layer, nn.MaxPool2d):
@@ -361,6 +402,10 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     try:
         graph.schedule()  # validates: shapes chain, parameters finite (NumericError), back edges delayed
     except GraphError as e:
+        if "inputs of different shapes are summed" in str(e) and sources_of is not None and e.node in names:
+            raise GraphError(f"layer {e.node!r} sums {sources_of(e.node)}, {str(e).split(': ', 1)[1]}: a skip must "
+                             "give the layer's shape; project it with a 1x1 Conv2d (stride 2 for a map half the "
+                             "size) or a Linear", node=e.node) from e
         if "shape" not in str(e):
             raise
         # The layers chain by construction: a shape that does not fit is the caller's input_shape.

@@ -45,6 +45,7 @@ def test_percentiles_within_one_bin_of_numpy(name):
             assert abs(h.abs_percentile(q) - np.percentile(np.abs(x), q)) <= w * (1 + 1e-9), (q, bins)
         assert h.percentile(100.0) == x.max() and h.percentile(0.0) == x.min()
         assert h.abs_percentile(100.0) == np.abs(x).max()
+        assert h.abs_percentiles(QS) == [h.abs_percentile(q) for q in QS]  # the same values, one cumsum
 
 
 def test_nonzero_bins_are_a_weighted_sample():

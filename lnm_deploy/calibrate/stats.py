@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,7 @@ from lnm_deploy.execute import RunResult, run_float
 from lnm_deploy.ir import Graph, Node, Schedule
 
 DEFAULT_BINS_PER_SIDE = 4096
+REPORTED_PERCENTILES = (99.0, 99.9, 99.99, 99.999)  # of |x|, in each tensor's ``to_dict``
 DEFAULT_TRACE_PERCENTILE = 99.99
 # Range of an all-zero histogram: any power of two works, a small one keeps full resolution if
 # small non-zero values arrive later (growing costs one pair-sum per doubling).
@@ -272,13 +273,15 @@ class Histogram:
         return self.counts[n:] + self.counts[:n][::-1]
 
     def _quantile(self, counts: np.ndarray, lo_edge: float, exact_lo: float | None,
-                  exact_hi: float, q: float) -> float:
+                  exact_hi: float, q: float, cdf: np.ndarray | None = None) -> float:
+        """``cdf``: ``np.cumsum(counts)``, when the caller has it."""
         if self.n == 0:
             raise UserInputError("percentile of an empty histogram")
         if not 0.0 <= q <= 100.0:
             raise UserInputError(f"percentile must be in [0, 100], got {q}")
         w = self.width
-        cdf = np.cumsum(counts)
+        if cdf is None:
+            cdf = np.cumsum(counts)
 
         def order_stat(j: int) -> float:
             # The j-th smallest value (0-based), assumed spread evenly inside its bin; the
@@ -307,6 +310,12 @@ class Histogram:
     def abs_percentile(self, q: float) -> float:
         """The q-th percentile of ``|x|``; within one bin width of ``np.percentile(abs(x), q)``."""
         return self._quantile(self.abs_counts(), 0.0, None, self.abs_max, q)
+
+    def abs_percentiles(self, qs: Sequence[float]) -> list[float]:
+        """``abs_percentile`` of each of ``qs`` (the same values; the counts summed once)."""
+        counts = self.abs_counts()
+        cdf = np.cumsum(counts)
+        return [self._quantile(counts, 0.0, None, self.abs_max, q, cdf) for q in qs]
 
     def fraction_above(self, clip: float) -> float:
         """Fraction of values with ``|x| > clip`` (linear inside the bin holding ``clip``)."""
@@ -536,7 +545,8 @@ class TensorStats:
             "std": _opt(self.std),
             "total": self.total,
             "total_sq": self.total_sq,
-            "abs_percentiles": ({str(q): self.hist.abs_percentile(q) for q in (99.0, 99.9, 99.99, 99.999)}
+            "abs_percentiles": (dict(zip(map(str, REPORTED_PERCENTILES),
+                                         self.hist.abs_percentiles(REPORTED_PERCENTILES), strict=True))
                                 if self.n else {}),
         }
         if self.channel_min is not None and self.channel_max is not None:

@@ -321,10 +321,13 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
             # replay that reading, not today's.
             requested.setdefault("threshold", ">")
             requested.setdefault("spikes", "single")
+        resolved = recorded.get("resolved") if isinstance(recorded.get("resolved"), dict) else {}
         for key, value in given.items():
             if value is None:
                 continue
+            # what calibration asked for, else what its reading resolved (detected) when it asked nothing
             old = requested.get(key)
+            old = resolved.get(key) if old is None else old
             if not _same_option(key, old, value):
                 msg = (f"--{key.replace('_', '-')} {value} contradicts the artifact's record (calibrated with "
                        f"{key}={old}); the float model is read with {value}")

@@ -133,6 +133,11 @@ def test_verify_option_that_contradicts_the_record_warns_and_is_shown(tmp_path: 
     assert res.float_model["as_calibrated"] is False
     assert any("contradicts" in n for n in res.float_model["notes"])
     assert res.float_model["read_options"]["resolved"]["dt"] == 0.5
+    # the input shape calibration resolved (not asked for): no contradiction, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LNMDeployWarning)
+        res = verify(art, x, backends=(), input_shape=(8,), progress=False, min_agreement=0)
+    assert res.float_model["as_calibrated"] is True and not any("contradicts" in n for n in res.float_model["notes"])
 
 
 def test_missing_float_graph_is_an_error_unless_the_opt_out_is_explicit(tmp_path: Path,

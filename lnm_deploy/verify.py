@@ -61,6 +61,7 @@ from lnm_deploy.errors import (
     UserInputError,
 )
 from lnm_deploy.execute import run_float
+from lnm_deploy.fixedpoint import FxNeuron
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.ir.ops import conv2d
 from lnm_deploy.metrics import LZCDrift, lzc_drift
@@ -388,6 +389,30 @@ def spike_rule_differences(graph: Graph, deq: Graph) -> list[str]:
     return out
 
 
+def artifact_rule_differences(artifact: Artifact) -> list[str]:
+    """Where an artifact's integer network (``Artifact.fx``) and its dequantized graph
+    (``Artifact.graph``, the spike rules the float model is checked against) disagree on how a
+    neuron layer spikes (``FxNeuron.spike_rule``): the spike test, graded or binary spikes, a
+    membrane floor or none. ``calibrate`` writes them together, so a difference means files from
+    two calibrations or an edit. Empty when they agree (kinds without a rule are not compared)."""
+    out = []
+    for name, fxn in artifact.fx.nodes.items():
+        deq = artifact.graph.nodes.get(name)
+        rule = fxn.spike_rule() if isinstance(fxn, FxNeuron) else None
+        if rule is None or not isinstance(deq, Neuron):
+            continue
+        if not deq.spiking:
+            out.append(f"node '{name}': spiking in the integer network, a non-spiking readout in the dequantized graph")
+            continue
+        test, graded, floor = rule
+        for what, a, b in (("spike test", f"v {test} v_th", f"v {deq.threshold} v_th"),
+                           ("graded spikes", graded, deq.graded),
+                           ("membrane floor", floor, deq.v_floor is not None)):
+            if a != b:
+                out.append(f"node '{name}': {what} {a} in the integer network, {b} in the dequantized graph")
+    return out
+
+
 def artifact_lzc_readout(artifact: Artifact) -> tuple[LZCReadout | None, dict[str, Any] | None]:
     """The LZC readout ``calibrate`` stored in ``artifact`` (``record["readouts"]["lzc"]``, fitted on
     the float model's output spikes of the calibration set) and its ``fitted_on`` record; ``(None,
@@ -676,6 +701,11 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
 
     workers = check_workers(workers)
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
+    if differs := artifact_rule_differences(art):
+        more = f"; {len(differs) - 3} more" if len(differs) > 3 else ""
+        raise GraphError(f"the artifact's integer network and its dequantized graph spike by different rules "
+                         f"({'; '.join(differs[:3])}{more}): its parts come from different calibrations or were "
+                         "edited, and no float model would judge the network it runs. Recalibrate")
     backends, max_accuracy_drop, backend_samples = validate.verify_options(
         backends, max_accuracy_drop, backend_samples)
     min_agreement = validate.fraction(min_agreement, "min_agreement (--min-agreement)")

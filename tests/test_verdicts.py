@@ -140,6 +140,26 @@ def test_verify_option_that_contradicts_the_record_warns_and_is_shown(tmp_path: 
     assert res.float_model["as_calibrated"] is True and not any("contradicts" in n for n in res.float_model["notes"])
 
 
+def test_an_artifact_mixed_from_two_calibrations_is_refused(tmp_path: Path) -> None:
+    """The integer network of one calibration (v > v_th) under the record and dequantized graph of
+    another (v >= v_th): the float model would judge another network than the one that runs (it
+    once passed, both against the source graph and against --float dequantized)."""
+    from lnm_deploy.artifact import Artifact
+
+    src = tmp_path / "g.nir"
+    _if_graph(src)
+    x = _spikes(16, 20, 8, 0.3, 2)
+    np.savez(tmp_path / "calib.npz", x=x)
+    _calibrate(src, tmp_path / "calib.npz", tmp_path / "ge.nir", "--dt", "1", "--threshold", ">=")
+    _calibrate(src, tmp_path / "calib.npz", tmp_path / "gt.nir", "--dt", "1")
+    ge, gt = read_artifact(tmp_path / "ge.nir"), read_artifact(tmp_path / "gt.nir")
+    for float_graph in (None, "dequantized"):
+        verify(ge, x, backends=(), float_graph=float_graph, progress=False, min_agreement=0)  # each is whole
+        mixed = Artifact(graph=ge.graph, fx=gt.fx, record=ge.record)
+        with pytest.raises(GraphError, match=r"node 'if1': spike test v > v_th in the integer network, v >= v_th in"):
+            verify(mixed, x, backends=(), float_graph=float_graph, progress=False, min_agreement=0)
+
+
 def test_missing_float_graph_is_an_error_unless_the_opt_out_is_explicit(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     src, art, js = tmp_path / "g.nir", tmp_path / "art.nir", tmp_path / "r.json"

@@ -279,6 +279,12 @@ class FxNeuron(FxNode):
         binary spikes (every neuron kind but a graded ``FxPoly``)."""
         return 1
 
+    def spike_rule(self) -> tuple[str, bool, bool] | None:
+        """How the layer spikes, as a float ``Neuron`` states it: ``(spike test, graded, membrane
+        floor)``, e.g. ``(">", False, False)``; None for a kind whose rule is not one of those
+        (a non-spiking readout, Lava's ATRLIF)."""
+        return None
+
 
 @dataclass(eq=False)
 class FxLIF(FxNeuron):
@@ -311,6 +317,9 @@ class FxLIF(FxNeuron):
     decay_bits: int = 12
     vth_shift: int = 6
     act_shift: int = 6
+
+    def spike_rule(self) -> tuple[str, bool, bool] | None:
+        return (">", False, False)  # s = v' > vth_eff, one spike, no floor (4.2)
 
     def __post_init__(self) -> None:
         self.shape = tuple(integral("lif", "shape", s) for s in self.shape)
@@ -449,6 +458,9 @@ class FxPoly(FxNeuron):
 
     def spike_payload(self) -> int:
         return self.max_payload
+
+    def spike_rule(self) -> tuple[str, bool, bool] | None:
+        return (self.threshold, self.graded, self.v_floor is not None)
 
     @staticmethod
     def limits(state_bits: int, acc_bits: int) -> dict[str, Range]:

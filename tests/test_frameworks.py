@@ -29,7 +29,7 @@ from norse.torch.module.lif_box import LIFBoxCell
 from snntorch.export_nir import _extract_snntorch_module, export_to_nir
 from torch import nn
 
-from lnm_deploy.errors import GraphError, LNMDeployWarning
+from lnm_deploy.errors import GraphError, LNMDeployWarning, UnsupportedError
 from lnm_deploy.execute import run_float
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.nir_io import from_nir, read_nir, write_nir
@@ -325,6 +325,19 @@ def test_norse_lifbox_iaf_lif() -> None:
     assert isinstance(iaf, Neuron) and np.array_equal(iaf.in_gain, np.ones(8))  # v += x, no dt
     x = spikes_in((10,))
     assert_same_spikes(norse_forward(mods, x, {"1": 1, "3": 3, "5": 5}), graph, x)
+
+
+def test_a_layer_norse_does_not_export_is_named() -> None:
+    """Norse 1.1.0's to_nir writes None for nn.Flatten and nn.AvgPool2d: said as such (it once
+    read "NIR node type NoneType is not supported")."""
+    g = norse.to_nir(norse.SequentialState(nn.Conv2d(2, 4, 3), norse.LIFBoxCell(), nn.AvgPool2d(2)),
+                     torch.zeros(1, 2, 8, 8))
+    assert g.nodes["2"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LNMDeployWarning)
+        with pytest.raises(UnsupportedError, match="exporter wrote no NIR node for this layer") as e:
+            from_nir(g, producer="norse")
+    assert e.value.node == "2"
 
 
 def test_norse_through_file(tmp_path: Path) -> None:

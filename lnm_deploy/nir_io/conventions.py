@@ -222,7 +222,8 @@ def v_floor_option(v: Any) -> float | str:
 CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
     Convention("generic", "generic NIR", 1e-4),
     Convention("snntorch", "snnTorch 1.0.0", 1e-4, detect="hint",
-               drops="reset_mechanism='subtract' and reset_delay are written as reset-to-zero"),
+               drops="reset_mechanism='subtract' and reset_delay are written as reset-to-zero; AvgPool2d's "
+                     "padding is written as 0"),
     Convention("norse", "Norse 1.1.0", 1e-3, leak="norse", synapse="jump", integrator="r", detect="hint",
                drops="tau is written as dt/tau_inv; v_reset is not written"),
     # Sinabs 2.0 (sinabs.nir.to_nir): time constants in steps (dt = 1), alpha = exp(-1/tau),
@@ -230,7 +231,7 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
     # spikes (so spikes where v >= v_th, unbounded), then v -= spikes * v_th.
     Convention("sinabs", "Sinabs 2.0", 1.0, leak="exp", leak_gain="norm", integrator="r", reset="subtract",
                threshold=">=", spikes="multi", input_layout="time-first", membrane_floor=True, detect="hint",
-               drops="spike_fn, reset_fn, min_v_mem and norm_input"),
+               drops="spike_fn, reset_fn, min_v_mem, norm_input and LIF's tau_syn (its synaptic current)"),
     # Rockpool 3.1 (rockpool.nn.modules.torch.nir.to_nir): exponential decays exp(-dt/tau), r written
     # as tau exp(-dt/tau)/dt (so dt comes back), input added to the current before its decay,
     # (v >= v_th) * floor(v / v_th) spikes capped at max_spikes_per_dt (default 2**16), subtractive reset.

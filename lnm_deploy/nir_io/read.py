@@ -559,6 +559,11 @@ def _convert(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: ReadCont
 
 
 def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: ReadContext) -> Node:
+    if node is None:
+        raise UnsupportedError("the graph holds None here: its exporter wrote no NIR node for this layer (Norse "
+                               "1.1.0's to_nir does so for nn.Flatten and nn.AvgPool2d); export the network "
+                               "without it, or put the NIR node (nir.Flatten, nir.AvgPool2d) in its place",
+                               node=name)
     t = type(node).__name__
     if t in _WHY_UNSUPPORTED:
         raise UnsupportedError(f"NIR {t}: {_WHY_UNSUPPORTED[t]}", node=name)
@@ -708,8 +713,8 @@ def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], overr
                 want = shape[1:]
         if want is not None and want != shape and len(shape) > len(want) and shape[-len(want):] == want \
                 and all(s == 1 for s in shape[: len(shape) - len(want)]):
-            _warn(f"node '{name}': Input shape {shape} includes a batch dimension (as Norse's to_nir "
-                  f"writes it); using {want}")
+            _warn(f"node '{name}': Input shape {shape} includes a batch dimension (exporters that trace a "
+                  f"batched sample write it so: Norse's to_nir, nirtorch without ignore_dims); using {want}")
             return want
     # Exporters that trace an MLP with a (batch, time, features) sample (Sinabs' to_nir) record
     # (time, features): drop the time when the convention says so, else say what it is.
@@ -1192,6 +1197,11 @@ def _warn_losses(prod: str, ir_nodes: dict[str, Node], ctx: ReadContext) -> None
             "source layer with reset_mechanism='subtract' (snnTorch's default) or reset_delay=True "
             f"(the default) behaves differently after import. Check neurons {spiking}"
         )
+    pools = [n for n, v in ir_nodes.items() if v.metadata.get("nir_type") == "AvgPool2d"]
+    if prod == "snntorch" and pools:
+        _warn(f"snnTorch's export_to_nir writes every AvgPool2d with padding 0; a source pool with padding "
+              f"behaves differently after import (where its output size is the same, nothing else shows it). "
+              f"Check pools {pools}")
     if prod == "norse" and foreign:
         leaky = [n for n in foreign if ir_nodes[n].metadata.get("nir_type") not in ("IF", "I")]
         _warn(

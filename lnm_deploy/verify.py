@@ -392,9 +392,10 @@ def spike_rule_differences(graph: Graph, deq: Graph) -> list[str]:
 def artifact_rule_differences(artifact: Artifact) -> list[str]:
     """Where an artifact's integer network (``Artifact.fx``) and its dequantized graph
     (``Artifact.graph``, the spike rules the float model is checked against) disagree on how a
-    neuron layer spikes (``FxNeuron.spike_rule``): the spike test, graded or binary spikes, a
-    membrane floor or none. ``calibrate`` writes them together, so a difference means files from
-    two calibrations or an edit. Empty when they agree (kinds without a rule are not compared)."""
+    neuron layer spikes (``FxNeuron.spike_rule``): the spike test, the spikes per step (the
+    dequantized graph holds the target's cap), a membrane floor or none, the reset. ``calibrate``
+    writes them together, so a difference means files from two calibrations or an edit. Empty
+    when they agree (kinds without a rule are not compared)."""
     out = []
     for name, fxn in artifact.fx.nodes.items():
         deq = artifact.graph.nodes.get(name)
@@ -404,10 +405,10 @@ def artifact_rule_differences(artifact: Artifact) -> list[str]:
         if not deq.spiking:
             out.append(f"node '{name}': spiking in the integer network, a non-spiking readout in the dequantized graph")
             continue
-        test, graded, floor = rule
-        for what, a, b in (("spike test", f"v {test} v_th", f"v {deq.threshold} v_th"),
-                           ("graded spikes", graded, deq.graded),
-                           ("membrane floor", floor, deq.v_floor is not None)):
+        for what, a, b in (("spike test", f"v {rule.test} v_th", f"v {deq.threshold} v_th"),
+                           ("spikes per step at most", rule.max_spikes, deq.max_spikes),
+                           ("membrane floor", rule.floor, deq.v_floor is not None),
+                           ("reset", rule.reset, deq.reset)):
             if a != b:
                 out.append(f"node '{name}': {what} {a} in the integer network, {b} in the dequantized graph")
     return out

@@ -152,11 +152,15 @@ def test_an_artifact_mixed_from_two_calibrations_is_refused(tmp_path: Path) -> N
     np.savez(tmp_path / "calib.npz", x=x)
     _calibrate(src, tmp_path / "calib.npz", tmp_path / "ge.nir", "--dt", "1", "--threshold", ">=")
     _calibrate(src, tmp_path / "calib.npz", tmp_path / "gt.nir", "--dt", "1")
-    ge, gt = read_artifact(tmp_path / "ge.nir"), read_artifact(tmp_path / "gt.nir")
+    _calibrate(src, tmp_path / "calib.npz", tmp_path / "gs.nir", "--dt", "1", "--reset", "subtract")
+    ge, gt, gs = (read_artifact(tmp_path / f"{k}.nir") for k in ("ge", "gt", "gs"))
     for float_graph in (None, "dequantized"):
         verify(ge, x, backends=(), float_graph=float_graph, progress=False, min_agreement=0)  # each is whole
         mixed = Artifact(graph=ge.graph, fx=gt.fx, record=ge.record)
         with pytest.raises(GraphError, match=r"node 'if1': spike test v > v_th in the integer network, v >= v_th in"):
+            verify(mixed, x, backends=(), float_graph=float_graph, progress=False, min_agreement=0)
+        mixed = Artifact(graph=gt.graph, fx=gs.fx, record=gt.record)  # subtractive reset under reset-to-value
+        with pytest.raises(GraphError, match=r"node 'if1': reset subtract in the integer network, value in"):
             verify(mixed, x, backends=(), float_graph=float_graph, progress=False, min_agreement=0)
 
 

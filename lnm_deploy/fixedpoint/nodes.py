@@ -12,7 +12,7 @@ exist) is checked separately against a target by ``lnm_deploy.targets.check_grap
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 
@@ -68,6 +68,17 @@ def _check_range(node: str, name: str, a: np.ndarray | int, lo: int, hi: int) ->
         raise GraphError(
             f"'{name}' must lie in [{lo}, {hi}], got values in [{arr.min()}, {arr.max()}]", node=node
         )
+
+
+class SpikeRule(NamedTuple):
+    """How a neuron layer spikes (``FxNeuron.spike_rule``), in the float ``Neuron``'s terms: the
+    spike test (``">"`` or ``">="``), the most spikes per step (``max_spikes``: 1 binary), whether
+    the membrane has a floor, and the reset (``"value"`` or ``"subtract"``)."""
+
+    test: str
+    max_spikes: int
+    floor: bool
+    reset: str
 
 
 @dataclass(eq=False)
@@ -279,10 +290,9 @@ class FxNeuron(FxNode):
         binary spikes (every neuron kind but a graded ``FxPoly``)."""
         return 1
 
-    def spike_rule(self) -> tuple[str, bool, bool] | None:
-        """How the layer spikes, as a float ``Neuron`` states it: ``(spike test, graded, membrane
-        floor)``, e.g. ``(">", False, False)``; None for a kind whose rule is not one of those
-        (a non-spiking readout, Lava's ATRLIF)."""
+    def spike_rule(self) -> SpikeRule | None:
+        """How the layer spikes, in a float ``Neuron``'s terms (``SpikeRule``); None for a kind
+        whose rule is not one of those (a non-spiking readout, Lava's ATRLIF)."""
         return None
 
 
@@ -318,8 +328,8 @@ class FxLIF(FxNeuron):
     vth_shift: int = 6
     act_shift: int = 6
 
-    def spike_rule(self) -> tuple[str, bool, bool] | None:
-        return (">", False, False)  # s = v' > vth_eff, one spike, no floor (4.2)
+    def spike_rule(self) -> SpikeRule | None:
+        return SpikeRule(">", 1, False, "value")  # s = v' > vth_eff, one spike, no floor, v = 0 (4.2)
 
     def __post_init__(self) -> None:
         self.shape = tuple(integral("lif", "shape", s) for s in self.shape)
@@ -459,8 +469,8 @@ class FxPoly(FxNeuron):
     def spike_payload(self) -> int:
         return self.max_payload
 
-    def spike_rule(self) -> tuple[str, bool, bool] | None:
-        return (self.threshold, self.graded, self.v_floor is not None)
+    def spike_rule(self) -> SpikeRule | None:
+        return SpikeRule(self.threshold, self.max_payload, self.v_floor is not None, self.reset)
 
     @staticmethod
     def limits(state_bits: int, acc_bits: int) -> dict[str, Range]:

@@ -171,6 +171,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     report_dir = Path(args.report_dir) if args.report_dir else report_dir_for(args.out)
     with Outputs(force=args.force) as outs:  # artifact and report: both written, or neither
+        outs.inputs(GRAPH=args.graph, **{"--data": args.data})
         outs.file(args.out, option="--out")
         outs.directory(report_dir, option="--report-dir")
         target = load_target(args.target)
@@ -220,11 +221,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from lnm_deploy.verify import verify
 
     with Outputs(force=args.force) as outs:  # --json and --html: both written, or neither
+        outs.inputs(ARTIFACT=args.artifact, **{"--data": args.data, "--compare": args.compare,
+                                               "--float": None if args.float == "dequantized" else args.float})
         if args.json:
             outs.file(args.json, option="--json")
         if args.html:
             outs.file(args.html, option="--html")
         artifact = read_artifact(existing_file(args.artifact, "artifact"))
+        prov = artifact.record.get("provenance")
+        src = prov.get("source_graph") if isinstance(prov, dict) else None
+        source = src.get("path") if isinstance(src, dict) else None
+        if args.float is None and isinstance(source, str):
+            outs.inputs(**{"the float graph it was calibrated from": source})
         x, y = read_dataset(args.data)
         backends = tuple(dict.fromkeys(args.backend or ["lava"]))
         result = verify(artifact, x, y, backends=backends, float_graph=args.float,
@@ -304,6 +312,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lnm_deploy.outputs import Outputs
 
     with Outputs(force=args.force) as outs:
+        outs.inputs(MODEL=args.model)
         outs.file(args.out, option="--out")
         model = load_model(existing_file(args.model, "model file"))
         lnm_deploy.export(model, outs.stage(args.out), input_shape=args.input_shape, dt=args.dt)
@@ -338,6 +347,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lnm_deploy.outputs import Outputs
 
     with Outputs(force=args.force) as outs:
+        outs.inputs(GRAPH=args.graph, **{"--data": args.data})
         outs.file(args.out, option="--out")  # checked before any work
         msg = _run(args, outs)
     print(f"{msg} -> {args.out}")

@@ -11,6 +11,8 @@ directory created by this run is removed again: nothing of the run is left behin
 
 Nothing is ever deleted that this run did not create: with ``force`` an existing file that the
 command writes is replaced, an existing directory is written into (other files in it are kept).
+The files a command reads are declared too (``Outputs.inputs``): an output that is one of them
+is refused, ``force`` or not.
 
 Usage::
 
@@ -158,6 +160,8 @@ class Outputs:
         self._dirs: dict[Path, _Dir] = {}
         self._done = False
         self._after: list[Callable[[], None]] = []
+        self._inputs: list[tuple[str, str]] = []  # (path, option) of the files the command reads
+        self._options: dict[Path, str] = {}  # each declared output's option
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` right after a successful commit, with the same signals held, so that a
@@ -171,16 +175,37 @@ class Outputs:
     def _key(path: str | os.PathLike[str]) -> Path:
         return Path(os.path.abspath(path))
 
+    def inputs(self, **paths: str | os.PathLike[str] | None) -> None:
+        """Declare the files the command reads, by option (``inputs(**{"--data": args.data})``;
+        None is skipped): an output that is one of them (the same path, through a link or not) is
+        refused, with or without ``force``, now and when declared or staged later."""
+        for option, path in paths.items():
+            if path is not None:
+                self._inputs.append((os.fspath(path), option))
+        for key in [*self._files, *self._dirs]:
+            self._not_an_input(key, self._options.get(key, "the output"))
+
+    def _not_an_input(self, key: Path, option: str) -> None:
+        for path, what in self._inputs:
+            same = os.path.realpath(path) == os.path.realpath(key)
+            with contextlib.suppress(OSError):
+                same = same or os.path.samefile(path, key)
+            if same:
+                raise UserInputError(f"{key} is this command's input ({what}) and its output ({option}); "
+                                     "write the output to another file (--force never replaces an input)")
+
     def file(self, path: str | os.PathLike[str], *, option: str = "the output") -> Path:
         """Declare and check the output file ``path`` now; returns it as a Path."""
         key = self._key(path)
         if key in self._files:
             raise UserInputError(f"{path} is named twice as an output; give each output its own file")
+        self._not_an_input(key, option)
         if key.parent in self._dirs:
             self._check_in_dir(key, option)
         else:
             check_file(path, force=self.force, what=option)
         self._files[key] = _File(key)
+        self._options[key] = option
         return Path(path)
 
     def directory(self, path: str | os.PathLike[str], *, option: str = "the output directory") -> Path:
@@ -189,6 +214,8 @@ class Outputs:
         key = self._key(path)
         if key in self._dirs or key in self._files:
             raise UserInputError(f"{path} is named twice as an output")
+        self._not_an_input(key, option)
+        self._options[key] = option
         up = self._dirs.get(key.parent)
         if up is not None and not up.existed:  # inside a new directory: nothing there yet
             self._dirs[key] = _Dir(key, existed=False, parent=up)
@@ -198,6 +225,7 @@ class Outputs:
         return Path(path)
 
     def _check_in_dir(self, key: Path, option: str) -> None:
+        self._not_an_input(key, option)
         if key.is_dir():
             raise UserInputError(f"{key} is a directory; lnm-deploy writes a file of that name "
                                  f"({option}): move it away")

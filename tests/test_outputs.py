@@ -284,6 +284,39 @@ def test_compile_force_replaces_and_refuses_without(artifact: Path, work: Path,
     assert out.stat().st_size > 100 and _files(work) == ["m.onnx"]
 
 
+def test_an_output_that_is_an_input_is_refused_even_with_force(graph_file: Path, data_file: Path, artifact: Path,
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--force replaces outputs, never the command's own inputs (each of these once succeeded and
+    destroyed its input: the artifact became a JSON report, the data a run's output, the float
+    graph an artifact naming itself as its source)."""
+    d = tmp_path / "own"
+    d.mkdir()
+    g, x, a = (Path(d / p.name) for p in (graph_file, data_file, artifact))
+    for src, dst in ((graph_file, g), (data_file, x), (artifact, a)):
+        dst.write_bytes(src.read_bytes())
+    link = d / "link.npz"
+    link.symlink_to(x)
+    before = {p: p.read_bytes() for p in (g, x, a)}
+    cases = [
+        (["verify", str(a), "--data", str(x), "--backend", "onnx", "--json", str(a)], "--json"),
+        (["calibrate", str(g), "--data", str(x), "--target", "loihi2", "--out", str(g), "--quiet"], "--out"),
+        (["calibrate", str(g), "--data", str(x), "--target", "loihi2", "--out", str(link), "--quiet"], "--out"),
+        (["run", str(a), "--data", str(x), "--backend", "fxsim", "--out", str(x)], "--out"),
+        (["run", str(g), "--data", str(x), "--backend", "float", "--out", str(g)], "--out"),
+    ]
+    # verify reads the float graph the artifact records (the fixture's own graph file)
+    kept = graph_file.read_bytes()
+    assert main(["verify", str(a), "--data", str(x), "--backend", "onnx", "--html", str(graph_file), "--force"]) == 2
+    _one_line(capsys.readouterr().err, "(the float graph it was calibrated from) and its output (--html)")
+    assert graph_file.read_bytes() == kept
+    for args, option in cases:
+        assert main([*args, "--force"]) == 2, args
+        _one_line(capsys.readouterr().err, "is this command's input (", f"and its output ({option})")
+    assert {p: p.read_bytes() for p in (g, x, a)} == before
+    assert sorted(p.name for p in d.iterdir()) == sorted([g.name, x.name, a.name, link.name])
+
+
 # ------------------------------------------------------------------------------------------------
 # The mechanism itself
 

@@ -121,6 +121,7 @@ def compile_onnx(artifact_path: str | os.PathLike[str], out_path: str | os.PathL
     require_onnx()
     src = existing_file(artifact_path, "artifact")
     with Outputs(force=force) as outs:
+        outs.inputs(ARTIFACT=src)
         outs.file(out_path, option="--out")  # checked before any work
         art = read_artifact(src)
         model = build_onnx(art.fx, states=states, engine=engine,

@@ -323,8 +323,15 @@ def resolve_float_graph(artifact: Artifact, float_path: str | os.PathLike[str] |
             requested.setdefault("threshold", ">")
             requested.setdefault("spikes", "single")
         resolved = recorded.get("resolved") if isinstance(recorded.get("resolved"), dict) else {}
+        own = float_path is None and resolved.get("producer") == "lnm-deploy"
         for key, value in given.items():
             if value is None:
+                continue
+            if own:  # the reader ignores reading options for lnm-deploy's own graphs: say so once
+                msg = (f"--{key.replace('_', '-')} {value} ignored: the float graph is lnm-deploy's own, which "
+                       f"carries its {key} ({resolved.get(key)})")
+                warnings.warn(msg, LNMDeployWarning, stacklevel=2)
+                notes.append(msg)
                 continue
             # what calibration asked for, else what its reading resolved (detected) when it asked nothing
             old = requested.get(key)

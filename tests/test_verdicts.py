@@ -140,6 +140,29 @@ def test_verify_option_that_contradicts_the_record_warns_and_is_shown(tmp_path: 
     assert res.float_model["as_calibrated"] is True and not any("contradicts" in n for n in res.float_model["notes"])
 
 
+def test_reading_options_on_an_lnm_deploy_graph_are_said_ignored_once(tmp_path: Path) -> None:
+    """lnm-deploy's own graphs carry their dt, shape and spike rules: verify's --dt/--producer are
+    ignored, said once (it said 'read with 0.002' and then 'dt=0.002 ignored')."""
+    from lnm_deploy.ir import Affine, Neuron, sequential
+    from lnm_deploy.nir_io import write_nir
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "own.nir"
+    write_nir(sequential([("fc", Affine(weight=rng.normal(0.3, 0.5, (6, 8)))),
+                          ("n", Neuron(shape=(6,), poly=[0.0, 0.9], v_th=0.8, dt=1e-3))], (8,)), src)
+    x = _spikes(12, 20, 8, 0.3, 4)
+    np.savez(tmp_path / "calib.npz", x=x)
+    _calibrate(src, tmp_path / "calib.npz", tmp_path / "a.nir")
+    for kw, said in (({"dt": 0.002}, "--dt 0.002 ignored"), ({"producer": "snntorch"}, "--producer snntorch ignored")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LNMDeployWarning)
+            res = verify(tmp_path / "a.nir", x, backends=(), progress=False, min_agreement=0, **kw)
+        msgs = [str(w.message) for w in caught if issubclass(w.category, LNMDeployWarning)]
+        assert [m for m in msgs if "ignored" in m or "contradicts" in m] == [m for m in msgs if said in m], msgs
+        assert len([m for m in msgs if said in m]) == 1 and res.float_model["as_calibrated"] is True
+        assert any(said in n for n in res.float_model["notes"])
+
+
 def test_an_artifact_mixed_from_two_calibrations_is_refused(tmp_path: Path) -> None:
     """The integer network of one calibration (v > v_th) under the record and dequantized graph of
     another (v >= v_th): the float model would judge another network than the one that runs (it

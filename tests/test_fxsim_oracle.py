@@ -206,6 +206,10 @@ def test_kernels_option(monkeypatch: pytest.MonkeyPatch) -> None:
         run_fx(g, x, kernels="cuda")
     with pytest.raises(UserInputError, match="chunk"):
         run_fx(g, x, chunk=0)
+    for bad in (True, 1.0, np.int64(0)):
+        with pytest.raises(UserInputError, match="chunk"):
+            run_fx(g, x, chunk=bad)  # type: ignore[arg-type]
+    assert compare_runs(run_fx(g, x, chunk=np.int64(1)), run_fx(g, x, chunk=1)) is None  # numpy integers are integers
     monkeypatch.setenv("LNM_DEPLOY_KERNELS", "gpu")
     with pytest.raises(UserInputError, match="LNM_DEPLOY_KERNELS"):
         run_fx(g, x)

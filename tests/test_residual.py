@@ -419,11 +419,18 @@ def test_builders_refuse_bad_shapes_by_name() -> None:
         for shape in ((8, 8), (1, 8.5, 8), (0, 8, 8), 8):
             with pytest.raises(UserInputError, match=r"input_shape must be \(C, H, W\)"):
                 make(shape, (4,))
-        with pytest.raises(UserInputError, match="positive integers"):
-            make((1, 8, 8), (4, 0))
+        for channels in ((4, 0), 4, "48"):
+            with pytest.raises(UserInputError, match="channels must be a sequence of positive integers"):
+                make((1, 8, 8), channels)
         make(np.array([1, 8, 8]), (4,))  # any sequence of three integers
+        make((1, 8, 8), (4.0, 8.0), classes=3.0)  # integral floats are integers (used as ints)
     with pytest.raises(UserInputError, match="at least one stage"):
         resnet((1, 8, 8), ())
+    # an input shape with the wrong channel count is the caller's input_shape (it was exit 3, no hint)
+    from lnm_deploy.model import model_to_ir
+
+    with pytest.raises(UserInputError, match=r"input_shape \(2, 8, 8\) .* does not fit the model: node 'stem'"):
+        model_to_ir(resnet((1, 8, 8), (4,)).eval(), (2, 8, 8))
 
 
 def test_lnm_graph_refuses_bad_skips() -> None:
@@ -488,6 +495,30 @@ def test_a_batchnorm_on_a_shared_convolution_leaves_the_convolution_to_its_other
         want = rec[n]["s"].detach().numpy()
         assert want.sum() > 0 and np.array_equal(got.spikes[n], want), n
     assert not np.array_equal(got.spikes["lnm_a"], got.spikes["lnm_b"])  # the two readers differ
+
+
+def test_two_batchnorms_on_one_convolution_leave_no_dead_node() -> None:
+    """Every reader of the Conv2d is a BatchNorm: each becomes a folded copy, and the conv itself,
+    read by nothing, is not exported."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from lnm_deploy.model import LNM, LNMGraph, model_to_ir
+
+    torch.manual_seed(1)
+    m = LNMGraph({"conv": nn.Conv2d(1, 4, 3, padding=1), "bnA": nn.BatchNorm2d(4), "lA": LNM((4, 6, 6), threshold=0.2),
+                  "bnB": nn.BatchNorm2d(4), "lB": LNM((4, 6, 6), threshold=0.2), "out": LNM((4, 6, 6), threshold=0.2)},
+                 {"bnA": ["conv"], "lA": ["bnA"], "bnB": ["conv"], "lB": ["bnB"], "out": ["lA", "lB"]}).double()
+    with torch.no_grad():
+        m["bnB"].running_var.fill_(4.0)
+    m.eval()
+    g = model_to_ir(m, (1, 6, 6))
+    assert "conv" not in g.nodes and ("input", "bnA") in g.edges and ("input", "bnB") in g.edges
+    x = (np.random.default_rng(1).random((2, 4, 1, 6, 6)) < 0.5).astype(np.float64)
+    _, rec = m(torch.from_numpy(x), record=True)
+    got = run_float(g, x)
+    for n in ("lA", "lB", "out"):
+        assert np.array_equal(got.spikes[n], rec[n]["s"].detach().numpy()), n
 
 
 # ------------------------------------------------------------------------------------------------

@@ -948,8 +948,9 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
         raise UnsupportedError("the layer engine cannot run a graph with back edges; use engine='step'")
     if chunk is None:
         chunk = max(1, -(-CHUNK_ROWS // max(batch, 1)))
-    elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    elif isinstance(chunk, (bool, np.bool_)) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise UserInputError(f"chunk must be a positive number of timesteps, got {chunk!r}")
+    chunk = int(chunk)
 
     kern = load_kernels(kernels)
 

@@ -91,23 +91,34 @@ def _conv_bn(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype | No
             nn.BatchNorm2d(c_out, dtype=dtype)]
 
 
-def _chw(input_shape: Any, channels: Sequence[int], classes: int, need_channels: bool) -> tuple[int, int, int]:
-    """``input_shape`` as positive (C, H, W); ``UserInputError`` for another shape, channel
-    counts that are not positive, or no stage where one is needed."""
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = ()
-    ok = len(shape) == 3 and all(is_integer(v) and int(v) >= 1 for v in shape)
-    if not ok:
+def _checked(input_shape: Any, channels: Any, classes: Any,
+             need_channels: bool) -> tuple[tuple[int, int, int], tuple[int, ...], int]:
+    """``input_shape`` as positive ints (C, H, W), ``channels`` as a tuple of positive ints and
+    ``classes`` as a positive int; ``UserInputError`` for another shape, anything that is not a
+    positive integer (4.0 is 4), or no stage where one is needed."""
+
+    def ints(v: Any) -> tuple[Any, ...]:
+        try:
+            return tuple(v) if not isinstance(v, (str, bytes)) else ()
+        except TypeError:
+            return ()
+
+    def positive(v: Any) -> bool:
+        return is_integer(v) and int(v) >= 1
+
+    shape = ints(input_shape)
+    if len(shape) != 3 or not all(map(positive, shape)):
         raise UserInputError(f"input_shape must be (C, H, W), three positive integers (e.g. (3, 32, 32)), got "
                              f"{input_shape!r}")
-    if need_channels and not len(channels):
+    chans = ints(channels)
+    if (isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__") or not all(map(positive, chans))
+            or not positive(classes)):
+        raise UserInputError(f"channels must be a sequence of positive integers (e.g. (16, 32)) and classes a "
+                             f"positive integer, got {channels!r} and {classes!r}")
+    if need_channels and not chans:
         raise UserInputError("channels must name at least one stage (e.g. (16, 32))")
-    if not all(is_integer(v) and int(v) >= 1 for v in (*channels, classes)):
-        raise UserInputError(f"channels and classes must be positive integers, got {tuple(channels)} and {classes!r}")
     c, h, w = (int(v) for v in shape)
-    return c, h, w
+    return (c, h, w), tuple(int(v) for v in chans), int(classes)
 
 
 def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] = (8, 16), classes: int = 10, *,
@@ -117,7 +128,7 @@ def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] =
     by ``2 ** len(channels)``. LNM layers: ``degree`` 1 (LIF-like, the stock LIF on loihi2) to 3,
     per-channel polynomials. Layer names are ``LNMSequential``'s auto names (conv1, bn1, lnm1,
     maxpool1, ...)."""
-    c, h, w = _chw(input_shape, channels, classes, need_channels=False)
+    (c, h, w), channels, classes = _checked(input_shape, channels, classes, need_channels=False)
     if h % 2 ** len(channels) or w % 2 ** len(channels):
         raise UserInputError(f"input {tuple(input_shape)}: H and W must divide by 2^{len(channels)} (one 2x2 max "
                              "pool per stage)")
@@ -142,7 +153,7 @@ def resnet(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int
     Names: ``stem``, ``stem_bn``, ``stem_lnm``; block k: ``b{k}_conv1``, ``b{k}_bn1``, ``b{k}_lnm1``,
     ``b{k}_conv2``, ``b{k}_bn2``, (``b{k}_proj``, ``b{k}_proj_bn``), ``b{k}_out`` (the LNM that sums);
     ``flatten``, ``fc``, ``fc_bn``, ``out``."""
-    c, h, w = _chw(input_shape, channels, classes, need_channels=True)
+    (c, h, w), channels, classes = _checked(input_shape, channels, classes, need_channels=True)
     layers: dict[str, nn.Module] = {}
     inputs: dict[str, list[str]] = {}
     c0 = int(channels[0])

@@ -340,6 +340,7 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     # a folded layer (BatchNorm) is read through the node it was folded into.
     sources_of = getattr(model, "sources", None)
     folded_into: dict[str, str] = {}
+    copied: set[str] = set()  # nodes a folded copy was made of
     # How many layers (and the output) read each layer: a layer is folded into a node that only it
     # reads; where others read that node too, the folded copy becomes a node of its own.
     names = [n for n, _ in model.named_layers()]
@@ -362,6 +363,7 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
                     raise UserInputError(f"IR node name {name!r} is used twice", node=name)
                 nodes[name] = folded
                 edges += [(s, name) for s, d in edges if d == prev]
+                copied.add(prev)
                 prev = name
             else:
                 nodes[prev] = folded
@@ -385,6 +387,10 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
         prev = name
     nodes["output"] = Output()
     edges.append((prev, "output"))
+    for n in copied:  # every reader took a folded copy (two BatchNorms on one conv): nothing reads it
+        if not any(s == n for s, _ in edges):
+            del nodes[n]
+            edges = [(s, d) for s, d in edges if d != n]
     graph = Graph(
         nodes=nodes,
         edges=edges,
@@ -406,9 +412,10 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
             raise GraphError(f"layer {e.node!r} sums {sources_of(e.node)}, {str(e).split(': ', 1)[1]}: a skip must "
                              "give the layer's shape; project it with a 1x1 Conv2d (stride 2 for a map half the "
                              "size) or a Linear", node=e.node) from e
-        if "shape" not in str(e):
+        if "shape" not in str(e) and e.node not in {d for src, d in graph.edges if src == "input"}:
             raise
-        # The layers chain by construction: a shape that does not fit is the caller's input_shape.
+        # The layers chain by construction: a shape that does not fit (a layer reading the input
+        # that refuses it included) is the caller's input_shape.
         raise UserInputError(f"input_shape {graph.input_shape} (CLI --input-shape) does not fit the "
                              f"model: {str(e).split(';')[0]}; pass one timestep's shape without batch and time, e.g. "
                              "64 for a Dense first layer or 2,34,34 for a Conv") from e

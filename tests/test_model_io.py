@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -298,6 +299,11 @@ def test_random_and_empty_files(tmp_path: Path) -> None:
         path.write_bytes(data)
         with pytest.raises(UserInputError):
             load_model(path)
+    # a NumPy archive (the calibration data, say) is named as such: no pointer to the pickle converter
+    np.savez(tmp_path / "data.npz", x=np.zeros((2, 3, 4), np.uint8))
+    with pytest.raises(UserInputError, match="is a NumPy archive") as e:
+        load_model(tmp_path / "data.npz")
+    assert "convert_legacy_model" not in str(e.value)
 
 
 def test_truncated(tmp_path: Path) -> None:

@@ -179,6 +179,19 @@ def _legacy_message(path: Path, kind: str) -> str:
     )
 
 
+def _zip_names(data: bytes) -> list[str]:
+    """The member names of a zip archive in ``data`` (its directory only: nothing is extracted or
+    run), or [] when it cannot be read."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
+
+
 def load_model(path: str | os.PathLike[str]) -> LNMSequential:
     """Read a model written by :func:`save_model` (on the CPU, in ``eval()`` mode).
 
@@ -200,6 +213,10 @@ def load_model(path: str | os.PathLike[str]) -> LNMSequential:
         if data[:1] == b"\x80":
             raise UserInputError(_legacy_message(p, "a pickle (torch.save or pickle.dump)"))
         if data[:4] == b"PK\x03\x04":
+            names = _zip_names(data)
+            if names and all(n.endswith(".npy") for n in names):
+                raise UserInputError(f"{p} is a NumPy archive (.npz: data, such as --data's), not a model file "
+                                     "(expected a .safetensors file written by lnm_deploy.model.save_model)")
             raise UserInputError(_legacy_message(p, "a zip archive (torch.save)"))
         raise UserInputError(
             f"{p} is not a model file (expected a .safetensors file written by "

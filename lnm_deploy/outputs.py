@@ -199,10 +199,10 @@ class Outputs:
         key = self._key(path)
         if key in self._files:
             raise UserInputError(f"{path} is named twice as an output; give each output its own file")
-        self._not_an_input(key, option)
         if key.parent in self._dirs:
-            self._check_in_dir(key, option)
+            self._check_in_dir(key, option)  # refuses an input too
         else:
+            self._not_an_input(key, option)
             check_file(path, force=self.force, what=option)
         self._files[key] = _File(key)
         self._options[key] = option

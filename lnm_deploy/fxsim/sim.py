@@ -370,6 +370,11 @@ def _full(a: Array | int, shape: tuple[int, ...], dtype: Any) -> Array:
     return np.array(np.broadcast_to(a, shape), dtype=dtype, order="C")
 
 
+def _per_neuron(a: Array | int, shape: tuple[int, ...]) -> Array:
+    """``a`` broadcast to a layer's ``shape``, as the kernels' flat int64 per-neuron array (N,)."""
+    return _full(a, shape, np.int64).reshape(-1)
+
+
 class _Pool:
     """Arrays a run of ``run_fx`` uses only inside itself (spikes in the time-major layout, the
     compiled neuron kernels' states),
@@ -634,7 +639,7 @@ class _LIFRun(_NeuronRun):
         self.wrap_u, self.sat_low, self.sat_high = lb.wrap_u, lb.sat_low, lb.sat_high
         if kern is not None:  # the compiled kernel follows the contract literally, in int64
             self.fast = False
-            self.bias_n = _full(self.bias, node.shape, np.int64).reshape(-1)
+            self.bias_n = _per_neuron(self.bias, node.shape)
         if self.fast:
             self.u = _full(node.u_init, shape, np.float64)
             self.v = _full(node.v_init, shape, np.float64)
@@ -646,7 +651,7 @@ class _LIFRun(_NeuronRun):
             self.u, self.v = _state_buffer(shape), _state_buffer(shape)
             self.init = True
             self.u0, self.v0 = _static(node, "LIF initial states", lambda: (
-                _full(node.u_init, node.shape, np.int64).reshape(-1), _full(node.v_init, node.shape, np.int64).reshape(-1)))
+                _per_neuron(node.u_init, node.shape), _per_neuron(node.v_init, node.shape)))
         else:
             self.u = _full(node.u_init, shape, np.int64)
             self.v = _full(node.v_init, shape, np.int64)
@@ -759,30 +764,29 @@ class _PolyRun(_NeuronRun):
         S, R = node.state_bits, node.acc_bits
         n = int(np.prod(node.shape))
 
-        def per_neuron(x: Any) -> Array:
-            return _full(np.asarray(x, dtype=np.int64), node.shape, np.int64).reshape(-1)
-
         # the polynomial is padded to degree 3 with zero leading coefficients (exact, see the kernel)
         d = node.degree
         coef = np.zeros((4, n), dtype=np.int64)
         coef[: d + 1] = params.coef.reshape(d + 1, n)
         shifts = [*node.shifts, *([0] * (3 - d))]
         consts = [kern.round_consts(sh, node.rounding) for sh in shifts]
-        kc, v_reset = per_neuron(0 if params.kc is None else params.kc), per_neuron(node.v_reset)
+        kc = _per_neuron(0 if params.kc is None else params.kc, node.shape)
+        v_reset = _per_neuron(node.v_reset, node.shape)
         kargs = (coef, np.array(shifts, dtype=np.int64), np.array([c[0] for c in consts], dtype=np.int64),
                  np.array([c[1] for c in consts], dtype=np.int64), node.in_shift, params.kc is not None, kc,
-                 node.decay_bits, *kern.round_consts(node.decay_bits, node.rounding), per_neuron(params.vth),
+                 node.decay_bits, *kern.round_consts(node.decay_bits, node.rounding),
+                 _per_neuron(params.vth, node.shape),
                  node.reset == "value", v_reset, 1 << (S - 1), 1 << (R - 1), node.overflow == "saturate")
         # docs/fixed-point.md 5.2: the spike test, the payload cap and the floor (-2**(S-1), the
         # lowest ovf_S value, where there is none: max() is then the identity)
-        floor = per_neuron(-(1 << (S - 1)) if node.v_floor is None else node.v_floor)
+        floor = _per_neuron(-(1 << (S - 1)) if node.v_floor is None else node.v_floor, node.shape)
         # The kernel's int32 x int32 products are exact when every factor fits int32: states
         # (ovf_S, the reset, the floor and the initial values) and the Horner register (ovf_R)
         # do for S, R <= 32, the coefficients and kc are checked here.
         factors = (coef, kc, v_reset, floor, node.v_init, node.c_init)
         narrow = S <= 32 and R <= 32 and all(_fits_int32(f) for f in factors)
         kargs += (node.threshold == ">=", node.max_payload, floor, narrow, bool(coef[3].any()),
-                  per_neuron(node.v_init), per_neuron(node.c_init))
+                  _per_neuron(node.v_init, node.shape), _per_neuron(node.c_init, node.shape))
         if params.c_bias is not None:
             kargs = (*kargs[:4], 0, *kargs[5:])  # in_shift (argument 4): applied in run()
         return kargs

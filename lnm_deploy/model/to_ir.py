@@ -343,15 +343,15 @@ def model_to_ir(model: LNMSequential, input_shape: tuple[int, ...], dt: float = 
     copied: set[str] = set()  # nodes a folded copy was made of
     # How many layers (and the output) read each layer: a layer is folded into a node that only it
     # reads; where others read that node too, the folded copy becomes a node of its own.
-    names = [n for n, _ in model.named_layers()]
+    layers = model.named_layers()
+    names = [n for n, _ in layers]
+    raw_sources = {n: sources_of(n) if sources_of is not None else [names[i - 1] if i else "input"]
+                   for i, n in enumerate(names)}
     readers: dict[str, int] = {}
-    for i, n in enumerate(names):
-        for s in sources_of(n) if sources_of is not None else [names[i - 1] if i else "input"]:
-            readers[s] = readers.get(s, 0) + 1
-    if names:
-        readers[names[-1]] = readers.get(names[-1], 0) + 1
-    for i, (name, layer) in enumerate(model.named_layers()):
-        raw = sources_of(name) if sources_of is not None else [names[i - 1] if i else "input"]
+    for s in [*(s for srcs in raw_sources.values() for s in srcs), *names[-1:]]:  # the output reads the last
+        readers[s] = readers.get(s, 0) + 1
+    for name, layer in layers:
+        raw = raw_sources[name]
         srcs = [folded_into.get(s, s) for s in raw]
         if len(srcs) == 1:
             prev = srcs[0]

@@ -440,3 +440,26 @@ def test_model_file_starting_like_a_pickle_loads(tmp_path: Path) -> None:
         pytest.fail("no padding gave a pickle-like first two bytes")
     loaded = load_model(path)
     assert torch.equal(loaded["fc1"].weight, model["fc1"].weight)
+
+
+def test_every_layer_type_loads_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """``load_model`` and ``export`` read every layer type ``save_model`` writes without the caller
+    importing the module that defines it (the poisson demo's AdaptiveLNM model was refused as an
+    unknown layer type unless ``lnm_deploy.model.adaptive`` happened to be imported)."""
+    import subprocess
+    import sys
+
+    from lnm_deploy.model.adaptive import AdaptiveLNM
+
+    model = LNMSequential(nn.Linear(3, 4), AdaptiveLNM(4, 2, theta_decay=0.9, theta_step=0.2))
+    path = save_model(model, tmp_path / "adaptive.safetensors")
+    code = ("import sys\nfrom lnm_deploy.model import load_model\nfrom lnm_deploy.cli import main\n"
+            "m = load_model(sys.argv[1])\nprint(*[type(x).__name__ for x in m.modules()])\n"
+            "sys.exit(main(['export', sys.argv[1], '--input-shape', '3', '--out', sys.argv[2]]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(lnm_deploy.__file__).parents[1]),
+                                                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "a.nir")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "AdaptiveLNM" in out.stdout.split()
+    assert (tmp_path / "a.nir").exists()

@@ -11,6 +11,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise DependencyError("lnm_deploy.model needs PyTorch: pip install 'lnm-deploy[torch]'") from e
 
+from lnm_deploy.model.adaptive import AdaptiveLNM  # registers the layer type (load_model, export)
 from lnm_deploy.model.builders import LNMGraph, init_batchnorm, resnet, vgg
 from lnm_deploy.model.data import (
     DigitsSplit,
@@ -53,6 +54,7 @@ from lnm_deploy.model.train import (
 
 __all__ = [
     "LNM",
+    "AdaptiveLNM",
     "DigitsResult",
     "DigitsSplit",
     "EventSamples",

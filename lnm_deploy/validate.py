@@ -235,6 +235,9 @@ def max_data_bytes() -> int:
             limit = int(float(env))
         except ValueError:
             raise UserInputError(f"{MAX_DATA_BYTES_ENV}={env!r} is not a number of bytes") from None
+        except OverflowError:  # inf, 1e400
+            raise UserInputError(f"{MAX_DATA_BYTES_ENV}={env!r} is not a finite number of bytes "
+                                 "(give a size such as 64e9, or unset it for the default)") from None
         if limit < 1:
             raise UserInputError(f"{MAX_DATA_BYTES_ENV}={env!r} must be >= 1")
         return limit

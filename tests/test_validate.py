@@ -353,9 +353,14 @@ def test_declared_size_is_checked_before_loading(tmp_path: Path, monkeypatch: py
         read_dataset(small)
     monkeypatch.setenv("LNM_DEPLOY_MAX_DATA_BYTES", "1e6")
     assert read_dataset(small)[0].shape == (6, 12, 6)
-    monkeypatch.setenv("LNM_DEPLOY_MAX_DATA_BYTES", "lots")
-    with pytest.raises(UserInputError, match="LNM_DEPLOY_MAX_DATA_BYTES"):
-        read_dataset(small)
+    for bad in ("lots", "nan", "0", "-1"):
+        monkeypatch.setenv("LNM_DEPLOY_MAX_DATA_BYTES", bad)
+        with pytest.raises(UserInputError, match="LNM_DEPLOY_MAX_DATA_BYTES"):
+            read_dataset(small)
+    for bad in ("inf", "1e400"):  # OverflowError in int(float(...)) before
+        monkeypatch.setenv("LNM_DEPLOY_MAX_DATA_BYTES", bad)
+        with pytest.raises(UserInputError, match="not a finite number of bytes"):
+            read_dataset(small)
 
 
 # ------------------------------------------------------------------------------------------------

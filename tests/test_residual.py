@@ -426,11 +426,37 @@ def test_builders_refuse_bad_shapes_by_name() -> None:
         make((1, 8, 8), (4.0, 8.0), classes=3.0)  # integral floats are integers (used as ints)
     with pytest.raises(UserInputError, match="at least one stage"):
         resnet((1, 8, 8), ())
+    for make in (vgg, resnet):  # the initial v_th: NaN never fires, <= 0 fires at rest
+        for bad in (float("nan"), float("inf"), -1, 0, "1", True):
+            with pytest.raises(UserInputError, match="threshold must be a finite number above 0"):
+                make((1, 8, 8), (4,), threshold=bad)
+        make((1, 8, 8), (4,), threshold=0.25)
     # an input shape with the wrong channel count is the caller's input_shape (it was exit 3, no hint)
     from lnm_deploy.model import model_to_ir
 
     with pytest.raises(UserInputError, match=r"input_shape \(2, 8, 8\) .* does not fit the model: node 'stem'"):
         model_to_ir(resnet((1, 8, 8), (4,)).eval(), (2, 8, 8))
+
+
+def test_init_batchnorm_refuses_bad_data_by_name() -> None:
+    """torch's own errors ("Expected more than 1 value per channel", conv2d shape errors) were
+    shown for data the model cannot take; NaN data set NaN statistics."""
+    torch = pytest.importorskip("torch")
+    from lnm_deploy.errors import UserInputError
+    from lnm_deploy.model import init_batchnorm, resnet, vgg
+
+    for model in (vgg((1, 8, 8), (4,), 3), resnet((1, 8, 8), (4,), 3)):
+        for x, match in ((torch.zeros(1, 1, 1, 8, 8), r"B \* T >= 2"),
+                         (torch.zeros(2, 2, 64), r"\(B, T, C, H, W\) with 1 channels"),
+                         (torch.zeros(2, 2, 3, 8, 8), "with 1 channels"),
+                         (torch.full((2, 2, 1, 8, 8), float("nan")), "NaN or inf"),
+                         (torch.zeros(2, 2, 1, 8, 8, dtype=torch.complex64), "real numbers"),
+                         ("abc", "array of numbers"),
+                         (torch.zeros(2, 2, 1, 16, 16), r"\(2, 2, .*16, 16\)")):
+            with pytest.raises(UserInputError, match=match):
+                init_batchnorm(model, x)
+            assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        init_batchnorm(model, np.ones((2, 3, 1, 8, 8), np.uint8))  # spikes as integers
 
 
 def test_lnm_graph_refuses_bad_skips() -> None:

@@ -18,6 +18,7 @@ training) so that an untrained network's layers spike.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -121,6 +122,19 @@ def _checked(input_shape: Any, channels: Any, classes: Any,
     return (c, h, w), tuple(int(v) for v in chans), int(classes)
 
 
+def _checked_threshold(threshold: Any) -> float:
+    """``threshold`` as a float: a finite number above 0 (the LNM layers' initial ``v_th``: at or
+    below the resting membrane 0 every neuron fires at every step; NaN never fires)."""
+    try:
+        v = float(threshold)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(threshold, (bool, str, bytes)) or not math.isfinite(v) or v <= 0:
+        raise UserInputError(f"threshold must be a finite number above 0 (the LNM layers' initial v_th, e.g. 1.0), "
+                             f"got {threshold!r}")
+    return v
+
+
 def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] = (8, 16), classes: int = 10, *,
         degree: int = 1, threshold: float = 1.0, dtype: torch.dtype | None = None) -> LNMSequential:
     """A VGG-style LNM network: per stage ``conv3x3 -> BatchNorm2d -> LNM -> MaxPool2d(2)``, then
@@ -129,6 +143,7 @@ def vgg(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int] =
     per-channel polynomials. Layer names are ``LNMSequential``'s auto names (conv1, bn1, lnm1,
     maxpool1, ...)."""
     (c, h, w), channels, classes = _checked(input_shape, channels, classes, need_channels=False)
+    threshold = _checked_threshold(threshold)
     if h % 2 ** len(channels) or w % 2 ** len(channels):
         raise UserInputError(f"input {tuple(input_shape)}: H and W must divide by 2^{len(channels)} (one 2x2 max "
                              "pool per stage)")
@@ -154,6 +169,7 @@ def resnet(input_shape: tuple[int, int, int] = (1, 8, 8), channels: Sequence[int
     ``b{k}_conv2``, ``b{k}_bn2``, (``b{k}_proj``, ``b{k}_proj_bn``), ``b{k}_out`` (the LNM that sums);
     ``flatten``, ``fc``, ``fc_bn``, ``out``."""
     (c, h, w), channels, classes = _checked(input_shape, channels, classes, need_channels=True)
+    threshold = _checked_threshold(threshold)
     layers: dict[str, nn.Module] = {}
     inputs: dict[str, list[str]] = {}
     c0 = int(channels[0])
@@ -193,7 +209,32 @@ def init_batchnorm(model: LNMSequential, x: Tensor | Any) -> LNMSequential:
     pass in training mode with cumulative averages (``momentum=None``, statistics reset first),
     then ``model.eval()``. No gradient step: a data-driven initialisation that puts each
     convolution's output at zero mean and unit variance, so an untrained network spikes (a
-    stand-in for training in tests and examples). Returns ``model``."""
+    stand-in for training in tests and examples). Returns ``model``.
+
+    Raises:
+        UserInputError: ``x`` is not finite numbers shaped (B, T, *input_shape) for the model's
+            first Conv2d / Linear, or holds a single sample-timestep (B * T = 1: a BatchNorm in
+            training mode needs more than one value per channel).
+    """
+    try:
+        xt = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserInputError(f"init_batchnorm: x must be an array of numbers (B, T, *input_shape) ({e})") from None
+    if xt.is_complex():
+        raise UserInputError(f"init_batchnorm: x must hold real numbers, got {xt.dtype}")
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    want = (5, "(B, T, C, H, W)") if isinstance(first, nn.Conv2d) else (3, "(B, T, features)")
+    if first is not None and (xt.ndim != want[0] or xt.shape[2] != (first.in_channels if isinstance(first, nn.Conv2d)
+                                                                  else first.in_features)):
+        n_in = first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
+        raise UserInputError(f"init_batchnorm: x must be {want[1]} with {n_in} "
+                             f"{'channels' if isinstance(first, nn.Conv2d) else 'features'} (the model's first "
+                             f"{type(first).__name__}), got shape {tuple(xt.shape)}")
+    if xt.ndim < 3 or xt.shape[0] * xt.shape[1] < 2:
+        raise UserInputError(f"init_batchnorm: x {tuple(xt.shape)} must be (B, T, *input_shape) with B * T >= 2 "
+                             "(BatchNorm statistics need more than one value per channel)")
+    if xt.is_floating_point() and not bool(torch.isfinite(xt).all()):
+        raise UserInputError("init_batchnorm: x holds NaN or inf (the statistics would be NaN)")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -201,7 +242,10 @@ def init_batchnorm(model: LNMSequential, x: Tensor | Any) -> LNMSequential:
         m.momentum = None
     model.train()
     try:
-        model(torch.as_tensor(x))
+        model(xt)
+    except (ValueError, RuntimeError) as e:  # a shape the model cannot take (H, W), a dtype torch refuses
+        raise UserInputError(f"init_batchnorm: the model's forward pass refused x {tuple(xt.shape)} {xt.dtype}: "
+                             f"{e}") from e
     finally:
         for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom

@@ -463,3 +463,13 @@ def test_every_layer_type_loads_in_a_fresh_interpreter(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "AdaptiveLNM" in out.stdout.split()
     assert (tmp_path / "a.nir").exists()
+
+
+def test_security_doc_lists_every_layer_type() -> None:
+    """docs/security.md's allow-list of layer types is the registry's (it had fallen behind)."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "security.md").read_text()
+    start = text.index("allow-list of layer types (")
+    listed = set(re.findall(r"`(\w+)`", text[start : text.index("LAYER_TYPES", start)]))
+    assert listed == set(LAYER_TYPES), (sorted(listed), sorted(LAYER_TYPES))

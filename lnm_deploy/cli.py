@@ -231,7 +231,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         prov = artifact.record.get("provenance")
         src = prov.get("source_graph") if isinstance(prov, dict) else None
         source = src.get("path") if isinstance(src, dict) else None
-        if args.float is None and isinstance(source, str):
+        if isinstance(source, str):  # read unless --float says otherwise; never an output either way
             outs.inputs(**{"the float graph it was calibrated from": source})
         x, y = read_dataset(args.data)
         backends = tuple(dict.fromkeys(args.backend or ["lava"]))

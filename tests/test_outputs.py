@@ -310,6 +310,12 @@ def test_an_output_that_is_an_input_is_refused_even_with_force(graph_file: Path,
     assert main(["verify", str(a), "--data", str(x), "--backend", "onnx", "--html", str(graph_file), "--force"]) == 2
     _one_line(capsys.readouterr().err, "(the float graph it was calibrated from) and its output (--html)")
     assert graph_file.read_bytes() == kept
+    # ... also where --float says not to read it (it was replaced then)
+    for how in (["--float", "dequantized"], ["--float", str(g)]):
+        assert main(["verify", str(a), "--data", str(x), "--backend", "onnx", *how, "--json", str(graph_file),
+                     "--force"]) == 2
+        _one_line(capsys.readouterr().err, "(the float graph it was calibrated from) and its output (--json)")
+        assert graph_file.read_bytes() == kept
     for args, option in cases:
         assert main([*args, "--force"]) == 2, args
         _one_line(capsys.readouterr().err, "is this command's input (", f"and its output ({option})")

@@ -1,6 +1,7 @@
 """The ``lnm-deploy`` command line. The only place that prints errors and chooses exit codes.
 
-Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage; 3 malformed
+Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage, or an output
+that cannot be written (disk full: ``OutputWriteError``); 3 malformed
 graph; 4 unsupported node or semantics; 5 numeric problem (NaN, overflow); 6 missing optional
 dependency, or a service it needs that does not answer (a Ray cluster at ``--ray-address``); 130
 interrupted (Ctrl-C); 128 + N terminated by signal N (143 SIGTERM, 129 SIGHUP).

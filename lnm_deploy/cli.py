@@ -1,6 +1,7 @@
 """The ``lnm-deploy`` command line. The only place that prints errors and chooses exit codes.
 
-Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage; 3 malformed
+Exit codes: 0 success; 1 a check did not pass (``verify``); 2 bad input or usage, or an output
+that cannot be written (disk full: ``OutputWriteError``); 3 malformed
 graph; 4 unsupported node or semantics; 5 numeric problem (NaN, overflow); 6 missing optional
 dependency, or a service it needs that does not answer (a Ray cluster at ``--ray-address``); 130
 interrupted (Ctrl-C); 128 + N terminated by signal N (143 SIGTERM, 129 SIGHUP).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 
 from lnm_deploy._version import __version__
 from lnm_deploy.errors import LNMDeployError, UserInputError
-from lnm_deploy.fileio import json_default
+from lnm_deploy.fileio import dumps_json
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -110,7 +110,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         doc = s.to_dict()
         if artifact is not None:
             doc["artifact"] = {"target": artifact.target, "record": artifact.record}
-        print(json.dumps(doc, indent=2, default=json_default))
+        print(dumps_json(doc, indent=2))
     else:
         from lnm_deploy.nir_io import READ_OPTIONS_KEY, reading_summary
 
@@ -154,7 +154,7 @@ def _inspect_resources(args: argparse.Namespace, artifact: Any) -> int:
     x = None if args.data is None else validate.spikes(read_dataset(args.data)[0], artifact.graph, "--data")
     runs = {} if x is None else {"fxsim": run_fx(artifact.fx, x)}
     if args.json:
-        print(json.dumps(resources_report(artifact.fx, target, x, runs), indent=2, default=json_default))
+        print(dumps_json(resources_report(artifact.fx, target, x, runs), indent=2))
     else:
         print(resources_text(artifact.fx, target, x, runs))
     return 0
@@ -166,7 +166,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from lnm_deploy.fileio import existing_file, read_dataset
     from lnm_deploy.outputs import Outputs
     from lnm_deploy.report import report_dir_for
-    from lnm_deploy.report.calibration import write_calibration_report
+    from lnm_deploy.report.calibration import declare_report, write_calibration_report
     from lnm_deploy.targets import load_target
 
     report_dir = Path(args.report_dir) if args.report_dir else report_dir_for(args.out)
@@ -174,9 +174,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         outs.inputs(GRAPH=args.graph, **{"--data": args.data})
         outs.file(args.out, option="--out")
         outs.directory(report_dir, option="--report-dir")
+        declare_report(outs, report_dir)  # report.json...: an input there is refused before any work
         target = load_target(args.target)
         recipe = load_recipe(args.recipe)
         graph, artifact = _load(args)
+        declare_report(outs, report_dir, graph)  # and its figures, before calibrating
         if artifact is not None:
             raise UserInputError(f"{args.graph} is already a calibrated artifact (target "
                                  f"'{artifact.target}'); calibrate the float graph it came from")
@@ -243,7 +245,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         artifact_path=args.artifact,
                         **_scale(args))
         if args.json:
-            outs.write_text(args.json, json.dumps(result.to_dict(), indent=2, default=json_default))
+            outs.write_text(args.json, dumps_json(result.to_dict(), indent=2))
         if args.html:
             from lnm_deploy.report.html import render_verify_page
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.errors import UserInputError
+from lnm_deploy.fileio import dumps_json
 from lnm_deploy.outputs import Outputs
 from lnm_deploy.report import report_dir_for
 
@@ -415,7 +416,7 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
                      artifact_path=out / f"model.{name}.nir")
         ver.float_source = str(model_path)
         result.verification = ver.to_dict()
-        outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))
+        outs.write_text(out / REPORT_JSON, dumps_json(result.verification, indent=2))
         outs.write_text(out / REPORT_HTML, render_verify_page(ver, graph, art,
                                                              artifact_path=str(out / f"model.{name}.nir")))
         for b, chk in ver.backends.items():
@@ -426,7 +427,7 @@ def _demo(out: Path, outs: Outputs, trained: bool, degree: int, seed: int, progr
             result.lzc_verification = _verify_lzc(art, x, y, current(model_path), model_path, drop, progress,
                                                   log)
             result.verification["lzc_readout_verification"] = result.lzc_verification
-            outs.write_text(out / REPORT_JSON, json.dumps(result.verification, indent=2))
+            outs.write_text(out / REPORT_JSON, dumps_json(result.verification, indent=2))
     return result
 
 

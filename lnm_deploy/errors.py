@@ -7,6 +7,8 @@ the fix.
 
 from __future__ import annotations
 
+import os
+
 
 class LNMDeployError(Exception):
     """Base class of every error lnm-deploy raises on purpose."""
@@ -22,6 +24,20 @@ class UserInputError(LNMDeployError):
     """Bad input from the user: a missing file, wrong shapes, bad arguments."""
 
     exit_code = 2
+
+
+class OutputWriteError(UserInputError):
+    """An output file could not be written (disk full, quota, permission lost during the run).
+
+    ``path``: the file that was being written; ``reason``: the operating system's words for why
+    (``"No space left on device"``). Nothing partial is left behind (``lnm_deploy.fileio``)."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot write {path} ({reason})")
 
 
 class GraphError(LNMDeployError):
@@ -51,3 +67,4 @@ class DependencyError(LNMDeployError):
 
 class LNMDeployWarning(UserWarning):
     """Semantics were approximated or information was lost (for example by a framework's exporter)."""
+

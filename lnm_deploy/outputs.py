@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from lnm_deploy.errors import UserInputError
+from lnm_deploy.errors import OutputWriteError, UserInputError
 
 __all__ = ["Outputs", "check_directory", "check_file"]
 
@@ -250,7 +250,7 @@ class Outputs:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{key.name}.", suffix=".tmp", dir=where)
         except OSError as e:
-            raise UserInputError(f"cannot write {key} ({_why(e)})") from None
+            raise OutputWriteError(key, _why(e)) from None
         os.close(fd)
         if entry.tmp is not None:
             entry.tmp.unlink(missing_ok=True)
@@ -286,12 +286,21 @@ class Outputs:
     @contextlib.contextmanager
     def writing(self, path: str | os.PathLike[str]) -> Iterator[Path]:
         """``stage(path)`` as a context: an ``OSError`` while writing (disk full) becomes one
-        ``UserInputError`` naming ``path``."""
+        ``OutputWriteError`` naming ``path``."""
         tmp = self.stage(path)
         try:
             yield tmp
         except OSError as e:
-            raise UserInputError(f"cannot write {path} ({_why(e)})") from None
+            raise OutputWriteError(path, _why(e)) from None
+
+    def _named(self, e: OutputWriteError) -> OutputWriteError | None:
+        """``e`` naming the output whose staged temporary it names (writers such as ``write_nir``
+        are handed the temporary and name it), or None if it names none of them."""
+        failed = os.path.abspath(e.path)
+        for f in self._files.values():
+            if f.tmp is not None and os.path.abspath(f.tmp) == failed:
+                return OutputWriteError(f.target, e.reason)
+        return None
 
     def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> Path:
         with self.writing(path) as tmp:
@@ -433,4 +442,7 @@ class Outputs:
             if not self._done:
                 self.commit()
         else:
+            named = self._named(ev) if isinstance(ev, OutputWriteError) else None
             self.abort()
+            if named is not None:  # the output's own name, not its temporary's
+                raise named from None

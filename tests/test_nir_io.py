@@ -730,17 +730,27 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
 
 
 def test_failed_serialisation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An error *during* the HDF5 write (here simulated) removes the temporary file too."""
+    """A full disk *during* the write (the kernel's ENOSPC of /dev/full) removes the temporary file
+    too, keeps an existing file and is one OutputWriteError naming the file and the reason."""
+    import builtins
+
+    from lnm_deploy.errors import OutputWriteError
+    from lnm_deploy.nir_io import write as write_module
+
     target = tmp_path / "out.nir"
+    target.write_bytes(b"old")
+    opened: list[str] = []
 
-    def boom(path: Any, graph: Any, **kw: Any) -> None:
-        Path(path).write_bytes(b"half")
-        raise OSError("disk full")
+    def full_disk(path: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
+        opened.append(str(path))
+        return builtins.open("/dev/full", mode, *a, **kw)
 
-    monkeypatch.setattr(nir, "write", boom)
-    with pytest.raises(UserInputError, match="disk full"):
+    monkeypatch.setattr(write_module, "open", full_disk, raising=False)
+    with pytest.raises(OutputWriteError, match=f"cannot write {target} .No space left on device.") as e:
         quiet(lambda: write_nir(g_affine(), target))
-    assert list(tmp_path.iterdir()) == []
+    assert e.value.path == str(target) and e.value.exit_code == 2
+    assert opened and opened[0] != str(target)  # the temporary was being written, not the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nir"] and target.read_bytes() == b"old"
 
 
 def test_grouped_conv_warns_about_nir() -> None:

@@ -28,6 +28,7 @@ rejects ``None``, and ints/lists/bools come back as numpy scalars/arrays/``np.bo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -39,7 +40,7 @@ import nir
 import numpy as np
 
 from lnm_deploy._version import __version__
-from lnm_deploy.errors import GraphError, LNMDeployWarning, UserInputError
+from lnm_deploy.errors import GraphError, LNMDeployWarning
 from lnm_deploy.fileio import atomic_output
 from lnm_deploy.ir import (
     Affine,
@@ -364,7 +365,9 @@ def write_nir(graph: Graph, path: str | os.PathLike[str], *, extra_metadata: dic
     neither a partial ``path`` nor a temporary file is left behind (an existing ``path`` is kept).
 
     Raises:
-        UserInputError: the directory does not exist or the file cannot be written.
+        UserInputError: the directory does not exist or is not writable (checked before writing).
+        OutputWriteError: writing failed (disk full): names ``path`` and the system's reason
+            (``lnm_deploy.fileio.atomic_output``).
         GraphError, NumericError, UnsupportedError: see ``to_nir``.
     """
     g = to_nir(graph)
@@ -372,11 +375,15 @@ def write_nir(graph: Graph, path: str | os.PathLike[str], *, extra_metadata: dic
         g.metadata.update(extra_metadata)
     compression = None if _has_scalar_arrays(g.to_dict()) else "gzip"
     target = Path(path)
-    try:
-        with atomic_output(target, force=force) as tmp:
-            nir.write(tmp, g, compression=compression)
-    except OSError as e:
-        raise UserInputError(f"cannot write {target}: {e}") from e
-    except (TypeError, ValueError) as e:  # h5py refusing a value: a bug in the mapping above
-        raise GraphError(f"cannot serialise the graph to {target}: {e}") from e
+    with atomic_output(target, force=force) as tmp:
+        # HDF5 builds the file in memory and Python writes it: HDF5 writing to a full disk itself
+        # fails in ways that cannot be handled (RuntimeError text, errors while objects are
+        # collected, a crash when it closes the file), a plain write raises ENOSPC (atomic_output).
+        image = io.BytesIO()
+        try:
+            nir.write(image, g, compression=compression)
+        except (TypeError, ValueError) as e:  # h5py refusing a value: a bug in the mapping above
+            raise GraphError(f"cannot serialise the graph to {target}: {e}") from e
+        with open(tmp, "wb") as f:
+            f.write(image.getbuffer())
     return target

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -12,13 +11,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lnm_deploy.errors import LNMDeployWarning
-from lnm_deploy.fileio import json_default
+from lnm_deploy.fileio import dumps_json
 from lnm_deploy.ir import Graph, Neuron
 from lnm_deploy.outputs import Outputs
 from lnm_deploy.report import plots
 
 if TYPE_CHECKING:
     from lnm_deploy.calibrate.passes import MappedLayer
+
+
+#: The files of a calibration report whatever the graph (``range_stability.png`` where ranges were
+#: traced); beside them one ``poly_<layer>.png`` per neuron layer (``figure_names``).
+REPORT_FILES = ("report.json", "range_stability.png")
+
+
+def figure_names(graph: Graph) -> list[str]:
+    """The per-layer figures a report of ``graph`` may hold: ``poly_<name>.png`` per Neuron."""
+    return [f"poly_{name}.png" for name, node in graph.nodes.items() if isinstance(node, Neuron)]
+
+
+def declare_report(outs: Outputs, directory: str | os.PathLike[str], graph: Graph | None = None) -> None:
+    """Declare in ``outs`` the files ``write_calibration_report`` writes in ``directory`` (already
+    declared with ``outs.directory``), each checked now, before any work: one that is an input of
+    the command, a directory in its way or, without ``force``, an existing file is refused
+    (``UserInputError``). Without ``graph``: ``REPORT_FILES``; with it: ``figure_names(graph)``
+    (call once each: a file declared twice is refused)."""
+    for name in (REPORT_FILES if graph is None else figure_names(graph)):
+        outs.file(Path(directory) / name, option="--report-dir")
 
 
 def learned_theta(graph: Graph, name: str, layer: MappedLayer | None = None) -> tuple[np.ndarray, float]:
@@ -95,6 +114,6 @@ def write_calibration_report(result: Any, graph: Graph, directory: str | os.Path
                           "'lnm-deploy[plots]')", LNMDeployWarning, stacklevel=2)
         report["figures"] = figures
         report["stats"] = result.stats.to_dict(histograms=False)
-        outs.write_text(target / "report.json",
-                        json.dumps(report, indent=2, default=json_default, sort_keys=True))
+        # Strict JSON: a non-finite float (an infinite SQNR) is null, never Infinity (docs/report.md)
+        outs.write_text(target / "report.json", dumps_json(report, indent=2, sort_keys=True))
     return target

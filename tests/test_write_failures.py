@@ -213,6 +213,18 @@ def test_cli_real_full_disk(inputs: Path, tmp_path: Path) -> None:
             assert _files(full) == ["filler"]
 
 
+def test_save_model_real_full_disk(tmp_path: Path) -> None:
+    """save_model (the demo's .safetensors) on a real full file system: OutputWriteError, nothing left
+    (safetensors' own file writer raised its SafetensorError)."""
+    pytest.importorskip("torch")
+    from lnm_deploy.model import save_model, vgg
+
+    with _full_tmpfs(tmp_path / "full") as full:
+        with pytest.raises(OutputWriteError, match=f"cannot write {full / 'm.safetensors'} \\({NO_SPACE}\\)"):
+            save_model(vgg((3, 32, 32), (16, 32), 10), full / "m.safetensors")
+        assert _files(full) == ["filler"]
+
+
 # ------------------------------------------------------------------------------------- strict JSON
 
 

@@ -41,7 +41,7 @@ from lnm_deploy.model.layers import (
 
 try:
     from safetensors.torch import load as _st_load
-    from safetensors.torch import save_file as _st_save_file
+    from safetensors.torch import save as _st_save
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise DependencyError("lnm_deploy.model needs safetensors: pip install 'lnm-deploy[torch]'") from e
 
@@ -148,8 +148,9 @@ def save_model(model: LNMSequential, path: str | os.PathLike[str]) -> Path:
         "architecture": json.dumps(arch, allow_nan=False),
         "producer": f"lnm-deploy {__version__}",
     }
+    data = _st_save(state, metadata=metadata)  # bytes: a full disk is then a plain OSError (OutputWriteError)
     with atomic_output(path) as tmp:
-        _st_save_file(state, tmp, metadata=metadata)
+        Path(tmp).write_bytes(data)
     return Path(path)
 
 

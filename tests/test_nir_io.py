@@ -846,7 +846,7 @@ def test_lnm_metadata_that_is_not_real_numbers_is_refused() -> None:
     g = quiet(lambda: to_nir(g_neurons(1, False, "value")))
     name = next(n for n, v in g.nodes.items() if "lnm_poly" in (v.metadata or {}))
     g.nodes[name].metadata["lnm_poly"] = np.asarray(g.nodes[name].metadata["lnm_poly"]) + 1j
-    with pytest.raises(GraphError, match="lnm_poly.*complex") as e:
+    with pytest.raises(GraphError, match=r"lnm_poly.*complex") as e:
         from_nir(g)
     assert e.value.node == name
 
@@ -912,7 +912,8 @@ def test_output_shape_must_be_the_shape_it_reads(tmp_path: Path) -> None:
     assert e.value.node == "output"
     # absent or empty: the shape it reads; leading 1s (a batch: Rockpool writes (1, 1, n)) are fine
     for i, ok in enumerate([None, np.array([], dtype=np.int64), np.array([1, 1, 4]), np.array([4.0])]):
-        g = quiet(lambda: read_nir(port_file(tmp_path / f"ok{i}.nir", "output", ok), dt=1e-4))
+        path = port_file(tmp_path / f"ok{i}.nir", "output", ok)
+        g = quiet(lambda p=path: read_nir(p, dt=1e-4))
         sched = g.schedule()
         assert sched.shapes[sched.output_node] == (4,)
 

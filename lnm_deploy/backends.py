@@ -24,7 +24,10 @@ class Backend:
     """One backend.
 
     ``integer``: runs an artifact's integer network (else the float graph). ``run(graph, x, *,
-    record, progress, **options) -> RunResult``. ``kinds() -> frozenset[str]``: the integer
+    record, progress, **options) -> RunResult``; it checks ``graph`` first (``validate.fx_graph`` /
+    ``validate.float_graph``: the package's backends do it in ``run_fx``, ``run_lava``,
+    ``run_onnx``, ``run_float``), so the other kind of graph, an ``Artifact`` or None is a
+    ``UserInputError`` naming what was given and the fix. ``kinds() -> frozenset[str]``: the integer
     primitive kinds it implements, read from its per-kind tables (importing the backend; raises
     ``DependencyError`` when its extra is missing); ``None`` for a float backend. ``configs``:
     named option sets of ``run`` that must all compute the same integers (for example fxsim's

@@ -13,6 +13,8 @@ CLI option where there is one), the limit, and the fix. Nothing here prints.
 - ``backends(value, integer_only)``: one name or several -> a tuple of known backend names.
 - ``target(value)`` / ``recipe(value)``: a ``Target`` / ``Recipe``, or a shipped name or a .toml path.
 - ``npz_dataset(path)``: ``x`` and optional ``y`` from a ``.npz`` (no pickle, size-limited).
+- ``float_graph(graph, entry)`` / ``fx_graph(graph, entry)``: the network an entry point runs (a
+  float IR ``Graph`` / an artifact's ``FxGraph``), or an error saying what was given instead.
 """
 
 from __future__ import annotations
@@ -333,14 +335,80 @@ def n_outputs(graph: Any) -> int:
     return math.prod(sched.shapes[sched.output_node])
 
 
-def ir_graph(graph: Any, what: str = "graph") -> Any:
-    """An IR ``Graph``, or ``UserInputError`` (load a file first with ``lnm_deploy.load``)."""
+# ------------------------------------------------------------------------------------------------
+# The network an entry point runs
+
+
+_EXPECTS = {
+    "float": "a float IR Graph (lnm_deploy.load(path), or an artifact's .graph)",
+    "integer": "an FxGraph (an artifact's .fx, or calibrate_network's result.artifact.fx)",
+}
+# (what is expected, what was given) -> the fix
+_FIXES = {
+    ("integer", "float"): "calibrate it first (lnm_deploy.calibrate.calibrate_network, CLI lnm-deploy calibrate) and "
+                          "pass result.artifact.fx, or run the float graph with run_float (backend 'float')",
+    ("integer", "artifact"): "pass its .fx (the integer network)",
+    ("integer", "result"): "pass its .artifact.fx (the integer network)",
+    ("integer", "path"): "read the artifact with lnm_deploy.artifact.read_artifact(path) and pass its .fx",
+    ("integer", "nir"): "read it with lnm_deploy.load and calibrate it first (calibrate_network), then pass "
+                        "result.artifact.fx",
+    ("integer", "other"): "pass an artifact's .fx (lnm_deploy.artifact.read_artifact(path).fx)",
+    ("float", "integer"): "an integer network runs with run_fx (backends fxsim, lava, onnx); its artifact's "
+                          ".graph is the float model run_float runs",
+    ("float", "artifact"): "pass its .graph (the float model), or its .fx to run_fx",
+    ("float", "result"): "pass its .artifact.graph (the float model), or .artifact.fx to run_fx",
+    ("float", "path"): "read it first with lnm_deploy.load(path)",
+    ("float", "nir"): "convert it first with lnm_deploy.load(nir_graph)",
+    ("float", "other"): "read a .nir file with lnm_deploy.load(path)",
+}
+
+
+def _what_it_is(value: Any) -> tuple[str, str]:
+    """``(words, kind)`` for a value given where a network was expected; kind is one of
+    ``float``, ``integer``, ``artifact``, ``result``, ``path``, ``nir``, ``other``."""
+    from lnm_deploy.fixedpoint.graph import FxGraph
     from lnm_deploy.ir import Graph
 
-    if not isinstance(graph, Graph):
-        raise UserInputError(f"{what} must be an lnm_deploy IR Graph, got {type(graph).__name__}; read a "
-                             ".nir file with lnm_deploy.load(path)")
-    return graph
+    name = type(value).__name__
+    if isinstance(value, Graph):
+        return "a float Graph", "float"
+    if isinstance(value, FxGraph):
+        return "an FxGraph (an integer network)", "integer"
+    if hasattr(value, "fx") and hasattr(value, "graph"):  # lnm_deploy.artifact.Artifact
+        return f"an {name}", "artifact"
+    if hasattr(value, "artifact"):  # lnm_deploy.calibrate.CalibrationResult
+        return f"a {name}", "result"
+    if isinstance(value, (str, os.PathLike)):
+        return f"a path ({os.fspath(value)!r})", "path"
+    if name == "NIRGraph":
+        return "a nir.NIRGraph", "nir"
+    return ("None" if value is None else f"a {name}"), "other"
+
+
+def _network(graph: Any, expects: str, entry: str) -> Any:
+    words, kind = _what_it_is(graph)
+    if kind == expects:
+        return graph
+    raise UserInputError(f"{entry} needs {_EXPECTS[expects]}; got {words}: {_FIXES[expects, kind]}")
+
+
+def float_graph(graph: Any, entry: str) -> Any:
+    """``graph`` if it is a float IR ``Graph`` (what ``run_float`` and ``calibrate_network`` take),
+    else ``UserInputError`` naming ``entry``, what it got (an ``FxGraph``, an ``Artifact``, a path,
+    a ``nir.NIRGraph``, None...) and the fix (load the file; pass the artifact's ``.graph``)."""
+    return _network(graph, "float", entry)
+
+
+def fx_graph(graph: Any, entry: str) -> Any:
+    """``graph`` if it is an ``FxGraph`` (an artifact's integer network: what ``run_fx`` and the Lava
+    and ONNX backends run), else ``UserInputError`` naming ``entry``, what it got (a float
+    ``Graph``, an ``Artifact``, a path, None...) and the fix (calibrate first; pass ``.fx``)."""
+    return _network(graph, "integer", entry)
+
+
+def ir_graph(graph: Any, what: str = "calibrate_network") -> Any:
+    """An IR ``Graph``, or ``UserInputError`` (``float_graph`` with ``what`` as the entry point)."""
+    return float_graph(graph, what)
 
 
 def calibration_args(graph: Any, x: Any, target_: Any, recipe_: Any, y: Any = None

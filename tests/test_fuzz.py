@@ -199,7 +199,7 @@ def nir_graphs(draw: st.DrawFn, corrupt: bool = True, layers: tuple[str, ...] = 
         elif c == "self_loop" and names:
             n = draw(st.sampled_from(names))
             edges.append((n, n))
-        elif c == "duplicate_edge":
+        elif c == "duplicate_edge" and edges:
             edges.append(draw(st.sampled_from(edges)))
         elif c == "unsupported" and "input" in nodes:
             kind = draw(st.sampled_from(["Delay", "Conv1d", "Flatten"]))

@@ -766,3 +766,186 @@ def test_write_errors() -> None:
     g.edges = [("input", "a/b"), ("a/b", "fc_nobias"), ("fc_nobias", "output")]
     with pytest.raises(GraphError, match="'/'"):
         to_nir(g)
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameters that are not real numbers, and port shapes, are refused naming the node (docs/nir.md)
+
+NOT_REAL = {
+    "complex": lambda a: np.asarray(a, dtype=np.float64) + 0.5j,
+    "complex with zero imaginary part": lambda a: np.asarray(a, dtype=np.complex128),
+    "bool": lambda a: np.ones(np.shape(a), dtype=bool),
+    "text": lambda a: np.full(np.shape(a), "1.0"),
+    "object": lambda a: np.asarray(a, dtype=np.float64).astype(object),
+}
+PORTS = ("input_type", "output_type", "metadata", "nodes", "edges", "input_shape")
+
+
+def numeric_fields(g: nir.NIRGraph) -> list[tuple[str, str]]:
+    """(node, field) for every numeric parameter of the graph's nodes (not Input / Output)."""
+    out = []
+    for name, node in g.nodes.items():
+        for field in node.__dataclass_fields__:
+            v = getattr(node, field)
+            if field in PORTS or v is None or isinstance(v, str):
+                continue
+            out.append((name, field))
+    return out
+
+
+def nir_neurons() -> nir.NIRGraph:
+    """Every NIR neuron type, as another tool writes them (generic NIR)."""
+    n = 4
+    lif = {"tau": np.full(n, 1e-2), "r": np.ones(n), "v_leak": np.zeros(n)}
+    cuba = {"tau_mem": np.full(n, 1e-2), "tau_syn": np.full(n, 5e-3), "r": np.ones(n), "v_leak": np.zeros(n),
+            "w_in": np.ones(n)}
+    layers = {"lif": nir.LIF(**lif, v_threshold=np.ones(n), v_reset=np.zeros(n)), "li": nir.LI(**lif),
+              "cubalif": nir.CubaLIF(**cuba, v_threshold=np.ones(n), v_reset=np.zeros(n)), "cubali": nir.CubaLI(**cuba),
+              "if": nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n)), "i": nir.I(r=np.ones(n))}
+    nodes: dict[str, nir.NIRNode] = {"input": nir.Input(np.array([n]))}
+    edges, prev = [], "input"
+    for k, layer in layers.items():
+        nodes[f"fc_{k}"], nodes[k] = nir.Affine(rnd(n, n), rnd(n)), layer
+        edges += [(prev, f"fc_{k}"), (f"fc_{k}", k)]
+        prev = k
+    nodes["output"] = nir.Output(np.array([n]))
+    return nir.NIRGraph(nodes=nodes, edges=[*edges, (prev, "output")])
+
+
+def lnm_file(make: Callable[[], Graph]) -> Callable[[], nir.NIRGraph]:
+    return lambda: quiet(lambda: to_nir(make()))
+
+
+def other_file(make: Callable[[], Graph]) -> Callable[[], nir.NIRGraph]:
+    return lambda: strip_lnm(quiet(lambda: to_nir(make())))
+
+
+# lnm-deploy's files of every IR kind, the same files without lnm-deploy's metadata (the neuron
+# graphs' best-fit LIFs are not stable generic LIFs, so the NIR neurons come from nir_neurons)
+NIR_FILES = {
+    **{f"lnm-deploy {m.__name__}": lnm_file(m) for m in (g_affine, g_conv, g_pools, g_scale_threshold,
+                                                          g_integrators, g_conv_neuron)},
+    "lnm-deploy neurons": lnm_file(lambda: g_neurons(2, True, "subtract")),
+    **{f"generic {m.__name__}": other_file(m) for m in (g_affine, g_conv, g_pools, g_scale_threshold)},
+    "generic neurons": nir_neurons,
+}
+
+
+@pytest.mark.parametrize("file", NIR_FILES)
+def test_every_parameter_that_is_not_real_numbers_is_refused(file: str) -> None:
+    """Complex values (whose imaginary part a cast would drop), booleans, text and objects in any
+    numeric NIR parameter: GraphError naming the node and the parameter, for every node type."""
+    import copy
+
+    base = NIR_FILES[file]()
+    quiet(lambda: from_nir(base, dt=1e-3))  # the graph itself reads
+    fields = numeric_fields(base)
+    assert fields
+    for i, (name, field) in enumerate(fields):
+        for what in (list(NOT_REAL) if i < 2 else [list(NOT_REAL)[i % len(NOT_REAL)]]):
+            g = copy.deepcopy(base)
+            setattr(g.nodes[name], field, NOT_REAL[what](getattr(g.nodes[name], field)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numpy's ComplexWarning would be the old, silent cast
+                with pytest.raises(GraphError, match=field) as e:
+                    from_nir(g, dt=1e-3)
+            assert e.value.node == name, (name, field, what, str(e.value))
+
+
+def test_lnm_metadata_that_is_not_real_numbers_is_refused() -> None:
+    g = quiet(lambda: to_nir(g_neurons(1, False, "value")))
+    name = next(n for n, v in g.nodes.items() if "lnm_poly" in (v.metadata or {}))
+    g.nodes[name].metadata["lnm_poly"] = np.asarray(g.nodes[name].metadata["lnm_poly"]) + 1j
+    with pytest.raises(GraphError, match=r"lnm_poly.*complex") as e:
+        from_nir(g)
+    assert e.value.node == name
+
+
+def complex_weight_file(path: Path) -> Path:
+    """Input 4 -> Affine (3, 4) -> LIF 3 -> Output, its weight rewritten as complex in the file."""
+    g = nir.NIRGraph(
+        nodes={"in": nir.Input(np.array([4])), "fc": nir.Affine(np.ones((3, 4)), np.zeros(3)),
+               "lif": nir.LIF(tau=np.full(3, 1e-2), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)),
+               "out": nir.Output(np.array([3]))},
+        edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")])
+    nir.write(path, g)
+    with h5py.File(path, "r+") as f:
+        del f["node/nodes/fc/weight"]
+        f["node/nodes/fc/weight"] = np.ones((3, 4), complex)
+    return path
+
+
+def test_complex_parameter_in_a_file_is_refused_by_every_command(tmp_path: Path, capsys: Any) -> None:
+    from lnm_deploy.cli import main
+
+    path = complex_weight_file(tmp_path / "m.nir")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning: nothing is cast
+        with pytest.raises(GraphError, match="'weight' is complex") as e:
+            read_nir(path, dt=1e-3)
+    assert e.value.node == "fc"
+    x = tmp_path / "x.npz"
+    np.savez(x, x=np.ones((2, 5, 4), dtype=np.uint8), y=np.zeros(2, dtype=np.int64))
+    for args in (["inspect", str(path), "--dt", "1e-3"],
+                 ["run", str(path), "--data", str(x), "--backend", "float", "--dt", "1e-3", "--out",
+                  str(tmp_path / "run.npz")],
+                 ["calibrate", str(path), "--data", str(x), "--target", "loihi2", "--dt", "1e-3", "--out",
+                  str(tmp_path / "a.nir")]):
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = main(args)
+        err = capsys.readouterr().err
+        assert code == GraphError.exit_code, (args, err)
+        assert "node 'fc'" in err and "'weight' is complex" in err, err
+
+
+def port_file(path: Path, port: str, shape: Any) -> Path:
+    """A valid graph (Input 3 -> Linear (4, 3) -> LIF 4 -> Output) whose Input or Output shape is
+    rewritten in the file (None: removed)."""
+    nir.write(path, lif_graph())
+    with h5py.File(path, "r+") as f:
+        del f[f"node/nodes/{port}/shape"]
+        if shape is not None:
+            f[f"node/nodes/{port}/shape"] = shape
+    return path
+
+
+def test_output_shape_must_be_the_shape_it_reads(tmp_path: Path) -> None:
+    with pytest.raises(GraphError, match=r"declares shape \(7,\).*gives \(4,\)") as e:
+        read_nir(port_file(tmp_path / "a.nir", "output", np.array([7])), dt=1e-4)
+    assert e.value.node == "output"
+    with pytest.raises(GraphError, match=r"declares shape \(2, 2\)"):
+        read_nir(port_file(tmp_path / "b.nir", "output", np.array([2, 2])), dt=1e-4)
+    with pytest.raises(GraphError, match="whole numbers >= 1") as e:
+        read_nir(port_file(tmp_path / "c.nir", "output", np.array([4.5])), dt=1e-4)
+    assert e.value.node == "output"
+    # absent or empty: the shape it reads; leading 1s (a batch: Rockpool writes (1, 1, n)) are fine
+    for i, ok in enumerate([None, np.array([], dtype=np.int64), np.array([1, 1, 4]), np.array([4.0])]):
+        path = port_file(tmp_path / f"ok{i}.nir", "output", ok)
+        g = quiet(lambda p=path: read_nir(p, dt=1e-4))
+        sched = g.schedule()
+        assert sched.shapes[sched.output_node] == (4,)
+
+
+def test_output_shape_of_a_time_first_producer_may_lead_with_time() -> None:
+    g = lif_graph()
+    g.nodes["output"] = nir.Output(np.array([9, 4]))
+    g.nodes["input"] = nir.Input(np.array([9, 3]))
+    ir = quiet(lambda: from_nir(g, producer="sinabs"))
+    assert ir.schedule().shapes["output"] == (4,)
+    with pytest.raises(GraphError, match=r"declares shape \(9, 4\)"):
+        quiet(lambda: from_nir(g, dt=1e-4, input_shape=(3,)))
+
+
+@pytest.mark.parametrize("shape", [np.array([4.5]), np.array([0]), np.array([-3]), np.array([3 + 0j]),
+                                   np.array([True])], ids=["4.5", "0", "-3", "complex", "bool"])
+def test_input_shape_must_be_whole_sizes(tmp_path: Path, shape: np.ndarray) -> None:
+    with pytest.raises(GraphError, match="Input's shape") as e:
+        read_nir(port_file(tmp_path / "g.nir", "input", shape), dt=1e-4)
+    assert e.value.node == "input"
+
+
+def test_input_shape_of_whole_floats_reads(tmp_path: Path) -> None:
+    g = quiet(lambda: read_nir(port_file(tmp_path / "g.nir", "input", np.array([3.0])), dt=1e-4))
+    assert g.schedule().shapes["input"] == (3,)

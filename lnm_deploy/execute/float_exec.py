@@ -81,12 +81,16 @@ def run_float(graph: Graph, x: Array, *, record: bool = False, dtype: DTypeLike 
     statistics read: the values the run itself computed).
 
     Raises:
-        UserInputError: ``x`` is not (batch, timesteps, *input_shape) finite numbers.
+        UserInputError: ``graph`` is not a float IR ``Graph`` (an ``FxGraph``, an ``Artifact``,
+            None...: ``validate.float_graph``), or ``x`` is not (batch, timesteps, *input_shape)
+            finite numbers.
         NumericError: a node's state diverged (inf / NaN), naming the node and the step.
         UnsupportedError: a node kind without a float step.
     """
-    sched = graph.schedule()
     from lnm_deploy import validate
+
+    validate.float_graph(graph, "run_float")
+    sched = graph.schedule()
 
     keep_inputs, keep_outputs = frozenset(keep_inputs), tuple(dict.fromkeys(keep_outputs))
 

@@ -937,7 +937,13 @@ def run_fx(graph: FxGraph, x: Array, *, record: bool = False, progress: bool = F
     ``chunk``: timesteps per chunk of the layer engine (default: about ``CHUNK_ROWS`` rows of
     timesteps * samples). ``kernels``: "auto" (compiled numba kernels for Dense, Conv2d, LIF and the
     polynomial neuron when numba is installed), "numba" or "numpy". Neither changes a result.
+
+    Raises ``UserInputError`` when ``graph`` is not an ``FxGraph`` (a float ``Graph``, an
+    ``Artifact``, None...: ``validate.fx_graph``) or ``x`` is not binary spikes of its input shape.
     """
+    from lnm_deploy import validate
+
+    validate.fx_graph(graph, "run_fx")
     plan = _Plan.of(graph)  # validates the graph (or finds it unchanged since it was validated)
     sched = plan.sched
     in_shape = sched.shapes[sched.input_node]

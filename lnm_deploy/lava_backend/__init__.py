@@ -24,19 +24,30 @@ def _runner() -> Any:
     return runner
 
 
+def _fx(graph: Any, entry: str) -> Any:
+    """``graph`` checked as an ``FxGraph`` before lava-nc is imported (``validate.fx_graph``)."""
+    from lnm_deploy import validate
+
+    return validate.fx_graph(graph, entry)
+
+
 def run_lava(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> Any:
-    """Bit-accurate run under ``Loihi2SimCfg(select_tag='fixed_pt')``; a ``RunResult`` like fxsim's."""
+    """Bit-accurate run under ``Loihi2SimCfg(select_tag='fixed_pt')``; a ``RunResult`` like fxsim's.
+    ``UserInputError`` when ``graph`` is not an ``FxGraph`` (an artifact's ``.fx``)."""
+    _fx(graph, "run_lava")
     return _runner().run_lava(graph, x, record=record, progress=progress)
 
 
 def run_lava_float(graph: Any, x: Any, *, record: bool = False, progress: bool = False) -> Any:
     """The float model of the same network (``select_tag='floating_pt'``); never bit-exact."""
+    _fx(graph, "run_lava_float")
     return _runner().run_lava_float(graph, x, record=record, progress=progress)
 
 
 def run_lava_timed(graph: Any, x: Any, *, record: bool = False, progress: bool = False,
                    samples_per_network: int | None = None) -> tuple[Any, Any]:
     """``run_lava`` plus a ``LavaTimings`` (build, compile, stepping, read-back, stop seconds)."""
+    _fx(graph, "run_lava_timed")
     return _runner().run(graph, x, record=record, progress=progress, samples_per_network=samples_per_network)
 
 

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from lnm_deploy.errors import GraphError
+
 LNM_FORMAT = 2  # the newest version of the metadata layout below this reader reads
 #: Format 2 added the spike rules of a neuron (``lnm_threshold``, ``lnm_max_spikes``, ``lnm_v_floor``);
 #: a file is written as format 1 when no neuron uses them, so older readers still read it.
@@ -291,12 +293,35 @@ def exp_synapse_after_input(tau_syn: np.ndarray, w_in: np.ndarray, dt: float) ->
     return decay, _f64(w_in)
 
 
-def as_array(x: Any) -> np.ndarray:
-    """A numpy array of ``x`` (numpy, python scalars, or CPU torch tensors), in its own precision."""
+#: numpy dtype kinds of a real number: signed and unsigned integers, floats.
+REAL_KINDS = "iuf"
+_KIND_WORDS = {"b": "boolean", "c": "complex", "O": "Python objects", "U": "text", "S": "bytes (text)",
+               "V": "raw bytes or records", "M": "dates", "m": "time spans"}
+
+
+def as_array(x: Any, what: str = "a NIR parameter", node: str | None = None) -> np.ndarray:
+    """A numpy array of ``x`` (numpy, python scalars, or CPU torch tensors), in its own precision
+    (integers become float64).
+
+    The one conversion of every number the NIR reader reads (node parameters, shapes, lnm-deploy's
+    metadata): only real numbers (integer or float dtypes) are numbers. Complex values (whose
+    imaginary part a cast would drop), booleans, text, bytes, Python objects and ragged lists raise
+    ``GraphError`` naming ``what`` (e.g. ``"NIR parameter 'weight'"``) and ``node``.
+    """
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if not np.issubdtype(a.dtype, np.floating):
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # ragged nested lists, objects numpy cannot convert
+        raise GraphError(f"{what} is not an array of numbers ({type(e).__name__}: {e}); fix the exporter or "
+                         "the file", node=node) from e
+    if a.dtype.kind not in REAL_KINDS:
+        kind = _KIND_WORDS.get(a.dtype.kind, str(a.dtype))
+        fix = ("write its real part if that is meant, or fix the exporter" if a.dtype.kind == "c"
+               else "write it as integers or floats (fix the exporter or the file)")
+        raise GraphError(f"{what} is {kind} ({a.dtype}), not real numbers: parameters are real (integer or "
+                         f"float); {fix}", node=node)
+    if a.dtype.kind != "f":
         a = a.astype(np.float64)
     return a
 

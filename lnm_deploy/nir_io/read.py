@@ -220,7 +220,7 @@ def _one_step_delays(nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]]
     nodes = dict(nodes)
     delays: set[tuple[str, str]] = set()
     for name in [n for n, v in nodes.items() if type(v).__name__ == "Delay"]:
-        delay = np.asarray(as_array(nodes[name].delay), dtype=np.float64)
+        delay = np.asarray(as_array(nodes[name].delay, "NIR parameter 'delay'", name), dtype=np.float64)
         if delay.size == 0 or not np.all(np.isfinite(delay)) or not np.allclose(delay, dt, rtol=1e-6, atol=0.0):
             raise UnsupportedError(
                 f"NIR Delay of {np.unique(delay).tolist()} s at dt = {dt} s: only a delay of exactly one step "
@@ -314,43 +314,59 @@ def _plain(v: Any) -> Any:
         return v.item()
     if isinstance(v, bytes):
         return v.decode("utf8", "replace")
-    if hasattr(v, "detach"):
-        return as_array(v).tolist()
+    if hasattr(v, "detach"):  # a torch tensor, whatever its dtype (metadata is not a parameter)
+        return v.detach().cpu().numpy().tolist()
     return v
 
 
+#: Parameters that may be text rather than numbers: NIR Conv's ``padding`` ("same" / "valid").
+_TEXT_FIELDS = frozenset({"padding"})
+
+
+def _is_text(v: Any) -> bool:
+    return isinstance(v, (str, bytes)) or (isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind in "US")
+
+
 def _finite_params(name: str, node: nir.NIRNode) -> dict[str, np.ndarray]:
-    """The node's numeric parameters as arrays; ``NumericError`` naming the node on NaN/inf."""
+    """The node's numeric parameters as arrays (every dataclass field but the ports, metadata and a
+    text ``padding``); ``GraphError`` naming the node and the field for one that is not real
+    numbers (``conventions.as_array``) or is empty, ``NumericError`` on NaN/inf."""
     out: dict[str, np.ndarray] = {}
     for field in getattr(node, "__dataclass_fields__", {}):
         if field in ("input_type", "output_type", "metadata", "nodes", "edges", "input_shape"):
             continue
         v = getattr(node, field, None)
-        if v is None or isinstance(v, str):
+        if v is None or (field in _TEXT_FIELDS and _is_text(v)):
             continue
-        try:
-            a = as_array(v)
-        except (TypeError, ValueError):
-            continue
-        if not np.issubdtype(a.dtype, np.number):
-            continue
+        a = as_array(v, f"NIR parameter '{field}'", name)  # refuses complex, bool, text, objects
         if a.size == 0:
             raise GraphError(f"NIR parameter '{field}' is empty (shape {a.shape})", node=name)
-        if np.iscomplexobj(a):
-            raise GraphError(f"NIR parameter '{field}' is complex ({a.dtype}); parameters are real",
-                             node=name)
         if not np.all(np.isfinite(a)):
             raise NumericError(f"NIR parameter '{field}' has NaN or infinite values", node=name)
         out[field] = a
     return out
 
 
+def _ints(name: str | None, what: str, v: Any, minimum: int | None = None,
+          fix: str = "fix the exporter or the file") -> tuple[int, ...]:
+    """``v`` (a number or a list of them) as ints: ``GraphError`` naming the node and ``what`` where
+    an entry is not a whole number (``4.5``), or is below ``minimum``."""
+    a = as_array(v, what, name).reshape(-1)
+    bad = ~np.isfinite(a) | (a != np.round(a))
+    if minimum is not None:
+        bad |= a < minimum
+    if np.any(bad):
+        limit = "whole numbers" + ("" if minimum is None else f" >= {minimum}")
+        raise GraphError(f"{what} {a.tolist()} must hold {limit}, has {a[bad][0]!r}; {fix}", node=name)
+    return tuple(int(x) for x in a)
+
+
 def _ints2(name: str, what: str, v: Any) -> tuple[int, int]:
-    a = np.asarray(as_array(v)).reshape(-1)
-    if a.size == 1:
-        return (int(a[0]), int(a[0]))
-    if a.size == 2:
-        return (int(a[0]), int(a[1]))
+    a = _ints(name, f"'{what}'", v)
+    if len(a) == 1:
+        return (a[0], a[0])
+    if len(a) == 2:
+        return (a[0], a[1])
     raise GraphError(f"'{what}' must be an int or a pair, got {v!r}", node=name)
 
 
@@ -470,8 +486,13 @@ def _meta_get(name: str, meta: dict[str, Any], key: str) -> Any:
     return meta[key]
 
 
-def _arr(x: Any) -> np.ndarray:
-    return np.asarray(as_array(x), dtype=np.float64)
+def _arr(x: Any, what: str = "a NIR parameter", node: str | None = None) -> np.ndarray:
+    return np.asarray(as_array(x, what, node), dtype=np.float64)
+
+
+def _meta_arr(name: str, meta: dict[str, Any], key: str) -> np.ndarray:
+    """lnm-deploy metadata ``key`` of node ``name`` as float64 (``GraphError`` if missing or not numbers)."""
+    return _arr(_meta_get(name, meta, key), f"lnm-deploy metadata '{key}'", name)
 
 
 def _exact_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -493,22 +514,22 @@ def exact_neuron_fields(name: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The ``Neuron`` fields lnm-deploy wrote into a node's ``lnm_*`` metadata (exact float64), for
     the exact readers of ``Neuron`` and of kinds derived from it; ``GraphError`` naming the missing
     key when the metadata is incomplete."""
-    poly = _arr(_meta_get(name, meta, "lnm_poly"))
+    poly = _meta_arr(name, meta, "lnm_poly")
     syn = "lnm_syn_decay" in meta
     return {
         "shape": tuple(poly.shape[1:]),
         "poly": poly,
-        "v_th": _arr(meta["lnm_v_th"]) if "lnm_v_th" in meta else None,
-        "v_reset": _arr(_meta_get(name, meta, "lnm_v_reset")),
+        "v_th": _meta_arr(name, meta, "lnm_v_th") if "lnm_v_th" in meta else None,
+        "v_reset": _meta_arr(name, meta, "lnm_v_reset"),
         "reset": str(_meta_get(name, meta, "lnm_reset")),
-        "in_gain": _arr(_meta_get(name, meta, "lnm_in_gain")),
-        "syn_decay": _arr(meta["lnm_syn_decay"]) if syn else None,
-        "syn_gain": _arr(_meta_get(name, meta, "lnm_syn_gain")) if syn else None,
+        "in_gain": _meta_arr(name, meta, "lnm_in_gain"),
+        "syn_decay": _meta_arr(name, meta, "lnm_syn_decay") if syn else None,
+        "syn_gain": _meta_arr(name, meta, "lnm_syn_gain") if syn else None,
         "dt": float(_meta_get(name, meta, "lnm_dt")),
         # written only where they differ from the defaults (lnm_format 2): '>', 1, no floor
         "threshold": str(meta.get("lnm_threshold", ">")),
         "max_spikes": _max_spikes_meta(name, meta.get("lnm_max_spikes", 1)),
-        "v_floor": _arr(meta["lnm_v_floor"]) if "lnm_v_floor" in meta else None,
+        "v_floor": _meta_arr(name, meta, "lnm_v_floor") if "lnm_v_floor" in meta else None,
     }
 
 
@@ -533,7 +554,8 @@ def warn_if_edited(name: str, node: nir.NIRNode, neuron: Neuron) -> None:
         warnings.simplefilter("ignore", LNMDeployWarning)
         expected = neuron_to_nir(name, neuron)
     if type(expected) is not type(node) or not all(
-        _close(_arr(getattr(node, f)), _arr(getattr(expected, f))) for f in _finite_params(name, expected)
+        _close(_arr(getattr(node, f), f"NIR parameter '{f}'", name), _arr(getattr(expected, f)))
+        for f in _finite_params(name, expected)
     ):
         _warn(f"node '{name}': its NIR parameters disagree with its lnm-deploy metadata (edited by "
               "another tool?); the metadata, which is exact, is used")
@@ -583,16 +605,22 @@ def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: Rea
 # Readers, one per NIR node type (the registry is ``lnm_deploy.nir_io.registry.READERS``)
 
 
+def _dims(x: Any) -> Shape:
+    """The shape of a parameter (numpy, torch or nested lists) without reading its values, which
+    ``_finite_params`` reads and checks when the node is converted."""
+    return tuple(int(s) for s in (x.shape if hasattr(x, "shape") else np.shape(x)))
+
+
 def _weight_input(node: nir.NIRNode) -> Shape | None:
-    w = as_array(node.weight)
-    return (int(w.shape[-1]),) if w.ndim == 2 else None
+    w = _dims(node.weight)
+    return (w[-1],) if len(w) == 2 else None
 
 
 def _param_shape(key: str) -> Callable[[nir.NIRNode], Shape | None]:
     """The input shape implied by the shape of parameter ``key`` (None for a scalar)."""
     def implied(node: nir.NIRNode) -> Shape | None:
-        a = as_array(getattr(node, key))
-        return tuple(int(s) for s in a.shape) if a.ndim > 0 else None
+        a = _dims(getattr(node, key))
+        return a if a else None
     return implied
 
 
@@ -605,6 +633,23 @@ def _read_input(r: NodeRead) -> Input:
 
 @reads(Output, "Output")
 def _read_output(r: NodeRead) -> Output:
+    """The graph's Output. Its shape is the shape of the node feeding it (``r.in_shape``); a shape
+    the node declares must be that one, possibly after leading 1s (a batch some exporters record:
+    Rockpool writes ``(1, 1, n)``), or, where the producer traces (time, features) samples
+    (``input_layout="time-first"``: Sinabs), after one leading time dimension. An absent or empty
+    declared shape is not checked."""
+    declared = r.node.output_type.get("output") if isinstance(r.node.output_type, dict) else None
+    shape = _port_shape(r.name, "Output", declared) if declared is not None else ()
+    fed = r.in_shape
+    if shape and fed is not None and shape != fed:
+        lead = shape[: len(shape) - len(fed)]
+        time_first = r.ctx.convention is not None and r.ctx.convention.input_layout == "time-first"
+        fits = len(shape) > len(fed) and shape[len(lead):] == fed and (
+            all(d == 1 for d in lead) or (time_first and len(lead) == 1))
+        if not fits:
+            raise GraphError(f"the NIR Output declares shape {shape} but the node feeding it gives {fed}: fix the "
+                             "exporter or the file (write the Output with the shape of the layer it reads, or "
+                             "without a shape)", node=r.name)
     return Output(metadata=r.ir_meta)
 
 
@@ -620,13 +665,13 @@ def _read_affine(r: NodeRead) -> Affine:
 
 @reads(Scale, "Scale", implied_input=_param_shape("scale"))
 def _read_scale(r: NodeRead) -> Scale:
-    scale = _arr(r.meta["lnm_scale"]) if r.exact and "lnm_scale" in r.meta else r.params["scale"]
+    scale = _meta_arr(r.name, r.meta, "lnm_scale") if r.exact and "lnm_scale" in r.meta else r.params["scale"]
     return Scale(scale=scale, metadata=r.ir_meta)
 
 
 @reads(Threshold, "Threshold", implied_input=_param_shape("threshold"))
 def _read_threshold(r: NodeRead) -> Threshold:
-    v_th = _arr(r.meta["lnm_v_th"]) if r.exact and "lnm_v_th" in r.meta else r.params["threshold"]
+    v_th = _meta_arr(r.name, r.meta, "lnm_v_th") if r.exact and "lnm_v_th" in r.meta else r.params["threshold"]
     return Threshold(v_th=v_th, metadata=r.ir_meta)
 
 
@@ -643,14 +688,15 @@ def _read_conv2d(r: NodeRead) -> Conv2d:
         stride=_ints2(r.name, "stride", node.stride),
         padding=_conv_padding(r.name, node),
         dilation=_ints2(r.name, "dilation", node.dilation),
-        groups=int(as_array(node.groups)),
+        groups=_ints(r.name, "NIR parameter 'groups'", node.groups)[0],
         metadata=r.ir_meta,
     )
 
 
 @reads(Flatten, "Flatten")
 def _read_flatten(r: NodeRead) -> Flatten:
-    return Flatten(start_dim=int(as_array(r.node.start_dim)), end_dim=int(as_array(r.node.end_dim)),
+    return Flatten(start_dim=_ints(r.name, "NIR parameter 'start_dim'", r.node.start_dim)[0],
+                   end_dim=_ints(r.name, "NIR parameter 'end_dim'", r.node.end_dim)[0],
                    metadata=r.ir_meta)
 
 
@@ -688,6 +734,14 @@ def _expected_input(node: nir.NIRNode) -> Shape | None:
     return entry.implied_input(node) if entry is not None and entry.implied_input is not None else None
 
 
+def _port_shape(name: str, port: str, raw: Any) -> Shape:
+    """The shape an Input or Output node declares, as ints; ``GraphError`` naming the node where it
+    is not whole numbers >= 1 (``[4.5]``, ``[0]``, text, complex). Empty for an empty shape."""
+    fix = ("pass input_shape=(...) (CLI --input-shape) to override it" if port == "Input"
+           else "fix the exporter or the file (or write the Output without a shape)")
+    return _ints(name, f"the NIR {port}'s shape", raw, minimum=1, fix=fix)
+
+
 def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], override: Shape | None,
                  layout: str = "features") -> Shape:
     if override is not None:
@@ -696,11 +750,8 @@ def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], overr
     if raw is None:
         raise GraphError("the NIR Input node has no shape; pass input_shape=(...) (CLI: the shape "
                          "without batch and time)", node=name)
-    try:
-        shape = tuple(int(s) for s in np.asarray(raw).reshape(-1))
-    except (TypeError, ValueError) as e:
-        raise GraphError(f"the NIR Input's shape {raw!r} is not a list of integers", node=name) from e
-    if not shape or min(shape) < 1:
+    shape = _port_shape(name, "Input", raw)
+    if not shape:
         raise GraphError(f"the NIR Input's shape {shape} must be non-empty sizes >= 1 (without batch and "
                          "time); pass input_shape=(...) (CLI --input-shape) to override it", node=name)
     # Exporters that trace with a batched sample (Norse's to_nir, nirtorch without ignore_dims)
@@ -708,8 +759,9 @@ def _input_shape(name: str, node: nir.Input, consumers: list[nir.NIRNode], overr
     for c in consumers:
         want = _expected_input(c)
         if type(c).__name__ == "Conv2d" and len(shape) == 4 and shape[0] == 1:
-            w = as_array(c.weight)
-            if w.ndim == 4 and shape[1] == w.shape[1] * int(as_array(c.groups)):
+            w = _dims(c.weight)
+            groups = np.asarray(c.groups).reshape(-1)
+            if len(w) == 4 and groups.size == 1 and shape[1] == w[1] * groups[0]:
                 want = shape[1:]
         if want is not None and want != shape and len(shape) > len(want) and shape[-len(want):] == want \
                 and all(s == 1 for s in shape[: len(shape) - len(want)]):
@@ -785,10 +837,11 @@ def _rockpool_dt(nodes: dict[str, nir.NIRNode]) -> float | None:
     """The one dt (seconds) every neuron's ``r = tau exp(-dt/tau)/dt`` was written with (Rockpool),
     rounded to 6 significant digits; None without neurons or if they disagree (relative 1e-5)."""
     dts: list[np.ndarray] = []
-    for v in nodes.values():
+    for n, v in nodes.items():
         if isinstance(v, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):
-            tau = as_array(v.tau if isinstance(v, (nir.LIF, nir.LI)) else v.tau_mem)
-            r = as_array(v.r)
+            key = "tau" if isinstance(v, (nir.LIF, nir.LI)) else "tau_mem"
+            tau = as_array(getattr(v, key), f"NIR parameter '{key}'", n)
+            r = as_array(v.r, "NIR parameter 'r'", n)
             if np.any(r <= 0) or np.any(tau <= 0):
                 return None
             dts.append(np.asarray(rockpool_dt(tau, r)).reshape(-1))
@@ -804,23 +857,26 @@ def _rockpool_dt(nodes: dict[str, nir.NIRNode]) -> float | None:
 def _looks_like(nodes: dict[str, nir.NIRNode]) -> str | None:
     """A hint for the user when no producer was given: snnTorch, Norse 1.1.0 or Sinabs fingerprints
     (a guess shown in the warning, never applied)."""
-    lifs = [n for n in nodes.values() if isinstance(n, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI))]
-    ifs = [n for n in nodes.values() if isinstance(n, nir.IF)]
+    def p(name: str, key: str) -> np.ndarray:
+        return as_array(getattr(nodes[name], key), f"NIR parameter '{key}'", name)
+
+    lifs = [n for n, v in nodes.items() if isinstance(v, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI))]
+    ifs = [n for n, v in nodes.items() if isinstance(v, nir.IF)]
     if not lifs:
         # Sinabs' IAF is written as IF with r = 1 and integrates one unit per step (dt = 1): read
         # at the generic dt, such a network integrates r dt and goes nearly silent.
-        if ifs and all(np.all(as_array(n.r) == 1.0) for n in ifs):
+        if ifs and all(np.all(p(n, "r") == 1.0) for n in ifs):
             return "sinabs"
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
-        def tau(n: nir.NIRNode) -> np.ndarray:
-            return as_array(n.tau if isinstance(n, (nir.LIF, nir.LI)) else n.tau_mem).astype(np.float64)
+        def tau(n: str) -> np.ndarray:
+            return p(n, "tau" if isinstance(nodes[n], (nir.LIF, nir.LI)) else "tau_mem").astype(np.float64)
 
-        if all(np.allclose(as_array(n.r) * DEFAULT_DT["snntorch"], tau(n), rtol=1e-5) for n in lifs):
+        if all(np.allclose(p(n, "r") * DEFAULT_DT["snntorch"], tau(n), rtol=1e-5) for n in lifs):
             return "snntorch"
-        if all(np.allclose(as_array(n.r), 1.0) and np.all(tau(n) < DEFAULT_DT["norse"]) for n in lifs):
+        if all(np.allclose(p(n, "r"), 1.0) and np.all(tau(n) < DEFAULT_DT["norse"]) for n in lifs):
             return "norse"
-        if all(np.all(as_array(n.r) == 1.0) and np.all(as_array(n.v_leak) == 0.0) and np.all(tau(n) >= 1.0)
+        if all(np.all(p(n, "r") == 1.0) and np.all(p(n, "v_leak") == 0.0) and np.all(tau(n) >= 1.0)
                for n in lifs):
             return "sinabs"  # time constants in steps, r = 1, v_leak = 0
     return None
@@ -1014,11 +1070,12 @@ def _from_nir_graph(g: nir.NIRGraph, dt: float | None, producer: str | None, inp
                   "neuron's reset, threshold, spike count, floor and readouts (an artifact's as calibrated)")
         stated, readouts = {}, ()
         fmt = gmeta.get("lnm_format")
-        if fmt is not None and int(as_array(fmt)) > LNM_FORMAT:
-            raise UnsupportedError(f"the graph uses lnm-deploy metadata format {int(as_array(fmt))}; this "
+        fmt = None if fmt is None else _ints(None, "graph metadata 'lnm_format'", fmt)[0]
+        if fmt is not None and fmt > LNM_FORMAT:
+            raise UnsupportedError(f"the graph uses lnm-deploy metadata format {fmt}; this "
                                    f"version reads up to {LNM_FORMAT}: upgrade lnm-deploy")
     meta_dt = gmeta.get("dt")
-    meta_dt = float(as_array(meta_dt)) if meta_dt is not None else None
+    meta_dt = float(as_array(meta_dt, "graph metadata 'dt'")) if meta_dt is not None else None
     if exact:
         step = meta_dt if meta_dt is not None else (dt if dt is not None else DEFAULT_DT["generic"])
         if dt is not None and meta_dt is not None and dt != meta_dt:

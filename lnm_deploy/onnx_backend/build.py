@@ -719,6 +719,9 @@ def build_onnx(fx: FxGraph, *, metadata: dict[str, str] | None = None, states: b
     but not the layout keys ``format``, ``input``, ``output``, ``layers``). ``engine``: ``"auto"`` (one Scan per neuron layer or
     recurrent component) or ``"step"`` (one Scan over the whole network).
     """
+    from lnm_deploy import validate
+
+    validate.fx_graph(fx, "build_onnx")
     onnx = require_onnx()
     from onnx import helper
 

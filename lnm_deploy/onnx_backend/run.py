@@ -102,7 +102,11 @@ def run_onnx_model(model: Any, x: Any, *, record: bool = False, progress: bool =
 
 def run_onnx(fx: FxGraph, x: Any, *, record: bool = False, progress: bool = False,
              engine: str = "auto") -> RunResult:
-    """Build ``fx``'s ONNX model and run it with onnxruntime on the CPU (see ``run_onnx_model``)."""
+    """Build ``fx``'s ONNX model and run it with onnxruntime on the CPU (see ``run_onnx_model``);
+    ``UserInputError`` when ``fx`` is not an ``FxGraph`` (an artifact's ``.fx``)."""
+    from lnm_deploy import validate
+
+    validate.fx_graph(fx, "run_onnx")
     return run_onnx_model(build_onnx(fx, states=record, engine=engine), x, record=record,
                           progress=progress)
 

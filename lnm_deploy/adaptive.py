@@ -222,7 +222,7 @@ def _write(name: str, node: AdaptiveNeuron, in_shape: Any, out_shape: Any, meta:
 def _meta(r: NodeRead, key: str) -> Array:
     if key not in r.meta:
         raise GraphError(f"lnm-deploy metadata is incomplete: '{key}' is missing", node=r.name)
-    return np.asarray(as_array(r.meta[key]), dtype=np.float64)
+    return np.asarray(as_array(r.meta[key], f"lnm-deploy metadata '{key}'", r.name), dtype=np.float64)
 
 
 @reads_exactly(AdaptiveNeuron)

@@ -915,13 +915,15 @@ def test_output_shape_must_be_the_shape_it_reads(tmp_path: Path) -> None:
     with pytest.raises(GraphError, match=r"declares shape \(7,\).*gives \(4,\)") as e:
         read_nir(port_file(tmp_path / "a.nir", "output", np.array([7])), dt=1e-4)
     assert e.value.node == "output"
-    with pytest.raises(GraphError, match=r"declares shape \(2, 2\)"):
-        read_nir(port_file(tmp_path / "b.nir", "output", np.array([2, 2])), dt=1e-4)
+    with pytest.raises(GraphError, match=r"declares shape \(2, 3\)"):
+        read_nir(port_file(tmp_path / "b.nir", "output", np.array([2, 3])), dt=1e-4)
     with pytest.raises(GraphError, match="whole numbers >= 1") as e:
         read_nir(port_file(tmp_path / "c.nir", "output", np.array([4.5])), dt=1e-4)
     assert e.value.node == "output"
-    # absent or empty: the shape it reads; leading 1s (a batch: Rockpool writes (1, 1, n)) are fine
-    for i, ok in enumerate([None, np.array([], dtype=np.int64), np.array([1, 1, 4]), np.array([4.0])]):
+    # absent or empty: the shape it reads; leading 1s (a batch: Rockpool writes (1, 1, n)) are fine,
+    # and so is another layout of as many values ((2, 2), (4, 1, 1))
+    for i, ok in enumerate([None, np.array([], dtype=np.int64), np.array([1, 1, 4]), np.array([4.0]),
+                            np.array([2, 2]), np.array([4, 1, 1])]):
         path = port_file(tmp_path / f"ok{i}.nir", "output", ok)
         g = quiet(lambda p=path: read_nir(p, dt=1e-4))
         sched = g.schedule()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import warnings
 from collections import deque
@@ -637,7 +638,8 @@ def _read_output(r: NodeRead) -> Output:
     the node declares must be that one, possibly after leading 1s (a batch some exporters record:
     Rockpool writes ``(1, 1, n)``), or, where the producer traces (time, features) samples
     (``input_layout="time-first"``: Sinabs), after one leading time dimension. An absent or empty
-    declared shape is not checked."""
+    declared shape is not checked, nor one that holds as many values (another layout of the same
+    output)."""
     declared = r.node.output_type.get("output") if isinstance(r.node.output_type, dict) else None
     shape = _port_shape(r.name, "Output", declared) if declared is not None else ()
     fed = r.in_shape
@@ -646,6 +648,9 @@ def _read_output(r: NodeRead) -> Output:
         time_first = r.ctx.convention is not None and r.ctx.convention.input_layout == "time-first"
         fits = len(shape) > len(fed) and shape[len(lead):] == fed and (
             all(d == 1 for d in lead) or (time_first and len(lead) == 1))
+        # the same values laid out otherwise ((10,) for (10, 1, 1), (C*H*W,) for (C, H, W)): the
+        # output is read as the layer's, as before; only a different number of values is refused
+        fits = fits or math.prod(shape) == math.prod(fed)
         if not fits:
             raise GraphError(f"the NIR Output declares shape {shape} but the node feeding it gives {fed}: fix the "
                              "exporter or the file (write the Output with the shape of the layer it reads, or "

@@ -223,13 +223,13 @@ def init_batchnorm(model: LNMSequential, x: Tensor | Any) -> LNMSequential:
     if xt.is_complex():
         raise UserInputError(f"init_batchnorm: x must hold real numbers, got {xt.dtype}")
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-    want = (5, "(B, T, C, H, W)") if isinstance(first, nn.Conv2d) else (3, "(B, T, features)")
-    if first is not None and (xt.ndim != want[0] or xt.shape[2] != (first.in_channels if isinstance(first, nn.Conv2d)
-                                                                  else first.in_features)):
-        n_in = first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
-        raise UserInputError(f"init_batchnorm: x must be {want[1]} with {n_in} "
-                             f"{'channels' if isinstance(first, nn.Conv2d) else 'features'} (the model's first "
-                             f"{type(first).__name__}), got shape {tuple(xt.shape)}")
+    if first is not None:
+        conv = isinstance(first, nn.Conv2d)
+        rank, layout, n_in, unit = ((5, "(B, T, C, H, W)", first.in_channels, "channels") if conv
+                                    else (3, "(B, T, features)", first.in_features, "features"))
+        if xt.ndim != rank or xt.shape[2] != n_in:
+            raise UserInputError(f"init_batchnorm: x must be {layout} with {n_in} {unit} (the model's first "
+                                 f"{type(first).__name__}), got shape {tuple(xt.shape)}")
     if xt.ndim < 3 or xt.shape[0] * xt.shape[1] < 2:
         raise UserInputError(f"init_batchnorm: x {tuple(xt.shape)} must be (B, T, *input_shape) with B * T >= 2 "
                              "(BatchNorm statistics need more than one value per channel)")

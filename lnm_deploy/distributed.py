@@ -38,6 +38,7 @@ import multiprocessing.util
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -524,30 +525,233 @@ def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[
             ray.shutdown()
 
 
+#: Seconds a SIGTERM, SIGHUP or SIGINT that arrives during ``ray.init`` waits for the init to
+#: complete before it acts anyway (a second signal acts at once).
+INIT_DEFER_S = 10.0
+#: Seconds the processes a failed ``ray.init`` started get to end after ``ray.shutdown`` before they
+#: are killed (SIGKILL).
+INIT_SWEEP_GRACE_S = 2.0
+
+
+def _descendants() -> dict[tuple[int, float], Any]:
+    """This process's descendants (psutil processes, keyed by pid and start time, which together
+    name one process: a pid can be reused)."""
+    import psutil
+
+    found = {}
+    with contextlib.suppress(psutil.Error):
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                found[(p.pid, p.create_time())] = p
+    return found
+
+
+def _descendants_since(before: set[tuple[int, float]]) -> list[Any]:
+    """This process's descendants that are not in ``before`` (``_descendants()`` when a
+    ``ray.init`` began): the processes Ray started (the GCS, the raylet, the raylet's agents and
+    workers). Compared by identity, not by start time: psutil's ``create_time`` is off by up to
+    a second (the boot time it adds is whole seconds)."""
+    return [p for key, p in _descendants().items() if key not in before]
+
+
+def _sweep(procs: list[Any]) -> None:
+    """Wait up to ``INIT_SWEEP_GRACE_S`` for ``procs`` to end, then SIGKILL those still there."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        _, alive = psutil.wait_procs(procs, timeout=INIT_SWEEP_GRACE_S)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=INIT_SWEEP_GRACE_S)
+
+
+def _child_subreaper(on: bool | None) -> bool | None:
+    """Linux: make this process a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), so that the
+    processes a ``ray.init`` starts stay its descendants when their parent dies (the raylet's
+    agents and workers, if a signal to the process group ended the raylet first) and the sweep
+    finds them. Returns the setting before (None where it cannot be read or set: then nothing
+    changes); ``on`` None does nothing."""
+    if on is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        before = ctypes.c_int(0)
+        if libc.prctl(37, ctypes.byref(before), 0, 0, 0) != 0:  # PR_GET_CHILD_SUBREAPER
+            return None
+        if libc.prctl(36, int(on), 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+            return None
+        return bool(before.value)
+    except (OSError, AttributeError):
+        return None
+
+
+def _watch_init(rfd: int, pid: int, signums: frozenset[int], before: set[tuple[int, float]],
+                stop: threading.Event) -> None:
+    """A thread while ``ray.init`` runs: ``rfd`` is the read end of the signal wakeup fd
+    (``signal.set_wakeup_fd``), to which Python's C-level handler writes each signal's number
+    at once, even while the main thread is inside Ray's C++ and no Python handler can run. From
+    the first of ``signums`` on, it sends that signal again (which then acts at once: see
+    ``_init_guard``) after ``INIT_DEFER_S``, or as soon as one of the processes the init had
+    started has ended. The init cannot complete then: a signal to the whole process group ends
+    Ray's processes too, and Ray's C++ then waits for them (about 30 s, measured) or ends this
+    process itself ("Failed to register worker to Raylet", exit 1), where no ``finally`` runs. So
+    every process the init started is killed first, here."""
+    import select
+
+    import psutil
+
+    signum = 0
+    while not signum:
+        if stop.is_set():
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if select.select([rfd], [], [], 0.1)[0]:
+                signum = next((b for b in os.read(rfd, 256) if b in signums), 0)
+    procs = _descendants_since(before)
+    deadline = time.monotonic() + INIT_DEFER_S
+    while not stop.wait(0.1):
+        try:
+            gone = any(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in procs)
+        except psutil.Error:
+            gone = True
+        if gone:
+            for p in _descendants_since(before):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        if gone or time.monotonic() >= deadline:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+            return
+
+
+def _act_on(signum: int, handler: Any) -> None:
+    """What ``signum`` would have done under ``handler`` (a callable runs; SIGTERM's default
+    action is ``Terminated``, as everywhere in this module)."""
+    if callable(handler):
+        handler(signum, None)
+    elif signum == signal.SIGTERM:
+        raise Terminated(signum)
+
+
 @contextlib.contextmanager
 def _init_guard(ray: Any) -> Iterator[None]:
-    """Around a ``ray.init``: SIGTERM stays an interrupt and nothing half-started is left behind.
-    ``ray.init`` replaces the SIGTERM handler with ``sys.exit(15)`` part way through (a
-    ``SystemExit(15)`` here becomes ``Terminated``); the handler there was before is put back
-    afterwards, whatever happens (``ray_session``'s caller installs the one for the session). An
-    init that does not complete (an error, Ctrl-C, SIGTERM) is shut down, so the processes it
-    started (the GCS, the raylet) do not outlive the command."""
+    """Around a ``ray.init``: an interrupt during it stops the command cleanly, and nothing the
+    init started is left behind.
+
+    Measured on Ray 2.60 without this guard, SIGTERM to the command in the first seconds of a
+    local instance exited 0 after running to the end (Ray's handler raised in an at-fork hook,
+    where Python ignores exceptions), exited after 30 s (a head node's handler waits
+    ``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S`` for the node to drain), ended in SIGABRT (the C++
+    core worker's failure-signal handler) or in SIGSEGV at exit (an init interrupted half way),
+    or left the raylet's ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` running under PID 1
+    (``ray.shutdown`` does not know a node whose start was interrupted). So:
+
+    * In the main thread, the first SIGTERM, SIGHUP or SIGINT is held until the init returns
+      (a local instance starts in 2-3 s), then acts as its handler says (``Terminated``,
+      ``KeyboardInterrupt``) and the complete instance is shut down by the caller's ``finally``.
+      A second signal, or the first after ``INIT_DEFER_S``, acts at once. Signals that were
+      ignored, or SIGHUP/SIGINT with their default action, are left alone.
+    * Ray's own SIGTERM handlers are not installed meanwhile (``ray._private.utils.
+      set_sigterm_handler`` is replaced for the call), nor the core worker's C++ failure-signal
+      handler (``ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER`` for the call). Both are
+      private, hence looked up and left alone where missing; a ``SystemExit(15)`` from Ray's
+      handler is then turned into ``Terminated``.
+    * An init that does not complete (an error, an interrupt that acted at once) is shut down,
+      and the processes it started are ended: this process's descendants created since the init
+      began, listed before anything is stopped; those still there ``INIT_SWEEP_GRACE_S`` after
+      ``ray.shutdown`` are killed (SIGKILL).
+
+    The handlers there were before are put back afterwards, whatever happens (``ray_session``'s
+    caller installs the one for the session). Outside the main thread, only the shutdown and the
+    sweep apply."""
     main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.getsignal(signal.SIGTERM) if main_thread else None
+    before = set(_descendants())
+    held: list[int] = []
+    old: dict[int, Any] = {}
+    stop = threading.Event()
+    private = getattr(ray, "_private", None)
+    utils: Any = getattr(private, "utils", None)
+    constants: Any = getattr(private, "ray_constants", None)
+    ray_setter = getattr(utils, "set_sigterm_handler", None) if main_thread else None
+    cpp_handler_off = getattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None) if main_thread else None
+    wake_r = wake_w = None
+    watcher: threading.Thread | None = None
+    old_wakeup = -1
+    if main_thread:
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGINT):
+            if signum is None:
+                continue
+            prev = signal.getsignal(signum)
+            if prev is signal.SIG_IGN or (prev in (signal.SIG_DFL, None) and signum != signal.SIGTERM):
+                continue
+
+            def hold(s: int, frame: Any, prev: Any = prev) -> None:
+                held.append(s)
+                if len(held) > 1 and not stop.is_set():  # the first acts when the init returns
+                    _act_on(s, prev)
+
+            old[signum] = signal.signal(signum, hold)
+        if ray_setter is not None:
+            utils.set_sigterm_handler = lambda handler: None
+        if cpp_handler_off is False:
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+        if old:
+            wake_r, wake_w = socket.socketpair()
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+            try:
+                old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+            except (ValueError, OSError):
+                wake_r.close()
+                wake_w.close()
+            else:
+                watcher = threading.Thread(target=_watch_init,
+                                           args=(wake_r.fileno(), os.getpid(), frozenset(old), before, stop),
+                                           name="lnm-deploy-ray-init-signals", daemon=True)
+                watcher.start()
+    subreaper_before = _child_subreaper(True)
     ok = False
+    failed: Exception | None = None
     try:
-        yield
+        try:
+            yield
+        except SystemExit as e:  # Ray's SIGTERM handler, where it could not be kept out
+            if e.code != signal.SIGTERM:
+                raise
+            raise Terminated(signal.SIGTERM) from None
+        except Exception as e:
+            if not held:
+                raise
+            failed = e  # a held signal made the init fail (one to the process group ends Ray's processes)
+        finally:
+            stop.set()
+            if watcher is not None:
+                signal.set_wakeup_fd(old_wakeup)
+                watcher.join(timeout=1.0)
+            for end in (wake_r, wake_w):
+                if end is not None:
+                    end.close()
+            _child_subreaper(subreaper_before)
+            if ray_setter is not None:
+                utils.set_sigterm_handler = ray_setter
+            if cpp_handler_off is False:
+                constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = False
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+        if held:  # the held signal acts now (Ray is shut down here if it raises, else by the caller)
+            _act_on(held[0], old.get(held[0]))
+        if failed is not None:
+            raise failed
         ok = True
-    except SystemExit as e:  # Ray's SIGTERM handler
-        if e.code != signal.SIGTERM:
-            raise
-        raise Terminated(signal.SIGTERM) from None
     finally:
-        if main_thread and old is not None:
-            signal.signal(signal.SIGTERM, old)
         if not ok:
+            started = _descendants_since(before)
             with contextlib.suppress(Exception):
                 ray.shutdown()
+            _sweep(started)
 
 
 def _start_local(ray: Any, workers: int | None, common: dict[str, Any]) -> None:

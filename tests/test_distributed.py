@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +389,119 @@ def test_an_interrupted_local_ray_start_is_shut_down(monkeypatch: pytest.MonkeyP
         signal.signal(signal.SIGTERM, old)
 
 
+class _SignalledRay:
+    """``ray.init`` that receives signals while it starts, as Ray 2.60's does: it installs its
+    SIGTERM handlers through ``ray._private.utils.set_sigterm_handler`` (which ``_init_guard``
+    keeps out), starts ``procs`` (``sleep`` processes; ``orphan``: one whose parent has ended,
+    as the raylet's agents are when a signal ended the raylet first), sends this process
+    ``signals`` (after ``delays`` seconds each) and then returns or raises ``exc``."""
+
+    def __init__(self, signals: list[int], exc: BaseException | None = None, procs: int = 0,
+                 orphan: bool = False) -> None:
+        self.signals, self.exc, self.procs, self.orphan = signals, exc, procs, orphan
+        self.shut, self.started, self.cpp_handler_off = False, [], None
+        self.after_signals = False
+        handlers = types.SimpleNamespace(set_sigterm_handler=lambda h: signal.signal(signal.SIGTERM, h))
+        constants = types.SimpleNamespace(RAY_DISABLE_FAILURE_SIGNAL_HANDLER=False)
+        self._private = types.SimpleNamespace(utils=handlers, ray_constants=constants)
+
+    def init(self, **_: Any) -> None:
+        self._private.utils.set_sigterm_handler(lambda s, f: sys.exit(s))  # kept out by the guard
+        self.cpp_handler_off = self._private.ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+        for _ in range(self.procs):
+            self.started.append(subprocess.Popen(["sleep", "60"]).pid)
+        if self.orphan:  # a grandchild whose parent (a shell) exits at once
+            out = subprocess.run(["sh", "-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True)
+            self.started.append(int(out.stdout))
+        for s in self.signals:
+            os.kill(os.getpid(), s)
+            time.sleep(0.2)  # a Python handler runs at the next bytecode: here, a held one did nothing
+        self.after_signals = True
+        if self.exc is not None:
+            raise self.exc
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def _gone(pids: list[int]) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_signal_during_a_local_ray_start_waits_for_it_then_stops_it() -> None:
+    """Ray 2.60 itself, SIGTERM to the command alone in the first 2-3 s of a local instance:
+    exit 0 after a full run, 30 s waits, SIGABRT, or the raylet's agents left under PID 1.
+    ``_init_guard`` holds the first SIGTERM, SIGHUP or SIGINT until ``ray.init`` returns (Ray's
+    own handlers kept out), then acts on it as its handler says with the instance shut down."""
+    from lnm_deploy.signals import Terminated, raise_terminated
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGHUP, raise_terminated)
+    try:
+        for sig, expected in ((signal.SIGTERM, Terminated), (signal.SIGHUP, Terminated),
+                              (signal.SIGINT, KeyboardInterrupt)):
+            ray = _SignalledRay([sig])
+            with pytest.raises(expected) as info:
+                dist._start_local(ray, 2, {})
+            assert ray.after_signals and ray.shut, sig  # held until the init returned, then shut down
+            assert ray.cpp_handler_off is True and ray._private.ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is False
+            if expected is Terminated:
+                assert info.value.signum == sig
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated  # Ray's sys.exit never installed
+        # the init failed because of the signal (one to the process group ends Ray's processes):
+        # the signal, not Ray's error
+        ray = _SignalledRay([signal.SIGTERM], exc=RuntimeError("Failed to connect to GCS"))
+        with pytest.raises(Terminated):
+            dist._start_local(ray, 2, {})
+        assert ray.shut
+        # a second signal acts at once, inside the init
+        ray = _SignalledRay([signal.SIGTERM, signal.SIGTERM])
+        with pytest.raises(Terminated):
+            dist._start_local(ray, 2, {})
+        assert ray.shut and not ray.after_signals
+        # no signal: nothing changes, the init's error is raised as it is
+        ray = _SignalledRay([], exc=RuntimeError("raylet failed to start"))
+        with pytest.raises(RuntimeError, match="raylet"):
+            dist._start_local(ray, 2, {})
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def test_what_an_interrupted_ray_start_started_is_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray.shutdown`` does not know a node whose start was interrupted: the processes the init
+    started, orphans included (the raylet's agents once the raylet has ended), are ended."""
+    from lnm_deploy.signals import raise_terminated
+
+    pytest.importorskip("psutil")
+    monkeypatch.setattr(dist, "INIT_SWEEP_GRACE_S", 0.5)
+    old = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        for sigs in ([signal.SIGTERM, signal.SIGTERM], []):
+            ray = _SignalledRay(sigs, exc=None if sigs else KeyboardInterrupt(), procs=2,
+                                orphan=sys.platform.startswith("linux"))
+            with pytest.raises(KeyboardInterrupt):
+                dist._start_local(ray, 2, {})
+            assert ray.shut and len(ray.started) >= 2
+            assert _gone(ray.started), ray.started
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 # ------------------------------------------------------------------------------------------------
 # Forked processes (no Ray)
 
@@ -655,6 +769,55 @@ def _mapped_shm() -> set[str]:
                 if i >= 0:
                     out.add(line[i + len("/dev/shm/"):].split("/")[0].split(" ")[0])
     return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["first process", "agents"])
+def test_sigterm_while_a_local_ray_instance_starts_leaves_nothing(files: dict[str, Any], tmp_path: Path,
+                                                                  when: str) -> None:
+    """``kill PID`` while ``--engine ray`` starts its local instance: as soon as Ray's first
+    process is there, or once the raylet has started its agents (which Ray 2.60 alone left
+    running under PID 1). Exit 143, and none of the processes the command started is left."""
+    pytest.importorskip("ray")
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["RAY_AUTH_MODE"] = "disabled"
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, "ray", "run", str(files["art"]), "--data",
+                             str(files["test"]), "--backend", "fxsim", "--workers", "2", "--quiet",
+                             "--out", str(tmp_path / "out.npz")],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    me = psutil.Process(proc.pid)
+    seen: dict[int, Any] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                kids = me.children(recursive=True)
+                seen.update({p.pid: p for p in kids})
+                direct = {p.pid for p in me.children()}
+                if kids and (when == "first process" or any(p.pid not in direct for p in kids)):
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:  # what it starts meanwhile too
+            with contextlib.suppress(psutil.Error):
+                seen.update({p.pid: p for p in me.children(recursive=True)})
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert "terminated (SIGTERM)" in err.decode()
+    assert seen
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    assert not (tmp_path / "out.npz").exists()
 
 
 def test_engine_choice_is_validated(tmp_path: Path) -> None:

@@ -777,7 +777,8 @@ def test_sigterm_while_a_local_ray_instance_starts_leaves_nothing(files: dict[st
                                                                   when: str) -> None:
     """``kill PID`` while ``--engine ray`` starts its local instance: as soon as Ray's first
     process is there, or once the raylet has started its agents (which Ray 2.60 alone left
-    running under PID 1). Exit 143, and none of the processes the command started is left."""
+    running under PID 1). Exit 143 (the command was interrupted), and none of the processes the
+    command started is left."""
     pytest.importorskip("ray")
     import psutil
 
@@ -812,8 +813,11 @@ def test_sigterm_while_a_local_ray_instance_starts_leaves_nothing(files: dict[st
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
-    assert "terminated (SIGTERM)" in err.decode()
+    # 143; 130 where the scan saw the agents late and the signal came once Ray had started
+    # (Ray's wait then raises an interrupt of its own, as in the case above)
+    out = err.decode()
+    assert (proc.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in out) or (
+        proc.returncode == 130 and "interrupted" in out), out
     assert seen
     _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
     assert not alive, [(p.pid, p.name()) for p in alive]

@@ -27,7 +27,9 @@ raises ``LNMDeployError`` naming the shard's samples. An exception raised by the
 input, an unsupported node) is raised as is, without retry. Ctrl-C or SIGTERM stop every worker
 (Ray tasks are cancelled, local workers get SIGTERM, which they turn into ``KeyboardInterrupt``
 so that a Lava run stops its runtime and removes its ``/dev/shm`` files) before the interrupt
-propagates; a Ray instance started here is shut down in every case.
+propagates; a Ray instance started here is shut down in every case. A signal while a local Ray
+instance starts is held until it has started, and what an interrupted start left is killed
+(``_init_guard``).
 """
 
 from __future__ import annotations

@@ -466,10 +466,19 @@ def _scale(args: argparse.Namespace) -> dict:
     return {"workers": args.workers, "ray_address": args.ray_address, "engine": args.engine}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``lnm-deploy run: error: <what>
+    (lnm-deploy run --help lists the options)`` on stderr, exit 2 (argparse prints the whole usage
+    text first; errors here are one line). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> Any:  # argparse's own signature returns NoReturn
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lnm_deploy.backends import BACKENDS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lnm-deploy",
         description="Deploy spiking networks with learned neuron dynamics to neuromorphic targets.",
     )
@@ -636,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     warnings.showwarning = _show_warning
-    from lnm_deploy.signals import Terminated, terminate_as_interrupt
+    from lnm_deploy.signals import Terminated, terminate_as_interrupt, terminated_by
 
     try:
         # SIGTERM (timeout, CI cancellations, job schedulers) and SIGHUP unwind like Ctrl-C: Lava's
@@ -652,6 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lnm-deploy: terminated ({signal_name(e.signum)})", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
+        signum = terminated_by()  # a SIGTERM/SIGHUP whose Terminated a library re-raised as an interrupt
+        if signum is not None:
+            print(f"lnm-deploy: terminated ({signal_name(signum)})", file=sys.stderr)
+            return 128 + signum
         print("lnm-deploy: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lnm-deploy inspect G.nir | head -1`: the reader left; say nothing

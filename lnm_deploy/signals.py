@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["SIGNALS", "Terminated", "deferred_termination", "terminate_as_interrupt"]
+__all__ = ["SIGNALS", "Terminated", "deferred_termination", "terminate_as_interrupt", "terminated_by"]
 
 #: The signals handled like SIGINT (those this platform has).
 SIGNALS: tuple[int, ...] = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
@@ -30,9 +30,24 @@ class Terminated(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+#: The signals ``raise_terminated`` has handled since the last ``terminate_as_interrupt`` (the
+#: CLI's) began, in order.
+_received: list[int] = []
+
+
 def raise_terminated(signum: int, frame: Any) -> None:
-    """A signal handler: raise ``Terminated(signum)``."""
+    """A signal handler: raise ``Terminated(signum)`` (and note ``signum``: ``terminated_by``)."""
+    _received.append(signum)
     raise Terminated(signum)
+
+
+def terminated_by() -> int | None:
+    """The first signal ``raise_terminated`` handled since the last ``terminate_as_interrupt``
+    (not ``only_default``) began, else None. For the caller that catches a plain
+    ``KeyboardInterrupt`` where a library replaced the ``Terminated`` raised in it: Ray's
+    ``ray.wait``/``ray.get`` turn any exception from a signal handler into ``KeyboardInterrupt``
+    (measured on Ray 2.60: SIGTERM or SIGHUP while Ray tasks ran ended as "interrupted", 130)."""
+    return _received[0] if _received else None
 
 
 @contextlib.contextmanager
@@ -44,6 +59,8 @@ def terminate_as_interrupt(*, only_default: bool = False) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if not only_default:
+        _received.clear()
     old: dict[int, Any] = {}
     try:
         for s in SIGNALS:

@@ -169,3 +169,28 @@ def test_signal_during_lava_run_leaves_no_orphans(signum: int, group: bool, file
     assert survivors == [], "processes of the run survived it"
     assert not [d for d in ours if os.path.exists(d)], "shared memory left behind"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_that_a_library_turned_into_an_interrupt_still_exits_128_plus_n(
+        signum: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray's ``ray.wait`` raises a plain ``KeyboardInterrupt`` for whatever a signal handler raised
+    in it (Ray 2.60: SIGTERM while Ray tasks ran ended as "interrupted", 130)."""
+    import lnm_deploy.cli as cli
+    from lnm_deploy.signals import Terminated
+
+    def library_call(args: object) -> int:
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises here
+        except Terminated:
+            raise KeyboardInterrupt from None
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_targets", library_call)
+    assert main(["targets"]) == 128 + signum
+    assert capsys.readouterr().err.strip() == f"lnm-deploy: terminated ({signal.Signals(signum).name})"
+    # the next command starts afresh: a real Ctrl-C is an interrupt
+    monkeypatch.setattr(cli, "cmd_targets", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["targets"]) == 130
+    assert capsys.readouterr().err.strip() == "lnm-deploy: interrupted"

@@ -736,6 +736,10 @@ def verify(artifact: Artifact | str | os.PathLike[str], x: Array, y: Array | Non
         artifact_path = artifact
     other = None if compare is None else compared_artifact(art, artifact_path, compare)
     x = validate.spikes(x, art.graph, "verification data")
+    if x.size and not np.any(x):
+        warnings.warn(f"the verification data holds no input at all (its {x.shape[0]} samples are all "
+                      "zeros): the verdict covers only what the network does on silence (biases)",
+                      LNMDeployWarning, stacklevel=2)
     if y is not None:
         y = validate.labels(y, x.shape[0], validate.n_outputs(art.fx), "verification labels")
     model = resolve_float_graph(art, float_graph, producer=producer, dt=dt, input_shape=input_shape)

@@ -140,3 +140,23 @@ def test_compile_onnx_and_verify_onnx_bit_exact(files: dict[str, Path], tmp_path
                  "--json", str(js), "--max-accuracy-drop", "1", "--quiet"]) == 0
     onnx = json.loads(js.read_text())["backends"]["onnx"]
     assert onnx["bit_exact"] is True and onnx["compared_spikes"] == 6 * 24 * 20
+
+
+def test_data_without_any_input_is_warned_about(tmp_path: Path) -> None:
+    """All-zero data passes every check there is (the network's biases still drive it), so the
+    verdict and the scales say nothing about the network on real input: a warning says so."""
+    from lnm_deploy.calibrate import calibrate_network, load_recipe
+    from lnm_deploy.errors import LNMDeployWarning
+    from lnm_deploy.targets import load_target
+
+    f = calibrated_files(tmp_path, _net(), samples=12, test=4)
+    zeros = np.zeros_like(f["x"])
+    with pytest.warns(LNMDeployWarning, match=r"calibration data holds no input at all \(its 12 samples"):
+        calibrate_network(f["graph"], zeros, load_target("loihi2"), load_recipe("default"), progress=False)
+    with pytest.warns(LNMDeployWarning, match=r"verification data holds no input at all \(its 4 samples"):
+        verify(f["art"], zeros[:4], backends=("fxsim",), progress=False)
+    import warnings
+
+    with warnings.catch_warnings():  # real data: no such warning
+        warnings.simplefilter("error", LNMDeployWarning)
+        verify(f["art"], f["x"][:4], backends=("fxsim",), progress=False)

@@ -271,6 +271,10 @@ def calibrate_network(graph: Graph, x: Array, target: Target, recipe: Recipe, *,
     from lnm_deploy.fxsim import run_fx
 
     graph, x, target, recipe, y = validate.calibration_args(graph, x, target, recipe, y)
+    if x.size and not np.any(x):
+        warnings.warn(f"the calibration data holds no input at all (its {x.shape[0]} samples are all "
+                      "zeros): the scales are set on what the network does on silence (biases); "
+                      "calibrate on data like the data it will run on", LNMDeployWarning, stacklevel=2)
     # The comparison set: the first max_samples samples of x.
     n_eval = min(x.shape[0], recipe.info.max_samples or x.shape[0])
     x_eval = x[:n_eval]

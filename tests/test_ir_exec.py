@@ -144,8 +144,13 @@ def test_threshold_strict():
 
 def test_validation_errors_name_the_node():
     ok = [("fc", Affine(weight=np.ones((3, 4))))]
-    with pytest.raises(GraphError, match=r"'fc'.*expects input shape \(4,\)"):
+    with pytest.raises(GraphError, match=r"'fc'.*expects input shape \(4,\), gets \(5,\); its weight \(out, in\) "
+                       r"= \(3, 4\) takes 4 values per step; check the layer before it"):
         sequential(ok, (5,)).schedule()
+    with pytest.raises(GraphError, match=r"'fc'.*expects input shape \(4,\), gets \(1, 2, 2\); insert a Flatten"):
+        sequential(ok, (1, 2, 2)).schedule()
+    with pytest.raises(GraphError, match=r"gets \(1, 2, 3\); its weight"):  # 6 values: no Flatten helps
+        sequential(ok, (1, 2, 3)).schedule()
     with pytest.raises(NumericError, match=r"'fc'.*NaN"):
         sequential([("fc", Affine(weight=np.full((3, 4), np.nan)))], (4,)).schedule()
     with pytest.raises(GraphError, match=r"'lif'.*expects input shape \(2,\)"):

@@ -267,12 +267,14 @@ class Affine(Node):
         _check_finite(name, weight=self.weight, bias=self.bias)
 
     def output_shape(self, name: str, input_shape: Shape | None) -> Shape:
-        if input_shape != (self.weight.shape[1],):
-            raise GraphError(
-                f"expects input shape ({self.weight.shape[1]},), gets {input_shape}; "
-                "insert a Flatten before it",
-                node=name,
-            )
+        fan_in = self.weight.shape[1]
+        if input_shape != (fan_in,):
+            if input_shape is not None and len(input_shape) > 1 and int(np.prod(input_shape)) == fan_in:
+                fix = "insert a Flatten before it"
+            else:  # not the same number of values: a Flatten would not help
+                fix = (f"its weight (out, in) = {tuple(self.weight.shape)} takes {fan_in} values per step; "
+                       "check the layer before it or the weight's orientation")
+            raise GraphError(f"expects input shape ({fan_in},), gets {input_shape}; {fix}", node=name)
         return (self.weight.shape[0],)
 
     def float_step(self, name: str, batch: int, dtype: DTypeLike) -> FloatStep:

@@ -22,7 +22,7 @@ import numpy as np
 
 from lnm_deploy._version import __version__
 from lnm_deploy.errors import LNMDeployError, UserInputError
-from lnm_deploy.fileio import dumps_json
+from lnm_deploy.fileio import dumps_json, path_arg
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -407,7 +407,7 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
         v_floor_option,
     )
 
-    p.add_argument("graph", help="a NIR graph file (.nir)")
+    p.add_argument("graph", type=path_arg, help="a NIR graph file (.nir)")
     _read_args(p)
     # What a NIR file cannot say; recorded in the artifact's provenance and replayed by verify.
     p.add_argument("--reset", choices=RESET_MODES_READ, default=None,
@@ -487,12 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a trained LNM model (a .safetensors file written by "
                        "lnm_deploy.model.save_model) to NIR")
-    p.add_argument("model", help="a .safetensors file written by lnm_deploy.model.save_model; pickles "
+    p.add_argument("model", type=path_arg, help="a .safetensors file written by lnm_deploy.model.save_model; pickles "
                    "(torch.save .pt files) are refused, never loaded: convert a trusted one with "
                    "lnm_deploy.model.convert_legacy_model")
     p.add_argument("--input-shape", type=_shape, required=True, metavar="SHAPE", help="e.g. 64 or 2,34,34")
     p.add_argument("--dt", type=float, default=1e-3, help="seconds per timestep, recorded in the graph")
-    p.add_argument("--out", required=True, help="the .nir file to write")
+    p.add_argument("--out", type=path_arg, required=True, help="the .nir file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_export)
 
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", action="store_true",
                    help="an artifact's mapping onto its target's cores and, with --data, the cost of one inference "
                         "(synaptic operations, neuron updates, messages, energy and latency estimates)")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", type=path_arg, default=None,
                    help="with --resources (refused without it): .npz with spikes x to count the cost on (fxsim)")
     p.add_argument("--target", default=None,
                    help="with --resources (refused without it): map onto this target (name or .toml) instead of the "
@@ -511,10 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a graph on spike data with a backend")
     _graph_args(p)
-    p.add_argument("--data", required=True, help=".npz with x (samples, timesteps, *input_shape), optional y")
+    p.add_argument("--data", type=path_arg, required=True, help=".npz with x (samples, timesteps, *input_shape), optional y")
     p.add_argument("--backend", choices=list(BACKENDS), default="float",
                    help="; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values()))
-    p.add_argument("--out", required=True, help=".npz to write: output, spikes/<layer>, [v|c]/<layer>")
+    p.add_argument("--out", type=path_arg, required=True, help=".npz to write: output, spikes/<layer>, [v|c]/<layer>")
     p.add_argument("--states", action="store_true", help="also record membrane and synaptic states")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -523,28 +523,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="calibrate and quantize a float graph for a target -> artifact")
     _graph_args(p)
-    p.add_argument("--data", required=True, help="calibration spikes: .npz with x (samples, timesteps, ...)")
+    p.add_argument("--data", type=path_arg, required=True, help="calibration spikes: .npz with x (samples, timesteps, ...)")
     p.add_argument("--target", required=True, help="a shipped target name (see 'targets') or a .toml path")
     p.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml path")
-    p.add_argument("--out", required=True, help="the artifact to write (.nir)")
-    p.add_argument("--report-dir", default=None, help="report directory (default: OUT with .nir replaced by .report)")
+    p.add_argument("--out", type=path_arg, required=True, help="the artifact to write (.nir)")
+    p.add_argument("--report-dir", type=path_arg, default=None, help="report directory (default: OUT with .nir replaced by .report)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _scale_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", help="check an artifact: backends bit-exact with fxsim, fixed vs float")
-    p.add_argument("artifact", help="a calibrated artifact (.nir) written by 'calibrate'")
-    p.add_argument("--data", required=True, help=".npz with x (samples, timesteps, ...) and optional labels y")
+    p.add_argument("artifact", type=path_arg, help="a calibrated artifact (.nir) written by 'calibrate'")
+    p.add_argument("--data", type=path_arg, required=True, help=".npz with x (samples, timesteps, ...) and optional labels y")
     p.add_argument("--backend", action="append", choices=[b for b, v in BACKENDS.items() if v.integer],
                    help="integer backend(s) to hold against fxsim (repeatable; default: lava)")
-    p.add_argument("--float", default=None, metavar="GRAPH",
+    p.add_argument("--float", type=path_arg, default=None, metavar="GRAPH",
                    help="the float graph to compare with (default: the one the artifact was calibrated "
                         "from, read as it was then); 'dequantized': the artifact's own graph, an opt-out "
                         "the verdict shows")
     _read_args(p)
-    p.add_argument("--json", default=None, help="write the verification report as JSON")
-    p.add_argument("--html", default=None, help="write a self-contained HTML page with plots")
+    p.add_argument("--json", type=path_arg, default=None, help="write the verification report as JSON")
+    p.add_argument("--html", type=path_arg, default=None, help="write a self-contained HTML page with plots")
     p.add_argument("--backend-samples", type=_positive_int, default=None, metavar="N",
                    help="hold the backends against fxsim on the first N samples (default: all)")
     p.add_argument("--max-accuracy-drop", type=_fraction, default=0.005,
@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels; the LZC accuracies and drift are reported either way); for a non-spiking "
                         "readout layer (LI / CubaLI) the arg-max of its membrane's maximum over time "
                         "('membrane-max'), last step ('membrane-last') or sum over time ('membrane-sum')")
-    p.add_argument("--compare", default=None, metavar="OTHER_ARTIFACT",
+    p.add_argument("--compare", type=path_arg, default=None, metavar="OTHER_ARTIFACT",
                    help="another artifact of the same network (e.g. calibrated for loihi2-lif): its accuracy and "
                         "cost per inference are shown beside this one's")
     p.add_argument("--force", action="store_true", help="overwrite --json/--html if they exist")
@@ -570,16 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("compile", help="compile an artifact for a backend: one ONNX golden model")
-    p.add_argument("artifact", help="a calibrated artifact (.nir) written by 'calibrate'")
+    p.add_argument("artifact", type=path_arg, help="a calibrated artifact (.nir) written by 'calibrate'")
     p.add_argument("--backend", choices=[b for b, v in BACKENDS.items() if v.compile], default="onnx",
                    help="what to compile for")
-    p.add_argument("--out", required=True, help="the model file to write (.onnx)")
+    p.add_argument("--out", type=path_arg, required=True, help="the model file to write (.onnx)")
     p.add_argument("--no-states", action="store_true", help="spikes only, no membrane/current outputs")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("targets", help="the hardware targets and their key limits")
-    p.add_argument("--file", default=None, help="describe (and validate) this target file instead")
+    p.add_argument("--file", type=path_arg, default=None, help="describe (and validate) this target file instead")
     p.set_defaults(func=cmd_targets)
 
     from lnm_deploy.demo import add_demo_parser

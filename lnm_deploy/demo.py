@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lnm_deploy.errors import UserInputError
-from lnm_deploy.fileio import dumps_json
+from lnm_deploy.fileio import dumps_json, path_arg
 from lnm_deploy.outputs import Outputs
 from lnm_deploy.report import report_dir_for
 
@@ -455,7 +455,8 @@ def add_demo_parser(sub: Any) -> None:  # sub: argparse._SubParsersAction
                    help="digits: LNM network on the bundled 8x8 digits (default); poisson: adaptive-threshold "
                         "LNM network on generated Poisson spike-train classes, verified with the spike-count "
                         "and the Lempel-Ziv complexity readouts")
-    p.add_argument("--out", default=None, help="output directory (default: demo_out, demo_poisson_out)")
+    p.add_argument("--out", type=path_arg, default=None,
+                   help="output directory (default: demo_out, demo_poisson_out)")
     p.add_argument("--retrain", action="store_true", help="train again even if DIR has a model")
     p.add_argument("--force", action="store_true",
                    help="write into DIR even where files are not the demo's own (listed in "

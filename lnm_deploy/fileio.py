@@ -148,3 +148,14 @@ def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], *, fo
         for key, val in arrays.items():
             with zipf.open(key + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(val), allow_pickle=False)
+
+
+def path_arg(value: str) -> str:
+    """An argparse ``type`` for the CLI's file and directory options: refuses an empty (or blank)
+    value, which would otherwise name the current directory (``argparse.ArgumentTypeError``: a
+    usage error, exit 2)."""
+    import argparse
+
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file or directory")
+    return value

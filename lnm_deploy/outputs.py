@@ -80,6 +80,8 @@ def _probe_writable(directory: Path, what: str) -> None:
 def check_file(path: str | os.PathLike[str], *, force: bool, what: str = "the output") -> Path:
     """Check that the file ``path`` can be written now: it is not a directory, it does not exist
     (unless ``force``), its directory exists and is writable. Returns ``path`` as a Path."""
+    if isinstance(path, str) and not path.strip():
+        raise UserInputError(f"an empty path was given for {what}; name a file")
     target = Path(path)
     if target.is_dir():
         raise UserInputError(f"{target} is a directory; {what} must name a file")

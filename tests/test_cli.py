@@ -344,3 +344,21 @@ def test_reading_options_on_an_artifact_are_ignored_with_a_warning(lif_file: Pat
     assert outs["plain"].keys() == outs["given"].keys()
     for k in outs["plain"]:
         assert np.array_equal(outs["plain"][k], outs["given"][k]), k
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", ""], ["run", "{g}", "--data", "{d}", "--out", ""], ["run", "{g}", "--data", "", "--out", "o.npz"],
+    ["calibrate", "{g}", "--data", "{d}", "--target", "loihi2", "--out", ""],
+    ["calibrate", "{g}", "--data", "{d}", "--target", "loihi2", "--out", "a.nir", "--report-dir", " "],
+    ["verify", "{g}", "--data", "{d}", "--json", ""], ["compile", "{g}", "--out", ""], ["demo", "--out", ""]])
+def test_an_empty_path_is_a_usage_error(argv: list[str], lif_file: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty path option named the current directory (``calibrate --out ""`` was a traceback)."""
+    d = tmp_path / "d.npz"
+    np.savez(d, x=np.zeros((1, 2, 2), np.uint8))
+    args = [a.format(g=lif_file, d=d) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "an empty path: name a file or directory" in err, err

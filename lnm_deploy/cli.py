@@ -151,7 +151,7 @@ def _inspect_resources(args: argparse.Namespace, artifact: Any) -> int:
                           f"'{target.name}' instead") from e
     else:
         target = artifact_target(artifact.fx, artifact.record, args.graph)
-    x = None if args.data is None else validate.spikes(read_dataset(args.data)[0], artifact.graph, "--data")
+    x = None if args.data is None else validate.spikes(read_dataset(args.data)[0], artifact.graph, f"x in {args.data}")
     runs = {} if x is None else {"fxsim": run_fx(artifact.fx, x)}
     if args.json:
         print(dumps_json(resources_report(artifact.fx, target, x, runs), indent=2))
@@ -183,6 +183,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise UserInputError(f"{args.graph} is already a calibrated artifact (target "
                                  f"'{artifact.target}'); calibrate the float graph it came from")
         x, y = read_dataset(args.data)
+        _data_shape(x, graph, args.data)
         result = calibrate_network(graph, x, target, recipe, y=y, source=existing_file(args.graph),
                                    data_path=args.data, progress=not args.quiet, **_scale(args))
         write_artifact(result.artifact, outs.stage(args.out))
@@ -236,6 +237,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if isinstance(source, str):  # read unless --float says otherwise; never an output either way
             outs.inputs(**{"the float graph it was calibrated from": source})
         x, y = read_dataset(args.data)
+        _data_shape(x, artifact.graph, args.data)
         backends = tuple(dict.fromkeys(args.backend or ["lava"]))
         result = verify(artifact, x, y, backends=backends, float_graph=args.float,
                         max_accuracy_drop=args.max_accuracy_drop, backend_samples=args.backend_samples,
@@ -372,6 +374,7 @@ def _run(args: argparse.Namespace, outs) -> str:  # outs: lnm_deploy.outputs.Out
         )
     x, y = read_dataset(args.data)
     net = artifact.fx if backend.integer and artifact is not None else graph
+    _data_shape(x, net, args.data)
     result = run_sharded(backend.name, net, x, record=args.states, progress=not args.quiet, **_scale(args))
     out = result.output
     arrays: dict[str, np.ndarray] = {"output": out.reshape(out.shape[0], out.shape[1], -1)}
@@ -464,6 +467,13 @@ def _ray_address(text: str) -> str:
 
 def _scale(args: argparse.Namespace) -> dict:
     return {"workers": args.workers, "ray_address": args.ray_address, "engine": args.engine}
+
+
+def _data_shape(x: Any, graph: Any, path: str) -> None:
+    """The shape of ``x`` read from ``path`` against ``graph``'s input, with the file named."""
+    from lnm_deploy import validate
+
+    validate.data_shape(x, graph, f"x in {path}")
 
 
 class _Parser(argparse.ArgumentParser):

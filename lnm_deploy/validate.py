@@ -71,6 +71,14 @@ def _shaped(a: Array, shape: Shape, what: str, allow_empty: bool = False) -> Non
         raise UserInputError(f"{what} is empty: {a.shape} (need samples >= 1, timesteps >= 1)")
 
 
+def data_shape(x: Any, graph: Any, what: str) -> None:
+    """``UserInputError`` unless ``x`` is a real numeric array shaped (samples, timesteps,
+    *input_shape) of ``graph`` (an IR ``Graph``, an ``FxGraph`` or the shape; zero samples or
+    timesteps pass: each command's own check decides). For the CLI, which names the file in
+    ``what`` before the values are checked where they are used."""
+    _shaped(_array(x, what), _input_shape(graph), what, allow_empty=True)
+
+
 def spikes(x: Any, graph: Any, what: str = "input", *, allow_empty: bool = False) -> Array:
     """Binary spikes shaped (samples, timesteps, *input_shape) as uint8, or ``UserInputError``.
 

@@ -362,3 +362,15 @@ def test_an_empty_path_is_a_usage_error(argv: list[str], lif_file: Path, tmp_pat
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "an empty path: name a file or directory" in err, err
+
+
+@pytest.mark.parametrize("command", ["run", "calibrate"])
+def test_data_of_the_wrong_shape_names_the_file(command: str, lif_file: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "five.npz"
+    np.savez(data, x=np.zeros((3, 4, 5), np.uint8))
+    extra = ["--backend", "float"] if command == "run" else ["--target", "loihi2"]
+    code = main([command, str(lif_file), "--producer", "generic", "--data", str(data), *extra,
+                 "--out", str(tmp_path / "o.nir"), "--quiet"])
+    assert code == 2
+    assert f"x in {data} must be shaped (samples, timesteps, 6), got (3, 4, 5)" in capsys.readouterr().err

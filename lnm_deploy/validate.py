@@ -287,8 +287,11 @@ def npz_dataset(path: str | os.PathLike[str]) -> tuple[Array, Array | None]:
 
     p = existing_file(path, "data file")
     if not zipfile.is_zipfile(p):
-        raise UserInputError(f"{p} is not a readable .npz file (not a zip archive: a .npy renamed .npz? "
-                             "save x and y with numpy.savez)")
+        with open(p, "rb") as f:
+            head = f.read(8)
+        kind = ("an empty file" if not head else "a .npy file" if head.startswith(b"\x93NUMPY")
+                else "an HDF5 file, a .nir graph?" if head.startswith(b"\x89HDF") else "not a zip archive")
+        raise UserInputError(f"{p} is not a readable .npz file ({kind}); save x and y with numpy.savez")
     limit = max_data_bytes()
     try:
         sizes = _declared_sizes(p)

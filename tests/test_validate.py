@@ -5,6 +5,7 @@ names the file (or node) and the fix."""
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -380,3 +381,17 @@ def test_binary_toml_is_user_input_error(tmp_path: Path, graph_file: Path, optio
             "--out", str(tmp_path / "a.nir"), "--quiet"]
     code, err = run_cli(args, capsys)
     assert code == 2 and "junk.toml" in err and "UTF-8" in err
+
+
+def test_a_data_file_that_is_no_npz_says_what_it_is(tmp_path: Path) -> None:
+    from lnm_deploy.validate import npz_dataset
+
+    cases = {"empty.npz": b"", "text.npz": b"hello\n", "hdf5.npz": b"\x89HDF\r\n\x1a\n" + bytes(8)}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    (tmp_path / "a.npy").rename(tmp_path / "npy.npz")
+    for name, kind in (("empty.npz", "an empty file"), ("text.npz", "not a zip archive"),
+                       ("hdf5.npz", "an HDF5 file, a .nir graph?"), ("npy.npz", "a .npy file")):
+        with pytest.raises(UserInputError, match=rf"{name} is not a readable \.npz file \({re.escape(kind)}\)"):
+            npz_dataset(tmp_path / name)

@@ -309,7 +309,7 @@ def test_npy_renamed_npz(tmp_path: Path, graph_file: Path, capsys: pytest.Captur
     path = tmp_path / "x.npz"
     with open(path, "wb") as f:
         np.save(f, spikes())
-    with pytest.raises(UserInputError, match=r"x\.npz is not a readable \.npz file.*\.npy renamed"):
+    with pytest.raises(UserInputError, match=r"x\.npz is not a readable \.npz file \(a \.npy file\)"):
         read_dataset(path)
     code, err = run_cli(["run", str(graph_file), "--data", str(path), "--out", str(tmp_path / "o.npz")], capsys)
     assert code == 2 and "x.npz" in err and "Traceback" not in err

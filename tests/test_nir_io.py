@@ -703,9 +703,9 @@ def test_malformed_files(tmp_path: Path) -> None:
     nir.write(broken, lif_graph())
     with h5py.File(broken, "r+") as f:
         del f["node/nodes/lif/tau"]
-    with pytest.raises(GraphError, match="not a valid NIR graph") as e3:
+    with pytest.raises(GraphError, match="not a valid NIR graph: the LIF node has no 'tau', which NIR requires") as e3:
         read_nir(broken, dt=1e-4)
-    assert str(broken) in str(e3.value)
+    assert str(broken) in str(e3.value) and e3.value.node == "lif"
 
     with pytest.raises(UserInputError):
         from_nir(42)  # type: ignore[arg-type]

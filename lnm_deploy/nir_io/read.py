@@ -135,6 +135,28 @@ def _fill_port_shapes(data: dict[str, Any], name: str) -> None:
             _fill_port_shapes(child, f"{name}.{k}" if name else k)
 
 
+def _missing_params(data: Any, name: str) -> tuple[str, str, list[str]] | None:
+    """The first node of ``data`` (``nir.serialization.hdf2dict``'s dict) that lacks a parameter
+    its NIR class requires (a dataclass field without a default): ``(node, type, [names])``."""
+    import dataclasses
+
+    if not isinstance(data, dict):
+        return None
+    t = data.get("type")
+    cls = getattr(nir, t, None) if isinstance(t, str) else None
+    if t == "NIRGraph" and isinstance(data.get("nodes"), dict):
+        for k, child in data["nodes"].items():
+            found = _missing_params(child, f"{name}.{k}" if name else k)
+            if found is not None:
+                return found
+    elif cls is not None and dataclasses.is_dataclass(cls):
+        missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            return name or "<root>", str(t), missing
+    return None
+
+
 def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
     """The ``nir.NIRGraph`` in a ``.nir`` file, with every failure as a one-line lnm-deploy error."""
     p = Path(path)
@@ -146,6 +168,7 @@ def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
         f = h5py.File(p, "r")
     except OSError as e:
         raise UserInputError(f"{p} is not a NIR file (not readable as HDF5: {e})") from e
+    data: Any = None
     try:
         with f:
             if "node" not in f or not isinstance(f["node"], h5py.Group):
@@ -160,6 +183,11 @@ def read_nir_graph(path: str | os.PathLike[str]) -> nir.NIRGraph:
     except MemoryError as e:
         raise UserInputError(f"{p}: not enough memory to read it") from e
     except Exception as e:  # truncated HDF5 (OSError), KeyError, ValueError, TypeError from nir / h5py
+        found = _missing_params(data, "") if isinstance(e, (TypeError, KeyError)) else None
+        if found is not None:
+            node, t, missing = found
+            raise GraphError(f"{p} is not a valid NIR graph: the {t} node has no "
+                             f"{', '.join(repr(m) for m in missing)}, which NIR requires", node=node) from e
         raise GraphError(f"{p} is not a valid NIR graph ({type(e).__name__}: {e})") from e
     if not isinstance(g, nir.NIRGraph):
         raise GraphError(f"{p} holds a single {type(g).__name__} node, not a NIR graph")

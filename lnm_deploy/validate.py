@@ -19,6 +19,7 @@ CLI option where there is one), the limit, and the fix. Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -287,7 +288,8 @@ def npz_dataset(path: str | os.PathLike[str]) -> tuple[Array, Array | None]:
 
     p = existing_file(path, "data file")
     if not zipfile.is_zipfile(p):
-        with open(p, "rb") as f:
+        head = b"?"
+        with contextlib.suppress(OSError), open(p, "rb") as f:
             head = f.read(8)
         kind = ("an empty file" if not head else "a .npy file" if head.startswith(b"\x93NUMPY")
                 else "an HDF5 file, a .nir graph?" if head.startswith(b"\x89HDF") else "not a zip archive")

@@ -951,3 +951,19 @@ def test_input_shape_must_be_whole_sizes(tmp_path: Path, shape: np.ndarray) -> N
 def test_input_shape_of_whole_floats_reads(tmp_path: Path) -> None:
     g = quiet(lambda: read_nir(port_file(tmp_path / "g.nir", "input", np.array([3.0])), dt=1e-4))
     assert g.schedule().shapes["input"] == (3,)
+
+
+@pytest.mark.parametrize("key", ["lnm_v_th", "lnm_poly", "lnm_reset", "lnm_in_gain"])
+def test_incomplete_lnm_metadata_is_refused(key: str, tmp_path: Path) -> None:
+    """A spiking LNM's threshold deleted from its metadata read as an integrator (no threshold:
+    float accuracy 0.66 instead of 0.96, exit 0); like every other key, it is now refused. The
+    non-spiking readout, written without a threshold, still reads."""
+    path = tmp_path / "g.nir"
+    g = g_neurons(2, True, "value")
+    write_nir(g, path)
+    read_nir(path)  # the readout has no lnm_v_th and reads
+    with h5py.File(path, "r+") as f:
+        del f[f"node/nodes/lnm/metadata/{key}"]
+    with pytest.raises(GraphError, match=rf"lnm-deploy metadata is incomplete: '{key}' is missing") as e:
+        read_nir(path)
+    assert e.value.node == "lnm"

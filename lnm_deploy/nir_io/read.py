@@ -539,6 +539,16 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=0.0))
 
 
+def _written_spiking(meta: dict[str, Any]) -> bool:
+    """Whether lnm-deploy's metadata says the neuron spikes (``lnm_spiking``, written since the
+    non-spiking readouts; older files lack it: then False, and a missing threshold means none)."""
+    flag = meta.get("lnm_spiking", False)
+    try:
+        return bool(np.asarray(flag).item())
+    except (ValueError, TypeError):
+        return False
+
+
 def exact_neuron_fields(name: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The ``Neuron`` fields lnm-deploy wrote into a node's ``lnm_*`` metadata (exact float64), for
     the exact readers of ``Neuron`` and of kinds derived from it; ``GraphError`` naming the missing
@@ -548,7 +558,8 @@ def exact_neuron_fields(name: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "shape": tuple(poly.shape[1:]),
         "poly": poly,
-        "v_th": _meta_arr(name, meta, "lnm_v_th") if "lnm_v_th" in meta else None,
+        # a spiking neuron's threshold is always written: missing, it would read as an integrator
+        "v_th": _meta_arr(name, meta, "lnm_v_th") if "lnm_v_th" in meta or _written_spiking(meta) else None,
         "v_reset": _meta_arr(name, meta, "lnm_v_reset"),
         "reset": str(_meta_get(name, meta, "lnm_reset")),
         "in_gain": _meta_arr(name, meta, "lnm_in_gain"),

@@ -169,10 +169,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from lnm_deploy.report.calibration import declare_report, write_calibration_report
     from lnm_deploy.targets import load_target
 
-    report_dir = Path(args.report_dir) if args.report_dir else report_dir_for(args.out)
     with Outputs(force=args.force) as outs:  # artifact and report: both written, or neither
         outs.inputs(GRAPH=args.graph, **{"--data": args.data})
-        outs.file(args.out, option="--out")
+        outs.file(args.out, option="--out")  # first: a directory (".") has no report name next to it
+        report_dir = Path(args.report_dir) if args.report_dir else report_dir_for(args.out)
         outs.directory(report_dir, option="--report-dir")
         declare_report(outs, report_dir)  # report.json...: an input there is refused before any work
         target = load_target(args.target)

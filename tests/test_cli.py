@@ -374,3 +374,16 @@ def test_data_of_the_wrong_shape_names_the_file(command: str, lif_file: Path, tm
                  "--out", str(tmp_path / "o.nir"), "--quiet"])
     assert code == 2
     assert f"x in {data} must be shaped (samples, timesteps, 6), got (3, 4, 5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", [".", "./", "/"])
+def test_calibrate_out_a_directory_is_a_usage_error(out: str, lif_file: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``calibrate --out .`` was a traceback: the report directory was named after --out before
+    --out was checked."""
+    d = tmp_path / "d.npz"
+    np.savez(d, x=np.zeros((1, 2, 6), np.uint8))
+    code = main(["calibrate", str(lif_file), "--producer", "generic", "--data", str(d), "--target", "loihi2",
+                 "--out", out, "--quiet"])
+    assert code == 2
+    assert f"{out.rstrip('/') or '/'} is a directory; --out must name a file" in capsys.readouterr().err

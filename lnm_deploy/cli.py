@@ -476,6 +476,14 @@ def _data_shape(x: Any, graph: Any, path: str) -> None:
     validate.data_shape(x, graph, f"x in {path}")
 
 
+def _name_arg(value: str) -> str:
+    """argparse ``type`` of ``--target`` and ``--recipe`` (a shipped name or a .toml path): not
+    empty (an empty one was taken as not given where the option is optional)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty: give a shipped name or a .toml path")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: ``lnm-deploy run: error: <what>
     (lnm-deploy run --help lists the options)`` on stderr, exit 2 (argparse prints the whole usage
@@ -514,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(synaptic operations, neuron updates, messages, energy and latency estimates)")
     p.add_argument("--data", type=path_arg, default=None,
                    help="with --resources (refused without it): .npz with spikes x to count the cost on (fxsim)")
-    p.add_argument("--target", default=None,
+    p.add_argument("--target", type=_name_arg, default=None,
                    help="with --resources (refused without it): map onto this target (name or .toml) instead of the "
                         "artifact's own, after checking the artifact against its design rules")
     p.set_defaults(func=cmd_inspect)
@@ -534,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="calibrate and quantize a float graph for a target -> artifact")
     _graph_args(p)
     p.add_argument("--data", type=path_arg, required=True, help="calibration spikes: .npz with x (samples, timesteps, ...)")
-    p.add_argument("--target", required=True, help="a shipped target name (see 'targets') or a .toml path")
-    p.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml path")
+    p.add_argument("--target", type=_name_arg, required=True,
+                   help="a shipped target name (see 'targets') or a .toml path")
+    p.add_argument("--recipe", type=_name_arg, default="default", help="a shipped recipe name or a .toml path")
     p.add_argument("--out", type=path_arg, required=True, help="the artifact to write (.nir)")
     p.add_argument("--report-dir", type=path_arg, default=None, help="report directory (default: OUT with .nir replaced by .report)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")

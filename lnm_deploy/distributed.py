@@ -530,6 +530,9 @@ def ray_session(workers: int | None, ray_address: str | None) -> Iterator[tuple[
 #: Seconds a SIGTERM, SIGHUP or SIGINT that arrives during ``ray.init`` waits for the init to
 #: complete before it acts anyway (a second signal acts at once).
 INIT_DEFER_S = 10.0
+#: Seconds the main thread gets to leave ``ray.init`` once the processes it started have ended
+#: during a held signal; after that the process exits with 128 + the signal (``_watch_init``).
+INIT_STUCK_S = 5.0
 #: Seconds the processes a failed ``ray.init`` started get to end after ``ray.shutdown`` before they
 #: are killed (SIGKILL).
 INIT_SWEEP_GRACE_S = 2.0
@@ -598,9 +601,12 @@ def _watch_init(rfd: int, pid: int, signums: frozenset[int], before: set[tuple[i
     the first of ``signums`` on, it sends that signal again (which then acts at once: see
     ``_init_guard``) after ``INIT_DEFER_S``, or as soon as one of the processes the init had
     started has ended. The init cannot complete then: a signal to the whole process group ends
-    Ray's processes too, and Ray's C++ then waits for them (about 30 s, measured) or ends this
-    process itself ("Failed to register worker to Raylet", exit 1), where no ``finally`` runs. So
-    every process the init started is killed first, here."""
+    Ray's processes too, and Ray's C++ then waits for them (30-60 s, measured) or ends this
+    process itself ("Failed to register worker to Raylet", "Failed to connect to GCS within 60
+    seconds": exit 1), where no ``finally`` runs. So every process the init started is killed
+    first, here, and if the main thread has not left Ray's C++ ``INIT_STUCK_S`` later, the process
+    exits with ``128 + signum`` (``os._exit``: nothing of this process's own needs cleaning while
+    Ray starts, and Ray's C++ would end it anyway)."""
     import select
 
     import psutil
@@ -626,6 +632,12 @@ def _watch_init(rfd: int, pid: int, signums: frozenset[int], before: set[tuple[i
         if gone or time.monotonic() >= deadline:
             with contextlib.suppress(OSError):
                 os.kill(pid, signum)
+            if gone and not stop.wait(INIT_STUCK_S):
+                # Ray's C++ still holds the main thread, waiting for a GCS that is gone: it would end
+                # the process itself with exit 1 after 60 s (measured). Exit as the signal asked,
+                # with nothing of Ray's left (killed above); no cleanup of this process's own is
+                # pending while Ray starts.
+                os._exit(128 + signum)
             return
 
 

@@ -967,3 +967,19 @@ def test_incomplete_lnm_metadata_is_refused(key: str, tmp_path: Path) -> None:
     with pytest.raises(GraphError, match=rf"lnm-deploy metadata is incomplete: '{key}' is missing") as e:
         read_nir(path)
     assert e.value.node == "lnm"
+
+
+def test_a_node_stripped_of_lnm_metadata_in_an_lnm_deploy_graph_is_warned_about(tmp_path: Path) -> None:
+    """The graph still says lnm-deploy wrote it, but one node lost its metadata (another tool):
+    it reads from its NIR parameters (a degree-2 LNM as a LIF fit), which a warning says."""
+    path = tmp_path / "g.nir"
+    write_nir(g_neurons(2, True, "value"), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LNMDeployWarning)
+        read_nir(path)  # untouched: no warning
+    with h5py.File(path, "r+") as f:
+        del f["node/nodes/lnm/metadata"]
+    with pytest.warns(LNMDeployWarning, match=r"node 'lnm': the graph says lnm-deploy wrote it, but this \w+ node "
+                                              r"carries none of lnm-deploy's metadata"):
+        g = read_nir(path)
+    assert len(g.nodes["lnm"].poly) == 2  # the NIR node's linear fit, not the degree-2 polynomial

@@ -633,6 +633,11 @@ def _convert_node(name: str, node: nir.NIRNode, in_shape: Shape | None, ctx: Rea
     params = _finite_params(name, node)
     meta = dict(node.metadata or {})
     exact = ctx.exact and "lnm_kind" in meta
+    if ctx.exact and not exact and t not in ("Input", "Output"):
+        # lnm-deploy writes lnm_kind on every node: this one was edited or replaced by another tool
+        _warn(f"node '{name}': the graph says lnm-deploy wrote it, but this {t} node carries none of "
+              "lnm-deploy's metadata (edited by another tool?): it is read from its NIR parameters "
+              "alone, as from any other producer (an LNM's polynomial, for one, is then lost)")
     ir_meta = _exact_metadata(meta) if exact else {"nir_type": t}
     if not exact and meta:
         ir_meta["nir_metadata"] = _plain(meta)

@@ -487,13 +487,16 @@ def _name_arg(value: str) -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: ``lnm-deploy run: error: <what>
     (lnm-deploy run --help lists the options)`` on stderr, exit 2 (argparse prints the whole usage
-    text first; errors here are one line). Subcommands' parsers are of this class too."""
+    text first; errors here are one line). Subcommands' parsers are of this class too;
+    ``commands``: each command's parser (set by ``build_parser``)."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}  # noqa: RUF012  (replaced per instance)
 
     def error(self, message: str) -> Any:  # argparse's own signature returns NoReturn
         self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     from lnm_deploy.backends import BACKENDS
 
     parser = _Parser(
@@ -604,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lnm_deploy.demo import add_demo_parser
 
     add_demo_parser(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -659,7 +663,9 @@ def _join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> l
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_join_dash_values(parser, sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(_join_dash_values(parser, sys.argv[1:] if argv is None else argv))
+    if extra:  # said by the command's own parser: "lnm-deploy run: error: ..." (argparse: "lnm-deploy: ...")
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     func: Command = args.func
     import warnings
 

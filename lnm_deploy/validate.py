@@ -292,7 +292,8 @@ def npz_dataset(path: str | os.PathLike[str]) -> tuple[Array, Array | None]:
         with contextlib.suppress(OSError), open(p, "rb") as f:
             head = f.read(8)
         kind = ("an empty file" if not head else "a .npy file" if head.startswith(b"\x93NUMPY")
-                else "an HDF5 file, a .nir graph?" if head.startswith(b"\x89HDF") else "not a zip archive")
+                else "an HDF5 file, a .nir graph?" if head.startswith(b"\x89HDF")
+                else "a truncated zip archive" if head.startswith(b"PK") else "not a zip archive")
         raise UserInputError(f"{p} is not a readable .npz file ({kind}); save x and y with numpy.savez")
     limit = max_data_bytes()
     try:

@@ -390,3 +390,11 @@ def test_calibrate_out_a_directory_is_a_usage_error(out: str, lif_file: Path, tm
                  "--out", out, "--quiet"])
     assert code == 2
     assert f"{out.rstrip('/') or '/'} is a directory; --out must name a file" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_reported_by_its_command(lif_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(lif_file), "--nope", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("lnm-deploy inspect: error: unrecognized arguments: --nope 1 "
+                                       "(lnm-deploy inspect --help lists the options)\n")

@@ -386,12 +386,14 @@ def test_binary_toml_is_user_input_error(tmp_path: Path, graph_file: Path, optio
 def test_a_data_file_that_is_no_npz_says_what_it_is(tmp_path: Path) -> None:
     from lnm_deploy.validate import npz_dataset
 
-    cases = {"empty.npz": b"", "text.npz": b"hello\n", "hdf5.npz": b"\x89HDF\r\n\x1a\n" + bytes(8)}
+    cases = {"empty.npz": b"", "text.npz": b"hello\n", "hdf5.npz": b"\x89HDF\r\n\x1a\n" + bytes(8),
+             "cut.npz": b"PK\x03\x04" + bytes(40)}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     np.save(tmp_path / "a.npy", np.zeros(3))
     (tmp_path / "a.npy").rename(tmp_path / "npy.npz")
     for name, kind in (("empty.npz", "an empty file"), ("text.npz", "not a zip archive"),
-                       ("hdf5.npz", "an HDF5 file, a .nir graph?"), ("npy.npz", "a .npy file")):
+                       ("hdf5.npz", "an HDF5 file, a .nir graph?"), ("npy.npz", "a .npy file"),
+                       ("cut.npz", "a truncated zip archive")):
         with pytest.raises(UserInputError, match=rf"{name} is not a readable \.npz file \({re.escape(kind)}\)"):
             npz_dataset(tmp_path / name)

@@ -22,9 +22,11 @@ import numpy as np
 
 from lnm_deploy._version import __version__
 from lnm_deploy.errors import LNMDeployError, UserInputError
-from lnm_deploy.fileio import dumps_json, path_arg
+from lnm_deploy.fileio import dumps_json, nonempty_arg, path_arg
 
 Command = Callable[[argparse.Namespace], int]
+#: argparse ``type`` of ``--target`` and ``--recipe``: an empty one was taken as not given.
+_name_arg = nonempty_arg("give a shipped name or a .toml path")
 
 
 def _load(args: argparse.Namespace):  # -> tuple[ir.Graph, Artifact | None]
@@ -474,14 +476,6 @@ def _data_shape(x: Any, graph: Any, path: str) -> None:
     from lnm_deploy import validate
 
     validate.data_shape(x, graph, f"x in {path}")
-
-
-def _name_arg(value: str) -> str:
-    """argparse ``type`` of ``--target`` and ``--recipe`` (a shipped name or a .toml path): not
-    empty (an empty one was taken as not given where the option is optional)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("empty: give a shipped name or a .toml path")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):

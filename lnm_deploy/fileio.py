@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +150,19 @@ def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], *, fo
                 np.lib.format.write_array(member, np.asanyarray(val), allow_pickle=False)
 
 
-def path_arg(value: str) -> str:
-    """An argparse ``type`` for the CLI's file and directory options: refuses an empty (or blank)
-    value, which would otherwise name the current directory (``argparse.ArgumentTypeError``: a
-    usage error, exit 2)."""
-    import argparse
+def nonempty_arg(hint: str) -> Callable[[str], str]:
+    """An argparse ``type`` for the CLI's options that name something (a file, a directory, a
+    target): refuses an empty (or blank) value, which would otherwise name the current directory
+    or count as not given (``argparse.ArgumentTypeError``: a usage error, exit 2, "empty: <hint>")."""
+    def check(value: str) -> str:
+        import argparse
 
-    if not value.strip():
-        raise argparse.ArgumentTypeError("an empty path: name a file or directory")
-    return value
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"empty: {hint}")
+        return value
+
+    return check
+
+
+#: ``nonempty_arg`` of the file and directory options.
+path_arg = nonempty_arg("name a file or directory")

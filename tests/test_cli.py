@@ -355,7 +355,8 @@ def test_reading_options_on_an_artifact_are_ignored_with_a_warning(lif_file: Pat
     ["calibrate", "{g}", "--data", "{d}", "--target", "loihi2", "--recipe", " ", "--out", "a.nir"]])
 def test_an_empty_path_is_a_usage_error(argv: list[str], lif_file: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """An empty path option named the current directory (``calibrate --out ""`` was a traceback)."""
+    """An empty path option named the current directory (``calibrate --out ""`` was a traceback); an
+    empty --target was taken as not given."""
     d = tmp_path / "d.npz"
     np.savez(d, x=np.zeros((1, 2, 2), np.uint8))
     args = [a.format(g=lif_file, d=d) for a in argv]
@@ -364,7 +365,7 @@ def test_an_empty_path_is_a_usage_error(argv: list[str], lif_file: Path, tmp_pat
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert ("an empty path: name a file or directory" in err or "empty: give a shipped name or a .toml path" in err), err
+    assert ("empty: name a file or directory" in err or "empty: give a shipped name or a .toml path" in err), err
 
 
 @pytest.mark.parametrize("command", ["run", "calibrate"])

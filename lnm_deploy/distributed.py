@@ -219,6 +219,9 @@ def probe_ray_address(address: str) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as e:
         raise DependencyError(f"{where}: unknown host {host!r} ({e.strerror}); {_RAY_FIX}") from None
+    except ConnectionRefusedError:
+        raise DependencyError(f"{where}: the connection was refused (nothing listens on port {port} of "
+                              f"{host}); {_RAY_FIX}") from None
     except OSError as e:
         why = "" if isinstance(e, TimeoutError) else f" ({e.strerror or e})"
         raise DependencyError(f"{where}: nothing answered within {timeout:g} s{why}; {_RAY_FIX}") from None

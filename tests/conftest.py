@@ -1,7 +1,9 @@
 """Shared test settings: hypothesis is derandomized under CI (CI=true) so runs are repeatable."""
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
@@ -19,3 +21,11 @@ try:
     import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
 except ImportError:  # Python != 3.10: the Lava tests skip
     pass
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """An empty directory for a test's outputs."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d

@@ -10,13 +10,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
+from artifact_files import two_layer_files
 
 from lnm_deploy.cli import main
 from lnm_deploy.errors import UserInputError
-from lnm_deploy.ir import Affine, Neuron, sequential
-from lnm_deploy.nir_io import write_nir
 from lnm_deploy.outputs import Outputs
 
 
@@ -33,27 +31,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def graph_file(inputs: Path) -> Path:
-    rng = np.random.default_rng(0)
-    g = sequential(
-        [
-            ("fc1", Affine(weight=rng.normal(0, 1.0, (12, 6)), bias=rng.normal(0, 0.1, 12))),
-            ("lnm1", Neuron(shape=(12,), poly=[0.0, 0.9, 0.05], v_th=1.0, dt=1e-3)),
-            ("fc2", Affine(weight=rng.normal(0, 1.0, (4, 12)))),
-            ("lnm2", Neuron(shape=(4,), poly=[0.0, 0.8], v_th=0.5, dt=1e-3)),
-        ],
-        (6,),
-    )
-    path = inputs / "g.nir"
-    write_nir(g, path)
-    return path
+    return two_layer_files(inputs)[0]
 
 
 @pytest.fixture(scope="module")
 def data_file(graph_file: Path) -> Path:
-    rng = np.random.default_rng(1)
-    path = graph_file.parent / "x.npz"
-    np.savez(path, x=(rng.random((6, 20, 6)) < 0.4).astype(np.uint8), y=rng.integers(0, 4, 6))
-    return path
+    return graph_file.parent / "x.npz"
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +45,6 @@ def artifact(graph_file: Path, data_file: Path) -> Path:
     assert main(["calibrate", str(graph_file), "--data", str(data_file), "--target", "loihi2",
                  "--out", str(art), "--quiet"]) == 0
     return art
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    """An empty directory for the outputs."""
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
 
 
 @pytest.fixture

@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from artifact_files import two_layer_files
 
 import lnm_deploy
 from lnm_deploy import fileio
 from lnm_deploy.cli import main
 from lnm_deploy.errors import OutputWriteError
 from lnm_deploy.fileio import dumps_json, write_npz
-from lnm_deploy.ir import Affine, Neuron, sequential
 from lnm_deploy.nir_io import write as nir_write
-from lnm_deploy.nir_io import write_nir
 
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 
@@ -46,28 +45,10 @@ def _strict(text: str) -> Any:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(0)
     d = tmp_path_factory.mktemp("in")
-    g = sequential(
-        [
-            ("fc1", Affine(weight=rng.normal(0, 1.0, (12, 6)), bias=rng.normal(0, 0.1, 12))),
-            ("lnm1", Neuron(shape=(12,), poly=[0.0, 0.9, 0.05], v_th=1.0, dt=1e-3)),
-            ("fc2", Affine(weight=rng.normal(0, 1.0, (4, 12)))),
-            ("lnm2", Neuron(shape=(4,), poly=[0.0, 0.8], v_th=0.5, dt=1e-3)),
-        ],
-        (6,),
-    )
-    write_nir(g, d / "g.nir")
-    np.savez(d / "x.npz", x=(rng.random((6, 20, 6)) < 0.4).astype(np.uint8), y=rng.integers(0, 4, 6))
-    assert main(["calibrate", str(d / "g.nir"), "--data", str(d / "x.npz"), "--target", "loihi2",
+    graph, data = two_layer_files(d)
+    assert main(["calibrate", str(graph), "--data", str(data), "--target", "loihi2",
                  "--out", str(d / "g.loihi2.nir"), "--quiet"]) == 0
-    return d
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
     return d
 
 
